@@ -1,0 +1,147 @@
+//! The documents buildstore writes, one struct per collection. Field names follow the 2010
+//! "Build data format" exactly (`slaves`, `commiter_name`, ...); fields it did not have are marked
+//! as extras in `docs/builddata.md`. Every store holds these same documents, so `export` prints the
+//! same thing whichever store is behind it.
+
+use std::collections::BTreeMap;
+
+use bson::{Bson, DateTime};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::value::Ident;
+
+/// `builders`: one document per builder of a master. `_id` = "{master_id}/{builder}".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BuilderDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub master_id: Ident,
+    /// "offline" when added, then the master's state (idle, building, ...), "removed" at the end.
+    pub status: String,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+    pub slaves: Vec<String>,
+}
+
+/// `builds`: one document per build. `_id` = "{master_id}/{build_id}".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BuildDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub builder: String,
+    pub number: i64,
+    /// What the build ran for: symbolic at first, corrected to a hash by a later step.
+    pub changeset: Option<String>,
+    #[schemars(with = "chrono::DateTime<chrono::Utc>")]
+    pub time_start: DateTime,
+    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    pub time_end: Option<DateTime>,
+    /// Buildbot's result code; null while the build runs.
+    pub result: Option<i32>,
+    pub slaves: Vec<String>,
+    /// Step `_id`s in step order.
+    pub steps: Vec<String>,
+    pub master_id: Ident,
+    pub build_id: Ident,
+    pub branch: Option<String>,
+    pub repository: Option<String>,
+    pub codebase: Option<String>,
+    pub reason: Option<String>,
+    pub properties: BTreeMap<String, PropertyDoc>,
+    pub changes: Vec<ChangeDoc>,
+}
+
+/// A build property with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PropertyDoc {
+    #[schemars(with = "serde_json::Value")]
+    pub value: Bson,
+    pub source: Option<String>,
+}
+
+/// A change that went into a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChangeDoc {
+    pub revision: Option<String>,
+    pub author: Option<String>,
+    pub comments: Option<String>,
+    pub files: Vec<String>,
+    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    pub when: Option<DateTime>,
+    pub branch: Option<String>,
+    pub repository: Option<String>,
+}
+
+/// `steps`: one document per step. `_id` = "{build _id}/{step}".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The build `_id`.
+    pub build: String,
+    pub step: i64,
+    pub name: String,
+    #[schemars(with = "chrono::DateTime<chrono::Utc>")]
+    pub time_start: DateTime,
+    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    pub time_end: Option<DateTime>,
+    pub result: Option<i32>,
+    /// True iff the result is SUCCESS; null while the step runs.
+    pub successful: Option<bool>,
+    /// The master's summary of the finished step.
+    pub text: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub headers: String,
+    /// Set once any of the three fields above lost its middle to the inline limit.
+    pub log_truncated: bool,
+}
+
+/// `repository`: one document per commit. `_id` = the full hash.
+///
+/// A build can be linked before the commit's metadata arrives, so the metadata fields are absent
+/// (not null) until a `commit` event fills them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommitDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_abbrev: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    pub author_date: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commiter_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commiter_email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    pub commiter_date: Option<DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_uri: Option<String>,
+    pub builds: Vec<RepoBuildEntry>,
+}
+
+/// A finished build linked to the commit it ran for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RepoBuildEntry {
+    /// The build `_id`.
+    pub build: String,
+    pub builder: String,
+    pub number: i64,
+    pub result: Option<i32>,
+    #[schemars(with = "chrono::DateTime<chrono::Utc>")]
+    pub time_start: DateTime,
+    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    pub time_end: Option<DateTime>,
+}

@@ -1,0 +1,222 @@
+//! Small value types shared by events and documents: identifiers that senders give as strings or
+//! integers, timestamps given as RFC 3339 or epoch seconds, and Buildbot's result codes.
+
+use std::fmt;
+
+use chrono::{DateTime, TimeZone, Utc};
+use schemars::JsonSchema;
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A master id or build id. Senders use either strings or integers; the value is stored exactly as
+/// given (an integer stays an integer in the documents) and rendered as text inside `_id`s.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[schemars(untagged)]
+pub enum Ident {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ident::Int(i) => write!(f, "{i}"),
+            Ident::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Serialize for Ident {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Ident::Int(i) => s.serialize_i64(*i),
+            Ident::Str(v) => s.serialize_str(v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Ident;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-empty string or an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ident, E> {
+                Ok(Ident::Int(v))
+            }
+            fn visit_i32<E: de::Error>(self, v: i32) -> Result<Ident, E> {
+                Ok(Ident::Int(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ident, E> {
+                i64::try_from(v)
+                    .map(Ident::Int)
+                    .map_err(|_| E::custom(format!("integer {v} is too large for an id")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ident, E> {
+                if v.is_empty() {
+                    return Err(E::custom("an id must not be empty"));
+                }
+                Ok(Ident::Str(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A point in time as events carry it: an RFC 3339 string or seconds since the Unix epoch
+/// (fractions allowed). Documents keep it as a UTC BSON date, so precision is milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Timestamp {
+    /// The BSON date this timestamp is stored as (milliseconds, UTC).
+    pub fn to_bson(self) -> bson::DateTime {
+        bson::DateTime::from_millis(self.0.timestamp_millis())
+    }
+}
+
+impl JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "RFC 3339 date-time, or seconds since the Unix epoch",
+            "oneOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number"}
+            ]
+        })
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl V {
+            fn from_secs<E: de::Error>(secs: f64) -> Result<Timestamp, E> {
+                // Outside ±10 000 years a number is a unit mistake, not a date.
+                if !secs.is_finite() || secs.abs() > 2.5e11 {
+                    return Err(E::custom(format!(
+                        "{secs} is not a plausible epoch time in seconds"
+                    )));
+                }
+                let millis = (secs * 1000.0).round() as i64;
+                Utc.timestamp_millis_opt(millis)
+                    .single()
+                    .map(Timestamp)
+                    .ok_or_else(|| E::custom(format!("{secs} is out of range for a date")))
+            }
+        }
+        impl Visitor<'_> for V {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 date-time string or epoch seconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                V::from_secs(v as f64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                V::from_secs(v as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
+                V::from_secs(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| Timestamp(t.with_timezone(&Utc)))
+                    .map_err(|e| E::custom(format!("{v:?} is not an RFC 3339 date-time ({e})")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Buildbot's result of a step or build: SUCCESS=0 WARNINGS=1 FAILURE=2 SKIPPED=3 EXCEPTION=4
+/// RETRY=5 CANCELLED=6. Anything else is rejected where it enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[schemars(transparent)]
+pub struct ResultCode(#[schemars(range(min = 0, max = 6))] u8);
+
+impl ResultCode {
+    pub const SUCCESS: ResultCode = ResultCode(0);
+    pub const WARNINGS: ResultCode = ResultCode(1);
+    pub const FAILURE: ResultCode = ResultCode(2);
+    pub const NAMES: [&'static str; 7] = [
+        "success",
+        "warnings",
+        "failure",
+        "skipped",
+        "exception",
+        "retry",
+        "cancelled",
+    ];
+
+    pub fn new(code: i64) -> Option<Self> {
+        (0..=6).contains(&code).then_some(ResultCode(code as u8))
+    }
+    pub fn code(self) -> i32 {
+        self.0.into()
+    }
+    pub fn name(self) -> &'static str {
+        Self::NAMES[usize::from(self.0)]
+    }
+}
+
+impl<'de> Deserialize<'de> for ResultCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        ResultCode::new(v).ok_or_else(|| {
+            de::Error::custom(format!(
+                "{v} is not a result; expected 0 (SUCCESS) to 6 (CANCELLED)"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_keep_the_type_they_were_given() {
+        let i: Ident = serde_json::from_str("42").unwrap();
+        let s: Ident = serde_json::from_str("\"m1\"").unwrap();
+        assert_eq!(i, Ident::Int(42));
+        assert_eq!(s, Ident::Str("m1".into()));
+        assert_eq!(serde_json::to_string(&i).unwrap(), "42");
+        assert!(serde_json::from_str::<Ident>("\"\"").is_err());
+        assert!(serde_json::from_str::<Ident>("1.5").is_err());
+    }
+
+    #[test]
+    fn timestamps_accept_rfc3339_and_epoch_seconds() {
+        let a: Timestamp = serde_json::from_str("\"2026-01-02T03:04:05Z\"").unwrap();
+        let b: Timestamp = serde_json::from_str("1767323045").unwrap();
+        let c: Timestamp = serde_json::from_str("1767323045.5").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(c.0.timestamp_millis(), 1767323045500);
+        assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+        assert!(serde_json::from_str::<Timestamp>("1e300").is_err());
+    }
+
+    #[test]
+    fn results_outside_buildbots_range_are_rejected() {
+        assert_eq!(
+            serde_json::from_str::<ResultCode>("2").unwrap(),
+            ResultCode::FAILURE
+        );
+        let err = serde_json::from_str::<ResultCode>("7")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("7 is not a result"), "{err}");
+    }
+}
