@@ -1,1 +1,8 @@
-pub fn x() {}
+//! buildstore: turns the events of a build master into denormalized build documents.
+//!
+//! - [`core`]: the pure rules, events → mutations.
+//! - [`store`]: where mutations go (the embedded SQLite store; MongoDB later).
+//! - [`pipeline`]: the shell that reads events, de-duplicates them, recovers builds from the store
+//!   and writes batches.
+
+pub mod core;

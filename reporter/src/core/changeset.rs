@@ -1,0 +1,106 @@
+//! Which changesets are "proper" (a full commit hash), and how a `got_revision` property names one.
+//!
+//! A build may start at FETCH_HEAD, HEAD, a branch or nothing; only a proper hash is final and only
+//! a proper hash links a build into `repository`.
+
+use regex::Regex;
+use serde_json::Value;
+
+/// Decides which changesets are proper commit hashes.
+#[derive(Debug, Clone)]
+pub struct ChangesetPolicy {
+    proper: Regex,
+}
+
+impl ChangesetPolicy {
+    /// Full git hashes: 40 (SHA-1) or 64 (SHA-256) hex digits.
+    pub const DEFAULT_PATTERN: &'static str = "^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$";
+
+    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+        Ok(ChangesetPolicy {
+            proper: Regex::new(pattern)?,
+        })
+    }
+
+    pub fn is_proper(&self, changeset: &str) -> bool {
+        !changeset.is_empty() && self.proper.is_match(changeset)
+    }
+}
+
+impl Default for ChangesetPolicy {
+    fn default() -> Self {
+        ChangesetPolicy {
+            proper: Regex::new(Self::DEFAULT_PATTERN).expect("the default pattern is valid"),
+        }
+    }
+}
+
+/// The revision a `got_revision` value names for a build of `codebase`.
+///
+/// Buildbot sets it to a string for single-codebase builds and to `{codebase: revision}` for
+/// multi-codebase ones. From a map we take the build's own codebase, else the only entry, else the
+/// default ("") codebase; anything else names nothing.
+pub fn got_revision(value: &Value, codebase: Option<&str>) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(map) => {
+            let pick = codebase
+                .and_then(|cb| map.get(cb))
+                .or_else(|| (map.len() == 1).then(|| map.values().next()).flatten())
+                .or_else(|| map.get(""));
+            pick.and_then(Value::as_str).map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SHA1: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn only_full_hashes_are_proper_by_default() {
+        let p = ChangesetPolicy::default();
+        assert!(p.is_proper(SHA1));
+        assert!(p.is_proper(&"a".repeat(64)));
+        for symbolic in [
+            "FETCH_HEAD",
+            "HEAD",
+            "main",
+            "",
+            "0123456",
+            &SHA1[..39],
+            &format!("{SHA1}0"),
+        ] {
+            assert!(!p.is_proper(symbolic), "{symbolic:?} must not be proper");
+        }
+    }
+
+    #[test]
+    fn the_pattern_is_configurable() {
+        let svn = ChangesetPolicy::new("^r?[0-9]+$").unwrap();
+        assert!(svn.is_proper("r1234"));
+        assert!(!svn.is_proper(SHA1));
+        assert!(ChangesetPolicy::new("(").is_err());
+    }
+
+    #[test]
+    fn got_revision_maps_pick_the_builds_codebase_then_the_only_then_the_default() {
+        assert_eq!(got_revision(&json!("abc"), None).as_deref(), Some("abc"));
+        let multi = json!({"app": "aaa", "lib": "bbb"});
+        assert_eq!(got_revision(&multi, Some("lib")).as_deref(), Some("bbb"));
+        assert_eq!(got_revision(&multi, None), None);
+        assert_eq!(
+            got_revision(&json!({"app": "aaa"}), Some("other")).as_deref(),
+            Some("aaa")
+        );
+        assert_eq!(
+            got_revision(&json!({"": "ddd", "x": "eee"}), None).as_deref(),
+            Some("ddd")
+        );
+        assert_eq!(got_revision(&json!(42), None), None);
+    }
+}

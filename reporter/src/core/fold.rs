@@ -1,0 +1,459 @@
+//! The fold: one event in, the mutations it implies out, per-build state updated on the way.
+//!
+//! An event is applied whole or not at all: every check happens before any state changes, so a
+//! rejected event leaves both the state and (since it yields no mutations) the store untouched.
+
+use std::collections::HashMap;
+
+use bson::DateTime;
+use buildstore_schema::event::{
+    BuildFinished, BuildStarted, Changeset, Commit, Log, Property, StepFinished, StepStarted,
+};
+use buildstore_schema::{
+    BuildDoc, ChangeDoc, CommitDoc, Event, EventKind, Ident, PropertyDoc, StepDoc,
+};
+use chrono::Utc;
+
+use super::changeset::{got_revision, ChangesetPolicy};
+use super::inline_log::MIN_INLINE_LIMIT;
+use super::mutation::Mutation;
+use super::state::{BuildSnapshot, BuildState, StepState};
+
+/// The knobs of the rules.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Most bytes of each log channel kept inline in the step document.
+    pub inline_limit: usize,
+    pub changesets: ChangesetPolicy,
+}
+
+impl CoreConfig {
+    pub const DEFAULT_INLINE_LIMIT: usize = 1024 * 1024;
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            inline_limit: Self::DEFAULT_INLINE_LIMIT,
+            changesets: ChangesetPolicy::default(),
+        }
+    }
+}
+
+/// Why an event cannot be applied. Each message names what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuleError {
+    #[error("unknown build {0}: no build_started was applied for it")]
+    UnknownBuild(String),
+    #[error("unknown step {step} of build {build}: no step_started was applied for it")]
+    UnknownStep { build: String, step: u32 },
+    #[error("field `offset`: {offset} is past the end of {channel} of step {step_id} ({len} bytes so far); a chunk is missing")]
+    LogGap {
+        step_id: String,
+        channel: &'static str,
+        offset: u64,
+        len: u64,
+    },
+    #[error("field `offset`: {offset} overlaps the stored log of step {step_id} in the middle of a UTF-8 character")]
+    LogSplitsCharacter { step_id: String, offset: u64 },
+    #[error("field `hash`: {0:?} is not a full commit hash")]
+    ImproperCommitHash(String),
+    #[error("field `{0}` must not be empty")]
+    Empty(&'static str),
+}
+
+/// The fold over events, with the state of the builds it has seen.
+#[derive(Debug, Clone)]
+pub struct Core {
+    config: CoreConfig,
+    builds: HashMap<String, BuildState>,
+}
+
+impl Core {
+    /// A core with the given rules. The inline limit is raised to [`MIN_INLINE_LIMIT`] if lower.
+    pub fn new(mut config: CoreConfig) -> Core {
+        config.inline_limit = config.inline_limit.max(MIN_INLINE_LIMIT);
+        Core {
+            config,
+            builds: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// The build `_id` an event needs in memory before it can be applied, if it is not there: the
+    /// caller loads it from the store (it may not exist) and hands it to [`Core::restore`].
+    pub fn missing_build(&self, event: &Event) -> Option<String> {
+        let id = super::build_id(&event.master_id, event.build_id()?);
+        (!self.builds.contains_key(&id)).then_some(id)
+    }
+
+    /// Puts a build read back from the store into memory.
+    pub fn restore(&mut self, snapshot: &BuildSnapshot) {
+        let state = BuildState::restore(snapshot, self.config.inline_limit);
+        self.builds.insert(state.id.clone(), state);
+    }
+
+    /// Forgets finished builds. Call only once their mutations are in the store: a later event for
+    /// one of them reloads it from there.
+    pub fn evict_finished(&mut self) {
+        self.builds.retain(|_, b| !b.finished());
+    }
+
+    /// Forgets everything, e.g. after a store write failed and memory may be ahead of the store.
+    pub fn clear(&mut self) {
+        self.builds.clear();
+    }
+
+    /// Builds held in memory.
+    pub fn builds_in_memory(&self) -> usize {
+        self.builds.len()
+    }
+
+    /// Applies one event received at `received` (used when the event carries no `time`).
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        received: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Mutation>, RuleError> {
+        let time =
+            bson::DateTime::from_millis(event.time.map_or(received, |t| t.0).timestamp_millis());
+        let master = &event.master_id;
+        match &event.kind {
+            EventKind::BuilderAdded(e) => {
+                non_empty("builder", &e.builder)?;
+                Ok(vec![Mutation::AddBuilder {
+                    id: super::builder_id(master, &e.builder),
+                    name: e.builder.clone(),
+                    master_id: master.clone(),
+                    category: e.category.clone(),
+                    tags: e.tags.clone(),
+                    slaves: e.slaves.clone(),
+                }])
+            }
+            EventKind::BuilderState(e) => {
+                non_empty("builder", &e.builder)?;
+                Ok(vec![builder_status(master, &e.builder, &e.state)])
+            }
+            EventKind::BuilderRemoved(e) => {
+                non_empty("builder", &e.builder)?;
+                Ok(vec![builder_status(master, &e.builder, "removed")])
+            }
+            EventKind::BuildStarted(e) => self.build_started(master, e, time),
+            EventKind::StepStarted(e) => self.step_started(master, e, time),
+            EventKind::Log(e) => self.log(master, e),
+            EventKind::StepFinished(e) => self.step_finished(master, e, time),
+            EventKind::Property(e) => self.property(master, e),
+            EventKind::Changeset(e) => self.changeset(master, e),
+            EventKind::BuildFinished(e) => self.build_finished(master, e, time),
+            EventKind::Commit(e) => self.commit(e),
+        }
+    }
+
+    fn build_mut(
+        &mut self,
+        master: &Ident,
+        build_id: &Ident,
+    ) -> Result<&mut BuildState, RuleError> {
+        let id = super::build_id(master, build_id);
+        self.builds.get_mut(&id).ok_or(RuleError::UnknownBuild(id))
+    }
+
+    fn build_started(
+        &mut self,
+        master: &Ident,
+        e: &BuildStarted,
+        time: DateTime,
+    ) -> Result<Vec<Mutation>, RuleError> {
+        non_empty("builder", &e.builder)?;
+        let id = super::build_id(master, &e.build_id);
+        if self.builds.contains_key(&id) {
+            // A build is started once; a repeat is a re-sent event.
+            return Ok(vec![]);
+        }
+        let doc = BuildDoc {
+            id: id.clone(),
+            builder: e.builder.clone(),
+            number: e.number,
+            changeset: e.changeset.clone().filter(|c| !c.is_empty()),
+            time_start: time,
+            time_end: None,
+            result: None,
+            slaves: e.slaves.clone(),
+            steps: vec![],
+            master_id: master.clone(),
+            build_id: e.build_id.clone(),
+            branch: e.branch.clone(),
+            repository: e.repository.clone(),
+            codebase: e.codebase.clone(),
+            reason: e.reason.clone(),
+            properties: e
+                .properties
+                .iter()
+                .map(|(name, p)| (name.clone(), property_doc(&p.value, p.source.clone())))
+                .collect(),
+            changes: e
+                .changes
+                .iter()
+                .map(|c| ChangeDoc {
+                    revision: c.revision.clone(),
+                    author: c.author.clone(),
+                    comments: c.comments.clone(),
+                    files: c.files.clone(),
+                    when: c.when.map(|w| w.to_bson()),
+                    branch: c.branch.clone(),
+                    repository: c.repository.clone(),
+                })
+                .collect(),
+        };
+        let mut state = BuildState::from_doc(&doc);
+        let mut out = vec![
+            Mutation::EnsureBuilder {
+                id: super::builder_id(master, &e.builder),
+                name: e.builder.clone(),
+                master_id: master.clone(),
+            },
+            Mutation::StartBuild(Box::new(doc)),
+        ];
+        // A got_revision among the initial properties corrects the changeset like a later one.
+        if let Some(rev) = e.properties.get("got_revision") {
+            if let Some(rev) = got_revision(&rev.value, state.codebase.as_deref()) {
+                out.extend(offer_changeset(&mut state, &rev, &self.config.changesets));
+            }
+        }
+        self.builds.insert(id, state);
+        Ok(out)
+    }
+
+    fn step_started(
+        &mut self,
+        master: &Ident,
+        e: &StepStarted,
+        time: DateTime,
+    ) -> Result<Vec<Mutation>, RuleError> {
+        let build = self.build_mut(master, &e.build_id)?;
+        if build.steps.contains_key(&e.step) {
+            return Ok(vec![]);
+        }
+        let position = build.steps.range(..e.step).count();
+        build.steps.insert(e.step, StepState::default());
+        let doc = StepDoc {
+            id: super::step_id(&build.id, e.step),
+            build: build.id.clone(),
+            step: e.step.into(),
+            name: e.name.clone(),
+            time_start: time,
+            time_end: None,
+            result: None,
+            successful: None,
+            text: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            headers: String::new(),
+            log_truncated: false,
+        };
+        Ok(vec![Mutation::StartStep {
+            doc: Box::new(doc),
+            position,
+        }])
+    }
+
+    fn log(&mut self, master: &Ident, e: &Log) -> Result<Vec<Mutation>, RuleError> {
+        let limit = self.config.inline_limit;
+        let build = self.build_mut(master, &e.build_id)?;
+        let build_doc_id = build.id.clone();
+        let step = build
+            .steps
+            .get_mut(&e.step)
+            .ok_or_else(|| RuleError::UnknownStep {
+                build: build_doc_id.clone(),
+                step: e.step,
+            })?;
+        let step_id = super::step_id(&build_doc_id, e.step);
+        let log = step.log_mut(e.channel);
+        let len = log.len();
+        let offset = e.offset.unwrap_or(len);
+        let end = offset + e.text.len() as u64;
+        if offset > len {
+            return Err(RuleError::LogGap {
+                step_id,
+                channel: e.channel.as_str(),
+                offset,
+                len,
+            });
+        }
+        if end <= len || e.text.is_empty() {
+            return Ok(vec![]); // already there: a re-sent chunk
+        }
+        // Only the part past what is stored is new.
+        let skip = usize::try_from(len - offset).unwrap_or(usize::MAX);
+        let new = e
+            .text
+            .get(skip..)
+            .ok_or(RuleError::LogSplitsCharacter {
+                step_id: step_id.clone(),
+                offset,
+            })?
+            .to_owned();
+        let inline = log.append(&new, limit);
+        Ok(vec![Mutation::AppendLog {
+            step_id,
+            channel: e.channel,
+            offset: len,
+            text: new,
+            inline,
+        }])
+    }
+
+    fn step_finished(
+        &mut self,
+        master: &Ident,
+        e: &StepFinished,
+        time: DateTime,
+    ) -> Result<Vec<Mutation>, RuleError> {
+        let build = self.build_mut(master, &e.build_id)?;
+        let build_doc_id = build.id.clone();
+        let step = build.steps.get_mut(&e.step).ok_or(RuleError::UnknownStep {
+            build: build_doc_id.clone(),
+            step: e.step,
+        })?;
+        step.finished = true;
+        Ok(vec![Mutation::FinishStep {
+            step_id: super::step_id(&build_doc_id, e.step),
+            result: e.result.code(),
+            text: e.text.clone(),
+            time,
+        }])
+    }
+
+    fn property(&mut self, master: &Ident, e: &Property) -> Result<Vec<Mutation>, RuleError> {
+        non_empty("name", &e.name)?;
+        let policy = self.config.changesets.clone();
+        let build = self.build_mut(master, &e.build_id)?;
+        let mut out = vec![Mutation::SetProperty {
+            build_id: build.id.clone(),
+            name: e.name.clone(),
+            property: property_doc(&e.value, e.source.clone()),
+        }];
+        if e.name == "got_revision" {
+            if let Some(rev) = got_revision(&e.value, build.codebase.as_deref()) {
+                out.extend(offer_changeset(build, &rev, &policy));
+            }
+        }
+        Ok(out)
+    }
+
+    fn changeset(&mut self, master: &Ident, e: &Changeset) -> Result<Vec<Mutation>, RuleError> {
+        let policy = self.config.changesets.clone();
+        let build = self.build_mut(master, &e.build_id)?;
+        Ok(offer_changeset(build, &e.changeset, &policy))
+    }
+
+    fn build_finished(
+        &mut self,
+        master: &Ident,
+        e: &BuildFinished,
+        time: DateTime,
+    ) -> Result<Vec<Mutation>, RuleError> {
+        let policy = self.config.changesets.clone();
+        let build = self.build_mut(master, &e.build_id)?;
+        build.result = Some(e.result.code());
+        build.time_end = Some(time);
+        let mut out = vec![Mutation::FinishBuild {
+            build_id: build.id.clone(),
+            result: e.result.code(),
+            time,
+        }];
+        out.extend(link_if_proper(build, &policy));
+        Ok(out)
+    }
+
+    fn commit(&self, e: &Commit) -> Result<Vec<Mutation>, RuleError> {
+        if !self.config.changesets.is_proper(&e.hash) {
+            return Err(RuleError::ImproperCommitHash(e.hash.clone()));
+        }
+        let abbrev = e
+            .hash_abbrev
+            .clone()
+            .unwrap_or_else(|| e.hash.chars().take(7).collect());
+        Ok(vec![Mutation::UpsertCommit(Box::new(CommitDoc {
+            id: e.hash.clone(),
+            hash: Some(e.hash.clone()),
+            hash_abbrev: Some(abbrev),
+            subject: Some(e.subject.clone()),
+            author_name: Some(e.author_name.clone()),
+            author_email: Some(e.author_email.clone()),
+            author_date: Some(e.author_date.to_bson()),
+            commiter_name: Some(e.commiter_name.clone()),
+            commiter_email: Some(e.commiter_email.clone()),
+            commiter_date: Some(e.commiter_date.to_bson()),
+            repository_uri: Some(e.repository_uri.clone()),
+            builds: vec![],
+        }))])
+    }
+}
+
+fn non_empty(field: &'static str, value: &str) -> Result<(), RuleError> {
+    if value.is_empty() {
+        Err(RuleError::Empty(field))
+    } else {
+        Ok(())
+    }
+}
+
+fn builder_status(master: &Ident, builder: &str, status: &str) -> Mutation {
+    Mutation::SetBuilderStatus {
+        id: super::builder_id(master, builder),
+        name: builder.to_owned(),
+        master_id: master.clone(),
+        status: status.to_owned(),
+    }
+}
+
+fn property_doc(value: &serde_json::Value, source: Option<String>) -> PropertyDoc {
+    PropertyDoc {
+        // Any JSON value has a BSON form; a failure here would be a bug in bson, not bad input.
+        value: bson::to_bson(value).unwrap_or(bson::Bson::Null),
+        source,
+    }
+}
+
+/// Changeset correction: a new value replaces the build's changeset unless that one is already a
+/// proper hash (final) or the new value is empty. A finished build that just got a proper hash is
+/// linked into `repository` now.
+fn offer_changeset(
+    build: &mut BuildState,
+    candidate: &str,
+    policy: &ChangesetPolicy,
+) -> Vec<Mutation> {
+    let current = build.changeset.as_deref();
+    if candidate.is_empty()
+        || current == Some(candidate)
+        || current.is_some_and(|c| policy.is_proper(c))
+    {
+        return vec![];
+    }
+    build.changeset = Some(candidate.to_owned());
+    let mut out = vec![Mutation::SetChangeset {
+        build_id: build.id.clone(),
+        changeset: candidate.to_owned(),
+    }];
+    out.extend(link_if_proper(build, policy));
+    out
+}
+
+/// FETCH_HEAD filtering: only a finished build with a proper changeset goes into `repository`.
+fn link_if_proper(build: &BuildState, policy: &ChangesetPolicy) -> Option<Mutation> {
+    let hash = build.changeset.as_deref().filter(|c| policy.is_proper(c))?;
+    build.finished().then(|| Mutation::LinkBuildToCommit {
+        hash: hash.to_owned(),
+        repository_uri: build.repository.clone(),
+        entry: build.repo_entry(),
+    })
+}
+
+#[cfg(test)]
+#[path = "fold_tests.rs"]
+mod tests;

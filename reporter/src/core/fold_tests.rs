@@ -1,0 +1,485 @@
+//! The rules, stated as tests of the fold.
+
+use super::*;
+use crate::core::{InlineUpdate, Mutation};
+use serde_json::{json, Value};
+
+const HASH: &str = "4f2b8c1d9e0a7b6c5d4e3f2a1b0c9d8e7f6a5b4c";
+const OTHER: &str = "aaaaaaaaaabbbbbbbbbbccccccccccdddddddddd";
+
+fn now() -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+fn ev(v: Value) -> Event {
+    let mut v = v;
+    v.as_object_mut()
+        .unwrap()
+        .entry("master_id")
+        .or_insert(json!("m1"));
+    Event::from_value(v).unwrap()
+}
+
+fn apply(core: &mut Core, v: Value) -> Vec<Mutation> {
+    core.apply(&ev(v), now()).unwrap()
+}
+
+fn fail(core: &mut Core, v: Value) -> RuleError {
+    core.apply(&ev(v), now()).unwrap_err()
+}
+
+fn start(core: &mut Core, changeset: Option<&str>) -> Vec<Mutation> {
+    apply(
+        core,
+        json!({"type":"build_started","builder":"linux","build_id":7,"number":1,"changeset":changeset}),
+    )
+}
+
+fn links(ms: &[Mutation]) -> Vec<&str> {
+    ms.iter()
+        .filter_map(|m| match m {
+            Mutation::LinkBuildToCommit { hash, .. } => Some(hash.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn changesets(ms: &[Mutation]) -> Vec<&str> {
+    ms.iter()
+        .filter_map(|m| match m {
+            Mutation::SetChangeset { changeset, .. } => Some(changeset.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finish(core: &mut Core) -> Vec<Mutation> {
+    apply(
+        core,
+        json!({"type":"build_finished","build_id":7,"result":0}),
+    )
+}
+
+#[test]
+fn ids_combine_master_and_build_id_never_the_number() {
+    let mut core = Core::new(CoreConfig::default());
+    let ms = start(&mut core, None);
+    let Mutation::StartBuild(doc) = &ms[1] else {
+        panic!("{ms:?}")
+    };
+    assert_eq!(doc.id, "m1/7");
+    assert_eq!(doc.build_id, Ident::Int(7));
+    assert!(matches!(&ms[0], Mutation::EnsureBuilder { id, .. } if id == "m1/linux"));
+    let ms = apply(
+        &mut core,
+        json!({"type":"step_started","build_id":7,"step":0,"name":"git"}),
+    );
+    assert!(matches!(&ms[0], Mutation::StartStep { doc, position: 0 } if doc.id == "m1/7/0"));
+}
+
+#[test]
+fn an_empty_starting_changeset_is_stored_as_null() {
+    let mut core = Core::new(CoreConfig::default());
+    let ms = start(&mut core, Some(""));
+    let Mutation::StartBuild(doc) = &ms[1] else {
+        panic!()
+    };
+    assert_eq!(doc.changeset, None);
+}
+
+#[test]
+fn a_symbolic_changeset_is_corrected_by_got_revision_and_the_finished_build_linked() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some("FETCH_HEAD"));
+    let ms = apply(
+        &mut core,
+        json!({"type":"property","build_id":7,"name":"got_revision","value":HASH,"source":"Git"}),
+    );
+    assert_eq!(changesets(&ms), [HASH]);
+    assert!(
+        links(&ms).is_empty(),
+        "not linked before the build finishes"
+    );
+    let ms = finish(&mut core);
+    assert_eq!(links(&ms), [HASH]);
+}
+
+#[test]
+fn a_proper_changeset_is_final() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some(HASH));
+    let ms = apply(
+        &mut core,
+        json!({"type":"changeset","build_id":7,"changeset":"FETCH_HEAD"}),
+    );
+    assert!(ms.is_empty());
+    let ms = apply(
+        &mut core,
+        json!({"type":"changeset","build_id":7,"changeset":OTHER}),
+    );
+    assert!(ms.is_empty(), "a proper hash is not replaced either");
+    assert_eq!(links(&finish(&mut core)), [HASH]);
+}
+
+#[test]
+fn symbolic_values_replace_each_other_until_a_proper_one_arrives() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some("FETCH_HEAD"));
+    assert_eq!(
+        changesets(&apply(
+            &mut core,
+            json!({"type":"changeset","build_id":7,"changeset":"main"})
+        )),
+        ["main"]
+    );
+    assert!(apply(
+        &mut core,
+        json!({"type":"changeset","build_id":7,"changeset":""})
+    )
+    .is_empty());
+    assert_eq!(
+        changesets(&apply(
+            &mut core,
+            json!({"type":"changeset","build_id":7,"changeset":HASH})
+        )),
+        [HASH]
+    );
+}
+
+#[test]
+fn builds_without_a_proper_changeset_are_never_linked() {
+    for changeset in [None, Some("FETCH_HEAD"), Some("HEAD"), Some("4f2b8c1")] {
+        let mut core = Core::new(CoreConfig::default());
+        start(&mut core, changeset);
+        assert!(links(&finish(&mut core)).is_empty(), "{changeset:?}");
+    }
+}
+
+#[test]
+fn a_proper_hash_arriving_after_the_finish_links_the_build_then() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some("FETCH_HEAD"));
+    assert!(links(&finish(&mut core)).is_empty());
+    let ms = apply(
+        &mut core,
+        json!({"type":"changeset","build_id":7,"changeset":HASH}),
+    );
+    assert_eq!(links(&ms), [HASH]);
+    let Mutation::LinkBuildToCommit { entry, .. } = &ms[1] else {
+        panic!()
+    };
+    assert_eq!(
+        (entry.build.as_str(), entry.result, entry.number),
+        ("m1/7", Some(0), 1)
+    );
+}
+
+#[test]
+fn got_revision_in_the_initial_properties_counts_too() {
+    let mut core = Core::new(CoreConfig::default());
+    let ms = apply(
+        &mut core,
+        json!({"type":"build_started","builder":"b","build_id":7,"number":1,"codebase":"app",
+               "properties":{"got_revision":{"value":{"app":HASH,"lib":OTHER},"source":"Git"}}}),
+    );
+    assert_eq!(changesets(&ms), [HASH]);
+}
+
+#[test]
+fn a_repeated_build_or_step_start_changes_nothing() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some("FETCH_HEAD"));
+    assert!(start(&mut core, Some("other")).is_empty());
+    apply(
+        &mut core,
+        json!({"type":"step_started","build_id":7,"step":0,"name":"git"}),
+    );
+    assert!(apply(
+        &mut core,
+        json!({"type":"step_started","build_id":7,"step":0,"name":"git"})
+    )
+    .is_empty());
+}
+
+#[test]
+fn steps_are_positioned_by_number_even_when_they_start_out_of_order() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, None);
+    for (step, expected) in [(0, 0), (2, 1), (1, 1), (10, 3)] {
+        let ms = apply(
+            &mut core,
+            json!({"type":"step_started","build_id":7,"step":step,"name":"s"}),
+        );
+        assert!(
+            matches!(&ms[0], Mutation::StartStep { position, .. } if *position == expected),
+            "{step}"
+        );
+    }
+}
+
+#[test]
+fn events_for_unknown_builds_and_steps_are_errors() {
+    let mut core = Core::new(CoreConfig::default());
+    let e = fail(
+        &mut core,
+        json!({"type":"step_started","build_id":9,"step":0,"name":"x"}),
+    );
+    assert_eq!(
+        e.to_string(),
+        "unknown build m1/9: no build_started was applied for it"
+    );
+    start(&mut core, None);
+    let e = fail(
+        &mut core,
+        json!({"type":"step_finished","build_id":7,"step":3,"result":0}),
+    );
+    assert_eq!(
+        e.to_string(),
+        "unknown step 3 of build m1/7: no step_started was applied for it"
+    );
+    let e = fail(
+        &mut core,
+        json!({"type":"log","build_id":7,"step":3,"channel":"stdout","text":"x"}),
+    );
+    assert!(matches!(e, RuleError::UnknownStep { step: 3, .. }));
+}
+
+#[test]
+fn step_results_set_successful_only_for_success() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, None);
+    apply(
+        &mut core,
+        json!({"type":"step_started","build_id":7,"step":0,"name":"test"}),
+    );
+    let ms = apply(
+        &mut core,
+        json!({"type":"step_finished","build_id":7,"step":0,"result":1,"text":"tests: 2 warnings"}),
+    );
+    assert!(
+        matches!(&ms[0], Mutation::FinishStep { result: 1, text: Some(t), .. } if t == "tests: 2 warnings")
+    );
+}
+
+fn log(core: &mut Core, text: &str, offset: Option<u64>) -> Result<Vec<Mutation>, RuleError> {
+    let mut v = json!({"type":"log","build_id":7,"step":0,"channel":"stdout","text":text});
+    if let Some(o) = offset {
+        v["offset"] = json!(o);
+    }
+    core.apply(&ev(v), now())
+}
+
+fn appended(ms: &[Mutation]) -> Vec<(u64, &str)> {
+    ms.iter()
+        .filter_map(|m| match m {
+            Mutation::AppendLog { offset, text, .. } => Some((*offset, text.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_step(limit: usize) -> Core {
+    let mut core = Core::new(CoreConfig {
+        inline_limit: limit,
+        ..CoreConfig::default()
+    });
+    start(&mut core, None);
+    apply(
+        &mut core,
+        json!({"type":"step_started","build_id":7,"step":0,"name":"compile"}),
+    );
+    core
+}
+
+#[test]
+fn log_offsets_make_resent_chunks_harmless() {
+    let mut core = with_step(1 << 20);
+    assert_eq!(
+        appended(&log(&mut core, "hello ", Some(0)).unwrap()),
+        [(0, "hello ")]
+    );
+    assert!(
+        log(&mut core, "hello ", Some(0)).unwrap().is_empty(),
+        "same chunk again"
+    );
+    assert_eq!(
+        appended(&log(&mut core, "lo world", Some(3)).unwrap()),
+        [(6, "world")],
+        "overlap: only the new part"
+    );
+    assert_eq!(
+        appended(&log(&mut core, "!", None).unwrap()),
+        [(11, "!")],
+        "no offset: appended at the end"
+    );
+    let e = log(&mut core, "late", Some(20)).unwrap_err();
+    assert!(e.to_string().contains("a chunk is missing"), "{e}");
+}
+
+#[test]
+fn an_overlap_that_would_split_a_character_is_an_error() {
+    let mut core = with_step(1 << 20);
+    log(&mut core, "é", Some(0)).unwrap(); // two bytes
+    let e = log(&mut core, "éa", Some(1)).unwrap_err();
+    assert!(
+        matches!(e, RuleError::LogSplitsCharacter { offset: 1, .. }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn logs_over_the_inline_limit_switch_to_head_and_tail() {
+    let mut core = with_step(300);
+    let ms = log(&mut core, &"a".repeat(200), None).unwrap();
+    assert!(matches!(
+        &ms[0],
+        Mutation::AppendLog {
+            inline: InlineUpdate::Append,
+            ..
+        }
+    ));
+    let ms = log(&mut core, &"b".repeat(200), None).unwrap();
+    let Mutation::AppendLog {
+        inline: InlineUpdate::Replace(v),
+        offset: 200,
+        ..
+    } = &ms[0]
+    else {
+        panic!("{ms:?}")
+    };
+    assert!(v.len() <= 300 && v.starts_with('a') && v.ends_with('b') && v.contains("truncated"));
+}
+
+#[test]
+fn a_restored_build_carries_on_where_the_store_left_it() {
+    use buildstore_schema::{Channel, StepDoc};
+    let mut core = with_step(1 << 20);
+    let ms = start(&mut Core::new(CoreConfig::default()), Some("FETCH_HEAD"));
+    let Mutation::StartBuild(doc) = ms[1].clone() else {
+        panic!()
+    };
+    let mut doc = *doc;
+    doc.steps = vec!["m1/7/0".into()];
+    let step = StepDoc {
+        id: "m1/7/0".into(),
+        build: "m1/7".into(),
+        step: 0,
+        name: "compile".into(),
+        time_start: doc.time_start,
+        time_end: None,
+        result: None,
+        successful: None,
+        text: None,
+        stdout: "abc".into(),
+        stderr: String::new(),
+        headers: String::new(),
+        log_truncated: false,
+    };
+    let snapshot = BuildSnapshot {
+        build: doc,
+        steps: vec![step],
+        logs: vec![crate::core::LogSnapshot {
+            step_id: "m1/7/0".into(),
+            channel: Channel::Stdout,
+            len: 3,
+            head: b"abc".to_vec(),
+            tail: b"abc".to_vec(),
+        }],
+    };
+    core.clear();
+    assert_eq!(
+        core.missing_build(&ev(
+            json!({"type":"build_finished","build_id":7,"result":0})
+        ))
+        .as_deref(),
+        Some("m1/7")
+    );
+    core.restore(&snapshot);
+    assert!(
+        log(&mut core, "abc", Some(0)).unwrap().is_empty(),
+        "the restored log length is known"
+    );
+    assert_eq!(appended(&log(&mut core, "d", None).unwrap()), [(3, "d")]);
+    assert!(
+        start(&mut core, None).is_empty(),
+        "the restored build is known"
+    );
+    assert_eq!(
+        changesets(&apply(
+            &mut core,
+            json!({"type":"changeset","build_id":7,"changeset":HASH})
+        )),
+        [HASH]
+    );
+}
+
+#[test]
+fn finished_builds_are_evicted_only_when_asked() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, None);
+    finish(&mut core);
+    assert_eq!(core.builds_in_memory(), 1);
+    core.evict_finished();
+    assert_eq!(core.builds_in_memory(), 0);
+}
+
+#[test]
+fn commits_need_a_full_hash_and_default_the_abbreviation() {
+    let core = &mut Core::new(CoreConfig::default());
+    let commit = |hash: &str| {
+        json!({"type":"commit","hash":hash,"repository_uri":"git://x","subject":"s","author_name":"a",
+               "author_email":"a@x","author_date":0,"commiter_name":"c","commiter_email":"c@x","commiter_date":0})
+    };
+    let ms = apply(core, commit(HASH));
+    let Mutation::UpsertCommit(doc) = &ms[0] else {
+        panic!()
+    };
+    assert_eq!(doc.hash_abbrev.as_deref(), Some("4f2b8c1"));
+    assert!(doc.builds.is_empty());
+    assert_eq!(
+        fail(core, commit("FETCH_HEAD")).to_string(),
+        "field `hash`: \"FETCH_HEAD\" is not a full commit hash"
+    );
+}
+
+#[test]
+fn builder_lifecycle() {
+    let core = &mut Core::new(CoreConfig::default());
+    let ms = apply(
+        core,
+        json!({"type":"builder_added","builder":"linux","category":"ci","tags":["x"],"slaves":["w1"]}),
+    );
+    assert!(
+        matches!(&ms[0], Mutation::AddBuilder { id, category: Some(c), .. } if id == "m1/linux" && c == "ci")
+    );
+    let ms = apply(core, json!({"type":"builder_removed","builder":"linux"}));
+    assert!(matches!(&ms[0], Mutation::SetBuilderStatus { status, .. } if status == "removed"));
+    assert_eq!(
+        fail(
+            core,
+            json!({"type":"builder_state","builder":"","state":"idle"})
+        ),
+        RuleError::Empty("builder")
+    );
+}
+
+#[test]
+fn event_time_is_used_and_defaults_to_the_time_received() {
+    let core = &mut Core::new(CoreConfig::default());
+    let ms = apply(
+        core,
+        json!({"type":"build_started","builder":"b","build_id":1,"number":1,"time":"2026-05-01T10:00:00.250Z"}),
+    );
+    let Mutation::StartBuild(doc) = &ms[1] else {
+        panic!()
+    };
+    assert_eq!(doc.time_start.timestamp_millis(), 1_777_629_600_250);
+    let ms = apply(
+        core,
+        json!({"type":"build_started","builder":"b","build_id":2,"number":2}),
+    );
+    let Mutation::StartBuild(doc) = &ms[1] else {
+        panic!()
+    };
+    assert_eq!(doc.time_start.timestamp_millis(), now().timestamp_millis());
+}

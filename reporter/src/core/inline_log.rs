@@ -1,0 +1,222 @@
+//! The inline copy of a step's log that lives in the step document.
+//!
+//! The store keeps every byte of a log; the document keeps at most `limit` bytes of it per channel
+//! so that reading a build stays instant. Past the limit the field keeps the head (how it started)
+//! and the tail (how it ended), with a marker saying how much is left out.
+
+use super::mutation::InlineUpdate;
+
+/// Room kept for the marker: "\n[... N bytes truncated by buildstore ...]\n" with N up to 20 digits.
+const MARKER_RESERVE: usize = 64;
+
+/// The smallest inline limit that leaves room for a head, a tail and the marker.
+pub const MIN_INLINE_LIMIT: usize = 256;
+
+/// What the core remembers of one channel of one step.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InlineLog {
+    /// Bytes in the full log.
+    len: u64,
+    /// The whole log while it fits the limit; the head once it does not.
+    head: String,
+    /// The last bytes of the log once it outgrew the limit; empty before.
+    tail: String,
+    truncated: bool,
+}
+
+impl InlineLog {
+    /// Rebuilds the state from what a store holds: the log's length and its first and last
+    /// `min(len, limit)` bytes (cut anywhere; partial characters at the cuts are dropped).
+    pub fn restore(len: u64, head: &[u8], tail: &[u8], limit: usize) -> InlineLog {
+        if len <= limit as u64 {
+            return InlineLog {
+                len,
+                head: valid_prefix(head).to_owned(),
+                ..InlineLog::default()
+            };
+        }
+        let half = half(limit);
+        InlineLog {
+            len,
+            head: prefix(valid_prefix(head), half).to_owned(),
+            tail: suffix(valid_suffix(tail), half).to_owned(),
+            truncated: true,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `text` and says how the inline field changes.
+    pub fn append(&mut self, text: &str, limit: usize) -> InlineUpdate {
+        self.len += text.len() as u64;
+        if !self.truncated {
+            if self.head.len() + text.len() <= limit {
+                self.head.push_str(text);
+                return InlineUpdate::Append;
+            }
+            let mut full = std::mem::take(&mut self.head);
+            full.push_str(text);
+            let half = half(limit);
+            self.head = prefix(&full, half).to_owned();
+            self.tail = suffix(&full, half).to_owned();
+            self.truncated = true;
+            return InlineUpdate::Replace(self.inline());
+        }
+        let half = half(limit);
+        if text.len() >= half {
+            self.tail = suffix(text, half).to_owned();
+        } else {
+            self.tail.push_str(text);
+            let keep = suffix(&self.tail, half).len();
+            self.tail.drain(..self.tail.len() - keep);
+        }
+        InlineUpdate::Replace(self.inline())
+    }
+
+    /// The value of the inline field.
+    pub fn inline(&self) -> String {
+        if !self.truncated {
+            return self.head.clone();
+        }
+        let omitted = self.len - self.head.len() as u64 - self.tail.len() as u64;
+        format!(
+            "{}\n[... {omitted} bytes truncated by buildstore ...]\n{}",
+            self.head, self.tail
+        )
+    }
+}
+
+fn half(limit: usize) -> usize {
+    limit.saturating_sub(MARKER_RESERVE) / 2
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The longest suffix of `s` of at most `max` bytes that starts on a character boundary.
+fn suffix(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+fn valid_prefix(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+    }
+}
+
+fn valid_suffix(bytes: &[u8]) -> &str {
+    // A cut inside a character leaves at most three continuation bytes in front.
+    (0..4.min(bytes.len() + 1))
+        .find_map(|skip| std::str::from_utf8(&bytes[skip..]).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 256;
+
+    #[test]
+    fn small_logs_are_appended_inline_as_they_come() {
+        let mut log = InlineLog::default();
+        assert_eq!(log.append("hello ", LIMIT), InlineUpdate::Append);
+        assert_eq!(log.append("world", LIMIT), InlineUpdate::Append);
+        assert_eq!(log.inline(), "hello world");
+        assert_eq!(log.len(), 11);
+    }
+
+    #[test]
+    fn past_the_limit_the_field_keeps_head_marker_and_tail_within_the_limit() {
+        let mut log = InlineLog::default();
+        let mut full = String::new();
+        let mut last = InlineUpdate::Append;
+        for i in 0..100 {
+            let line = format!("line {i:03}\n");
+            full.push_str(&line);
+            last = log.append(&line, LIMIT);
+        }
+        let InlineUpdate::Replace(inline) = last else {
+            panic!("expected a replace")
+        };
+        assert!(inline.len() <= LIMIT, "{} bytes", inline.len());
+        assert!(inline.starts_with("line 000\nline 001\n"));
+        assert!(inline.ends_with("line 098\nline 099\n"));
+        let head = &full[..half(LIMIT)];
+        let tail = &full[full.len() - half(LIMIT)..];
+        let omitted = full.len() - head.len() - tail.len();
+        assert_eq!(
+            inline,
+            format!("{head}\n[... {omitted} bytes truncated by buildstore ...]\n{tail}")
+        );
+    }
+
+    #[test]
+    fn one_huge_chunk_is_cut_the_same_way() {
+        let mut log = InlineLog::default();
+        let text = "x".repeat(10 * LIMIT);
+        let InlineUpdate::Replace(inline) = log.append(&text, LIMIT) else {
+            panic!()
+        };
+        assert!(inline.len() <= LIMIT);
+        assert!(inline.contains(&format!(
+            "[... {} bytes truncated",
+            10 * LIMIT - 2 * half(LIMIT)
+        )));
+    }
+
+    #[test]
+    fn cuts_never_split_a_character() {
+        let mut log = InlineLog::default();
+        for _ in 0..200 {
+            log.append("é€😀", LIMIT);
+        }
+        let inline = log.inline();
+        assert!(inline.len() <= LIMIT);
+        assert!(inline.starts_with('é') && inline.ends_with('😀'));
+    }
+
+    #[test]
+    fn restoring_from_a_store_gives_the_same_inline_value_and_future() {
+        let mut live = InlineLog::default();
+        let mut full = String::new();
+        for i in 0..60 {
+            let chunk = format!("{i}: ünïcödé output\n");
+            full.push_str(&chunk);
+            live.append(&chunk, LIMIT);
+        }
+        let bytes = full.as_bytes();
+        let n = LIMIT.min(bytes.len());
+        let mut restored = InlineLog::restore(
+            bytes.len() as u64,
+            &bytes[..n],
+            &bytes[bytes.len() - n..],
+            LIMIT,
+        );
+        assert_eq!(restored.inline(), live.inline());
+        assert_eq!(
+            restored.append("more\n", LIMIT),
+            live.append("more\n", LIMIT)
+        );
+
+        let small = InlineLog::restore(5, b"hello", b"hello", LIMIT);
+        assert_eq!(small.inline(), "hello");
+    }
+}

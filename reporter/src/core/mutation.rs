@@ -1,0 +1,104 @@
+//! Mutations: the core's output and every store's input. Each one is safe to apply twice (delivery
+//! into a store is at-least-once), which is why they carry whole values, positions and offsets
+//! rather than increments.
+
+use bson::DateTime;
+use buildstore_schema::{
+    BuildDoc, Channel, CommitDoc, Ident, PropertyDoc, RepoBuildEntry, StepDoc,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// (Re-)announce a builder: status back to "offline", description replaced.
+    AddBuilder {
+        id: String,
+        name: String,
+        master_id: Ident,
+        category: Option<String>,
+        tags: Vec<String>,
+        slaves: Vec<String>,
+    },
+    /// Set a builder's status, creating the builder if it was never announced.
+    SetBuilderStatus {
+        id: String,
+        name: String,
+        master_id: Ident,
+        status: String,
+    },
+    /// Create the builder (status "offline") only if it does not exist yet.
+    EnsureBuilder {
+        id: String,
+        name: String,
+        master_id: Ident,
+    },
+    /// Insert a new build document; an existing one is left alone.
+    StartBuild(Box<BuildDoc>),
+    /// Insert a new step document and put its `_id` at `position` of the build's `steps` (unless
+    /// the list has it already).
+    StartStep {
+        doc: Box<StepDoc>,
+        position: usize,
+    },
+    /// Append `text` to the full log at byte `offset` (skipped if the log is already longer), and
+    /// update the inline field of the step document accordingly.
+    AppendLog {
+        step_id: String,
+        channel: Channel,
+        offset: u64,
+        text: String,
+        inline: InlineUpdate,
+    },
+    FinishStep {
+        step_id: String,
+        result: i32,
+        text: Option<String>,
+        time: DateTime,
+    },
+    SetProperty {
+        build_id: String,
+        name: String,
+        property: PropertyDoc,
+    },
+    SetChangeset {
+        build_id: String,
+        changeset: String,
+    },
+    FinishBuild {
+        build_id: String,
+        result: i32,
+        time: DateTime,
+    },
+    /// Upsert `entry` (keyed by its build) into `builds` of the commit `hash`, creating the
+    /// repository document if needed (`repository_uri` is only used then).
+    LinkBuildToCommit {
+        hash: String,
+        repository_uri: Option<String>,
+        entry: RepoBuildEntry,
+    },
+    /// Set a commit's metadata; its `builds` are left as they are (empty for a new document).
+    UpsertCommit(Box<CommitDoc>),
+}
+
+/// How an appended log chunk changes the inline field of the step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InlineUpdate {
+    /// The field still holds the whole log: append the same text.
+    Append,
+    /// The log outgrew the inline limit: the field becomes this (head, marker, tail) and the step
+    /// gets `log_truncated: true`.
+    Replace(String),
+}
+
+/// What a store applies atomically: the mutations of some events, and those events' keys so that
+/// they are recognised as applied from then on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub mutations: Vec<Mutation>,
+    pub events: Vec<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.mutations.is_empty() && self.events.is_empty()
+    }
+}

@@ -1,0 +1,126 @@
+//! What the core remembers about a build while it runs, and how that memory is rebuilt from a
+//! store when an event arrives for a build that is not in memory (after a restart, or in a later
+//! `ingest`).
+
+use std::collections::BTreeMap;
+
+use bson::DateTime;
+use buildstore_schema::{BuildDoc, Channel, RepoBuildEntry, StepDoc};
+
+use super::inline_log::InlineLog;
+
+/// A build as a store holds it: enough to carry on folding events into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildSnapshot {
+    pub build: BuildDoc,
+    pub steps: Vec<StepDoc>,
+    pub logs: Vec<LogSnapshot>,
+}
+
+/// One channel of one step's full log, as far as the core needs it: its length, and its first and
+/// last `min(len, window)` bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSnapshot {
+    pub step_id: String,
+    pub channel: Channel,
+    pub len: u64,
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BuildState {
+    pub id: String,
+    pub builder: String,
+    pub number: i64,
+    pub codebase: Option<String>,
+    pub repository: Option<String>,
+    pub changeset: Option<String>,
+    pub time_start: DateTime,
+    pub result: Option<i32>,
+    pub time_end: Option<DateTime>,
+    pub steps: BTreeMap<u32, StepState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct StepState {
+    pub finished: bool,
+    pub logs: [InlineLog; 3],
+}
+
+impl StepState {
+    pub fn log_mut(&mut self, channel: Channel) -> &mut InlineLog {
+        &mut self.logs[channel_index(channel)]
+    }
+}
+
+fn channel_index(channel: Channel) -> usize {
+    match channel {
+        Channel::Stdout => 0,
+        Channel::Stderr => 1,
+        Channel::Header => 2,
+    }
+}
+
+impl BuildState {
+    pub fn finished(&self) -> bool {
+        self.result.is_some()
+    }
+
+    /// The entry this build gets in `repository`.
+    pub fn repo_entry(&self) -> RepoBuildEntry {
+        RepoBuildEntry {
+            build: self.id.clone(),
+            builder: self.builder.clone(),
+            number: self.number,
+            result: self.result,
+            time_start: self.time_start,
+            time_end: self.time_end,
+        }
+    }
+
+    pub fn from_doc(doc: &BuildDoc) -> BuildState {
+        BuildState {
+            id: doc.id.clone(),
+            builder: doc.builder.clone(),
+            number: doc.number,
+            codebase: doc.codebase.clone(),
+            repository: doc.repository.clone(),
+            changeset: doc.changeset.clone(),
+            time_start: doc.time_start,
+            result: doc.result,
+            time_end: doc.time_end,
+            steps: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the state from a snapshot; `limit` is the inline log limit in force.
+    pub fn restore(snapshot: &BuildSnapshot, limit: usize) -> BuildState {
+        let mut state = BuildState::from_doc(&snapshot.build);
+        for step in &snapshot.steps {
+            let Ok(number) = u32::try_from(step.step) else {
+                continue;
+            };
+            state.steps.insert(
+                number,
+                StepState {
+                    finished: step.result.is_some(),
+                    ..StepState::default()
+                },
+            );
+        }
+        for log in &snapshot.logs {
+            let step = log
+                .step_id
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(|n| state.steps.get_mut(&n));
+            if let Some(step) = step {
+                *step.log_mut(log.channel) =
+                    InlineLog::restore(log.len, &log.head, &log.tail, limit);
+            }
+        }
+        state
+    }
+}
