@@ -6,3 +6,6 @@
 //!   and writes batches.
 
 pub mod core;
+pub mod export;
+pub mod pipeline;
+pub mod store;

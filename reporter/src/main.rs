@@ -1,1 +1,235 @@
-fn main() {}
+//! The `buildstore` command line: ingest event streams, export documents, print full logs.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use buildstore::core::{ChangesetPolicy, Core, CoreConfig, MIN_INLINE_LIMIT};
+use buildstore::pipeline::{ingest, Applier, IngestOptions};
+use buildstore::store::{self, Store};
+use buildstore_schema::{Channel, Collection};
+use clap::{Parser, Subcommand};
+use tokio::io::BufReader;
+
+#[derive(Parser)]
+#[command(
+    name = "buildstore",
+    version,
+    about = "Turns build-master events into denormalized build documents",
+    long_about = "Turns the events of a build master (builders, builds, steps, logs, properties, \
+changesets) into the documents of the collections builders, builds, steps and repository, ready \
+to query.\n\nEvents are JSON objects, one per line (protocol v1, see docs/events.md). The \
+documents are described in docs/builddata.md.",
+    after_help = "Examples:\n  buildstore ingest examples/events/fetch-head-corrected.jsonl\n  \
+buildstore export builds\n  buildstore log 'm1/7/2' stdout\n  \
+buildstore --store sqlite:/var/lib/buildstore/builds.db export repository"
+)]
+struct Cli {
+    /// Where documents are kept: sqlite:PATH (the embedded store).
+    #[arg(
+        long,
+        global = true,
+        env = "BUILDSTORE_STORE",
+        default_value = "sqlite:buildstore.db"
+    )]
+    store: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply a stream of events (JSON lines) to the store.
+    ///
+    /// Each line is one event. A bad line is reported with its line number; the lines before it
+    /// stay applied. Events whose event_id was applied before are skipped, so a stream can be
+    /// ingested again safely. Exits 1 if any line was rejected.
+    Ingest {
+        /// File of events, or - for standard input.
+        file: String,
+        /// Report bad lines and carry on with the rest instead of stopping at the first.
+        #[arg(long)]
+        keep_going: bool,
+        /// Most bytes of each log channel kept inline in step documents; the store keeps the rest.
+        #[arg(long, value_name = "BYTES", default_value_t = CoreConfig::DEFAULT_INLINE_LIMIT)]
+        inline_log_limit: usize,
+        /// Regular expression of a proper (final, linkable) changeset.
+        #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
+        proper_changeset: String,
+    },
+    /// Print a collection as MongoDB Extended JSON (relaxed), one document per line, by _id.
+    Export {
+        /// builders, builds, steps or repository.
+        collection: Collection,
+    },
+    /// Print the full text of one log of a step.
+    Log {
+        /// The step _id, e.g. m1/7/2.
+        step_id: String,
+        /// stdout, stderr or header.
+        #[arg(value_parser = parse_channel)]
+        channel: Channel,
+    },
+}
+
+fn parse_channel(s: &str) -> Result<Channel, String> {
+    Channel::parse(s)
+        .ok_or_else(|| format!("unknown channel {s:?} (expected stdout, stderr or header)"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BUILDSTORE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("buildstore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let store = store::open(&cli.store).await.context("opening the store")?;
+    match cli.command {
+        Command::Ingest {
+            file,
+            keep_going,
+            inline_log_limit,
+            proper_changeset,
+        } => {
+            if inline_log_limit < MIN_INLINE_LIMIT {
+                bail!("--inline-log-limit must be at least {MIN_INLINE_LIMIT} bytes");
+            }
+            let changesets = ChangesetPolicy::new(&proper_changeset).with_context(|| {
+                format!("--proper-changeset {proper_changeset:?} is not a valid regular expression")
+            })?;
+            let config = CoreConfig {
+                inline_limit: inline_log_limit,
+                changesets,
+            };
+            run_ingest(store.as_ref(), &file, config, keep_going).await
+        }
+        Command::Export { collection } => {
+            export(store.as_ref(), collection).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log { step_id, channel } => print_log(store.as_ref(), &step_id, channel).await,
+    }
+}
+
+async fn run_ingest(
+    store: &dyn Store,
+    file: &str,
+    config: CoreConfig,
+    keep_going: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut applier = Applier::new(Core::new(config));
+    let options = IngestOptions {
+        keep_going,
+        ..IngestOptions::default()
+    };
+    let mut on_error = |e: &buildstore::pipeline::LineError| eprintln!("buildstore: {file}: {e}");
+    let report = if file == "-" {
+        ingest(
+            store,
+            &mut applier,
+            BufReader::new(tokio::io::stdin()),
+            &options,
+            &mut on_error,
+        )
+        .await?
+    } else {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {file}"))?;
+        ingest(
+            store,
+            &mut applier,
+            BufReader::with_capacity(1 << 20, f),
+            &options,
+            &mut on_error,
+        )
+        .await?
+    };
+    eprintln!(
+        "buildstore: {file}: {} events applied, {} duplicates skipped, {} lines rejected{}",
+        report.applied,
+        report.duplicates,
+        report.rejected,
+        if report.stopped_early {
+            " (stopped at the first bad line; --keep-going carries on)"
+        } else {
+            ""
+        }
+    );
+    Ok(if report.rejected > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly.
+fn emit(out: &mut impl Write, bytes: &[u8]) -> anyhow::Result<bool> {
+    match out.write_all(bytes) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to standard output"),
+    }
+}
+
+async fn export(store: &dyn Store, collection: Collection) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list(collection, after.as_deref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.get_str("_id").ok().map(str::to_owned);
+        for doc in &page {
+            let mut line = buildstore::export::to_line(doc);
+            line.push('\n');
+            if !emit(&mut out, line.as_bytes())? {
+                return Ok(());
+            }
+        }
+        if after.is_none() {
+            break;
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn print_log(store: &dyn Store, step_id: &str, channel: Channel) -> anyhow::Result<ExitCode> {
+    if store.get(Collection::Steps, step_id).await?.is_none() {
+        bail!("no step {step_id:?} in the store");
+    }
+    let len = store.log_len(step_id, channel).await?.unwrap_or(0);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut offset = 0u64;
+    while offset < len {
+        let piece = store.read_log(step_id, channel, offset, 1 << 20).await?;
+        if piece.is_empty() {
+            break;
+        }
+        offset += piece.len() as u64;
+        if !emit(&mut out, &piece)? {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

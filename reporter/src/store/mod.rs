@@ -1,0 +1,113 @@
+//! Stores: where mutations become documents. A store applies a [`Batch`] atomically and answers the
+//! reads that the CLI, the pipeline's recovery and the web view need. The embedded SQLite store is
+//! the zero-install default; every store holds the same documents, so `export` prints the same
+//! lines whichever store is behind it.
+
+mod docs;
+mod sqlite;
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use bson::Document;
+use buildstore_schema::{Channel, Collection};
+
+use crate::core::{Batch, BuildSnapshot};
+
+pub use docs::DocSet;
+pub use sqlite::SqliteStore;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store location {0:?} is not understood: expected sqlite:PATH")]
+    BadLocation(String),
+    #[error("sqlite store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("document {collection}/{id} in the store is damaged: {message}")]
+    Corrupt {
+        collection: Collection,
+        id: String,
+        message: String,
+    },
+    #[error("mutation on {collection}/{id} needs the document, which is not in the store")]
+    Missing { collection: Collection, id: String },
+    #[error("log {channel} of step {step_id} holds {len} bytes, but a chunk was written for offset {offset}")]
+    LogConflict {
+        step_id: String,
+        channel: &'static str,
+        len: u64,
+        offset: u64,
+    },
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Which builds to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuildQuery {
+    pub builder: Option<String>,
+    pub changeset: Option<String>,
+    pub since: Option<bson::DateTime>,
+    pub until: Option<bson::DateTime>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Applies all of `batch` or none of it. Applying the same batch again changes nothing.
+    async fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Which of these event keys are already applied.
+    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;
+
+    /// The builds among `ids` that exist, with their steps and the first and last `log_window`
+    /// bytes of every log: what the core needs to carry on folding events into them.
+    async fn load_builds(
+        &self,
+        ids: &[String],
+        log_window: usize,
+    ) -> Result<Vec<BuildSnapshot>, StoreError>;
+
+    /// One document by `_id`.
+    async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError>;
+
+    /// Up to `limit` documents with `_id` greater than `after`, in `_id` order (export pages).
+    async fn list(
+        &self,
+        collection: Collection,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError>;
+
+    /// Builds matching `query`, newest `time_start` first.
+    async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError>;
+
+    /// Length in bytes of the full log, or `None` when the step has no such log.
+    async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError>;
+
+    /// Up to `max` bytes of the full log from byte `offset`.
+    async fn read_log(
+        &self,
+        step_id: &str,
+        channel: Channel,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError>;
+}
+
+/// Opens the store a location names: `sqlite:PATH`.
+pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(path) = location.strip_prefix("sqlite:") {
+        if path.is_empty() {
+            return Err(StoreError::BadLocation(location.to_owned()));
+        }
+        let store = SqliteStore::open(path).await?;
+        return Ok(Box::new(store));
+    }
+    Err(StoreError::BadLocation(location.to_owned()))
+}

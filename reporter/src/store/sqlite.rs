@@ -1,0 +1,477 @@
+//! The embedded store: one SQLite file in WAL mode, one table per collection holding each document
+//! whole (as BSON, so it exports exactly as MongoDB would hold it) beside the fields its indexes
+//! need, plus the full text of every log as appended chunks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bson::{Bson, Document};
+use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
+
+use super::docs::{DocSet, Loader};
+use super::{BuildQuery, Store, StoreError};
+use crate::core::{Batch, BuildSnapshot, LogSnapshot, Mutation};
+
+/// Bumped when the table layout changes.
+const LAYOUT_VERSION: i64 = 1;
+
+pub struct SqliteStore {
+    path: String,
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// The columns a collection's table keeps beside the document: the fields its indexes use.
+fn columns(collection: Collection) -> Vec<&'static str> {
+    let mut cols: Vec<&'static str> = Vec::new();
+    for spec in INDEXES.iter().filter(|s| s.collection == collection) {
+        for (field, _) in spec.keys {
+            if !cols.contains(field) {
+                cols.push(field);
+            }
+        }
+    }
+    cols
+}
+
+fn layout() -> String {
+    let mut sql = String::from(
+        "CREATE TABLE IF NOT EXISTS log_chunks (
+             step_id TEXT NOT NULL, channel TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
+             PRIMARY KEY (step_id, channel, offset)) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS applied_events (key TEXT PRIMARY KEY) WITHOUT ROWID;\n",
+    );
+    for c in Collection::ALL {
+        let extra: String = columns(c).iter().map(|f| format!(", {f}")).collect();
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {c} (_id TEXT PRIMARY KEY, doc BLOB NOT NULL{extra});\n"
+        ));
+    }
+    for spec in INDEXES {
+        let keys: Vec<String> = spec
+            .keys
+            .iter()
+            .map(|(f, dir)| format!("{f}{}", if *dir < 0 { " DESC" } else { "" }))
+            .collect();
+        sql.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {}_{} ON {} ({});\n",
+            spec.collection,
+            spec.name,
+            spec.collection,
+            keys.join(", ")
+        ));
+    }
+    sql
+}
+
+/// How an indexed field is kept in its column: dates as epoch milliseconds, ids as given.
+fn column_value(value: Option<&Bson>) -> SqlValue {
+    match value {
+        None | Some(Bson::Null) => SqlValue::Null,
+        Some(Bson::String(s)) => SqlValue::Text(s.clone()),
+        Some(Bson::Int32(i)) => SqlValue::Integer((*i).into()),
+        Some(Bson::Int64(i)) => SqlValue::Integer(*i),
+        Some(Bson::DateTime(d)) => SqlValue::Integer(d.timestamp_millis()),
+        Some(other) => SqlValue::Text(other.to_string()),
+    }
+}
+
+fn encode(doc: &Document) -> Vec<u8> {
+    let mut buf = Vec::new();
+    // Writing into a Vec cannot fail for a document that was built in memory.
+    let _ = doc.to_writer(&mut buf);
+    buf
+}
+
+fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, StoreError> {
+    Document::from_reader(bytes).map_err(|e| StoreError::Corrupt {
+        collection,
+        id: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file at `path`.
+    pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        let p = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(&p)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            // FULL: a batch the store confirmed survives a power cut, not only a crash.
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.execute_batch(&layout())?;
+            conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection off the async threads.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-applied transaction behind
+            // (SQLite rolls it back), so a poisoned lock is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn sql_error(&self) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clone + 'static {
+        let path = self.path.clone();
+        move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        }
+    }
+}
+
+struct TxLoader<'a, E> {
+    tx: &'a Transaction<'a>,
+    err: E,
+}
+
+impl<E: Fn(rusqlite::Error) -> StoreError> Loader for TxLoader<'_, E> {
+    fn load(&mut self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
+        load_doc(self.tx, collection, id, &self.err)
+    }
+}
+
+fn load_doc(
+    conn: &Connection,
+    collection: Collection,
+    id: &str,
+    err: &impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<Option<Document>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached(&format!("SELECT doc FROM {collection} WHERE _id = ?1"))
+        .and_then(|mut st| st.query_row([id], |r| r.get(0)).optional())
+        .map_err(err)?;
+    bytes.map(|b| decode(collection, id, &b)).transpose()
+}
+
+fn log_len(conn: &Connection, step_id: &str, channel: Channel) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached(
+        "SELECT offset + length(data) FROM log_chunks WHERE step_id = ?1 AND channel = ?2
+         ORDER BY offset DESC LIMIT 1",
+    )?
+    .query_row(params![step_id, channel.as_str()], |r| r.get::<_, i64>(0))
+    .optional()
+    .map(|n| n.map(|n| n as u64))
+}
+
+fn read_log(
+    conn: &Connection,
+    step_id: &str,
+    channel: Channel,
+    from: u64,
+    max: usize,
+) -> rusqlite::Result<Vec<u8>> {
+    let mut st = conn.prepare_cached(
+        "SELECT offset, data FROM log_chunks WHERE step_id = ?1 AND channel = ?2
+           AND offset >= coalesce((SELECT max(offset) FROM log_chunks
+                                   WHERE step_id = ?1 AND channel = ?2 AND offset <= ?3), 0)
+         ORDER BY offset",
+    )?;
+    let mut rows = st.query(params![step_id, channel.as_str(), from as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        if out.len() >= max {
+            break;
+        }
+        let offset = row.get::<_, i64>(0)? as u64;
+        let data: Vec<u8> = row.get(1)?;
+        let skip = usize::try_from(from.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let take = (data.len() - skip).min(max - out.len());
+        out.extend_from_slice(&data[skip..skip + take]);
+    }
+    Ok(out)
+}
+
+fn apply_batch(
+    tx: &Transaction,
+    batch: &Batch,
+    err: &(impl Fn(rusqlite::Error) -> StoreError + Clone),
+) -> Result<(), StoreError> {
+    let mut docs = DocSet::default();
+    let mut loader = TxLoader {
+        tx,
+        err: err.clone(),
+    };
+    let mut lens: HashMap<(String, Channel), u64> = HashMap::new();
+    for m in &batch.mutations {
+        if let Mutation::AppendLog {
+            step_id,
+            channel,
+            offset,
+            text,
+            ..
+        } = m
+        {
+            let key = (step_id.clone(), *channel);
+            let len = match lens.get(&key) {
+                Some(n) => *n,
+                None => log_len(tx, step_id, *channel).map_err(err)?.unwrap_or(0),
+            };
+            let end = offset + text.len() as u64;
+            if end <= len {
+                continue; // applied before: this batch is a retry
+            }
+            if *offset != len {
+                return Err(StoreError::LogConflict {
+                    step_id: step_id.clone(),
+                    channel: channel.as_str(),
+                    len,
+                    offset: *offset,
+                });
+            }
+            tx.prepare_cached(
+                "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    step_id,
+                    channel.as_str(),
+                    *offset as i64,
+                    text.as_bytes()
+                ])
+            })
+            .map_err(err)?;
+            lens.insert(key, end);
+        }
+        docs.apply(m, &mut loader)?;
+    }
+    for (collection, id, doc) in docs.into_writes()? {
+        let cols = columns(collection);
+        let names: String = cols.iter().map(|c| format!(", {c}")).collect();
+        let marks: String = (0..cols.len()).map(|i| format!(", ?{}", i + 3)).collect();
+        let updates: String = cols
+            .iter()
+            .map(|c| format!(", {c} = excluded.{c}"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {collection} (_id, doc{names}) VALUES (?1, ?2{marks})
+             ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc{updates}"
+        );
+        let mut values = vec![SqlValue::Text(id.clone()), SqlValue::Blob(encode(&doc))];
+        values.extend(cols.iter().map(|c| column_value(doc.get(*c))));
+        tx.prepare_cached(&sql)
+            .and_then(|mut st| st.execute(params_from_iter(values)))
+            .map_err(err)?;
+    }
+    let mut st = tx
+        .prepare_cached("INSERT OR IGNORE INTO applied_events (key) VALUES (?1)")
+        .map_err(err)?;
+    for key in &batch.events {
+        st.execute([key]).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.clone();
+        let err = self.sql_error();
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(&err)?;
+            apply_batch(&tx, &batch, &err)?;
+            tx.commit().map_err(&err)
+        })
+        .await
+    }
+
+    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        let keys = keys.to_vec();
+        let err = self.sql_error();
+        self.run(move |conn| {
+            let mut st = conn
+                .prepare_cached("SELECT 1 FROM applied_events WHERE key = ?1")
+                .map_err(&err)?;
+            let mut found = HashSet::new();
+            for key in keys {
+                if st.exists([&key]).map_err(&err)? {
+                    found.insert(key);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn load_builds(
+        &self,
+        ids: &[String],
+        log_window: usize,
+    ) -> Result<Vec<BuildSnapshot>, StoreError> {
+        let ids = ids.to_vec();
+        let err = self.sql_error();
+        self.run(move |conn| {
+            let mut out = Vec::new();
+            for id in ids {
+                let Some(raw) = load_doc(conn, Collection::Builds, &id, &err)? else {
+                    continue;
+                };
+                let build: BuildDoc =
+                    bson::from_document(raw).map_err(|e| StoreError::Corrupt {
+                        collection: Collection::Builds,
+                        id: id.clone(),
+                        message: e.to_string(),
+                    })?;
+                let mut steps = Vec::new();
+                let mut logs = Vec::new();
+                let mut st = conn
+                    .prepare_cached("SELECT _id, doc FROM steps WHERE build = ?1 ORDER BY step")
+                    .map_err(&err)?;
+                let rows: Vec<(String, Vec<u8>)> = st
+                    .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+                    .map_err(&err)?;
+                for (step_id, bytes) in rows {
+                    let doc = decode(Collection::Steps, &step_id, &bytes)?;
+                    let step: StepDoc =
+                        bson::from_document(doc).map_err(|e| StoreError::Corrupt {
+                            collection: Collection::Steps,
+                            id: step_id.clone(),
+                            message: e.to_string(),
+                        })?;
+                    for channel in Channel::ALL {
+                        let Some(len) = log_len(conn, &step_id, channel).map_err(&err)? else {
+                            continue;
+                        };
+                        let head =
+                            read_log(conn, &step_id, channel, 0, log_window).map_err(&err)?;
+                        let tail_from = len.saturating_sub(log_window as u64);
+                        let tail = read_log(conn, &step_id, channel, tail_from, log_window)
+                            .map_err(&err)?;
+                        logs.push(LogSnapshot {
+                            step_id: step_id.clone(),
+                            channel,
+                            len,
+                            head,
+                            tail,
+                        });
+                    }
+                    steps.push(step);
+                }
+                out.push(BuildSnapshot { build, steps, logs });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
+        let id = id.to_owned();
+        let err = self.sql_error();
+        self.run(move |conn| load_doc(conn, collection, &id, &err))
+            .await
+    }
+
+    async fn list(
+        &self,
+        collection: Collection,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        let after = after.map(str::to_owned);
+        let err = self.sql_error();
+        self.run(move |conn| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let sql = format!("SELECT _id, doc FROM {collection} WHERE ?1 IS NULL OR _id > ?1 ORDER BY _id LIMIT ?2");
+            let mut st = conn.prepare_cached(&sql).map_err(&err)?;
+            let rows: Vec<(String, Vec<u8>)> = st
+                .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(&err)?;
+            rows.iter().map(|(id, b)| decode(collection, id, b)).collect()
+        })
+        .await
+    }
+
+    async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError> {
+        let q = query.clone();
+        let err = self.sql_error();
+        self.run(move |conn| {
+            let mut clauses = vec!["1 = 1".to_owned()];
+            let mut values: Vec<SqlValue> = Vec::new();
+            let mut bind = |clause: &str, v: SqlValue| {
+                values.push(v);
+                clauses.push(format!("{clause} ?{}", values.len()));
+            };
+            if let Some(b) = &q.builder {
+                bind("builder =", SqlValue::Text(b.clone()));
+            }
+            if let Some(c) = &q.changeset {
+                bind("changeset =", SqlValue::Text(c.clone()));
+            }
+            if let Some(t) = q.since {
+                bind("time_start >=", SqlValue::Integer(t.timestamp_millis()));
+            }
+            if let Some(t) = q.until {
+                bind("time_start <", SqlValue::Integer(t.timestamp_millis()));
+            }
+            values.push(SqlValue::Integer(
+                i64::try_from(q.limit).unwrap_or(i64::MAX),
+            ));
+            let sql = format!(
+                "SELECT _id, doc FROM builds WHERE {} ORDER BY time_start DESC, _id LIMIT ?{}",
+                clauses.join(" AND "),
+                values.len()
+            );
+            let mut st = conn.prepare_cached(&sql).map_err(&err)?;
+            let rows: Vec<(String, Vec<u8>)> = st
+                .query_map(params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(&err)?;
+            rows.iter()
+                .map(|(id, b)| decode(Collection::Builds, id, b))
+                .collect()
+        })
+        .await
+    }
+
+    async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
+        let step_id = step_id.to_owned();
+        let err = self.sql_error();
+        self.run(move |conn| log_len(conn, &step_id, channel).map_err(&err))
+            .await
+    }
+
+    async fn read_log(
+        &self,
+        step_id: &str,
+        channel: Channel,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let step_id = step_id.to_owned();
+        let err = self.sql_error();
+        self.run(move |conn| read_log(conn, &step_id, channel, offset, max).map_err(&err))
+            .await
+    }
+}
