@@ -9,3 +9,4 @@ pub mod core;
 pub mod export;
 pub mod pipeline;
 pub mod store;
+pub mod synth;
