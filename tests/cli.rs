@@ -1,2 +1,630 @@
+//! Integration tests: the real `buildstore` binary on the example streams in `examples/events/`
+//! and on generated streams, checked through `buildstore export` and `buildstore log`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/events")
+}
+
+fn example(name: &str) -> PathBuf {
+    examples().join(name)
+}
+
+fn example_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples())
+        .expect("examples/events exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 6,
+        "expected the six example streams, found {files:?}"
+    );
+    files
+}
+
+/// A fresh SQLite store in a temporary directory.
+struct Db {
+    _dir: tempfile::TempDir,
+    location: String,
+}
+
+impl Db {
+    fn new() -> Db {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = format!("sqlite:{}", dir.path().join("store.db").display());
+        Db {
+            _dir: dir,
+            location,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_buildstore"));
+        c.env_remove("BUILDSTORE_STORE")
+            .arg("--store")
+            .arg(&self.location);
+        c
+    }
+
+    fn ingest(&self, file: &Path, args: &[&str]) -> Output {
+        self.cmd()
+            .arg("ingest")
+            .args(args)
+            .arg(file)
+            .output()
+            .expect("run ingest")
+    }
+
+    fn ingest_ok(&self, file: &Path) {
+        let out = self.ingest(file, &[]);
+        assert!(
+            out.status.success(),
+            "ingest {} failed: {}",
+            file.display(),
+            stderr(&out)
+        );
+    }
+
+    fn ingest_text(&self, text: &str, args: &[&str]) -> Output {
+        let mut child = self
+            .cmd()
+            .arg("ingest")
+            .args(args)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ingest");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("wait ingest")
+    }
+
+    fn export_raw(&self, collection: &str) -> String {
+        let out = self
+            .cmd()
+            .args(["export", collection])
+            .output()
+            .expect("run export");
+        assert!(out.status.success(), "export failed: {}", stderr(&out));
+        String::from_utf8(out.stdout).expect("utf-8 export")
+    }
+
+    fn export(&self, collection: &str) -> Vec<Value> {
+        self.export_raw(collection)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("export lines are JSON"))
+            .collect()
+    }
+
+    fn export_all(&self) -> String {
+        ["builders", "builds", "steps", "repository"]
+            .iter()
+            .map(|c| format!("== {c}\n{}", self.export_raw(c)))
+            .collect()
+    }
+
+    fn doc(&self, collection: &str, id: &str) -> Value {
+        self.export(collection)
+            .into_iter()
+            .find(|d| d["_id"] == id)
+            .unwrap_or_else(|| panic!("no {collection} document {id}"))
+    }
+
+    fn log(&self, step_id: &str, channel: &str) -> Output {
+        self.cmd()
+            .args(["log", step_id, channel])
+            .output()
+            .expect("run log")
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn events(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .expect("read stream")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("example lines are JSON"))
+        .collect()
+}
+
+fn build_doc_id(e: &Value) -> String {
+    let part = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    format!("{}/{}", part(&e["master_id"]), part(&e["build_id"]))
+}
+
+fn write_lines(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text).expect("write stream");
+    path
+}
+
 #[test]
-fn t() {}
+fn every_example_stream_ingests_without_rejections() {
+    for file in example_files() {
+        let db = Db::new();
+        let out = db.ingest(&file, &[]);
+        assert!(out.status.success(), "{}: {}", file.display(), stderr(&out));
+        assert!(
+            stderr(&out).contains(" 0 lines rejected"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_build_started_at_fetch_head_is_corrected_by_got_revision_and_linked() {
+    let file = example("fetch-head-corrected.jsonl");
+    let evs = events(&file);
+    let start = evs
+        .iter()
+        .find(|e| e["type"] == "build_started" && e["changeset"] == "FETCH_HEAD")
+        .expect("a build started at FETCH_HEAD");
+    let hash = evs
+        .iter()
+        .find(|e| e["type"] == "property" && e["name"] == "got_revision")
+        .and_then(|e| e["value"].as_str())
+        .expect("a got_revision property");
+    let commit = evs
+        .iter()
+        .find(|e| e["type"] == "commit")
+        .expect("a commit event");
+    let db = Db::new();
+    db.ingest_ok(&file);
+    let id = build_doc_id(start);
+    let build = db.doc("builds", &id);
+    assert_eq!(build["changeset"], hash);
+    let repo = db.doc("repository", hash);
+    let entry = repo["builds"]
+        .as_array()
+        .expect("builds list")
+        .iter()
+        .find(|b| b["build"] == id.as_str());
+    let entry = entry.expect("the build is linked into repository");
+    assert_eq!(entry["result"], build["result"]);
+    assert_eq!(entry["number"], build["number"]);
+    assert_eq!(repo["subject"], commit["subject"]);
+    assert_eq!(repo["commiter_name"], commit["commiter_name"]);
+    assert!(db
+        .export("repository")
+        .iter()
+        .all(|d| d["_id"].as_str().is_some_and(|h| h.len() == 40)));
+}
+
+#[test]
+fn a_nightly_without_changes_keeps_a_null_changeset_and_creates_no_repository_entry() {
+    let db = Db::new();
+    db.ingest_ok(&example("nightly.jsonl"));
+    let builds = db.export("builds");
+    assert!(!builds.is_empty());
+    for b in &builds {
+        assert_eq!(b["changeset"], Value::Null, "{b}");
+        assert_eq!(b["changes"], serde_json::json!([]));
+    }
+    assert!(db.export("repository").is_empty());
+}
+
+#[test]
+fn a_test_step_ending_with_warnings_after_a_long_clobber() {
+    let db = Db::new();
+    db.ingest_ok(&example("failing-tests-after-clobber.jsonl"));
+    let build = db.export("builds").into_iter().next().expect("one build");
+    assert_eq!(build["result"], 1, "the build ends with WARNINGS");
+    let steps: Vec<Value> = build["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|id| db.doc("steps", id.as_str().expect("step ids are strings")))
+        .collect();
+    let duration = |s: &Value| {
+        let t = |f: &str| {
+            chrono::DateTime::parse_from_rfc3339(s[f]["$date"].as_str().expect("date"))
+                .expect("rfc3339")
+        };
+        (t("time_end") - t("time_start")).num_seconds()
+    };
+    let longest = steps.iter().max_by_key(|s| duration(s)).expect("steps");
+    assert!(
+        longest["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("clobber")),
+        "longest step: {}",
+        longest["name"]
+    );
+    let test = steps
+        .iter()
+        .find(|s| s["result"] == 1)
+        .expect("a step with WARNINGS");
+    assert_eq!(test["successful"], false);
+    for field in ["stdout", "stderr", "headers"] {
+        assert!(
+            !test[field].as_str().unwrap_or_default().is_empty(),
+            "{field} of the test step"
+        );
+    }
+    assert!(steps
+        .iter()
+        .filter(|s| s["result"] == 0)
+        .all(|s| s["successful"] == true));
+    assert_eq!(build["steps"].as_array().map(Vec::len), Some(steps.len()));
+}
+
+#[test]
+fn two_masters_with_the_same_builder_names_stay_apart() {
+    let db = Db::new();
+    db.ingest_ok(&example("two-masters.jsonl"));
+    let builders = db.export("builders");
+    let mut names: Vec<&str> = builders.iter().filter_map(|b| b["name"].as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert!(
+        builders.len() > names.len(),
+        "some builder names exist on both masters"
+    );
+    let masters: Vec<&Value> = builders.iter().map(|b| &b["master_id"]).collect();
+    assert!(
+        masters.iter().any(|m| m.is_number()) && masters.iter().any(|m| m.is_string()),
+        "master ids keep their type"
+    );
+    let builds = db.export("builds");
+    let ids: std::collections::HashSet<&Value> = builds.iter().map(|b| &b["_id"]).collect();
+    assert_eq!(ids.len(), builds.len());
+    assert!(builds.iter().all(
+        |b| b["_id"].as_str().is_some_and(|id| id.starts_with(&format!(
+            "{}/",
+            match &b["master_id"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        )))
+    ));
+}
+
+#[test]
+fn a_master_restart_reusing_build_numbers_keeps_both_builds() {
+    let db = Db::new();
+    db.ingest_ok(&example("master-restart.jsonl"));
+    let builds = db.export("builds");
+    let mut seen = std::collections::HashMap::new();
+    let mut reused = false;
+    for b in &builds {
+        let key = (b["builder"].to_string(), b["number"].to_string());
+        reused |= seen.insert(key, b["_id"].clone()).is_some();
+    }
+    assert!(
+        reused,
+        "a builder/number pair appears twice, under two _ids"
+    );
+}
+
+fn log_text(evs: &[Value], build: &Value, step: u64, channel: &str) -> String {
+    let mut chunks: Vec<(u64, &str)> = evs
+        .iter()
+        .filter(|e| {
+            e["type"] == "log"
+                && e["build_id"] == *build
+                && e["step"] == step
+                && e["channel"] == channel
+        })
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap_or(0),
+                e["text"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    chunks.sort();
+    chunks.into_iter().map(|(_, t)| t).collect()
+}
+
+#[test]
+fn a_log_over_the_inline_limit_is_cut_in_the_document_and_kept_whole_in_the_store() {
+    let file = example("big-log.jsonl");
+    let evs = events(&file);
+    let (big, full) = evs
+        .iter()
+        .filter(|e| e["type"] == "log" && e["channel"] == "stdout")
+        .map(|e| {
+            (
+                e,
+                log_text(
+                    &evs,
+                    &e["build_id"],
+                    e["step"].as_u64().expect("step"),
+                    "stdout",
+                ),
+            )
+        })
+        .max_by_key(|(_, text)| text.len())
+        .expect("a stdout log");
+    assert!(full.len() > 1 << 20, "the example log exceeds 1 MiB");
+    let db = Db::new();
+    db.ingest_ok(&file);
+    let step_id = format!("{}/{}", build_doc_id(big), big["step"]);
+    let step = db.doc("steps", &step_id);
+    assert_eq!(step["log_truncated"], true);
+    let inline = step["stdout"].as_str().expect("stdout");
+    assert!(inline.len() <= 1 << 20);
+    assert!(inline.contains("bytes truncated by buildstore"));
+    assert!(full.starts_with(inline.split("\n[... ").next().expect("head")));
+    assert!(full.ends_with(inline.rsplit(" ...]\n").next().expect("tail")));
+    let out = db.log(&step_id, "stdout");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout).expect("utf-8"),
+        full,
+        "buildstore log prints every byte"
+    );
+
+    let small = Db::new();
+    let out = small.ingest(&file, &["--inline-log-limit", "4096"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        small.doc("steps", &step_id)["stdout"]
+            .as_str()
+            .expect("stdout")
+            .len()
+            <= 4096
+    );
+}
+
+#[test]
+fn ingesting_a_stream_again_changes_nothing() {
+    for file in example_files() {
+        let db = Db::new();
+        db.ingest_ok(&file);
+        let once = db.export_all();
+        let out = db.ingest(&file, &[]);
+        assert!(
+            stderr(&out).contains(" 0 events applied"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(db.export_all(), once, "{}", file.display());
+    }
+}
+
+#[test]
+fn ingesting_a_prefix_again_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in example_files() {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let db = Db::new();
+        db.ingest_ok(&file);
+        let once = db.export_all();
+        let prefix = write_lines(dir.path(), "prefix.jsonl", &lines[..lines.len() * 2 / 3]);
+        db.ingest_ok(&prefix);
+        assert_eq!(db.export_all(), once, "{}", file.display());
+    }
+}
+
+/// Builds that are still running when one `ingest` ends are recovered from the store by the next.
+#[test]
+fn a_stream_split_across_runs_gives_the_same_documents_as_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in example_files() {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let whole = Db::new();
+        whole.ingest_ok(&file);
+        let expected = whole.export_all();
+        for cut in [lines.len() / 3, lines.len() / 2, lines.len() - 2] {
+            let db = Db::new();
+            db.ingest_ok(&write_lines(dir.path(), "a.jsonl", &lines[..cut]));
+            db.ingest_ok(&write_lines(dir.path(), "b.jsonl", &lines[cut..]));
+            assert_eq!(
+                db.export_all(),
+                expected,
+                "{} cut at line {cut}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_generated_stream_of_concurrent_builds_survives_splits_and_replays() {
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 4_000,
+        ..Default::default()
+    });
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = write_lines(dir.path(), "all.jsonl", &lines);
+    let whole = Db::new();
+    whole.ingest_ok(&all);
+    let expected = whole.export_all();
+    assert!(whole.export("repository").len() > 50);
+    let db = Db::new();
+    for part in lines.chunks(1_111) {
+        db.ingest_ok(&write_lines(dir.path(), "part.jsonl", part));
+    }
+    db.ingest_ok(&all);
+    assert_eq!(db.export_all(), expected);
+}
+
+const BUILD: &str =
+    r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"time":0}"#;
+const STEP: &str =
+    r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"s","time":1}"#;
+
+#[test]
+fn a_bad_line_is_reported_by_number_and_field_and_the_lines_before_it_stay_applied() {
+    let db = Db::new();
+    let bad = r#"{"type":"step_started","master_id":"m","build_id":1,"step":"one","name":"t"}"#;
+    let later = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    let out = db.ingest_text(&[BUILD, STEP, bad, later].join("\n"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("line 3: field `step`:"), "{err}");
+    assert_eq!(
+        db.doc("builds", "m/1")["steps"],
+        serde_json::json!(["m/1/0"])
+    );
+    assert_eq!(
+        db.doc("builds", "m/1")["result"],
+        Value::Null,
+        "nothing after the bad line was applied"
+    );
+
+    let db = Db::new();
+    let out = db.ingest_text(
+        &[BUILD, bad, "not json", "", later].join("\n"),
+        &["--keep-going"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 2: field `step`") && err.contains("line 3: not valid JSON"),
+        "{err}"
+    );
+    assert_eq!(
+        db.doc("builds", "m/1")["result"],
+        0,
+        "--keep-going applied the later line"
+    );
+}
+
+#[test]
+fn events_for_unknown_builds_or_steps_are_rejected_and_change_nothing() {
+    let db = Db::new();
+    let lines = [
+        BUILD,
+        r#"{"type":"log","master_id":"m","build_id":1,"step":4,"channel":"stdout","text":"x"}"#,
+        r#"{"type":"step_finished","master_id":"m","build_id":1,"step":4,"result":0}"#,
+        r#"{"type":"property","master_id":"m","build_id":2,"name":"p","value":1}"#,
+        r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"x","offset":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(err.contains("line 2: unknown step 4 of build m/1"), "{err}");
+    assert!(err.contains("line 3: unknown step 4 of build m/1"), "{err}");
+    assert!(err.contains("line 4: unknown build m/2"), "{err}");
+    assert!(err.contains("line 5: unknown step 0"), "{err}");
+    assert!(db.export("steps").is_empty());
+    assert_eq!(db.export("builds").len(), 1);
+}
+
+#[test]
+fn a_proper_changeset_pattern_can_be_configured() {
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"changeset":"trunk","time":0}"#,
+        r#"{"type":"changeset","master_id":"m","build_id":1,"changeset":"r1234"}"#,
+        r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--proper-changeset", "^r[0-9]+$"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.doc("repository", "r1234")["builds"][0]["build"], "m/1");
+    let out = Db::new().ingest_text("", &["--proper-changeset", "("]);
+    assert!(
+        stderr(&out).contains("--proper-changeset"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn export_prints_extended_json_sorted_by_id() {
+    let db = Db::new();
+    db.ingest_ok(&example("two-masters.jsonl"));
+    let builds = db.export("builds");
+    let ids: Vec<&str> = builds.iter().filter_map(|b| b["_id"].as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    assert!(
+        builds[0]["time_start"]["$date"].is_string(),
+        "dates are Extended JSON"
+    );
+}
+
+#[test]
+fn clear_errors_for_bad_commands() {
+    let db = Db::new();
+    let out = db
+        .cmd()
+        .args(["ingest", "/no/such/file.jsonl"])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("cannot open /no/such/file.jsonl"),
+        "{}",
+        stderr(&out)
+    );
+    let out = db.log("m/1/0", "stdout");
+    assert!(
+        !out.status.success() && stderr(&out).contains("no step \"m/1/0\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = db.cmd().args(["export", "build"]).output().expect("run");
+    assert!(
+        stderr(&out).contains("unknown collection \"build\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["--store", "postgres://x", "export", "builds"])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("\"postgres://x\" is not understood"),
+        "{}",
+        stderr(&out)
+    );
+    let out = db.ingest_text("", &["--inline-log-limit", "10"]);
+    assert!(stderr(&out).contains("at least 256"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_store_can_be_chosen_through_the_environment() {
+    let db = Db::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .env("BUILDSTORE_STORE", &db.location)
+        .args(["ingest"])
+        .arg(example("nightly.jsonl"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!db.export("builds").is_empty());
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "ingest",
+        "export",
+        "log",
+        "--store",
+        "sqlite:PATH",
+        "docs/events.md",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+}

@@ -42,7 +42,7 @@ const STEPS: [&str; 6] = ["git", "clobber", "configure", "compile", "test", "upl
 
 /// The events of one build, in order, without times (added when interleaving).
 fn build_events(rng: &mut fastrand::Rng, shape: &Shape, serial: u64) -> Vec<Value> {
-    let master: Value = if serial % 2 == 0 {
+    let master: Value = if serial.is_multiple_of(2) {
         json!("m1")
     } else {
         json!(2)
