@@ -27,7 +27,9 @@ fn main() {
         ..Shape::default()
     });
     let dir = tempfile::tempdir().expect("temporary directory");
-    let file = dir.path().join("events.jsonl");
+    // BENCH_STREAM=PATH keeps the generated stream there, e.g. to profile an ingest of it.
+    let file = std::env::var_os("BENCH_STREAM")
+        .map_or_else(|| dir.path().join("events.jsonl"), Into::into);
     let mut f = std::io::BufWriter::new(std::fs::File::create(&file).expect("create stream file"));
     for line in &stream {
         writeln!(f, "{line}").expect("write stream file");
