@@ -60,6 +60,8 @@ pub enum RuleError {
     ImproperCommitHash(String),
     #[error("field `{0}` must not be empty")]
     Empty(&'static str),
+    #[error("field `{field}`: {message}")]
+    Unstorable { field: String, message: String },
 }
 
 /// The fold over events, with the state of the builds it has seen.
@@ -192,8 +194,15 @@ impl Core {
             properties: e
                 .properties
                 .iter()
-                .map(|(name, p)| (name.clone(), property_doc(&p.value, p.source.clone())))
-                .collect(),
+                .map(|(name, p)| {
+                    let doc = property_doc(
+                        &format!("properties.{name}.value"),
+                        &p.value,
+                        p.source.clone(),
+                    )?;
+                    Ok((name.clone(), doc))
+                })
+                .collect::<Result<_, RuleError>>()?,
             changes: e
                 .changes
                 .iter()
@@ -331,11 +340,12 @@ impl Core {
     fn property(&mut self, master: &Ident, e: &Property) -> Result<Vec<Mutation>, RuleError> {
         non_empty("name", &e.name)?;
         let policy = self.config.changesets.clone();
+        let property = property_doc("value", &e.value, e.source.clone())?;
         let build = self.build_mut(master, &e.build_id)?;
         let mut out = vec![Mutation::SetProperty {
             build_id: build.id.clone(),
             name: e.name.clone(),
-            property: property_doc(&e.value, e.source.clone()),
+            property,
         }];
         if e.name == "got_revision" {
             if let Some(rev) = got_revision(&e.value, build.codebase.as_deref()) {
@@ -412,12 +422,18 @@ fn builder_status(master: &Ident, builder: &str, status: &str) -> Mutation {
     }
 }
 
-fn property_doc(value: &serde_json::Value, source: Option<String>) -> PropertyDoc {
-    PropertyDoc {
-        // Any JSON value has a BSON form; a failure here would be a bug in bson, not bad input.
-        value: bson::to_bson(value).unwrap_or(bson::Bson::Null),
-        source,
-    }
+/// A property as stored. JSON integers beyond 64 bits have no BSON form: they are refused rather
+/// than silently changed.
+fn property_doc(
+    field: &str,
+    value: &serde_json::Value,
+    source: Option<String>,
+) -> Result<PropertyDoc, RuleError> {
+    let value = bson::to_bson(value).map_err(|e| RuleError::Unstorable {
+        field: field.to_owned(),
+        message: format!("cannot be stored ({e})"),
+    })?;
+    Ok(PropertyDoc { value, source })
 }
 
 /// Changeset correction: a new value replaces the build's changeset unless that one is already a

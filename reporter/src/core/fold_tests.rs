@@ -483,3 +483,29 @@ fn event_time_is_used_and_defaults_to_the_time_received() {
     };
     assert_eq!(doc.time_start.timestamp_millis(), now().timestamp_millis());
 }
+
+#[test]
+fn property_values_that_bson_cannot_hold_are_refused_not_nulled() {
+    let core = &mut Core::new(CoreConfig::default());
+    let big = json!({"type":"build_started","builder":"b","build_id":7,"number":1,
+                     "properties":{"size":{"value":18446744073709551615u64,"source":"x"}}});
+    let e = fail(core, big);
+    assert!(
+        e.to_string()
+            .starts_with("field `properties.size.value`: cannot be stored"),
+        "{e}"
+    );
+    start(core, None);
+    let e = fail(
+        core,
+        json!({"type":"property","build_id":7,"name":"n","value":[1, 18446744073709551615u64]}),
+    );
+    assert!(e.to_string().starts_with("field `value`:"), "{e}");
+    let ms = apply(
+        core,
+        json!({"type":"property","build_id":7,"name":"n","value":{"a":[1,2.5,null,"x"]}}),
+    );
+    assert!(
+        matches!(&ms[0], Mutation::SetProperty { property, .. } if property.value.as_document().is_some())
+    );
+}
