@@ -362,6 +362,7 @@ fn a_log_over_the_inline_limit_is_cut_in_the_document_and_kept_whole_in_the_stor
     let step_id = format!("{}/{}", build_doc_id(big), big["step"]);
     let step = db.doc("steps", &step_id);
     assert_eq!(step["log_truncated"], true);
+    assert_eq!(step["log_bytes"]["stdout"], full.len());
     let inline = step["stdout"].as_str().expect("stdout");
     assert!(inline.len() <= 1 << 20);
     assert!(inline.contains("bytes truncated by buildstore"));

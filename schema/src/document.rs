@@ -97,6 +97,34 @@ pub struct StepDoc {
     pub headers: String,
     /// Set once any of the three fields above lost its middle to the inline limit.
     pub log_truncated: bool,
+    /// Size in bytes of each full log, however much of it is inline.
+    pub log_bytes: LogBytes,
+}
+
+/// Bytes of the full log per channel (field names as in the step document).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogBytes {
+    pub stdout: i64,
+    pub stderr: i64,
+    pub headers: i64,
+}
+
+impl LogBytes {
+    pub fn get(&self, channel: crate::Channel) -> i64 {
+        match channel {
+            crate::Channel::Stdout => self.stdout,
+            crate::Channel::Stderr => self.stderr,
+            crate::Channel::Header => self.headers,
+        }
+    }
+
+    pub fn set(&mut self, channel: crate::Channel, bytes: i64) {
+        match channel {
+            crate::Channel::Stdout => self.stdout = bytes,
+            crate::Channel::Stderr => self.stderr = bytes,
+            crate::Channel::Header => self.headers = bytes,
+        }
+    }
 }
 
 /// `repository`: one document per commit. `_id` = the full hash.

@@ -10,7 +10,7 @@ pub mod value;
 
 pub use collection::{Collection, IndexSpec, INDEXES};
 pub use document::{
-    BuildDoc, BuilderDoc, ChangeDoc, CommitDoc, PropertyDoc, RepoBuildEntry, StepDoc,
+    BuildDoc, BuilderDoc, ChangeDoc, CommitDoc, LogBytes, PropertyDoc, RepoBuildEntry, StepDoc,
 };
 pub use event::{Channel, Event, EventError, EventKind};
 pub use value::{Ident, ResultCode, Timestamp};

@@ -10,7 +10,7 @@ use buildstore_schema::event::{
     BuildFinished, BuildStarted, Changeset, Commit, Log, Property, StepFinished, StepStarted,
 };
 use buildstore_schema::{
-    BuildDoc, ChangeDoc, CommitDoc, Event, EventKind, Ident, PropertyDoc, StepDoc,
+    BuildDoc, ChangeDoc, CommitDoc, Event, EventKind, Ident, LogBytes, PropertyDoc, StepDoc,
 };
 use chrono::Utc;
 
@@ -262,6 +262,7 @@ impl Core {
             stderr: String::new(),
             headers: String::new(),
             log_truncated: false,
+            log_bytes: LogBytes::default(),
         };
         Ok(vec![Mutation::StartStep {
             doc: Box::new(doc),

@@ -340,13 +340,14 @@ fn logs_over_the_inline_limit_switch_to_head_and_tail() {
     ));
     let ms = log(&mut core, &"b".repeat(200), None).unwrap();
     let Mutation::AppendLog {
-        inline: InlineUpdate::Replace(v),
+        inline: InlineUpdate::Spill { value: v, earlier },
         offset: 200,
         ..
     } = &ms[0]
     else {
         panic!("{ms:?}")
     };
+    assert_eq!(earlier, &"a".repeat(200));
     assert!(v.len() <= 300 && v.starts_with('a') && v.ends_with('b') && v.contains("truncated"));
 }
 
@@ -374,6 +375,10 @@ fn a_restored_build_carries_on_where_the_store_left_it() {
         stderr: String::new(),
         headers: String::new(),
         log_truncated: false,
+        log_bytes: buildstore_schema::LogBytes {
+            stdout: 3,
+            ..Default::default()
+        },
     };
     let snapshot = BuildSnapshot {
         build: doc,

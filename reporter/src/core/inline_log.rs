@@ -60,13 +60,17 @@ impl InlineLog {
                 self.head.push_str(text);
                 return InlineUpdate::Append;
             }
-            let mut full = std::mem::take(&mut self.head);
+            let earlier = std::mem::take(&mut self.head);
+            let mut full = earlier.clone();
             full.push_str(text);
             let half = half(limit);
             self.head = prefix(&full, half).to_owned();
             self.tail = suffix(&full, half).to_owned();
             self.truncated = true;
-            return InlineUpdate::Replace(self.inline());
+            return InlineUpdate::Spill {
+                value: self.inline(),
+                earlier,
+            };
         }
         let half = half(limit);
         if text.len() >= half {
@@ -172,7 +176,11 @@ mod tests {
     fn one_huge_chunk_is_cut_the_same_way() {
         let mut log = InlineLog::default();
         let text = "x".repeat(10 * LIMIT);
-        let InlineUpdate::Replace(inline) = log.append(&text, LIMIT) else {
+        let InlineUpdate::Spill {
+            value: inline,
+            earlier,
+        } = log.append(&text, LIMIT)
+        else {
             panic!()
         };
         assert!(inline.len() <= LIMIT);
@@ -180,6 +188,19 @@ mod tests {
             "[... {} bytes truncated",
             10 * LIMIT - 2 * half(LIMIT)
         )));
+        assert_eq!(earlier, "", "nothing came before the chunk");
+    }
+
+    #[test]
+    fn the_chunk_that_crosses_the_limit_hands_over_what_came_before() {
+        let mut log = InlineLog::default();
+        assert_eq!(log.append("abc", LIMIT), InlineUpdate::Append);
+        let update = log.append(&"d".repeat(LIMIT), LIMIT);
+        assert!(
+            matches!(&update, InlineUpdate::Spill { earlier, .. } if earlier == "abc"),
+            "{update:?}"
+        );
+        assert!(matches!(log.append("e", LIMIT), InlineUpdate::Replace(_)));
     }
 
     #[test]

@@ -84,9 +84,13 @@ pub enum Mutation {
 pub enum InlineUpdate {
     /// The field still holds the whole log: append the same text.
     Append,
-    /// The log outgrew the inline limit: the field becomes this (head, marker, tail) and the step
+    /// The log is past the inline limit: the field becomes this (head, marker, tail) and the step
     /// gets `log_truncated: true`.
     Replace(String),
+    /// Like `Replace`, for the chunk with which the log outgrew the limit. `earlier` is the log
+    /// before this chunk, which until now the step document held whole: a store that keeps full
+    /// logs only past the limit saves it now.
+    Spill { value: String, earlier: String },
 }
 
 /// What a store applies atomically: the mutations of some events, and those events' keys so that

@@ -148,9 +148,9 @@ impl DocSet {
             Mutation::AppendLog {
                 step_id,
                 channel,
+                offset,
                 text,
                 inline,
-                ..
             } => {
                 let step = self.existing::<StepDoc>(step_id, loader)?;
                 let field = match channel {
@@ -160,11 +160,13 @@ impl DocSet {
                 };
                 match inline {
                     InlineUpdate::Append => field.push_str(text),
-                    InlineUpdate::Replace(value) => {
+                    InlineUpdate::Replace(value) | InlineUpdate::Spill { value, .. } => {
                         field.clone_from(value);
                         step.log_truncated = true;
                     }
                 }
+                step.log_bytes
+                    .set(*channel, (*offset + text.len() as u64) as i64);
             }
             Mutation::FinishStep {
                 step_id,
