@@ -22,10 +22,13 @@ to query.\n\nEvents are JSON objects, one per line (protocol v1, see docs/events
 documents are described in docs/builddata.md.",
     after_help = "Examples:\n  buildstore ingest examples/events/fetch-head-corrected.jsonl\n  \
 buildstore export builds\n  buildstore log 'm1/7/2' stdout\n  \
-buildstore --store sqlite:/var/lib/buildstore/builds.db export repository"
+buildstore --store sqlite:/var/lib/buildstore/builds.db export repository\n  \
+BUILDSTORE_STORE=mongodb://localhost:27017/builds buildstore ingest events.jsonl"
 )]
 struct Cli {
-    /// Where documents are kept: sqlite:PATH (the embedded store).
+    /// Where documents are kept: sqlite:PATH (the embedded store) or a MongoDB URI,
+    /// mongodb://HOST[:PORT]/DATABASE?OPTIONS (database `buildstore` if none is given; the server
+    /// selection timeout is 10 s unless serverSelectionTimeoutMS says otherwise).
     #[arg(
         long,
         global = true,
@@ -57,6 +60,9 @@ enum Command {
         #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
         proper_changeset: String,
     },
+    /// Create the indexes and document validators the store needs. Harmless to run again;
+    /// ingest runs it too.
+    Init,
     /// Print a collection as MongoDB Extended JSON (relaxed), one document per line, by _id.
     Export {
         /// builders, builds, steps or repository.
@@ -115,7 +121,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 inline_limit: inline_log_limit,
                 changesets,
             };
+            store.init().await.context("preparing the store")?;
             run_ingest(store.as_ref(), &file, config, keep_going).await
+        }
+        Command::Init => {
+            store.init().await.context("preparing the store")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Export { collection } => {
             export(store.as_ref(), collection).await?;

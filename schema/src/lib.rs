@@ -6,6 +6,7 @@ pub mod collection;
 pub mod document;
 pub mod event;
 pub mod json_schema;
+pub mod validator;
 pub mod value;
 
 pub use collection::{Collection, IndexSpec, INDEXES};

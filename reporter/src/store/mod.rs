@@ -4,6 +4,7 @@
 //! lines whichever store is behind it.
 
 mod docs;
+pub mod mongo;
 mod sqlite;
 
 use std::collections::HashSet;
@@ -15,13 +16,25 @@ use buildstore_schema::{Channel, Collection};
 use crate::core::{Batch, BuildSnapshot};
 
 pub use docs::DocSet;
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store location {0:?} is not understood: expected sqlite:PATH")]
+    #[error("store location {0:?} is not understood: expected sqlite:PATH or mongodb://HOST[:PORT]/DATABASE")]
     BadLocation(String),
+    #[error("cannot reach MongoDB at {location} (serverSelectionTimeoutMS): {message}")]
+    Unreachable { location: String, message: String },
+    #[error("MongoDB at {location}: {message}")]
+    Mongo { location: String, message: String },
+    #[error("MongoDB rejected the {mutation} write to {collection} document {id:?}: {message}")]
+    WriteRejected {
+        collection: String,
+        id: String,
+        mutation: &'static str,
+        message: String,
+    },
     #[error("sqlite store {path}: {source}")]
     Sqlite {
         path: String,
@@ -59,6 +72,11 @@ pub struct BuildQuery {
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Prepares the store for use: indexes, validators. Harmless to run again.
+    async fn init(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Applies all of `batch` or none of it. Applying the same batch again changes nothing.
     async fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
 
@@ -100,8 +118,11 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<u8>, StoreError>;
 }
 
-/// Opens the store a location names: `sqlite:PATH`.
+/// Opens the store a location names: `sqlite:PATH` or a `mongodb://` / `mongodb+srv://` URI.
 pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {
+        return Ok(Box::new(MongoStore::open(location).await?));
+    }
     if let Some(path) = location.strip_prefix("sqlite:") {
         if path.is_empty() {
             return Err(StoreError::BadLocation(location.to_owned()));

@@ -1,0 +1,201 @@
+//! Sending planned commands: size-bounded multi-statement `update`/`insert` commands, write errors
+//! mapped to the document and mutation they concern, and retries with backoff for the errors a
+//! server or network recovers from.
+
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use mongodb::error::{Error, ErrorKind};
+use mongodb::Database;
+
+use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET};
+use crate::store::StoreError;
+
+/// Most bytes of statements per command, well under MongoDB's 16 MiB document limit.
+const COMMAND_BYTES: usize = 8 << 20;
+/// Most statements per command (MongoDB's maxWriteBatchSize is 100 000).
+const COMMAND_STATEMENTS: usize = 10_000;
+
+/// Server error codes that mean "try again": network, elections, shutdowns, timeouts.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 134,
+];
+
+/// Whether an error is worth retrying.
+pub fn is_transient(e: &Error) -> bool {
+    if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => true,
+        ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+        _ => false,
+    }
+}
+
+/// How to describe a driver error without credentials.
+pub struct Redactor {
+    pub secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn text(&self, e: &impl std::fmt::Display) -> String {
+        let mut s = e.to_string();
+        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
+            s = s.replace(secret.as_str(), "***");
+        }
+        s
+    }
+}
+
+/// A failure to apply a batch, before it is turned into a [`StoreError`].
+pub enum Failure {
+    Transient(Error),
+    Fatal(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+pub fn driver_failure(e: Error, location: &str, redact: &Redactor) -> Failure {
+    if is_transient(&e) {
+        Failure::Transient(e)
+    } else {
+        Failure::Fatal(StoreError::Mongo {
+            location: location.to_owned(),
+            message: redact.text(&e),
+        })
+    }
+}
+
+/// Splits documents into groups that fit one command.
+fn groups(docs: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut out: Vec<Vec<Document>> = Vec::new();
+    let mut size = 0;
+    for d in docs {
+        let len = bson::to_vec(&d).map(|v| v.len()).unwrap_or(0);
+        if out
+            .last()
+            .is_none_or(|g| g.len() >= COMMAND_STATEMENTS || size + len > COMMAND_BYTES)
+        {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(g) = out.last_mut() {
+            g.push(d);
+        }
+    }
+    out
+}
+
+/// Sends the whole plan in order. A transient failure leaves part of it applied; sending the
+/// same plan again completes it.
+pub async fn send(
+    db: &Database,
+    plan: &Plan,
+    location: &str,
+    redact: &Redactor,
+) -> Result<(), Failure> {
+    for (collection, statements) in &plan.updates {
+        let mut start = 0;
+        for group in groups(statements.iter().map(Statement::to_document).collect()) {
+            let n = group.len();
+            let reply = db
+                .run_command(doc! {"update": collection.name(), "updates": group, "ordered": true})
+                .await
+                .map_err(|e| driver_failure(e, location, redact))?;
+            if let Some(err) = first_write_error(&reply) {
+                let s = usize::try_from(err.0)
+                    .ok()
+                    .and_then(|i| statements.get(start + i));
+                return Err(Failure::Fatal(StoreError::WriteRejected {
+                    collection: collection.name().to_owned(),
+                    id: s.map(|s| s.id.clone()).unwrap_or_default(),
+                    mutation: s.map_or("?", |s| s.what),
+                    message: err.1,
+                }));
+            }
+            start += n;
+        }
+    }
+    insert_all(
+        db,
+        &format!("{BUCKET}.chunks"),
+        plan.chunks.clone(),
+        location,
+        redact,
+    )
+    .await?;
+    insert_all(
+        db,
+        &format!("{BUCKET}.files"),
+        plan.files.clone(),
+        location,
+        redact,
+    )
+    .await?;
+    let keys = plan.events.iter().map(|k| doc! {"_id": k}).collect();
+    insert_all(db, APPLIED_EVENTS, keys, location, redact).await
+}
+
+/// Inserts documents with deterministic `_id`s: a duplicate key means "already there".
+async fn insert_all(
+    db: &Database,
+    collection: &str,
+    docs: Vec<Document>,
+    location: &str,
+    redact: &Redactor,
+) -> Result<(), Failure> {
+    for group in groups(docs) {
+        let ids: Vec<Bson> = group
+            .iter()
+            .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
+        let reply = db
+            .run_command(doc! {"insert": collection, "documents": group, "ordered": false})
+            .await
+            .map_err(|e| driver_failure(e, location, redact))?;
+        let errors = reply.get_array("writeErrors").cloned().unwrap_or_default();
+        for e in errors.iter().filter_map(Bson::as_document) {
+            if e.get_i32("code").ok() == Some(11000) {
+                continue;
+            }
+            let index = e
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok());
+            return Err(Failure::Fatal(StoreError::WriteRejected {
+                collection: collection.to_owned(),
+                id: index
+                    .and_then(|i| ids.get(i))
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                mutation: "insert",
+                message: e.get_str("errmsg").unwrap_or("write error").to_owned(),
+            }));
+        }
+    }
+    Ok(())
+}
+
+fn first_write_error(reply: &Document) -> Option<(i32, String)> {
+    let errors = reply.get_array("writeErrors").ok()?;
+    let e = errors.first()?.as_document()?;
+    let code = e.get_i32("code").unwrap_or(0);
+    let msg = e.get_str("errmsg").unwrap_or("write error");
+    Some((
+        e.get_i32("index").unwrap_or(0),
+        format!("{msg} (code {code})"),
+    ))
+}
+
+/// Backoff before retry `attempt` (1-based): 100 ms doubling, capped at 5 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}

@@ -1,0 +1,488 @@
+//! The MongoDB store, through the official driver. Batches become a handful of multi-statement
+//! commands (see [`plan`]); full logs past the inline limit go to the GridFS bucket `logs`;
+//! `init` creates the documented indexes and `$jsonSchema` validators generated from the schema
+//! types. A MongoDB server without transactions cannot apply a batch atomically, so every write is
+//! idempotent and a batch that failed halfway is completed by the retry of the same batch: the
+//! applied event keys are written last.
+
+mod exec;
+pub mod plan;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{doc, Bson, Document};
+use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
+use futures::{AsyncReadExt, TryStreamExt};
+use mongodb::options::{ClientOptions, GridFsBucketOptions};
+use mongodb::{Client, Database, IndexModel};
+
+use self::exec::{backoff, Failure, Redactor};
+use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET};
+use super::{BuildQuery, Store, StoreError};
+use crate::core::{Batch, BuildSnapshot, LogSnapshot};
+
+/// Server selection timeout when the URI does not set `serverSelectionTimeoutMS`.
+pub const DEFAULT_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at a batch that keeps failing with transient errors, before giving up.
+const ATTEMPTS: u32 = 8;
+
+pub struct MongoStore {
+    db: Database,
+    /// Hosts and database, never credentials: what messages say.
+    location: String,
+    redact: Redactor,
+}
+
+impl MongoStore {
+    /// Connects lazily: an unreachable server is reported by the first operation, after the
+    /// server selection timeout.
+    pub async fn open(uri: &str) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            StoreError::BadLocation(format!(
+                "mongodb URI: {}",
+                Redactor {
+                    secrets: uri_secrets(uri)
+                }
+                .text(&e)
+            ))
+        })?;
+        let secrets: Vec<String> = options
+            .credential
+            .as_ref()
+            .map(|c| {
+                [c.username.clone(), c.password.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            })
+            .unwrap_or_default();
+        options
+            .server_selection_timeout
+            .get_or_insert(DEFAULT_SELECTION_TIMEOUT);
+        options.app_name.get_or_insert_with(|| "buildstore".into());
+        let db_name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| "buildstore".into());
+        let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
+        let location = format!("mongodb://{}/{db_name}", hosts.join(","));
+        let client = Client::with_options(options).map_err(|e| StoreError::Mongo {
+            location: location.clone(),
+            message: Redactor {
+                secrets: secrets.clone(),
+            }
+            .text(&e),
+        })?;
+        Ok(MongoStore {
+            db: client.database(&db_name),
+            location,
+            redact: Redactor { secrets },
+        })
+    }
+
+    fn err(&self, e: mongodb::error::Error) -> StoreError {
+        if matches!(
+            e.kind.as_ref(),
+            mongodb::error::ErrorKind::ServerSelection { .. }
+        ) {
+            return StoreError::Unreachable {
+                location: self.location.clone(),
+                message: self.redact.text(&e),
+            };
+        }
+        StoreError::Mongo {
+            location: self.location.clone(),
+            message: self.redact.text(&e),
+        }
+    }
+
+    fn coll(&self, c: Collection) -> mongodb::Collection<Document> {
+        self.db.collection(c.name())
+    }
+
+    async fn find_docs(
+        &self,
+        c: Collection,
+        filter: Document,
+        sort: Document,
+        limit: Option<i64>,
+    ) -> Result<Vec<Document>, StoreError> {
+        let coll = self.coll(c);
+        let mut find = coll.find(filter).sort(sort);
+        if let Some(n) = limit {
+            find = find.limit(n);
+        }
+        let cursor = find.await.map_err(|e| self.err(e))?;
+        cursor.try_collect().await.map_err(|e| self.err(e))
+    }
+
+    /// The whole log of a step channel from GridFS, pieces in offset order.
+    async fn gridfs_log(
+        &self,
+        step_id: &str,
+        channel: Channel,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let bucket = self.db.gridfs_bucket(
+            GridFsBucketOptions::builder()
+                .bucket_name(BUCKET.to_owned())
+                .build(),
+        );
+        let files: Vec<_> = bucket
+            .find(doc! {"filename": log_file_name(step_id, channel)})
+            .sort(doc! {"metadata.offset": 1})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for f in files {
+            let offset = f
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get_i64("offset").ok())
+                .unwrap_or(0) as u64;
+            let end = offset + f.length;
+            if end <= from || out.len() >= max {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            let mut stream = bucket
+                .open_download_stream(f.id.clone())
+                .await
+                .map_err(|e| self.err(e))?;
+            stream
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| StoreError::Mongo {
+                    location: self.location.clone(),
+                    message: format!("reading log {step_id} {}: {e}", channel.as_str()),
+                })?;
+            let skip = usize::try_from(from.saturating_sub(offset))
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let take = (bytes.len() - skip).min(max - out.len());
+            out.extend_from_slice(&bytes[skip..skip + take]);
+        }
+        Ok(out)
+    }
+
+    /// A step document's inline field, when it still holds the whole log.
+    fn whole_inline(step: &Document, channel: Channel) -> Option<Vec<u8>> {
+        let text = step.get_str(channel.field()).ok()?;
+        let bytes = step
+            .get_document("log_bytes")
+            .ok()
+            .and_then(|b| b.get(channel.field()))
+            .and_then(Bson::as_i64_lenient)?;
+        (text.len() as i64 == bytes).then(|| text.as_bytes().to_vec())
+    }
+}
+
+trait Lenient {
+    fn as_i64_lenient(&self) -> Option<i64>;
+}
+
+impl Lenient for Bson {
+    fn as_i64_lenient(&self) -> Option<i64> {
+        match self {
+            Bson::Int32(i) => Some((*i).into()),
+            Bson::Int64(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// The user name and password written in a URI, to keep them out of messages even when the URI
+/// itself cannot be parsed.
+fn uri_secrets(uri: &str) -> Vec<String> {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let Some((userinfo, _)) = rest.split_once('@') else {
+        return vec![];
+    };
+    userinfo.split(':').map(str::to_owned).collect()
+}
+
+fn corrupt(c: Collection, id: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        collection: c,
+        id: id.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn init(&self) -> Result<(), StoreError> {
+        for (collection, validator) in buildstore_schema::validator::validators() {
+            let schema =
+                bson::to_document(&validator).map_err(|e| corrupt(collection, "$jsonSchema", e))?;
+            let options = doc! {"validator": {"$jsonSchema": schema}, "validationLevel": "moderate", "validationAction": "error"};
+            let mut create = doc! {"create": collection.name()};
+            create.extend(options.clone());
+            if let Err(e) = self.db.run_command(create).await {
+                let exists = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48);
+                if !exists {
+                    return Err(self.err(e));
+                }
+                let mut modify = doc! {"collMod": collection.name()};
+                modify.extend(options);
+                self.db.run_command(modify).await.map_err(|e| self.err(e))?;
+            }
+        }
+        for c in Collection::ALL {
+            let models: Vec<IndexModel> = INDEXES
+                .iter()
+                .filter(|s| s.collection == c)
+                .map(|s| {
+                    let keys: Document = s
+                        .keys
+                        .iter()
+                        .map(|(f, d)| ((*f).to_owned(), Bson::Int32(*d)))
+                        .collect();
+                    IndexModel::builder()
+                        .keys(keys)
+                        .options(
+                            mongodb::options::IndexOptions::builder()
+                                .name(s.name.to_owned())
+                                .build(),
+                        )
+                        .build()
+                })
+                .collect();
+            self.coll(c)
+                .create_indexes(models)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        // The indexes the GridFS specification asks of a bucket.
+        let files = self.db.collection::<Document>(&format!("{BUCKET}.files"));
+        files
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"filename": 1, "uploadDate": 1})
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let chunks = self.db.collection::<Document>(&format!("{BUCKET}.chunks"));
+        chunks
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"files_id": 1, "n": 1})
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .unique(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let plan = plan::plan(&batch.mutations, &batch.events, bson::DateTime::now());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match exec::send(&self.db, &plan, &self.location, &self.redact).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(e)) if attempt >= ATTEMPTS => return Err(self.err(e)),
+                Err(Failure::Transient(e)) => {
+                    let wait = backoff(attempt);
+                    tracing::warn!(store = %self.location, attempt, ?wait, error = %self.redact.text(&e), "retrying a batch after a transient error");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        let found: Vec<Document> = self
+            .db
+            .collection::<Document>(APPLIED_EVENTS)
+            .find(doc! {"_id": {"$in": keys}})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    async fn load_builds(
+        &self,
+        ids: &[String],
+        log_window: usize,
+    ) -> Result<Vec<BuildSnapshot>, StoreError> {
+        let builds = self
+            .find_docs(
+                Collection::Builds,
+                doc! {"_id": {"$in": ids}},
+                doc! {"_id": 1},
+                None,
+            )
+            .await?;
+        if builds.is_empty() {
+            return Ok(vec![]);
+        }
+        let found: Vec<&str> = builds
+            .iter()
+            .filter_map(|b| b.get_str("_id").ok())
+            .collect();
+        let steps = self
+            .find_docs(
+                Collection::Steps,
+                doc! {"build": {"$in": &found}},
+                doc! {"build": 1, "step": 1},
+                None,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for raw in builds {
+            let id = raw.get_str("_id").unwrap_or_default().to_owned();
+            let build: BuildDoc =
+                bson::from_document(raw).map_err(|e| corrupt(Collection::Builds, &id, e))?;
+            let mut snapshot = BuildSnapshot {
+                build,
+                steps: vec![],
+                logs: vec![],
+            };
+            for raw in steps
+                .iter()
+                .filter(|s| s.get_str("build") == Ok(id.as_str()))
+            {
+                let step_id = raw.get_str("_id").unwrap_or_default().to_owned();
+                for channel in Channel::ALL {
+                    let len = raw
+                        .get_document("log_bytes")
+                        .ok()
+                        .and_then(|b| b.get(channel.field()))
+                        .and_then(Bson::as_i64_lenient)
+                        .unwrap_or(0) as u64;
+                    if len == 0 {
+                        continue;
+                    }
+                    let (head, tail) = match Self::whole_inline(raw, channel) {
+                        Some(bytes) => (bytes.clone(), bytes),
+                        None => (
+                            self.gridfs_log(&step_id, channel, 0, log_window).await?,
+                            self.gridfs_log(
+                                &step_id,
+                                channel,
+                                len.saturating_sub(log_window as u64),
+                                log_window,
+                            )
+                            .await?,
+                        ),
+                    };
+                    snapshot.logs.push(LogSnapshot {
+                        step_id: step_id.clone(),
+                        channel,
+                        len,
+                        head,
+                        tail,
+                    });
+                }
+                let step: StepDoc = bson::from_document(raw.clone())
+                    .map_err(|e| corrupt(Collection::Steps, &step_id, e))?;
+                snapshot.steps.push(step);
+            }
+            out.push(snapshot);
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
+        self.coll(collection)
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn list(
+        &self,
+        collection: Collection,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        let filter = after.map_or_else(Document::new, |a| doc! {"_id": {"$gt": a}});
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.find_docs(collection, filter, doc! {"_id": 1}, Some(limit))
+            .await
+    }
+
+    async fn find_builds(&self, q: &BuildQuery) -> Result<Vec<Document>, StoreError> {
+        let mut filter = Document::new();
+        if let Some(b) = &q.builder {
+            filter.insert("builder", b);
+        }
+        if let Some(c) = &q.changeset {
+            filter.insert("changeset", c);
+        }
+        let mut time = Document::new();
+        if let Some(t) = q.since {
+            time.insert("$gte", t);
+        }
+        if let Some(t) = q.until {
+            time.insert("$lt", t);
+        }
+        if !time.is_empty() {
+            filter.insert("time_start", time);
+        }
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        self.find_docs(
+            Collection::Builds,
+            filter,
+            doc! {"time_start": -1, "_id": 1},
+            Some(limit),
+        )
+        .await
+    }
+
+    async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
+        let step = self.get(Collection::Steps, step_id).await?;
+        Ok(step.map(|s| {
+            s.get_document("log_bytes")
+                .ok()
+                .and_then(|b| b.get(channel.field()))
+                .and_then(Bson::as_i64_lenient)
+                .unwrap_or(0) as u64
+        }))
+    }
+
+    async fn read_log(
+        &self,
+        step_id: &str,
+        channel: Channel,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let Some(step) = self.get(Collection::Steps, step_id).await? else {
+            return Ok(vec![]);
+        };
+        match Self::whole_inline(&step, channel) {
+            Some(bytes) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                let end = start.saturating_add(max).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+            None => self.gridfs_log(step_id, channel, offset, max).await,
+        }
+    }
+}
