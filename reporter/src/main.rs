@@ -59,6 +59,10 @@ enum Command {
         /// Regular expression of a proper (final, linkable) changeset.
         #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
         proper_changeset: String,
+        /// Most events written to the store as one batch.
+        #[arg(long, value_name = "N", default_value_t = 1000,
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_events: u32,
     },
     /// Create the indexes and document validators the store needs. Harmless to run again;
     /// ingest runs it too.
@@ -110,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_going,
             inline_log_limit,
             proper_changeset,
+            batch_events,
         } => {
             if inline_log_limit < MIN_INLINE_LIMIT {
                 bail!("--inline-log-limit must be at least {MIN_INLINE_LIMIT} bytes");
@@ -122,7 +127,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 changesets,
             };
             store.init().await.context("preparing the store")?;
-            run_ingest(store.as_ref(), &file, config, keep_going).await
+            let options = IngestOptions {
+                keep_going,
+                chunk_events: batch_events as usize,
+                ..IngestOptions::default()
+            };
+            run_ingest(store.as_ref(), &file, config, &options).await
         }
         Command::Init => {
             store.init().await.context("preparing the store")?;
@@ -140,20 +150,16 @@ async fn run_ingest(
     store: &dyn Store,
     file: &str,
     config: CoreConfig,
-    keep_going: bool,
+    options: &IngestOptions,
 ) -> anyhow::Result<ExitCode> {
     let mut applier = Applier::new(Core::new(config));
-    let options = IngestOptions {
-        keep_going,
-        ..IngestOptions::default()
-    };
     let mut on_error = |e: &buildstore::pipeline::LineError| eprintln!("buildstore: {file}: {e}");
     let report = if file == "-" {
         ingest(
             store,
             &mut applier,
             BufReader::new(tokio::io::stdin()),
-            &options,
+            options,
             &mut on_error,
         )
         .await?
@@ -165,7 +171,7 @@ async fn run_ingest(
             store,
             &mut applier,
             BufReader::with_capacity(1 << 20, f),
-            &options,
+            options,
             &mut on_error,
         )
         .await?

@@ -164,7 +164,6 @@ pub struct LineError {
 /// What an ingest run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IngestReport {
-    pub lines: u64,
     pub applied: u64,
     pub duplicates: u64,
     pub rejected: u64,
@@ -180,82 +179,133 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
-/// Applies a JSONL event stream. Bad lines are reported through `on_error` with their line
-/// number; the lines before a bad one stay applied.
-pub async fn ingest<R: AsyncBufRead + Unpin>(
-    store: &dyn Store,
-    applier: &mut Applier,
+/// A parsed line, or why it is not an event.
+enum Line {
+    Event(u64, Box<Event>),
+    Bad(LineError),
+}
+
+/// Reads and parses lines into chunks of at most `chunk_events` events or `chunk_bytes` bytes; a
+/// bad line ends its chunk. Runs as its own task so that parsing overlaps the store's writes.
+async fn read_chunks<R: AsyncBufRead + Unpin>(
     mut input: R,
-    options: &IngestOptions,
-    on_error: &mut (dyn FnMut(&LineError) + Send),
-) -> Result<IngestReport, IngestError> {
-    let mut report = IngestReport::default();
+    chunk_events: usize,
+    chunk_bytes: usize,
+    out: tokio::sync::mpsc::Sender<std::io::Result<Vec<Line>>>,
+) {
     let mut buf = Vec::new();
-    let mut chunk: Vec<Event> = Vec::new();
-    let mut chunk_lines: Vec<u64> = Vec::new();
-    let mut chunk_bytes = 0usize;
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    let mut number = 0u64;
     loop {
         buf.clear();
-        let n = input.read_until(b'\n', &mut buf).await?;
+        let n = match input.read_until(b'\n', &mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        };
         let eof = n == 0;
-        let mut bad: Option<LineError> = None;
+        let mut close = eof;
         if !eof {
-            report.lines += 1;
+            number += 1;
             match parse_line(&buf) {
                 Ok(None) => {}
                 Ok(Some(event)) => {
-                    chunk_bytes += buf.len();
-                    chunk.push(event);
-                    chunk_lines.push(report.lines);
+                    bytes += buf.len();
+                    chunk.push(Line::Event(number, Box::new(event)));
                 }
                 Err(message) => {
-                    bad = Some(LineError {
-                        line: report.lines,
+                    chunk.push(Line::Bad(LineError {
+                        line: number,
                         message,
-                    })
+                    }));
+                    close = true;
                 }
             }
         }
-        let full = chunk.len() >= options.chunk_events || chunk_bytes >= options.chunk_bytes;
-        let must_stop = bad.is_some() && !options.keep_going;
-        // A bad line closes the chunk so that errors are reported in line order.
-        if (eof || full || bad.is_some()) && !chunk.is_empty() {
-            let outcomes = applier
-                .apply_chunk(store, &chunk, !options.keep_going)
-                .await?;
-            for (outcome, line) in outcomes.into_iter().zip(&chunk_lines) {
-                match outcome {
-                    Outcome::Applied => report.applied += 1,
-                    Outcome::Duplicate => report.duplicates += 1,
-                    Outcome::Rejected(e) => {
-                        report.rejected += 1;
-                        on_error(&LineError {
-                            line: *line,
-                            message: e.to_string(),
-                        });
-                        if !options.keep_going {
-                            report.stopped_early = true;
-                            return Ok(report);
+        if (close || chunk.len() >= chunk_events || bytes >= chunk_bytes) && !chunk.is_empty() {
+            bytes = 0;
+            if out.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
+                return; // the consumer stopped early
+            }
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+/// Applies a JSONL event stream. Bad lines are reported through `on_error` with their line
+/// number; the lines before a bad one stay applied.
+pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
+    store: &dyn Store,
+    applier: &mut Applier,
+    input: R,
+    options: &IngestOptions,
+    on_error: &mut (dyn FnMut(&LineError) + Send),
+) -> Result<IngestReport, IngestError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(read_chunks(
+        input,
+        options.chunk_events.max(1),
+        options.chunk_bytes,
+        tx,
+    ));
+    let mut report = IngestReport::default();
+    let result = async {
+        while let Some(chunk) = rx.recv().await {
+            let chunk = chunk?;
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut lines = Vec::with_capacity(chunk.len());
+            let mut bad = None;
+            for item in chunk {
+                match item {
+                    Line::Event(n, e) => {
+                        lines.push(n);
+                        events.push(*e);
+                    }
+                    Line::Bad(e) => bad = Some(e),
+                }
+            }
+            if !events.is_empty() {
+                let outcomes = applier
+                    .apply_chunk(store, &events, !options.keep_going)
+                    .await?;
+                for (outcome, line) in outcomes.into_iter().zip(&lines) {
+                    match outcome {
+                        Outcome::Applied => report.applied += 1,
+                        Outcome::Duplicate => report.duplicates += 1,
+                        Outcome::Rejected(e) => {
+                            report.rejected += 1;
+                            on_error(&LineError {
+                                line: *line,
+                                message: e.to_string(),
+                            });
+                            if !options.keep_going {
+                                report.stopped_early = true;
+                                return Ok(());
+                            }
                         }
                     }
                 }
             }
-            chunk.clear();
-            chunk_lines.clear();
-            chunk_bytes = 0;
-        }
-        if let Some(e) = bad {
-            report.rejected += 1;
-            on_error(&e);
-            if must_stop {
-                report.stopped_early = true;
-                return Ok(report);
+            if let Some(e) = bad {
+                report.rejected += 1;
+                on_error(&e);
+                if !options.keep_going {
+                    report.stopped_early = true;
+                    return Ok(());
+                }
             }
         }
-        if eof {
-            return Ok(report);
-        }
+        Ok::<(), IngestError>(())
     }
+    .await;
+    drop(rx);
+    let _ = reader.await;
+    result.map(|()| report)
 }
 
 /// One line of input: `None` for a blank line.

@@ -118,6 +118,16 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<u8>, StoreError>;
 }
 
+/// Appends to `out` the part of `piece` (stored at byte `piece_offset` of a log) that lies in the
+/// window of a read starting at byte `from` and returning at most `max` bytes.
+fn take_window(out: &mut Vec<u8>, piece_offset: u64, piece: &[u8], from: u64, max: usize) {
+    let skip = usize::try_from(from.saturating_sub(piece_offset))
+        .unwrap_or(usize::MAX)
+        .min(piece.len());
+    let take = (piece.len() - skip).min(max.saturating_sub(out.len()));
+    out.extend_from_slice(&piece[skip..skip + take]);
+}
+
 /// Opens the store a location names: `sqlite:PATH` or a `mongodb://` / `mongodb+srv://` URI.
 pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
     if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {

@@ -200,11 +200,7 @@ fn read_log(
         }
         let offset = row.get::<_, i64>(0)? as u64;
         let data: Vec<u8> = row.get(1)?;
-        let skip = usize::try_from(from.saturating_sub(offset))
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let take = (data.len() - skip).min(max - out.len());
-        out.extend_from_slice(&data[skip..skip + take]);
+        super::take_window(&mut out, offset, &data, from, max);
     }
     Ok(out)
 }

@@ -162,11 +162,7 @@ impl MongoStore {
                     location: self.location.clone(),
                     message: format!("reading log {step_id} {}: {e}", channel.as_str()),
                 })?;
-            let skip = usize::try_from(from.saturating_sub(offset))
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
-            let take = (bytes.len() - skip).min(max - out.len());
-            out.extend_from_slice(&bytes[skip..skip + take]);
+            super::take_window(&mut out, offset, &bytes, from, max);
         }
         Ok(out)
     }
@@ -174,27 +170,23 @@ impl MongoStore {
     /// A step document's inline field, when it still holds the whole log.
     fn whole_inline(step: &Document, channel: Channel) -> Option<Vec<u8>> {
         let text = step.get_str(channel.field()).ok()?;
-        let bytes = step
-            .get_document("log_bytes")
-            .ok()
-            .and_then(|b| b.get(channel.field()))
-            .and_then(Bson::as_i64_lenient)?;
-        (text.len() as i64 == bytes).then(|| text.as_bytes().to_vec())
+        (text.len() as u64 == stored_len(step, channel)).then(|| text.as_bytes().to_vec())
     }
 }
 
-trait Lenient {
-    fn as_i64_lenient(&self) -> Option<i64>;
-}
-
-impl Lenient for Bson {
-    fn as_i64_lenient(&self) -> Option<i64> {
-        match self {
-            Bson::Int32(i) => Some((*i).into()),
-            Bson::Int64(i) => Some(*i),
-            _ => None,
-        }
-    }
+/// The size of a step's full log as its `log_bytes` records it (0 if absent). A server may hand
+/// back a small `long` as an `int`, so both are read.
+fn stored_len(step: &Document, channel: Channel) -> u64 {
+    let n = match step
+        .get_document("log_bytes")
+        .ok()
+        .and_then(|b| b.get(channel.field()))
+    {
+        Some(Bson::Int32(i)) => i64::from(*i),
+        Some(Bson::Int64(i)) => *i,
+        _ => 0,
+    };
+    u64::try_from(n).unwrap_or(0)
 }
 
 /// The user name and password written in a URI, to keep them out of messages even when the URI
@@ -367,12 +359,7 @@ impl Store for MongoStore {
             {
                 let step_id = raw.get_str("_id").unwrap_or_default().to_owned();
                 for channel in Channel::ALL {
-                    let len = raw
-                        .get_document("log_bytes")
-                        .ok()
-                        .and_then(|b| b.get(channel.field()))
-                        .and_then(Bson::as_i64_lenient)
-                        .unwrap_or(0) as u64;
+                    let len = stored_len(raw, channel);
                     if len == 0 {
                         continue;
                     }
@@ -455,13 +442,7 @@ impl Store for MongoStore {
 
     async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
         let step = self.get(Collection::Steps, step_id).await?;
-        Ok(step.map(|s| {
-            s.get_document("log_bytes")
-                .ok()
-                .and_then(|b| b.get(channel.field()))
-                .and_then(Bson::as_i64_lenient)
-                .unwrap_or(0) as u64
-        }))
+        Ok(step.map(|s| stored_len(&s, channel)))
     }
 
     async fn read_log(
