@@ -30,16 +30,17 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts a peer on `port` (0: any free port), optionally persisting to `state`.
-    pub fn start(port: u16, state: Option<&std::path::Path>) -> Peer {
+    /// Starts a peer on `port` (0: any free port), optionally with a write journal that survives
+    /// a kill, as a real server's would.
+    pub fn start(port: u16, journal: Option<&std::path::Path>) -> Peer {
         let mut cmd = Command::new(python());
         cmd.arg(repo_root().join("tests/mongo-peer/peer.py"))
             .args(["--port", &port.to_string(), "--exit-with-stdin"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(state) = state {
-            cmd.arg("--state").arg(state);
+        if let Some(journal) = journal {
+            cmd.arg("--journal").arg(journal);
         }
         let mut child = cmd.spawn().expect("start the MongoDB test peer");
         let stdin = child.stdin.take().expect("peer stdin");
@@ -63,7 +64,7 @@ impl Peer {
         format!("mongodb://127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Stops the peer with SIGTERM (it saves its state when started with one) and waits.
+    /// Stops the peer with SIGTERM and waits.
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

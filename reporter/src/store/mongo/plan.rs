@@ -449,8 +449,10 @@ fn gridfs_piece(
     let filename = log_file_name(step_id, channel);
     let file_id = format!("{filename}/{offset}");
     for (n, part) in bytes.chunks(CHUNK_SIZE).enumerate() {
+        // GridFS readers expect ObjectId chunk ids. A re-sent chunk gets a new one, and the unique
+        // (files_id, n) index of the bucket turns it into a duplicate key, i.e. "already there".
         chunks.push(doc! {
-            "_id": format!("{file_id}/{n}"),
+            "_id": bson::oid::ObjectId::new(),
             "files_id": &file_id,
             "n": n as i32,
             "data": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: part.to_vec() },
