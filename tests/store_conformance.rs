@@ -1,0 +1,430 @@
+//! One conformance suite for every store: the SQLite store, and the MongoDB store on the
+//! wire-protocol test peer, or on a real server when `MONGODB_URI` is set. The same streams must
+//! give the same `export` output (compared as parsed JSON) and the same `buildstore log` bytes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mongo::{fresh_database, peer_stats, real_server, Peer};
+use common::*;
+use serde_json::Value;
+
+fn mongo(name: &str) -> Db {
+    Db::at(fresh_database(name))
+}
+
+fn parsed(db: &Db) -> Vec<(String, Vec<Value>)> {
+    ["builders", "builds", "steps", "repository"]
+        .iter()
+        .map(|c| (c.to_string(), db.export(c)))
+        .collect()
+}
+
+/// Every step channel's full log, as `buildstore log` prints it.
+fn logs(db: &Db) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for step in db.export("steps") {
+        let id = step["_id"].as_str().expect("step id").to_owned();
+        for channel in ["stdout", "stderr", "header"] {
+            let o = db.log(&id, channel);
+            assert!(o.status.success(), "log {id} {channel}: {}", stderr(&o));
+            out.push((id.clone(), channel.to_owned(), o.stdout));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_example_stream_gives_the_same_documents_and_logs_in_every_store() {
+    for file in example_files() {
+        let sqlite = Db::new();
+        sqlite.ingest_ok(&file);
+        let mongo = mongo("examples");
+        mongo.ingest_ok(&file);
+        assert_eq!(parsed(&mongo), parsed(&sqlite), "{}", file.display());
+        assert_eq!(logs(&mongo), logs(&sqlite), "{}", file.display());
+    }
+}
+
+#[test]
+fn replaying_a_stream_and_a_random_prefix_leaves_the_mongodb_documents_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = fastrand::Rng::with_seed(7);
+    for file in example_files() {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let db = mongo("replay");
+        db.ingest_ok(&file);
+        let once = parsed(&db);
+        db.ingest_ok(&file);
+        let prefix = write_lines(
+            dir.path(),
+            "prefix.jsonl",
+            &lines[..rng.usize(1..lines.len())],
+        );
+        db.ingest_ok(&prefix);
+        assert_eq!(parsed(&db), once, "{}", file.display());
+    }
+}
+
+/// Running builds are recovered from MongoDB by the next run, big logs from GridFS included.
+#[test]
+fn a_stream_split_across_runs_gives_the_same_documents_as_one_run_on_mongodb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in example_files() {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        let whole = Db::new();
+        whole.ingest_ok(&file);
+        for cut in [lines.len() / 3, lines.len() * 3 / 4] {
+            let db = mongo("split");
+            db.ingest_ok(&write_lines(dir.path(), "a.jsonl", &lines[..cut]));
+            db.ingest_ok(&write_lines(dir.path(), "b.jsonl", &lines[cut..]));
+            assert_eq!(
+                parsed(&db),
+                parsed(&whole),
+                "{} cut at {cut}",
+                file.display()
+            );
+            assert_eq!(logs(&db), logs(&whole), "{} cut at {cut}", file.display());
+        }
+    }
+}
+
+#[test]
+fn a_generated_stream_of_concurrent_builds_matches_across_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 3_000,
+        log_chunk_bytes: 2_000,
+        ..Default::default()
+    });
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let file = write_lines(dir.path(), "gen.jsonl", &lines);
+    let sqlite = Db::new();
+    let mongo = mongo("generated");
+    for db in [&sqlite, &mongo] {
+        let out = db.ingest(&file, &["--inline-log-limit", "4096"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(parsed(&mongo), parsed(&sqlite));
+}
+
+#[test]
+fn init_creates_the_documented_indexes_and_validators_and_can_run_twice() {
+    let db = mongo("init");
+    for _ in 0..2 {
+        let out = db.cmd().arg("init").output().expect("run init");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(&db.location)
+            .await
+            .expect("client");
+        let database = client.default_database().expect("database in URI");
+        for spec in buildstore_schema::INDEXES {
+            let names = database
+                .collection::<bson::Document>(spec.collection.name())
+                .list_index_names()
+                .await
+                .expect("list indexes");
+            assert!(
+                names.contains(&spec.name.to_string()),
+                "{} lacks {}: {names:?}",
+                spec.collection,
+                spec.name
+            );
+        }
+        let specs: Vec<mongodb::results::CollectionSpecification> = {
+            use futures::TryStreamExt;
+            database
+                .list_collections()
+                .await
+                .expect("list")
+                .try_collect()
+                .await
+                .expect("collect")
+        };
+        for c in buildstore_schema::Collection::ALL {
+            let spec = specs
+                .iter()
+                .find(|s| s.name == c.name())
+                .unwrap_or_else(|| panic!("{c} not created"));
+            let validator = spec.options.validator.as_ref().expect("validator");
+            let schema = validator.get_document("$jsonSchema").expect("$jsonSchema");
+            assert_eq!(schema.get_str("bsonType"), Ok("object"), "{c}");
+            assert_eq!(
+                spec.options.validation_level,
+                Some(mongodb::options::ValidationLevel::Moderate),
+                "{c}"
+            );
+        }
+    });
+}
+
+/// Builds start, run and finish across many batches; round trips are counted by the peer.
+#[test]
+fn ingest_takes_at_most_one_round_trip_per_hundred_events() {
+    if real_server().is_some() {
+        return; // only the peer counts round trips
+    }
+    let peer = Peer::start(0, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 20_000,
+        ..Default::default()
+    });
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let file = write_lines(dir.path(), "gen.jsonl", &lines);
+    let db = Db::at(peer.uri("roundtrips"));
+    db.ingest_ok(&file);
+    let stats = peer_stats(&peer.uri("admin")).expect("peer stats");
+    let commands = stats.get_document("commands").expect("commands");
+    let writes_and_reads: i64 = ["update", "insert", "find", "getMore", "aggregate"]
+        .iter()
+        .map(|c| {
+            commands
+                .get(*c)
+                .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
+                .unwrap_or(0)
+        })
+        .sum();
+    let per_event = writes_and_reads as f64 / lines.len() as f64;
+    assert!(
+        per_event <= 0.01,
+        "{writes_and_reads} round trips for {} events: {commands}",
+        lines.len()
+    );
+    peer.kill();
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_within_the_selection_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let db = Db::at(format!(
+        "mongodb://builder:s3cr3t-pw@127.0.0.1:{port}/x?serverSelectionTimeoutMS=1500"
+    ));
+    let start = Instant::now();
+    let out = db.ingest(&example("nightly.jsonl"), &[]);
+    let took = start.elapsed();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach MongoDB at mongodb://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cr3t-pw") && !err.contains("builder:"),
+        "credentials leaked: {err}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_server_killed_mid_ingest_then_restarted_is_fixed_by_running_the_ingest_again() {
+    if real_server().is_some() {
+        return; // needs a server this test can kill
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 30_000,
+        ..Default::default()
+    });
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let file = write_lines(dir.path(), "gen.jsonl", &lines);
+    let expected = Db::new();
+    expected.ingest_ok(&file);
+
+    // The journal stands for a real server's: what was acknowledged survives the kill.
+    let journal = dir.path().join("peer.journal");
+    let peer = Peer::start(0, Some(&journal));
+    let port = peer.port;
+    let uri = format!("{}?serverSelectionTimeoutMS=20000", peer.uri("killed"));
+    let db = Db::at(uri);
+    let ingest = db
+        .cmd()
+        .arg("ingest")
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ingest");
+    // Well into the stream: the store is set up and batches are flowing.
+    std::thread::sleep(Duration::from_millis(1500));
+    peer.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let peer = Peer::start(port, Some(&journal));
+    let out = ingest.wait_with_output().expect("ingest ends");
+    // Either the ingest retried its batch against the restarted server and carried on, or it
+    // failed with a message naming the store.
+    let err = stderr(&out);
+    if out.status.success() {
+        assert!(
+            err.contains("retrying a batch after a transient error"),
+            "no sign of the kill: {err}"
+        );
+    } else {
+        assert!(err.contains("MongoDB"), "{err}");
+    }
+    // Whatever the first run left, a second run completes it without doubling anything.
+    db.ingest_ok(&file);
+    assert_eq!(parsed(&db), parsed(&expected));
+    peer.kill();
+}
+
+#[allow(dead_code)]
+#[path = "../examples/queries.rs"]
+mod queries;
+
+/// The Rust versions of the documented queries, run on the example streams.
+#[test]
+fn the_documented_queries_answer_on_the_example_streams() {
+    let db = mongo("queries");
+    for file in example_files() {
+        db.ingest_ok(&file);
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(&db.location)
+            .await
+            .expect("client");
+        let d = client.default_database().expect("database");
+        let fetch_head = events(&example("fetch-head-corrected.jsonl"));
+        let start = fetch_head
+            .iter()
+            .find(|e| e["type"] == "build_started")
+            .expect("build");
+        let master = start["master_id"].as_str().expect("string master id");
+        let builder = start["builder"].as_str().expect("builder");
+        let builds = queries::last_builds(&d, master, builder)
+            .await
+            .expect("last builds");
+        assert!(!builds.is_empty());
+        let numbers: Vec<i64> = builds
+            .iter()
+            .map(|b| {
+                b.get_i64("number")
+                    .or(b.get_i32("number").map(i64::from))
+                    .expect("number")
+            })
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] >= w[1]),
+            "by number, highest first: {numbers:?}"
+        );
+        let hash = builds[0].get_str("changeset").expect("corrected changeset");
+        let of_changeset = queries::builds_of_changeset(&d, hash)
+            .await
+            .expect("builds of changeset");
+        assert!(of_changeset
+            .iter()
+            .all(|b| b.get_str("changeset") == Ok(hash)));
+        let since = bson::DateTime::from_millis(0);
+        let failed = queries::failed_since(&d, since)
+            .await
+            .expect("failed builds");
+        assert!(failed
+            .iter()
+            .all(|b| b.get_i32("result") == Ok(2) || b.get_i64("result") == Ok(2)));
+        let build_id = builds[0].get_str("_id").expect("id");
+        let steps = queries::steps_of_build(&d, build_id).await.expect("steps");
+        assert!(!steps.is_empty() && steps.iter().all(|s| !s.contains_key("stdout")));
+        let commits = queries::recent_commits(&d).await.expect("commits");
+        assert!(
+            commits.iter().any(|c| c.get_str("_id") == Ok(hash)),
+            "the corrected commit is listed"
+        );
+        let builders = queries::builders_of(&d, master).await.expect("builders");
+        assert!(builders.iter().any(|b| b.get_str("name") == Ok(builder)));
+    });
+}
+
+/// What the daemon's retries rely on: a batch applied twice, or a tail of batches replayed, leaves
+/// the same documents and logs as applying each once, on every store.
+#[test]
+fn batches_applied_twice_leave_the_same_documents_and_logs_in_every_store() {
+    use buildstore::core::{Batch, Core, CoreConfig};
+    use buildstore::store;
+    use buildstore_schema::{Channel, Collection, Event};
+
+    let stream = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 2_000,
+        log_chunk_bytes: 3_000,
+        ..Default::default()
+    });
+    let mut core = Core::new(CoreConfig {
+        inline_limit: 4096,
+        ..CoreConfig::default()
+    });
+    let now = chrono::Utc::now();
+    let batches: Vec<Batch> = stream
+        .chunks(83)
+        .map(|chunk| {
+            let mut b = Batch::default();
+            for line in chunk {
+                b.mutations.extend(
+                    core.apply(&Event::parse(line).expect("event"), now)
+                        .expect("applies"),
+                );
+            }
+            b
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let sqlite = store::open(&format!("sqlite:{}", dir.path().join("s.db").display()))
+            .await
+            .expect("sqlite");
+        let mongo = store::open(&fresh_database("twice")).await.expect("mongo");
+        mongo.init().await.expect("init");
+        for b in &batches {
+            sqlite.apply(b).await.expect("sqlite apply");
+            mongo.apply(b).await.expect("mongo apply");
+            mongo.apply(b).await.expect("mongo apply again");
+        }
+        for b in &batches[batches.len() / 2..] {
+            mongo.apply(b).await.expect("mongo replay");
+        }
+        let to_json = |docs: Vec<bson::Document>| -> Vec<Value> {
+            docs.iter()
+                .map(|d| serde_json::from_str(&buildstore::export::to_line(d)).expect("json"))
+                .collect()
+        };
+        let mut truncated = 0;
+        for c in Collection::ALL {
+            let a = to_json(sqlite.list(c, None, usize::MAX).await.expect("list"));
+            let b = to_json(mongo.list(c, None, usize::MAX).await.expect("list"));
+            assert_eq!(a, b, "{c}");
+            if c == Collection::Steps {
+                for step in &a {
+                    truncated += usize::from(step["log_truncated"] == true);
+                    let id = step["_id"].as_str().expect("id");
+                    for ch in Channel::ALL {
+                        let x = sqlite
+                            .read_log(id, ch, 0, usize::MAX)
+                            .await
+                            .expect("read sqlite");
+                        let y = mongo
+                            .read_log(id, ch, 0, usize::MAX)
+                            .await
+                            .expect("read mongo");
+                        assert_eq!(x, y, "{id} {}", ch.as_str());
+                        let (o, m) = (x.len() as u64 / 3, 5000);
+                        let xs = sqlite.read_log(id, ch, o, m).await.expect("range sqlite");
+                        let ys = mongo.read_log(id, ch, o, m).await.expect("range mongo");
+                        assert_eq!(xs, ys, "{id} {} range", ch.as_str());
+                    }
+                }
+            }
+        }
+        assert!(
+            truncated > 10,
+            "the stream has logs past the inline limit ({truncated})"
+        );
+    });
+}
