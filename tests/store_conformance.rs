@@ -428,3 +428,87 @@ fn batches_applied_twice_leave_the_same_documents_and_logs_in_every_store() {
         );
     });
 }
+
+/// A step with a 100 MiB log: cut inline, whole in GridFS, streamed back byte for byte.
+#[test]
+fn a_hundred_mebibyte_log_is_streamed_back_whole_from_every_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk_lines = 2 << 20 >> 6; // 2 MiB chunks of 64-byte lines
+    let mut expected = String::with_capacity(100 << 20);
+    let mut lines = vec![
+        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"time":0}"#.to_owned(),
+        r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"compile","time":1}"#.to_owned(),
+    ];
+    for chunk in 0..50 {
+        let start = expected.len();
+        for i in 0..chunk_lines {
+            expected.push_str(&format!(
+                "{:>58} {:04}\n",
+                format!("chunk {chunk} line {i}"),
+                chunk
+            ));
+        }
+        let event = serde_json::json!({"type": "log", "master_id": "m", "build_id": 1, "step": 0,
+            "channel": "stdout", "text": &expected[start..], "offset": start});
+        lines.push(event.to_string());
+    }
+    lines.push(
+        r#"{"type":"step_finished","master_id":"m","build_id":1,"step":0,"result":0,"time":2}"#
+            .to_owned(),
+    );
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let file = write_lines(dir.path(), "big.jsonl", &refs);
+    assert!(expected.len() >= 100 << 20);
+    for db in [Db::new(), mongo("hundred")] {
+        db.ingest_ok(&file);
+        let step = db.doc("steps", "m/1/0");
+        assert_eq!(step["log_bytes"]["stdout"], expected.len());
+        assert!(step["stdout"].as_str().expect("inline").len() <= 1 << 20);
+        let out = db.log("m/1/0", "stdout");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            out.stdout == expected.as_bytes(),
+            "{}: {} bytes back",
+            db.location,
+            out.stdout.len()
+        );
+    }
+}
+
+#[test]
+fn a_write_the_server_rejects_names_the_document_and_the_event() {
+    let db = mongo("rejected");
+    let out = db.cmd().arg("init").output().expect("init");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A constraint buildstore does not expect: build numbers unique. A master restart breaks it.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(&db.location)
+            .await
+            .expect("client");
+        let builds = client
+            .default_database()
+            .expect("db")
+            .collection::<bson::Document>("builds");
+        let unique = mongodb::options::IndexOptions::builder()
+            .unique(true)
+            .build();
+        builds
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(bson::doc! {"number": 1})
+                    .options(unique)
+                    .build(),
+            )
+            .await
+            .expect("index");
+    });
+    let out = db.ingest(&example("master-restart.jsonl"), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("MongoDB rejected the build_started write to builds document \""),
+        "{err}"
+    );
+    assert!(err.contains("E11000") || err.contains("11000"), "{err}");
+}

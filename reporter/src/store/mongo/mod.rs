@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
-use futures::{AsyncReadExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, GridFsBucketOptions};
 use mongodb::{Client, Database, IndexModel};
 
@@ -118,7 +118,8 @@ impl MongoStore {
         cursor.try_collect().await.map_err(|e| self.err(e))
     }
 
-    /// The whole log of a step channel from GridFS, pieces in offset order.
+    /// Up to `max` bytes from byte `from` of a log kept in GridFS. Only the chunks in the window
+    /// are read, so streaming a log of any size in windows reads each chunk about once.
     async fn gridfs_log(
         &self,
         step_id: &str,
@@ -126,43 +127,57 @@ impl MongoStore {
         from: u64,
         max: usize,
     ) -> Result<Vec<u8>, StoreError> {
+        let until = from.saturating_add(max as u64);
         let bucket = self.db.gridfs_bucket(
             GridFsBucketOptions::builder()
                 .bucket_name(BUCKET.to_owned())
                 .build(),
         );
         let files: Vec<_> = bucket
-            .find(doc! {"filename": log_file_name(step_id, channel)})
+            .find(doc! {"filename": log_file_name(step_id, channel),
+            "metadata.offset": {"$lt": i64::try_from(until).unwrap_or(i64::MAX)}})
             .sort(doc! {"metadata.offset": 1})
             .await
             .map_err(|e| self.err(e))?
             .try_collect()
             .await
             .map_err(|e| self.err(e))?;
+        let chunks = self.db.collection::<Document>(&format!("{BUCKET}.chunks"));
         let mut out = Vec::new();
         for f in files {
             let offset = f
                 .metadata
                 .as_ref()
                 .and_then(|m| m.get_i64("offset").ok())
-                .unwrap_or(0) as u64;
+                .and_then(|o| u64::try_from(o).ok())
+                .unwrap_or(0);
             let end = offset + f.length;
-            if end <= from || out.len() >= max {
+            let size = u64::from(f.chunk_size_bytes.max(1));
+            let (lo, hi) = (from.max(offset), end.min(until));
+            if lo >= hi || out.len() >= max {
                 continue;
             }
+            let (first, last) = ((lo - offset) / size, (hi - 1 - offset) / size);
             let mut bytes = Vec::new();
-            let mut stream = bucket
-                .open_download_stream(f.id.clone())
+            let mut cursor = chunks
+                .find(doc! {"files_id": f.id.clone(), "n": {"$gte": first as i64, "$lte": last as i64}})
+                .sort(doc! {"n": 1})
                 .await
                 .map_err(|e| self.err(e))?;
-            stream
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| StoreError::Mongo {
-                    location: self.location.clone(),
-                    message: format!("reading log {step_id} {}: {e}", channel.as_str()),
+            while let Some(chunk) = cursor.try_next().await.map_err(|e| self.err(e))? {
+                let data = chunk.get_binary_generic("data").map_err(|e| {
+                    corrupt(
+                        Collection::Steps,
+                        step_id,
+                        format!(
+                            "GridFS chunk of {}: {e}",
+                            f.filename.clone().unwrap_or_default()
+                        ),
+                    )
                 })?;
-            super::take_window(&mut out, offset, &bytes, from, max);
+                bytes.extend_from_slice(data);
+            }
+            super::take_window(&mut out, offset + first * size, &bytes, from, max);
         }
         Ok(out)
     }
