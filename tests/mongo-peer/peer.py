@@ -34,28 +34,26 @@ from datetime import datetime, timezone
 import bson
 import mongomock
 import pymongo.errors
-from bson.codec_options import CodecOptions
 from bson.errors import BSONError
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
+
+import id_lookup  # noqa: F401  (importing it installs the _id lookup)
+from wire import (MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS, frame, parse_op_msg,
+                  parse_op_query, recv_exact)
 
 SERVER_VERSION = "6.0.0"
 # mongomock changes some behaviour with the server version it pretends to be; make it the one
 # the handshake advertises.
 mongomock.SERVER_VERSION = SERVER_VERSION
 
-OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
-CHECKSUM_PRESENT, MORE_TO_COME = 1 << 0, 1 << 1
 MAX_BSON_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 48_000_000
 # MongoDB fills a batch up to the document size limit; leave room for the reply around it.
 BATCH_BYTES = MAX_BSON_BYTES - 16 * 1024
 FIRST_BATCH = 101
 STATE_FORMAT = {"peer": "buildstore mongo-peer state", "version": 1}
-# dict keeps field order; datetimes come back timezone-aware UTC; the default (unspecified) UUID
-# representation keeps every binary subtype as it came, so binary data round-trips.
-OPTS = CodecOptions(document_class=dict, tz_aware=True, tzinfo=timezone.utc)
 # The commands that change data, and so go to the journal.
 WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify", "createIndexes", "create",
                   "collMod", "drop", "dropDatabase"}
@@ -75,49 +73,7 @@ GENERIC_FIELDS = {"$db", "lsid", "txnNumber", "$clusterTime", "$readPreference",
                   "apiStrict", "apiDeprecationErrors", "writeConcern", "readConcern", "maxTimeMS",
                   "comment", "autocommit", "startTransaction"}
 
-_request_ids = itertools.count(1)
 _connection_ids = itertools.count(1)
-
-
-def pinned_ids(filter):
-    """The `_id` values a filter pins down (`{_id: v, ...}` or `{_id: {$in: [...]}, ...}`), else None."""
-    if not isinstance(filter, dict) or "_id" not in filter:
-        return None
-    value = filter["_id"]
-    if isinstance(value, dict):
-        if set(value) != {"$in"} or not isinstance(value["$in"], list):
-            return None
-        values = value["$in"]
-    else:
-        values = [value]
-    # Documents, arrays and patterns compare in ways a dictionary lookup does not: scan for them.
-    if any(isinstance(v, (dict, list)) or hasattr(v, "pattern") for v in values):
-        return None
-    return values
-
-
-_scan_documents = mongomock.collection.Collection._iter_documents
-
-
-def iter_documents(self, filter):
-    """mongomock scans every document of a collection for every query and update, which makes a
-    long test quadratic. Where a filter pins `_id` down, look those documents up first; mongomock's
-    own matcher still decides which of them match, so answers are unchanged (but for the order of
-    an unsorted `$in` query, which MongoDB leaves unspecified)."""
-    ids = pinned_ids(filter)
-    if ids is None or self._store.is_empty:
-        return _scan_documents(self, filter)
-    found, seen = [], set()
-    for value in ids:
-        if value in seen:
-            continue
-        seen.add(value)
-        if value in self._store:
-            found.append(self._store[value])
-    return (doc for doc in found if mongomock.filtering.filter_applies(filter, doc))
-
-
-mongomock.collection.Collection._iter_documents = iter_documents
 
 
 class CommandError(Exception):
@@ -585,41 +541,6 @@ class Peer:
                     self.options[(db, name)] = header["options"]
 
 
-def parse_op_msg(payload, flags):
-    """The command document of an OP_MSG: the kind-0 body plus each kind-1 sequence as a list."""
-    end = len(payload) - (4 if flags & CHECKSUM_PRESENT else 0)  # the CRC-32C is not checked
-    pos, body, sequences = 4, None, {}
-    while pos < end:
-        kind = payload[pos]
-        pos += 1
-        (size,) = struct.unpack_from("<i", payload, pos)
-        if kind == 0:
-            body = bson.decode(payload[pos:pos + size], codec_options=OPTS)
-        elif kind == 1:
-            name_end = payload.index(b"\x00", pos + 4)
-            name = payload[pos + 4:name_end].decode()
-            sequences[name] = bson.decode_all(payload[name_end + 1:pos + size], OPTS)
-        else:
-            raise ValueError(f"unknown section kind {kind}")
-        pos += size
-    if body is None:
-        raise ValueError("no body section")
-    body.update(sequences)
-    return body
-
-
-def parse_op_query(payload):
-    """The collection name and query of an OP_QUERY (the selector of fields is not needed)."""
-    name_end = payload.index(b"\x00", 4)
-    collection = payload[4:name_end].decode()
-    pos = name_end + 1 + 8  # skip numberToSkip and numberToReturn
-    (size,) = struct.unpack_from("<i", payload, pos)
-    query = bson.decode(payload[pos:pos + size], codec_options=OPTS)
-    if "$query" in query:  # the wrapped form, used with $readPreference
-        query = query["$query"]
-    return collection, query
-
-
 def encode(reply):
     """The reply as BSON; one that cannot be encoded becomes an error reply, so that the
     connection survives."""
@@ -627,11 +548,6 @@ def encode(reply):
         return bson.encode(reply, codec_options=OPTS)
     except Exception as exc:
         return bson.encode(error_doc(1, f"peer error: cannot encode the reply: {exc}"))
-
-
-def frame(response_to, opcode, payload):
-    header = struct.pack("<iiii", 16 + len(payload), next(_request_ids), response_to, opcode)
-    return header + payload
 
 
 def take_batch(docs, size):
@@ -743,18 +659,6 @@ COMMANDS = {
     "collMod": Peer.cmd_coll_mod, "drop": Peer.cmd_drop, "dropDatabase": Peer.cmd_drop_database,
     "buildstorePeerStats": Peer.cmd_peer_stats, "buildstorePeerReset": Peer.cmd_peer_reset,
 }
-
-
-def recv_exact(sock, n):
-    """Exactly n bytes, or None when the client closed the connection."""
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
 
 
 class Handler(socketserver.BaseRequestHandler):
