@@ -8,5 +8,6 @@
 pub mod core;
 pub mod export;
 pub mod pipeline;
+pub mod spool;
 pub mod store;
 pub mod synth;

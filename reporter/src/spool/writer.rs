@@ -1,0 +1,115 @@
+//! Group commit: callers hand lines to one writer task, which takes everything waiting at that
+//! moment into one transaction, so a thousand concurrent senders cost one fsync, not a thousand.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Spool, SpoolError};
+
+/// Most lines, and bytes, one group commit takes.
+const GROUP_LINES: usize = 4096;
+const GROUP_BYTES: usize = 16 << 20;
+
+/// The spool holds `--spool-max` bytes already: the store is behind. Nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the spool is full ({held} bytes held, limit {limit}): the store is behind; send again later"
+)]
+pub struct SpoolFull {
+    pub held: u64,
+    pub limit: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Full(#[from] SpoolFull),
+    #[error("{0}")]
+    Spool(String),
+    #[error("the spool writer has stopped")]
+    Closed,
+}
+
+struct Request {
+    line: String,
+    done: oneshot::Sender<Result<i64, AppendError>>,
+}
+
+/// A handle for appending to the spool; clone it for every connection.
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<Request>,
+    held: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl Appender {
+    /// Starts the writer task. `held` counts the bytes in the spool; the applier lowers it as it
+    /// releases events.
+    pub fn start(
+        spool: Spool,
+        held: Arc<AtomicU64>,
+        limit: u64,
+    ) -> (Appender, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(GROUP_LINES);
+        let task = tokio::spawn(write_loop(spool, rx, Arc::clone(&held)));
+        (Appender { tx, held, limit }, task)
+    }
+
+    /// Appends one line and returns its spool id once it is durable.
+    pub async fn append(&self, line: String) -> Result<i64, AppendError> {
+        let held = self.held.load(Ordering::Relaxed);
+        if held + line.len() as u64 > self.limit {
+            return Err(SpoolFull {
+                held,
+                limit: self.limit,
+            }
+            .into());
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Request { line, done })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        wait.await.map_err(|_| AppendError::Closed)?
+    }
+}
+
+async fn write_loop(spool: Spool, mut rx: mpsc::Receiver<Request>, held: Arc<AtomicU64>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        let mut bytes = group[0].line.len();
+        while group.len() < GROUP_LINES && bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(r) => {
+                    bytes += r.line.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let lines: Vec<String> = group.iter().map(|r| r.line.clone()).collect();
+        let s = spool.clone();
+        let result = tokio::task::spawn_blocking(move || s.append(&lines))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))
+            .and_then(|r| r);
+        match result {
+            Ok(ids) => {
+                held.fetch_add(bytes as u64, Ordering::Relaxed);
+                for (r, id) in group.into_iter().zip(ids) {
+                    let _ = r.done.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
+                for r in group {
+                    let _ = r.done.send(Err(AppendError::Spool(message.clone())));
+                }
+            }
+        }
+    }
+}
