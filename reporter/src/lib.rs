@@ -8,6 +8,7 @@
 pub mod core;
 pub mod export;
 pub mod pipeline;
+pub mod serve;
 pub mod spool;
 pub mod store;
 pub mod synth;

@@ -64,6 +64,39 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_events: u32,
     },
+    /// Serve the socket feed: events as JSON lines over TCP or a Unix socket, each acknowledged
+    /// once it is durably spooled, applied to the store in batches.
+    ///
+    /// Every line gets one reply, in order: {"ack": EVENT_ID} or {"error": ..., "line": N}.
+    /// SIGTERM or SIGINT stops it: it answers what it received, drains the spool into the store
+    /// for up to --grace, and exits 0; what is left is applied at the next start.
+    Serve {
+        /// tcp://IP:PORT or unix:/PATH (mode 0600); may be given several times.
+        #[arg(long, value_name = "ADDRESS", default_value = "tcp://127.0.0.1:9989")]
+        listen: Vec<buildstore::serve::Listen>,
+        /// Directory of the spool [default: next to an embedded store, else ./buildstore.spool].
+        #[arg(long, value_name = "DIR")]
+        spool: Option<std::path::PathBuf>,
+        /// Bytes the spool may hold while the store is behind; past it, events get an error.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+        spool_max: u64,
+        /// Longest accepted line, in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        line_limit: usize,
+        /// Shared secret clients send first as {"type":"hello","token":...}; required on
+        /// addresses other than loopback.
+        #[arg(long, env = "BUILDSTORE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Seconds to keep draining the spool into the store after SIGTERM.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        grace: u64,
+        /// Most bytes of each log channel kept inline in step documents; the store keeps the rest.
+        #[arg(long, value_name = "BYTES", default_value_t = CoreConfig::DEFAULT_INLINE_LIMIT)]
+        inline_log_limit: usize,
+        /// Regular expression of a proper (final, linkable) changeset.
+        #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
+        proper_changeset: String,
+    },
     /// Create the indexes and document validators the store needs. Harmless to run again;
     /// ingest runs it too.
     Init,
@@ -116,16 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             proper_changeset,
             batch_events,
         } => {
-            if inline_log_limit < MIN_INLINE_LIMIT {
-                bail!("--inline-log-limit must be at least {MIN_INLINE_LIMIT} bytes");
-            }
-            let changesets = ChangesetPolicy::new(&proper_changeset).with_context(|| {
-                format!("--proper-changeset {proper_changeset:?} is not a valid regular expression")
-            })?;
-            let config = CoreConfig {
-                inline_limit: inline_log_limit,
-                changesets,
-            };
+            let config = core_config(inline_log_limit, &proper_changeset)?;
             store.init().await.context("preparing the store")?;
             let options = IngestOptions {
                 keep_going,
@@ -133,6 +157,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..IngestOptions::default()
             };
             run_ingest(store.as_ref(), &file, config, &options).await
+        }
+        Command::Serve {
+            listen,
+            spool,
+            spool_max,
+            line_limit,
+            token,
+            grace,
+            inline_log_limit,
+            proper_changeset,
+        } => {
+            let core = core_config(inline_log_limit, &proper_changeset)?;
+            store.init().await.context("preparing the store")?;
+            let spool = spool.unwrap_or_else(|| default_spool(&cli.store));
+            let config = buildstore::serve::ServeConfig {
+                listen,
+                spool,
+                spool_max,
+                line_limit,
+                token: token.filter(|t| !t.is_empty()),
+                grace: std::time::Duration::from_secs(grace),
+                core,
+            };
+            buildstore::serve::run(config, std::sync::Arc::from(store)).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Init => {
             store.init().await.context("preparing the store")?;
@@ -143,6 +192,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Log { step_id, channel } => print_log(store.as_ref(), &step_id, channel).await,
+    }
+}
+
+fn core_config(inline_log_limit: usize, proper_changeset: &str) -> anyhow::Result<CoreConfig> {
+    if inline_log_limit < MIN_INLINE_LIMIT {
+        bail!("--inline-log-limit must be at least {MIN_INLINE_LIMIT} bytes");
+    }
+    let changesets = ChangesetPolicy::new(proper_changeset).with_context(|| {
+        format!("--proper-changeset {proper_changeset:?} is not a valid regular expression")
+    })?;
+    Ok(CoreConfig {
+        inline_limit: inline_log_limit,
+        changesets,
+    })
+}
+
+/// The spool lives next to an embedded store (`PATH.spool/`), else in the working directory.
+fn default_spool(store: &str) -> std::path::PathBuf {
+    match store.strip_prefix("sqlite:") {
+        Some(path) => format!("{path}.spool").into(),
+        None => "buildstore.spool".into(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use writer::{AppendError, Appender, SpoolFull};
+pub use writer::{AppendError, Appender, Pending, SpoolFull};
 
 /// Errors of the spool.
 #[derive(Debug, thiserror::Error)]

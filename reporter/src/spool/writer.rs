@@ -58,8 +58,9 @@ impl Appender {
         (Appender { tx, held, limit }, task)
     }
 
-    /// Appends one line and returns its spool id once it is durable.
-    pub async fn append(&self, line: String) -> Result<i64, AppendError> {
+    /// Queues one line for the next group commit. Lines queued one after the other by one
+    /// caller are spooled in that order; await the returned [`Pending`] for durability.
+    pub async fn submit(&self, line: String) -> Result<Pending, AppendError> {
         let held = self.held.load(Ordering::Relaxed);
         if held + line.len() as u64 > self.limit {
             return Err(SpoolFull {
@@ -73,7 +74,21 @@ impl Appender {
             .send(Request { line, done })
             .await
             .map_err(|_| AppendError::Closed)?;
-        wait.await.map_err(|_| AppendError::Closed)?
+        Ok(Pending(wait))
+    }
+
+    /// Appends one line and returns its spool id once it is durable.
+    pub async fn append(&self, line: String) -> Result<i64, AppendError> {
+        self.submit(line).await?.durable().await
+    }
+}
+
+/// A queued line, durable once [`Pending::durable`] returns its spool id.
+pub struct Pending(oneshot::Receiver<Result<i64, AppendError>>);
+
+impl Pending {
+    pub async fn durable(self) -> Result<i64, AppendError> {
+        self.0.await.map_err(|_| AppendError::Closed)?
     }
 }
 

@@ -1,0 +1,117 @@
+//! Reading protocol lines from a socket with a length limit. An overlong line is reported and
+//! skipped to its end, and the connection carries on: one bad line never costs the good ones
+//! after it (the framing codecs we could use instead end the stream at the first error).
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// One line as read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawLine {
+    /// The line's bytes, without the newline (and without a `\r` before it).
+    Line(Vec<u8>),
+    /// The line was longer than the limit; its bytes were skipped.
+    TooLong(usize),
+}
+
+/// Reads the next line, or `None` at the end of the stream. A last line without a newline
+/// counts as a line.
+pub async fn next_line<R: AsyncBufRead + Unpin>(
+    input: &mut R,
+    limit: usize,
+) -> std::io::Result<Option<RawLine>> {
+    let mut line = Vec::new();
+    let mut skipped = 0usize;
+    loop {
+        let buf = input.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match (line.is_empty(), skipped) {
+                (true, 0) => None,
+                (_, 0) => Some(RawLine::Line(trim_cr(line))),
+                _ => Some(RawLine::TooLong(skipped)),
+            });
+        }
+        let (part, found) = match buf.iter().position(|b| *b == b'\n') {
+            Some(at) => (&buf[..at], Some(at + 1)),
+            None => (buf, None),
+        };
+        if skipped == 0 && line.len() + part.len() <= limit {
+            line.extend_from_slice(part);
+        } else {
+            skipped += line.len() + part.len();
+            line.clear();
+        }
+        let used = found.unwrap_or(buf.len());
+        input.consume(used);
+        if found.is_some() {
+            return Ok(Some(if skipped > 0 {
+                RawLine::TooLong(skipped)
+            } else {
+                RawLine::Line(trim_cr(line))
+            }));
+        }
+    }
+}
+
+fn trim_cr(mut line: Vec<u8>) -> Vec<u8> {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::BufReader;
+
+    async fn all(input: &[u8], limit: usize, buffer: usize) -> Vec<RawLine> {
+        let mut r = BufReader::with_capacity(buffer, input);
+        let mut out = Vec::new();
+        while let Some(l) = next_line(&mut r, limit).await.unwrap() {
+            out.push(l);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_split_on_newlines_whatever_the_buffer_size() {
+        for buffer in [1, 3, 64] {
+            let got = all(b"ab\r\n\ncd\nlast", 10, buffer).await;
+            assert_eq!(
+                got,
+                vec![
+                    RawLine::Line(b"ab".to_vec()),
+                    RawLine::Line(vec![]),
+                    RawLine::Line(b"cd".to_vec()),
+                    RawLine::Line(b"last".to_vec())
+                ],
+                "buffer {buffer}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_skipped_and_the_next_one_read() {
+        for buffer in [2, 7, 1024] {
+            let got = all(b"ok\n0123456789abcdef\nfine\n0123456789abcdef", 8, buffer).await;
+            assert_eq!(
+                got,
+                vec![
+                    RawLine::Line(b"ok".to_vec()),
+                    RawLine::TooLong(16),
+                    RawLine::Line(b"fine".to_vec()),
+                    RawLine::TooLong(16)
+                ],
+                "buffer {buffer}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_are_passed_on_for_the_parser_to_reject() {
+        assert_eq!(
+            all(b"\xff\xfe\n", 8, 8).await,
+            vec![RawLine::Line(vec![0xff, 0xfe])]
+        );
+    }
+}

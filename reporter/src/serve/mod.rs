@@ -1,0 +1,228 @@
+//! `buildstore serve`: the socket feed. Build masters that are not written in Rust send events
+//! over TCP or a Unix socket; each event is acknowledged once it is durably in the spool, and a
+//! drain task applies the spool to the store in batches. An acknowledged event reaches the store
+//! even if the store is down for hours or the daemon is killed.
+
+mod connection;
+mod drain;
+mod lines;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::core::{Core, CoreConfig};
+use crate::pipeline::Applier;
+use crate::spool::{Appender, Spool, SpoolError};
+use crate::store::Store;
+
+pub use connection::Shared;
+pub use drain::DrainCounters;
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if let Some(addr) = s.strip_prefix("tcp://") {
+            return addr
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|e| format!("{s:?}: {e} (expected tcp://IP:PORT)"));
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.is_empty() {
+                return Ok(Listen::Unix(path.into()));
+            }
+        }
+        Err(format!(
+            "{s:?} is not a listen address (expected tcp://IP:PORT or unix:/PATH)"
+        ))
+    }
+}
+
+/// Settings of the daemon.
+pub struct ServeConfig {
+    pub listen: Vec<Listen>,
+    pub spool: PathBuf,
+    pub spool_max: u64,
+    pub line_limit: usize,
+    pub token: Option<String>,
+    pub grace: Duration,
+    pub core: CoreConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not a loopback address: a token is required (--token or BUILDSTORE_TOKEN)")]
+    TokenRequired(SocketAddr),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then answers what was received, drains the spool for
+/// up to the grace period and returns.
+pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), ServeError> {
+    for l in &config.listen {
+        if let Listen::Tcp(addr) = l {
+            if !addr.ip().is_loopback() && config.token.is_none() {
+                return Err(ServeError::TokenRequired(*addr));
+            }
+        }
+    }
+    let spool = Spool::open(&config.spool)?;
+    let held = Arc::new(AtomicU64::new(spool.depth()?.bytes));
+    let (appender, writer) = Appender::start(spool.clone(), Arc::clone(&held), config.spool_max);
+    let shared = Arc::new(Shared {
+        appender,
+        line_limit: config.line_limit,
+        token: config.token.clone(),
+        boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+        assigned: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+    });
+    let (stop_tx, stop) = watch::channel(false);
+
+    let mut listeners = JoinSet::new();
+    for l in &config.listen {
+        match l {
+            Listen::Tcp(addr) => {
+                let listener =
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Listen {
+                            address: format!("tcp://{addr}"),
+                            source,
+                        })?;
+                let needs_token = !addr.ip().is_loopback() || config.token.is_some();
+                tracing::info!(address = %listener.local_addr().map_or(addr.to_string(), |a| a.to_string()), "listening");
+                listeners.spawn(accept_tcp(
+                    listener,
+                    Arc::clone(&shared),
+                    needs_token,
+                    stop.clone(),
+                ));
+            }
+            Listen::Unix(path) => {
+                let _ = std::fs::remove_file(path); // a stale socket from a previous run
+                let listener = UnixListener::bind(path).map_err(|source| ServeError::Listen {
+                    address: format!("unix:{}", path.display()),
+                    source,
+                })?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |source| ServeError::Listen {
+                        address: format!("unix:{}", path.display()),
+                        source,
+                    },
+                )?;
+                tracing::info!(path = %path.display(), "listening");
+                let needs_token = config.token.is_some();
+                listeners.spawn(accept_unix(
+                    listener,
+                    Arc::clone(&shared),
+                    needs_token,
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+    println!("buildstore serve: ready");
+
+    let counters = Arc::new(DrainCounters::default());
+    let applier = Applier::new(Core::new(config.core));
+    let drain = tokio::spawn(drain::run(
+        spool.clone(),
+        store,
+        applier,
+        Arc::clone(&held),
+        Arc::clone(&counters),
+        stop.clone(),
+        config.grace,
+    ));
+
+    wait_for_signal().await;
+    tracing::info!("stopping: no new connections; answering what was received");
+    let _ = stop_tx.send(true);
+    while listeners.join_next().await.is_some() {}
+    drop(shared);
+    let _ = writer.await;
+    let _ = drain.await;
+    for l in &config.listen {
+        if let Listen::Unix(path) = l {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Accepts connections until `stop`, then waits for the open ones to finish.
+async fn accept_tcp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    needs_token: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection::serve(stream, Arc::clone(&shared), needs_token, stop.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    needs_token: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection::serve(stream, Arc::clone(&shared), needs_token, stop.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
