@@ -19,19 +19,33 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A running daemon on a SQLite store in `dir`.
+/// A running daemon, on a SQLite store in `dir` unless told otherwise.
 struct Daemon {
     child: Child,
     port: u16,
+    metrics: u16,
 }
 
 impl Daemon {
     fn start(dir: &Path, port: u16, extra: &[&str]) -> Daemon {
+        let store = format!("sqlite:{}", dir.join("store.db").display());
+        Daemon::on(&store, &dir.join("spool"), port, extra)
+    }
+
+    fn on(store: &str, spool: &Path, port: u16, extra: &[&str]) -> Daemon {
+        let metrics = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_buildstore"))
             .env_remove("BUILDSTORE_STORE")
-            .arg("--store")
-            .arg(format!("sqlite:{}", dir.join("store.db").display()))
-            .args(["serve", "--listen", &format!("tcp://127.0.0.1:{port}")])
+            .args([
+                "--store",
+                store,
+                "serve",
+                "--listen",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .arg("--spool")
+            .arg(spool)
+            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -46,7 +60,35 @@ impl Daemon {
             "buildstore serve: ready",
             "daemon did not start"
         );
-        Daemon { child, port }
+        Daemon {
+            child,
+            port,
+            metrics,
+        }
+    }
+
+    /// `buildstore status`, as name → value.
+    fn status(&self) -> std::collections::HashMap<String, f64> {
+        let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+            .args([
+                "status",
+                "--metrics",
+                &format!("127.0.0.1:{}", self.metrics),
+            ])
+            .output()
+            .expect("status");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((
+                    name.trim_start_matches("buildstore_").to_owned(),
+                    value.parse().ok()?,
+                ))
+            })
+            .collect()
     }
 
     fn kill(mut self) {
@@ -299,4 +341,105 @@ fn a_killed_daemon_loses_no_acknowledged_event_and_doubles_none() {
     for c in ["builders", "builds", "steps", "repository"] {
         assert_eq!(got.export(c), expected.export(c), "{c}");
     }
+}
+
+#[test]
+fn status_prints_what_the_daemon_received_acknowledged_and_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let lines = [
+        r#"{"type":"builder_state","master_id":"m","builder":"b","state":"idle"}"#,
+        "oops",
+        r#"{"type":"log","master_id":"m","build_id":9,"step":0,"channel":"stdout","text":"x"}"#,
+    ];
+    exchange(daemon.port, &lines);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = daemon.status();
+        let settled = m.get("events_applied_total").copied().unwrap_or(0.0)
+            + m.get("events_rule_rejected_total").copied().unwrap_or(0.0)
+            >= 2.0;
+        if settled || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(m["events_received_total"], 3.0, "{m:?}");
+    assert_eq!(m["events_acknowledged_total"], 2.0, "{m:?}");
+    assert_eq!(m["events_rejected_total"], 1.0, "{m:?}");
+    assert_eq!(m["events_applied_total"], 1.0, "{m:?}");
+    assert_eq!(
+        m["events_rule_rejected_total"], 1.0,
+        "the log for an unknown build: {m:?}"
+    );
+    assert_eq!(m["spool_events"], 0.0, "{m:?}");
+    assert!(m["connections_total"] >= 1.0);
+    daemon.kill();
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("status");
+    assert!(
+        !out.status.success() && stderr(&out).contains("no buildstore serve answers"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The MongoDB store goes away mid-stream and comes back: the spool holds the backlog, the
+/// metrics show it and its drain, and every acknowledged event arrives.
+#[test]
+fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
+    if common::mongo::real_server().is_some() {
+        return; // needs a server this test can stop
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("peer.journal");
+    let peer = common::mongo::Peer::start(0, Some(&journal));
+    let peer_port = peer.port;
+    let uri = format!("{}?serverSelectionTimeoutMS=500", peer.uri("outage"));
+    let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 6_000,
+        ..Default::default()
+    });
+    let (first, rest) = lines.split_at(2_000);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    assert_eq!(client(daemon.port, first.to_vec(), deadline).0, first.len());
+
+    peer.kill();
+    let acked = client(daemon.port, rest.to_vec(), deadline).0;
+    assert_eq!(acked, rest.len(), "acknowledged while the store is down");
+    let waited = Instant::now() + Duration::from_secs(20);
+    while daemon.status()["store_errors_total"] == 0.0 && Instant::now() < waited {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = daemon.status();
+    assert!(during["store_errors_total"] > 0.0, "{during:?}");
+    assert!(
+        during["spool_events"] > 0.0,
+        "the backlog is visible: {during:?}"
+    );
+
+    let peer = common::mongo::Peer::start(peer_port, Some(&journal));
+    let drained = Instant::now() + Duration::from_secs(90);
+    while daemon.status()["spool_events"] > 0.0 {
+        assert!(
+            Instant::now() < drained,
+            "the spool did not drain: {:?}",
+            daemon.status()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(daemon.status()["events_applied_total"], lines.len() as f64);
+    assert!(daemon.stop().success());
+
+    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let expected = Db::new();
+    expected.ingest_ok(&write_lines(dir.path(), "all.jsonl", &all));
+    let got = Db::at(peer.uri("outage"));
+    for c in ["builders", "builds", "steps", "repository"] {
+        assert_eq!(got.export(c), expected.export(c), "{c}");
+    }
+    peer.kill();
 }

@@ -96,6 +96,15 @@ enum Command {
         /// Regular expression of a proper (final, linkable) changeset.
         #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
         proper_changeset: String,
+        /// Address of the Prometheus endpoint (GET /metrics), or "off".
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9990")]
+        metrics: String,
+    },
+    /// Print the metrics of a running `buildstore serve`.
+    Status {
+        /// The daemon's --metrics address.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9990")]
+        metrics: std::net::SocketAddr,
     },
     /// Create the indexes and document validators the store needs. Harmless to run again;
     /// ingest runs it too.
@@ -140,6 +149,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The one command that needs no store.
+    if let Command::Status { metrics } = cli.command {
+        return status(metrics).await;
+    }
     let store = store::open(&cli.store).await.context("opening the store")?;
     match cli.command {
         Command::Ingest {
@@ -167,8 +180,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             grace,
             inline_log_limit,
             proper_changeset,
+            metrics,
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
+            let metrics = match metrics.as_str() {
+                "off" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!("--metrics {addr:?} is not an IP:PORT address (or \"off\")")
+                })?),
+            };
             store.init().await.context("preparing the store")?;
             let spool = spool.unwrap_or_else(|| default_spool(&cli.store));
             let config = buildstore::serve::ServeConfig {
@@ -179,10 +199,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 token: token.filter(|t| !t.is_empty()),
                 grace: std::time::Duration::from_secs(grace),
                 core,
+                metrics,
             };
             buildstore::serve::run(config, std::sync::Arc::from(store)).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { metrics } => status(metrics).await,
         Command::Init => {
             store.init().await.context("preparing the store")?;
             Ok(ExitCode::SUCCESS)
@@ -193,6 +215,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Log { step_id, channel } => print_log(store.as_ref(), &step_id, channel).await,
     }
+}
+
+async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let text = buildstore::serve::metrics::fetch(metrics)
+        .await
+        .with_context(|| format!("no buildstore serve answers on {metrics}"))?;
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn core_config(inline_log_limit: usize, proper_changeset: &str) -> anyhow::Result<CoreConfig> {

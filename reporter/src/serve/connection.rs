@@ -33,6 +33,8 @@ pub struct Shared {
     pub received: AtomicU64,
     pub acknowledged: AtomicU64,
     pub rejected: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
 }
 
 /// The reply to one line, possibly still waiting for the spool.
@@ -66,6 +68,8 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    shared.connections_open.fetch_add(1, Ordering::Relaxed);
+    shared.connections_total.fetch_add(1, Ordering::Relaxed);
     let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
     let (queue, mut replies) = mpsc::channel::<Reply>(IN_FLIGHT);
@@ -110,6 +114,7 @@ pub async fn serve<S>(
     }
     drop(queue);
     let _ = writer.await;
+    shared.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Submits the line here, in line order, so that the spool keeps the connection's order; only

@@ -27,6 +27,7 @@ pub struct DrainCounters {
     pub rejected: AtomicU64,
     pub batches: AtomicU64,
     pub store_errors: AtomicU64,
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Runs until `stop` is set and then drains what the spool holds for up to `grace`.
@@ -112,6 +113,9 @@ pub async fn run(
             Err(e) => {
                 failures += 1;
                 counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = counters.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
                 let wait =
                     Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
                 tracing::warn!(error = %e, ?wait, "store write failed; the events stay in the spool");

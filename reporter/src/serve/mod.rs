@@ -6,6 +6,7 @@
 mod connection;
 mod drain;
 mod lines;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub struct ServeConfig {
     pub token: Option<String>,
     pub grace: Duration,
     pub core: CoreConfig,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,8 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         received: AtomicU64::new(0),
         acknowledged: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        connections_open: AtomicU64::new(0),
+        connections_total: AtomicU64::new(0),
     });
     let (stop_tx, stop) = watch::channel(false);
 
@@ -146,9 +151,23 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
             }
         }
     }
+    let counters = Arc::new(DrainCounters::default());
+    if let Some(addr) = config.metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                address: format!("metrics http://{addr}"),
+                source,
+            })?;
+        let m = Arc::new(metrics::Metrics {
+            shared: Arc::clone(&shared),
+            drain: Arc::clone(&counters),
+            spool: spool.clone(),
+        });
+        listeners.spawn(metrics::serve(listener, m, stop.clone()));
+    }
     println!("buildstore serve: ready");
 
-    let counters = Arc::new(DrainCounters::default());
     let applier = Applier::new(Core::new(config.core));
     let drain = tokio::spawn(drain::run(
         spool.clone(),

@@ -1,0 +1,186 @@
+//! What the daemon reports: Prometheus text on `GET /metrics`, and the client side of
+//! `buildstore status`, which prints the same for a running daemon.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::{DrainCounters, Shared};
+use crate::spool::Spool;
+
+/// Everything the metrics are read from.
+pub struct Metrics {
+    pub shared: Arc<Shared>,
+    pub drain: Arc<DrainCounters>,
+    pub spool: Spool,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP buildstore_{name} {help}\n# TYPE buildstore_{name} {kind}\nbuildstore_{name} {value}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// The metrics in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let s = &self.shared;
+        let d = &self.drain;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        metric(
+            &mut out,
+            "events_received_total",
+            "counter",
+            "Lines received on all connections.",
+            get(&s.received),
+        );
+        metric(
+            &mut out,
+            "events_acknowledged_total",
+            "counter",
+            "Events acknowledged once spooled.",
+            get(&s.acknowledged),
+        );
+        metric(
+            &mut out,
+            "events_rejected_total",
+            "counter",
+            "Lines answered with an error.",
+            get(&s.rejected),
+        );
+        metric(
+            &mut out,
+            "events_applied_total",
+            "counter",
+            "Events applied to the store.",
+            get(&d.applied),
+        );
+        metric(
+            &mut out,
+            "events_duplicate_total",
+            "counter",
+            "Events skipped as already applied.",
+            get(&d.duplicates),
+        );
+        metric(
+            &mut out,
+            "events_rule_rejected_total",
+            "counter",
+            "Spooled events the rules refused (e.g. unknown build).",
+            get(&d.rejected),
+        );
+        metric(
+            &mut out,
+            "store_batches_total",
+            "counter",
+            "Batches the store confirmed.",
+            get(&d.batches),
+        );
+        metric(
+            &mut out,
+            "store_errors_total",
+            "counter",
+            "Failed store writes (retried).",
+            get(&d.store_errors),
+        );
+        metric(
+            &mut out,
+            "connections_open",
+            "gauge",
+            "Client connections open now.",
+            get(&s.connections_open),
+        );
+        metric(
+            &mut out,
+            "connections_total",
+            "counter",
+            "Client connections accepted.",
+            get(&s.connections_total),
+        );
+        let depth = self.spool.depth().unwrap_or_default();
+        metric(
+            &mut out,
+            "spool_events",
+            "gauge",
+            "Events waiting in the spool.",
+            depth.events,
+        );
+        metric(
+            &mut out,
+            "spool_bytes",
+            "gauge",
+            "Bytes waiting in the spool.",
+            depth.bytes,
+        );
+        let last = d.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+        if let Some(last) = last {
+            let _ = writeln!(
+                out,
+                "# HELP buildstore_store_last_error_info The last store error.\n# TYPE buildstore_store_last_error_info gauge\nbuildstore_store_last_error_info{{error=\"{}\"}} 1",
+                escape(&last)
+            );
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "metrics endpoint failed");
+    }
+}
+
+/// Fetches a running daemon's metrics (`buildstore status`).
+pub async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!(
+            "{addr} answered {}",
+            head.lines().next().unwrap_or("nothing")
+        )));
+    }
+    Ok(body.to_owned())
+}
