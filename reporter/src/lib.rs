@@ -1,14 +1,19 @@
 //! buildstore: turns the events of a build master into denormalized build documents.
 //!
 //! - [`core`]: the pure rules, events → mutations.
-//! - [`store`]: where mutations go (the embedded SQLite store; MongoDB later).
-//! - [`pipeline`]: the shell that reads events, de-duplicates them, recovers builds from the store
-//!   and writes batches.
+//! - [`store`]: where mutations go: the embedded SQLite store, or MongoDB.
+//! - [`pipeline`]: the shell that de-duplicates events, recovers builds from the store and
+//!   writes batches; `ingest` reads a stream through it.
+//! - [`spool`] and [`serve`]: the durable spool and the socket daemon in front of it.
+//! - [`Reporter`]: the same durable path for a build master written in Rust.
 
 pub mod core;
+mod embed;
 pub mod export;
 pub mod pipeline;
 pub mod serve;
 pub mod spool;
 pub mod store;
 pub mod synth;
+
+pub use embed::{Reporter, ReporterConfig, ReporterError};

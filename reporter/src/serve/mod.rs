@@ -5,6 +5,7 @@
 
 mod connection;
 mod drain;
+pub(crate) mod engine;
 mod lines;
 pub mod metrics;
 
@@ -18,10 +19,11 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::core::{Core, CoreConfig};
-use crate::pipeline::Applier;
-use crate::spool::{Appender, Spool, SpoolError};
+use crate::core::CoreConfig;
+use crate::spool::SpoolError;
 use crate::store::Store;
+
+use self::engine::Engine;
 
 pub use connection::Shared;
 pub use drain::DrainCounters;
@@ -90,11 +92,15 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
             }
         }
     }
-    let spool = Spool::open(&config.spool)?;
-    let held = Arc::new(AtomicU64::new(spool.depth()?.bytes));
-    let (appender, writer) = Appender::start(spool.clone(), Arc::clone(&held), config.spool_max);
+    let engine = Engine::start(
+        &config.spool,
+        config.spool_max,
+        store,
+        config.core,
+        config.grace,
+    )?;
     let shared = Arc::new(Shared {
-        appender,
+        appender: engine.appender.clone(),
         line_limit: config.line_limit,
         token: config.token.clone(),
         boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
@@ -105,7 +111,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         connections_open: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
     });
-    let (stop_tx, stop) = watch::channel(false);
+    let stop = engine.stop.subscribe();
 
     let mut listeners = JoinSet::new();
     for l in &config.listen {
@@ -151,7 +157,6 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
             }
         }
     }
-    let counters = Arc::new(DrainCounters::default());
     if let Some(addr) = config.metrics {
         let listener = TcpListener::bind(addr)
             .await
@@ -161,31 +166,19 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
             })?;
         let m = Arc::new(metrics::Metrics {
             shared: Arc::clone(&shared),
-            drain: Arc::clone(&counters),
-            spool: spool.clone(),
+            drain: Arc::clone(&engine.counters),
+            spool: engine.spool.clone(),
         });
         listeners.spawn(metrics::serve(listener, m, stop.clone()));
     }
     println!("buildstore serve: ready");
 
-    let applier = Applier::new(Core::new(config.core));
-    let drain = tokio::spawn(drain::run(
-        spool.clone(),
-        store,
-        applier,
-        Arc::clone(&held),
-        Arc::clone(&counters),
-        stop.clone(),
-        config.grace,
-    ));
-
     wait_for_signal().await;
     tracing::info!("stopping: no new connections; answering what was received");
-    let _ = stop_tx.send(true);
+    let _ = engine.stop.send(true);
     while listeners.join_next().await.is_some() {}
     drop(shared);
-    let _ = writer.await;
-    let _ = drain.await;
+    engine.finish().await;
     for l in &config.listen {
         if let Listen::Unix(path) = l {
             let _ = std::fs::remove_file(path);

@@ -1,0 +1,188 @@
+//! Embedding buildstore in a build master written in Rust: the spool, drain and store of
+//! `buildstore serve`, without the socket. `send` returns once an event is durable, exactly when
+//! the daemon would acknowledge it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use buildstore_schema::Event;
+
+use crate::core::CoreConfig;
+use crate::serve::engine::Engine;
+use crate::spool::{AppendError, SpoolError};
+use crate::store::{self, StoreError};
+
+/// How a [`Reporter`] is set up; the same settings as `buildstore serve`.
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    /// `sqlite:PATH` or a MongoDB URI.
+    pub store: String,
+    pub spool: PathBuf,
+    pub spool_max: u64,
+    pub core: CoreConfig,
+    /// How long `shutdown` keeps draining the spool into the store.
+    pub grace: Duration,
+}
+
+impl ReporterConfig {
+    pub fn new(store: impl Into<String>, spool: impl Into<PathBuf>) -> ReporterConfig {
+        ReporterConfig {
+            store: store.into(),
+            spool: spool.into(),
+            spool_max: 1 << 30,
+            core: CoreConfig::default(),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReporterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The event was not accepted: the spool is full or failed. Nothing of it was kept.
+    #[error(transparent)]
+    Send(#[from] AppendError),
+}
+
+/// Reports a master's events into the store, durably.
+pub struct Reporter {
+    engine: Engine,
+    boot: String,
+    assigned: AtomicU64,
+    last_sent: Arc<AtomicI64>,
+}
+
+impl Reporter {
+    /// Opens the store (creating its indexes) and the spool, and starts applying; events left in
+    /// the spool by an earlier run are applied first.
+    pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
+        let store = store::open(&config.store).await?;
+        store.init().await?;
+        let engine = Engine::start(
+            &config.spool,
+            config.spool_max,
+            Arc::from(store),
+            config.core,
+            config.grace,
+        )?;
+        Ok(Reporter {
+            engine,
+            boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+            assigned: AtomicU64::new(0),
+            last_sent: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// Sends one event and returns its `event_id` (assigned if it had none) once it is durable.
+    /// Events sent one after the other are applied in that order.
+    pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
+        let id = match &event.event_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = format!(
+                    "bs-{}-{}",
+                    self.boot,
+                    self.assigned.fetch_add(1, Ordering::Relaxed)
+                );
+                event.event_id = Some(id.clone());
+                id
+            }
+        };
+        let spool_id = self.engine.appender.append(event.to_line()).await?;
+        self.last_sent.fetch_max(spool_id, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Waits until every event sent before this call is in the store (or was refused by the
+    /// rules, which the drain logs).
+    pub async fn flush(&self) -> Result<(), ReporterError> {
+        let target = self.last_sent.load(Ordering::Relaxed);
+        loop {
+            let spool = self.engine.spool.clone();
+            let oldest = tokio::task::spawn_blocking(move || spool.oldest())
+                .await
+                .map_err(|e| SpoolError::Task(e.to_string()))??;
+            if oldest.is_none_or(|o| o > target) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Events applied to the store so far.
+    pub fn applied(&self) -> u64 {
+        self.engine.counters.applied.load(Ordering::Relaxed)
+    }
+
+    /// Drains the spool into the store (for up to the grace period) and stops.
+    pub async fn shutdown(self) {
+        self.engine.finish().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buildstore_schema::Collection;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sent_events_are_in_the_store_after_flush_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!("sqlite:{}", dir.path().join("s.db").display());
+        let config = ReporterConfig::new(location.clone(), dir.path().join("spool"));
+        let lines = crate::synth::lines(&crate::synth::Shape {
+            events: 1_500,
+            ..Default::default()
+        });
+        let reporter = Reporter::start(config.clone()).await.unwrap();
+        for line in &lines[..1000] {
+            reporter.send(Event::parse(line).unwrap()).await.unwrap();
+        }
+        reporter.flush().await.unwrap();
+        assert_eq!(reporter.applied(), 1000);
+        reporter.shutdown().await;
+
+        // A second run carries on with the builds the first left running.
+        let reporter = Reporter::start(config).await.unwrap();
+        for line in &lines[1000..] {
+            reporter.send(Event::parse(line).unwrap()).await.unwrap();
+        }
+        let mut plain = Event::parse(&lines[0]).unwrap();
+        plain.event_id = None;
+        let assigned = reporter.send(plain).await.unwrap();
+        assert!(assigned.starts_with("bs-"));
+        reporter.shutdown().await;
+
+        let store = crate::store::open(&location).await.unwrap();
+        let other = crate::store::open(&format!("sqlite:{}", dir.path().join("o.db").display()))
+            .await
+            .unwrap();
+        let mut applier =
+            crate::pipeline::Applier::new(crate::core::Core::new(CoreConfig::default()));
+        let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+        applier
+            .apply_chunk(other.as_ref(), &events, false)
+            .await
+            .unwrap();
+        for c in Collection::ALL {
+            let a = store.list(c, None, usize::MAX).await.unwrap();
+            let b = other.list(c, None, usize::MAX).await.unwrap();
+            assert_eq!(a.len(), b.len(), "{c}");
+        }
+        assert_eq!(
+            store
+                .list(Collection::Builds, None, usize::MAX)
+                .await
+                .unwrap(),
+            other
+                .list(Collection::Builds, None, usize::MAX)
+                .await
+                .unwrap()
+        );
+    }
+}
