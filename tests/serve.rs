@@ -443,3 +443,90 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
     }
     peer.kill();
 }
+
+/// Thousands of bad lines of every kind, mixed into a valid stream over several connections:
+/// each gets its error reply, every valid event is stored, and the daemon stays up.
+#[test]
+fn thousands_of_bad_lines_are_answered_and_the_valid_events_all_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 4_000,
+        ..Default::default()
+    });
+    let connections = 3;
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut streams: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); connections];
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).expect("json");
+        let key = v.get("build_id").map(|b| b.to_string()).unwrap_or_default();
+        let c = key.len() % connections;
+        let bad: Vec<u8> = match rng.u8(..10) {
+            0 => line.as_bytes()[..rng.usize(1..line.len())].to_vec(), // truncated
+            1 => vec![0xff, 0xfe, b'{', 0x80],                         // not UTF-8
+            2 => {
+                let mut w = v.clone();
+                w["master_id"] = serde_json::json!([1]); // wrong type
+                w.to_string().into_bytes()
+            }
+            3 => br#"{"type":"teleport","master_id":"m"}"#.to_vec(),
+            4 if rng.u8(..40) == 0 => vec![b'x'; (1 << 20) + 10], // oversized
+            _ => Vec::new(),
+        };
+        if !bad.is_empty() {
+            streams[c].push((bad, false));
+        }
+        streams[c].push((line.clone().into_bytes(), true));
+    }
+    let bad_count: usize = streams
+        .iter()
+        .map(|s| s.iter().filter(|(_, ok)| !ok).count())
+        .sum();
+    assert!(bad_count > 1_000, "{bad_count} bad lines");
+    let port = daemon.port;
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let mut w = s.try_clone().expect("clone");
+                let expected: Vec<bool> = stream.iter().map(|(_, ok)| *ok).collect();
+                let writer = std::thread::spawn(move || {
+                    for (bytes, _) in stream {
+                        w.write_all(&bytes).expect("send");
+                        w.write_all(b"\n").expect("send");
+                    }
+                });
+                let mut r = BufReader::new(s);
+                for (i, ok) in expected.iter().enumerate() {
+                    let mut reply = String::new();
+                    r.read_line(&mut reply).expect("reply");
+                    let v: Value = serde_json::from_str(&reply).expect("reply is JSON");
+                    if *ok {
+                        assert!(v["ack"].is_string(), "line {}: {v}", i + 1);
+                    } else {
+                        assert_eq!(v["line"], i + 1, "{v}");
+                    }
+                }
+                writer.join().expect("writer");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("connection");
+    }
+    let m = daemon.status();
+    assert_eq!(m["events_rejected_total"], bad_count as f64, "{m:?}");
+    assert!(
+        daemon.stop().success(),
+        "the daemon stayed up and stops cleanly"
+    );
+
+    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let expected = Db::new();
+    expected.ingest_ok(&write_lines(dir.path(), "all.jsonl", &all));
+    let got = store(dir.path());
+    for c in ["builders", "builds", "steps", "repository"] {
+        assert_eq!(got.export(c), expected.export(c), "{c}");
+    }
+}
