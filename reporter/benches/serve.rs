@@ -1,0 +1,150 @@
+//! `buildstore serve` end to end: events per second from several socket clients (acks awaited
+//! with a window) until everything is applied to the SQLite store through the spool, next to the
+//! single-core rate of merely parsing the same lines, measured in the same run; and the latency
+//! of an ack at a moderate fixed rate.
+//!
+//! Run: `cargo bench -p buildstore --bench serve` (BENCH_EVENTS=N to change the size).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use buildstore::synth::{lines, Shape};
+use buildstore_schema::Event;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn metric(metrics: u16, name: &str) -> f64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &format!("127.0.0.1:{metrics}")])
+        .output()
+        .expect("status");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("buildstore_{name} "))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Sends `events` with up to `window` unacknowledged.
+fn client(port: u16, events: Vec<String>, window: usize) {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    let (mut sent, mut acked) = (0, 0);
+    let mut reply = String::new();
+    while acked < events.len() {
+        while sent < events.len() && sent - acked < window {
+            w.write_all(events[sent].as_bytes()).expect("send");
+            w.write_all(b"\n").expect("send");
+            sent += 1;
+        }
+        reply.clear();
+        r.read_line(&mut reply).expect("reply");
+        assert!(reply.contains("\"ack\""), "{reply}");
+        acked += 1;
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let stream = lines(&Shape {
+        events: n,
+        ..Shape::default()
+    });
+    let start = Instant::now();
+    for line in &stream {
+        std::hint::black_box(Event::parse(line).expect("parses"));
+    }
+    let parse_rate = stream.len() as f64 / start.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, metrics) = (free_port(), free_port());
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("s.db").display()))
+        .args(["serve", "--listen", &format!("tcp://127.0.0.1:{port}")])
+        .args(["--metrics", &format!("127.0.0.1:{metrics}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut ready = String::new();
+    BufReader::new(daemon.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("ready");
+
+    // Each build's events go through one client, as a master sends them.
+    let clients = 4;
+    let mut parts: Vec<Vec<String>> = vec![Vec::new(); clients];
+    for line in &stream {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let key = v.get("build_id").map(|b| b.to_string()).unwrap_or_default();
+        parts[key.len() % clients].push(line.clone());
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = parts
+        .into_iter()
+        .map(|p| std::thread::spawn(move || client(port, p, 500)))
+        .collect();
+    for h in handles {
+        h.join().expect("client");
+    }
+    let acked = start.elapsed();
+    while metric(metrics, "events_applied_total") < stream.len() as f64 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let applied = start.elapsed();
+
+    // Ack latency: one event at a time at about 1 000 events/s.
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).expect("nodelay"); // one small line per round trip: no Nagle delay
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    let mut latencies = Vec::new();
+    let mut reply = String::new();
+    for (i, line) in stream.iter().take(2_000).enumerate() {
+        let line = line.replace("\"event_id\":\"e", "\"event_id\":\"latency-e");
+        let t = Instant::now();
+        w.write_all(line.as_bytes())
+            .and_then(|()| w.write_all(b"\n"))
+            .expect("send");
+        reply.clear();
+        r.read_line(&mut reply).expect("reply");
+        latencies.push(t.elapsed());
+        let next = Duration::from_millis(i as u64 + 1);
+        std::thread::sleep(
+            next.saturating_sub(t.elapsed())
+                .min(Duration::from_millis(1)),
+        );
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let rate = stream.len() as f64 / applied.as_secs_f64();
+    println!("events: {}, {clients} clients, window 500", stream.len());
+    println!("parse only (1 core):          {parse_rate:>10.0} events/s");
+    println!(
+        "acknowledged (spooled):       {:>10.0} events/s",
+        stream.len() as f64 / acked.as_secs_f64()
+    );
+    println!("end to end (applied, SQLite): {rate:>10.0} events/s");
+    println!("end to end / parse:           {:>10.2}", rate / parse_rate);
+    println!(
+        "ack latency at ~1000 events/s: p50 {:?}, p99 {:?}",
+        pct(0.5),
+        pct(0.99)
+    );
+}
