@@ -126,7 +126,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
                         })?;
                 let needs_token = !addr.ip().is_loopback() || config.token.is_some();
                 tracing::info!(address = %listener.local_addr().map_or(addr.to_string(), |a| a.to_string()), "listening");
-                listeners.spawn(accept_tcp(
+                listeners.spawn(accept_loop(
                     listener,
                     Arc::clone(&shared),
                     needs_token,
@@ -148,7 +148,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
                 )?;
                 tracing::info!(path = %path.display(), "listening");
                 let needs_token = config.token.is_some();
-                listeners.spawn(accept_unix(
+                listeners.spawn(accept_loop(
                     listener,
                     Arc::clone(&shared),
                     needs_token,
@@ -195,31 +195,32 @@ async fn wait_for_signal() {
     }
 }
 
-/// Accepts connections until `stop`, then waits for the open ones to finish.
-async fn accept_tcp(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    needs_token: bool,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(connection::serve(stream, Arc::clone(&shared), needs_token, stop.clone()));
-                }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
-            },
-            _ = stop.changed() => break,
-        }
-    }
-    while connections.join_next().await.is_some() {}
+/// A listening socket of either kind.
+trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static;
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
 }
 
-async fn accept_unix(
-    listener: UnixListener,
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        let (stream, _) = TcpListener::accept(self).await?;
+        // Replies are small lines: send each at once.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Stream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts connections until `stop`, then waits for the open ones to finish.
+async fn accept_loop<L: Accept>(
+    listener: L,
     shared: Arc<Shared>,
     needs_token: bool,
     mut stop: watch::Receiver<bool>,
@@ -228,7 +229,7 @@ async fn accept_unix(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     connections.spawn(connection::serve(stream, Arc::clone(&shared), needs_token, stop.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
