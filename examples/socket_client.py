@@ -1,5 +1,5 @@
 """Feed `buildstore serve`: python3 socket_client.py EVENTS.jsonl [HOST PORT]"""
-import socket, sys, time
+import json, socket, sys, time
 
 events = open(sys.argv[1]).read().splitlines()
 host, port = (sys.argv[2], int(sys.argv[3])) if len(sys.argv) > 3 else ("127.0.0.1", 9989)
@@ -10,6 +10,8 @@ while acked < len(events):
             s.sendall("".join(e + "\n" for e in events[acked:]).encode())  # resend the unacknowledged
             for line in replies:
                 print(line.decode().rstrip())  # {"ack": ...} or {"error": ..., "line": N}, in order
+                if json.loads(line).get("retry"):
+                    raise OSError("the daemon cannot take events now")  # it closes; resend later
                 acked += 1
                 if acked == len(events):
                     break

@@ -42,6 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 break; // connection lost: reconnect and resend
             }
             println!("{}", reply.trim_end());
+            if reply.contains(r#""retry":true"#) {
+                // The spool is full: the daemon closes; resend from this event after a pause.
+                std::thread::sleep(Duration::from_secs(1));
+                break;
+            }
             acked += 1; // one reply per line, in order: an ack or an error for that line
             if acked == events.len() {
                 break;

@@ -87,6 +87,11 @@ enum Command {
         /// addresses other than loopback.
         #[arg(long, env = "BUILDSTORE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Seconds a client may leave its replies unread (with the buffers full) before it is
+        /// disconnected, so that it holds no memory of the daemon's.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        reply_timeout: u64,
         /// Seconds to keep draining the spool into the store after SIGTERM.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         grace: u64,
@@ -177,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spool_max,
             line_limit,
             token,
+            reply_timeout,
             grace,
             inline_log_limit,
             proper_changeset,
@@ -197,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spool_max,
                 line_limit,
                 token: token.filter(|t| !t.is_empty()),
+                reply_timeout: std::time::Duration::from_secs(reply_timeout),
                 grace: std::time::Duration::from_secs(grace),
                 core,
                 metrics,

@@ -166,4 +166,5 @@ pub fn write_lines(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
     std::fs::write(&path, text).expect("write stream");
     path
 }
+pub mod daemon;
 pub mod mongo;

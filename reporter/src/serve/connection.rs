@@ -4,8 +4,9 @@
 //! concurrently (so a client's window of events shares group commits) and answered in order by a
 //! writer; a client that stops reading fills a bounded queue and is then disconnected.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use buildstore_schema::Event;
@@ -19,22 +20,92 @@ use crate::spool::Appender;
 
 /// Replies waiting to be written; past this the connection stops reading.
 const IN_FLIGHT: usize = 1024;
-/// A client that does not take a reply within this long is disconnected.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection the daemon closes waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What every connection shares.
 pub struct Shared {
     pub appender: Appender,
     pub line_limit: usize,
     pub token: Option<String>,
+    /// A client that does not take a reply within this long is disconnected.
+    pub reply_timeout: Duration,
     /// Makes assigned event ids unique across restarts of the daemon.
     pub boot: String,
     pub assigned: AtomicU64,
+    /// Counts over all connections since the start.
+    pub totals: LineCounts,
+    /// The open connections by number, for per-connection metrics; closed ones leave.
+    pub open: Mutex<BTreeMap<u64, Arc<OpenConnection>>>,
+    pub connections_total: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        appender: Appender,
+        line_limit: usize,
+        token: Option<String>,
+        reply_timeout: Duration,
+    ) -> Shared {
+        Shared {
+            appender,
+            line_limit,
+            token,
+            reply_timeout,
+            boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+            assigned: AtomicU64::new(0),
+            totals: LineCounts::default(),
+            open: Mutex::new(BTreeMap::new()),
+            connections_total: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What happened to the lines of one connection, or of all of them.
+#[derive(Default)]
+pub struct LineCounts {
     pub received: AtomicU64,
     pub acknowledged: AtomicU64,
     pub rejected: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub connections_total: AtomicU64,
+}
+
+/// An open connection, as the metrics show it.
+pub struct OpenConnection {
+    /// The client's address (`unix:PATH` for a Unix socket, whose clients have none).
+    pub peer: String,
+    pub counts: LineCounts,
+}
+
+#[derive(Clone, Copy)]
+enum Tally {
+    Received,
+    Acknowledged,
+    Rejected,
+}
+
+impl LineCounts {
+    fn add(&self, tally: Tally) {
+        let counter = match tally {
+            Tally::Received => &self.received,
+            Tally::Acknowledged => &self.acknowledged,
+            Tally::Rejected => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection's view of the shared state: every count goes to both its own and the totals.
+#[derive(Clone)]
+struct Conn {
+    shared: Arc<Shared>,
+    me: Arc<OpenConnection>,
+}
+
+impl Conn {
+    fn count(&self, tally: Tally) {
+        self.shared.totals.add(tally);
+        self.me.counts.add(tally);
+    }
 }
 
 /// The reply to one line, possibly still waiting for the spool.
@@ -50,7 +121,7 @@ enum Action {
     Close(String),
     /// Spool this event line; acknowledge `id` once it is durable.
     Spool {
-        line: String,
+        text: String,
         id: String,
     },
 }
@@ -59,20 +130,38 @@ fn error(line: u64, message: impl std::fmt::Display) -> String {
     json!({"error": message.to_string(), "line": line}).to_string()
 }
 
+/// An error for a good event the daemon cannot take now (full spool, failed spool write).
+/// `"retry": true` tells the client to send it again later, unlike a rejected line.
+fn retry_later(line: u64, message: impl std::fmt::Display) -> String {
+    json!({"error": message.to_string(), "line": line, "retry": true}).to_string()
+}
+
 /// Serves one connection until the client closes it, a wrong token is sent, or `stop` is set.
 pub async fn serve<S>(
     stream: S,
+    peer: String,
     shared: Arc<Shared>,
     needs_token: bool,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    shared.connections_open.fetch_add(1, Ordering::Relaxed);
-    shared.connections_total.fetch_add(1, Ordering::Relaxed);
+    let number = shared.connections_total.fetch_add(1, Ordering::Relaxed);
+    let me = Arc::new(OpenConnection {
+        peer,
+        counts: LineCounts::default(),
+    });
+    if let Ok(mut open) = shared.open.lock() {
+        open.insert(number, Arc::clone(&me));
+    }
+    let conn = Conn {
+        shared: Arc::clone(&shared),
+        me,
+    };
     let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
     let (queue, mut replies) = mpsc::channel::<Reply>(IN_FLIGHT);
+    let timeout = shared.reply_timeout;
     let writer = tokio::spawn(async move {
         while let Some(reply) = replies.recv().await {
             let mut text = match reply {
@@ -82,7 +171,7 @@ pub async fn serve<S>(
                     .unwrap_or_else(|e| error(0, format!("internal error: {e}"))),
             };
             text.push('\n');
-            match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await {
+            match tokio::time::timeout(timeout, write.write_all(text.as_bytes())).await {
                 Ok(Ok(())) => {}
                 _ => return, // gone, or not reading: drop the connection
             }
@@ -91,62 +180,82 @@ pub async fn serve<S>(
     });
 
     let mut authenticated = !needs_token;
-    let mut number = 0u64;
+    let mut line = 0u64;
+    let mut closing = false;
     loop {
         let raw = tokio::select! {
             r = next_line(&mut read, shared.line_limit) => r,
             _ = stop.changed() => break,
+            // The writer gave up on a client that does not read: drop it now, not at its next line.
+            _ = queue.closed() => break,
         };
         let raw = match raw {
             Ok(Some(raw)) => raw,
             Ok(None) | Err(_) => break,
         };
-        number += 1;
-        shared.received.fetch_add(1, Ordering::Relaxed);
-        let (reply, close) = match handle_line(raw, number, &shared, &mut authenticated) {
+        line += 1;
+        conn.count(Tally::Received);
+        let (reply, close) = match handle_line(raw, line, &conn, &mut authenticated) {
             Action::Answer(text) => (Reply::Now(text), false),
             Action::Close(text) => (Reply::Now(text), true),
-            Action::Spool { line, id } => (spool(&shared, line, id, number).await, false),
+            Action::Spool { text, id } => spool(&conn, text, id, line).await,
         };
-        if queue.send(reply).await.is_err() || close {
+        if queue.send(reply).await.is_err() {
+            break;
+        }
+        if close {
+            closing = true;
             break;
         }
     }
     drop(queue);
     let _ = writer.await;
-    shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+    if closing {
+        // The client may still be sending. Closing with its lines unread would reset the
+        // connection, and a reset can destroy the last reply before the client reads it. So the
+        // rest is read and dropped until the client closes too, for a bounded time.
+        let _ =
+            tokio::time::timeout(LINGER, tokio::io::copy(&mut read, &mut tokio::io::sink())).await;
+    }
+    if let Ok(mut open) = shared.open.lock() {
+        open.remove(&number);
+    }
 }
 
 /// Submits the line here, in line order, so that the spool keeps the connection's order; only
-/// the wait for durability runs alongside the next lines.
-async fn spool(shared: &Arc<Shared>, line: String, id: String, n: u64) -> Reply {
-    match shared.appender.submit(line).await {
+/// the wait for durability runs alongside the next lines. A full spool refuses the line and
+/// closes the connection: a later, smaller line could fit and overtake it otherwise, so the
+/// client resends from the refused line once it reconnects.
+async fn spool(conn: &Conn, text: String, id: String, n: u64) -> (Reply, bool) {
+    match conn.shared.appender.submit(text).await {
         Ok(pending) => {
-            let shared = Arc::clone(shared);
-            Reply::Later(tokio::spawn(async move {
+            let conn = conn.clone();
+            let reply = Reply::Later(tokio::spawn(async move {
                 match pending.durable().await {
                     Ok(_) => {
-                        shared.acknowledged.fetch_add(1, Ordering::Relaxed);
+                        conn.count(Tally::Acknowledged);
                         json!({"ack": id}).to_string()
                     }
                     Err(e) => {
-                        shared.rejected.fetch_add(1, Ordering::Relaxed);
-                        error(n, e)
+                        conn.count(Tally::Rejected);
+                        retry_later(n, e)
                     }
                 }
-            }))
+            }));
+            (reply, false)
         }
         Err(e) => {
-            shared.rejected.fetch_add(1, Ordering::Relaxed);
-            Reply::Now(error(n, e))
+            conn.count(Tally::Rejected);
+            (Reply::Now(retry_later(n, e)), true)
         }
     }
 }
 
 /// What to do with one line.
-fn handle_line(raw: RawLine, n: u64, shared: &Shared, authenticated: &mut bool) -> Action {
+fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> Action {
+    let shared = &conn.shared;
     let reject = |message: String| {
-        shared.rejected.fetch_add(1, Ordering::Relaxed);
+        conn.count(Tally::Rejected);
         Action::Answer(error(n, message))
     };
     let bytes = match raw {
@@ -175,14 +284,14 @@ fn handle_line(raw: RawLine, n: u64, shared: &Shared, authenticated: &mut bool) 
             (Some(_), None) => false,
         };
         if !accepted {
-            shared.rejected.fetch_add(1, Ordering::Relaxed);
+            conn.count(Tally::Rejected);
             return Action::Close(error(n, "wrong token: closing the connection"));
         }
         *authenticated = true;
         return Action::Answer(json!({"hello": "ok"}).to_string());
     }
     if !*authenticated {
-        shared.rejected.fetch_add(1, Ordering::Relaxed);
+        conn.count(Tally::Rejected);
         return Action::Close(error(
             n,
             "this listener needs {\"type\":\"hello\",\"token\":...} first: closing the connection",
@@ -198,7 +307,7 @@ fn handle_line(raw: RawLine, n: u64, shared: &Shared, authenticated: &mut bool) 
     }
     let id = event.event_id.clone().unwrap_or_default();
     Action::Spool {
-        line: event.to_line(),
+        text: event.to_line(),
         id,
     }
 }

@@ -3,12 +3,13 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::connection::{LineCounts, OpenConnection};
 use super::{DrainCounters, Shared};
 use crate::spool::Spool;
 
@@ -42,21 +43,21 @@ impl Metrics {
             "events_received_total",
             "counter",
             "Lines received on all connections.",
-            get(&s.received),
+            get(&s.totals.received),
         );
         metric(
             &mut out,
             "events_acknowledged_total",
             "counter",
             "Events acknowledged once spooled.",
-            get(&s.acknowledged),
+            get(&s.totals.acknowledged),
         );
         metric(
             &mut out,
             "events_rejected_total",
             "counter",
             "Lines answered with an error.",
-            get(&s.rejected),
+            get(&s.totals.rejected),
         );
         metric(
             &mut out,
@@ -98,7 +99,7 @@ impl Metrics {
             "connections_open",
             "gauge",
             "Client connections open now.",
-            get(&s.connections_open),
+            s.open.lock().map_or(0, |o| o.len() as u64),
         );
         metric(
             &mut out,
@@ -107,6 +108,7 @@ impl Metrics {
             "Client connections accepted.",
             get(&s.connections_total),
         );
+        self.render_connections(&mut out);
         let depth = self.spool.depth().unwrap_or_default();
         metric(
             &mut out,
@@ -131,6 +133,47 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Line counts of each open connection, labelled by its number and peer. Closed connections
+    /// leave the list, which keeps the number of series bounded by the open connections.
+    fn render_connections(&self, out: &mut String) {
+        let open: Vec<(u64, Arc<OpenConnection>)> = match self.shared.open.lock() {
+            Ok(open) => open.iter().map(|(n, c)| (*n, Arc::clone(c))).collect(),
+            Err(_) => return,
+        };
+        type Pick = fn(&LineCounts) -> &AtomicU64;
+        let series: [(&str, &str, Pick); 3] = [
+            ("received", "Lines received on this open connection.", |c| {
+                &c.received
+            }),
+            (
+                "acknowledged",
+                "Events acknowledged on this open connection.",
+                |c| &c.acknowledged,
+            ),
+            (
+                "rejected",
+                "Lines answered with an error on this open connection.",
+                |c| &c.rejected,
+            ),
+        ];
+        for (what, help, value) in series {
+            let _ = writeln!(
+                out,
+                "# HELP buildstore_connection_lines_{what}_total {help}\n# TYPE buildstore_connection_lines_{what}_total counter"
+            );
+            for (number, c) in &open {
+                let _ = writeln!(
+                    out,
+                    "buildstore_connection_lines_{what}_total{{connection=\"{number}\",peer=\"{}\"}} {}",
+                    escape(&c.peer),
+                    value(&c.counts).load(Ordering::Relaxed)
+                );
+            }
+        }
     }
 }
 

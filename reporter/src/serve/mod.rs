@@ -11,7 +11,6 @@ pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +61,8 @@ pub struct ServeConfig {
     pub spool_max: u64,
     pub line_limit: usize,
     pub token: Option<String>,
+    /// How long a client may leave its replies unread before it is disconnected.
+    pub reply_timeout: Duration,
     pub grace: Duration,
     pub core: CoreConfig,
     /// Where `GET /metrics` is served, if anywhere.
@@ -99,18 +100,12 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         config.core,
         config.grace,
     )?;
-    let shared = Arc::new(Shared {
-        appender: engine.appender.clone(),
-        line_limit: config.line_limit,
-        token: config.token.clone(),
-        boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
-        assigned: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        acknowledged: AtomicU64::new(0),
-        rejected: AtomicU64::new(0),
-        connections_open: AtomicU64::new(0),
-        connections_total: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new(
+        engine.appender.clone(),
+        config.line_limit,
+        config.token.clone(),
+        config.reply_timeout,
+    ));
     let stop = engine.stop.subscribe();
 
     let mut listeners = JoinSet::new();
@@ -198,23 +193,32 @@ async fn wait_for_signal() {
 /// A listening socket of either kind.
 trait Accept: Send + 'static {
     type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static;
-    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+    /// The next connection and a name for its peer.
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
 }
 
 impl Accept for TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Stream> {
-        let (stream, _) = TcpListener::accept(self).await?;
+    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
         // Replies are small lines: send each at once.
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, peer.to_string()))
     }
 }
 
 impl Accept for UnixListener {
     type Stream = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Stream> {
-        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        // Unix clients are unnamed; the socket tells them apart from TCP ones.
+        let path = self
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
+        Ok((stream, format!("unix:{}", path.unwrap_or_default())))
     }
 }
 
@@ -229,8 +233,8 @@ async fn accept_loop<L: Accept>(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    connections.spawn(connection::serve(stream, Arc::clone(&shared), needs_token, stop.clone()));
+                Ok((stream, peer)) => {
+                    connections.spawn(connection::serve(stream, peer, Arc::clone(&shared), needs_token, stop.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },

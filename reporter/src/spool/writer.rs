@@ -46,8 +46,8 @@ pub struct Appender {
 }
 
 impl Appender {
-    /// Starts the writer task. `held` counts the bytes in the spool; the applier lowers it as it
-    /// releases events.
+    /// Starts the writer task. `held` counts the bytes in the spool and on their way into it;
+    /// the applier lowers it as it releases events.
     pub fn start(
         spool: Spool,
         held: Arc<AtomicU64>,
@@ -61,19 +61,22 @@ impl Appender {
     /// Queues one line for the next group commit. Lines queued one after the other by one
     /// caller are spooled in that order; await the returned [`Pending`] for durability.
     pub async fn submit(&self, line: String) -> Result<Pending, AppendError> {
-        let held = self.held.load(Ordering::Relaxed);
-        if held + line.len() as u64 > self.limit {
-            return Err(SpoolFull {
+        // The bytes are reserved here, before the line is queued, so that lines waiting for the
+        // next group commit count against the limit too.
+        let len = line.len() as u64;
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + len <= self.limit).then_some(held + len)
+            })
+            .map_err(|held| SpoolFull {
                 held,
                 limit: self.limit,
-            }
-            .into());
-        }
+            })?;
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Request { line, done })
-            .await
-            .map_err(|_| AppendError::Closed)?;
+        if self.tx.send(Request { line, done }).await.is_err() {
+            self.held.fetch_sub(len, Ordering::Relaxed);
+            return Err(AppendError::Closed);
+        }
         Ok(Pending(wait))
     }
 
@@ -113,12 +116,12 @@ async fn write_loop(spool: Spool, mut rx: mpsc::Receiver<Request>, held: Arc<Ato
             .and_then(|r| r);
         match result {
             Ok(ids) => {
-                held.fetch_add(bytes as u64, Ordering::Relaxed);
                 for (r, id) in group.into_iter().zip(ids) {
                     let _ = r.done.send(Ok(id));
                 }
             }
             Err(e) => {
+                held.fetch_sub(bytes as u64, Ordering::Relaxed); // reserved by `submit`
                 let message = e.to_string();
                 tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
                 for r in group {

@@ -1,0 +1,179 @@
+//! A running `buildstore serve` and the clients the socket tests talk to it with.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{stderr, Db};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running daemon, on a SQLite store in `dir` unless told otherwise.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub metrics: u16,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Daemon {
+        let store = format!("sqlite:{}", dir.join("store.db").display());
+        Daemon::on(&store, &dir.join("spool"), port, extra)
+    }
+
+    pub fn on(store: &str, spool: &Path, port: u16, extra: &[&str]) -> Daemon {
+        let metrics = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+            .env_remove("BUILDSTORE_STORE")
+            .args([
+                "--store",
+                store,
+                "serve",
+                "--listen",
+                &format!("tcp://127.0.0.1:{port}"),
+            ])
+            .arg("--spool")
+            .arg(spool)
+            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(
+            line.trim(),
+            "buildstore serve: ready",
+            "daemon did not start"
+        );
+        Daemon {
+            child,
+            port,
+            metrics,
+        }
+    }
+
+    /// `buildstore status`, as name → value.
+    pub fn status(&self) -> std::collections::HashMap<String, f64> {
+        let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+            .args([
+                "status",
+                "--metrics",
+                &format!("127.0.0.1:{}", self.metrics),
+            ])
+            .output()
+            .expect("status");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((
+                    name.trim_start_matches("buildstore_").to_owned(),
+                    value.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+pub fn store(dir: &Path) -> Db {
+    Db::at(format!("sqlite:{}", dir.join("store.db").display()))
+}
+
+/// Sends lines on one connection and returns one reply per line.
+pub fn exchange(port: u16, lines: &[&str]) -> Vec<Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for l in lines {
+        s.write_all(l.as_bytes()).expect("send");
+        s.write_all(b"\n").expect("send");
+    }
+    let mut r = BufReader::new(s);
+    lines
+        .iter()
+        .map(|_| {
+            let mut reply = String::new();
+            r.read_line(&mut reply).expect("reply");
+            serde_json::from_str(&reply).unwrap_or_else(|_| panic!("reply is JSON: {reply:?}"))
+        })
+        .collect()
+}
+
+/// A client that sends its events with a window of unacknowledged ones, and after a lost
+/// connection or a refusal to be retried reconnects and resends everything not acknowledged. Returns how many events were
+/// acknowledged and over how many connections.
+pub fn client(port: u16, events: Vec<String>, deadline: Instant) -> (usize, usize) {
+    let mut acked = 0;
+    let mut connections = 0;
+    while acked < events.len() {
+        assert!(
+            Instant::now() < deadline,
+            "client gave up: {acked} of {} acknowledged",
+            events.len()
+        );
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        connections += 1;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut writer = stream.try_clone().expect("clone");
+        let mut reader = BufReader::new(stream);
+        let mut sent = acked;
+        loop {
+            while sent < events.len() && sent - acked < 200 {
+                if writer
+                    .write_all(format!("{}\n", events[sent]).as_bytes())
+                    .is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            let mut reply = String::new();
+            match reader.read_line(&mut reply) {
+                Ok(n) if n > 0 => {
+                    let v: Value = serde_json::from_str(&reply).expect("reply is JSON");
+                    if v["retry"] == true {
+                        // The daemon cannot take it now and closes: resend from here later.
+                        std::thread::sleep(Duration::from_millis(200));
+                        break;
+                    }
+                    assert!(v["ack"].is_string(), "{v}");
+                    acked += 1;
+                    if acked == events.len() {
+                        break;
+                    }
+                }
+                _ => break, // the daemon went away: reconnect and resend from `acked`
+            }
+        }
+    }
+    (acked, connections)
+}

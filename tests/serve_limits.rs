@@ -1,0 +1,241 @@
+//! The daemon's limits, through real sockets: each open connection is counted on its own, a
+//! client that stops reading is disconnected without holding up the others, and a full spool
+//! refuses new events with an error instead of dropping them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::daemon::*;
+use common::*;
+use serde_json::Value;
+
+fn state(id: &str) -> String {
+    format!(
+        r#"{{"type":"builder_state","master_id":"m","event_id":"{id}","builder":"b","state":"idle"}}"#
+    )
+}
+
+/// A connection kept open between exchanges.
+struct Conn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        Conn {
+            writer: s.try_clone().expect("clone"),
+            reader: BufReader::new(s),
+        }
+    }
+
+    fn peer_name(&self) -> String {
+        self.writer.local_addr().expect("address").to_string()
+    }
+
+    fn exchange(&mut self, lines: &[String]) -> Vec<Value> {
+        for l in lines {
+            self.writer
+                .write_all(format!("{l}\n").as_bytes())
+                .expect("send");
+        }
+        lines
+            .iter()
+            .map(|_| {
+                let mut reply = String::new();
+                self.reader.read_line(&mut reply).expect("reply");
+                serde_json::from_str(&reply).unwrap_or_else(|_| panic!("JSON reply: {reply:?}"))
+            })
+            .collect()
+    }
+}
+
+/// The per-connection series of `peer` in a status: "received" → value, and so on.
+fn counts_of(status: &HashMap<String, f64>, peer: &str) -> HashMap<String, f64> {
+    status
+        .iter()
+        .filter(|(k, _)| k.contains(&format!("peer=\"{peer}\"")))
+        .filter_map(|(k, v)| {
+            let what = k.strip_prefix("connection_lines_")?.split_once("_total")?.0;
+            Some((what.to_owned(), *v))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, daemon: &Daemon, done: impl Fn(&HashMap<String, f64>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = daemon.status();
+        if done(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn each_open_connection_has_its_own_counts_and_leaves_the_metrics_when_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let mut a = Conn::open(daemon.port);
+    let mut b = Conn::open(daemon.port);
+    let replies = a.exchange(&[state("a1"), "{oops".into(), state("a2")]);
+    assert!(replies[1]["error"].is_string(), "{replies:?}");
+    b.exchange(&[state("b1")]);
+
+    let status = daemon.status();
+    let of_a = counts_of(&status, &a.peer_name());
+    let of_b = counts_of(&status, &b.peer_name());
+    assert_eq!(of_a["received"], 3.0, "{status:?}");
+    assert_eq!(of_a["acknowledged"], 2.0, "{status:?}");
+    assert_eq!(of_a["rejected"], 1.0, "{status:?}");
+    assert_eq!(of_b["received"], 1.0, "{status:?}");
+    assert_eq!(of_b["acknowledged"], 1.0, "{status:?}");
+    assert_eq!(of_b["rejected"], 0.0, "{status:?}");
+    assert_eq!(status["connections_open"], 2.0);
+    assert_eq!(status["events_received_total"], 4.0);
+
+    let gone = a.peer_name();
+    drop(a);
+    wait_until("the closed connection leaves the metrics", &daemon, |s| {
+        counts_of(s, &gone).is_empty() && s["connections_open"] == 1.0
+    });
+    assert_eq!(counts_of(&daemon.status(), &b.peer_name())["received"], 1.0);
+    daemon.kill();
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_and_does_not_hold_up_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &["--reply-timeout", "5"]);
+
+    // A client that only writes: once its replies fill the socket buffers and the daemon's
+    // bounded queue, the daemon stops reading it, and its writes stall.
+    let stalled = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    let _ = stalled.set_write_timeout(Some(Duration::from_secs(1)));
+    let chunk = "{oops\n".repeat(10_000);
+    let mut sent = 0usize;
+    for _ in 0..2_000 {
+        match (&stalled).write_all(chunk.as_bytes()) {
+            Ok(()) => sent += 10_000,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 2_000 * 10_000,
+        "the daemon kept reading a client that never reads"
+    );
+
+    // Meanwhile another client is served as usual.
+    let replies = exchange(daemon.port, &[&state("other")]);
+    assert_eq!(replies[0]["ack"], "other", "{replies:?}");
+
+    // The stalled client is dropped after the reply timeout, having had only part of its replies.
+    wait_until("the stalled client is disconnected", &daemon, |s| {
+        s["connections_open"] == 0.0
+    });
+    let _ = stalled.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut replies = Vec::new();
+    let _ = (&stalled).read_to_end(&mut replies); // EOF or reset, but never a hang
+    let answered = replies.iter().filter(|b| **b == b'\n').count();
+    assert!(
+        answered < sent,
+        "{answered} replies to {sent} lines: it was not cut off"
+    );
+
+    let replies = exchange(daemon.port, &[&state("after")]);
+    assert_eq!(replies[0]["ack"], "after", "{replies:?}");
+    daemon.kill();
+}
+
+#[test]
+fn past_spool_max_events_are_refused_with_an_error_and_accepted_once_the_store_catches_up() {
+    if common::mongo::real_server().is_some() {
+        return; // needs a server this test can stop
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("peer.journal");
+    let peer = common::mongo::Peer::start(0, Some(&journal));
+    let peer_port = peer.port;
+    let uri = format!("{}?serverSelectionTimeoutMS=500", peer.uri("full"));
+    let spool_max = 100_000u64;
+    let daemon = Daemon::on(
+        &uri,
+        &dir.path().join("spool"),
+        free_port(),
+        &["--spool-max", &spool_max.to_string()],
+    );
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 3_000,
+        ..Default::default()
+    });
+    peer.kill();
+
+    // One connection sends everything; the daemon takes events until the spool is full, refuses
+    // the next with an error to be retried, and closes the connection.
+    let stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+    let mut writer = stream.try_clone().expect("clone");
+    let sending = lines.clone();
+    let sender = std::thread::spawn(move || {
+        for l in sending {
+            if writer.write_all(format!("{l}\n").as_bytes()).is_err() {
+                return; // closed by the daemon
+            }
+        }
+    });
+    let replies: Vec<Value> = BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .map(|r| serde_json::from_str(&r).expect("JSON reply"))
+        .collect();
+    let _ = sender.join();
+    let (refusal, acks) = replies.split_last().expect("replies");
+    let accepted = acks.len();
+    assert!(
+        accepted > 0 && accepted < lines.len(),
+        "{accepted} accepted"
+    );
+    assert!(acks.iter().all(|r| r["ack"].is_string()), "{acks:?}");
+    assert!(
+        refusal["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("spool is full")),
+        "{refusal}"
+    );
+    assert_eq!(refusal["retry"], true, "{refusal}");
+    assert_eq!(refusal["line"], accepted + 1, "{refusal}");
+    let status = daemon.status();
+    assert!(status["spool_bytes"] <= spool_max as f64, "{status:?}");
+    assert_eq!(status["spool_events"], accepted as f64, "{status:?}");
+
+    // The store comes back: the backlog drains and the refused events are taken when resent.
+    let peer = common::mongo::Peer::start(peer_port, Some(&journal));
+    wait_until("the spool drains", &daemon, |s| s["spool_events"] == 0.0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let refused = lines[accepted..].to_vec();
+    assert_eq!(
+        client(daemon.port, refused.clone(), deadline).0,
+        refused.len()
+    );
+    wait_until("everything is applied", &daemon, |s| {
+        s["events_applied_total"] == lines.len() as f64
+    });
+    assert!(daemon.stop().success());
+
+    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let expected = Db::new();
+    expected.ingest_ok(&write_lines(dir.path(), "all.jsonl", &all));
+    let got = Db::at(peer.uri("full"));
+    for c in ["builders", "builds", "steps", "repository"] {
+        assert_eq!(got.export(c), expected.export(c), "{c}");
+    }
+    peer.kill();
+}
