@@ -7,7 +7,7 @@
 //! - [`spool`] and [`serve`]: the durable spool and the socket daemon in front of it.
 //! - [`Reporter`]: the same durable path for a build master written in Rust.
 
-pub mod core;
+pub use buildstore_core as core;
 mod embed;
 pub mod export;
 pub mod pipeline;

@@ -71,6 +71,18 @@ impl<'de> Deserialize<'de> for Ident {
 pub struct Timestamp(pub DateTime<Utc>);
 
 impl Timestamp {
+    /// Years 0000 to 9999 in UTC: what RFC 3339 can write, so every time read can be written back.
+    const MILLIS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
+    /// A time with the millisecond precision that is stored: cutting below it here makes an
+    /// event read back from its own line equal to the event first read.
+    fn from_millis(millis: i64) -> Option<Timestamp> {
+        if !Self::MILLIS.contains(&millis) {
+            return None;
+        }
+        Utc.timestamp_millis_opt(millis).single().map(Timestamp)
+    }
+
     /// The BSON date this timestamp is stored as (milliseconds, UTC).
     pub fn to_bson(self) -> bson::DateTime {
         bson::DateTime::from_millis(self.0.timestamp_millis())
@@ -109,10 +121,7 @@ impl<'de> Deserialize<'de> for Timestamp {
                         "{secs} is not a plausible epoch time in seconds"
                     )));
                 }
-                let millis = (secs * 1000.0).round() as i64;
-                Utc.timestamp_millis_opt(millis)
-                    .single()
-                    .map(Timestamp)
+                Timestamp::from_millis((secs * 1000.0).round() as i64)
                     .ok_or_else(|| E::custom(format!("{secs} is out of range for a date")))
             }
         }
@@ -131,9 +140,11 @@ impl<'de> Deserialize<'de> for Timestamp {
                 V::from_secs(v)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-                DateTime::parse_from_rfc3339(v)
-                    .map(|t| Timestamp(t.with_timezone(&Utc)))
-                    .map_err(|e| E::custom(format!("{v:?} is not an RFC 3339 date-time ({e})")))
+                let t = DateTime::parse_from_rfc3339(v)
+                    .map_err(|e| E::custom(format!("{v:?} is not an RFC 3339 date-time ({e})")))?;
+                Timestamp::from_millis(t.timestamp_millis()).ok_or_else(|| {
+                    E::custom(format!("{v:?} is out of range (years 0000 to 9999 in UTC)"))
+                })
             }
         }
         d.deserialize_any(V)
@@ -205,6 +216,19 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(c.0.timestamp_millis(), 1767323045500);
         assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+        // Below a millisecond is not kept, so a time written back reads the same.
+        let fine: Timestamp = serde_json::from_str("\"2026-03-12T14:07:32.0111Z\"").unwrap();
+        let again: Timestamp =
+            serde_json::from_str(&serde_json::to_string(&fine).unwrap()).unwrap();
+        assert_eq!(fine, again);
+        // Only the years RFC 3339 can write back are accepted.
+        assert!(serde_json::from_str::<Timestamp>("\"0000-01-01T00:00:00+01:00\"").is_err());
+        assert!(serde_json::from_str::<Timestamp>("\"9999-12-31T23:59:59-01:00\"").is_err());
+        assert!(serde_json::from_str::<Timestamp>("-2e11").is_err());
+        let first: Timestamp = serde_json::from_str("\"0000-01-01T00:00:00Z\"").unwrap();
+        let again: Timestamp =
+            serde_json::from_str(&serde_json::to_string(&first).unwrap()).unwrap();
+        assert_eq!(first, again);
         assert!(serde_json::from_str::<Timestamp>("1e300").is_err());
     }
 

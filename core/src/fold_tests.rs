@@ -1,7 +1,7 @@
 //! The rules, stated as tests of the fold.
 
 use super::*;
-use crate::core::{InlineUpdate, Mutation};
+use crate::{InlineUpdate, Mutation};
 use serde_json::{json, Value};
 
 const HASH: &str = "4f2b8c1d9e0a7b6c5d4e3f2a1b0c9d8e7f6a5b4c";
@@ -383,7 +383,7 @@ fn a_restored_build_carries_on_where_the_store_left_it() {
     let snapshot = BuildSnapshot {
         build: doc,
         steps: vec![step],
-        logs: vec![crate::core::LogSnapshot {
+        logs: vec![crate::LogSnapshot {
             step_id: "m1/7/0".into(),
             channel: Channel::Stdout,
             len: 3,

@@ -1,0 +1,60 @@
+//! The socket's line reader against a plain model of it, for any input, line limit and read
+//! buffer size: lines split at `\n`, one `\r` before it dropped, a line longer than the limit
+//! reported with its length and skipped, and a last line without `\n` still a line.
+#![no_main]
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use libfuzzer_sys::fuzz_target;
+use tokio::io::BufReader;
+
+// The reader is one file that needs only tokio: compiling it here spares the fuzz build the
+// whole daemon and its dependencies.
+#[path = "../../reporter/src/serve/lines.rs"]
+#[allow(dead_code)]
+mod lines;
+use lines::{next_line, RawLine};
+
+/// Runs a future that never waits: reading from a byte slice is always ready.
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+fn model(input: &[u8], limit: usize) -> Vec<RawLine> {
+    let mut parts: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
+    if parts.last().is_some_and(|p| p.is_empty()) {
+        parts.pop(); // the input ended with a newline, or was empty
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            if p.len() > limit {
+                RawLine::TooLong(p.len())
+            } else {
+                RawLine::Line(p.strip_suffix(b"\r").unwrap_or(p).to_vec())
+            }
+        })
+        .collect()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [limit, buffer, input @ ..] = data else {
+        return;
+    };
+    let limit = usize::from(*limit % 64);
+    let buffer = usize::from(*buffer % 16) + 1;
+    let mut reader = BufReader::with_capacity(buffer, input);
+    let mut got = Vec::new();
+    while let Some(line) = ready(next_line(&mut reader, limit)).expect("reading a slice") {
+        got.push(line);
+    }
+    assert_eq!(got, model(input, limit));
+});
