@@ -171,13 +171,7 @@ fn a_killed_daemon_loses_no_acknowledged_event_and_doubles_none() {
     );
     assert!(daemon.stop().success());
 
-    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let expected = Db::new();
-    expected.ingest_ok(&write_lines(dir.path(), "all.jsonl", &all));
-    let got = store(dir.path());
-    for c in ["builders", "builds", "steps", "repository"] {
-        assert_eq!(got.export(c), expected.export(c), "{c}");
-    }
+    assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());
 }
 
 #[test]
@@ -268,16 +262,17 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(daemon.status()["events_applied_total"], lines.len() as f64);
+    // A batch cut off by the outage may have recorded some of its events before it is sent
+    // again whole; those count as duplicates the second time.
+    let after = daemon.status();
+    assert_eq!(
+        after["events_applied_total"] + after["events_duplicate_total"],
+        lines.len() as f64,
+        "{after:?}"
+    );
     assert!(daemon.stop().success());
 
-    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let expected = Db::new();
-    expected.ingest_ok(&write_lines(dir.path(), "all.jsonl", &all));
-    let got = Db::at(peer.uri("outage"));
-    for c in ["builders", "builds", "steps", "repository"] {
-        assert_eq!(got.export(c), expected.export(c), "{c}");
-    }
+    assert_same_as_one_clean_ingest(&Db::at(peer.uri("outage")), &lines, dir.path());
     peer.kill();
 }
 
@@ -359,11 +354,5 @@ fn thousands_of_bad_lines_are_answered_and_the_valid_events_all_stored() {
         "the daemon stayed up and stops cleanly"
     );
 
-    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let expected = Db::new();
-    expected.ingest_ok(&write_lines(dir.path(), "all.jsonl", &all));
-    let got = store(dir.path());
-    for c in ["builders", "builds", "steps", "repository"] {
-        assert_eq!(got.export(c), expected.export(c), "{c}");
-    }
+    assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());
 }

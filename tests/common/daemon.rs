@@ -177,3 +177,14 @@ pub fn client(port: u16, events: Vec<String>, deadline: Instant) -> (usize, usiz
     }
     (acked, connections)
 }
+
+/// The documents in `got` equal those of one `buildstore ingest` of `lines` into a fresh store:
+/// nothing lost, nothing doubled, whatever happened on the way.
+pub fn assert_same_as_one_clean_ingest(got: &Db, lines: &[String], scratch: &Path) {
+    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let expected = Db::new();
+    expected.ingest_ok(&super::write_lines(scratch, "all.jsonl", &all));
+    for c in ["builders", "builds", "steps", "repository"] {
+        assert_eq!(got.export(c), expected.export(c), "{c}");
+    }
+}
