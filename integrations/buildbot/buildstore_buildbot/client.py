@@ -1,0 +1,412 @@
+"""The connection to ``buildstore serve``: a bounded queue of unacknowledged events.
+
+Events wait in memory until the daemon acknowledges them. The daemon answers every line with one
+reply, in order (``{"ack": ID}`` or ``{"error": ..., "line": N}``), so the oldest line in flight
+is always the one a reply is about. After a lost connection everything not yet acknowledged is
+sent again; the daemon skips what it already had by ``event_id``.
+
+All I/O is Twisted's: nothing here blocks the reactor, and nothing raises into the caller. When
+the daemon is unreachable or the queue is full, a line goes to the log and the master carries on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import protocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python import log
+
+CONNECT_TIMEOUT = 10
+
+
+def parse_address(address: str) -> tuple[str, Any]:
+    """``tcp://HOST:PORT`` or ``unix:/PATH`` as ("tcp", (host, port)) or ("unix", path)."""
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        path = path.removeprefix("//")
+        if not path:
+            raise ValueError(f"{address!r}: no socket path")
+        return "unix", path
+    if address.startswith("tcp://"):
+        rest = address[len("tcp://") :].rstrip("/")
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{address!r}: expected tcp://HOST:PORT")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return "tcp", (host, int(port))
+    raise ValueError(f"{address!r}: expected tcp://HOST:PORT or unix:/PATH")
+
+
+def make_endpoint(reactor, address: str):
+    kind, where = parse_address(address)
+    if kind == "unix":
+        return UNIXClientEndpoint(reactor, where, timeout=CONNECT_TIMEOUT)
+    host, port = where
+    return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+
+
+def _summary(line: bytes, limit: int = 400) -> str:
+    text = line.decode("utf-8", "replace").rstrip("\n")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+class _Pending:
+    __slots__ = ("event_id", "line")
+
+    def __init__(self, event_id: str | None, line: bytes):
+        self.event_id = event_id
+        self.line = line
+
+
+class _DaemonProtocol(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, client: BuildstoreClient):
+        self.client = client
+
+    def connectionMade(self):
+        self.client._connected(self)
+
+    def lineReceived(self, line: bytes):
+        self.client._reply(self, line)
+
+    def lineLengthExceeded(self, line):
+        self.client._drop_connection("reply line too long")
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self.client._disconnected(self, reason)
+
+
+class _Factory(protocol.Factory):
+    def __init__(self, client):
+        self.client = client
+
+    def buildProtocol(self, addr):
+        return _DaemonProtocol(self.client)
+
+
+class BuildstoreClient:
+    """Sends events to the daemon and keeps each until it is acknowledged.
+
+    ``queue_size`` bounds the events held (in flight or waiting). ``max_in_flight`` and
+    ``max_in_flight_bytes`` bound what is written ahead of the replies, so that a daemon that
+    stops reading holds no more than that in the transport's buffers.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        queue_size: int = 10000,
+        reactor=None,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        reply_timeout: float = 60.0,
+        max_in_flight: int = 500,
+        max_in_flight_bytes: int = 4 << 20,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.address = address
+        self.endpoint = make_endpoint(reactor, address)
+        self.token = token
+        self.queue_size = queue_size
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.reply_timeout = reply_timeout
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_bytes = max_in_flight_bytes
+
+        self.queue: deque[_Pending] = deque()
+        self.acknowledged = 0
+        self.rejected = 0
+        self.dropped = 0
+        self.connections = 0
+
+        self._proto: _DaemonProtocol | None = None
+        self._in_flight = 0
+        self._in_flight_bytes = 0
+        self._awaiting_hello = False
+        self._running = False
+        self._connecting = False
+        self._retry_call = None
+        self._watchdog = None
+        self._backoff = initial_backoff
+        self._reported_unreachable = False
+        self._drop_reported = 0
+        self._drain_waiters: list[defer.Deferred] = []
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._connect()
+
+    def send(self, event: dict) -> bool:
+        """Queue an event. Returns False, after logging why, if it had to be dropped."""
+        try:
+            line = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            log.msg(f"buildstore: cannot encode event {event.get('event_id')!r}: {e}; dropped")
+            self.dropped += 1
+            return False
+        if len(self.queue) >= self.queue_size:
+            self.dropped += 1
+            # One line per burst, with a running count, so a long outage doesn't flood the log.
+            if self._drop_reported == 0 or self.dropped - self._drop_reported >= 1000:
+                self._drop_reported = self.dropped
+                log.msg(
+                    f"buildstore: queue full ({len(self.queue)} unacknowledged events, "
+                    f"daemon at {self.address}); dropping event {event.get('event_id')!r} "
+                    f"({self.dropped} dropped so far)"
+                )
+            return False
+        self.queue.append(_Pending(event.get("event_id"), line.encode("utf-8") + b"\n"))
+        self._pump()
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._proto is not None
+
+    def stop(self, timeout: float = 5.0) -> defer.Deferred:
+        """Stop, after waiting up to ``timeout`` seconds for the queue to be acknowledged."""
+        d = (
+            self.wait_drained(timeout)
+            if self.queue and self._proto is not None
+            else defer.succeed(None)
+        )
+
+        def close(_):
+            self._running = False
+            self._cancel_retry()
+            self._cancel_watchdog()
+            if self._proto is not None:
+                self._proto.transport.loseConnection()
+            if self.queue:
+                log.msg(
+                    f"buildstore: stopping with {len(self.queue)} events not acknowledged by "
+                    f"{self.address}; they are lost"
+                )
+
+        d.addCallback(close)
+        return d
+
+    def wait_drained(self, timeout: float | None = None) -> defer.Deferred:
+        """Fires once every queued event is acknowledged or rejected (or after ``timeout``)."""
+        if not self.queue:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drain_waiters.append(d)
+        if timeout is not None:
+            call = self.reactor.callLater(timeout, self._give_up_waiting, d)
+
+            def cancel(result):
+                if call.active():
+                    call.cancel()
+                return result
+
+            d.addBoth(cancel)
+        return d
+
+    def set_queue_size(self, size: int) -> None:
+        self.queue_size = size
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def _connect(self):
+        if not self._running or self._connecting or self._proto is not None:
+            return
+        self._connecting = True
+        d = self.endpoint.connect(_Factory(self))
+        d.addErrback(self._connect_failed)
+
+    def _connect_failed(self, failure):
+        self._connecting = False
+        self._report_unreachable(failure.getErrorMessage())
+        self._schedule_retry()
+
+    def _report_unreachable(self, why: str):
+        # Said once per outage, then again only when it ends, to keep the master's log readable.
+        if not self._reported_unreachable:
+            self._reported_unreachable = True
+            log.msg(
+                f"buildstore: daemon at {self.address} unreachable ({why}); "
+                f"{len(self.queue)} events queued, "
+                f"retrying with backoff up to {self.max_backoff:g} s"
+            )
+
+    def _schedule_retry(self):
+        if not self._running or self._retry_call is not None:
+            return
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self.max_backoff)
+        self._retry_call = self.reactor.callLater(delay, self._retry)
+
+    def _retry(self):
+        self._retry_call = None
+        self._connect()
+
+    def _cancel_retry(self):
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+
+    def _connected(self, proto):
+        self._connecting = False
+        if not self._running:
+            proto.transport.loseConnection()
+            return
+        self._proto = proto
+        self.connections += 1
+        self._in_flight = 0
+        self._in_flight_bytes = 0
+        if self._reported_unreachable:
+            self._reported_unreachable = False
+            log.msg(f"buildstore: connected to {self.address}; resending {len(self.queue)} events")
+        elif self.connections == 1:
+            log.msg(f"buildstore: connected to {self.address}")
+        if self.token is not None:
+            hello = json.dumps({"type": "hello", "token": self.token}).encode() + b"\n"
+            proto.transport.write(hello)
+            self._awaiting_hello = True
+            self._arm_watchdog()
+        self._pump()
+
+    def _disconnected(self, proto, reason):
+        if proto is not self._proto:
+            return  # already given up on in _drop_connection
+        self._forget_connection()
+        if self._running:
+            self._report_unreachable(reason.getErrorMessage())
+            self._schedule_retry()
+
+    def _drop_connection(self, why: str):
+        """Gives up on the connection now: replies still buffered from it must not count."""
+        proto = self._proto
+        if proto is None:
+            return
+        self._forget_connection()
+        proto.transport.abortConnection()
+        if self._running:
+            self._report_unreachable(why)
+            self._schedule_retry()
+
+    def _forget_connection(self):
+        self._proto = None
+        self._in_flight = 0
+        self._in_flight_bytes = 0
+        self._awaiting_hello = False
+        self._cancel_watchdog()
+
+    # -- the line exchange ------------------------------------------------------------------
+
+    def _pump(self):
+        proto = self._proto
+        if proto is None:
+            return
+        lines = []
+        while (
+            self._in_flight < len(self.queue)
+            and self._in_flight < self.max_in_flight
+            and (self._in_flight_bytes < self.max_in_flight_bytes or self._in_flight == 0)
+        ):
+            line = self.queue[self._in_flight].line
+            lines.append(line)
+            self._in_flight += 1
+            self._in_flight_bytes += len(line)
+        if lines:
+            proto.transport.writeSequence(lines)
+            if self._watchdog is None:
+                self._arm_watchdog()
+
+    def _reply(self, proto, raw: bytes):
+        if proto is not self._proto:
+            return
+        try:
+            reply = json.loads(raw)
+            if not isinstance(reply, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self._drop_connection(f"unexpected reply {_summary(raw)!r}")
+            return
+        self._arm_watchdog()
+
+        if self._awaiting_hello:
+            self._awaiting_hello = False
+            if "error" in reply:
+                self._drop_connection(f"token refused: {reply['error']}")
+            return
+
+        if self._in_flight == 0:
+            self._drop_connection(f"reply {_summary(raw)!r} for no event")
+            return
+        head = self.queue[0]
+        if "error" in reply:
+            message = str(reply.get("error"))
+            if reply.get("retry") or "closing the connection" in message:
+                # Not the event's fault (full spool, missing hello): keep it, resend later.
+                self._drop_connection(f"cannot take events now: {message}")
+                return
+            self.rejected += 1
+            log.msg(f"buildstore: daemon rejected event: {message}; event: {_summary(head.line)}")
+        else:
+            if "ack" in reply and reply["ack"] != head.event_id and head.event_id is not None:
+                log.msg(
+                    f"buildstore: ack {reply['ack']!r} does not match event {head.event_id!r}; "
+                    "counting it for the oldest event in flight"
+                )
+            self.acknowledged += 1
+            self._backoff = self.initial_backoff
+        self.queue.popleft()
+        self._in_flight -= 1
+        self._in_flight_bytes -= len(head.line)
+        if self._in_flight == 0:
+            self._cancel_watchdog()
+        if self._drop_reported and len(self.queue) < self.queue_size // 2:
+            log.msg(f"buildstore: queue has room again; {self.dropped} events were dropped")
+            self._drop_reported = 0
+        self._pump()
+        if not self.queue:
+            self._notify_drained()
+
+    # -- a daemon that stops answering ------------------------------------------------------
+
+    def _arm_watchdog(self):
+        self._cancel_watchdog()
+        if self._in_flight > 0 or self._awaiting_hello:
+            self._watchdog = self.reactor.callLater(self.reply_timeout, self._no_reply)
+
+    def _cancel_watchdog(self):
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+
+    def _no_reply(self):
+        self._watchdog = None
+        self._drop_connection(f"no reply for {self.reply_timeout:g} s")
+
+    # -- waiting for the queue to empty -----------------------------------------------------
+
+    def _notify_drained(self):
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(None)
+
+    def _give_up_waiting(self, d):
+        if d in self._drain_waiters:
+            self._drain_waiters.remove(d)
+        if not d.called:
+            d.callback(None)

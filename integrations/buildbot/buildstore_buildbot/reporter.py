@@ -1,0 +1,530 @@
+"""``BuildstoreReporter``: the Buildbot service that reports a master's builds to buildstore.
+
+It consumes the master's message queue, reads from the data API what the messages don't carry
+(build properties, source stamps, log text), turns both into v1 events with ``events`` and hands
+them to a ``BuildstoreClient``.
+
+Ordering matters to the daemon: a build's ``build_started`` must come before its steps, a step's
+``step_started`` before its log chunks, and log chunks of one channel in order. Message handling
+involves data API reads, which take time, so the work for one build runs strictly one job after
+another (``jobs.OrderedJobs``), while different builds proceed side by side.
+
+Every message callback returns at once and never raises; failures are logged and the master goes
+on.
+"""
+
+from __future__ import annotations
+
+import json
+
+from buildbot import config
+from buildbot.util import service
+from buildbot.util.twisted import async_to_deferred
+from twisted.internet import defer
+from twisted.python import log
+
+from buildstore_buildbot import events
+from buildstore_buildbot.client import BuildstoreClient
+from buildstore_buildbot.client import parse_address
+from buildstore_buildbot.jobs import OrderedJobs
+from buildstore_buildbot.jobs import wait_at_most
+
+# The 3-part filters match every event of their kind (new, started, finished, append, ...).
+BUILDER_FILTER = ("builders", None, None)
+BUILD_FILTER = ("builds", None, None)
+STEP_FILTER = ("steps", None, None)
+LOG_FILTER = ("logs", None, None)
+PROPERTIES_FILTER = ("builds", None, "properties", "update")
+CHANGE_FILTER = ("changes", None, "new")
+WORKER_FILTER = ("workers", None, None)
+
+# Builds of other masters (multi-master with a shared mq) are remembered to skip them cheaply.
+FOREIGN_BUILDS_KEPT = 10000
+
+
+class _Build:
+    __slots__ = ("buildid", "builderid", "props", "seen")
+
+    def __init__(self, buildid, builderid):
+        self.buildid = buildid
+        self.builderid = builderid
+        # name -> the (value, source) last sent, as JSON, to send only changes
+        self.props: dict[str, str] = {}
+        # (name, value and source) -> times sent, to tell A, B, A from a replay
+        self.seen: dict[tuple[str, str], int] = {}
+
+
+class _Step:
+    __slots__ = ("stepid", "buildid", "number", "name", "started", "logid", "next_line", "offsets")
+
+    def __init__(self, stepid, buildid, number, name):
+        self.stepid = stepid
+        self.buildid = buildid
+        self.number = number
+        self.name = name
+        self.started = False
+        # the step's stdio log: the lines read so far and the bytes sent per channel
+        self.logid: int | None = None
+        self.next_line = 0
+        self.offsets: dict[str, int] = {}
+
+
+def _prop_key(value, source) -> str:
+    return json.dumps([value, source], sort_keys=True, default=repr)
+
+
+class BuildstoreReporter(service.BuildbotService):
+    """Reports builders, builds, steps, logs and properties to ``buildstore serve``.
+
+    ``address`` is ``tcp://HOST:PORT`` or ``unix:/PATH``; ``master_id`` names this master in
+    every document. ``token`` (which may be a ``util.Secret``) is sent first when the daemon
+    requires one. ``queue_size`` bounds the events held while the daemon is unreachable.
+    """
+
+    name = "BuildstoreReporter"
+    secrets = ["token"]
+    client_class = BuildstoreClient
+
+    def checkConfig(
+        self,
+        address,
+        master_id=None,
+        token=None,
+        queue_size=10000,
+        max_backoff=30.0,
+        stop_timeout=5.0,
+    ):
+        try:
+            parse_address(address)
+        except (TypeError, ValueError, AttributeError) as e:
+            config.error(f"BuildstoreReporter: address: {e}")
+        if isinstance(master_id, bool) or not isinstance(master_id, (str, int)):
+            config.error("BuildstoreReporter: master_id must be a string or an integer")
+        elif isinstance(master_id, str) and (not master_id or "/" in master_id):
+            config.error("BuildstoreReporter: master_id must be non-empty and contain no '/'")
+        if not isinstance(queue_size, int) or queue_size < 1:
+            config.error("BuildstoreReporter: queue_size must be a positive integer")
+        if not isinstance(max_backoff, (int, float)) or max_backoff <= 0:
+            config.error("BuildstoreReporter: max_backoff must be a positive number of seconds")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.client = None
+        self.master_id = None
+        self._client_args = None
+        self._stop_timeout = 5.0
+        self._consumers = []
+        self._jobs = OrderedJobs()
+        self._reset_state()
+
+    def _reset_state(self):
+        self._builds: dict[int, _Build] = {}
+        self._foreign: set[int] = set()
+        self._steps: dict[int, _Step] = {}
+        self._running: dict[int, set[int]] = {}
+        self._builder_names: dict[int, str] = {}
+        self._builder_desc: dict[int, tuple] = {}
+        self._builder_state: dict[int, str] = {}
+
+    @defer.inlineCallbacks
+    def reconfigService(
+        self,
+        address,
+        master_id=None,
+        token=None,
+        queue_size=10000,
+        max_backoff=30.0,
+        stop_timeout=5.0,
+    ):
+        self.master_id = master_id
+        self._stop_timeout = stop_timeout
+        client_args = (address, token, max_backoff)
+        if self.client is not None and client_args == self._client_args:
+            self.client.set_queue_size(queue_size)
+            return
+        old = self.client
+        self.client = self.client_class(
+            address,
+            token=token,
+            queue_size=queue_size,
+            reactor=self.master.reactor,
+            max_backoff=max_backoff,
+        )
+        self._client_args = client_args
+        if old is not None:
+            # Events not yet acknowledged by the old address go to the new one.
+            self.client.queue.extend(old.queue)
+            old.queue.clear()
+            yield old.stop(0)
+        if self.running:
+            self.client.start()
+
+    @async_to_deferred
+    async def startService(self):
+        await super().startService()
+        self._boot_ids = events.BuilderEventIds(f"{int(self.master.reactor.seconds() * 1000):x}")
+        self.client.start()
+        handlers = [
+            (BUILDER_FILTER, self._on_builder),
+            (BUILD_FILTER, self._on_build),
+            (STEP_FILTER, self._on_step),
+            (LOG_FILTER, self._on_log),
+            (PROPERTIES_FILTER, self._on_properties),
+            (CHANGE_FILTER, self._on_change),
+            (WORKER_FILTER, self._on_worker),
+        ]
+        for filter_, handler in handlers:
+            qref = await self.master.mq.startConsuming(self._guarded(handler), filter_)
+            self._consumers.append(qref)
+        # Builders announced before this service subscribed are read from the data API.
+        self._jobs.add(("startup",), self._announce_builders)
+
+    @async_to_deferred
+    async def stopService(self):
+        for qref in self._consumers:
+            await defer.maybeDeferred(qref.stopConsuming)
+        self._consumers = []
+        reactor = self.master.reactor
+        await wait_at_most(reactor, self._jobs.wait(), self._stop_timeout)
+        await self.client.stop(self._stop_timeout)
+        self._reset_state()
+        await super().stopService()
+
+    def wait_idle(self) -> defer.Deferred:
+        """Fires once every message received so far has been turned into events."""
+        return self._jobs.wait()
+
+    # -- message callbacks: quick, synchronous, never raising ------------------------------
+
+    def _guarded(self, handler):
+        def callback(key, message):
+            try:
+                handler(key, message)
+            except Exception:
+                log.err(None, f"buildstore: while handling message {key}")
+
+        return callback
+
+    def _send(self, event: dict) -> None:
+        self.client.send(event)
+
+    def _ours(self, masterid) -> bool:
+        return masterid == self.master.masterid
+
+    def _on_builder(self, key, msg):
+        builderid, what = int(key[1]), key[2]
+        if what == "started" and self._ours(msg.get("masterid")):
+            self._jobs.add(("builder", builderid), self._describe_builder, builderid)
+        elif what == "stopped" and self._ours(msg.get("masterid")):
+            self._jobs.add(("builder", builderid), self._builder_stopped, builderid, msg["name"])
+        elif what == "update" and self.master.masterid in (msg.get("masterids") or []):
+            self._jobs.add(("builder", builderid), self._describe_builder, builderid, msg)
+
+    def _on_worker(self, key, worker):
+        for entry in worker.get("configured_on") or []:
+            if self._ours(entry.get("masterid")):
+                builderid = entry["builderid"]
+                self._jobs.add(("builder", builderid), self._refresh_state, builderid)
+
+    def _on_build(self, key, build):
+        if not self._ours(build.get("masterid")):
+            return
+        buildid, builderid, what = build["buildid"], build["builderid"], key[2]
+        if what == "new":
+            self._running.setdefault(builderid, set()).add(buildid)
+            self._jobs.add(("build", buildid), self._ensure_build, buildid, build)
+        elif what == "finished":
+            self._running.get(builderid, set()).discard(buildid)
+            self._jobs.add(("build", buildid), self._build_finished, build)
+        else:
+            return
+        self._jobs.add(("builder", builderid), self._refresh_state, builderid)
+
+    def _on_step(self, key, step):
+        buildid, stepid, what = step["buildid"], step["stepid"], key[-1]
+        if buildid in self._foreign:
+            return
+        known = self._steps.get(stepid)
+        if known is None:
+            self._steps[stepid] = _Step(stepid, buildid, step["number"], step["name"])
+        else:
+            known.number, known.name = step["number"], step["name"]
+        if what in ("started", "finished"):
+            self._jobs.add(("build", buildid), self._step_changed, step, what)
+
+    def _on_log(self, key, logdict):
+        if logdict.get("type") != "s":
+            return  # only stdio logs carry the stdout/stderr/header channels
+        step = self._steps.get(logdict["stepid"])
+        if step is None:
+            self._jobs.add(("unknown step",), self._log_of_unknown_step, logdict)
+        else:
+            self._jobs.add(("build", step.buildid), self._log_changed, logdict)
+
+    def _on_properties(self, key, props):
+        buildid = int(key[1])
+        if buildid not in self._foreign:
+            self._jobs.add(("build", buildid), self._properties_changed, buildid, props)
+
+    def _on_change(self, key, change):
+        event = events.commit_event(self.master_id, change)
+        if event is not None:
+            self._send(event)
+
+    # -- builders ---------------------------------------------------------------------------
+
+    async def _announce_builders(self):
+        builders = await self.master.data.get(("masters", self.master.masterid, "builders"))
+        for builder in builders or []:
+            builderid = builder["builderid"]
+            self._jobs.add(("builder", builderid), self._describe_builder, builderid, builder)
+
+    def _configured_builders(self) -> dict:
+        return {b.name: b for b in getattr(self.master.config, "builders", None) or []}
+
+    async def _describe_builder(self, builderid, builder=None):
+        if builder is None:
+            builder = await self.master.data.get(("builders", builderid))
+        if builder is None or self.master.masterid not in (builder.get("masterids") or []):
+            return
+        name = builder["name"]
+        self._builder_names[builderid] = name
+        configured = self._configured_builders().get(name)
+        if configured is not None:
+            slaves = list(configured.workernames)
+        else:
+            workers = await self._workers_of(builderid)
+            slaves = sorted(w["name"] for w in workers)
+        description = (tuple(builder.get("tags") or []), tuple(slaves))
+        if self._builder_desc.get(builderid) != description:
+            self._send(
+                events.builder_added(
+                    self.master_id,
+                    self._boot_ids.next(builderid, "added"),
+                    name,
+                    tags=description[0],
+                    slaves=description[1],
+                    time=self.master.reactor.seconds(),
+                )
+            )
+            self._builder_desc[builderid] = description
+            # builder_added sets the status to offline, so the state must follow it.
+            self._builder_state.pop(builderid, None)
+        await self._refresh_state(builderid)
+
+    async def _workers_of(self, builderid) -> list:
+        path = ("masters", self.master.masterid, "builders", builderid, "workers")
+        return await self.master.data.get(path) or []
+
+    async def _refresh_state(self, builderid):
+        name = self._builder_names.get(builderid)
+        if name is None or builderid not in self._builder_desc:
+            await self._describe_builder(builderid)
+            return
+        running = len(self._running.get(builderid, ()))
+        workers = [] if running else await self._workers_of(builderid)
+        state = events.builder_status(running, workers, self.master.masterid)
+        self._set_state(builderid, state)
+
+    def _set_state(self, builderid, state):
+        if self._builder_state.get(builderid) == state:
+            return
+        self._builder_state[builderid] = state
+        self._send(
+            events.builder_state(
+                self.master_id,
+                self._boot_ids.next(builderid, "state"),
+                self._builder_names[builderid],
+                state,
+                time=self.master.reactor.seconds(),
+            )
+        )
+
+    async def _builder_stopped(self, builderid, name):
+        self._builder_names.setdefault(builderid, name)
+        if name in self._configured_builders():
+            # Still configured: the master is shutting down, not dropping the builder.
+            if builderid in self._builder_desc:
+                self._set_state(builderid, "offline")
+            return
+        self._send(
+            events.builder_removed(
+                self.master_id,
+                self._boot_ids.next(builderid, "removed"),
+                name,
+                time=self.master.reactor.seconds(),
+            )
+        )
+        for table in (self._builder_names, self._builder_desc, self._builder_state):
+            table.pop(builderid, None)
+
+    # -- builds -----------------------------------------------------------------------------
+
+    async def _ensure_build(self, buildid, build=None) -> _Build | None:
+        """The build's state, after sending its ``build_started`` if that wasn't done yet.
+
+        None for a build of another master or one the data API doesn't know.
+        """
+        state = self._builds.get(buildid)
+        if state is not None:
+            return state
+        if buildid in self._foreign:
+            return None
+        data = self.master.data
+        if build is None:
+            build = await data.get(("builds", buildid))
+            if build is None:
+                log.msg(f"buildstore: build {buildid} not found in the data API; not reported")
+                return None
+        if not self._ours(build.get("masterid")):
+            if len(self._foreign) >= FOREIGN_BUILDS_KEPT:
+                self._foreign.clear()
+            self._foreign.add(buildid)
+            return None
+
+        builder = await data.get(("builders", build["builderid"]))
+        worker = await data.get(("workers", build["workerid"])) if build.get("workerid") else None
+        props = await data.get(("builds", buildid, "properties")) or {}
+        sourcestamps, reason = [], None
+        request = await data.get(("buildrequests", build["buildrequestid"]))
+        if request is not None:
+            buildset = await data.get(("buildsets", request["buildsetid"]))
+            if buildset is not None:
+                sourcestamps = buildset.get("sourcestamps") or []
+                reason = buildset.get("reason")
+        changes = await data.get(("builds", buildid, "changes")) or []
+
+        if buildid in self._builds:  # reported meanwhile by an earlier job of this build
+            return self._builds[buildid]
+        state = _Build(buildid, build["builderid"])
+        event = events.build_started(
+            self.master_id,
+            build,
+            builder["name"] if builder else str(build["builderid"]),
+            worker_name=worker["name"] if worker else None,
+            sourcestamps=sourcestamps,
+            reason=reason,
+            properties=props,
+            changes=changes,
+        )
+        for name, prop in event["properties"].items():
+            key = _prop_key(prop["value"], prop["source"])
+            state.props[name] = key
+            state.seen[(name, key)] = 1
+        self._builds[buildid] = state
+        self._send(event)
+        return state
+
+    async def _build_finished(self, build):
+        buildid = build["buildid"]
+        state = await self._ensure_build(buildid, build)
+        if state is None:
+            return
+        self._send(events.build_finished(self.master_id, build))
+        del self._builds[buildid]
+        for stepid in [s.stepid for s in self._steps.values() if s.buildid == buildid]:
+            del self._steps[stepid]
+
+    async def _properties_changed(self, buildid, props):
+        state = await self._ensure_build(buildid)
+        if state is None:
+            return
+        for name, pair in props.items():
+            value, source = events.split_property(pair)
+            key = _prop_key(value, source)
+            if state.props.get(name) == key:
+                continue
+            repeat = state.seen.get((name, key), 0)
+            state.seen[(name, key)] = repeat + 1
+            state.props[name] = key
+            self._send(events.property_event(self.master_id, buildid, name, value, source, repeat))
+
+    # -- steps and logs ---------------------------------------------------------------------
+
+    async def _step_changed(self, step, what):
+        build = await self._ensure_build(step["buildid"])
+        if build is None:
+            self._steps.pop(step["stepid"], None)
+            return
+        stepid = step["stepid"]
+        state = self._steps.setdefault(
+            stepid, _Step(stepid, step["buildid"], step["number"], step["name"])
+        )
+        self._ensure_step_started(state, step)
+        if what == "finished":
+            # Log appends are announced without waiting for them, so the last ones may come
+            # after the step finished: read what is left now, to send the text first.
+            await self._catch_up_log(state)
+            self._send(events.step_finished(self.master_id, step))
+
+    def _ensure_step_started(self, state: _Step, step: dict):
+        if not state.started:
+            state.started = True
+            self._send(events.step_started(self.master_id, step))
+
+    async def _log_of_unknown_step(self, logdict):
+        # Only when this service started in the middle of a step.
+        stepid = logdict["stepid"]
+        if stepid not in self._steps:
+            step = await self.master.data.get(("steps", stepid))
+            if step is None or step["buildid"] in self._foreign:
+                return
+            self._steps[stepid] = _Step(stepid, step["buildid"], step["number"], step["name"])
+        self._jobs.add(("build", self._steps[stepid].buildid), self._log_changed, logdict)
+
+    async def _log_changed(self, logdict):
+        state = self._steps.get(logdict["stepid"])
+        if state is None:
+            return
+        build = await self._ensure_build(state.buildid)
+        if build is None:
+            self._steps.pop(state.stepid, None)
+            return
+        if state.logid is None:
+            state.logid = logdict["logid"]
+        elif state.logid != logdict["logid"]:
+            return  # a second stdio log in one step would collide with the first's offsets
+        if not state.started:
+            step = await self.master.data.get(("steps", state.stepid))
+            if step is None:
+                return
+            self._ensure_step_started(state, step)
+        await self._read_log(state, logdict.get("num_lines"))
+
+    async def _catch_up_log(self, state: _Step):
+        if state.logid is None:
+            logs = await self.master.data.get(("steps", state.stepid, "logs")) or []
+            stdio = [entry for entry in logs if entry.get("type") == "s"]
+            if not stdio:
+                return
+            state.logid = stdio[0]["logid"]
+        await self._read_log(state, None)
+
+    async def _read_log(self, state: _Step, num_lines):
+        logid = state.logid
+        if num_lines is None:
+            logdict = await self.master.data.get(("logs", logid))
+            if logdict is None:
+                return
+            num_lines = logdict["num_lines"]
+        if num_lines <= state.next_line:
+            return
+        first = state.next_line
+        contents = await self.master.data.get(
+            ("logs", logid, "contents"), offset=first, limit=num_lines - first
+        )
+        state.next_line = num_lines
+        if not contents or not contents.get("content"):
+            return
+        for channel, text in events.split_stdio(contents["content"]).items():
+            chunks, state.offsets[channel] = events.log_events(
+                self.master_id,
+                state.buildid,
+                state.number,
+                logid,
+                channel,
+                text,
+                state.offsets.get(channel, 0),
+            )
+            for event in chunks:
+                self._send(event)

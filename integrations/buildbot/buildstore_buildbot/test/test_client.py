@@ -1,0 +1,289 @@
+"""The client against a small fake daemon on a real local socket, and its backoff on a clock."""
+
+import json
+import os
+import tempfile
+
+from twisted.internet import defer
+from twisted.internet import protocol
+from twisted.internet import reactor
+from twisted.internet import task
+from twisted.protocols.basic import LineReceiver
+from twisted.python import log
+from twisted.trial import unittest
+
+from buildstore_buildbot.client import BuildstoreClient
+from buildstore_buildbot.client import parse_address
+
+
+class _DaemonConnection(LineReceiver):
+    delimiter = b"\n"
+
+    def connectionMade(self):
+        self.received = []
+        self.factory.connections.append(self)
+
+    def lineReceived(self, line):
+        event = json.loads(line)
+        self.received.append(event)
+        if event.get("type") == "hello":
+            ok = event.get("token") == self.factory.token
+            self.sendLine(json.dumps({"hello": "ok"} if ok else {"error": "wrong token"}).encode())
+            return
+        if not self.factory.hold:
+            self.sendLine(json.dumps(self.factory.answer(event, len(self.received))).encode())
+
+
+class FakeDaemon(protocol.Factory):
+    """Answers each line in order like ``buildstore serve``: ack, or what ``answer`` says.
+
+    With ``hold`` set it takes lines without answering, like a daemon killed before its fsync.
+    """
+
+    protocol = _DaemonConnection
+
+    def __init__(self, token=None):
+        self.token = token
+        self.hold = False
+        self.connections = []
+        self.port = None
+        self.answer = lambda event, n: {"ack": event.get("event_id")}
+
+    def listen(self, port=0):
+        self.port = reactor.listenTCP(port, self, interface="127.0.0.1")
+        return self.port.getHost().port
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for conn in self.connections:
+            conn.transport.abortConnection()
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+
+    def ids(self, connection=-1):
+        conn = self.connections[connection]
+        return [e.get("event_id") for e in conn.received if e.get("type") != "hello"]
+
+
+def event(n):
+    return {
+        "type": "builder_state",
+        "master_id": "m1",
+        "event_id": f"e{n}",
+        "builder": "b",
+        "state": "idle",
+    }
+
+
+@defer.inlineCallbacks
+def until(condition, timeout=10.0):
+    """Waits for ``condition()`` to hold, polling; fails after ``timeout`` seconds."""
+    waited = 0.0
+    while not condition():
+        if waited >= timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        yield task.deferLater(reactor, 0.02, lambda: None)
+        waited += 0.02
+
+
+class LogCapture:
+    def __init__(self, testcase):
+        self.messages = []
+        log.addObserver(self._observe)
+        testcase.addCleanup(log.removeObserver, self._observe)
+
+    def _observe(self, event):
+        self.messages.append(" ".join(str(m) for m in event.get("message", ())))
+
+    def matching(self, text):
+        return [m for m in self.messages if text in m]
+
+
+class ClientTestCase(unittest.TestCase):
+    def setUp(self):
+        self.daemon = FakeDaemon()
+        self.port = self.daemon.listen()
+        self.addCleanup(self.daemon.stop)
+        self.logs = LogCapture(self)
+
+    def client(self, address=None, **kwargs):
+        kwargs.setdefault("initial_backoff", 0.05)
+        kwargs.setdefault("max_backoff", 0.2)
+        c = BuildstoreClient(address or f"tcp://127.0.0.1:{self.port}", reactor=reactor, **kwargs)
+        self.addCleanup(c.stop, 0)
+        return c
+
+
+class TestExchange(ClientTestCase):
+    @defer.inlineCallbacks
+    def test_events_are_json_lines_acknowledged_in_order(self):
+        c = self.client()
+        c.start()
+        for n in range(5):
+            self.assertTrue(c.send(event(n)))
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(c.acknowledged, 5)
+        self.assertEqual(len(c.queue), 0)
+        self.assertEqual(self.daemon.ids(), [f"e{n}" for n in range(5)])
+        self.assertEqual(self.daemon.connections[0].received[0], event(0))
+
+    @defer.inlineCallbacks
+    def test_token_goes_first(self):
+        self.daemon.token = "s3cret"
+        c = self.client(token="s3cret")
+        c.start()
+        c.send(event(1))
+        yield c.wait_drained(timeout=10)
+        first = self.daemon.connections[0].received[0]
+        self.assertEqual(first, {"type": "hello", "token": "s3cret"})
+        self.assertEqual(c.acknowledged, 1)
+
+    @defer.inlineCallbacks
+    def test_rejected_event_is_logged_and_dropped(self):
+        self.daemon.answer = lambda e, n: (
+            {"error": "missing field `builder`", "line": n}
+            if e["event_id"] == "e1"
+            else {"ack": e["event_id"]}
+        )
+        c = self.client()
+        c.start()
+        for n in range(3):
+            c.send(event(n))
+        yield c.wait_drained(timeout=10)
+        self.assertEqual((c.acknowledged, c.rejected, len(c.queue)), (2, 1, 0))
+        [line] = self.logs.matching("rejected")
+        self.assertIn("missing field `builder`", line)
+        self.assertIn('"event_id":"e1"', line)
+
+        # A reconnect resends nothing of it.
+        yield self.daemon.stop()
+        self.daemon.listen(self.port)
+        c.send(event(3))
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e3"])
+
+    @defer.inlineCallbacks
+    def test_unix_socket(self):
+        path = os.path.join(tempfile.mkdtemp(), "bs.sock")
+        port = reactor.listenUNIX(path, self.daemon)
+        self.addCleanup(port.stopListening)
+        c = self.client(address=f"unix:{path}")
+        c.start()
+        c.send(event(1))
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(c.acknowledged, 1)
+
+
+class TestResend(ClientTestCase):
+    @defer.inlineCallbacks
+    def test_unacknowledged_events_are_resent_after_reconnect(self):
+        c = self.client()
+        c.start()
+        c.send(event(0))
+        yield c.wait_drained(timeout=10)
+
+        # The daemon takes two lines but dies before acknowledging them.
+        self.daemon.hold = True
+        c.send(event(1))
+        c.send(event(2))
+        yield until(lambda: len(self.daemon.ids()) == 3)
+        yield self.daemon.stop()
+        yield until(lambda: not c.connected)
+        c.send(event(3))  # while it is down
+        self.assertEqual(len(c.queue), 3)
+
+        self.daemon.hold = False
+        self.daemon.listen(self.port)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e1", "e2", "e3"])
+        self.assertEqual(c.acknowledged, 4)
+        self.assertTrue(self.logs.matching("unreachable"))
+        self.assertTrue(self.logs.matching("resending 3 events"))
+
+    @defer.inlineCallbacks
+    def test_retry_reply_keeps_the_event_for_later(self):
+        refused = []
+
+        def answer(e, n):
+            if e["event_id"] == "e1" and not refused:
+                refused.append(n)
+                return {"error": "spool full", "line": n, "retry": True}
+            return {"ack": e["event_id"]}
+
+        self.daemon.answer = answer
+        c = self.client()
+        c.start()
+        for n in range(3):
+            c.send(event(n))
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(c.rejected, 0)
+        self.assertEqual(self.daemon.ids(), ["e1", "e2"])  # the second connection starts at e1
+        self.assertEqual(self.daemon.ids(0)[:2], ["e0", "e1"])
+
+    @defer.inlineCallbacks
+    def test_silent_daemon_is_dropped_and_events_resent(self):
+        c = self.client(reply_timeout=0.3)
+        c.start()
+        self.daemon.hold = True
+        c.send(event(1))
+        yield until(lambda: len(self.daemon.connections) == 1 and self.daemon.ids() == ["e1"])
+        self.daemon.hold = False
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(len(self.daemon.connections), 2)
+        self.assertTrue(self.logs.matching("no reply"))
+
+
+class TestQueueBound(ClientTestCase):
+    @defer.inlineCallbacks
+    def test_full_queue_drops_new_events_with_a_log_line(self):
+        yield self.daemon.stop()
+        c = self.client(queue_size=3)
+        c.start()
+        sent = [c.send(event(n)) for n in range(5)]
+        self.assertEqual(sent, [True, True, True, False, False])
+        self.assertEqual(c.dropped, 2)
+        self.assertEqual(len(self.logs.matching("queue full")), 1)
+
+        self.daemon.listen(self.port)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+
+
+class _RefusingEndpoint:
+    def __init__(self, clock):
+        self.clock = clock
+        self.attempts = []
+
+    def connect(self, factory):
+        self.attempts.append(self.clock.seconds())
+        return defer.fail(ConnectionRefusedError("connection refused"))
+
+
+class TestBackoff(unittest.TestCase):
+    def test_reconnect_delay_doubles_up_to_the_cap(self):
+        clock = task.Clock()
+        c = BuildstoreClient("tcp://127.0.0.1:1", reactor=clock, initial_backoff=1, max_backoff=8)
+        c.endpoint = _RefusingEndpoint(clock)
+        logs = LogCapture(self)
+        c.start()
+        for _ in range(60):
+            clock.advance(1)
+        attempts = c.endpoint.attempts
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        self.assertEqual(gaps[:6], [1, 2, 4, 8, 8, 8])
+        # One line for the outage, not one per attempt.
+        self.assertEqual(len(logs.matching("unreachable")), 1)
+        c.stop(0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class TestAddress(unittest.TestCase):
+    def test_forms(self):
+        self.assertEqual(parse_address("tcp://127.0.0.1:9989"), ("tcp", ("127.0.0.1", 9989)))
+        self.assertEqual(parse_address("tcp://[::1]:9989"), ("tcp", ("::1", 9989)))
+        self.assertEqual(
+            parse_address("unix:/run/buildstore.sock"), ("unix", "/run/buildstore.sock")
+        )
+        for bad in ("127.0.0.1:9989", "tcp://host", "unix:", "http://x:1"):
+            self.assertRaises(ValueError, parse_address, bad)

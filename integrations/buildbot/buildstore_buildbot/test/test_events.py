@@ -1,0 +1,146 @@
+"""The pure translation from Buildbot dicts to v1 events."""
+
+import datetime
+
+from twisted.trial import unittest
+
+from buildstore_buildbot import events
+
+UTC = datetime.timezone.utc
+HEAD = "eb57b4930f682387ca57a2506b1dbd03f5144c04"
+
+
+class TestValues(unittest.TestCase):
+    def test_times_are_epoch_seconds(self):
+        when = datetime.datetime(2026, 3, 12, 14, 7, 31, 377000, tzinfo=UTC)
+        self.assertEqual(events.epoch(when), 1773324451.377)
+        self.assertEqual(events.epoch(when.replace(tzinfo=None)), 1773324451.377)
+        self.assertEqual(events.epoch(1773324451), 1773324451)
+        self.assertIsNone(events.epoch(None))
+
+    def test_results_pass_through_and_unknown_is_exception(self):
+        self.assertEqual([events.result_code(r) for r in range(7)], list(range(7)))
+        for odd in (None, 7, -1, True, "0"):
+            self.assertEqual(events.result_code(odd), events.EXCEPTION)
+
+
+class TestBuild(unittest.TestCase):
+    build = {
+        "buildid": 42,
+        "number": 7,
+        "started_at": datetime.datetime(2026, 3, 12, 14, 0, tzinfo=UTC),
+        "complete_at": datetime.datetime(2026, 3, 12, 14, 5, tzinfo=UTC),
+        "results": 2,
+    }
+
+    def test_multi_codebase_build_is_filed_under_the_default_codebase(self):
+        stamps = [
+            {"codebase": "docs", "revision": "1" * 40, "branch": "main", "repository": "d.git"},
+            {"codebase": "", "revision": "", "branch": "", "repository": "x.git"},
+        ]
+        event = events.build_started("m1", self.build, "linux", sourcestamps=stamps)
+        self.assertEqual(
+            (event["changeset"], event["branch"], event["repository"], event["codebase"]),
+            (None, None, "x.git", ""),
+        )
+        self.assertEqual(event["time"], 1773324000)
+
+    def test_build_without_source_stamps(self):
+        event = events.build_started("m1", self.build, "nightly")
+        self.assertIsNone(event["changeset"])
+        self.assertIsNone(event["repository"])
+        self.assertEqual(event["slaves"], [])
+        self.assertEqual(event["changes"], [])
+
+    def test_properties_keep_their_source(self):
+        props = {"got_revision": (HEAD, "Git"), "odd": ["listed", "Step"]}
+        self.assertEqual(
+            events.sourced_properties(props),
+            {
+                "got_revision": {"value": HEAD, "source": "Git"},
+                "odd": {"value": "listed", "source": "Step"},
+            },
+        )
+
+    def test_finished(self):
+        event = events.build_finished("m1", self.build)
+        self.assertEqual(
+            event,
+            {
+                "type": "build_finished",
+                "master_id": "m1",
+                "event_id": "build-42-finished",
+                "time": 1773324300,
+                "build_id": 42,
+                "result": 2,
+            },
+        )
+
+    def test_property_ids_tell_values_apart_and_repeat_identically(self):
+        a = events.property_event("m1", 42, "got_revision", HEAD, "Git")
+        self.assertEqual(a, events.property_event("m1", 42, "got_revision", HEAD, "Git"))
+        b = events.property_event("m1", 42, "got_revision", "other", "Git")
+        again = events.property_event("m1", 42, "got_revision", HEAD, "Git", repeat=1)
+        self.assertEqual(len({a["event_id"], b["event_id"], again["event_id"]}), 3)
+
+
+class TestLogs(unittest.TestCase):
+    def test_stdio_lines_go_to_their_channel(self):
+        content = "hmake\nocc a.c\nea.c:1: warning\nocc b.c\nxodd line\n"
+        self.assertEqual(
+            events.split_stdio(content),
+            {
+                "header": "make\n",
+                "stdout": "cc a.c\ncc b.c\nxodd line\n",
+                "stderr": "a.c:1: warning\n",
+            },
+        )
+
+    def test_offsets_count_utf8_bytes(self):
+        chunks, end = events.log_events("m1", 42, 1, 17, "stdout", "héllo\n", 10)
+        self.assertEqual(end, 17)
+        self.assertEqual(chunks[0]["offset"], 10)
+        self.assertEqual(chunks[0]["event_id"], "log-17-stdout-@10")
+
+    def test_big_text_is_cut_at_line_ends_into_consecutive_chunks(self):
+        text = "".join(f"line {n}\n" for n in range(1000))
+        chunks, end = events.log_events("m1", 42, 1, 17, "stdout", text, 0, limit=1000)
+        self.assertEqual("".join(c["text"] for c in chunks), text)
+        self.assertEqual(end, len(text.encode()))
+        offset = 0
+        for c in chunks:
+            self.assertEqual(c["offset"], offset)
+            self.assertTrue(c["text"].endswith("\n"))
+            self.assertLessEqual(len(c["text"].encode()), 1000)
+            offset += len(c["text"].encode())
+
+    def test_a_long_line_is_cut_between_characters(self):
+        text = "é" * 1000  # 2000 bytes, no line end
+        pieces = events.chunk_text(text, limit=301)
+        self.assertEqual("".join(pieces), text)
+        self.assertTrue(all(len(p.encode()) <= 301 for p in pieces))
+
+
+class TestCommit(unittest.TestCase):
+    change = {
+        "changeid": 5,
+        "revision": HEAD,
+        "repository": "https://git.example.org/x.git",
+        "author": "Tomás Ferreira <tomas@example.org>",
+        "committer": "Marta <marta@example.org>",
+        "comments": "first line\n\nbody",
+        "when_timestamp": 1773316360,
+    }
+
+    def test_commit_from_change(self):
+        event = events.commit_event("m1", self.change)
+        self.assertEqual(event["event_id"], "change-5-commit")
+        self.assertEqual(event["subject"], "first line")
+        self.assertEqual(
+            (event["commiter_name"], event["commiter_email"]), ("Marta", "marta@example.org")
+        )
+        self.assertEqual(event["author_date"], 1773316360)
+
+    def test_no_commit_without_full_hash_or_repository(self):
+        for change in ({**self.change, "revision": "eb57b49"}, {**self.change, "repository": ""}):
+            self.assertIsNone(events.commit_event("m1", change))

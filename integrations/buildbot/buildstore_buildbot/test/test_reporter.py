@@ -1,0 +1,466 @@
+"""The reporter on Buildbot's fake master: mq messages and data API reads in, v1 events out.
+
+The database behind the fake master is a real (in-memory) Buildbot database, written through
+Buildbot's own DB API; messages are the data API's dicts delivered to the reporter's consumers.
+A recording client stands in for the connection to the daemon.
+"""
+
+from collections import deque
+
+from buildbot.config.builder import BuilderConfig
+from buildbot.process.factory import BuildFactory
+from buildbot.test import fakedb
+from buildbot.test.fake import fakemaster
+from buildbot.test.reactor import TestReactorMixin
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from buildstore_buildbot import BuildstoreReporter
+
+MASTER = fakedb.FakeDBConnector.MASTER_ID
+REPO = "https://git.example.org/tessel/libtessel.git"
+HEAD = "eb57b4930f682387ca57a2506b1dbd03f5144c04"
+STARTED = 1773324451  # 2026-03-12T14:07:31Z
+
+
+class RecordingClient:
+    """Takes the place of BuildstoreClient: keeps what was sent."""
+
+    def __init__(self, address, token=None, queue_size=10000, reactor=None, max_backoff=30.0):
+        self.address = address
+        self.token = token
+        self.queue_size = queue_size
+        self.queue = deque()
+        self.events = []
+        self.started = False
+        self.stopped = False
+
+    def start(self):
+        self.started = True
+
+    def send(self, event):
+        self.events.append(event)
+        return True
+
+    def set_queue_size(self, size):
+        self.queue_size = size
+
+    def stop(self, timeout=5.0):
+        self.stopped = True
+        return defer.succeed(None)
+
+
+class ReporterTestCase(TestReactorMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.setup_test_reactor()
+        self.master = yield fakemaster.make_master(self, wantData=True, wantDb=True, wantMq=True)
+        # Buildbot's message validators lag behind the data API (datetimes, 'finished'), so the
+        # messages here are the data API's own dicts, unvalidated.
+        self.master.mq.verifyMessages = False
+        self.master.config.builders = [
+            BuilderConfig(name="linux64", workernames=["bld-01", "bld-02"], factory=BuildFactory())
+        ]
+        yield self.master.db.insert_test_data(
+            [
+                fakedb.Master(id=MASTER),
+                fakedb.Builder(id=79, name="linux64"),
+                fakedb.BuilderMaster(builderid=79, masterid=MASTER),
+                fakedb.Worker(id=13, name="bld-02"),
+                fakedb.Buildset(id=98, reason="The web-page 'force build' button was pressed"),
+                fakedb.SourceStamp(
+                    id=234, branch="main", revision=None, repository=REPO, codebase=""
+                ),
+                fakedb.BuildsetSourceStamp(buildsetid=98, sourcestampid=234),
+                fakedb.BuildRequest(id=11, buildsetid=98, builderid=79),
+                fakedb.Change(
+                    changeid=5,
+                    author="Tomás Ferreira <tomas@example.org>",
+                    comments="mesh: handle degenerate triangles\n\nLonger text.",
+                    revision=HEAD,
+                    when_timestamp=1773316360,
+                    branch="main",
+                    repository=REPO,
+                    sourcestampid=234,
+                ),
+                fakedb.ChangeFile(changeid=5, filename="src/mesh.c"),
+                fakedb.Build(
+                    id=20,
+                    number=412,
+                    builderid=79,
+                    buildrequestid=11,
+                    workerid=13,
+                    masterid=MASTER,
+                    started_at=STARTED,
+                ),
+                fakedb.BuildProperty(
+                    buildid=20, name="scheduler", value="force", source="Scheduler"
+                ),
+            ]
+        )
+        self.reporter = BuildstoreReporter("tcp://127.0.0.1:9989", master_id="m1")
+        self.reporter.client_class = RecordingClient
+        yield self.reporter.setServiceParent(self.master)
+        yield self.master.startService()
+        self.addCleanup(self.master.stopService)
+        yield self.reporter.wait_idle()
+
+    @property
+    def sent(self):
+        return self.reporter.client.events
+
+    def take(self, kind=None):
+        """The events sent since the last call, optionally only those of one type."""
+        events, self.reporter.client.events = self.sent, []
+        return [e for e in events if kind is None or e["type"] == kind]
+
+    @defer.inlineCallbacks
+    def deliver(self, key, message):
+        self.master.mq.callConsumer(key, message)
+        yield self.reporter.wait_idle()
+
+    @defer.inlineCallbacks
+    def build_message(self, what, buildid=20):
+        build = yield self.master.data.get(("builds", buildid))
+        yield self.deliver(("builds", str(buildid), what), build)
+
+    @defer.inlineCallbacks
+    def step_message(self, stepid, what):
+        step = yield self.master.data.get(("steps", stepid))
+        yield self.deliver(("steps", str(stepid), what), step)
+
+    @defer.inlineCallbacks
+    def log_message(self, logid, what="append"):
+        logdict = yield self.master.data.get(("logs", logid))
+        yield self.deliver(("logs", str(logid), what), logdict)
+
+    @defer.inlineCallbacks
+    def start_build_with_step(self, name="compile"):
+        yield self.build_message("new")
+        stepid, number, _ = yield self.master.db.steps.addStep(
+            buildid=20, name=name, state_string="pending"
+        )
+        yield self.master.db.steps.startStep(
+            stepid=stepid, started_at=STARTED + 1, locks_acquired=True
+        )
+        yield self.step_message(stepid, "new")
+        yield self.step_message(stepid, "started")
+        logid = yield self.master.db.logs.addLog(
+            stepid=stepid, name="stdio", slug="stdio", type="s"
+        )
+        yield self.log_message(logid, "new")
+        return stepid, number, logid
+
+
+class TestBuilders(ReporterTestCase):
+    def test_builders_of_this_master_announced_at_start(self):
+        added = [e for e in self.sent if e["type"] == "builder_added"]
+        self.assertEqual(len(added), 1)
+        self.assertEqual(added[0]["builder"], "linux64")
+        self.assertEqual(added[0]["slaves"], ["bld-01", "bld-02"])
+        self.assertEqual(added[0]["master_id"], "m1")
+        # No worker is connected, so the builder can't build.
+        states = [e["state"] for e in self.sent if e["type"] == "builder_state"]
+        self.assertEqual(states, ["offline"])
+
+    @defer.inlineCallbacks
+    def test_state_follows_workers_and_builds(self):
+        self.take()
+        yield self.master.db.workers.workerConfigured(workerid=13, masterid=MASTER, builderids=[79])
+        yield self.master.db.workers.workerConnected(workerid=13, masterid=MASTER, workerinfo={})
+        worker = yield self.master.data.get(("workers", 13))
+        yield self.deliver(("workers", "13", "connected"), worker)
+        self.assertEqual([e["state"] for e in self.take("builder_state")], ["idle"])
+
+        yield self.build_message("new")
+        self.assertEqual([e["state"] for e in self.take("builder_state")], ["building"])
+        yield self.master.db.builds.finishBuild(buildid=20, results=0)
+        yield self.build_message("finished")
+        self.assertEqual([e["state"] for e in self.take("builder_state")], ["idle"])
+
+    @defer.inlineCallbacks
+    def test_event_ids_of_builder_events_never_repeat(self):
+        yield self.build_message("new")
+        yield self.master.db.builds.finishBuild(buildid=20, results=0)
+        yield self.build_message("finished")
+        ids = [e["event_id"] for e in self.sent if e["type"].startswith("builder_")]
+        self.assertGreaterEqual(len(ids), 3)
+        self.assertEqual(len(ids), len(set(ids)))
+
+    @defer.inlineCallbacks
+    def test_master_shutdown_sets_offline_and_removal_from_config_removes(self):
+        self.take()
+        stopped = {"builderid": 79, "masterid": MASTER, "name": "linux64"}
+        self.master.config.builders[0].workernames.append("x")  # any state change will do
+        yield self.build_message("new")  # building
+        self.take()
+        yield self.deliver(("builders", "79", "stopped"), stopped)
+        self.assertEqual([e["state"] for e in self.take("builder_state")], ["offline"])
+
+        self.master.config.builders = []
+        yield self.deliver(("builders", "79", "stopped"), stopped)
+        self.assertEqual([e["builder"] for e in self.take("builder_removed")], ["linux64"])
+
+
+class TestBuilds(ReporterTestCase):
+    @defer.inlineCallbacks
+    def test_build_started_carries_the_build_as_buildbot_has_it(self):
+        self.take()
+        yield self.build_message("new")
+        [event] = self.take("build_started")
+        self.assertEqual(event["event_id"], "build-20-started")
+        self.assertEqual(event["build_id"], 20)
+        self.assertEqual(event["number"], 412)
+        self.assertEqual(event["builder"], "linux64")
+        self.assertEqual(event["slaves"], ["bld-02"])
+        self.assertEqual(event["time"], STARTED)
+        self.assertIsNone(event["changeset"])  # forced without a revision
+        self.assertEqual(event["branch"], "main")
+        self.assertEqual(event["repository"], REPO)
+        self.assertEqual(event["codebase"], "")
+        self.assertEqual(event["reason"], "The web-page 'force build' button was pressed")
+        self.assertEqual(
+            event["properties"], {"scheduler": {"value": "force", "source": "Scheduler"}}
+        )
+        self.assertEqual(
+            event["changes"],
+            [
+                {
+                    "revision": HEAD,
+                    "author": "Tomás Ferreira <tomas@example.org>",
+                    "comments": "mesh: handle degenerate triangles\n\nLonger text.",
+                    "files": ["src/mesh.c"],
+                    "when": 1773316360,
+                    "branch": "main",
+                    "repository": REPO,
+                }
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_build_finished_with_result(self):
+        yield self.build_message("new")
+        self.take()
+        yield self.master.db.builds.finishBuild(buildid=20, results=2)
+        yield self.build_message("finished")
+        [event] = self.take("build_finished")
+        self.assertEqual(event["event_id"], "build-20-finished")
+        self.assertEqual(event["result"], 2)
+        self.assertIsInstance(event["time"], (int, float))
+
+    @defer.inlineCallbacks
+    def test_builds_of_other_masters_are_not_reported(self):
+        yield self.master.db.insert_test_data(
+            [
+                fakedb.Master(id=MASTER + 1, name="other"),
+                fakedb.Build(
+                    id=21,
+                    number=1,
+                    builderid=79,
+                    buildrequestid=11,
+                    workerid=13,
+                    masterid=MASTER + 1,
+                ),
+            ]
+        )
+        self.take()
+        yield self.build_message("new", buildid=21)
+        yield self.deliver(("builds", "21", "properties", "update"), {"x": (1, "Step")})
+        self.assertEqual(self.take(), [])
+
+    @defer.inlineCallbacks
+    def test_property_update_becomes_property_event(self):
+        yield self.build_message("new")
+        self.take()
+        props = {"got_revision": (HEAD, "Git")}
+        yield self.deliver(("builds", "20", "properties", "update"), props)
+        [event] = self.take()
+        self.assertEqual(event["type"], "property")
+        self.assertEqual(
+            (event["build_id"], event["name"], event["value"], event["source"]),
+            (20, "got_revision", HEAD, "Git"),
+        )
+        # The same value again is no change; a value that comes back is a new event.
+        yield self.deliver(("builds", "20", "properties", "update"), props)
+        self.assertEqual(self.take(), [])
+        yield self.deliver(("builds", "20", "properties", "update"), {"got_revision": ("x", "Git")})
+        yield self.deliver(("builds", "20", "properties", "update"), props)
+        ids = [e["event_id"] for e in self.take()]
+        self.assertEqual(len(ids), 2)
+        self.assertNotIn(event["event_id"], ids)
+
+    @defer.inlineCallbacks
+    def test_properties_known_at_start_are_not_repeated(self):
+        yield self.build_message("new")
+        self.take()
+        yield self.deliver(
+            ("builds", "20", "properties", "update"), {"scheduler": ("force", "Scheduler")}
+        )
+        self.assertEqual(self.take(), [])
+
+    @defer.inlineCallbacks
+    def test_messages_before_new_still_start_the_build_first(self):
+        # A property update for a build this reporter has not seen start.
+        self.take()
+        yield self.deliver(("builds", "20", "properties", "update"), {"owner": ("me", "Force")})
+        self.assertEqual([e["type"] for e in self.take()], ["build_started", "property"])
+
+    @defer.inlineCallbacks
+    def test_change_with_full_hash_becomes_commit(self):
+        change = yield self.master.data.get(("changes", 5))
+        self.take()
+        yield self.deliver(("changes", "5", "new"), change)
+        [event] = self.take()
+        self.assertEqual(event["type"], "commit")
+        self.assertEqual(event["hash"], HEAD)
+        self.assertEqual(event["repository_uri"], REPO)
+        self.assertEqual(event["subject"], "mesh: handle degenerate triangles")
+        self.assertEqual(
+            (event["author_name"], event["author_email"]), ("Tomás Ferreira", "tomas@example.org")
+        )
+
+
+class TestSteps(ReporterTestCase):
+    @defer.inlineCallbacks
+    def test_step_started_and_finished(self):
+        self.take()
+        stepid, number, _ = yield self.start_build_with_step("compile")
+        started = self.take("step_started")
+        self.assertEqual(len(started), 1)
+        self.assertEqual(started[0]["event_id"], f"step-{stepid}-started")
+        self.assertEqual((started[0]["build_id"], started[0]["step"]), (20, number))
+        self.assertEqual(started[0]["name"], "compile")
+        self.assertEqual(started[0]["time"], STARTED + 1)
+
+        yield self.master.db.steps.setStepStateString(stepid=stepid, state_string="compile failed")
+        yield self.master.db.steps.finishStep(stepid=stepid, results=2, hidden=False)
+        yield self.step_message(stepid, "finished")
+        [finished] = self.take("step_finished")
+        self.assertEqual(finished["event_id"], f"step-{stepid}-finished")
+        self.assertEqual((finished["step"], finished["result"]), (number, 2))
+        self.assertEqual(finished["text"], "compile failed")
+
+    @defer.inlineCallbacks
+    def test_unknown_results_are_reported_as_exception(self):
+        stepid, _, _ = yield self.start_build_with_step()
+        step = yield self.master.data.get(("steps", stepid))
+        step["results"] = None
+        yield self.deliver(("steps", str(stepid), "finished"), step)
+        [finished] = self.take("step_finished")
+        self.assertEqual(finished["result"], 4)
+
+    @defer.inlineCallbacks
+    def test_log_lines_split_per_channel_with_byte_offsets(self):
+        _, number, logid = yield self.start_build_with_step()
+        self.take()
+        yield self.master.db.logs.appendLog(
+            logid, "hmake -j4\nocc -c mesh.c\nemesh.c:12: warning\n"
+        )
+        yield self.log_message(logid)
+        yield self.master.db.logs.appendLog(logid, "océu\noend\neld: done\n")
+        yield self.log_message(logid)
+
+        logs = self.take("log")
+        by_channel = {}
+        for e in logs:
+            self.assertEqual((e["build_id"], e["step"]), (20, number))
+            self.assertEqual(e["event_id"], f"log-{logid}-{e['channel']}-@{e['offset']}")
+            by_channel.setdefault(e["channel"], []).append((e["offset"], e["text"]))
+        self.assertEqual(by_channel["header"], [(0, "make -j4\n")])
+        # "cc -c mesh.c\n" is 13 bytes; the next chunk starts there, "céu" counts é as 2 bytes.
+        self.assertEqual(by_channel["stdout"], [(0, "cc -c mesh.c\n"), (13, "céu\nend\n")])
+        self.assertEqual(by_channel["stderr"], [(0, "mesh.c:12: warning\n"), (19, "ld: done\n")])
+
+    @defer.inlineCallbacks
+    def test_log_text_announced_late_is_sent_before_step_finished(self):
+        stepid, _, logid = yield self.start_build_with_step()
+        self.take()
+        yield self.master.db.logs.appendLog(logid, "olast words\n")
+        yield self.master.db.steps.finishStep(stepid=stepid, results=0, hidden=False)
+        yield self.step_message(stepid, "finished")
+        yield self.log_message(logid)  # the append message arrives after the step finished
+        sent = self.take()
+        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
+        self.assertEqual(sent[0]["text"], "last words\n")
+
+    @defer.inlineCallbacks
+    def test_non_stdio_logs_are_ignored(self):
+        stepid, _, _ = yield self.start_build_with_step()
+        textlog = yield self.master.db.logs.addLog(
+            stepid=stepid, name="summary", slug="summary", type="t"
+        )
+        yield self.master.db.logs.appendLog(textlog, "a text log\n")
+        self.take()
+        yield self.log_message(textlog)
+        self.assertEqual(self.take(), [])
+
+    @defer.inlineCallbacks
+    def test_a_failing_data_read_is_logged_and_later_messages_still_work(self):
+        _, _, logid = yield self.start_build_with_step()
+        self.take()
+        real_get = self.master.data.get
+
+        def broken_get(path, **kw):
+            if path[-1] == "contents":
+                return defer.fail(RuntimeError("database is locked"))
+            return real_get(path, **kw)
+
+        self.patch(self.master.data, "get", broken_get)
+        yield self.master.db.logs.appendLog(logid, "oone\n")
+        yield self.log_message(logid)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.patch(self.master.data, "get", real_get)
+        yield self.master.db.logs.appendLog(logid, "otwo\n")
+        yield self.log_message(logid)
+        # The failed read is retried from the same line, so nothing is lost.
+        self.assertEqual([e["text"] for e in self.take("log")], ["one\ntwo\n"])
+
+    @defer.inlineCallbacks
+    def test_a_bad_message_does_not_raise_into_the_mq(self):
+        self.master.mq.callConsumer(("steps", "1", "started"), {"unexpected": "shape"})
+        yield self.reporter.wait_idle()
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+
+class TestReconfig(ReporterTestCase):
+    @defer.inlineCallbacks
+    def test_new_address_takes_over_the_unacknowledged_events(self):
+        old = self.reporter.client
+        old.queue.extend(["pending-1", "pending-2"])
+        sibling = BuildstoreReporter("unix:/run/buildstore.sock", master_id="m1")
+        yield self.reporter.reconfigServiceWithSibling(sibling)
+        new = self.reporter.client
+        self.assertIsNot(new, old)
+        self.assertEqual(
+            (new.address, list(new.queue)),
+            ("unix:/run/buildstore.sock", ["pending-1", "pending-2"]),
+        )
+        self.assertTrue(old.stopped)
+        self.assertTrue(new.started)
+
+    @defer.inlineCallbacks
+    def test_same_address_keeps_the_connection(self):
+        old = self.reporter.client
+        sibling = BuildstoreReporter("tcp://127.0.0.1:9989", master_id="m1", queue_size=5)
+        yield self.reporter.reconfigServiceWithSibling(sibling)
+        self.assertIs(self.reporter.client, old)
+        self.assertEqual(old.queue_size, 5)
+
+
+class TestConfig(unittest.TestCase):
+    def test_bad_options_are_config_errors(self):
+        from buildbot.config.errors import ConfigErrors
+        from buildbot.config.errors import capture_config_errors
+
+        for kwargs in (
+            {"address": "http://x", "master_id": "m1"},
+            {"address": "tcp://127.0.0.1:9989"},
+            {"address": "tcp://127.0.0.1:9989", "master_id": "a/b"},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "queue_size": 0},
+        ):
+            with self.assertRaises(ConfigErrors, msg=kwargs):
+                with capture_config_errors(raise_on_error=True):
+                    BuildstoreReporter(**kwargs)
+
+    def test_good_options(self):
+        BuildstoreReporter("unix:/run/buildstore.sock", master_id=1, token="s3cret", queue_size=5)

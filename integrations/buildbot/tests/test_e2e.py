@@ -1,0 +1,556 @@
+"""End to end: a real Buildbot master and worker report through the plugin to `buildstore serve`.
+
+Everything runs on 127.0.0.1 in temporary directories: the daemon with an SQLite store, a master
+whose master.cfg enables BuildstoreReporter, a worker, and a local git repository. Builds are
+forced through the REST API and the outcome is read back with `buildstore export`.
+
+Run with the daemon's binary in BUILDSTORE_BIN:
+
+    BUILDSTORE_BIN=/path/to/buildstore python -m pytest integrations/buildbot/tests/test_e2e.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+BIN = os.environ.get("BUILDSTORE_BIN")
+pytestmark = pytest.mark.skipif(not BIN, reason="BUILDSTORE_BIN (the buildstore binary) not set")
+
+MASTER_ID = "e2e"
+WAIT = 60  # seconds: generous upper bound for any one condition
+TICKS = 16  # at 0.5 s each: longer than the worker buffers output (5 s)
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Ana Lima",
+    "GIT_AUTHOR_EMAIL": "ana@example.org",
+    "GIT_COMMITTER_NAME": "Ana Lima",
+    "GIT_COMMITTER_EMAIL": "ana@example.org",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+MASTER_CFG = """\
+from buildbot.plugins import schedulers, steps, util, worker
+from buildstore_buildbot import BuildstoreReporter
+
+REPO = {repo!r}
+
+c = BuildmasterConfig = {{}}
+c["workers"] = [worker.Worker("w1", "pass")]
+c["protocols"] = {{"pb": {{"port": "tcp:{pb}:interface=127.0.0.1"}}}}
+c["buildbotNetUsageData"] = None
+c["title"] = "buildstore e2e"
+c["buildbotURL"] = "http://127.0.0.1:{www}/"
+c["www"] = {{"port": "tcp:{www}:interface=127.0.0.1", "plugins": {{}}}}
+c["db"] = {{"db_url": "sqlite:///state.sqlite"}}
+
+
+def shell(name, script):
+    return steps.ShellCommand(name=name, command=["sh", "-c", script])
+
+
+factories = {{
+    "checkout": [
+        steps.Git(name="git", repourl=REPO, mode="full", method="clobber"),
+        shell("show", "git log -1 --format=%H"),
+    ],
+    "failing": [
+        shell("prepare", "echo ready"),
+        shell("test", "echo out-line; echo err-line >&2; exit 3"),
+    ],
+    "nocode": [shell("hello", "echo hello")],
+    "slow": [
+        shell("ticks", "for i in $(seq 1 {ticks}); do echo tick $i; sleep 0.5; done"),
+        shell("done", "echo done"),
+    ],
+}}
+c["builders"] = [
+    util.BuilderConfig(name=name, workernames=["w1"], factory=util.BuildFactory(f))
+    for name, f in factories.items()
+]
+c["schedulers"] = [
+    schedulers.ForceScheduler(
+        name="force",
+        builderNames=list(factories),
+        codebases=[
+            util.CodebaseParameter(
+                "",
+                branch=util.FixedParameter(name="branch", default="main"),
+                revision=util.FixedParameter(name="revision", default=""),
+                repository=util.FixedParameter(name="repository", default=REPO),
+                project=util.FixedParameter(name="project", default=""),
+            )
+        ],
+    )
+]
+c["services"] = [
+    BuildstoreReporter("tcp://127.0.0.1:{daemon}", master_id={master_id!r}, max_backoff=1.0)
+]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found; install requirements-test.txt")
+    return found
+
+
+def wait_for(what: str, check, timeout: float = WAIT, interval: float = 0.25):
+    """Polls ``check()`` until it returns something truthy, and returns that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def tail(path: Path, lines: int = 120) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"({path}: {e})"
+
+
+def epoch(date: dict) -> float:
+    """Seconds since the epoch of an exported date, {"$date": "2026-03-12T14:07:31Z"}."""
+    text = date["$date"].replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def stop_process(proc: subprocess.Popen | None, sig=signal.SIGTERM, grace: float = 20):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+class Cluster:
+    """The daemon, master and worker of one test run, with helpers to drive and inspect them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.db = root / "store.db"
+        self.spool = root / "spool"
+        self.daemon_err = root / "daemon.stderr"
+        self.daemon_port = free_port()
+        self.pb_port = free_port()
+        self.www_port = free_port()
+        self.master_dir = root / "master"
+        self.worker_dir = root / "worker"
+        self.repo = root / "repo"
+        self.daemon = self.master = self.worker = None
+
+    # -- processes --------------------------------------------------------------------------
+
+    def start_daemon(self):
+        with open(self.daemon_err, "ab") as err:
+            self.daemon = subprocess.Popen(
+                [
+                    BIN,
+                    "--store",
+                    f"sqlite:{self.db}",
+                    "serve",
+                    "--listen",
+                    f"tcp://127.0.0.1:{self.daemon_port}",
+                    "--spool",
+                    str(self.spool),
+                    "--metrics",
+                    "off",
+                ],
+                stdout=err,
+                stderr=err,
+            )
+
+        def accepting():
+            if self.daemon.poll() is not None:
+                raise AssertionError(f"buildstore serve exited with {self.daemon.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.daemon_port), timeout=1),
+            ):
+                return True
+            return False
+
+        wait_for("the daemon to listen", accepting)
+
+    def daemon_has_unread_data(self) -> bool:
+        """Whether the daemon's end of a connection holds bytes it has not read (Linux).
+
+        Where /proc/net/tcp is missing this can't be seen, and is taken as given.
+        """
+        try:
+            table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        except OSError:
+            return True
+        for row in table:
+            fields = row.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            established = fields[3] == "01"
+            unread = int(fields[4].split(":")[1], 16)
+            if local_port == self.daemon_port and established and unread > 0:
+                return True
+        return False
+
+    def kill_daemon(self):
+        self.daemon.send_signal(signal.SIGKILL)
+        self.daemon.wait(10)
+
+    def make_repo(self):
+        env = {**os.environ, **GIT_ENV}
+        git = [
+            "git",
+            "-c",
+            "user.name=Ana Lima",
+            "-c",
+            "user.email=ana@example.org",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ]
+        subprocess.run([*git, "init", "-q", "-b", "main", str(self.repo)], check=True, env=env)
+        for n in range(1, 4):
+            (self.repo / "README").write_text(f"revision {n}\n")
+            subprocess.run([*git, "-C", str(self.repo), "add", "README"], check=True, env=env)
+            subprocess.run(
+                [*git, "-C", str(self.repo), "commit", "-q", "-m", f"change {n}"],
+                check=True,
+                env=env,
+            )
+        out = subprocess.run(
+            [*git, "-C", str(self.repo), "rev-parse", "HEAD"],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        self.head = out.stdout.strip()
+
+    def start_master(self):
+        subprocess.run([tool("buildbot"), "create-master", "-q", str(self.master_dir)], check=True)
+        (self.master_dir / "master.cfg").write_text(
+            MASTER_CFG.format(
+                repo=str(self.repo),
+                pb=self.pb_port,
+                www=self.www_port,
+                daemon=self.daemon_port,
+                master_id=MASTER_ID,
+                ticks=TICKS,
+            )
+        )
+        self.master = subprocess.Popen(
+            [tool("buildbot"), "start", "--nodaemon", str(self.master_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start_worker(self):
+        subprocess.run(
+            [
+                tool("buildbot-worker"),
+                "create-worker",
+                "-q",
+                str(self.worker_dir),
+                f"127.0.0.1:{self.pb_port}",
+                "w1",
+                "pass",
+            ],
+            check=True,
+        )
+        self.worker = subprocess.Popen(
+            [tool("buildbot-worker"), "start", "--nodaemon", str(self.worker_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop_all(self):
+        for proc in (self.worker, self.master, self.daemon):
+            with contextlib.suppress(Exception):
+                stop_process(proc)
+
+    def diagnostics(self) -> str:
+        return (
+            f"--- master twistd.log ---\n{tail(self.master_dir / 'twistd.log')}\n"
+            f"--- worker twistd.log ---\n{tail(self.worker_dir / 'twistd.log', 40)}\n"
+            f"--- daemon stderr ---\n{tail(self.daemon_err, 60)}\n"
+        )
+
+    @contextlib.contextmanager
+    def explained(self):
+        """Prints the logs of master, worker and daemon when the block fails."""
+        try:
+            yield
+        except BaseException:
+            print(self.diagnostics())
+            raise
+
+    # -- the master's REST API --------------------------------------------------------------
+
+    def api(self, path: str, body: dict | None = None):
+        url = f"http://127.0.0.1:{self.www_port}/api/v2/{path}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            url, data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def api_or_none(self, path: str):
+        try:
+            return self.api(path)
+        except OSError:
+            return None
+
+    def wait_ready(self):
+        def builders():
+            reply = self.api_or_none("builders")
+            if self.master.poll() is not None:
+                raise AssertionError("the master exited")
+            if reply and len(reply["builders"]) == 4:
+                return {b["name"]: b["builderid"] for b in reply["builders"]}
+            return None
+
+        self.builderids = wait_for("the master's REST API and its builders", builders)
+
+        def worker_connected():
+            reply = self.api_or_none("workers")
+            return reply and any(w["connected_to"] for w in reply["workers"])
+
+        wait_for("the worker to connect", worker_connected)
+
+    def force(self, builder: str):
+        reply = self.api(
+            "forceschedulers/force",
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "force",
+                "params": {
+                    "builderid": self.builderids[builder],
+                    "reason": f"e2e {builder}",
+                    "username": "Ana Lima <ana@example.org>",
+                },
+            },
+        )
+        assert "error" not in reply, reply
+
+    def buildbot_build(self, builder: str):
+        reply = self.api_or_none(f"builders/{self.builderids[builder]}/builds")
+        builds = (reply or {}).get("builds") or []
+        return builds[0] if builds else None
+
+    def buildbot_log(self, builder: str, step: str) -> str:
+        build = self.buildbot_build(builder)
+        if build is None:
+            return ""
+        reply = self.api_or_none(f"builds/{build['buildid']}/steps/{step}/logs/stdio/contents")
+        return "".join(chunk["content"] for chunk in (reply or {}).get("logchunks", []))
+
+    # -- the store --------------------------------------------------------------------------
+
+    def export(self, collection: str) -> list[dict]:
+        out = subprocess.run(
+            [BIN, "--store", f"sqlite:{self.db}", "export", collection],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def build_doc(self, builder: str):
+        docs = [b for b in self.export("builds") if b["builder"] == builder]
+        return docs[0] if docs else None
+
+    def steps_of(self, build: dict) -> list[dict]:
+        by_id = {s["_id"]: s for s in self.export("steps") if s["build"] == build["_id"]}
+        return [by_id[i] for i in build["steps"] if i in by_id]
+
+    def complete_build(self, builder: str, steps: int):
+        """The build's document and its own steps, once finished with every step finished.
+
+        Buildbot runs a ``worker_preparation`` step first in every build; it is reported like
+        any other step, checked here, and left out of what is returned.
+        """
+        steps += 1
+
+        def complete():
+            build = self.build_doc(builder)
+            if build is None or build["result"] is None or len(build["steps"]) != steps:
+                return None
+            found = self.steps_of(build)
+            if len(found) != steps or any(s["result"] is None for s in found):
+                return None
+            return build, found
+
+        build, found = wait_for(f"the complete documents of the {builder!r} build", complete)
+        assert found[0]["name"] == "worker_preparation" and found[0]["result"] == 0
+        return build, found[1:]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("bbe2e"))
+    try:
+        with c.explained():
+            c.make_repo()
+            c.start_daemon()
+            c.start_master()
+            c.start_worker()
+            c.wait_ready()
+            for builder in ("checkout", "failing", "nocode"):
+                c.force(builder)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_checkout_corrects_changeset_and_links_commit(cluster):
+    with cluster.explained():
+        build, steps = cluster.complete_build("checkout", steps=2)
+        assert build["result"] == 0
+        assert build["master_id"] == MASTER_ID
+        assert build["number"] == 1
+        assert build["slaves"] == ["w1"]
+        # Times are Buildbot's own, not the daemon's receive times.
+        buildbot = cluster.buildbot_build("checkout")
+        assert build["build_id"] == buildbot["buildid"]
+        assert epoch(build["time_start"]) == buildbot["started_at"]
+        assert epoch(build["time_end"]) == buildbot["complete_at"]
+        assert build["branch"] == "main"
+        assert build["repository"] == str(cluster.repo)
+        assert "e2e checkout" in build["reason"]
+        # Forced without a revision; the Git step's got_revision made it the real hash.
+        assert build["changeset"] == cluster.head
+        assert build["properties"]["got_revision"] == {"value": cluster.head, "source": "Git"}
+        assert [s["name"] for s in steps] == ["git", "show"]
+        assert all(s["result"] == 0 and s["successful"] for s in steps)
+        assert steps[1]["stdout"] == cluster.head + "\n"
+        assert "git log -1" in steps[1]["headers"]
+
+        commits = {r["_id"]: r for r in cluster.export("repository")}
+        assert list(commits) == [cluster.head]  # the other builds never checked anything out
+        [linked] = commits[cluster.head]["builds"]
+        assert linked["build"] == build["_id"]
+        assert linked["result"] == 0
+        assert commits[cluster.head]["repository_uri"] == str(cluster.repo)
+
+
+def test_failing_step_fails_build_with_its_output(cluster):
+    with cluster.explained():
+        build, steps = cluster.complete_build("failing", steps=2)
+        assert build["result"] == 2
+        prepare, test = steps
+        assert (prepare["result"], prepare["successful"], prepare["stdout"]) == (0, True, "ready\n")
+        assert (test["result"], test["successful"]) == (2, False)
+        assert test["stdout"] == "out-line\n"
+        assert test["stderr"] == "err-line\n"
+        assert "exit 3" in test["headers"]
+        assert test["time_end"] is not None
+
+
+def test_build_without_checkout_keeps_null_changeset(cluster):
+    with cluster.explained():
+        build, steps = cluster.complete_build("nocode", steps=1)
+        assert build["result"] == 0
+        assert build["changeset"] is None
+        assert "got_revision" not in build["properties"]
+        assert steps[0]["stdout"] == "hello\n"
+        linked = [b["build"] for r in cluster.export("repository") for b in r["builds"]]
+        assert build["_id"] not in linked
+
+
+def test_builders_are_described_and_idle(cluster):
+    with cluster.explained():
+        for builder in ("checkout", "failing", "nocode"):
+            cluster.complete_build(builder, steps={"nocode": 1}.get(builder, 2))
+
+        def all_idle():
+            docs = {b["name"]: b for b in cluster.export("builders")}
+            done = set(docs) == {"checkout", "failing", "nocode", "slow"} and all(
+                d["status"] == "idle" for d in docs.values()
+            )
+            return docs if done else None
+
+        docs = wait_for("every builder to be idle", all_idle)
+        assert all(d["slaves"] == ["w1"] and d["master_id"] == MASTER_ID for d in docs.values())
+
+
+def test_daemon_killed_during_a_build_gets_everything_after_restart(cluster):
+    with cluster.explained():
+        cluster.force("slow")
+
+        def ticking():
+            build = cluster.build_doc("slow")
+            steps = cluster.steps_of(build) if build else []
+            ticks = [s["stdout"] for s in steps if s["name"] == "ticks"]
+            return ticks[0] if ticks and "tick 1" in ticks[0] else None
+
+        stored = wait_for("the slow build's first output in the store", ticking)
+        # Frozen first, the daemon reads nothing more: what the plugin sends now stays
+        # unacknowledged in the socket, and dies with the daemon.
+        cluster.daemon.send_signal(signal.SIGSTOP)
+        wait_for(
+            "Buildbot to log ticks the store has not seen",
+            lambda: cluster.buildbot_log("slow", "ticks").count("tick") > stored.count("tick"),
+        )
+        wait_for("the plugin to send to the frozen daemon", cluster.daemon_has_unread_data)
+        cluster.kill_daemon()
+        # The rest of the build happens while nothing listens.
+        wait_for(
+            "the slow build to finish in Buildbot",
+            lambda: (cluster.buildbot_build("slow") or {}).get("complete"),
+        )
+        assert cluster.build_doc("slow")["result"] is None
+        master_log = cluster.master_dir / "twistd.log"
+        wait_for(
+            "the plugin to log the outage",
+            lambda: (
+                "buildstore: daemon at" in master_log.read_text()
+                and "unreachable" in master_log.read_text()
+            ),
+        )
+
+        cluster.start_daemon()
+        build, steps = cluster.complete_build("slow", steps=2)
+        assert build["result"] == 0
+        assert build["time_end"] is not None
+        ticks, done = steps
+        # Every line once: resent chunks were recognised by their offsets and event ids.
+        assert ticks["stdout"] == "".join(f"tick {i}\n" for i in range(1, TICKS + 1))
+        assert (ticks["result"], done["result"], done["stdout"]) == (0, 0, "done\n")
+
+        # The events of the outage waited in the plugin's queue and were sent after reconnecting.
+        assert re.search(
+            r"buildstore: connected to \S+; resending [1-9][0-9]* events", master_log.read_text()
+        )
+        # Failures inside the plugin are logged as "buildstore: while ..." with a traceback.
+        assert "buildstore: while" not in master_log.read_text()
