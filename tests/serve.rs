@@ -115,6 +115,8 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
     let _ = std::io::Read::read_to_string(&mut s, &mut text);
     assert!(text.contains("wrong token"), "{text}");
     assert_eq!(text.lines().count(), 1, "closed after the error: {text}");
+    let reply: Value = serde_json::from_str(&text).expect("JSON reply");
+    assert_eq!(reply["closing"], true, "{reply}");
     let replies = exchange(daemon.port, &[event]);
     assert!(
         replies[0]["error"]
@@ -123,6 +125,7 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
         "{}",
         replies[0]
     );
+    assert_eq!(replies[0]["closing"], true, "{}", replies[0]);
     daemon.kill();
 }
 
@@ -221,14 +224,11 @@ fn status_prints_what_the_daemon_received_acknowledged_and_applied() {
 /// metrics show it and its drain, and every acknowledged event arrives.
 #[test]
 fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
-    if common::mongo::real_server().is_some() {
-        return; // needs a server this test can stop
-    }
     let dir = tempfile::tempdir().expect("tempdir");
-    let journal = dir.path().join("peer.journal");
-    let peer = common::mongo::Peer::start(0, Some(&journal));
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "outage") else {
+        return; // needs a server this test can stop
+    };
     let peer_port = peer.port;
-    let uri = format!("{}?serverSelectionTimeoutMS=500", peer.uri("outage"));
     let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
     let lines = buildstore::synth::lines(&buildstore::synth::Shape {
         events: 6_000,
@@ -252,7 +252,7 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
         "the backlog is visible: {during:?}"
     );
 
-    let peer = common::mongo::Peer::start(peer_port, Some(&journal));
+    let peer = restart_peer(dir.path(), peer_port);
     let drained = Instant::now() + Duration::from_secs(90);
     while daemon.status()["spool_events"] > 0.0 {
         assert!(

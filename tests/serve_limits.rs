@@ -157,14 +157,11 @@ fn a_client_that_stops_reading_is_disconnected_and_does_not_hold_up_others() {
 
 #[test]
 fn past_spool_max_events_are_refused_with_an_error_and_accepted_once_the_store_catches_up() {
-    if common::mongo::real_server().is_some() {
-        return; // needs a server this test can stop
-    }
     let dir = tempfile::tempdir().expect("tempdir");
-    let journal = dir.path().join("peer.journal");
-    let peer = common::mongo::Peer::start(0, Some(&journal));
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "full") else {
+        return; // needs a server this test can stop
+    };
     let peer_port = peer.port;
-    let uri = format!("{}?serverSelectionTimeoutMS=500", peer.uri("full"));
     let spool_max = 100_000u64;
     let daemon = Daemon::on(
         &uri,
@@ -211,13 +208,14 @@ fn past_spool_max_events_are_refused_with_an_error_and_accepted_once_the_store_c
         "{refusal}"
     );
     assert_eq!(refusal["retry"], true, "{refusal}");
+    assert_eq!(refusal["closing"], true, "{refusal}");
     assert_eq!(refusal["line"], accepted + 1, "{refusal}");
     let status = daemon.status();
     assert!(status["spool_bytes"] <= spool_max as f64, "{status:?}");
     assert_eq!(status["spool_events"], accepted as f64, "{status:?}");
 
     // The store comes back: the backlog drains and the refused events are taken when resent.
-    let peer = common::mongo::Peer::start(peer_port, Some(&journal));
+    let peer = restart_peer(dir.path(), peer_port);
     wait_until("the spool drains", &daemon, |s| s["spool_events"] == 0.0);
     let deadline = Instant::now() + Duration::from_secs(120);
     let refused = lines[accepted..].to_vec();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mongo::{fresh_database, peer_stats, real_server, Peer};
+use common::mongo::{fresh_database, on_database, peer_stats, real_server, Peer};
 use common::*;
 use serde_json::Value;
 
@@ -118,12 +118,7 @@ fn init_creates_the_documented_indexes_and_validators_and_can_run_twice() {
         let out = db.cmd().arg("init").output().expect("run init");
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let client = mongodb::Client::with_uri_str(&db.location)
-            .await
-            .expect("client");
-        let database = client.default_database().expect("database in URI");
+    on_database(&db.location, |database| async move {
         for spec in buildstore_schema::INDEXES {
             let names = database
                 .collection::<bson::Document>(spec.collection.name())
@@ -305,12 +300,7 @@ fn the_documented_queries_answer_on_the_example_streams() {
     for file in example_files() {
         db.ingest_ok(&file);
     }
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let client = mongodb::Client::with_uri_str(&db.location)
-            .await
-            .expect("client");
-        let d = client.default_database().expect("database");
+    on_database(&db.location, |d| async move {
         let fetch_head = events(&example("fetch-head-corrected.jsonl"));
         let start = fetch_head
             .iter()
@@ -499,15 +489,8 @@ fn a_write_the_server_rejects_names_the_document_and_the_event() {
     let out = db.cmd().arg("init").output().expect("init");
     assert!(out.status.success(), "{}", stderr(&out));
     // A constraint buildstore does not expect: build numbers unique. A master restart breaks it.
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let client = mongodb::Client::with_uri_str(&db.location)
-            .await
-            .expect("client");
-        let builds = client
-            .default_database()
-            .expect("db")
-            .collection::<bson::Document>("builds");
+    on_database(&db.location, |d| async move {
+        let builds = d.collection::<bson::Document>("builds");
         let unique = mongodb::options::IndexOptions::builder()
             .unique(true)
             .build();

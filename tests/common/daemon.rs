@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::mongo::Peer;
 use super::{stderr, Db};
 
 pub fn free_port() -> u16 {
@@ -187,4 +188,21 @@ pub fn assert_same_as_one_clean_ingest(got: &Db, lines: &[String], scratch: &Pat
     for c in ["builders", "builds", "steps", "repository"] {
         assert_eq!(got.export(c), expected.export(c), "{c}");
     }
+}
+
+/// A MongoDB test peer that a test can stop and start again (journaled in `dir`), and the URI a
+/// daemon reaches it with, failing fast while it is down. `None` when the tests run against a
+/// real server, which a test cannot stop.
+pub fn stoppable_peer(dir: &Path, db: &str) -> Option<(Peer, String)> {
+    if super::mongo::real_server().is_some() {
+        return None;
+    }
+    let peer = Peer::start(0, Some(&dir.join("peer.journal")));
+    let uri = format!("{}?serverSelectionTimeoutMS=500", peer.uri(db));
+    Some((peer, uri))
+}
+
+/// Starts a stopped [`stoppable_peer`] again on its port, with the data it had.
+pub fn restart_peer(dir: &Path, port: u16) -> Peer {
+    Peer::start(port, Some(&dir.join("peer.journal")))
 }

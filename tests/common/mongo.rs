@@ -126,3 +126,15 @@ pub fn peer_stats(uri: &str) -> Option<bson::Document> {
             .ok()
     })
 }
+
+/// Runs `f` on the database that a test store's URI names, through the official driver.
+pub fn on_database<T, F>(uri: &str, f: impl FnOnce(mongodb::Database) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(uri).await.expect("client");
+        f(client.default_database().expect("a database in the URI")).await
+    })
+}

@@ -355,7 +355,7 @@ class BuildstoreClient:
         head = self.queue[0]
         if "error" in reply:
             message = str(reply.get("error"))
-            if reply.get("retry") or "closing the connection" in message:
+            if reply.get("retry") or reply.get("closing"):
                 # Not the event's fault (full spool, missing hello): keep it, resend later.
                 self._drop_connection(f"cannot take events now: {message}")
                 return

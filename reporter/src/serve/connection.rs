@@ -127,13 +127,21 @@ enum Action {
 }
 
 fn error(line: u64, message: impl std::fmt::Display) -> String {
-    json!({"error": message.to_string(), "line": line}).to_string()
+    error_reply(line, message, false, false)
 }
 
-/// An error for a good event the daemon cannot take now (full spool, failed spool write).
-/// `"retry": true` tells the client to send it again later, unlike a rejected line.
-fn retry_later(line: u64, message: impl std::fmt::Display) -> String {
-    json!({"error": message.to_string(), "line": line, "retry": true}).to_string()
+/// An error reply. `retry` marks a good event the daemon cannot take now (full spool, failed
+/// spool write), which the client sends again later, unlike a rejected line. `closing` says the
+/// daemon closes the connection after this reply.
+fn error_reply(line: u64, message: impl std::fmt::Display, retry: bool, closing: bool) -> String {
+    let mut reply = json!({"error": message.to_string(), "line": line});
+    if retry {
+        reply["retry"] = Value::Bool(true);
+    }
+    if closing {
+        reply["closing"] = Value::Bool(true);
+    }
+    reply.to_string()
 }
 
 /// Serves one connection until the client closes it, a wrong token is sent, or `stop` is set.
@@ -238,7 +246,7 @@ async fn spool(conn: &Conn, text: String, id: String, n: u64) -> (Reply, bool) {
                     }
                     Err(e) => {
                         conn.count(Tally::Rejected);
-                        retry_later(n, e)
+                        error_reply(n, e, true, false)
                     }
                 }
             }));
@@ -246,7 +254,7 @@ async fn spool(conn: &Conn, text: String, id: String, n: u64) -> (Reply, bool) {
         }
         Err(e) => {
             conn.count(Tally::Rejected);
-            (Reply::Now(retry_later(n, e)), true)
+            (Reply::Now(error_reply(n, e, true, true)), true)
         }
     }
 }
@@ -285,16 +293,23 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         };
         if !accepted {
             conn.count(Tally::Rejected);
-            return Action::Close(error(n, "wrong token: closing the connection"));
+            return Action::Close(error_reply(
+                n,
+                "wrong token: closing the connection",
+                false,
+                true,
+            ));
         }
         *authenticated = true;
         return Action::Answer(json!({"hello": "ok"}).to_string());
     }
     if !*authenticated {
         conn.count(Tally::Rejected);
-        return Action::Close(error(
+        return Action::Close(error_reply(
             n,
             "this listener needs {\"type\":\"hello\",\"token\":...} first: closing the connection",
+            false,
+            true,
         ));
     }
     let mut event = match Event::from_value(value) {

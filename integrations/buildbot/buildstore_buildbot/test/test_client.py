@@ -201,14 +201,21 @@ class TestResend(ClientTestCase):
         self.assertTrue(self.logs.matching("unreachable"))
         self.assertTrue(self.logs.matching("resending 3 events"))
 
-    @defer.inlineCallbacks
     def test_retry_reply_keeps_the_event_for_later(self):
+        return self.refused_then_resent({"error": "spool full", "retry": True, "closing": True})
+
+    def test_closing_reply_keeps_the_event_for_later(self):
+        # e.g. a daemon that now wants a token: the event is not at fault, so it is kept
+        return self.refused_then_resent({"error": "needs hello first", "closing": True})
+
+    @defer.inlineCallbacks
+    def refused_then_resent(self, refusal):
         refused = []
 
         def answer(e, n):
             if e["event_id"] == "e1" and not refused:
                 refused.append(n)
-                return {"error": "spool full", "line": n, "retry": True}
+                return dict(refusal, line=n)
             return {"ack": e["event_id"]}
 
         self.daemon.answer = answer

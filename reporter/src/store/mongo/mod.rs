@@ -183,9 +183,9 @@ impl MongoStore {
     }
 
     /// A step document's inline field, when it still holds the whole log.
-    fn whole_inline(step: &Document, channel: Channel) -> Option<Vec<u8>> {
+    fn whole_inline(step: &Document, channel: Channel) -> Option<&[u8]> {
         let text = step.get_str(channel.field()).ok()?;
-        (text.len() as u64 == stored_len(step, channel)).then(|| text.as_bytes().to_vec())
+        (text.len() as u64 == stored_len(step, channel)).then_some(text.as_bytes())
     }
 }
 
@@ -379,7 +379,7 @@ impl Store for MongoStore {
                         continue;
                     }
                     let (head, tail) = match Self::whole_inline(raw, channel) {
-                        Some(bytes) => (bytes.clone(), bytes),
+                        Some(bytes) => (bytes.to_vec(), bytes.to_vec()),
                         None => (
                             self.gridfs_log(&step_id, channel, 0, log_window).await?,
                             self.gridfs_log(
@@ -472,11 +472,9 @@ impl Store for MongoStore {
         };
         match Self::whole_inline(&step, channel) {
             Some(bytes) => {
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                let end = start.saturating_add(max).min(bytes.len());
-                Ok(bytes[start..end].to_vec())
+                let mut out = Vec::new();
+                super::take_window(&mut out, 0, bytes, offset, max);
+                Ok(out)
             }
             None => self.gridfs_log(step_id, channel, offset, max).await,
         }
