@@ -3,6 +3,8 @@
 //! give the same `export` output (compared as parsed JSON) and the same `buildstore log` bytes.
 
 mod common;
+#[path = "store_conformance/listing.rs"]
+mod listing;
 
 use std::time::{Duration, Instant};
 

@@ -60,14 +60,52 @@ pub enum StoreError {
     Task(String),
 }
 
-/// Which builds to list, newest first.
+/// Which builds to list: newest `time_start` first, ties broken by `_id` descending, so that a
+/// [`BuildCursor`] taken from the last build of one page starts the next page exactly.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildQuery {
+    /// The master's id as text: matches a master id stored as a string or as an integer.
+    pub master: Option<String>,
     pub builder: Option<String>,
+    pub branch: Option<String>,
+    pub result: Option<ResultFilter>,
     pub changeset: Option<String>,
     pub since: Option<bson::DateTime>,
     pub until: Option<bson::DateTime>,
+    /// Only builds after this one in the order above (strictly older, or as old with a smaller `_id`).
+    pub before: Option<BuildCursor>,
     pub limit: usize,
+}
+
+/// A result to filter builds by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultFilter {
+    /// Finished with this Buildbot result code.
+    Finished(i32),
+    /// Still running: no result yet.
+    Running,
+}
+
+/// Where a page of builds ended: the last build's `time_start` and `_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildCursor {
+    pub time_start: bson::DateTime,
+    pub id: String,
+}
+
+/// Which commits of `repository` to list: newest `commiter_date` first, ties broken by `_id`
+/// descending; commits whose metadata has not arrived (no `commiter_date`) come last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitQuery {
+    pub before: Option<CommitCursor>,
+    pub limit: usize,
+}
+
+/// Where a page of commits ended: the last commit's `commiter_date` (if any) and `_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitCursor {
+    pub commiter_date: Option<bson::DateTime>,
+    pub id: String,
 }
 
 #[async_trait]
@@ -102,8 +140,14 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Document>, StoreError>;
 
-    /// Builds matching `query`, newest `time_start` first.
+    /// Up to `query.limit` builds matching `query`, in its order.
     async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError>;
+
+    /// Up to `limit` steps of the build `build_id`, in step order.
+    async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError>;
+
+    /// Up to `query.limit` commits of `repository`, in its order.
+    async fn find_commits(&self, query: &CommitQuery) -> Result<Vec<Document>, StoreError>;
 
     /// Length in bytes of the full log, or `None` when the step has no such log.
     async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError>;

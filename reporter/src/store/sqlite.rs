@@ -9,14 +9,21 @@ use async_trait::async_trait;
 use bson::{Bson, Document};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
+use rusqlite::{
+    params, params_from_iter, Connection, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use super::docs::{DocSet, Loader};
-use super::{BuildQuery, Store, StoreError};
+use super::{BuildQuery, CommitQuery, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot, Mutation};
 
-/// Bumped when the table layout changes.
-const LAYOUT_VERSION: i64 = 1;
+#[path = "sqlite_queries.rs"]
+mod queries;
+
+/// Bumped when the table layout changes. 2: builds keep `master_id`, `branch` and `result`.
+const LAYOUT_VERSION: i64 = 2;
+/// Documents decoded per step of a back-fill, to keep its memory bounded on a big store.
+const BACKFILL_PAGE: i64 = 500;
 
 pub struct SqliteStore {
     path: String,
@@ -27,7 +34,8 @@ pub struct SqliteStore {
 fn columns(collection: Collection) -> Vec<&'static str> {
     let mut cols: Vec<&'static str> = Vec::new();
     for spec in INDEXES.iter().filter(|s| s.collection == collection) {
-        for (field, _) in spec.keys {
+        // `_id` is the table's key already.
+        for (field, _) in spec.keys.iter().filter(|(f, _)| *f != "_id") {
             if !cols.contains(field) {
                 cols.push(field);
             }
@@ -36,7 +44,7 @@ fn columns(collection: Collection) -> Vec<&'static str> {
     cols
 }
 
-fn layout() -> String {
+fn tables() -> String {
     let mut sql = String::from(
         "CREATE TABLE IF NOT EXISTS log_chunks (
              step_id TEXT NOT NULL, channel TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
@@ -49,6 +57,11 @@ fn layout() -> String {
             "CREATE TABLE IF NOT EXISTS {c} (_id TEXT PRIMARY KEY, doc BLOB NOT NULL{extra});\n"
         ));
     }
+    sql
+}
+
+fn indexes() -> String {
+    let mut sql = String::new();
     for spec in INDEXES {
         let keys: Vec<String> = spec
             .keys
@@ -93,26 +106,104 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
     })
 }
 
+/// Brings a store file of any earlier layout to this one. `CREATE TABLE IF NOT EXISTS` leaves an
+/// old table as it is, so the columns added since are added here and filled from the documents
+/// before any index needs them. The write lock is taken first: two processes opening an old file
+/// at once must not both add a column.
+fn upgrade(
+    conn: &mut Connection,
+    err: &impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute_batch(&tables()).map_err(err)?;
+    for collection in Collection::ALL {
+        let present: HashSet<String> = tx
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info('{collection}')"
+            ))
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(err)?;
+        let missing: Vec<&str> = columns(collection)
+            .into_iter()
+            .filter(|c| !present.contains(*c))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        for c in &missing {
+            tx.execute_batch(&format!("ALTER TABLE {collection} ADD COLUMN {c}"))
+                .map_err(err)?;
+        }
+        backfill(&tx, collection, &missing, err)?;
+    }
+    tx.execute_batch(&indexes()).map_err(err)?;
+    tx.pragma_update(None, "user_version", LAYOUT_VERSION)
+        .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+/// Sets `cols` of every row of `collection` from its stored document, as a write would have.
+fn backfill(
+    tx: &Transaction,
+    collection: Collection,
+    cols: &[&str],
+    err: &impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = ?")).collect();
+    let mut update = tx
+        .prepare(&format!(
+            "UPDATE {collection} SET {} WHERE _id = ?",
+            sets.join(", ")
+        ))
+        .map_err(err)?;
+    let mut page = tx
+        .prepare(&format!(
+            "SELECT _id, doc FROM {collection} WHERE ?1 IS NULL OR _id > ?1 ORDER BY _id LIMIT ?2"
+        ))
+        .map_err(err)?;
+    let mut after: Option<String> = None;
+    loop {
+        let rows: Vec<(String, Vec<u8>)> = page
+            .query_map(params![after, BACKFILL_PAGE], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(err)?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(());
+        };
+        after = Some(last.clone());
+        for (id, bytes) in rows {
+            let doc = decode(collection, &id, &bytes)?;
+            let mut values: Vec<SqlValue> =
+                cols.iter().map(|c| column_value(doc.get(*c))).collect();
+            values.push(SqlValue::Text(id));
+            update.execute(params_from_iter(values)).map_err(err)?;
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the store file at `path`.
+    /// Opens (creating if needed) the store file at `path`, upgrading a file of an older layout.
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
         let p = path.to_owned();
-        let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
-            let conn = Connection::open(&p)?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+        let err = sql_error(path);
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let mut conn = Connection::open(&p).map_err(&err)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(&err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(&err)?;
             // FULL: a batch the store confirmed survives a power cut, not only a crash.
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.execute_batch(&layout())?;
-            conn.pragma_update(None, "user_version", LAYOUT_VERSION)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(&err)?;
+            upgrade(&mut conn, &err)?;
             Ok(conn)
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-        .map_err(|source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(SqliteStore {
             path: path.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
@@ -137,11 +228,15 @@ impl SqliteStore {
     }
 
     fn sql_error(&self) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clone + 'static {
-        let path = self.path.clone();
-        move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        }
+        sql_error(&self.path)
+    }
+}
+
+fn sql_error(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clone + 'static {
+    let path = path.to_owned();
+    move |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
     }
 }
 
@@ -410,43 +505,36 @@ impl Store for SqliteStore {
     }
 
     async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError> {
+        let select = queries::builds(query);
+        let err = self.sql_error();
+        self.run(move |conn| select.run(conn, Collection::Builds, &err))
+            .await
+    }
+
+    async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError> {
+        let select = queries::steps(build_id, limit);
+        let err = self.sql_error();
+        self.run(move |conn| select.run(conn, Collection::Steps, &err))
+            .await
+    }
+
+    async fn find_commits(&self, query: &CommitQuery) -> Result<Vec<Document>, StoreError> {
         let q = query.clone();
         let err = self.sql_error();
         self.run(move |conn| {
-            let mut clauses = vec!["1 = 1".to_owned()];
-            let mut values: Vec<SqlValue> = Vec::new();
-            let mut bind = |clause: &str, v: SqlValue| {
-                values.push(v);
-                clauses.push(format!("{clause} ?{}", values.len()));
+            // One snapshot for both parts: a commit whose date arrives in between is neither
+            // listed twice nor missed.
+            let tx = conn.transaction().map_err(&err)?;
+            let mut found = match queries::dated_commits(&q) {
+                Some(select) => select.run(&tx, Collection::Repository, &err)?,
+                None => Vec::new(),
             };
-            if let Some(b) = &q.builder {
-                bind("builder =", SqlValue::Text(b.clone()));
+            let rest = q.limit.saturating_sub(found.len());
+            if rest > 0 {
+                let select = queries::undated_commits(q.before.as_ref(), rest);
+                found.extend(select.run(&tx, Collection::Repository, &err)?);
             }
-            if let Some(c) = &q.changeset {
-                bind("changeset =", SqlValue::Text(c.clone()));
-            }
-            if let Some(t) = q.since {
-                bind("time_start >=", SqlValue::Integer(t.timestamp_millis()));
-            }
-            if let Some(t) = q.until {
-                bind("time_start <", SqlValue::Integer(t.timestamp_millis()));
-            }
-            values.push(SqlValue::Integer(
-                i64::try_from(q.limit).unwrap_or(i64::MAX),
-            ));
-            let sql = format!(
-                "SELECT _id, doc FROM builds WHERE {} ORDER BY time_start DESC, _id LIMIT ?{}",
-                clauses.join(" AND "),
-                values.len()
-            );
-            let mut st = conn.prepare_cached(&sql).map_err(&err)?;
-            let rows: Vec<(String, Vec<u8>)> = st
-                .query_map(params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(&err)?;
-            rows.iter()
-                .map(|(id, b)| decode(Collection::Builds, id, b))
-                .collect()
+            Ok(found)
         })
         .await
     }

@@ -1,4 +1,6 @@
-//! The SQLite store's own guarantees: batches applied twice, refused gaps, paging.
+//! The SQLite store's own guarantees: batches applied twice, refused gaps, paging, upgrading an
+//! older file, reads served by indexes.
+use super::super::{BuildCursor, CommitCursor, ResultFilter};
 use super::*;
 use crate::core::{Core, CoreConfig};
 use crate::synth::{lines, Shape};
@@ -139,4 +141,222 @@ async fn reads_page_by_id_and_filter_builds() {
         .map(|b| b.get_datetime("time_start").unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+}
+
+/// The layout of version 1, as a store file written then has it.
+const LAYOUT_1: &str = "
+    CREATE TABLE log_chunks (
+        step_id TEXT NOT NULL, channel TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (step_id, channel, offset)) WITHOUT ROWID;
+    CREATE TABLE applied_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE TABLE builders (_id TEXT PRIMARY KEY, doc BLOB NOT NULL, master_id, name);
+    CREATE TABLE builds (_id TEXT PRIMARY KEY, doc BLOB NOT NULL, builder, number, changeset, time_start);
+    CREATE TABLE steps (_id TEXT PRIMARY KEY, doc BLOB NOT NULL, build, step);
+    CREATE TABLE repository (_id TEXT PRIMARY KEY, doc BLOB NOT NULL, commiter_date);
+    CREATE INDEX builders_master_id ON builders (master_id, name);
+    CREATE INDEX builds_builder_number ON builds (builder, number DESC);
+    CREATE INDEX builds_changeset ON builds (changeset);
+    CREATE INDEX builds_time_start ON builds (time_start DESC);
+    CREATE INDEX steps_build ON steps (build, step);
+    CREATE INDEX repository_commiter_date ON repository (commiter_date DESC);
+    PRAGMA user_version = 1;";
+
+fn build_doc(id: &str, master: Bson, branch: &str, result: Option<i32>, start: i64) -> Document {
+    bson::doc! {
+        "_id": id, "builder": "linux", "number": 1_i64, "changeset": Bson::Null,
+        "time_start": bson::DateTime::from_millis(start), "time_end": Bson::Null,
+        "result": result, "slaves": [], "steps": [], "master_id": master, "build_id": 1_i64,
+        "branch": branch, "repository": Bson::Null, "codebase": Bson::Null, "reason": Bson::Null,
+        "properties": {}, "changes": [],
+    }
+}
+
+/// The `_id`s of the builds `f` asks for, at most ten.
+async fn found(store: &SqliteStore, f: impl FnOnce(&mut BuildQuery)) -> Vec<String> {
+    let mut q = BuildQuery {
+        limit: 10,
+        ..BuildQuery::default()
+    };
+    f(&mut q);
+    let docs = store.find_builds(&q).await.unwrap();
+    docs.iter()
+        .map(|d| d.get_str("_id").unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_version_1_file_gains_the_new_columns_and_its_builds_are_found_by_master_branch_and_result(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(LAYOUT_1).unwrap();
+        for doc in [
+            build_doc("7/1", Bson::Int64(7), "main", None, 2_000),
+            build_doc("m2/1", Bson::String("m2".into()), "release", Some(2), 1_000),
+        ] {
+            let start = doc.get_datetime("time_start").unwrap().timestamp_millis();
+            old.execute(
+                "INSERT INTO builds (_id, doc, builder, number, changeset, time_start)
+                 VALUES (?1, ?2, 'linux', 1, NULL, ?3)",
+                params![doc.get_str("_id").unwrap(), encode(&doc), start],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(
+        found(&store, |q| q.master = Some("7".into())).await,
+        ["7/1"]
+    );
+    assert_eq!(
+        found(&store, |q| q.master = Some("m2".into())).await,
+        ["m2/1"]
+    );
+    let release = found(&store, |q| q.branch = Some("release".into())).await;
+    assert_eq!(release, ["m2/1"]);
+    let running = found(&store, |q| q.result = Some(ResultFilter::Running)).await;
+    assert_eq!(running, ["7/1"]);
+    let failed = found(&store, |q| q.result = Some(ResultFilter::Finished(2))).await;
+    assert_eq!(failed, ["m2/1"]);
+    assert_eq!(found(&store, |_| {}).await, ["7/1", "m2/1"]);
+    drop(store);
+    // Opening the upgraded file again changes nothing.
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    let conn = store.conn.lock().unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, LAYOUT_VERSION);
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'builds'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for spec in INDEXES
+        .iter()
+        .filter(|s| s.collection == Collection::Builds)
+    {
+        let name = format!("builds_{}", spec.name);
+        assert!(indexes.contains(&name), "{name} missing: {indexes:?}");
+    }
+}
+
+/// How SQLite would run `select`: one line per step of its plan.
+fn plan(conn: &Connection, select: &queries::Select) -> String {
+    let mut st = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", select.sql))
+        .unwrap();
+    let lines: Vec<String> = st
+        .query_map(params_from_iter(&select.values), |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    lines.join(" | ")
+}
+
+/// Each listing read walks one index in its order, `_id` tie-break included, and stops at the
+/// limit: SQLite sorts nothing ("TEMP B-TREE") and never scans the table itself.
+#[tokio::test]
+async fn listing_reads_walk_an_index_in_order_instead_of_sorting_what_they_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let conn = store.conn.lock().unwrap();
+    let t = bson::DateTime::from_millis(1_000);
+    let after = Some(BuildCursor {
+        time_start: t,
+        id: "m/1".into(),
+    });
+    fn builds(f: impl FnOnce(&mut BuildQuery)) -> queries::Select {
+        let mut q = BuildQuery {
+            limit: 50,
+            ..BuildQuery::default()
+        };
+        f(&mut q);
+        queries::builds(&q)
+    }
+    let cases = [
+        ("builds_time_start_id", builds(|_| {})),
+        (
+            "builds_time_start_id",
+            builds(|q| {
+                q.since = Some(bson::DateTime::from_millis(0));
+                q.before = after.clone();
+            }),
+        ),
+        (
+            "builds_master_time",
+            builds(|q| q.master = Some("m".into())),
+        ),
+        (
+            "builds_master_time",
+            builds(|q| q.master = Some("7".into())),
+        ),
+        (
+            "builds_master_builder_time",
+            builds(|q| {
+                q.master = Some("7".into());
+                q.builder = Some("linux".into());
+            }),
+        ),
+        (
+            "builds_branch_time",
+            builds(|q| q.branch = Some("main".into())),
+        ),
+        (
+            "builds_builder_time",
+            builds(|q| q.builder = Some("linux".into())),
+        ),
+        (
+            "builds_result_time",
+            builds(|q| q.result = Some(ResultFilter::Running)),
+        ),
+        (
+            "builds_result_time",
+            builds(|q| q.result = Some(ResultFilter::Finished(2))),
+        ),
+        ("steps_build", queries::steps("m/1", 50)),
+        (
+            "repository_commiter_date_id",
+            queries::dated_commits(&CommitQuery {
+                before: Some(CommitCursor {
+                    commiter_date: Some(t),
+                    id: "ab".into(),
+                }),
+                limit: 50,
+            })
+            .unwrap(),
+        ),
+    ];
+    for (index, select) in &cases {
+        let plan = plan(&conn, select);
+        assert!(
+            plan.split(|c: char| c.is_whitespace() || c == '|')
+                .any(|word| word == *index),
+            "{}: {plan}",
+            select.sql
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{}: {plan}", select.sql);
+        assert!(
+            !plan
+                .split(" | ")
+                .any(|step| step.starts_with("SCAN") && !step.contains("INDEX")),
+            "{}: {plan}",
+            select.sql
+        );
+    }
+    // With the cursor the walk starts at the cursor's time, not at the newest build.
+    let paged = plan(
+        &conn,
+        &builds(|q| {
+            q.branch = Some("main".into());
+            q.before = after;
+        }),
+    );
+    assert!(paged.contains("(branch=? AND time_start<?)"), "{paged}");
 }

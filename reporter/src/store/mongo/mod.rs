@@ -20,7 +20,7 @@ use mongodb::{Client, Database, IndexModel};
 
 use self::exec::{backoff, Failure, Redactor};
 use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET};
-use super::{BuildQuery, Store, StoreError};
+use super::{BuildQuery, CommitCursor, CommitQuery, ResultFilter, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 /// Server selection timeout when the URI does not set `serverSelectionTimeoutMS`.
@@ -109,6 +109,10 @@ impl MongoStore {
         sort: Document,
         limit: Option<i64>,
     ) -> Result<Vec<Document>, StoreError> {
+        // To MongoDB a limit of 0 means none at all.
+        if limit == Some(0) {
+            return Ok(vec![]);
+        }
         let coll = self.coll(c);
         let mut find = coll.find(filter).sort(sort);
         if let Some(n) = limit {
@@ -212,6 +216,90 @@ fn uri_secrets(uri: &str) -> Vec<String> {
         return vec![];
     };
     userinfo.split(':').map(str::to_owned).collect()
+}
+
+/// The integer a master id given as text stands for, if it is one: only the text it prints as (its
+/// form inside `_id`s), as the SQLite store reads it too.
+fn integer_master(text: &str) -> Option<i64> {
+    text.parse::<i64>().ok().filter(|n| n.to_string() == text)
+}
+
+fn limit(n: usize) -> Option<i64> {
+    Some(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The filter of a [`BuildQuery`]: every condition on a field that leads one of the `builds`
+/// indexes, the cursor as a range on `time_start` with a tie-break on `_id`.
+fn builds_filter(q: &BuildQuery) -> Document {
+    let mut filter = Document::new();
+    if let Some(m) = &q.master {
+        // Integer and string master ids are different values to MongoDB.
+        let mut ids = vec![Bson::String(m.clone())];
+        ids.extend(integer_master(m).map(Bson::Int64));
+        filter.insert("master_id", doc! {"$in": ids});
+    }
+    if let Some(b) = &q.builder {
+        filter.insert("builder", b);
+    }
+    if let Some(b) = &q.branch {
+        filter.insert("branch", b);
+    }
+    match q.result {
+        Some(ResultFilter::Finished(code)) => {
+            filter.insert("result", code);
+        }
+        Some(ResultFilter::Running) => {
+            filter.insert("result", Bson::Null);
+        }
+        None => {}
+    }
+    if let Some(c) = &q.changeset {
+        filter.insert("changeset", c);
+    }
+    let mut time = Document::new();
+    if let Some(t) = q.since {
+        time.insert("$gte", t);
+    }
+    if let Some(t) = q.until {
+        time.insert("$lt", t);
+    }
+    if let Some(c) = &q.before {
+        let t = c.time_start;
+        // `$lte` beside `$or`: the range part bounds the index scan on its own.
+        time.insert("$lte", t);
+        filter.insert(
+            "$or",
+            vec![
+                doc! {"time_start": {"$lt": t}},
+                doc! {"time_start": t, "_id": {"$lt": &c.id}},
+            ],
+        );
+    }
+    if !time.is_empty() {
+        filter.insert("time_start", time);
+    }
+    filter
+}
+
+/// The filter of a [`CommitQuery`]. A missing `commiter_date` sorts below every date, so the
+/// commits without one come last in `commiter_date` descending order by themselves; `null` in a
+/// filter matches a missing field.
+fn commits_filter(q: &CommitQuery) -> Document {
+    match &q.before {
+        None => Document::new(),
+        Some(CommitCursor {
+            commiter_date: Some(d),
+            id,
+        }) => doc! {"$or": [
+            {"commiter_date": {"$lt": *d}},
+            {"commiter_date": *d, "_id": {"$lt": id}},
+            {"commiter_date": Bson::Null},
+        ]},
+        Some(CommitCursor {
+            commiter_date: None,
+            id,
+        }) => doc! {"commiter_date": Bson::Null, "_id": {"$lt": id}},
+    }
 }
 
 fn corrupt(c: Collection, id: &str, e: impl std::fmt::Display) -> StoreError {
@@ -428,29 +516,31 @@ impl Store for MongoStore {
     }
 
     async fn find_builds(&self, q: &BuildQuery) -> Result<Vec<Document>, StoreError> {
-        let mut filter = Document::new();
-        if let Some(b) = &q.builder {
-            filter.insert("builder", b);
-        }
-        if let Some(c) = &q.changeset {
-            filter.insert("changeset", c);
-        }
-        let mut time = Document::new();
-        if let Some(t) = q.since {
-            time.insert("$gte", t);
-        }
-        if let Some(t) = q.until {
-            time.insert("$lt", t);
-        }
-        if !time.is_empty() {
-            filter.insert("time_start", time);
-        }
-        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         self.find_docs(
             Collection::Builds,
-            filter,
-            doc! {"time_start": -1, "_id": 1},
-            Some(limit),
+            builds_filter(q),
+            doc! {"time_start": -1, "_id": -1},
+            limit(q.limit),
+        )
+        .await
+    }
+
+    async fn build_steps(&self, build_id: &str, n: usize) -> Result<Vec<Document>, StoreError> {
+        self.find_docs(
+            Collection::Steps,
+            doc! {"build": build_id},
+            doc! {"step": 1},
+            limit(n),
+        )
+        .await
+    }
+
+    async fn find_commits(&self, q: &CommitQuery) -> Result<Vec<Document>, StoreError> {
+        self.find_docs(
+            Collection::Repository,
+            commits_filter(q),
+            doc! {"commiter_date": -1, "_id": -1},
+            limit(q.limit),
         )
         .await
     }
