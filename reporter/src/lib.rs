@@ -5,6 +5,7 @@
 //! - [`pipeline`]: the shell that de-duplicates events, recovers builds from the store and
 //!   writes batches; `ingest` reads a stream through it.
 //! - [`spool`] and [`serve`]: the durable spool and the socket daemon in front of it.
+//! - [`web`]: the pages and JSON API that show builds from any store.
 //! - [`Reporter`]: the same durable path for a build master written in Rust.
 
 pub use buildstore_core as core;
@@ -15,5 +16,6 @@ pub mod serve;
 pub mod spool;
 pub mod store;
 pub mod synth;
+pub mod web;
 
 pub use embed::{Reporter, ReporterConfig, ReporterError};

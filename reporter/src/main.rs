@@ -104,6 +104,18 @@ enum Command {
         /// Address of the Prometheus endpoint (GET /metrics), or "off".
         #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9990")]
         metrics: String,
+        /// Also serve the web pages and their JSON API here (as `buildstore web` does).
+        #[arg(long, value_name = "IP:PORT")]
+        web: Option<std::net::SocketAddr>,
+    },
+    /// Serve the web pages and their JSON API (docs/api.md), read-only, from any store.
+    ///
+    /// Pages: / (builds by sourcestamp, with filters), /builds/ID, /steps/ID/logs/CHANNEL,
+    /// /changesets, /builders; the same data as JSON under /api. SIGTERM or SIGINT stops it.
+    Web {
+        /// Address to listen on.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8010")]
+        listen: std::net::SocketAddr,
     },
     /// Print the metrics of a running `buildstore serve`.
     Status {
@@ -158,6 +170,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Status { metrics } = cli.command {
         return status(metrics).await;
     }
+    if let (Command::Web { .. }, Some(path)) = (&cli.command, cli.store.strip_prefix("sqlite:")) {
+        // Only reading: a mistyped path should be an error, not a new empty store.
+        if !std::path::Path::new(path).exists() {
+            bail!("no store at {path:?}: `buildstore web` only reads; ingest or serve creates it");
+        }
+    }
     let store = store::open(&cli.store).await.context("opening the store")?;
     match cli.command {
         Command::Ingest {
@@ -187,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inline_log_limit,
             proper_changeset,
             metrics,
+            web,
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
             let metrics = match metrics.as_str() {
@@ -197,6 +216,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             store.init().await.context("preparing the store")?;
             let spool = spool.unwrap_or_else(|| default_spool(&cli.store));
+            let web = match web {
+                None => None,
+                Some(addr) => {
+                    let reader = store::open(&cli.store)
+                        .await
+                        .context("opening the store for the web pages")?;
+                    Some((addr, std::sync::Arc::from(reader)))
+                }
+            };
             let config = buildstore::serve::ServeConfig {
                 listen,
                 spool,
@@ -207,11 +235,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grace: std::time::Duration::from_secs(grace),
                 core,
                 metrics,
+                web,
             };
             buildstore::serve::run(config, std::sync::Arc::from(store)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { metrics } => status(metrics).await,
+        Command::Web { listen } => {
+            web(listen, std::sync::Arc::from(store)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init => {
             store.init().await.context("preparing the store")?;
             Ok(ExitCode::SUCCESS)
@@ -222,6 +255,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Log { step_id, channel } => print_log(store.as_ref(), &step_id, channel).await,
     }
+}
+
+/// `buildstore web`: the pages alone, until SIGTERM or SIGINT.
+async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the web pages"))?;
+    let address = listener.local_addr().unwrap_or(listen);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(buildstore::web::serve(listener, store, stopped));
+    println!("buildstore web: serving http://{address}/");
+    buildstore::serve::wait_for_signal().await;
+    let _ = stop.send(true);
+    server.await.context("the web server stopped abnormally")?;
+    Ok(())
 }
 
 async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {

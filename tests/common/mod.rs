@@ -166,5 +166,7 @@ pub fn write_lines(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
     std::fs::write(&path, text).expect("write stream");
     path
 }
+pub mod browser;
 pub mod daemon;
 pub mod mongo;
+pub mod web;

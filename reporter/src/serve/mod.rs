@@ -67,6 +67,9 @@ pub struct ServeConfig {
     pub core: CoreConfig,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Where the web pages are served, if anywhere, and the store they read (a handle of its
+    /// own, so that readers do not queue behind the drain's writes).
+    pub web: Option<(SocketAddr, Arc<dyn Store>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,16 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         });
         listeners.spawn(metrics::serve(listener, m, stop.clone()));
     }
+    if let Some((addr, web_store)) = config.web.clone() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                address: format!("web http://{addr}"),
+                source,
+            })?;
+        tracing::info!(address = %addr, "serving the web pages");
+        listeners.spawn(crate::web::serve(listener, web_store, stop.clone()));
+    }
     println!("buildstore serve: ready");
 
     wait_for_signal().await;
@@ -182,7 +195,8 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

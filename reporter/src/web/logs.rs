@@ -1,0 +1,173 @@
+//! Full logs: `/steps/{step id}/logs/{channel}` streams the whole text, window by window, so a log
+//! of any size is served in bounded memory; `/api/steps/...` returns one bounded window as JSON.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use buildstore_schema::{Channel, Collection};
+
+use super::params::{self, LogWindow};
+use super::{with_safety_headers, WebError};
+use crate::store::Store;
+
+/// Bytes read from the store per window of a streamed log.
+const STREAM_WINDOW: usize = 256 * 1024;
+
+/// The step and channel a log path names: `{step id}/logs/{channel}`. Step ids hold slashes, so
+/// the channel is found from the end.
+fn parse(path: &str) -> Result<(String, Channel), WebError> {
+    let (step, channel) = path.rsplit_once("/logs/").ok_or_else(|| {
+        WebError::NotFound(format!(
+            "{path:?} is not a log path: expected /steps/STEP_ID/logs/stdout|stderr|header"
+        ))
+    })?;
+    let channel = Channel::parse(channel).ok_or_else(|| {
+        WebError::NotFound(format!(
+            "{channel:?} is not a log channel: expected stdout, stderr or header"
+        ))
+    })?;
+    Ok((step.to_owned(), channel))
+}
+
+async fn existing_step(store: &dyn Store, path: &str) -> Result<(String, Channel), WebError> {
+    let (step, channel) = parse(path)?;
+    if store.get(Collection::Steps, &step).await?.is_none() {
+        return Err(WebError::NotFound(format!("there is no step {step:?}")));
+    }
+    Ok((step, channel))
+}
+
+pub async fn full_log(
+    State(store): State<Arc<dyn Store>>,
+    Path(path): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (step, channel) = match params::no_params(q.as_deref())
+        .map_err(WebError::from)
+        .map(|()| path)
+    {
+        Ok(path) => match existing_step(store.as_ref(), &path).await {
+            Ok(found) => found,
+            Err(e) => return e.page(),
+        },
+        Err(e) => return e.page(),
+    };
+    // The stream ends at the first empty window: the end of the log as it is while being read.
+    let chunks = futures::stream::try_unfold(0u64, move |offset| {
+        let store = Arc::clone(&store);
+        let step = step.clone();
+        async move {
+            let bytes = store
+                .read_log(&step, channel, offset, STREAM_WINDOW)
+                .await?;
+            if bytes.is_empty() {
+                return Ok::<_, crate::store::StoreError>(None);
+            }
+            let next = offset + bytes.len() as u64;
+            Ok(Some((bytes, next)))
+        }
+    });
+    with_safety_headers(
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            Body::from_stream(chunks),
+        )
+            .into_response(),
+    )
+}
+
+/// One window of a log, cut back to a whole UTF-8 character so `text` is exact and the next
+/// window starts where this one ended.
+#[derive(serde::Serialize)]
+struct Window {
+    step: String,
+    channel: &'static str,
+    offset: u64,
+    /// Bytes of the whole log.
+    length: u64,
+    text: String,
+    /// Where the next window starts, or null at the end of the log.
+    next_offset: Option<u64>,
+}
+
+async fn window(store: &dyn Store, path: &str, w: LogWindow) -> Result<Window, WebError> {
+    let (step, channel) = existing_step(store, path).await?;
+    let length = store.log_len(&step, channel).await?.unwrap_or(0);
+    let bytes = store.read_log(&step, channel, w.offset, w.limit).await?;
+    let (text, used) = utf8_window(bytes);
+    let end = w.offset + used as u64;
+    Ok(Window {
+        step,
+        channel: channel.as_str(),
+        offset: w.offset,
+        length,
+        next_offset: (end < length).then_some(end),
+        text,
+    })
+}
+
+/// The text of a window and how many of its bytes that text covers. A character cut by the
+/// window's end is left to the next window; anything else that is not UTF-8 is shown replaced
+/// rather than hidden (logs are stored from text, so that only happens to a damaged store).
+fn utf8_window(bytes: Vec<u8>) -> (String, usize) {
+    let n = bytes.len();
+    match String::from_utf8(bytes) {
+        Ok(text) => (text, n),
+        Err(e) => {
+            let error = e.utf8_error();
+            let valid = error.valid_up_to();
+            let bytes = e.into_bytes();
+            if error.error_len().is_none() && valid > 0 {
+                (String::from_utf8_lossy(&bytes[..valid]).into_owned(), valid)
+            } else {
+                (String::from_utf8_lossy(&bytes).into_owned(), n)
+            }
+        }
+    }
+}
+
+pub async fn log_window(
+    State(store): State<Arc<dyn Store>>,
+    Path(path): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let result = async {
+        let w = params::log_params(q.as_deref())?;
+        window(store.as_ref(), &path, w).await
+    }
+    .await;
+    match result {
+        Ok(w) => Json(w).into_response(),
+        Err(e) => e.json(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_path_names_its_step_and_channel_from_the_end() {
+        let (step, channel) = parse("m/1/7/logs/x/logs/stderr").unwrap();
+        assert_eq!((step.as_str(), channel), ("m/1/7/logs/x", Channel::Stderr));
+        assert!(parse("m/1/7/logs/stdin").is_err());
+        assert!(parse("m/1/7").is_err());
+    }
+
+    #[test]
+    fn a_window_never_splits_a_character() {
+        let text = "aé€".as_bytes().to_vec(); // 1 + 2 + 3 bytes
+        assert_eq!(utf8_window(text[..4].to_vec()), ("aé".to_owned(), 3));
+        assert_eq!(utf8_window(text.clone()), ("aé€".to_owned(), 6));
+        // A window too small for its first character still moves on.
+        assert_eq!(utf8_window(text[1..2].to_vec()).1, 1);
+        assert_eq!(
+            utf8_window(b"a\xffb".to_vec()),
+            ("a\u{fffd}b".to_owned(), 3)
+        );
+    }
+}

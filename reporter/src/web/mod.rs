@@ -1,0 +1,110 @@
+//! The web view: server-rendered pages of builds, steps, logs, changesets and builders, each with a
+//! JSON twin under `/api`. It only reads, through the [`Store`] trait, so it works on every store;
+//! `buildstore web` serves it alone and `buildstore serve --web` beside the socket feed.
+//!
+//! - [`params`]: query parameters, parsed strictly (a bad one is a 400 that names it).
+//! - [`view`]: documents → what a page shows (pure).
+//! - `pages`: the view as HTML; `routes`: the HTTP shell that reads the store.
+//! - `logs`: full logs, streamed.
+
+mod logs;
+mod pages;
+pub mod params;
+mod routes;
+pub mod view;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreError};
+
+pub use routes::router;
+
+/// Why a page could not be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the store could not be read: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<params::ParamError> for WebError {
+    fn from(e: params::ParamError) -> WebError {
+        WebError::BadRequest(e.0)
+    }
+}
+
+impl WebError {
+    fn status(&self) -> StatusCode {
+        match self {
+            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            // A store that is down is the server's trouble, and may pass: say so, and not "bug".
+            WebError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The error as an HTML page.
+    pub fn page(&self) -> Response {
+        if let WebError::Store(e) = self {
+            tracing::warn!(error = %e, "page failed");
+        }
+        let status = self.status();
+        let body = pages::error(status.as_u16(), &self.to_string());
+        with_safety_headers((status, body).into_response())
+    }
+
+    /// The error as the JSON twins give it: `{"error": "..."}`.
+    pub fn json(&self) -> Response {
+        if let WebError::Store(e) = self {
+            tracing::warn!(error = %e, "api request failed");
+        }
+        let body = serde_json::json!({ "error": self.to_string() });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Headers that keep a page inert even if some text slipped through unescaped: no scripts, no
+/// content sniffing, no framing. The pages need none of those. Style attributes are allowed:
+/// the step bars are placed with them, and they are only ever written by the pages themselves.
+fn with_safety_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Serves the pages on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    use axum::serve::ListenerExt;
+    // A page streamed in pieces would otherwise wait on the client's delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    if let Err(e) = axum::serve(listener, router(store))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "web server failed");
+    }
+}

@@ -1,0 +1,59 @@
+//! `/changesets`: commits of `repository`, newest first, against the builders that built them —
+//! a console view. Each cell holds that builder's builds of the commit.
+
+use maud::{html, Markup};
+
+use super::{badge, layout, maybe, when, Section};
+use crate::web::params::encode;
+use crate::web::view::ConsoleView;
+
+pub fn console(v: &ConsoleView, limit_param: Option<usize>) -> Markup {
+    let limit = limit_param
+        .map(|l| format!("&limit={l}"))
+        .unwrap_or_default();
+    layout(
+        "Changesets",
+        Section::Changesets,
+        "/api/changesets",
+        html! {
+            h1 { "Changesets" }
+            @if v.commits.is_empty() {
+                p.empty { "No commits with builds yet." }
+            } @else {
+                table.console {
+                    thead {
+                        tr {
+                            th { "Commit" } th { "Author" } th { "Date" }
+                            @for b in &v.builders { th.builder { (b) } }
+                        }
+                    }
+                    tbody {
+                        @for c in &v.commits {
+                            tr {
+                                td.commit {
+                                    a href={ "/?changeset=" (encode(&c.hash)) } {
+                                        code { (c.hash_abbrev.as_deref().unwrap_or(&c.hash)) }
+                                    }
+                                    " " (maybe(&c.subject))
+                                }
+                                td { (maybe(&c.author)) }
+                                td { @match &c.commiter_date { Some(t) => (when(t)), None => span.none { "—" } } }
+                                @for builder in &v.builders {
+                                    td.cell {
+                                        @for b in c.builds.iter().filter(|b| &b.builder == builder) {
+                                            a href=(b.url) title={ (b.builder) " #" (b.number) } { (badge(b.result)) }
+                                            " "
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(cursor) = &v.next {
+                p.pager { a rel="next" href={ "/changesets?before=" (encode(cursor)) (limit) } { "Older commits →" } }
+            }
+        },
+    )
+}

@@ -1,0 +1,261 @@
+use super::*;
+use buildstore_schema::{Ident, LogBytes};
+
+fn at(secs: i64) -> bson::DateTime {
+    bson::DateTime::from_millis(1_763_900_000_000 + secs * 1000)
+}
+
+fn build(id: &str, builder: &str, changeset: Option<&str>) -> BuildDoc {
+    BuildDoc {
+        id: id.into(),
+        builder: builder.into(),
+        number: 1,
+        changeset: changeset.map(Into::into),
+        time_start: at(0),
+        time_end: Some(at(100)),
+        result: Some(0),
+        slaves: vec!["w1".into()],
+        steps: vec![],
+        master_id: Ident::Str("m1".into()),
+        build_id: Ident::Int(1),
+        branch: Some("main".into()),
+        repository: Some("https://example.org/repo".into()),
+        codebase: None,
+        reason: None,
+        properties: BTreeMap::new(),
+        changes: vec![],
+    }
+}
+
+fn step(n: i64, start: i64, end: Option<i64>, result: Option<i32>) -> StepDoc {
+    StepDoc {
+        id: format!("m1/1/{n}"),
+        build: "m1/1".into(),
+        step: n,
+        name: format!("step {n}"),
+        time_start: at(start),
+        time_end: end.map(at),
+        result,
+        successful: result.map(|r| r == 0),
+        text: None,
+        stdout: "inline out".into(),
+        stderr: String::new(),
+        headers: String::new(),
+        log_truncated: false,
+        log_bytes: LogBytes {
+            stdout: 10,
+            ..LogBytes::default()
+        },
+    }
+}
+
+fn change(revision: &str) -> ChangeDoc {
+    ChangeDoc {
+        revision: Some(revision.into()),
+        author: Some("alice".into()),
+        comments: Some("fix".into()),
+        files: vec!["a.c".into()],
+        when: Some(at(-60)),
+        branch: None,
+        repository: None,
+    }
+}
+
+#[test]
+fn results_carry_buildbots_names_and_running_when_unfinished() {
+    let names: Vec<&str> = (0..=6).map(|c| Outcome::of(Some(c)).name).collect();
+    assert_eq!(names, &LEGEND[..7]);
+    assert_eq!(Outcome::of(None).name, "running");
+    assert_eq!(Outcome::of(Some(42)).name, "unknown");
+    assert!(Outcome::of(Some(2)).is_failure() && Outcome::of(Some(4)).is_failure());
+    assert!(!Outcome::of(Some(1)).is_failure() && !Outcome::of(None).is_failure());
+}
+
+#[test]
+fn the_platform_comes_from_the_property_then_the_builder_name() {
+    let mut props = BTreeMap::new();
+    assert_eq!(platform(&props, "Linux64-opt build"), "linux64");
+    assert_eq!(platform(&props, "fx-win32-debug"), "win32");
+    assert_eq!(platform(&props, "macosx64_nightly"), "macosx64");
+    assert_eq!(platform(&props, "windows"), "windows");
+    assert_eq!(platform(&props, "docs"), "unknown");
+    assert_eq!(platform(&props, "window-manager"), "unknown");
+    props.insert(
+        "platform".into(),
+        PropertyDoc {
+            value: Bson::String("android-arm".into()),
+            source: None,
+        },
+    );
+    assert_eq!(platform(&props, "linux64"), "android-arm");
+}
+
+#[test]
+fn builds_of_one_sourcestamp_share_a_row_with_their_changes_once() {
+    let mut a = build("m1/3", "linux", Some("abc"));
+    a.changes = vec![change("abc")];
+    let b = build("m1/2", "nightly", None);
+    let mut c = build("m1/1", "win32", Some("abc"));
+    c.changes = vec![change("abc")];
+    let rows = activity_rows(&[a, b, c]);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].sourcestamp.changeset.as_deref(), Some("abc"));
+    let builders: Vec<&str> = rows[0].builds.iter().map(|b| b.builder.as_str()).collect();
+    assert_eq!(builders, ["linux", "win32"]);
+    assert_eq!(rows[0].changes.len(), 1);
+    assert!(rows[1].sourcestamp.nightly);
+    assert!(rows[1].changes.is_empty());
+}
+
+#[test]
+fn a_full_page_has_a_cursor_at_its_last_build() {
+    let builds = [build("m1/2", "a", None), build("m1/1", "a", None)];
+    assert_eq!(
+        next_build_cursor(&builds, 2),
+        Some(BuildCursor {
+            time_start: at(0),
+            id: "m1/1".into()
+        })
+    );
+    assert_eq!(next_build_cursor(&builds, 3), None);
+}
+
+#[test]
+fn step_bars_show_where_in_the_build_each_step_ran() {
+    let b = build("m1/1", "linux", None);
+    let steps = [
+        step(0, 0, Some(10), Some(0)),
+        step(1, 10, Some(90), Some(2)),
+        step(2, 90, Some(100), Some(3)),
+    ];
+    let v = build_view(&b, None, &steps, false, at(1000));
+    let bars: Vec<(f64, f64)> = v
+        .steps
+        .iter()
+        .map(|s| (s.bar.offset_pct, s.bar.width_pct))
+        .collect();
+    assert_eq!(bars, [(0.0, 10.0), (10.0, 80.0), (90.0, 10.0)]);
+    assert_eq!(v.duration_ms, 100_000);
+    assert_eq!(v.steps[1].duration_ms, 80_000);
+    let failed: Vec<bool> = v.steps.iter().map(|s| s.failed).collect();
+    assert_eq!(failed, [false, true, false]);
+    assert_eq!(v.steps[0].logs[0].url, "/steps/m1/1/0/logs/stdout");
+    assert_eq!(v.steps[0].logs[0].inline, "inline out");
+}
+
+#[test]
+fn the_step_that_gave_a_bad_build_its_result_is_highlighted() {
+    let mut b = build("m1/1", "win32", None);
+    b.result = Some(1);
+    let steps = [
+        step(0, 0, Some(50), Some(0)),
+        step(1, 50, Some(60), Some(3)),
+        step(2, 60, Some(100), Some(1)),
+    ];
+    let v = build_view(&b, None, &steps, false, at(1000));
+    let failed: Vec<bool> = v.steps.iter().map(|s| s.failed).collect();
+    assert_eq!(failed, [false, false, true]);
+    b.result = Some(0);
+    let v = build_view(&b, None, &steps, false, at(1000));
+    assert!(v.steps.iter().all(|s| !s.failed), "a build that succeeded");
+}
+
+#[test]
+fn a_running_build_is_measured_until_now() {
+    let mut b = build("m1/1", "linux", None);
+    b.time_end = None;
+    b.result = None;
+    let steps = [step(0, 0, Some(20), Some(0)), step(1, 20, None, None)];
+    let v = build_view(&b, None, &steps, false, at(40));
+    assert_eq!(v.duration_ms, 40_000);
+    assert_eq!(v.steps[1].duration_ms, 20_000);
+    assert_eq!(v.steps[1].bar.offset_pct, 50.0);
+    assert_eq!(v.steps[1].result.name, "running");
+    assert_eq!(v.summary.result.name, "running");
+}
+
+#[test]
+fn bars_never_leave_the_track() {
+    let mut b = build("m1/1", "linux", None);
+    b.time_end = Some(at(10));
+    // A step clock ahead of the build's, and a build of zero length.
+    let v = build_view(&b, None, &[step(0, 5, Some(50), Some(0))], false, at(60));
+    assert_eq!(v.steps[0].bar.offset_pct, 50.0);
+    assert_eq!(v.steps[0].bar.width_pct, 50.0);
+    b.time_end = Some(at(0));
+    let v = build_view(&b, None, &[step(0, 0, Some(0), Some(0))], false, at(60));
+    assert_eq!(v.steps[0].bar.width_pct, 0.0);
+}
+
+#[test]
+fn the_console_has_a_column_per_builder_and_a_cursor_when_full() {
+    let entry = |builder: &str, result| RepoBuildEntry {
+        build: format!("m1/{builder}"),
+        builder: builder.into(),
+        number: 1,
+        result: Some(result),
+        time_start: at(0),
+        time_end: Some(at(1)),
+    };
+    let commit = |id: &str, builds| CommitDoc {
+        id: id.into(),
+        hash: Some(id.into()),
+        hash_abbrev: None,
+        subject: Some("s".into()),
+        author_name: None,
+        author_email: None,
+        author_date: None,
+        commiter_name: None,
+        commiter_email: None,
+        commiter_date: Some(at(0)),
+        repository_uri: None,
+        builds,
+    };
+    let commits = [
+        commit("b", vec![entry("win", 2)]),
+        commit("a", vec![entry("linux", 0), entry("win", 0)]),
+    ];
+    let v = console(&commits, 2);
+    assert_eq!(v.builders, ["linux", "win"]);
+    assert_eq!(v.commits[0].builds[0].result.name, "failure");
+    assert_eq!(v.next.as_deref(), Some("1763900000000:a"));
+    assert_eq!(console(&commits, 3).next, None);
+}
+
+#[test]
+fn builders_are_grouped_by_master() {
+    let builder = |master: &str, name: &str| BuilderDoc {
+        id: format!("{master}/{name}"),
+        name: name.into(),
+        master_id: Ident::Str(master.into()),
+        status: "idle".into(),
+        category: None,
+        tags: vec![],
+        slaves: vec![],
+    };
+    let v = builders_view(
+        vec![
+            (builder("m1", "a"), vec![build("m1/1", "a", None)]),
+            (builder("m1", "b"), vec![]),
+            (builder("m2", "a"), vec![]),
+        ],
+        3,
+    );
+    let shape: Vec<(String, usize)> = v
+        .masters
+        .iter()
+        .map(|m| (m.master.clone(), m.builders.len()))
+        .collect();
+    assert_eq!(shape, [("m1".to_owned(), 2), ("m2".to_owned(), 1)]);
+    assert_eq!(v.masters[0].builders[0].last_builds.len(), 1);
+    assert_eq!(v.masters[0].builders[0].url, "/?master=m1&builder=a");
+    assert_eq!(v.next.as_deref(), Some("m2/a"));
+}
+
+#[test]
+fn durations_read_like_a_person_would_say_them() {
+    assert_eq!(human_duration(850), "850 ms");
+    assert_eq!(human_duration(42_000), "42 s");
+    assert_eq!(human_duration(185_000), "3 min 05 s");
+    assert_eq!(human_duration(7_620_000), "2 h 07 min");
+}

@@ -1,0 +1,376 @@
+//! The web view over HTTP, on the real binary: every page and its JSON twin on both stores,
+//! filters and paging, errors, escaping, big logs, and how soon the pages show new events.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::daemon::{exchange, free_port, Daemon};
+use common::mongo::fresh_database;
+use common::web::{get, hostile_stream, WebServer};
+use common::*;
+use serde_json::{json, Value};
+
+/// A store holding every example stream.
+fn examples_store(db: &Db) {
+    for file in example_files() {
+        db.ingest_ok(&file);
+    }
+}
+
+fn stores() -> Vec<(&'static str, Db)> {
+    vec![
+        ("sqlite", Db::new()),
+        ("mongodb", Db::at(fresh_database("web"))),
+    ]
+}
+
+/// Every build `_id` the activity pages list, following `next` with pages of `limit`.
+fn all_build_ids(web: &WebServer, filters: &str, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut path = format!("/api?limit={limit}{filters}");
+        if let Some(b) = &before {
+            path.push_str(&format!("&before={}", urlencode(b)));
+        }
+        let page = web.json(&path);
+        for row in page["rows"].as_array().expect("rows") {
+            for b in row["builds"].as_array().expect("builds") {
+                ids.push(b["id"].as_str().expect("id").to_owned());
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Build ids in the store, newest first, as `export` sees them.
+fn exported_build_ids(db: &Db) -> Vec<String> {
+    let mut builds = db.export("builds");
+    builds.sort_by(|a, b| {
+        let t = |d: &Value| d["time_start"]["$date"].as_str().unwrap_or("").to_owned();
+        t(b).cmp(&t(a))
+            .then_with(|| b["_id"].as_str().cmp(&a["_id"].as_str()))
+    });
+    builds
+        .iter()
+        .map(|b| b["_id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[test]
+fn every_page_and_its_json_twin_answer_with_the_same_data_on_both_stores() {
+    let mut twins: Vec<Vec<Value>> = Vec::new();
+    for (name, db) in stores() {
+        examples_store(&db);
+        let web = WebServer::start(&db);
+        let build = "bm03/18391";
+        let step = "bm03/18391/3";
+        for path in ["/", "/changesets", "/builders", "/builds/bm03/18391"] {
+            let html = web.html(path);
+            assert!(
+                html.contains("class=\"legend\""),
+                "{name} {path}: no legend"
+            );
+        }
+        // The failed build: its failed step is marked, its log linked, its facts shown.
+        let page = web.html(&format!("/builds/{build}"));
+        assert!(page.contains("libtessel-win64-debug"), "{name}");
+        assert!(
+            page.contains("class=\"step result-warnings failed\""),
+            "{name}: the test step that made the build warn"
+        );
+        let failing = web.html("/builds/bm04/88102");
+        assert!(
+            failing.contains("class=\"step result-failure failed\""),
+            "{name}: the failed compile"
+        );
+        assert!(
+            page.contains(&format!("href=\"/steps/{step}/logs/stdout\"")),
+            "{name}"
+        );
+        assert!(page.contains("win64"), "{name}: platform from the property");
+        let log = web.get(&format!("/steps/{step}/logs/stdout"));
+        assert_eq!(log.status, 200);
+        assert_eq!(log.content_type, "text/plain; charset=utf-8");
+        assert_eq!(
+            log.body,
+            db.log(step, "stdout").stdout,
+            "{name}: the full log"
+        );
+        let window = web.json(&format!("/api/steps/{step}/logs/stdout?limit=100"));
+        assert_eq!(window["offset"], 0);
+        assert_eq!(window["next_offset"], 100);
+        assert_eq!(
+            window["length"].as_u64(),
+            Some(log.body.len() as u64),
+            "{name}"
+        );
+        twins.push(
+            [
+                "/api",
+                &format!("/api/builds/{build}"),
+                "/api/changesets",
+                "/api/builders",
+            ]
+            .iter()
+            .map(|p| web.json(p))
+            .collect(),
+        );
+    }
+    assert_eq!(twins[0], twins[1], "the JSON twins differ between stores");
+    let [activity, build, console, builders] = &twins[0][..] else {
+        unreachable!()
+    };
+    assert_eq!(build["result"]["name"], "warnings");
+    let failed: Vec<&Value> = build["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["failed"] == true)
+        .collect();
+    assert_eq!(failed.len(), 1, "one failed step");
+    assert!(activity["rows"].as_array().unwrap().len() >= 5);
+    assert!(!console["commits"].as_array().unwrap().is_empty());
+    assert!(!builders["masters"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn filters_narrow_the_view_and_paging_visits_every_build_once() {
+    for (name, db) in stores() {
+        examples_store(&db);
+        let web = WebServer::start(&db);
+        let everything = exported_build_ids(&db);
+        assert_eq!(all_build_ids(&web, "", 2), everything, "{name}: pages of 2");
+        assert_eq!(all_build_ids(&web, "", 500), everything, "{name}: one page");
+        let builds = db.export("builds");
+        let expect = |keep: &dyn Fn(&Value) -> bool| -> Vec<String> {
+            everything
+                .iter()
+                .filter(|id| keep(builds.iter().find(|b| b["_id"] == **id).unwrap()))
+                .cloned()
+                .collect()
+        };
+        let failed = expect(&|b| b["result"] == 2);
+        assert!(!failed.is_empty());
+        assert_eq!(all_build_ids(&web, "&result=failure", 3), failed, "{name}");
+        assert_eq!(all_build_ids(&web, "&result=2", 3), failed, "{name}");
+        let running = expect(&|b| b["result"].is_null());
+        assert_eq!(all_build_ids(&web, "&result=running", 3), running, "{name}");
+        let bm03 = expect(&|b| b["master_id"] == "bm03");
+        assert!(!bm03.is_empty());
+        assert_eq!(all_build_ids(&web, "&master=bm03", 3), bm03, "{name}");
+        let linux = expect(&|b| b["builder"] == "libtessel-linux64-opt");
+        assert!(!linux.is_empty());
+        assert_eq!(
+            all_build_ids(&web, "&builder=libtessel-linux64-opt", 1),
+            linux,
+            "{name}"
+        );
+        let main = expect(&|b| b["branch"] == "main");
+        assert_eq!(all_build_ids(&web, "&branch=main", 4), main, "{name}");
+        let later =
+            expect(&|b| b["time_start"]["$date"].as_str().unwrap_or("") >= "2026-03-13T00:00:00Z");
+        assert!(!later.is_empty() && later.len() < everything.len());
+        assert_eq!(all_build_ids(&web, "&since=2026-03-13", 4), later, "{name}");
+        let earlier: Vec<String> =
+            expect(&|b| !later.contains(&b["_id"].as_str().unwrap().to_owned()));
+        assert_eq!(
+            all_build_ids(&web, "&until=2026-03-13", 4),
+            earlier,
+            "{name}"
+        );
+        // Two filters at once, and the page's links: each chip widens back.
+        let html = web.html("/?result=failure&master=bm03");
+        assert!(
+            html.contains("href=\"?master=bm03\""),
+            "{name}: drop result"
+        );
+        assert!(
+            html.contains("href=\"?result=failure\""),
+            "{name}: drop master"
+        );
+    }
+}
+
+#[test]
+fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
+    let db = Db::new();
+    examples_store(&db);
+    let web = WebServer::start(&db);
+    let cases = [
+        ("/?bulder=x", 400, "unknown parameter \"bulder\""),
+        (
+            "/?limit=0",
+            400,
+            "limit must be a whole number from 1 to 500",
+        ),
+        ("/?result=broken", 400, "result must be one of"),
+        ("/?since=yesterday", 400, "since must be a date"),
+        ("/?before=garbage", 400, "not a cursor"),
+        ("/?builder=a&builder=b", 400, "given twice"),
+        ("/changesets?before=x", 400, "not a cursor"),
+        ("/builders?limit=x", 400, "limit must be"),
+        ("/builds/bm03/18391?x=1", 400, "unknown parameter \"x\""),
+        ("/builds/nope/1", 404, "there is no build \"nope/1\""),
+        ("/steps/bm03/18391/3/logs/stdin", 404, "not a log channel"),
+        ("/steps/bm03/18391/99/logs/stdout", 404, "there is no step"),
+        ("/no/such/page", 404, "there is no page"),
+    ];
+    for (path, status, message) in cases {
+        let page = web.get(path);
+        assert_eq!(page.status, status, "{path}");
+        assert_eq!(page.content_type, "text/html; charset=utf-8", "{path}");
+        let escaped = message.replace('"', "&quot;");
+        assert!(page.text().contains(&escaped), "{path}: {}", page.text());
+        let api = if path.starts_with("/?") {
+            format!("/api{}", &path[1..])
+        } else {
+            format!("/api{path}")
+        };
+        let answer = web.get(&api);
+        assert_eq!(answer.status, status, "{api}");
+        let error = answer.json()["error"].as_str().unwrap_or("").to_owned();
+        assert!(error.contains(message), "{api}: {error}");
+    }
+    let window = web.get("/api/steps/bm03/18391/3/logs/stdout?limit=0");
+    assert_eq!(window.status, 400);
+}
+
+#[test]
+fn text_from_events_is_escaped_on_every_page() {
+    let db = Db::new();
+    let out = db.ingest_text(&hostile_stream(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let web = WebServer::start(&db);
+    let build = web.json("/api")["rows"][0]["builds"][0]["url"]
+        .as_str()
+        .expect("the build is listed")
+        .to_owned();
+    let step = web.json(&format!("/api{build}"))["steps"][0]["logs"][0]["url"]
+        .as_str()
+        .expect("the log is linked")
+        .to_owned();
+    for path in ["/", "/changesets", "/builders", build.as_str()] {
+        let page = web.get(path);
+        assert_eq!(page.status, 200, "{path}");
+        let html = page.text();
+        assert!(
+            !html.contains("<script"),
+            "{path}: a script element got through"
+        );
+        assert!(!html.contains("<img"), "{path}: an img element got through");
+        assert!(
+            html.contains("&lt;script&gt;"),
+            "{path}: the text is still shown"
+        );
+        assert!(
+            page.header("content-security-policy")
+                .is_some_and(|c| c.contains("default-src 'none'")),
+            "{path}: no CSP"
+        );
+    }
+    // The log is plain text, never sniffed as HTML.
+    let log = web.get(&step);
+    assert_eq!(log.content_type, "text/plain; charset=utf-8");
+    assert_eq!(log.header("x-content-type-options"), Some("nosniff"));
+}
+
+#[test]
+fn a_log_over_16_mib_streams_whole_on_both_stores() {
+    let line = "0123456789abcdef".repeat(63) + "\n"; // 1 KiB
+    let chunk = line.repeat(512); // 512 KiB
+    let chunks = 34; // 17 MiB
+    let mut stream = String::new();
+    stream += &format!(
+        "{}\n",
+        json!({"type":"build_started","master_id":"big","time":"2026-11-20T10:00:00Z","builder":"linux64","build_id":1,"number":1})
+    );
+    stream += &format!(
+        "{}\n",
+        json!({"type":"step_started","master_id":"big","time":"2026-11-20T10:00:01Z","build_id":1,"step":0,"name":"compile"})
+    );
+    for i in 0..chunks {
+        stream += &format!(
+            "{}\n",
+            json!({"type":"log","master_id":"big","build_id":1,"step":0,"channel":"stdout","offset":i * chunk.len(),"text":chunk})
+        );
+    }
+    for (name, db) in stores() {
+        let out = db.ingest_text(&stream, &[]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let web = WebServer::start(&db);
+        let log = web.get("/steps/big/1/0/logs/stdout");
+        assert_eq!(log.status, 200);
+        assert_eq!(log.body.len(), chunks * chunk.len(), "{name}");
+        assert!(
+            log.body.chunks(chunk.len()).all(|c| c == chunk.as_bytes()),
+            "{name}"
+        );
+        let last = web.json(&format!(
+            "/api/steps/big/1/0/logs/stdout?offset={}",
+            chunks * chunk.len() - 10
+        ));
+        assert_eq!(last["text"], &line[line.len() - 10..], "{name}");
+        assert_eq!(last["next_offset"], Value::Null);
+    }
+}
+
+#[test]
+fn serve_with_web_shows_an_event_within_a_second_of_its_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let web_port = free_port();
+    let daemon = Daemon::start(
+        dir.path(),
+        port,
+        &["--web", &format!("127.0.0.1:{web_port}")],
+    );
+    let base = WebServer::at(web_port);
+    assert_eq!(get(&format!("{base}/builds/m1/1")).status, 404);
+    let started = json!({"type":"build_started","master_id":"m1","builder":"linux64","build_id":1,"number":7,"time":"2026-11-20T10:00:00Z"}).to_string();
+    let finished = json!({"type":"build_finished","master_id":"m1","build_id":1,"result":2,"time":"2026-11-20T10:01:00Z"}).to_string();
+    for (line, expect) in [(&started, "running"), (&finished, "failure")] {
+        let replies = exchange(port, &[line]);
+        assert!(replies[0].get("ack").is_some(), "{replies:?}");
+        let acked = Instant::now();
+        loop {
+            let page = get(&format!("{base}/api/builds/m1/1"));
+            if page.status == 200 && page.json()["result"]["name"] == expect {
+                break;
+            }
+            assert!(
+                acked.elapsed() < Duration::from_secs(1),
+                "the page did not show {expect:?} within a second of the ack"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn web_refuses_a_store_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::at(format!("sqlite:{}", dir.path().join("typo.db").display()));
+    let out = db
+        .cmd()
+        .args(["web", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no store at"), "{}", stderr(&out));
+    assert!(!dir.path().join("typo.db").exists());
+}
