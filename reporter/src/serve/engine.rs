@@ -35,7 +35,7 @@ impl Engine {
         grace: Duration,
     ) -> Result<Engine, SpoolError> {
         let spool = Spool::open(dir)?;
-        let held = Arc::new(AtomicU64::new(spool.depth()?.bytes));
+        let held = Arc::new(AtomicU64::new(spool.depth().bytes));
         let (appender, writer) = Appender::start(spool.clone(), Arc::clone(&held), spool_max);
         let counters = Arc::new(DrainCounters::default());
         let (stop, stopped) = watch::channel(false);

@@ -109,7 +109,7 @@ impl Metrics {
             get(&s.connections_total),
         );
         self.render_connections(&mut out);
-        let depth = self.spool.depth().unwrap_or_default();
+        let depth = self.spool.depth();
         metric(
             &mut out,
             "spool_events",

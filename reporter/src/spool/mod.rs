@@ -11,6 +11,7 @@
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -55,6 +56,10 @@ pub struct Depth {
 pub struct Spool {
     path: String,
     conn: Arc<Mutex<Connection>>,
+    /// What the spool holds, counted once at open and then kept with every append and release,
+    /// so that a metrics scrape does not scan a spool that may hold a gigabyte.
+    events: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
 }
 
 impl Spool {
@@ -80,9 +85,20 @@ impl Spool {
             "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);",
         )
         .map_err(err)?;
+        let (events, bytes): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT count(*), sum(length(CAST(line AS BLOB))) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(err)?;
         Ok(Spool {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            events: Arc::new(AtomicU64::new(u64::try_from(events).unwrap_or(0))),
+            bytes: Arc::new(AtomicU64::new(
+                bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
+            )),
         })
     }
 
@@ -113,6 +129,9 @@ impl Spool {
             }
         }
         tx.commit().map_err(self.err())?;
+        self.events.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        let added: usize = lines.iter().map(String::len).sum();
+        self.bytes.fetch_add(added as u64, Ordering::Relaxed);
         Ok(ids)
     }
 
@@ -146,26 +165,22 @@ impl Spool {
                 |r| r.get(0),
             )
             .map_err(self.err())?;
-        tx.execute("DELETE FROM events WHERE id <= ?1", [id])
+        let deleted = tx
+            .execute("DELETE FROM events WHERE id <= ?1", [id])
             .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
-        Ok(bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0))
+        let bytes = bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0);
+        self.events.fetch_sub(deleted as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Ok(bytes)
     }
 
     /// Events and bytes waiting.
-    pub fn depth(&self) -> Result<Depth, SpoolError> {
-        let conn = self.lock();
-        let (events, bytes): (i64, Option<i64>) = conn
-            .query_row(
-                "SELECT count(*), sum(length(CAST(line AS BLOB))) FROM events",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(self.err())?;
-        Ok(Depth {
-            events: u64::try_from(events).unwrap_or(0),
-            bytes: bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
-        })
+    pub fn depth(&self) -> Depth {
+        Depth {
+            events: self.events.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// The id of the oldest waiting event, if any.

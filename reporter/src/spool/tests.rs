@@ -24,7 +24,7 @@ fn events_come_out_in_order_and_survive_reopening() {
         lines(5)
     );
     assert_eq!(
-        spool.depth().unwrap(),
+        spool.depth(),
         Depth {
             events: 5,
             bytes: lines(5).iter().map(|l| l.len() as u64).sum()
@@ -70,7 +70,7 @@ async fn many_concurrent_appends_are_all_durable_with_distinct_ids() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 500);
-    assert_eq!(spool.depth().unwrap().events, 500);
+    assert_eq!(spool.depth().events, 500);
 }
 
 #[tokio::test]
@@ -94,11 +94,24 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
     );
     assert!(err.to_string().contains("the spool is full"));
     assert_eq!(
-        spool.depth().unwrap().events,
+        spool.depth().events,
         2,
         "the refused line is not in the spool"
     );
     let first = spool.oldest().unwrap().unwrap();
     held.fetch_sub(spool.release(first).unwrap(), Ordering::Relaxed);
     appender.append("0123456789".into()).await.unwrap();
+}
+
+#[test]
+fn the_depth_kept_while_running_equals_what_a_reopened_spool_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let ids = spool.append(&lines(10)).unwrap();
+    spool.append(&["é".repeat(100)]).unwrap();
+    spool.release(ids[3]).unwrap();
+    let kept = spool.depth();
+    assert_eq!(kept.events, 7);
+    drop(spool);
+    assert_eq!(Spool::open(dir.path()).unwrap().depth(), kept);
 }
