@@ -40,6 +40,10 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 
 import id_lookup  # noqa: F401  (importing it installs the _id lookup)
+from replies import CommandError, classify, error_doc, not_implemented
+from statements import (collection_options, create_index, index_doc, insert_document,
+                        is_replacement, run_statements, update_statement, uses_positional,
+                        with_write_errors)
 from wire import (MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS, frame, parse_op_msg,
                   parse_op_query, recv_exact)
 
@@ -59,82 +63,8 @@ WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify", "createIndexes"
                   "collMod", "drop", "dropDatabase"}
 # Not counted, so that reading the counters does not change them.
 STATS_COMMANDS = {"buildstorePeerStats", "buildstorePeerReset"}
-CODE_NAMES = {
-    1: "InternalError", 2: "BadValue", 9: "FailedToParse", 26: "NamespaceNotFound",
-    43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound", 73: "InvalidNamespace",
-    238: "NotImplemented", 352: "UnsupportedOpQueryCommand", 11000: "DuplicateKey",
-}
-# Options of `create`/`collMod` that are only stored and given back. Any other option changes
-# what a collection does (capped, views, time series, ...) and mongomock has none of that.
-STORED_OPTIONS = ("validator", "validationLevel", "validationAction", "storageEngine",
-                  "indexOptionDefaults", "comment")
-# Fields of a command that say how to run it rather than what to do; never options.
-GENERIC_FIELDS = {"$db", "lsid", "txnNumber", "$clusterTime", "$readPreference", "apiVersion",
-                  "apiStrict", "apiDeprecationErrors", "writeConcern", "readConcern", "maxTimeMS",
-                  "comment", "autocommit", "startTransaction"}
 
 _connection_ids = itertools.count(1)
-
-
-class CommandError(Exception):
-    """A failure the peer reports itself, with MongoDB's code for it."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-
-
-def not_implemented(body, command, *fields):
-    """Refuses fields that mongomock would silently ignore: better an error than a wrong answer."""
-    for field in fields:
-        if body.get(field):
-            raise NotImplementedError(f"mongomock does not implement '{field}' for {command}")
-
-
-def classify(exc):
-    """MongoDB's code and message for an exception raised while running a command."""
-    if isinstance(exc, CommandError):
-        return exc.code, str(exc)
-    if isinstance(exc, NotImplementedError):
-        return 238, f"not implemented by mongomock: {exc}"
-    if isinstance(exc, pymongo.errors.OperationFailure):
-        return exc.code or 2, str(exc)
-    if isinstance(exc, pymongo.errors.InvalidName):
-        return 73, str(exc)
-    if isinstance(exc, (pymongo.errors.PyMongoError, BSONError, ValueError, TypeError)):
-        return 2, f"{type(exc).__name__}: {exc}"
-    return 1, f"peer error: {type(exc).__name__}: {exc}"
-
-
-def error_doc(code, message):
-    doc = {"ok": 0.0, "errmsg": message, "code": code}
-    if code in CODE_NAMES:
-        doc["codeName"] = CODE_NAMES[code]
-    return doc
-
-
-def write_error(index, exc):
-    """An entry of writeErrors: {index, code, codeName, errmsg}."""
-    code, message = classify(exc)
-    entry = {"index": index, "code": code}
-    if code in CODE_NAMES:
-        entry["codeName"] = CODE_NAMES[code]
-    entry["errmsg"] = message
-    return entry
-
-
-def show_value(value):
-    """A key value as MongoDB writes it in messages: strings quoted, ObjectId('...')."""
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def duplicate_key_error(coll, ns, doc_id):
-    """MongoDB's E11000 message; mongomock says only 'Duplicate Key Error', not which index."""
-    if doc_id is not None and coll.find_one({"_id": doc_id}, {"_id": 1}) is not None:
-        where = f"index: _id_ dup key: {{ _id: {show_value(doc_id)} }}"
-    else:
-        where = "index: (a unique index; mongomock does not say which)"
-    return CommandError(11000, f"E11000 duplicate key error collection: {ns} {where}")
 
 
 def sort_spec(sort):
@@ -561,88 +491,6 @@ def take_batch(docs, size):
         batch.append(RawBSONDocument(raw))  # encoded once, copied as is into the reply
         total += len(raw)
     return batch
-
-
-def run_statements(body, field, run):
-    """Runs the statements of a write command one by one: (index, result) of those that
-    succeeded, and writeErrors for the others. Ordered (the default) stops at the first error."""
-    done, errors = [], []
-    for index, stmt in enumerate(body.get(field, [])):
-        try:
-            done.append((index, run(stmt)))
-        except Exception as exc:
-            errors.append(write_error(index, exc))
-            if body.get("ordered", True):
-                break
-    return done, errors
-
-
-def with_write_errors(reply, errors):
-    if errors:
-        reply["writeErrors"] = errors
-    reply["ok"] = 1.0  # as MongoDB: write errors do not fail the command
-    return reply
-
-
-def is_replacement(update):
-    """As MongoDB decides: a document whose first field is not an operator replaces the match;
-    an operator document or a pipeline (a list) updates it."""
-    return isinstance(update, dict) and not next(iter(update), "").startswith("$")
-
-
-def uses_positional(update):
-    """Whether an operator update has a path with a `$` part (like `builds.$.v`)."""
-    return isinstance(update, dict) and any(
-        "$" in field.split(".") for fields in update.values() if isinstance(fields, dict)
-        for field in fields)
-
-
-def insert_document(coll, ns, doc):
-    try:
-        coll.insert_one(doc)
-    except pymongo.errors.DuplicateKeyError:
-        raise duplicate_key_error(coll, ns, doc.get("_id")) from None
-
-
-def update_statement(coll, ns, stmt):
-    """Runs one statement of an `update` command with mongomock; returns its raw result."""
-    query, update = stmt.get("q", {}), stmt.get("u")
-    upsert, multi = bool(stmt.get("upsert")), bool(stmt.get("multi"))
-    try:
-        if is_replacement(update):
-            if multi:
-                raise CommandError(9, "multi update is not supported for replacement-style update")
-            not_implemented(stmt, "a replacement", "collation", "arrayFilters")
-            result = coll.replace_one(query, update, upsert=upsert, hint=stmt.get("hint"))
-        else:
-            run = coll.update_many if multi else coll.update_one
-            result = run(query, update, upsert=upsert, array_filters=stmt.get("arrayFilters"),
-                         collation=stmt.get("collation"), hint=stmt.get("hint"))
-    except pymongo.errors.DuplicateKeyError:
-        raise duplicate_key_error(coll, ns, None) from None
-    return result.raw_result  # {n (matched or upserted), nModified, upserted (an _id or None)}
-
-
-def create_index(coll, spec):
-    options = {k: spec[k] for k in ("unique", "sparse", "expireAfterSeconds",
-                                    "partialFilterExpression") if k in spec}
-    coll.create_index(list(spec["key"].items()), name=spec.get("name"), **options)
-
-
-def index_doc(name, info):
-    """An index as listIndexes gives it: {v, key, name, ...}."""
-    doc = {"v": 2, "key": dict(info["key"]), "name": name}
-    doc.update((k, v) for k, v in info.items() if k not in ("v", "key", "name"))
-    return doc
-
-
-def collection_options(body, command):
-    options = {k: v for k, v in body.items() if k != command and k not in GENERIC_FIELDS}
-    unsupported = [k for k in options if k not in STORED_OPTIONS]
-    if unsupported:
-        raise NotImplementedError(f"{command} option(s) {unsupported}: mongomock has no such "
-                                  "collections (only validator options are kept, not enforced)")
-    return options
 
 
 COMMANDS = {
