@@ -228,6 +228,17 @@ fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
         ("/steps/bm03/18391/3/logs/stdin", 404, "not a log channel"),
         ("/steps/bm03/18391/99/logs/stdout", 404, "there is no step"),
         ("/no/such/page", 404, "there is no page"),
+        (
+            "/builders?limit=101",
+            400,
+            "limit must be a whole number from 1 to 100",
+        ),
+        ("/builds/%FF", 400, "the path is not understood"),
+        (
+            "/builds/bm03/18391?x=1",
+            400,
+            "this page takes no parameters",
+        ),
     ];
     for (path, status, message) in cases {
         let page = web.get(path);
@@ -245,8 +256,10 @@ fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
         let error = answer.json()["error"].as_str().unwrap_or("").to_owned();
         assert!(error.contains(message), "{api}: {error}");
     }
-    let window = web.get("/api/steps/bm03/18391/3/logs/stdout?limit=0");
-    assert_eq!(window.status, 400);
+    for bad in ["limit=0", "offset=18446744073709551615"] {
+        let window = web.get(&format!("/api/steps/bm03/18391/3/logs/stdout?{bad}"));
+        assert_eq!(window.status, 400, "{bad}");
+    }
 }
 
 #[test]
@@ -373,4 +386,84 @@ fn web_refuses_a_store_that_does_not_exist() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no store at"), "{}", stderr(&out));
     assert!(!dir.path().join("typo.db").exists());
+}
+
+#[test]
+fn a_slow_reader_of_a_big_log_does_not_hold_up_the_daemons_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let web_port = free_port();
+    let daemon = Daemon::start(
+        dir.path(),
+        port,
+        &["--web", &format!("127.0.0.1:{web_port}")],
+    );
+    let chunk = "x".repeat(511) + "\n";
+    let chunk = chunk.repeat(1024); // 512 KiB
+    let mut lines = vec![
+        json!({"type":"build_started","master_id":"m1","builder":"linux64","build_id":1,"number":1}).to_string(),
+        json!({"type":"step_started","master_id":"m1","build_id":1,"step":0,"name":"test"}).to_string(),
+    ];
+    for i in 0..16 {
+        lines.push(
+            json!({"type":"log","master_id":"m1","build_id":1,"step":0,"channel":"stdout",
+                          "offset": i * chunk.len(),"text":chunk})
+            .to_string(),
+        );
+    }
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert!(exchange(port, &refs).iter().all(|r| r.get("ack").is_some()));
+    let base = WebServer::at(web_port);
+    let applied = Instant::now();
+    while get(&format!("{base}/api/steps/m1/1/0/logs/stdout?limit=1")).json()["length"]
+        != 16 * chunk.len()
+    {
+        assert!(
+            applied.elapsed() < Duration::from_secs(10),
+            "the log was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A client that asks for the 8 MiB log and reads almost nothing of it.
+    let mut reader = std::net::TcpStream::connect(("127.0.0.1", web_port)).expect("connect");
+    use std::io::{Read, Write};
+    write!(
+        reader,
+        "GET /steps/m1/1/0/logs/stdout HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .expect("send");
+    let mut first = [0u8; 1024];
+    reader.read_exact(&mut first).expect("the log starts");
+    let stopping = Instant::now();
+    assert!(daemon.stop().success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "the stop waited {:?} for the reader",
+        stopping.elapsed()
+    );
+    drop(reader);
+}
+
+#[test]
+fn ids_with_any_characters_are_linked_and_found_again() {
+    let db = Db::new();
+    let build = json!({"type":"build_started","master_id":"m 1","builder":"linux64",
+                       "build_id":"a#b?c%d/é","number":1,"time":"2026-11-20T10:00:00Z"});
+    let step = json!({"type":"step_started","master_id":"m 1","build_id":"a#b?c%d/é","step":0,
+                      "name":"test","time":"2026-11-20T10:00:01Z"});
+    let log = json!({"type":"log","master_id":"m 1","build_id":"a#b?c%d/é","step":0,
+                     "channel":"stdout","offset":0,"text":"ok\n"});
+    let out = db.ingest_text(&format!("{build}\n{step}\n{log}\n"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let web = WebServer::start(&db);
+    let listed = &web.json("/api?master=m%201")["rows"][0]["builds"][0];
+    assert_eq!(listed["id"], "m 1/a#b?c%d/é");
+    let url = listed["url"].as_str().expect("url");
+    assert_eq!(url, "/builds/m%201/a%23b%3Fc%25d/%C3%A9");
+    assert!(web.html(url).contains("linux64"));
+    let page = web.json(&format!("/api{url}"));
+    let log_url = page["steps"][0]["logs"][0]["url"]
+        .as_str()
+        .expect("log url");
+    assert_eq!(web.get(log_url).body, b"ok\n");
 }

@@ -91,7 +91,7 @@ fn main() {
         });
         eprintln!("ingested in {:.1} s", start.elapsed().as_secs_f64());
     }
-    let (sample, sample_start) = runtime.block_on(async {
+    let (sample, sample_start, sample_changeset) = runtime.block_on(async {
         let latest = store
             .find_builds(&store::BuildQuery {
                 limit: 1,
@@ -106,6 +106,10 @@ fn main() {
                 .get_datetime("time_start")
                 .expect("a start")
                 .to_chrono(),
+            build
+                .get_str("changeset")
+                .unwrap_or("FETCH_HEAD")
+                .to_owned(),
         )
     });
     // The last half hour of builds: a window that holds some thousands of them.
@@ -144,6 +148,8 @@ fn main() {
         "/?builder=docs",
         "/?master=m1&result=failure",
         "/?branch=main&limit=200",
+        // Two filters, one of them narrow: the narrow one's index must be the one walked.
+        &format!("/?changeset={sample_changeset}&branch=main"),
         &window,
         &format!("/builds/{sample}"),
         &format!("/api/builds/{sample}"),

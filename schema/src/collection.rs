@@ -74,8 +74,8 @@ pub const INDEXES: &[IndexSpec] = &[
     },
     IndexSpec {
         collection: Collection::Builds,
-        name: "changeset",
-        keys: &[("changeset", 1)],
+        name: "changeset_time",
+        keys: &[("changeset", 1), ("time_start", -1), ("_id", -1)],
     },
     IndexSpec {
         collection: Collection::Builds,

@@ -77,6 +77,12 @@ pub struct BuildQuery {
     pub limit: usize,
 }
 
+/// The integer a master id given as text stands for, if it is one. Only the text an integer id
+/// prints as (the form it takes inside `_id`s) counts: "07" names no integer master.
+fn integer_master(text: &str) -> Option<i64> {
+    text.parse::<i64>().ok().filter(|n| n.to_string() == text)
+}
+
 /// A result to filter builds by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultFilter {

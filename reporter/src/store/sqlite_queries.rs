@@ -8,7 +8,9 @@ use buildstore_schema::Collection;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
-use super::super::{BuildQuery, CommitCursor, CommitQuery, ResultFilter, StoreError};
+use super::super::{
+    integer_master, BuildQuery, CommitCursor, CommitQuery, ResultFilter, StoreError,
+};
 use super::decode;
 
 /// A `SELECT _id, doc ...` and its parameters, in the order of its `?`s.
@@ -86,12 +88,6 @@ impl Filters {
     }
 }
 
-/// The integer a master id given as text stands for, if it is one. Only the text an integer id
-/// prints as (the form it takes inside `_id`s) counts: "07" names no integer master.
-fn integer_master(text: &str) -> Option<i64> {
-    text.parse::<i64>().ok().filter(|n| n.to_string() == text)
-}
-
 fn text(s: &str) -> SqlValue {
     SqlValue::Text(s.to_owned())
 }
@@ -123,12 +119,14 @@ pub(super) fn builds(q: &BuildQuery) -> Select {
             f
         })
         .collect();
-    Select::new(
-        "builds",
-        branches,
-        &["time_start DESC", "_id DESC"],
-        q.limit,
-    )
+    // A changeset names a handful of builds, but SQLite, without statistics, may walk the index
+    // of another filter instead (all builds of a branch, say): tell it.
+    let table = if q.changeset.is_some() {
+        "builds INDEXED BY builds_changeset_time"
+    } else {
+        "builds"
+    };
+    Select::new(table, branches, &["time_start DESC", "_id DESC"], q.limit)
 }
 
 /// Every condition of `q` but its master.

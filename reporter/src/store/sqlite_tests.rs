@@ -309,6 +309,13 @@ async fn listing_reads_walk_an_index_in_order_instead_of_sorting_what_they_match
             builds(|q| q.branch = Some("main".into())),
         ),
         (
+            "builds_changeset_time",
+            builds(|q| {
+                q.branch = Some("main".into());
+                q.changeset = Some("abc".into());
+            }),
+        ),
+        (
             "builds_builder_time",
             builds(|q| q.builder = Some("linux".into())),
         ),

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use buildstore_schema::{Channel, Collection};
 
 use super::params::{self, LogWindow};
-use super::{with_safety_headers, WebError};
+use super::{path_text, with_safety_headers, PathText, WebError};
 use crate::store::Store;
 
 /// Bytes read from the store per window of a streamed log.
@@ -43,13 +43,13 @@ async fn existing_step(store: &dyn Store, path: &str) -> Result<(String, Channel
 
 pub async fn full_log(
     State(store): State<Arc<dyn Store>>,
-    Path(path): Path<String>,
+    path: PathText,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (step, channel) = match params::no_params(q.as_deref())
-        .map_err(WebError::from)
-        .map(|()| path)
-    {
+    let (step, channel) = match path_text(path).and_then(|path| {
+        params::no_params(q.as_deref())?;
+        Ok(path)
+    }) {
         Ok(path) => match existing_step(store.as_ref(), &path).await {
             Ok(found) => found,
             Err(e) => return e.page(),
@@ -132,10 +132,11 @@ fn utf8_window(bytes: Vec<u8>) -> (String, usize) {
 
 pub async fn log_window(
     State(store): State<Arc<dyn Store>>,
-    Path(path): Path<String>,
+    path: PathText,
     RawQuery(q): RawQuery,
 ) -> Response {
     let result = async {
+        let path = path_text(path)?;
         let w = params::log_params(q.as_deref())?;
         window(store.as_ref(), &path, w).await
     }

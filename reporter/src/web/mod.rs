@@ -14,6 +14,7 @@ mod routes;
 pub mod view;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +40,15 @@ impl From<params::ParamError> for WebError {
     fn from(e: params::ParamError) -> WebError {
         WebError::BadRequest(e.0)
     }
+}
+
+/// The rest of a path as text: a path that does not decode to UTF-8 names nothing, which is the
+/// client's mistake (400) and gets the pages' own error rather than the router's.
+type PathText = Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>;
+
+fn path_text(path: PathText) -> Result<String, WebError> {
+    path.map(|axum::extract::Path(p)| p)
+        .map_err(|e| WebError::BadRequest(format!("the path is not understood: {e}")))
 }
 
 impl WebError {
@@ -87,24 +97,39 @@ fn with_safety_headers(mut response: Response) -> Response {
     response
 }
 
-/// Serves the pages on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
-    let shutdown = async move {
-        while !*stop.borrow_and_update() {
-            if stop.changed().await.is_err() {
-                break;
-            }
+/// How long requests still being answered (a slow client reading a big log) may hold up a stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Resolves once `stop` is true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
         }
-    };
+    }
+}
+
+/// Serves the pages on `listener` until `stop` turns true, then lets the requests under way finish
+/// for a few seconds and drops the rest: a reader of a big log must not hold up the daemon's stop.
+pub async fn serve(listener: TcpListener, store: Arc<dyn Store>, stop: watch::Receiver<bool>) {
     use axum::serve::ListenerExt;
     // A page streamed in pieces would otherwise wait on the client's delayed ACK (~40 ms).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    if let Err(e) = axum::serve(listener, router(store))
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "web server failed");
+    let server = axum::serve(listener, router(store)).with_graceful_shutdown(stopped(stop.clone()));
+    let deadline = async {
+        stopped(stop).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "web server failed");
+            }
+        }
+        () = deadline => {
+            tracing::warn!("web requests still open {SHUTDOWN_GRACE:?} after the stop: closing them");
+        }
     }
 }

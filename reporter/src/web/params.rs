@@ -36,10 +36,12 @@ impl Reader {
         let pairs = pairs(query);
         for (i, (name, _)) in pairs.iter().enumerate() {
             if !known.contains(&name.as_str()) {
-                return Err(ParamError(format!(
-                    "unknown parameter {name:?}; this page takes {}",
-                    known.join(", ")
-                )));
+                let takes = if known.is_empty() {
+                    "this page takes no parameters".to_owned()
+                } else {
+                    format!("this page takes {}", known.join(", "))
+                };
+                return Err(ParamError(format!("unknown parameter {name:?}; {takes}")));
             }
             if pairs[..i].iter().any(|(n, _)| n == name) {
                 return Err(ParamError(format!("parameter {name:?} is given twice")));
@@ -62,15 +64,19 @@ impl Reader {
     }
 
     fn limit(&self) -> Result<usize, ParamError> {
+        self.limit_up_to(MAX_LIMIT)
+    }
+
+    fn limit_up_to(&self, max: usize) -> Result<usize, ParamError> {
         let Some(v) = self.get("limit") else {
-            return Ok(DEFAULT_LIMIT);
+            return Ok(DEFAULT_LIMIT.min(max));
         };
         v.parse::<usize>()
             .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| {
                 ParamError(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}, not {v:?}"
+                    "limit must be a whole number from 1 to {max}, not {v:?}"
                 ))
             })
     }
@@ -271,9 +277,12 @@ pub fn builder_params(query: Option<&str>) -> Result<BuilderParams, ParamError> 
     let r = Reader::new(query, &["limit", "after"])?;
     Ok(BuilderParams {
         after: r.text("after"),
-        limit: r.limit()?,
+        limit: r.limit_up_to(MAX_BUILDERS)?,
     })
 }
+
+/// Most builders `/builders` shows at once: each costs a read of its latest builds.
+pub const MAX_BUILDERS: usize = 100;
 
 /// Most bytes one `/api` log request returns.
 pub const MAX_LOG_WINDOW: usize = 1 << 20;
@@ -289,11 +298,16 @@ pub fn log_params(query: Option<&str>) -> Result<LogWindow, ParamError> {
     let r = Reader::new(query, &["offset", "limit"])?;
     let offset = match r.get("offset") {
         None => 0,
-        Some(v) => v.parse().map_err(|_| {
-            ParamError(format!(
-                "offset must be a byte offset (a whole number), not {v:?}"
-            ))
-        })?,
+        // The stores count offsets in i64.
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|o| i64::try_from(*o).is_ok())
+            .ok_or_else(|| {
+                ParamError(format!(
+                    "offset must be a byte offset (a whole number), not {v:?}"
+                ))
+            })?,
     };
     let limit = match r.get("limit") {
         None => MAX_LOG_WINDOW,
@@ -315,8 +329,10 @@ pub fn no_params(query: Option<&str>) -> Result<(), ParamError> {
     Reader::new(query, &[]).map(|_| ())
 }
 
-/// Characters escaped in a query value: everything but unreserved characters.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+/// Characters escaped in a link's path or query value: all but the unreserved ones and `:` and
+/// `/`, which both may hold as they are. `/` matters in paths: ids hold slashes, and the routes
+/// take the rest of the path as the id.
+const LINK: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -324,19 +340,16 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b':')
     .remove(b'/');
 
-/// Characters escaped in a path: as in a query value, but `/` stays, since ids hold slashes and
-/// the routes take the rest of the path as the id.
-const PATH: &percent_encoding::AsciiSet = QUERY_VALUE;
-
+/// A query value as links write it.
 pub fn encode(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
+    percent_encoding::utf8_percent_encode(value, LINK).to_string()
 }
 
 /// The path of a document whose `_id` may hold slashes and any other character.
 pub fn path(prefix: &str, id: &str) -> String {
     format!(
         "{prefix}{}",
-        percent_encoding::utf8_percent_encode(id, PATH)
+        percent_encoding::utf8_percent_encode(id, LINK)
     )
 }
 

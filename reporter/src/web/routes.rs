@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::params::{self, ActivityParams, BuilderParams};
 use super::view::{self, ActivityRow, BuildView, BuildersView, ConsoleView};
-use super::{logs, pages, with_safety_headers, WebError};
+use super::{logs, pages, path_text, with_safety_headers, PathText, WebError};
 use crate::store::{BuildCursor, BuildQuery, CommitQuery, Store};
 
 /// Most steps a build page lists.
@@ -91,9 +91,15 @@ async fn activity(
     query: Option<&str>,
 ) -> Result<(ActivityParams, Vec<ActivityRow>, Option<BuildCursor>), WebError> {
     let p = ActivityParams::parse(query)?;
-    let builds: Vec<BuildDoc> = typed_all(Collection::Builds, store.find_builds(&p.query).await?)?;
-    let next = view::next_build_cursor(&builds, p.query.limit);
-    Ok((p, view::activity_rows(&builds), next))
+    // One build more than the page shows tells whether an older page exists.
+    let one_more = BuildQuery {
+        limit: p.query.limit + 1,
+        ..p.query.clone()
+    };
+    let builds: Vec<BuildDoc> = typed_all(Collection::Builds, store.find_builds(&one_more).await?)?;
+    let (shown, last) = view::page(&builds, p.query.limit);
+    let next = last.map(view::build_cursor);
+    Ok((p, view::activity_rows(shown), next))
 }
 
 async fn activity_page(State(store): State<Shared>, RawQuery(q): RawQuery) -> Response {
@@ -115,7 +121,12 @@ async fn activity_json(State(store): State<Shared>, RawQuery(q): RawQuery) -> Re
     )
 }
 
-async fn build(store: &dyn Store, id: &str, query: Option<&str>) -> Result<BuildView, WebError> {
+async fn build(
+    store: &dyn Store,
+    id: PathText,
+    query: Option<&str>,
+) -> Result<BuildView, WebError> {
+    let id = &path_text(id)?;
     params::no_params(query)?;
     let doc = store
         .get(Collection::Builds, id)
@@ -142,24 +153,16 @@ async fn build(store: &dyn Store, id: &str, query: Option<&str>) -> Result<Build
     ))
 }
 
-async fn build_page(
-    State(store): State<Shared>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
+async fn build_page(State(store): State<Shared>, id: PathText, RawQuery(q): RawQuery) -> Response {
     html(
-        build(store.as_ref(), &id, q.as_deref())
+        build(store.as_ref(), id, q.as_deref())
             .await
             .map(|b| pages::build(&b)),
     )
 }
 
-async fn build_json(
-    State(store): State<Shared>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    json(build(store.as_ref(), &id, q.as_deref()).await)
+async fn build_json(State(store): State<Shared>, id: PathText, RawQuery(q): RawQuery) -> Response {
+    json(build(store.as_ref(), id, q.as_deref()).await)
 }
 
 async fn console(
@@ -167,7 +170,12 @@ async fn console(
     query: Option<&str>,
 ) -> Result<(ConsoleView, CommitQuery), WebError> {
     let q = params::commit_params(query)?;
-    let commits: Vec<CommitDoc> = typed_all(Collection::Repository, store.find_commits(&q).await?)?;
+    let one_more = CommitQuery {
+        limit: q.limit + 1,
+        ..q.clone()
+    };
+    let commits: Vec<CommitDoc> =
+        typed_all(Collection::Repository, store.find_commits(&one_more).await?)?;
     Ok((view::console(&commits, q.limit), q))
 }
 
@@ -196,7 +204,7 @@ async fn builders(
     let docs: Vec<BuilderDoc> = typed_all(
         Collection::Builders,
         store
-            .list(Collection::Builders, p.after.as_deref(), p.limit)
+            .list(Collection::Builders, p.after.as_deref(), p.limit + 1)
             .await?,
     )?;
     let queries: Vec<BuildQuery> = docs

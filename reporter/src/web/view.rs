@@ -13,7 +13,7 @@ use buildstore_schema::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::params::{cursor_text, path};
+use super::params::{cursor_text, encode, path};
 use crate::store::BuildCursor;
 
 /// A build's or step's result: Buildbot's code and name, or "running" while it has none.
@@ -143,6 +143,27 @@ pub struct SourceStamp {
     pub nightly: bool,
 }
 
+impl SourceStamp {
+    pub fn of(b: &BuildDoc) -> SourceStamp {
+        SourceStamp {
+            repository: b.repository.clone(),
+            branch: b.branch.clone(),
+            changeset: b.changeset.clone(),
+            nightly: b.changeset.is_none(),
+        }
+    }
+}
+
+/// The builds of one builder of a master, on `/`.
+pub fn builder_url(master: &str, builder: &str) -> String {
+    format!("/?master={}&builder={}", encode(master), encode(builder))
+}
+
+/// Every build of a changeset, on `/`.
+pub fn changeset_url(changeset: &str) -> String {
+    format!("/?changeset={}", encode(changeset))
+}
+
 /// A row of `/`: a sourcestamp, its changes, its builds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActivityRow {
@@ -156,12 +177,7 @@ pub struct ActivityRow {
 pub fn activity_rows(builds: &[BuildDoc]) -> Vec<ActivityRow> {
     let mut rows: Vec<ActivityRow> = Vec::new();
     for b in builds {
-        let stamp = SourceStamp {
-            repository: b.repository.clone(),
-            branch: b.branch.clone(),
-            changeset: b.changeset.clone(),
-            nightly: b.changeset.is_none(),
-        };
+        let stamp = SourceStamp::of(b);
         let at = match rows.iter().position(|r| r.sourcestamp == stamp) {
             Some(i) => i,
             None => {
@@ -184,13 +200,23 @@ pub fn activity_rows(builds: &[BuildDoc]) -> Vec<ActivityRow> {
     rows
 }
 
-/// The cursor of the page after `builds`, when the page was full.
-pub fn next_build_cursor(builds: &[BuildDoc], limit: usize) -> Option<BuildCursor> {
-    let last = builds.last().filter(|_| builds.len() >= limit)?;
-    Some(BuildCursor {
+/// A page of rows read with one row more than `limit`: the rows to show, and the last of them
+/// when that extra row says an older page exists. So the "older" link never leads to nothing.
+pub fn page<T>(rows: &[T], limit: usize) -> (&[T], Option<&T>) {
+    if rows.len() > limit {
+        let shown = &rows[..limit];
+        (shown, shown.last())
+    } else {
+        (rows, None)
+    }
+}
+
+/// Where the page after this build starts.
+pub fn build_cursor(last: &BuildDoc) -> BuildCursor {
+    BuildCursor {
         time_start: last.time_start,
         id: last.id.clone(),
-    })
+    }
 }
 
 /// Where a step ran within its build's time span, in percent of the span.
@@ -328,12 +354,7 @@ pub fn build_view(
         category: builder.and_then(|b| b.category.clone()),
         slaves: build.slaves.clone(),
         reason: build.reason.clone(),
-        sourcestamp: SourceStamp {
-            repository: build.repository.clone(),
-            branch: build.branch.clone(),
-            changeset: build.changeset.clone(),
-            nightly: build.changeset.is_none(),
-        },
+        sourcestamp: SourceStamp::of(build),
         duration_ms: span,
         steps,
         more_steps,
@@ -388,7 +409,9 @@ pub struct ConsoleView {
     pub next: Option<String>,
 }
 
+/// The console of `commits`, read with one more than `limit` (see [`page`]).
 pub fn console(commits: &[CommitDoc], limit: usize) -> ConsoleView {
+    let (commits, last) = page(commits, limit);
     let builders: BTreeSet<&str> = commits
         .iter()
         .flat_map(|c| c.builds.iter().map(|b| b.builder.as_str()))
@@ -414,10 +437,7 @@ pub fn console(commits: &[CommitDoc], limit: usize) -> ConsoleView {
                 builds: c.builds.iter().map(build).collect(),
             })
             .collect(),
-        next: commits
-            .last()
-            .filter(|_| commits.len() >= limit)
-            .map(|c| cursor_text(c.commiter_date, &c.id)),
+        next: last.map(|c| cursor_text(c.commiter_date, &c.id)),
     }
 }
 
@@ -448,21 +468,16 @@ pub struct BuildersView {
     pub next: Option<String>,
 }
 
-/// Builders (in `_id` order) with each one's latest builds.
-pub fn builders_view(builders: Vec<(BuilderDoc, Vec<BuildDoc>)>, limit: usize) -> BuildersView {
-    let next = builders
-        .last()
-        .filter(|_| builders.len() >= limit)
-        .map(|(b, _)| b.id.clone());
+/// Builders (in `_id` order) with each one's latest builds, read with one more than `limit`
+/// (see [`page`]).
+pub fn builders_view(mut builders: Vec<(BuilderDoc, Vec<BuildDoc>)>, limit: usize) -> BuildersView {
+    let next = page(&builders, limit).1.map(|(b, _)| b.id.clone());
+    builders.truncate(limit);
     let mut masters: Vec<MasterGroup> = Vec::new();
     for (b, builds) in builders {
         let master = b.master_id.to_string();
         let row = BuilderRow {
-            url: format!(
-                "/?master={}&builder={}",
-                super::params::encode(&master),
-                super::params::encode(&b.name)
-            ),
+            url: builder_url(&master, &b.name),
             id: b.id,
             name: b.name,
             status: b.status,

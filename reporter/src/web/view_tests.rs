@@ -108,16 +108,19 @@ fn builds_of_one_sourcestamp_share_a_row_with_their_changes_once() {
 }
 
 #[test]
-fn a_full_page_has_a_cursor_at_its_last_build() {
+fn a_page_read_with_one_row_more_knows_whether_an_older_page_exists() {
     let builds = [build("m1/2", "a", None), build("m1/1", "a", None)];
+    let (shown, last) = page(&builds, 1);
+    assert_eq!(shown.len(), 1);
     assert_eq!(
-        next_build_cursor(&builds, 2),
+        last.map(build_cursor),
         Some(BuildCursor {
             time_start: at(0),
-            id: "m1/1".into()
+            id: "m1/2".into()
         })
     );
-    assert_eq!(next_build_cursor(&builds, 3), None);
+    // Exactly `limit` rows: this is the last page, and it has no "older" link.
+    assert_eq!(page(&builds, 2), (&builds[..], None));
 }
 
 #[test]
@@ -218,8 +221,11 @@ fn the_console_has_a_column_per_builder_and_a_cursor_when_full() {
     let v = console(&commits, 2);
     assert_eq!(v.builders, ["linux", "win"]);
     assert_eq!(v.commits[0].builds[0].result.name, "failure");
-    assert_eq!(v.next.as_deref(), Some("1763900000000:a"));
-    assert_eq!(console(&commits, 3).next, None);
+    assert_eq!(v.next, None, "no commit beyond the page");
+    let v = console(&commits, 1);
+    assert_eq!(v.commits.len(), 1);
+    assert_eq!(v.builders, ["win"]);
+    assert_eq!(v.next.as_deref(), Some("1763900000000:b"));
 }
 
 #[test]
@@ -238,6 +244,7 @@ fn builders_are_grouped_by_master() {
             (builder("m1", "a"), vec![build("m1/1", "a", None)]),
             (builder("m1", "b"), vec![]),
             (builder("m2", "a"), vec![]),
+            (builder("m2", "b"), vec![]),
         ],
         3,
     );
@@ -246,7 +253,11 @@ fn builders_are_grouped_by_master() {
         .iter()
         .map(|m| (m.master.clone(), m.builders.len()))
         .collect();
-    assert_eq!(shape, [("m1".to_owned(), 2), ("m2".to_owned(), 1)]);
+    assert_eq!(
+        shape,
+        [("m1".to_owned(), 2), ("m2".to_owned(), 1)],
+        "the fourth builder is the next page's"
+    );
     assert_eq!(v.masters[0].builders[0].last_builds.len(), 1);
     assert_eq!(v.masters[0].builders[0].url, "/?master=m1&builder=a");
     assert_eq!(v.next.as_deref(), Some("m2/a"));

@@ -20,7 +20,9 @@ use mongodb::{Client, Database, IndexModel};
 
 use self::exec::{backoff, Failure, Redactor};
 use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET};
-use super::{BuildQuery, CommitCursor, CommitQuery, ResultFilter, Store, StoreError};
+use super::{
+    integer_master, BuildQuery, CommitCursor, CommitQuery, ResultFilter, Store, StoreError,
+};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 /// Server selection timeout when the URI does not set `serverSelectionTimeoutMS`.
@@ -216,12 +218,6 @@ fn uri_secrets(uri: &str) -> Vec<String> {
         return vec![];
     };
     userinfo.split(':').map(str::to_owned).collect()
-}
-
-/// The integer a master id given as text stands for, if it is one: only the text it prints as (its
-/// form inside `_id`s), as the SQLite store reads it too.
-fn integer_master(text: &str) -> Option<i64> {
-    text.parse::<i64>().ok().filter(|n| n.to_string() == text)
 }
 
 fn limit(n: usize) -> Option<i64> {

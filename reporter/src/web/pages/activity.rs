@@ -6,8 +6,8 @@ use maud::{html, Markup};
 
 use super::{badge, changes, layout, Section};
 use crate::store::{BuildCursor, BuildQuery};
-use crate::web::params::{encode, result_param, ActivityParams};
-use crate::web::view::{ActivityRow, BuildSummary, SourceStamp};
+use crate::web::params::{result_param, ActivityParams};
+use crate::web::view::{changeset_url, ActivityRow, BuildSummary, SourceStamp};
 
 pub fn activity(
     params: &ActivityParams,
@@ -127,7 +127,7 @@ fn sourcestamp(params: &ActivityParams, s: &SourceStamp) -> Markup {
         }
         @match &s.changeset {
             Some(c) => div {
-                a.changeset href={ "/?changeset=" (encode(c)) } { code { (c) } }
+                a.changeset href=(changeset_url(c)) { code { (c) } }
             },
             None => div.nightly { "nightly" },
         }

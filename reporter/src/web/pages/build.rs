@@ -5,16 +5,12 @@ use maud::{html, Markup};
 
 use super::{badge, changes, duration, layout, maybe, when, Section};
 use crate::web::params::{encode, path};
-use crate::web::view::{BuildView, StepView};
+use crate::web::view::{builder_url, changeset_url, BuildView, StepView};
 
 pub fn build(b: &BuildView) -> Markup {
     let s = &b.summary;
     let title = format!("{} #{}", s.builder, s.number);
-    let builder_link = format!(
-        "/?master={}&builder={}",
-        encode(&s.master),
-        encode(&s.builder)
-    );
+    let builder_link = builder_url(&s.master, &s.builder);
     layout(
         &title,
         Section::None,
@@ -39,7 +35,7 @@ pub fn build(b: &BuildView) -> Markup {
                 dt { "Branch" } dd { (maybe(&b.sourcestamp.branch)) }
                 dt { "Changeset" } dd {
                     @match &b.sourcestamp.changeset {
-                        Some(c) => a href={ "/?changeset=" (encode(c)) } { code { (c) } },
+                        Some(c) => a href=(changeset_url(c)) { code { (c) } },
                         None => span.none { "nightly" },
                     }
                 }

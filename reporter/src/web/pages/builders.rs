@@ -2,14 +2,12 @@
 
 use maud::{html, Markup};
 
-use super::{badge, layout, maybe, Section};
+use super::{badge, layout, limit_suffix, maybe, Section};
 use crate::web::params::encode;
 use crate::web::view::BuildersView;
 
 pub fn builders(v: &BuildersView, limit_param: Option<usize>) -> Markup {
-    let limit = limit_param
-        .map(|l| format!("&limit={l}"))
-        .unwrap_or_default();
+    let limit = limit_suffix(limit_param);
     layout(
         "Builders",
         Section::Builders,

@@ -3,14 +3,12 @@
 
 use maud::{html, Markup};
 
-use super::{badge, layout, maybe, when, Section};
+use super::{badge, layout, limit_suffix, maybe, when, Section};
 use crate::web::params::encode;
-use crate::web::view::ConsoleView;
+use crate::web::view::{changeset_url, ConsoleView};
 
 pub fn console(v: &ConsoleView, limit_param: Option<usize>) -> Markup {
-    let limit = limit_param
-        .map(|l| format!("&limit={l}"))
-        .unwrap_or_default();
+    let limit = limit_suffix(limit_param);
     layout(
         "Changesets",
         Section::Changesets,
@@ -31,7 +29,7 @@ pub fn console(v: &ConsoleView, limit_param: Option<usize>) -> Markup {
                         @for c in &v.commits {
                             tr {
                                 td.commit {
-                                    a href={ "/?changeset=" (encode(&c.hash)) } {
+                                    a href=(changeset_url(&c.hash)) {
                                         code { (c.hash_abbrev.as_deref().unwrap_or(&c.hash)) }
                                     }
                                     " " (maybe(&c.subject))

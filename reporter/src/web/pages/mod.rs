@@ -115,6 +115,11 @@ fn changes(changes: &[ChangeView]) -> Markup {
     }
 }
 
+/// `&limit=N` for a "next page" link, when the page was asked for a limit of its own.
+fn limit_suffix(limit: Option<usize>) -> String {
+    limit.map(|l| format!("&limit={l}")).unwrap_or_default()
+}
+
 fn duration(ms: i64) -> Markup {
     html! { (human_duration(ms)) }
 }
