@@ -341,16 +341,18 @@ fn a_log_over_16_mib_streams_whole_on_both_stores() {
     }
 }
 
+/// `buildstore serve --web` on a SQLite store in `dir`: the daemon, its socket port, its web port.
+fn serve_with_web(dir: &std::path::Path) -> (Daemon, u16, u16) {
+    let port = free_port();
+    let web_port = free_port();
+    let web = format!("127.0.0.1:{web_port}");
+    (Daemon::start(dir, port, &["--web", &web]), port, web_port)
+}
+
 #[test]
 fn serve_with_web_shows_an_event_within_a_second_of_its_ack() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let web_port = free_port();
-    let daemon = Daemon::start(
-        dir.path(),
-        port,
-        &["--web", &format!("127.0.0.1:{web_port}")],
-    );
+    let (daemon, port, web_port) = serve_with_web(dir.path());
     let base = WebServer::at(web_port);
     assert_eq!(get(&format!("{base}/builds/m1/1")).status, 404);
     let started = json!({"type":"build_started","master_id":"m1","builder":"linux64","build_id":1,"number":7,"time":"2026-11-20T10:00:00Z"}).to_string();
@@ -391,13 +393,7 @@ fn web_refuses_a_store_that_does_not_exist() {
 #[test]
 fn a_slow_reader_of_a_big_log_does_not_hold_up_the_daemons_stop() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let web_port = free_port();
-    let daemon = Daemon::start(
-        dir.path(),
-        port,
-        &["--web", &format!("127.0.0.1:{web_port}")],
-    );
+    let (daemon, port, web_port) = serve_with_web(dir.path());
     let chunk = "x".repeat(511) + "\n";
     let chunk = chunk.repeat(1024); // 512 KiB
     let mut lines = vec![

@@ -38,17 +38,10 @@ impl Outcome {
     }
 }
 
-/// Every result a page may show, in the legend's order.
-pub const LEGEND: [&str; 8] = [
-    "success",
-    "warnings",
-    "failure",
-    "skipped",
-    "exception",
-    "retry",
-    "cancelled",
-    "running",
-];
+/// Every result a page may show, in the legend's order: Buildbot's, then "running".
+pub fn result_names() -> impl Iterator<Item = &'static str> {
+    ResultCode::NAMES.into_iter().chain(["running"])
+}
 
 fn time(t: bson::DateTime) -> DateTime<Utc> {
     t.to_chrono()

@@ -1,13 +1,12 @@
 //! `/`: recent builds in three columns per sourcestamp — the sourcestamp, its changes, its builds —
 //! with a filter form, links that narrow or widen the view, and a link to older builds.
 
-use buildstore_schema::ResultCode;
 use maud::{html, Markup};
 
 use super::{badge, changes, layout, Section};
 use crate::store::{BuildCursor, BuildQuery};
 use crate::web::params::{result_param, ActivityParams};
-use crate::web::view::{changeset_url, ActivityRow, BuildSummary, SourceStamp};
+use crate::web::view::{changeset_url, result_names, ActivityRow, BuildSummary, SourceStamp};
 
 pub fn activity(
     params: &ActivityParams,
@@ -72,7 +71,7 @@ fn filter_form(q: &BuildQuery) -> Markup {
                 "result "
                 select name="result" {
                     option value="" { "any" }
-                    @for name in ResultCode::NAMES.iter().copied().chain(["running"]) {
+                    @for name in result_names() {
                         option value=(name) selected[selected.as_deref() == Some(name)] { (name) }
                     }
                 }

@@ -10,7 +10,7 @@ mod console;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 
-use super::view::{human_duration, ChangeView, Outcome, LEGEND};
+use super::view::{human_duration, result_names, ChangeView, Outcome};
 
 pub use activity::activity;
 pub use build::build;
@@ -66,7 +66,7 @@ fn layout(title: &str, section: Section, api: &str, body: Markup) -> Markup {
 fn legend() -> Markup {
     html! {
         ul.legend aria-label="Result colours" {
-            @for name in LEGEND {
+            @for name in result_names() {
                 li { span class={ "badge result-" (name) } { (name) } }
             }
         }
