@@ -184,6 +184,7 @@ fn the_real_pages_render_with_highlighted_steps_and_proportional_bars() {
             );
             assert_failed_rows_highlighted(&browser);
             assert_bars_proportional(&browser);
+            assert_bars_placed_at_their_start(&browser);
         }
         // UPDATE_SCREENSHOTS=1 refreshes the pictures the README shows.
         if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {

@@ -397,6 +397,50 @@ pub fn assert_bars_proportional(page: &Browser) {
     }
 }
 
+/// Every step's bar starts where in the build the step started: its left edge sits
+/// `data-offset-ms` into the track, on the scale of the table's `data-span-ms` (the build's time
+/// span) over the track's width, within [`TOLERANCE_PX`].
+pub fn assert_bars_placed_at_their_start(page: &Browser) {
+    let span = page.execute("document.querySelector('table.steps').getAttribute('data-span-ms')");
+    let span: f64 = span
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("table.steps has data-span-ms");
+    assert!(span > 0.0, "the build has no time span");
+    let rows = page.execute(&format!(
+        "{STEP_ROWS}.map(r => {{
+            const bar = r.querySelector('td.timeline .track .bar');
+            const track = bar.closest('.track').getBoundingClientRect();
+            return {{
+                offset: r.getAttribute('data-offset-ms'),
+                left: bar.getBoundingClientRect().left - track.left,
+                track: track.width,
+                text: {ROW_TEXT},
+            }};
+        }})"
+    ));
+    let rows = rows.as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["left"].as_f64().unwrap_or(0.0) > 2.0 * TOLERANCE_PX),
+        "no bar starts later than its build: nothing to compare"
+    );
+    for r in rows {
+        let offset: f64 = r["offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_else(|| panic!("step {} has no data-offset-ms", r["text"]));
+        let track = r["track"].as_f64().expect("track width");
+        let left = r["left"].as_f64().expect("bar position");
+        let expected = offset / span * track;
+        assert!(
+            (left - expected).abs() <= TOLERANCE_PX,
+            "the bar of step {} starts {left:.1} px into its track, expected {expected:.1}",
+            r["text"]
+        );
+    }
+}
+
 /// Nothing a build's data put on the page ran or could run: the title is not the one the
 /// payloads set, no `data-xss` on the body, no `script` element at all, and no element with an
 /// inline event handler (`<img onerror>` and the like).

@@ -242,6 +242,8 @@ pub struct StepView {
     pub time_end: Option<DateTime<Utc>>,
     /// Until the step's end, or until now while it runs.
     pub duration_ms: i64,
+    /// When the step started, counted from the build's start.
+    pub offset_ms: i64,
     pub bar: Bar,
     /// True when an inline log lost its middle to the inline limit.
     pub log_truncated: bool,
@@ -303,7 +305,8 @@ pub fn build_view(
         .iter()
         .map(|s| {
             let duration_ms = millis(s.time_start, s.time_end.unwrap_or(now));
-            let offset_pct = pct(millis(build.time_start, s.time_start));
+            let offset_ms = millis(build.time_start, s.time_start);
+            let offset_pct = pct(offset_ms);
             let result = Outcome::of(s.result);
             // Highlighted: a step that failed, or the step that gave a build that did not succeed
             // its result (a test step ending in WARNINGS is why its build warns).
@@ -319,6 +322,7 @@ pub fn build_view(
                 time_start: time(s.time_start),
                 time_end: s.time_end.map(time),
                 duration_ms,
+                offset_ms,
                 bar: Bar {
                     offset_pct,
                     width_pct: pct(duration_ms).min(100.0 - offset_pct),

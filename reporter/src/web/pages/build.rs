@@ -44,7 +44,7 @@ pub fn build(b: &BuildView) -> Markup {
             @if b.steps.is_empty() {
                 p.empty { "No steps yet." }
             } @else {
-                table.steps {
+                table.steps data-span-ms=(b.duration_ms) {
                     thead { tr { th { "#" } th { "Step" } th { "Result" } th { "Duration" } th.timeline { "When, within the build" } th { "Logs" } } }
                     tbody { @for step in &b.steps { (step_row(step)) } }
                 }
@@ -100,7 +100,7 @@ fn step_row(step: &StepView) -> Markup {
         step.bar.offset_pct, step.bar.width_pct
     );
     html! {
-        tr class=(class) id={ "step-" (step.step) } data-duration-ms=(step.duration_ms) {
+        tr class=(class) id={ "step-" (step.step) } data-duration-ms=(step.duration_ms) data-offset-ms=(step.offset_ms) {
             td { (step.step) }
             td.name {
                 (step.name)
