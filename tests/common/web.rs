@@ -72,30 +72,27 @@ impl WebServer {
         get(&format!("{}{path}", self.base))
     }
 
+    /// GET `path`, which must answer 200 with a content type starting with `content_type`.
+    fn ok(&self, path: &str, content_type: &str) -> Page {
+        let page = self.get(path);
+        let body = String::from_utf8_lossy(&page.body);
+        assert_eq!(page.status, 200, "{path}: {body}");
+        assert!(
+            page.content_type.starts_with(content_type),
+            "{path}: {}",
+            page.content_type
+        );
+        page
+    }
+
     /// GET `path`, which must answer 200 with JSON.
     pub fn json(&self, path: &str) -> Value {
-        let page = self.get(path);
-        assert_eq!(
-            page.status,
-            200,
-            "{path}: {}",
-            String::from_utf8_lossy(&page.body)
-        );
-        assert!(page.content_type.starts_with("application/json"), "{path}");
-        page.json()
+        self.ok(path, "application/json").json()
     }
 
     /// GET `path`, which must answer 200 with HTML; its text.
     pub fn html(&self, path: &str) -> String {
-        let page = self.get(path);
-        assert_eq!(
-            page.status,
-            200,
-            "{path}: {}",
-            String::from_utf8_lossy(&page.body)
-        );
-        assert_eq!(page.content_type, "text/html; charset=utf-8", "{path}");
-        page.text()
+        self.ok(path, "text/html; charset=utf-8").text()
     }
 
     /// SIGTERM, then the exit status.

@@ -330,6 +330,16 @@ async fn listing_reads_walk_an_index_in_order_instead_of_sorting_what_they_match
         ("steps_build", queries::steps("m/1", 50)),
         (
             "repository_commiter_date_id",
+            queries::undated_commits(
+                Some(&CommitCursor {
+                    commiter_date: None,
+                    id: "ab".into(),
+                }),
+                50,
+            ),
+        ),
+        (
+            "repository_commiter_date_id",
             queries::dated_commits(&CommitQuery {
                 before: Some(CommitCursor {
                     commiter_date: Some(t),

@@ -46,14 +46,13 @@ pub async fn full_log(
     path: PathText,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (step, channel) = match path_text(path).and_then(|path| {
+    let found = async {
+        let path = path_text(path)?;
         params::no_params(q.as_deref())?;
-        Ok(path)
-    }) {
-        Ok(path) => match existing_step(store.as_ref(), &path).await {
-            Ok(found) => found,
-            Err(e) => return e.page(),
-        },
+        existing_step(store.as_ref(), &path).await
+    };
+    let (step, channel) = match found.await {
+        Ok(found) => found,
         Err(e) => return e.page(),
     };
     // The stream ends at the first empty window: the end of the log as it is while being read.

@@ -52,7 +52,11 @@ fn path_text(path: PathText) -> Result<String, WebError> {
 }
 
 impl WebError {
+    /// The status of the answer; a store error is also logged, since it is the server's trouble.
     fn status(&self) -> StatusCode {
+        if let WebError::Store(e) = self {
+            tracing::warn!(error = %e, "request failed");
+        }
         match self {
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -63,9 +67,6 @@ impl WebError {
 
     /// The error as an HTML page.
     pub fn page(&self) -> Response {
-        if let WebError::Store(e) = self {
-            tracing::warn!(error = %e, "page failed");
-        }
         let status = self.status();
         let body = pages::error(status.as_u16(), &self.to_string());
         with_safety_headers((status, body).into_response())
@@ -73,9 +74,6 @@ impl WebError {
 
     /// The error as the JSON twins give it: `{"error": "..."}`.
     pub fn json(&self) -> Response {
-        if let WebError::Store(e) = self {
-            tracing::warn!(error = %e, "api request failed");
-        }
         let body = serde_json::json!({ "error": self.to_string() });
         (self.status(), axum::Json(body)).into_response()
     }

@@ -207,7 +207,10 @@ async fn builders(
             .list(Collection::Builders, p.after.as_deref(), p.limit + 1)
             .await?,
     )?;
-    let queries: Vec<BuildQuery> = docs
+    // Only the builders shown need their latest builds.
+    let (shown, last) = view::page(&docs, p.limit);
+    let next = last.map(|b| b.id.clone());
+    let queries: Vec<BuildQuery> = shown
         .iter()
         .map(|b| BuildQuery {
             master: Some(b.master_id.to_string()),
@@ -218,11 +221,11 @@ async fn builders(
         .collect();
     let latest = queries.iter().map(|q| store.find_builds(q));
     let latest = futures::future::try_join_all(latest).await?;
-    let mut rows = Vec::with_capacity(docs.len());
-    for (b, builds) in docs.into_iter().zip(latest) {
+    let mut rows = Vec::with_capacity(shown.len());
+    for (b, builds) in shown.iter().cloned().zip(latest) {
         rows.push((b, typed_all(Collection::Builds, builds)?));
     }
-    Ok((view::builders_view(rows, p.limit), p))
+    Ok((view::builders_view(rows, next), p))
 }
 
 async fn builders_page(State(store): State<Shared>, RawQuery(q): RawQuery) -> Response {

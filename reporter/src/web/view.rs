@@ -465,11 +465,12 @@ pub struct BuildersView {
     pub next: Option<String>,
 }
 
-/// Builders (in `_id` order) with each one's latest builds, read with one more than `limit`
-/// (see [`page`]).
-pub fn builders_view(mut builders: Vec<(BuilderDoc, Vec<BuildDoc>)>, limit: usize) -> BuildersView {
-    let next = page(&builders, limit).1.map(|(b, _)| b.id.clone());
-    builders.truncate(limit);
+/// Builders (in `_id` order) with each one's latest builds; `next` is the `after` of the next
+/// page, if there is one (see [`page`]).
+pub fn builders_view(
+    builders: Vec<(BuilderDoc, Vec<BuildDoc>)>,
+    next: Option<String>,
+) -> BuildersView {
     let mut masters: Vec<MasterGroup> = Vec::new();
     for (b, builds) in builders {
         let master = b.master_id.to_string();

@@ -240,15 +240,20 @@ fn builders_are_grouped_by_master() {
         tags: vec![],
         slaves: vec![],
     };
-    let v = builders_view(
-        vec![
-            (builder("m1", "a"), vec![build("m1/1", "a", None)]),
-            (builder("m1", "b"), vec![]),
-            (builder("m2", "a"), vec![]),
-            (builder("m2", "b"), vec![]),
-        ],
-        3,
-    );
+    // Read with one builder more than the page of 3 shows.
+    let read = [
+        builder("m1", "a"),
+        builder("m1", "b"),
+        builder("m2", "a"),
+        builder("m2", "b"),
+    ];
+    let (shown, last) = page(&read, 3);
+    let rows = shown
+        .iter()
+        .cloned()
+        .zip([vec![build("m1/1", "a", None)], vec![], vec![]])
+        .collect();
+    let v = builders_view(rows, last.map(|b| b.id.clone()));
     let shape: Vec<(String, usize)> = v
         .masters
         .iter()
