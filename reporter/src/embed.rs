@@ -93,7 +93,7 @@ impl Reporter {
                 id
             }
         };
-        let spool_id = self.engine.appender.append(event.to_line()).await?;
+        let spool_id = self.engine.appender.append(event).await?;
         self.last_sent.fetch_max(spool_id, Ordering::Relaxed);
         Ok(id)
     }
@@ -102,16 +102,10 @@ impl Reporter {
     /// rules, which the drain logs).
     pub async fn flush(&self) -> Result<(), ReporterError> {
         let target = self.last_sent.load(Ordering::Relaxed);
-        loop {
-            let spool = self.engine.spool.clone();
-            let oldest = tokio::task::spawn_blocking(move || spool.oldest())
-                .await
-                .map_err(|e| SpoolError::Task(e.to_string()))??;
-            if oldest.is_none_or(|o| o > target) {
-                return Ok(());
-            }
+        while self.engine.counters.confirmed.load(Ordering::Acquire) < target {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Ok(())
     }
 
     /// Events applied to the store so far.

@@ -13,10 +13,9 @@ use buildstore_schema::Event;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use super::lines::{next_line, RawLine};
-use crate::spool::Appender;
+use crate::spool::{Appender, Pending};
 
 /// Replies waiting to be written; past this the connection stops reading.
 const IN_FLIGHT: usize = 1024;
@@ -111,16 +110,25 @@ impl Conn {
 /// The reply to one line, possibly still waiting for the spool.
 enum Reply {
     Now(String),
-    Later(JoinHandle<String>),
+    /// An ack for `id` once the event is durable, or the error of line `line` if it is not.
+    Later {
+        pending: Pending,
+        id: String,
+        line: u64,
+    },
 }
+
+/// Replies gathered before one write to the socket.
+const REPLY_BUFFER: usize = 64 << 10;
 
 /// What to do with one line.
 enum Action {
     Answer(String),
     /// Answer, then close the connection.
     Close(String),
-    /// Spool this event line; acknowledge `id` once it is durable.
+    /// Spool this event and its line; acknowledge `id` once it is durable.
     Spool {
+        event: Box<Event>,
         text: String,
         id: String,
     },
@@ -166,26 +174,11 @@ pub async fn serve<S>(
         shared: Arc::clone(&shared),
         me,
     };
-    let (read, mut write) = tokio::io::split(stream);
+    let (read, write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
-    let (queue, mut replies) = mpsc::channel::<Reply>(IN_FLIGHT);
+    let (queue, replies) = mpsc::channel::<Reply>(IN_FLIGHT);
     let timeout = shared.reply_timeout;
-    let writer = tokio::spawn(async move {
-        while let Some(reply) = replies.recv().await {
-            let mut text = match reply {
-                Reply::Now(t) => t,
-                Reply::Later(task) => task
-                    .await
-                    .unwrap_or_else(|e| error(0, format!("internal error: {e}"))),
-            };
-            text.push('\n');
-            match tokio::time::timeout(timeout, write.write_all(text.as_bytes())).await {
-                Ok(Ok(())) => {}
-                _ => return, // gone, or not reading: drop the connection
-            }
-        }
-        let _ = write.shutdown().await;
-    });
+    let writer = tokio::spawn(write_replies(write, replies, conn.clone(), timeout));
 
     let mut authenticated = !needs_token;
     let mut line = 0u64;
@@ -206,7 +199,7 @@ pub async fn serve<S>(
         let (reply, close) = match handle_line(raw, line, &conn, &mut authenticated) {
             Action::Answer(text) => (Reply::Now(text), false),
             Action::Close(text) => (Reply::Now(text), true),
-            Action::Spool { text, id } => spool(&conn, text, id, line).await,
+            Action::Spool { event, text, id } => spool(&conn, *event, text, id, line).await,
         };
         if queue.send(reply).await.is_err() {
             break;
@@ -230,28 +223,96 @@ pub async fn serve<S>(
     }
 }
 
-/// Submits the line here, in line order, so that the spool keeps the connection's order; only
-/// the wait for durability runs alongside the next lines. A full spool refuses the line and
-/// closes the connection: a later, smaller line could fit and overtake it otherwise, so the
-/// client resends from the refused line once it reconnects.
-async fn spool(conn: &Conn, text: String, id: String, n: u64) -> (Reply, bool) {
-    match conn.shared.appender.submit(text).await {
-        Ok(pending) => {
-            let conn = conn.clone();
-            let reply = Reply::Later(tokio::spawn(async move {
-                match pending.durable().await {
+/// Writes the replies in order. Every reply that is ready goes into one buffer and one write, so
+/// a window of events acknowledged by one group commit costs one system call, not one each.
+async fn write_replies<W: AsyncWrite>(
+    write: W,
+    mut replies: mpsc::Receiver<Reply>,
+    conn: Conn,
+    timeout: Duration,
+) {
+    let mut write = std::pin::pin!(write);
+    let mut out: Vec<u8> = Vec::with_capacity(REPLY_BUFFER);
+    loop {
+        let reply = match replies.try_recv() {
+            Ok(reply) => reply,
+            Err(mpsc::error::TryRecvError::Empty) if !out.is_empty() => {
+                if !send(&mut write, &mut out, timeout).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => match replies.recv().await {
+                Some(reply) => reply,
+                None => break,
+            },
+        };
+        let text = match reply {
+            Reply::Now(text) => text,
+            Reply::Later {
+                mut pending,
+                id,
+                line,
+            } => {
+                let outcome = match pending.now() {
+                    Some(outcome) => outcome,
+                    None => {
+                        // Not durable yet: what is ready goes out before the wait.
+                        if !out.is_empty() && !send(&mut write, &mut out, timeout).await {
+                            return;
+                        }
+                        pending.durable().await
+                    }
+                };
+                match outcome {
                     Ok(_) => {
                         conn.count(Tally::Acknowledged);
-                        json!({"ack": id}).to_string()
+                        json!({ "ack": id }).to_string()
                     }
                     Err(e) => {
                         conn.count(Tally::Rejected);
-                        error_reply(n, e, true, false)
+                        error_reply(line, e, true, false)
                     }
                 }
-            }));
-            (reply, false)
+            }
+        };
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'\n');
+        if out.len() >= REPLY_BUFFER && !send(&mut write, &mut out, timeout).await {
+            return;
         }
+    }
+    if !out.is_empty() && !send(&mut write, &mut out, timeout).await {
+        return;
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Writes `out` and empties it; false when the client is gone or does not read.
+async fn send<W: AsyncWrite>(
+    write: &mut std::pin::Pin<&mut W>,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    let sent = tokio::time::timeout(timeout, write.write_all(out)).await;
+    out.clear();
+    matches!(sent, Ok(Ok(())))
+}
+
+/// Submits the event here, in line order, so that the spool keeps the connection's order; only
+/// the wait for durability runs alongside the next lines. A full spool refuses the line and
+/// closes the connection: a later, smaller line could fit and overtake it otherwise, so the
+/// client resends from the refused line once it reconnects.
+async fn spool(conn: &Conn, event: Event, text: String, id: String, n: u64) -> (Reply, bool) {
+    match conn.shared.appender.submit(event, text).await {
+        Ok(pending) => (
+            Reply::Later {
+                pending,
+                id,
+                line: n,
+            },
+            false,
+        ),
         Err(e) => {
             conn.count(Tally::Rejected);
             (Reply::Now(error_reply(n, e, true, true)), true)
@@ -278,7 +339,8 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     let Ok(text) = String::from_utf8(bytes) else {
         return reject("line is not valid UTF-8".into());
     };
-    let value: Value = match serde_json::from_str(text.trim()) {
+    let trimmed = text.trim();
+    let value: Value = match serde_json::from_str(trimmed) {
         Ok(v) => v,
         Err(e) => return reject(format!("not valid JSON: {e}")),
     };
@@ -316,13 +378,19 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         Ok(e) => e,
         Err(e) => return reject(e.to_string()),
     };
-    if event.event_id.is_none() {
-        let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
-        event.event_id = Some(format!("bs-{}-{seq}", shared.boot));
-    }
-    let id = event.event_id.clone().unwrap_or_default();
+    // The client's own line is spooled as it came, unless an id had to be added to it.
+    let (id, text) = match &event.event_id {
+        Some(id) => (id.clone(), trimmed.to_owned()),
+        None => {
+            let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
+            let id = format!("bs-{}-{seq}", shared.boot);
+            event.event_id = Some(id.clone());
+            (id, event.to_line())
+        }
+    };
     Action::Spool {
-        text: event.to_line(),
+        event: Box::new(event),
+        text,
         id,
     }
 }

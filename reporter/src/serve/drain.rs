@@ -1,9 +1,9 @@
-//! The applier side of the daemon: takes events from the spool in order, folds them through the
-//! core into batches, writes them to the store, and releases them from the spool only once the
-//! store confirmed them. While the store is down it retries with capped exponential backoff and
+//! The applier side of the daemon: takes events from the spool in order (handed over in memory
+//! while it keeps up, read from the file otherwise), folds them through the core into batches,
+//! writes them to the store, and releases them from the spool only once the store confirmed them. While the store is down it retries with capped exponential backoff and
 //! the spool keeps growing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use buildstore_schema::Event;
 use tokio::sync::watch;
 
 use crate::pipeline::{Applier, Outcome};
-use crate::spool::Spool;
+use crate::spool::{Handoff, Spool, Taken as HandedOver};
 use crate::store::Store;
 
 /// Most events per batch.
@@ -27,12 +27,23 @@ pub struct DrainCounters {
     pub rejected: AtomicU64,
     pub batches: AtomicU64,
     pub store_errors: AtomicU64,
+    /// The id of the last spooled event the store confirmed.
+    pub confirmed: AtomicI64,
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
+/// Events taken from the spool and not yet confirmed by the store.
+struct Taken {
+    /// The id of the last spooled event they cover (an unreadable one skipped included).
+    through: i64,
+    events: Vec<Event>,
+}
+
 /// Runs until `stop` is set and then drains what the spool holds for up to `grace`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     spool: Spool,
+    handoff: Arc<Handoff>,
     store: Arc<dyn Store>,
     mut applier: Applier,
     held: Arc<AtomicU64>,
@@ -42,6 +53,19 @@ pub async fn run(
 ) {
     let mut deadline: Option<Instant> = None;
     let mut failures = 0u32;
+    // Events left by an earlier run come first, from the file.
+    let s = spool.clone();
+    let mut next = match tokio::task::spawn_blocking(move || s.oldest()).await {
+        Ok(Ok(oldest)) => oldest.unwrap_or_else(|| spool.next_id()),
+        other => {
+            tracing::error!(
+                ?other,
+                "reading the spool failed; starting from its first id"
+            );
+            0
+        }
+    };
+    let mut pending: Option<Taken> = None;
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
@@ -52,42 +76,24 @@ pub async fn run(
             );
             return;
         }
-        let s = spool.clone();
-        let pending = match tokio::task::spawn_blocking(move || s.read(0, BATCH_EVENTS)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "reading the spool failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "spool task failed");
-                return;
-            }
-        };
-        let Some(last) = pending.last().map(|p| p.id) else {
-            if deadline.is_some() {
+        if pending.is_none() {
+            pending = take(&spool, &handoff, next).await;
+        }
+        let Some(batch) = pending.take() else {
+            if deadline.is_some() && handoff.is_closed() && next >= spool.next_id() {
                 return; // drained
             }
             tokio::select! {
+                _ = handoff.ready() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
                 _ = stop.changed() => {}
             }
             continue;
         };
-        // Lines were validated before they were spooled; one that no longer parses is reported
-        // and skipped rather than blocking everything behind it.
-        let events: Vec<Event> = pending
-            .iter()
-            .filter_map(|p| match Event::parse(&p.line) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    tracing::error!(spool_id = p.id, error = %e, "unreadable spooled event skipped");
-                    None
-                }
-            })
-            .collect();
-        match applier.apply_chunk(store.as_ref(), &events, false).await {
+        match applier
+            .apply_chunk(store.as_ref(), &batch.events, false)
+            .await
+        {
             Ok(outcomes) => {
                 failures = 0;
                 counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -101,12 +107,14 @@ pub async fn run(
                         }
                     };
                 }
+                next = batch.through + 1;
+                counters.confirmed.store(batch.through, Ordering::Release);
                 let s = spool.clone();
-                match tokio::task::spawn_blocking(move || s.release(last)).await {
+                match tokio::task::spawn_blocking(move || s.release(batch.through)).await {
                     Ok(Ok(freed)) => {
                         held.fetch_sub(freed.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
                     }
-                    // Not released: the batch is applied again later, which changes nothing.
+                    // Not released: those events are applied again later, which changes nothing.
                     other => tracing::error!(?other, "releasing spooled events failed"),
                 }
             }
@@ -119,6 +127,7 @@ pub async fn run(
                 let wait =
                     Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
                 tracing::warn!(error = %e, ?wait, "store write failed; the events stay in the spool");
+                pending = Some(batch); // the same events again, once the store is back
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
@@ -126,4 +135,42 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The next events from id `next` on: from memory when the writer handed them over, else from
+/// the file (after a restart, or when the handoff was full).
+async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Taken> {
+    if let HandedOver::Events(events) = handoff.take(next, BATCH_EVENTS) {
+        let through = events.last().map_or(next - 1, |(id, _)| *id);
+        return Some(Taken {
+            through,
+            events: events.into_iter().map(|(_, e)| e).collect(),
+        });
+    }
+    if next >= spool.next_id() {
+        return None;
+    }
+    let s = spool.clone();
+    let spooled = match tokio::task::spawn_blocking(move || s.read(next, BATCH_EVENTS)).await {
+        Ok(Ok(p)) => p,
+        other => {
+            tracing::error!(?other, "reading the spool failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return None;
+        }
+    };
+    let through = spooled.last()?.id;
+    // Lines were validated before they were spooled; one that no longer parses is reported and
+    // skipped rather than blocking everything behind it.
+    let events = spooled
+        .iter()
+        .filter_map(|p| match Event::parse(&p.line) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!(spool_id = p.id, error = %e, "unreadable spooled event skipped");
+                None
+            }
+        })
+        .collect();
+    Some(Taken { through, events })
 }

@@ -13,7 +13,11 @@ use tokio::task::JoinHandle;
 use super::drain::{self, DrainCounters};
 use crate::core::{Core, CoreConfig};
 use crate::pipeline::Applier;
-use crate::spool::{Appender, Spool, SpoolError};
+use crate::spool::{Appender, Handoff, Spool, SpoolError};
+
+/// Most bytes of event lines held in memory between the spool's writer and the drain; past it
+/// the drain reads them back from the file.
+const HANDOFF_BYTES: usize = 64 << 20;
 use crate::store::Store;
 
 pub struct Engine {
@@ -36,11 +40,18 @@ impl Engine {
     ) -> Result<Engine, SpoolError> {
         let spool = Spool::open(dir)?;
         let held = Arc::new(AtomicU64::new(spool.depth().bytes));
-        let (appender, writer) = Appender::start(spool.clone(), Arc::clone(&held), spool_max);
+        let handoff = Arc::new(Handoff::new(HANDOFF_BYTES));
+        let (appender, writer) = Appender::start(
+            spool.clone(),
+            Arc::clone(&handoff),
+            Arc::clone(&held),
+            spool_max,
+        );
         let counters = Arc::new(DrainCounters::default());
         let (stop, stopped) = watch::channel(false);
         let drain = tokio::spawn(drain::run(
             spool.clone(),
+            handoff,
             store,
             Applier::new(Core::new(core)),
             held,

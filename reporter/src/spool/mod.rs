@@ -1,21 +1,30 @@
 //! The durable spool between accepting an event and storing it. An event is acknowledged only
 //! once it is in the spool file and fsynced; the applier takes events out in order and releases
-//! them only after the store confirmed their batch, so an acknowledged event survives a killed
-//! process or a store that is down for hours.
+//! them only after the store confirmed them, so an acknowledged event survives a killed process
+//! or a store that is down for hours.
 //!
-//! The spool is a SQLite file (WAL, `synchronous=FULL`): one row per event, a monotonic id, and
-//! whole transactions, so a torn write at a crash is rolled back by SQLite rather than by a
-//! hand-made file format. Appends are group-committed: every caller waiting at the same moment
-//! shares one transaction and one fsync.
+//! The spool is a SQLite file (WAL, `synchronous=FULL`), so a torn write at a crash is rolled back
+//! by SQLite rather than by a hand-made file format. Appends are group-committed: every caller
+//! waiting at the same moment shares one transaction and one fsync, and the group is one row (its
+//! lines joined by newlines, which no protocol line contains) holding the consecutive ids
+//! `first..=last`. One row per group rather than per event keeps the cost of spooling close to the
+//! cost of writing the bytes. A group is deleted whole, once the store confirmed its last event;
+//! events of a group the store confirmed only in part are applied again after a restart, which
+//! the store's de-duplication makes harmless.
+//!
+//! Events also travel from the writer to the applier in memory ([`Handoff`]), so the applier
+//! reads the file only after a restart or when it fell too far behind.
 
+mod handoff;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub use handoff::{Handoff, Taken};
 pub use writer::{AppendError, Appender, Pending, SpoolFull};
 
 /// Errors of the spool.
@@ -56,11 +65,19 @@ pub struct Depth {
 pub struct Spool {
     path: String,
     conn: Arc<Mutex<Connection>>,
+    /// The id the next appended event gets: every id below it is committed.
+    next: Arc<AtomicI64>,
     /// What the spool holds, counted once at open and then kept with every append and release,
     /// so that a metrics scrape does not scan a spool that may hold a gigabyte.
     events: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
 }
+
+/// Lines are stored joined by this; a protocol line never contains it.
+const SEPARATOR: u8 = b'\n';
+
+/// Most lines per group when an old spool is converted.
+const CONVERT_GROUP: usize = 4096;
 
 impl Spool {
     /// Opens (creating if needed) `DIR/spool.db`.
@@ -75,30 +92,36 @@ impl Spool {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&file).map_err(err)?;
+        let mut conn = Connection::open(&file).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         // FULL: the fsync at commit is what an acknowledgement promises.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
+        // AUTOINCREMENT keeps the highest id ever used in `sqlite_sequence`, so ids never repeat
+        // even once every group was released.
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);",
+            "CREATE TABLE IF NOT EXISTS groups (last INTEGER PRIMARY KEY AUTOINCREMENT,
+                                                first INTEGER NOT NULL, lines BLOB NOT NULL);",
         )
         .map_err(err)?;
-        let (events, bytes): (i64, Option<i64>) = conn
+        convert_one_row_per_event(&mut conn).map_err(err)?;
+        let (next, events, bytes): (i64, i64, i64) = conn
             .query_row(
-                "SELECT count(*), sum(length(CAST(line AS BLOB))) FROM events",
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'groups'), 0) + 1,
+                        coalesce(sum(last - first + 1), 0),
+                        coalesce(sum(length(lines) - (last - first)), 0)
+                 FROM groups",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(err)?;
         Ok(Spool {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            next: Arc::new(AtomicI64::new(next)),
             events: Arc::new(AtomicU64::new(u64::try_from(events).unwrap_or(0))),
-            bytes: Arc::new(AtomicU64::new(
-                bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0),
-            )),
+            bytes: Arc::new(AtomicU64::new(u64::try_from(bytes).unwrap_or(0))),
         })
     }
 
@@ -114,63 +137,95 @@ impl Spool {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends lines in one transaction (one fsync) and returns their ids, in order.
-    pub fn append(&self, lines: &[String]) -> Result<Vec<i64>, SpoolError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.err())?;
-        let mut ids = Vec::with_capacity(lines.len());
-        {
-            let mut st = tx
-                .prepare_cached("INSERT INTO events (line) VALUES (?1)")
-                .map_err(self.err())?;
-            for line in lines {
-                st.execute([line]).map_err(self.err())?;
-                ids.push(tx.last_insert_rowid());
-            }
+    /// Appends lines as one group in one transaction (one fsync) and returns the id of the first;
+    /// the others follow it one by one.
+    pub fn append(&self, lines: &[String]) -> Result<i64, SpoolError> {
+        let conn = self.lock();
+        let first = self.next.load(Ordering::Acquire);
+        if lines.is_empty() {
+            return Ok(first);
         }
-        tx.commit().map_err(self.err())?;
+        let last = first + lines.len() as i64 - 1;
+        let inserted = conn
+            .prepare_cached("INSERT INTO groups (last, first, lines) VALUES (?1, ?2, ?3)")
+            .and_then(|mut st| st.execute(params![last, first, lines.join("\n").as_bytes()]));
+        if let Err(e) = inserted {
+            // A failed commit may still have reached the file; the next group must not reuse
+            // the ids it may hold.
+            if let Ok(seq) = conn.query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'groups'), 0) + 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            ) {
+                self.next.fetch_max(seq, Ordering::AcqRel);
+            }
+            return Err(self.err()(e));
+        }
+        self.next.store(last + 1, Ordering::Release);
         self.events.fetch_add(lines.len() as u64, Ordering::Relaxed);
         let added: usize = lines.iter().map(String::len).sum();
         self.bytes.fetch_add(added as u64, Ordering::Relaxed);
-        Ok(ids)
+        Ok(first)
     }
 
-    /// Up to `limit` events after id `after`, oldest first.
-    pub fn read(&self, after: i64, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
+    /// The id the next appended event gets; every event below it is durable.
+    pub fn next_id(&self) -> i64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    /// Up to `limit` events with ids from `from` on, oldest first.
+    pub fn read(&self, from: i64, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.lock();
         let mut st = conn
-            .prepare_cached("SELECT id, line FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .prepare_cached("SELECT first, lines FROM groups WHERE last >= ?1 ORDER BY last")
             .map_err(self.err())?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = st
-            .query_map(params![after, limit], |r| {
-                Ok(Spooled {
-                    id: r.get(0)?,
-                    line: r.get(1)?,
-                })
-            })
-            .map_err(self.err())?;
-        rows.collect::<Result<_, _>>().map_err(self.err())
+        let mut rows = st.query([from]).map_err(self.err())?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.next().map_err(self.err())? else {
+                break;
+            };
+            let first: i64 = row.get(0).map_err(self.err())?;
+            let lines = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(self.err())?;
+            for (id, line) in (first..).zip(lines.split(|b| *b == SEPARATOR)) {
+                if id < from {
+                    continue;
+                }
+                if out.len() == limit {
+                    break;
+                }
+                out.push(Spooled {
+                    id,
+                    line: String::from_utf8_lossy(line).into_owned(),
+                });
+            }
+        }
+        Ok(out)
     }
 
-    /// Forgets every event up to and including `id` and returns the bytes that frees: call only
-    /// once the store confirmed them.
+    /// Forgets every group whose events are all at or below `id` and returns the bytes that
+    /// frees: call only once the store confirmed them.
     pub fn release(&self, id: i64) -> Result<u64, SpoolError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
-        let bytes: Option<i64> = tx
+        let (events, bytes): (i64, i64) = tx
             .query_row(
-                "SELECT sum(length(CAST(line AS BLOB))) FROM events WHERE id <= ?1",
+                "SELECT coalesce(sum(last - first + 1), 0),
+                        coalesce(sum(length(lines) - (last - first)), 0)
+                 FROM groups WHERE last <= ?1",
                 [id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(self.err())?;
-        let deleted = tx
-            .execute("DELETE FROM events WHERE id <= ?1", [id])
+        tx.execute("DELETE FROM groups WHERE last <= ?1", [id])
             .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
-        let bytes = bytes.and_then(|b| u64::try_from(b).ok()).unwrap_or(0);
-        self.events.fetch_sub(deleted as u64, Ordering::Relaxed);
+        let bytes = u64::try_from(bytes).unwrap_or(0);
+        self.events
+            .fetch_sub(u64::try_from(events).unwrap_or(0), Ordering::Relaxed);
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(bytes)
     }
@@ -183,14 +238,57 @@ impl Spool {
         }
     }
 
-    /// The id of the oldest waiting event, if any.
+    /// The id of the oldest event still held, if any.
     pub fn oldest(&self) -> Result<Option<i64>, SpoolError> {
         let conn = self.lock();
-        conn.query_row("SELECT min(id) FROM events", [], |r| r.get(0))
+        conn.query_row("SELECT min(first) FROM groups", [], |r| r.get(0))
             .optional()
             .map(Option::flatten)
             .map_err(self.err())
     }
+}
+
+/// Spools of earlier versions kept one row per event in `events`: their events become groups
+/// here, in their order, in the same transaction that drops the old table.
+fn convert_one_row_per_event(conn: &mut Connection) -> rusqlite::Result<()> {
+    let old: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut next: i64 = tx.query_row(
+        "SELECT coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name IN ('events', 'groups')), 0) + 1",
+        [],
+        |r| r.get(0),
+    )?;
+    {
+        let mut read = tx.prepare("SELECT line FROM events ORDER BY id")?;
+        let mut insert =
+            tx.prepare("INSERT INTO groups (last, first, lines) VALUES (?1, ?2, ?3)")?;
+        let mut rows = read.query([])?;
+        let mut group: Vec<String> = Vec::new();
+        loop {
+            let row = rows.next()?;
+            if let Some(row) = row {
+                group.push(row.get(0)?);
+            }
+            if (row.is_none() && !group.is_empty()) || group.len() == CONVERT_GROUP {
+                let last = next + group.len() as i64 - 1;
+                insert.execute(params![last, next, group.join("\n").as_bytes()])?;
+                next = last + 1;
+                group.clear();
+            }
+            if row.is_none() {
+                break;
+            }
+        }
+    }
+    tx.execute_batch("DROP TABLE events;")?;
+    tx.commit()
 }
 
 #[cfg(test)]

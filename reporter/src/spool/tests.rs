@@ -1,8 +1,10 @@
 //! The spool's promises: order, durability across reopening, release only of what was confirmed,
-//! group commits, and backpressure instead of silent drops.
+//! group commits, the in-memory handoff, and backpressure instead of silent drops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use buildstore_schema::Event;
 
 use super::*;
 
@@ -10,18 +12,31 @@ fn lines(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{{\"n\":{i}}}")).collect()
 }
 
+fn event(i: usize) -> Event {
+    Event::parse(&format!(
+        r#"{{"type":"builder_state","master_id":"m","event_id":"e{i}","builder":"b","state":"idle"}}"#
+    ))
+    .expect("a valid event")
+}
+
+fn text(read: &[Spooled]) -> Vec<String> {
+    read.iter().map(|s| s.line.clone()).collect()
+}
+
 #[test]
 fn events_come_out_in_order_and_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    let ids = spool.append(&lines(5)).unwrap();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let first = spool.append(&lines(3)).unwrap();
+    let second = spool.append(&lines(5)[3..]).unwrap();
+    assert_eq!(second, first + 3, "ids run on from group to group");
     drop(spool);
     let spool = Spool::open(dir.path()).unwrap();
-    let got = spool.read(0, 100).unwrap();
+    let got = spool.read(first, 100).unwrap();
+    assert_eq!(text(&got), lines(5));
     assert_eq!(
-        got.iter().map(|s| s.line.clone()).collect::<Vec<_>>(),
-        lines(5)
+        got.iter().map(|s| s.id).collect::<Vec<_>>(),
+        (first..first + 5).collect::<Vec<_>>()
     );
     assert_eq!(
         spool.depth(),
@@ -30,37 +45,61 @@ fn events_come_out_in_order_and_survive_reopening() {
             bytes: lines(5).iter().map(|l| l.len() as u64).sum()
         }
     );
+    assert_eq!(spool.next_id(), first + 5);
 }
 
 #[test]
-fn release_forgets_only_what_was_confirmed_and_ids_never_repeat() {
+fn a_read_may_start_and_end_inside_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    let ids = spool.append(&lines(4)).unwrap();
-    let freed = spool.release(ids[1]).unwrap();
-    assert_eq!(freed, (lines(4)[0].len() + lines(4)[1].len()) as u64);
-    assert_eq!(spool.oldest().unwrap(), Some(ids[2]));
-    spool.release(ids[3]).unwrap();
+    let first = spool.append(&lines(6)).unwrap();
+    let got = spool.read(first + 2, 3).unwrap();
+    assert_eq!(text(&got), lines(6)[2..5].to_vec());
+    assert_eq!(got[0].id, first + 2);
+}
+
+#[test]
+fn release_forgets_only_whole_groups_confirmed_and_ids_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let first = spool.append(&lines(2)).unwrap();
+    let second = spool.append(&lines(2)).unwrap();
+    let freed = spool.release(second).unwrap();
+    assert_eq!(
+        freed,
+        (lines(2)[0].len() + lines(2)[1].len()) as u64,
+        "the first group only: the second is confirmed in part"
+    );
+    assert_eq!(spool.oldest().unwrap(), Some(second));
+    assert_eq!(text(&spool.read(first, 10).unwrap()), lines(2));
+    spool.release(second + 1).unwrap();
     assert_eq!(spool.oldest().unwrap(), None);
+    assert_eq!(spool.depth(), Depth::default());
     drop(spool);
     let spool = Spool::open(dir.path()).unwrap();
     let next = spool.append(&lines(1)).unwrap();
     assert!(
-        next[0] > ids[3],
-        "AUTOINCREMENT: a released id is never handed out again"
+        next > second + 1,
+        "a released id is never handed out again, even by a reopened spool"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_appends_are_all_durable_with_distinct_ids() {
+async fn many_concurrent_appends_are_durable_and_handed_over_in_id_order() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    let (appender, _task) = Appender::start(spool.clone(), Arc::new(AtomicU64::new(0)), u64::MAX);
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    let (appender, _task) = Appender::start(
+        spool.clone(),
+        Arc::clone(&handoff),
+        Arc::new(AtomicU64::new(0)),
+        u64::MAX,
+    );
     let mut tasks = Vec::new();
     for i in 0..500 {
         let a = appender.clone();
         tasks.push(tokio::spawn(async move {
-            a.append(format!("line {i}")).await.unwrap()
+            (a.append(event(i)).await.unwrap(), i)
         }));
     }
     let mut ids = Vec::new();
@@ -68,9 +107,22 @@ async fn many_concurrent_appends_are_all_durable_with_distinct_ids() {
         ids.push(t.await.unwrap());
     }
     ids.sort();
-    ids.dedup();
     assert_eq!(ids.len(), 500);
+    assert!(ids.windows(2).all(|w| w[1].0 == w[0].0 + 1), "no id twice");
     assert_eq!(spool.depth().events, 500);
+
+    let Taken::Events(handed) = handoff.take(ids[0].0, 1000) else {
+        panic!("the durable events are waiting in memory");
+    };
+    assert_eq!(handed.len(), 500);
+    for ((id, e), (spooled, i)) in handed.iter().zip(&ids) {
+        assert_eq!((id, e), (spooled, &event(*i)));
+    }
+    // And the file holds the same events, as the drain would read them after a restart.
+    let read = spool.read(ids[0].0, 1000).unwrap();
+    for (s, (id, e)) in read.iter().zip(&handed) {
+        assert_eq!((&s.id, &Event::parse(&s.line).unwrap()), (id, e));
+    }
 }
 
 #[tokio::test]
@@ -78,18 +130,18 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let held = Arc::new(AtomicU64::new(0));
-    let (appender, _task) = Appender::start(spool.clone(), Arc::clone(&held), 25);
-    appender.append("0123456789".into()).await.unwrap();
-    appender.append("0123456789".into()).await.unwrap();
-    let err = appender.append("0123456789".into()).await.unwrap_err();
+    let one = event(0).to_line().len() as u64;
+    let (appender, _task) = Appender::start(
+        spool.clone(),
+        Arc::new(Handoff::new(usize::MAX)),
+        Arc::clone(&held),
+        one * 2 + one / 2,
+    );
+    let first = appender.append(event(0)).await.unwrap();
+    appender.append(event(1)).await.unwrap();
+    let err = appender.append(event(2)).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            AppendError::Full(SpoolFull {
-                held: 20,
-                limit: 25
-            })
-        ),
+        matches!(err, AppendError::Full(SpoolFull { held, .. }) if held == one * 2),
         "{err}"
     );
     assert!(err.to_string().contains("the spool is full"));
@@ -98,20 +150,44 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
         2,
         "the refused line is not in the spool"
     );
-    let first = spool.oldest().unwrap().unwrap();
     held.fetch_sub(spool.release(first).unwrap(), Ordering::Relaxed);
-    appender.append("0123456789".into()).await.unwrap();
+    appender.append(event(2)).await.unwrap();
 }
 
 #[test]
 fn the_depth_kept_while_running_equals_what_a_reopened_spool_counts() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    let ids = spool.append(&lines(10)).unwrap();
+    let first = spool.append(&lines(4)).unwrap();
+    spool.append(&lines(6)).unwrap();
     spool.append(&["é".repeat(100)]).unwrap();
-    spool.release(ids[3]).unwrap();
+    spool.release(first + 3).unwrap();
     let kept = spool.depth();
     assert_eq!(kept.events, 7);
     drop(spool);
     assert_eq!(Spool::open(dir.path()).unwrap().depth(), kept);
+}
+
+#[test]
+fn a_spool_of_the_one_row_per_event_layout_is_converted_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);",
+        )
+        .unwrap();
+        for line in lines(5000) {
+            conn.execute("INSERT INTO events (line) VALUES (?1)", [line])
+                .unwrap();
+        }
+        conn.execute("DELETE FROM events WHERE id <= 10", [])
+            .unwrap();
+    }
+    let spool = Spool::open(dir.path()).unwrap();
+    let first = spool.oldest().unwrap().unwrap();
+    assert!(first > 5000, "converted ids come after every old one");
+    assert_eq!(text(&spool.read(0, 10_000).unwrap()), lines(5000)[10..]);
+    assert_eq!(spool.depth().events, 4990);
+    assert_eq!(spool.next_id(), first + 4990);
 }

@@ -1,12 +1,14 @@
-//! Group commit: callers hand lines to one writer task, which takes everything waiting at that
+//! Group commit: callers hand events to one writer task, which takes everything waiting at that
 //! moment into one transaction, so a thousand concurrent senders cost one fsync, not a thousand.
+//! Each durable group then goes on to the applier in memory through the [`Handoff`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use buildstore_schema::Event;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Spool, SpoolError};
+use super::{Handoff, Spool, SpoolError};
 
 /// Most lines, and bytes, one group commit takes.
 const GROUP_LINES: usize = 4096;
@@ -34,6 +36,7 @@ pub enum AppendError {
 
 struct Request {
     line: String,
+    event: Event,
     done: oneshot::Sender<Result<i64, AppendError>>,
 }
 
@@ -50,17 +53,19 @@ impl Appender {
     /// the applier lowers it as it releases events.
     pub fn start(
         spool: Spool,
+        handoff: Arc<Handoff>,
         held: Arc<AtomicU64>,
         limit: u64,
     ) -> (Appender, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(GROUP_LINES);
-        let task = tokio::spawn(write_loop(spool, rx, Arc::clone(&held)));
+        let task = tokio::spawn(write_loop(spool, handoff, rx, Arc::clone(&held)));
         (Appender { tx, held, limit }, task)
     }
 
-    /// Queues one line for the next group commit. Lines queued one after the other by one
-    /// caller are spooled in that order; await the returned [`Pending`] for durability.
-    pub async fn submit(&self, line: String) -> Result<Pending, AppendError> {
+    /// Queues one event, and its protocol line, for the next group commit. Events queued one
+    /// after the other by one caller are spooled in that order; await the returned [`Pending`]
+    /// for durability.
+    pub async fn submit(&self, event: Event, line: String) -> Result<Pending, AppendError> {
         // The bytes are reserved here, before the line is queued, so that lines waiting for the
         // next group commit count against the limit too.
         let len = line.len() as u64;
@@ -73,16 +78,17 @@ impl Appender {
                 limit: self.limit,
             })?;
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Request { line, done }).await.is_err() {
+        if self.tx.send(Request { line, event, done }).await.is_err() {
             self.held.fetch_sub(len, Ordering::Relaxed);
             return Err(AppendError::Closed);
         }
         Ok(Pending(wait))
     }
 
-    /// Appends one line and returns its spool id once it is durable.
-    pub async fn append(&self, line: String) -> Result<i64, AppendError> {
-        self.submit(line).await?.durable().await
+    /// Appends one event and returns its spool id once it is durable.
+    pub async fn append(&self, event: Event) -> Result<i64, AppendError> {
+        let line = event.to_line();
+        self.submit(event, line).await?.durable().await
     }
 }
 
@@ -93,9 +99,23 @@ impl Pending {
     pub async fn durable(self) -> Result<i64, AppendError> {
         self.0.await.map_err(|_| AppendError::Closed)?
     }
+
+    /// The outcome if it is known already, without waiting.
+    pub fn now(&mut self) -> Option<Result<i64, AppendError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(AppendError::Closed)),
+        }
+    }
 }
 
-async fn write_loop(spool: Spool, mut rx: mpsc::Receiver<Request>, held: Arc<AtomicU64>) {
+async fn write_loop(
+    spool: Spool,
+    handoff: Arc<Handoff>,
+    mut rx: mpsc::Receiver<Request>,
+    held: Arc<AtomicU64>,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let mut bytes = group[0].line.len();
@@ -108,26 +128,35 @@ async fn write_loop(spool: Spool, mut rx: mpsc::Receiver<Request>, held: Arc<Ato
                 Err(_) => break,
             }
         }
-        let lines: Vec<String> = group.iter().map(|r| r.line.clone()).collect();
+        let mut lines = Vec::with_capacity(group.len());
+        let mut events = Vec::with_capacity(group.len());
+        let mut waiting = Vec::with_capacity(group.len());
+        for r in group {
+            events.push((r.event, r.line.len()));
+            lines.push(r.line);
+            waiting.push(r.done);
+        }
         let s = spool.clone();
         let result = tokio::task::spawn_blocking(move || s.append(&lines))
             .await
             .map_err(|e| SpoolError::Task(e.to_string()))
             .and_then(|r| r);
         match result {
-            Ok(ids) => {
-                for (r, id) in group.into_iter().zip(ids) {
-                    let _ = r.done.send(Ok(id));
+            Ok(first) => {
+                handoff.push(first, events);
+                for (done, id) in waiting.into_iter().zip(first..) {
+                    let _ = done.send(Ok(id));
                 }
             }
             Err(e) => {
                 held.fetch_sub(bytes as u64, Ordering::Relaxed); // reserved by `submit`
                 let message = e.to_string();
                 tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
-                for r in group {
-                    let _ = r.done.send(Err(AppendError::Spool(message.clone())));
+                for done in waiting {
+                    let _ = done.send(Err(AppendError::Spool(message.clone())));
                 }
             }
         }
     }
+    handoff.close();
 }
