@@ -3,13 +3,16 @@
 //! A build may start at FETCH_HEAD, HEAD, a branch or nothing; only a proper hash is final and only
 //! a proper hash links a build into `repository`.
 
+use std::sync::Arc;
+
 use regex::Regex;
 use serde_json::Value;
 
-/// Decides which changesets are proper commit hashes.
+/// Decides which changesets are proper commit hashes. Cheap to clone: clones share one compiled
+/// pattern and its match caches (a cloned `Regex` would build new caches on its first use).
 #[derive(Debug, Clone)]
 pub struct ChangesetPolicy {
-    proper: Regex,
+    proper: Arc<Regex>,
 }
 
 impl ChangesetPolicy {
@@ -18,7 +21,7 @@ impl ChangesetPolicy {
 
     pub fn new(pattern: &str) -> Result<Self, regex::Error> {
         Ok(ChangesetPolicy {
-            proper: Regex::new(pattern)?,
+            proper: Arc::new(Regex::new(pattern)?),
         })
     }
 
@@ -30,7 +33,9 @@ impl ChangesetPolicy {
 impl Default for ChangesetPolicy {
     fn default() -> Self {
         ChangesetPolicy {
-            proper: Regex::new(Self::DEFAULT_PATTERN).expect("the default pattern is valid"),
+            proper: Arc::new(
+                Regex::new(Self::DEFAULT_PATTERN).expect("the default pattern is valid"),
+            ),
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use bson::Document;
 use buildstore_schema::{BuildDoc, BuilderDoc, Channel, Collection, CommitDoc, StepDoc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -12,9 +11,9 @@ use serde::Serialize;
 use super::StoreError;
 use crate::core::{InlineUpdate, Mutation};
 
-/// Reads a document from the store while a batch is being applied.
+/// Reads a document (as BSON bytes) from the store while a batch is being applied.
 pub trait Loader {
-    fn load(&mut self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError>;
+    fn load(&mut self, collection: Collection, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// The documents one batch touches: loaded on first use, changed in memory, written back once.
@@ -59,9 +58,10 @@ impl DocSet {
         if !T::slot(self).contains_key(id) {
             let doc = match loader.load(T::COLLECTION, id)? {
                 None => None,
+                // Straight from the bytes to the type: no intermediate `Document`.
                 Some(raw) => {
                     Some(
-                        bson::from_document::<T>(raw).map_err(|e| StoreError::Corrupt {
+                        bson::from_slice::<T>(&raw).map_err(|e| StoreError::Corrupt {
                             collection: T::COLLECTION,
                             id: id.to_owned(),
                             message: e.to_string(),
@@ -233,8 +233,8 @@ impl DocSet {
         Ok(())
     }
 
-    /// The changed documents, serialized, in a stable order.
-    pub fn into_writes(mut self) -> Result<Vec<(Collection, String, Document)>, StoreError> {
+    /// The changed documents as BSON bytes, in a stable order.
+    pub fn into_writes(mut self) -> Result<Vec<(Collection, String, Vec<u8>)>, StoreError> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut out = Vec::with_capacity(dirty.len());
         for (collection, id) in dirty {
@@ -256,10 +256,10 @@ fn serialize<T: Serialize>(
     slot: &mut HashMap<String, Option<T>>,
     collection: Collection,
     id: &str,
-) -> Result<Option<Document>, StoreError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     match slot.remove(id).flatten() {
         None => Ok(None),
-        Some(doc) => bson::to_document(&doc)
+        Some(doc) => bson::to_vec(&doc)
             .map(Some)
             .map_err(|e| StoreError::Corrupt {
                 collection,

@@ -2,23 +2,24 @@
 //! whole (as BSON, so it exports exactly as MongoDB would hold it) beside the fields its indexes
 //! need, plus the full text of every log as appended chunks.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
-use bson::{Bson, Document};
+use bson::{Bson, Document, RawBsonRef, RawDocument};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{
     params, params_from_iter, Connection, OptionalExtension, Transaction, TransactionBehavior,
 };
 
-use super::docs::{DocSet, Loader};
 use super::{BuildQuery, CommitQuery, Store, StoreError};
-use crate::core::{Batch, BuildSnapshot, LogSnapshot, Mutation};
+use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 #[path = "sqlite_queries.rs"]
 mod queries;
+#[path = "sqlite_write.rs"]
+mod write;
 
 /// Bumped when the table layout changes. 2: builds keep `master_id`, `branch` and `result`.
 const LAYOUT_VERSION: i64 = 2;
@@ -31,17 +32,28 @@ pub struct SqliteStore {
 }
 
 /// The columns a collection's table keeps beside the document: the fields its indexes use.
-fn columns(collection: Collection) -> Vec<&'static str> {
-    let mut cols: Vec<&'static str> = Vec::new();
-    for spec in INDEXES.iter().filter(|s| s.collection == collection) {
-        // `_id` is the table's key already.
-        for (field, _) in spec.keys.iter().filter(|(f, _)| *f != "_id") {
-            if !cols.contains(field) {
-                cols.push(field);
-            }
-        }
-    }
-    cols
+fn columns(collection: Collection) -> &'static [&'static str] {
+    static COLUMNS: OnceLock<Vec<(Collection, Vec<&'static str>)>> = OnceLock::new();
+    let all = COLUMNS.get_or_init(|| {
+        Collection::ALL
+            .into_iter()
+            .map(|c| {
+                let mut cols: Vec<&'static str> = Vec::new();
+                for spec in INDEXES.iter().filter(|s| s.collection == c) {
+                    // `_id` is the table's key already.
+                    for (field, _) in spec.keys.iter().filter(|(f, _)| *f != "_id") {
+                        if !cols.contains(field) {
+                            cols.push(field);
+                        }
+                    }
+                }
+                (c, cols)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(c, _)| *c == collection)
+        .map_or(&[], |(_, cols)| cols.as_slice())
 }
 
 fn tables() -> String {
@@ -80,22 +92,37 @@ fn indexes() -> String {
 }
 
 /// How an indexed field is kept in its column: dates as epoch milliseconds, ids as given.
-fn column_value(value: Option<&Bson>) -> SqlValue {
+fn column_value(value: Option<RawBsonRef>) -> SqlValue {
     match value {
-        None | Some(Bson::Null) => SqlValue::Null,
-        Some(Bson::String(s)) => SqlValue::Text(s.clone()),
-        Some(Bson::Int32(i)) => SqlValue::Integer((*i).into()),
-        Some(Bson::Int64(i)) => SqlValue::Integer(*i),
-        Some(Bson::DateTime(d)) => SqlValue::Integer(d.timestamp_millis()),
-        Some(other) => SqlValue::Text(other.to_string()),
+        None | Some(RawBsonRef::Null) => SqlValue::Null,
+        Some(RawBsonRef::String(s)) => SqlValue::Text(s.to_owned()),
+        Some(RawBsonRef::Int32(i)) => SqlValue::Integer(i.into()),
+        Some(RawBsonRef::Int64(i)) => SqlValue::Integer(i),
+        Some(RawBsonRef::DateTime(d)) => SqlValue::Integer(d.timestamp_millis()),
+        Some(other) => SqlValue::Text(
+            Bson::try_from(other.to_raw_bson())
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+        ),
     }
 }
 
-fn encode(doc: &Document) -> Vec<u8> {
-    let mut buf = Vec::new();
-    // Writing into a Vec cannot fail for a document that was built in memory.
-    let _ = doc.to_writer(&mut buf);
-    buf
+/// The values of columns `cols` of a stored document of `collection`, read from its bytes.
+fn column_values(
+    collection: Collection,
+    cols: &[&str],
+    id: &str,
+    bytes: &[u8],
+) -> Result<Vec<SqlValue>, StoreError> {
+    let corrupt = |e: bson::raw::Error| StoreError::Corrupt {
+        collection,
+        id: id.to_owned(),
+        message: e.to_string(),
+    };
+    let raw = RawDocument::from_bytes(bytes).map_err(corrupt)?;
+    cols.iter()
+        .map(|c| raw.get(c).map(column_value).map_err(corrupt))
+        .collect()
 }
 
 fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, StoreError> {
@@ -126,7 +153,8 @@ fn upgrade(
             .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
             .map_err(err)?;
         let missing: Vec<&str> = columns(collection)
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|c| !present.contains(*c))
             .collect();
         if missing.is_empty() {
@@ -176,9 +204,7 @@ fn backfill(
         };
         after = Some(last.clone());
         for (id, bytes) in rows {
-            let doc = decode(collection, &id, &bytes)?;
-            let mut values: Vec<SqlValue> =
-                cols.iter().map(|c| column_value(doc.get(*c))).collect();
+            let mut values = column_values(collection, cols, &id, &bytes)?;
             values.push(SqlValue::Text(id));
             update.execute(params_from_iter(values)).map_err(err)?;
         }
@@ -240,17 +266,6 @@ fn sql_error(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clon
     }
 }
 
-struct TxLoader<'a, E> {
-    tx: &'a Transaction<'a>,
-    err: E,
-}
-
-impl<E: Fn(rusqlite::Error) -> StoreError> Loader for TxLoader<'_, E> {
-    fn load(&mut self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
-        load_doc(self.tx, collection, id, &self.err)
-    }
-}
-
 fn load_doc(
     conn: &Connection,
     collection: Collection,
@@ -300,86 +315,6 @@ fn read_log(
     Ok(out)
 }
 
-fn apply_batch(
-    tx: &Transaction,
-    batch: &Batch,
-    err: &(impl Fn(rusqlite::Error) -> StoreError + Clone),
-) -> Result<(), StoreError> {
-    let mut docs = DocSet::default();
-    let mut loader = TxLoader {
-        tx,
-        err: err.clone(),
-    };
-    let mut lens: HashMap<(String, Channel), u64> = HashMap::new();
-    for m in &batch.mutations {
-        if let Mutation::AppendLog {
-            step_id,
-            channel,
-            offset,
-            text,
-            ..
-        } = m
-        {
-            let key = (step_id.clone(), *channel);
-            let len = match lens.get(&key) {
-                Some(n) => *n,
-                None => log_len(tx, step_id, *channel).map_err(err)?.unwrap_or(0),
-            };
-            let end = offset + text.len() as u64;
-            if end <= len {
-                continue; // applied before: this batch is a retry
-            }
-            if *offset != len {
-                return Err(StoreError::LogConflict {
-                    step_id: step_id.clone(),
-                    channel: channel.as_str(),
-                    len,
-                    offset: *offset,
-                });
-            }
-            tx.prepare_cached(
-                "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    step_id,
-                    channel.as_str(),
-                    *offset as i64,
-                    text.as_bytes()
-                ])
-            })
-            .map_err(err)?;
-            lens.insert(key, end);
-        }
-        docs.apply(m, &mut loader)?;
-    }
-    for (collection, id, doc) in docs.into_writes()? {
-        let cols = columns(collection);
-        let names: String = cols.iter().map(|c| format!(", {c}")).collect();
-        let marks: String = (0..cols.len()).map(|i| format!(", ?{}", i + 3)).collect();
-        let updates: String = cols
-            .iter()
-            .map(|c| format!(", {c} = excluded.{c}"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO {collection} (_id, doc{names}) VALUES (?1, ?2{marks})
-             ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc{updates}"
-        );
-        let mut values = vec![SqlValue::Text(id.clone()), SqlValue::Blob(encode(&doc))];
-        values.extend(cols.iter().map(|c| column_value(doc.get(*c))));
-        tx.prepare_cached(&sql)
-            .and_then(|mut st| st.execute(params_from_iter(values)))
-            .map_err(err)?;
-    }
-    let mut st = tx
-        .prepare_cached("INSERT OR IGNORE INTO applied_events (key) VALUES (?1)")
-        .map_err(err)?;
-    for key in &batch.events {
-        st.execute([key]).map_err(err)?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -390,7 +325,7 @@ impl Store for SqliteStore {
         let err = self.sql_error();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(&err)?;
-            apply_batch(&tx, &batch, &err)?;
+            write::apply_batch(&tx, &batch, &err)?;
             tx.commit().map_err(&err)
         })
         .await

@@ -1,0 +1,159 @@
+//! The SQLite store's write path: one batch in one transaction. Log chunks are appended at their
+//! offsets, each document the batch touches is loaded once, changed in memory and written back
+//! once, and the batch's event keys are recorded so that the events count as applied.
+
+use std::collections::HashMap;
+
+use buildstore_schema::{Channel, Collection};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, OptionalExtension, Transaction};
+
+use super::{column_values, columns, log_len};
+use crate::core::{Batch, Mutation};
+use crate::store::docs::{DocSet, Loader};
+use crate::store::StoreError;
+
+/// Loads documents inside the batch's transaction, and remembers the column values each one had.
+struct TxLoader<'a, E> {
+    tx: &'a Transaction<'a>,
+    err: E,
+    columns: HashMap<(Collection, String), Vec<SqlValue>>,
+}
+
+impl<E: Fn(rusqlite::Error) -> StoreError> Loader for TxLoader<'_, E> {
+    fn load(&mut self, collection: Collection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .tx
+            .prepare_cached(&format!("SELECT doc FROM {collection} WHERE _id = ?1"))
+            .and_then(|mut st| st.query_row([id], |r| r.get(0)).optional())
+            .map_err(&self.err)?;
+        if let Some(bytes) = &bytes {
+            let values = column_values(collection, columns(collection), id, bytes)?;
+            self.columns.insert((collection, id.to_owned()), values);
+        }
+        Ok(bytes)
+    }
+}
+
+pub(super) fn apply_batch(
+    tx: &Transaction,
+    batch: &Batch,
+    err: &(impl Fn(rusqlite::Error) -> StoreError + Clone),
+) -> Result<(), StoreError> {
+    let mut docs = DocSet::default();
+    let mut loader = TxLoader {
+        tx,
+        err: err.clone(),
+        columns: HashMap::new(),
+    };
+    let mut lens: HashMap<(&str, Channel), u64> = HashMap::new();
+    for m in &batch.mutations {
+        if let Mutation::AppendLog {
+            step_id,
+            channel,
+            offset,
+            text,
+            ..
+        } = m
+        {
+            let key = (step_id.as_str(), *channel);
+            let len = match lens.get(&key) {
+                Some(n) => *n,
+                None => log_len(tx, step_id, *channel).map_err(err)?.unwrap_or(0),
+            };
+            let end = offset + text.len() as u64;
+            if end <= len {
+                continue; // applied before: this batch is a retry
+            }
+            if *offset != len {
+                return Err(StoreError::LogConflict {
+                    step_id: step_id.clone(),
+                    channel: channel.as_str(),
+                    len,
+                    offset: *offset,
+                });
+            }
+            tx.prepare_cached(
+                "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    step_id,
+                    channel.as_str(),
+                    *offset as i64,
+                    text.as_bytes()
+                ])
+            })
+            .map_err(err)?;
+            lens.insert(key, end);
+        }
+        docs.apply(m, &mut loader)?;
+    }
+    for (collection, id, bytes) in docs.into_writes()? {
+        let values = column_values(collection, columns(collection), &id, &bytes)?;
+        let statements = statements(collection);
+        // Most writes change a document but none of its indexed fields (a log line, a step's
+        // end): writing the document alone leaves every index of the table untouched.
+        let sql = match loader.columns.get(&(collection, id.clone())) {
+            Some(before) if *before == values => &statements.document_only,
+            _ => &statements.upsert,
+        };
+        let mut row = vec![SqlValue::Text(id), SqlValue::Blob(bytes)];
+        if sql == &statements.upsert {
+            row.extend(values);
+        }
+        tx.prepare_cached(sql)
+            .and_then(|mut st| st.execute(params_from_iter(row)))
+            .map_err(err)?;
+    }
+    let mut st = tx
+        .prepare_cached("INSERT OR IGNORE INTO applied_events (key) VALUES (?1)")
+        .map_err(err)?;
+    for key in &batch.events {
+        st.execute([key]).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The two ways a document is written back.
+struct Statements {
+    /// Insert, or replace the document and its columns.
+    upsert: String,
+    /// Replace the document of an existing row; its columns stay.
+    document_only: String,
+}
+
+fn statements(collection: Collection) -> &'static Statements {
+    static ALL: std::sync::OnceLock<Vec<(Collection, Statements)>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        Collection::ALL
+            .into_iter()
+            .map(|c| {
+                let cols = columns(c);
+                let names: String = cols.iter().map(|c| format!(", {c}")).collect();
+                let marks: String = (0..cols.len()).map(|i| format!(", ?{}", i + 3)).collect();
+                let updates: String = cols
+                    .iter()
+                    .map(|c| format!(", {c} = excluded.{c}"))
+                    .collect();
+                let upsert = format!(
+                    "INSERT INTO {c} (_id, doc{names}) VALUES (?1, ?2{marks})
+                     ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc{updates}"
+                );
+                let document_only = format!("UPDATE {c} SET doc = ?2 WHERE _id = ?1");
+                (
+                    c,
+                    Statements {
+                        upsert,
+                        document_only,
+                    },
+                )
+            })
+            .collect()
+    });
+    // Every collection is in ALL.
+    &all.iter()
+        .find(|(c, _)| *c == collection)
+        .unwrap_or(&all[0])
+        .1
+}
