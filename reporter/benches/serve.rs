@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo bench -p buildstore --bench serve` (BENCH_EVENTS=N to change the size).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,13 +20,16 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Reads one figure from the daemon's metrics endpoint: a plain HTTP request, so that polling
+/// costs the machine next to nothing (starting a `buildstore status` process every few
+/// milliseconds would take CPU from the daemon being measured).
 fn metric(metrics: u16, name: &str) -> f64 {
-    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
-        .args(["status", "--metrics", &format!("127.0.0.1:{metrics}")])
-        .output()
-        .expect("status");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let mut s = TcpStream::connect(("127.0.0.1", metrics)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("metrics response");
+    body.lines()
         .find_map(|l| {
             l.strip_prefix(&format!("buildstore_{name} "))
                 .and_then(|v| v.parse().ok())

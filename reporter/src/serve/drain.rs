@@ -14,8 +14,9 @@ use crate::pipeline::{Applier, Outcome};
 use crate::spool::{Handoff, Spool, Taken as HandedOver};
 use crate::store::Store;
 
-/// Most events per batch.
-const BATCH_EVENTS: usize = 1000;
+/// Most events per batch. Big enough that a store write carries a backlog away in few
+/// transactions (a document touched by many events of a batch is written once).
+const BATCH_EVENTS: usize = 4000;
 /// How long a batch may wait for more events when the spool is idle.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 

@@ -335,7 +335,8 @@ impl Store for SqliteStore {
         let keys = keys.to_vec();
         let err = self.sql_error();
         self.run(move |conn| {
-            let mut st = conn
+            let tx = conn.transaction().map_err(&err)?;
+            let mut st = tx
                 .prepare_cached("SELECT 1 FROM applied_events WHERE key = ?1")
                 .map_err(&err)?;
             let mut found = HashSet::new();
@@ -357,6 +358,9 @@ impl Store for SqliteStore {
         let ids = ids.to_vec();
         let err = self.sql_error();
         self.run(move |conn| {
+            // One read transaction: one snapshot, and no lock taken per statement.
+            let tx = conn.transaction().map_err(&err)?;
+            let conn: &Connection = &tx;
             let mut out = Vec::new();
             for id in ids {
                 let Some(raw) = load_doc(conn, Collection::Builds, &id, &err)? else {
