@@ -37,6 +37,28 @@ fn metric(metrics: u16, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time a process has used so far (user and system), from `/proc` (Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12] // utime and stime, counted from the state field
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    let per_second: u64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
 /// Sends `events` with up to `window` unacknowledged.
 fn client(port: u16, events: Vec<String>, window: usize) {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -95,6 +117,7 @@ fn main() {
         let key = v.get("build_id").map(|b| b.to_string()).unwrap_or_default();
         parts[key.len() % clients].push(line.clone());
     }
+    let cpu_before = cpu_time(daemon.id());
     let start = Instant::now();
     let handles: Vec<_> = parts
         .into_iter()
@@ -108,6 +131,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let applied = start.elapsed();
+    let daemon_cpu = cpu_time(daemon.id()).saturating_sub(cpu_before);
 
     // Ack latency: one event at a time at about 1 000 events/s.
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -145,6 +169,11 @@ fn main() {
     );
     println!("end to end (applied, SQLite): {rate:>10.0} events/s");
     println!("end to end / parse:           {:>10.2}", rate / parse_rate);
+    println!(
+        "daemon CPU per event:         {:>10.1} µs (parsing one: {:.1} µs)",
+        daemon_cpu.as_secs_f64() * 1e6 / stream.len() as f64,
+        1e6 / parse_rate
+    );
     println!(
         "ack latency at ~1000 events/s: p50 {:?}, p99 {:?}",
         pct(0.5),
