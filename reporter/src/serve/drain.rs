@@ -175,3 +175,46 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Taken> {
         .collect();
     Some(Taken { through, events })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let handoff = Handoff::new(usize::MAX);
+        let lines = crate::synth::lines(&crate::synth::Shape {
+            events: 40,
+            ..Default::default()
+        });
+        let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+        let hand = |from: usize, to: usize| {
+            events[from..to]
+                .iter()
+                .zip(&lines[from..to])
+                .map(|(e, l)| (e.clone(), l.len()))
+                .collect::<Vec<_>>()
+        };
+        let n = lines.len();
+        // In the file only, as after a restart; then handed over too; then left out of memory
+        // (past the handoff's limit); then handed over again.
+        let first = spool.append(&lines[..10]).unwrap();
+        let second = spool.append(&lines[10..20]).unwrap();
+        handoff.push(second, hand(10, 20));
+        spool.append(&lines[20..30]).unwrap();
+        let fourth = spool.append(&lines[30..]).unwrap();
+        handoff.push(fourth, hand(30, n));
+
+        let mut next = first;
+        let mut taken = Vec::new();
+        while let Some(t) = take(&spool, &handoff, next).await {
+            assert!(t.through >= next);
+            next = t.through + 1;
+            taken.extend(t.events);
+        }
+        assert_eq!(taken, events, "every event once, in spool order");
+        assert_eq!(next, spool.next_id());
+    }
+}
