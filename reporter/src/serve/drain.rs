@@ -11,7 +11,7 @@ use buildstore_schema::Event;
 use tokio::sync::watch;
 
 use crate::pipeline::{Applier, Outcome};
-use crate::spool::{Handoff, Spool, Taken as HandedOver};
+use crate::spool::{Handoff, Spool, Taken};
 use crate::store::Store;
 
 /// Most events per batch. Big enough that a store write carries a backlog away in few
@@ -34,7 +34,7 @@ pub struct DrainCounters {
 }
 
 /// Events taken from the spool and not yet confirmed by the store.
-struct Taken {
+struct Unconfirmed {
     /// The id of the last spooled event they cover (an unreadable one skipped included).
     through: i64,
     events: Vec<Event>,
@@ -66,7 +66,7 @@ pub async fn run(
             0
         }
     };
-    let mut pending: Option<Taken> = None;
+    let mut pending: Option<Unconfirmed> = None;
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
@@ -140,10 +140,10 @@ pub async fn run(
 
 /// The next events from id `next` on: from memory when the writer handed them over, else from
 /// the file (after a restart, or when the handoff was full).
-async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Taken> {
-    if let HandedOver::Events(events) = handoff.take(next, BATCH_EVENTS) {
+async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed> {
+    if let Taken::Events(events) = handoff.take(next, BATCH_EVENTS) {
         let through = events.last().map_or(next - 1, |(id, _)| *id);
-        return Some(Taken {
+        return Some(Unconfirmed {
             through,
             events: events.into_iter().map(|(_, e)| e).collect(),
         });
@@ -173,7 +173,7 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Taken> {
             }
         })
         .collect();
-    Some(Taken { through, events })
+    Some(Unconfirmed { through, events })
 }
 
 #[cfg(test)]

@@ -138,8 +138,13 @@ impl Spool {
     }
 
     /// Appends lines as one group in one transaction (one fsync) and returns the id of the first;
-    /// the others follow it one by one.
+    /// the others follow it one by one. A line must not contain a newline: the socket splits
+    /// lines at newlines, and a serialised event escapes them.
     pub fn append(&self, lines: &[String]) -> Result<i64, SpoolError> {
+        debug_assert!(
+            lines.iter().all(|l| !l.contains('\n')),
+            "a line with a newline"
+        );
         let conn = self.lock();
         let first = self.next.load(Ordering::Acquire);
         if lines.is_empty() {
