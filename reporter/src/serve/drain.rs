@@ -11,7 +11,7 @@ use buildstore_schema::Event;
 use tokio::sync::watch;
 
 use crate::pipeline::{Applier, Outcome};
-use crate::spool::{Handoff, Spool, Taken};
+use crate::spool::{Handoff, Spool};
 use crate::store::Store;
 
 /// Most events per batch. Big enough that a store write carries a backlog away in few
@@ -141,11 +141,11 @@ pub async fn run(
 /// The next events from id `next` on: from memory when the writer handed them over, else from
 /// the file (after a restart, or when the handoff was full).
 async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed> {
-    if let Taken::Events(events) = handoff.take(next, BATCH_EVENTS) {
-        let through = events.last().map_or(next - 1, |(id, _)| *id);
+    let handed = handoff.take(next, BATCH_EVENTS);
+    if let Some(&(through, _)) = handed.last() {
         return Some(Unconfirmed {
             through,
-            events: events.into_iter().map(|(_, e)| e).collect(),
+            events: handed.into_iter().map(|(_, e)| e).collect(),
         });
     }
     if next >= spool.next_id() {

@@ -31,15 +31,6 @@ struct Entry {
     bytes: usize,
 }
 
-/// What the applier found for the id it wants next.
-#[derive(Debug)]
-pub enum Taken {
-    /// Events with consecutive ids from the one asked for, oldest first.
-    Events(Vec<(i64, Event)>),
-    /// Nothing in memory starting at that id: it is in the file, or not yet written.
-    Nothing,
-}
-
 impl Handoff {
     pub fn new(limit: usize) -> Handoff {
         Handoff {
@@ -73,9 +64,10 @@ impl Handoff {
         self.ready.notify_one();
     }
 
-    /// Up to `limit` events from id `next` on. Entries below `next` (read from the file in the
-    /// meantime) are dropped.
-    pub fn take(&self, next: i64, limit: usize) -> Taken {
+    /// Up to `limit` events with consecutive ids from `next` on, oldest first; none when the
+    /// event `next` is not in memory (it is in the file, or not written yet). Entries below
+    /// `next` (read from the file in the meantime) are dropped.
+    pub fn take(&self, next: i64, limit: usize) -> Vec<(i64, Event)> {
         let mut q = self.lock();
         while q.events.front().is_some_and(|e| e.id < next) {
             if let Some(stale) = q.events.pop_front() {
@@ -93,11 +85,7 @@ impl Handoff {
                 out.push((e.id, e.event));
             }
         }
-        if out.is_empty() {
-            Taken::Nothing
-        } else {
-            Taken::Events(out)
-        }
+        out
     }
 
     /// The writer has stopped: nothing more will come.
@@ -127,11 +115,8 @@ mod tests {
         (Event::parse(&line).expect("a valid event"), line.len())
     }
 
-    fn ids(taken: Taken) -> Vec<i64> {
-        match taken {
-            Taken::Events(e) => e.into_iter().map(|(id, _)| id).collect(),
-            Taken::Nothing => Vec::new(),
-        }
+    fn ids(taken: Vec<(i64, Event)>) -> Vec<i64> {
+        taken.into_iter().map(|(id, _)| id).collect()
     }
 
     #[test]
@@ -141,7 +126,7 @@ mod tests {
         h.push(13, (3..5).map(event).collect());
         assert_eq!(ids(h.take(10, 4)), vec![10, 11, 12, 13]);
         assert_eq!(ids(h.take(14, 4)), vec![14]);
-        assert!(matches!(h.take(15, 4), Taken::Nothing));
+        assert!(h.take(15, 4).is_empty());
     }
 
     #[test]
@@ -160,10 +145,7 @@ mod tests {
         assert_eq!(ids(h.take(1, 10)), vec![1, 2]);
         // The queue is empty again, so the next group fits; ids 3 and 4 must come from the file.
         h.push(5, (4..5).map(event).collect());
-        assert!(
-            matches!(h.take(3, 10), Taken::Nothing),
-            "a gap is never skipped over"
-        );
+        assert!(h.take(3, 10).is_empty(), "a gap is never skipped over");
         assert_eq!(ids(h.take(5, 10)), vec![5]);
     }
 }

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use handoff::{Handoff, Taken};
+pub use handoff::Handoff;
 pub use writer::{AppendError, Appender, Pending, SpoolFull};
 
 /// Errors of the spool.

@@ -111,10 +111,12 @@ async fn many_concurrent_appends_are_durable_and_handed_over_in_id_order() {
     assert!(ids.windows(2).all(|w| w[1].0 == w[0].0 + 1), "no id twice");
     assert_eq!(spool.depth().events, 500);
 
-    let Taken::Events(handed) = handoff.take(ids[0].0, 1000) else {
-        panic!("the durable events are waiting in memory");
-    };
-    assert_eq!(handed.len(), 500);
+    let handed = handoff.take(ids[0].0, 1000);
+    assert_eq!(
+        handed.len(),
+        500,
+        "the durable events are waiting in memory"
+    );
     for ((id, e), (spooled, i)) in handed.iter().zip(&ids) {
         assert_eq!((id, e), (spooled, &event(*i)));
     }
