@@ -503,11 +503,10 @@ impl Store for MongoStore {
         &self,
         collection: Collection,
         after: Option<&str>,
-        limit: usize,
+        n: usize,
     ) -> Result<Vec<Document>, StoreError> {
         let filter = after.map_or_else(Document::new, |a| doc! {"_id": {"$gt": a}});
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.find_docs(collection, filter, doc! {"_id": 1}, Some(limit))
+        self.find_docs(collection, filter, doc! {"_id": 1}, limit(n))
             .await
     }
 
