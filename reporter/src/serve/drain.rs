@@ -97,6 +97,17 @@ pub async fn run(
         {
             Ok(outcomes) => {
                 failures = 0;
+                next = batch.through + 1;
+                let s = spool.clone();
+                match tokio::task::spawn_blocking(move || s.release(batch.through)).await {
+                    Ok(Ok(freed)) => {
+                        held.fetch_sub(freed.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
+                    }
+                    // Not released: those events are applied again later, which changes nothing.
+                    other => tracing::error!(?other, "releasing spooled events failed"),
+                }
+                // Counted once the spool is released, so that whoever sees an event counted as
+                // applied also sees it gone from the spool's depth.
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 for o in outcomes {
                     match o {
@@ -108,16 +119,7 @@ pub async fn run(
                         }
                     };
                 }
-                next = batch.through + 1;
                 counters.confirmed.store(batch.through, Ordering::Release);
-                let s = spool.clone();
-                match tokio::task::spawn_blocking(move || s.release(batch.through)).await {
-                    Ok(Ok(freed)) => {
-                        held.fetch_sub(freed.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
-                    }
-                    // Not released: those events are applied again later, which changes nothing.
-                    other => tracing::error!(?other, "releasing spooled events failed"),
-                }
             }
             Err(e) => {
                 failures += 1;
