@@ -54,10 +54,13 @@ pub async fn run(
 ) {
     let mut deadline: Option<Instant> = None;
     let mut failures = 0u32;
-    // Events left by an earlier run come first, from the file.
+    // Events left by an earlier run come first, from the file. The id is taken before the look:
+    // a group the writer commits meanwhile has ids from it on, so an empty spool cannot make the
+    // drain start past that group.
+    let start = spool.next_id();
     let s = spool.clone();
     let mut next = match tokio::task::spawn_blocking(move || s.oldest()).await {
-        Ok(Ok(oldest)) => oldest.unwrap_or_else(|| spool.next_id()),
+        Ok(Ok(oldest)) => oldest.unwrap_or(start),
         other => {
             tracing::error!(
                 ?other,
