@@ -59,18 +59,23 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
-/// Sends `events` with up to `window` unacknowledged.
+/// Sends `events` with up to `window` unacknowledged. Writes are buffered and the window is
+/// refilled once half of it has been acknowledged, so that the load generator spends few system
+/// calls of the CPU it shares with the daemon being measured.
 fn client(port: u16, events: Vec<String>, window: usize) {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut w = s.try_clone().expect("clone");
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, s.try_clone().expect("clone"));
     let mut r = BufReader::new(s);
     let (mut sent, mut acked) = (0, 0);
     let mut reply = String::new();
     while acked < events.len() {
-        while sent < events.len() && sent - acked < window {
-            w.write_all(events[sent].as_bytes()).expect("send");
-            w.write_all(b"\n").expect("send");
-            sent += 1;
+        if sent - acked <= window / 2 {
+            while sent < events.len() && sent - acked < window {
+                w.write_all(events[sent].as_bytes()).expect("send");
+                w.write_all(b"\n").expect("send");
+                sent += 1;
+            }
+            w.flush().expect("send");
         }
         reply.clear();
         r.read_line(&mut reply).expect("reply");
