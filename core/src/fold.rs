@@ -3,7 +3,7 @@
 //! An event is applied whole or not at all: every check happens before any state changes, so a
 //! rejected event leaves both the state and (since it yields no mutations) the store untouched.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bson::DateTime;
 use buildstore_schema::event::{
@@ -88,8 +88,13 @@ impl Core {
     /// The build `_id` an event needs in memory before it can be applied, if it is not there: the
     /// caller loads it from the store (it may not exist) and hands it to [`Core::restore`].
     pub fn missing_build(&self, event: &Event) -> Option<String> {
-        let id = super::build_id(&event.master_id, event.build_id()?);
+        let id = Core::build_of(event)?;
         (!self.builds.contains_key(&id)).then_some(id)
+    }
+
+    /// The `_id` of the build an event belongs to, if it belongs to one.
+    pub fn build_of(event: &Event) -> Option<String> {
+        Some(super::build_id(&event.master_id, event.build_id()?))
     }
 
     /// Puts a build read back from the store into memory.
@@ -98,10 +103,12 @@ impl Core {
         self.builds.insert(state.id.clone(), state);
     }
 
-    /// Forgets finished builds. Call only once their mutations are in the store: a later event for
-    /// one of them reloads it from there.
-    pub fn evict_finished(&mut self) {
-        self.builds.retain(|_, b| !b.finished());
+    /// Forgets finished builds, except those in `keep`. Call only once their mutations are in the
+    /// store: a later event for one of them reloads it from there. `keep` names the builds whose
+    /// mutations are still on their way to the store, which a reload would see without them.
+    pub fn evict_finished(&mut self, keep: &HashSet<String>) {
+        self.builds
+            .retain(|id, b| !b.finished() || keep.contains(id));
     }
 
     /// Forgets everything, e.g. after a store write failed and memory may be ahead of the store.

@@ -419,12 +419,19 @@ fn a_restored_build_carries_on_where_the_store_left_it() {
 }
 
 #[test]
-fn finished_builds_are_evicted_only_when_asked() {
+fn finished_builds_are_evicted_only_when_asked_and_not_while_still_on_their_way() {
     let mut core = Core::new(CoreConfig::default());
     start(&mut core, None);
     finish(&mut core);
     assert_eq!(core.builds_in_memory(), 1);
-    core.evict_finished();
+    let writing: HashSet<String> = ["m1/7".to_owned()].into();
+    core.evict_finished(&writing);
+    assert_eq!(
+        core.builds_in_memory(),
+        1,
+        "its batch is not in the store yet"
+    );
+    core.evict_finished(&HashSet::new());
     assert_eq!(core.builds_in_memory(), 0);
 }
 

@@ -11,8 +11,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use crate::core::{event_key, Batch, Core, RuleError};
 use crate::store::{Store, StoreError};
 
-/// Past this many remembered keys the in-memory set is dropped; the store still knows them all.
-const RECENT_KEYS_MAX: usize = 1_000_000;
+/// Keys remembered in memory, per generation: past this the older generation is dropped (the
+/// store still knows them all).
+const RECENT_KEYS_MAX: usize = 500_000;
 
 /// What became of one event of a chunk.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,31 +24,65 @@ pub enum Outcome {
     Rejected(RuleError),
 }
 
+/// A chunk folded into one batch, not yet confirmed by the store.
+#[derive(Debug)]
+pub struct Prepared {
+    pub batch: Batch,
+    pub outcomes: Vec<Outcome>,
+    /// The builds its events belong to.
+    builds: HashSet<String>,
+}
+
 /// Folds chunks of events through the core into a store.
+///
+/// A chunk is applied in two halves, [`Applier::prepare`] and, once the store took its batch,
+/// [`Applier::confirmed`], so that the next chunk can be folded while the store writes this
+/// one. Meanwhile the events of the batch on its way count as applied (a resent copy in the next
+/// chunk is a duplicate), and its builds stay in memory, since the store does not hold them yet.
 pub struct Applier {
     core: Core,
-    recent: HashSet<String>,
+    /// Keys of events applied (or on their way to the store), newest generation first.
+    recent: [HashSet<String>; 2],
 }
 
 impl Applier {
     pub fn new(core: Core) -> Applier {
         Applier {
             core,
-            recent: HashSet::new(),
+            recent: Default::default(),
         }
     }
 
-    /// Applies `events` in order as one batch. With `stop_at_error`, the first rejected event ends
-    /// the chunk: the outcomes then stop there and nothing after it is applied. The store is left
-    /// untouched by rejected events. On a store error nothing of the chunk is applied (the store
-    /// applies batches atomically) and the core forgets what it had in memory, so a retry starts
-    /// from what the store holds.
+    fn is_recent(&self, key: &str) -> bool {
+        self.recent.iter().any(|g| g.contains(key))
+    }
+
+    /// Applies `events` in order as one batch: [`Applier::prepare`], the store's write, then
+    /// [`Applier::confirmed`] or [`Applier::forget`].
     pub async fn apply_chunk(
         &mut self,
         store: &dyn Store,
         events: &[Event],
         stop_at_error: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
+        let mut prepared = self.prepare(store, events, stop_at_error).await?;
+        if let Err(e) = store.apply(std::mem::take(&mut prepared.batch)).await {
+            self.forget();
+            return Err(e);
+        }
+        Ok(self.confirmed(prepared, &HashSet::new()))
+    }
+
+    /// Folds `events` in order into one batch for the store. With `stop_at_error`, the first
+    /// rejected event ends the chunk: the outcomes then stop there and nothing after it is
+    /// applied. Rejected events yield no mutations. The store is only read here; a read error
+    /// leaves the applier as it was.
+    pub async fn prepare(
+        &mut self,
+        store: &dyn Store,
+        events: &[Event],
+        stop_at_error: bool,
+    ) -> Result<Prepared, StoreError> {
         let keys: Vec<Option<String>> = events
             .iter()
             .map(|e| e.event_id.as_deref().map(|id| event_key(&e.master_id, id)))
@@ -55,7 +90,7 @@ impl Applier {
         let unknown: Vec<String> = keys
             .iter()
             .flatten()
-            .filter(|k| !self.recent.contains(*k))
+            .filter(|k| !self.is_recent(k))
             .cloned()
             .collect::<HashSet<_>>()
             .into_iter()
@@ -84,13 +119,11 @@ impl Applier {
         let received = Utc::now();
         let mut batch = Batch::default();
         let mut outcomes = Vec::with_capacity(events.len());
+        let mut builds = HashSet::new();
         let mut in_chunk: HashSet<&str> = HashSet::new();
         for (event, key) in events.iter().zip(&keys) {
             if let Some(key) = key {
-                if self.recent.contains(key)
-                    || applied_before.contains(key)
-                    || !in_chunk.insert(key)
-                {
+                if self.is_recent(key) || applied_before.contains(key) || !in_chunk.insert(key) {
                     outcomes.push(Outcome::Duplicate);
                     continue;
                 }
@@ -99,6 +132,7 @@ impl Applier {
                 Ok(mutations) => {
                     batch.mutations.extend(mutations);
                     batch.events.extend(key.iter().cloned());
+                    builds.extend(Core::build_of(event));
                     outcomes.push(Outcome::Applied);
                 }
                 Err(e) => {
@@ -113,22 +147,45 @@ impl Applier {
                 }
             }
         }
+        if self.recent[0].len() + batch.events.len() > RECENT_KEYS_MAX {
+            self.recent.swap(0, 1);
+            self.recent[0].clear();
+        }
+        self.recent[0].extend(batch.events.iter().cloned());
+        Ok(Prepared {
+            batch,
+            outcomes,
+            builds,
+        })
+    }
 
-        if let Err(e) = store.apply(&batch).await {
-            self.core.clear();
-            return Err(e);
-        }
-        if self.recent.len() + batch.events.len() > RECENT_KEYS_MAX {
-            self.recent.clear();
-        }
-        self.recent.extend(batch.events);
-        self.core.evict_finished();
+    /// The store confirmed `prepared`'s batch: its finished builds may leave memory, except those
+    /// that `pending` (batches prepared since, not yet confirmed) still needs.
+    pub fn confirmed(&mut self, prepared: Prepared, pending: &HashSet<String>) -> Vec<Outcome> {
+        self.core.evict_finished(pending);
         tracing::debug!(
-            events = outcomes.len(),
-            mutations = batch.mutations.len(),
+            events = prepared.outcomes.len(),
+            mutations = prepared.batch.mutations.len(),
             "batch applied"
         );
-        Ok(outcomes)
+        prepared.outcomes
+    }
+
+    /// The store did not take a batch: memory may be ahead of the store, so the applier forgets
+    /// what it holds and every batch prepared since must be prepared again, from what the store
+    /// holds. (The store applies batches atomically: nothing of the failed one is there.)
+    pub fn forget(&mut self) {
+        self.core.clear();
+        for generation in &mut self.recent {
+            generation.clear();
+        }
+    }
+}
+
+impl Prepared {
+    /// The builds the batch's events belong to.
+    pub fn builds(&self) -> &HashSet<String> {
+        &self.builds
     }
 }
 

@@ -3,16 +3,18 @@
 //! writes them to the store, and releases them from the spool only once the store confirmed them. While the store is down it retries with capped exponential backoff and
 //! the spool keeps growing.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use buildstore_schema::Event;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::pipeline::{Applier, Outcome};
+use crate::pipeline::{Applier, Outcome, Prepared};
 use crate::spool::{Handoff, Spool};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Most events per batch. Big enough that a store write carries a backlog away in few
 /// transactions (a document touched by many events of a batch is written once).
@@ -40,7 +42,19 @@ struct Unconfirmed {
     events: Vec<Event>,
 }
 
+/// A batch the store is writing, and what it was made of.
+struct InFlight {
+    taken: Unconfirmed,
+    prepared: Prepared,
+    write: JoinHandle<Result<(), StoreError>>,
+}
+
 /// Runs until `stop` is set and then drains what the spool holds for up to `grace`.
+///
+/// Two batches are under way at once: while the store writes one, the next is folded. Events
+/// move through `queue` (taken from the spool), `ready` (folded into a batch) and `flight` (being
+/// written), in spool order. When a write fails, the applier forgets what it folded and both
+/// batches go back to the front of the queue, to be folded again from what the store holds.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     spool: Spool,
@@ -69,7 +83,9 @@ pub async fn run(
             0
         }
     };
-    let mut pending: Option<Unconfirmed> = None;
+    let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
+    let mut ready: Option<(Unconfirmed, Prepared)> = None;
+    let no_builds = HashSet::new();
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
@@ -80,10 +96,55 @@ pub async fn run(
             );
             return;
         }
-        if pending.is_none() {
-            pending = take(&spool, &handoff, next).await;
+        // The store is free: it writes what is folded.
+        let flight = ready.take().map(|(taken, mut prepared)| {
+            let batch = std::mem::take(&mut prepared.batch);
+            let store = Arc::clone(&store);
+            InFlight {
+                taken,
+                prepared,
+                write: tokio::spawn(async move { store.apply(batch).await }),
+            }
+        });
+        // Meanwhile the next events are folded.
+        let mut failed = None;
+        if queue.is_empty() {
+            if let Some(taken) = take(&spool, &handoff, next).await {
+                next = taken.through + 1;
+                queue.push_back(taken);
+            }
         }
-        let Some(batch) = pending.take() else {
+        if let Some(taken) = queue.pop_front() {
+            match applier.prepare(store.as_ref(), &taken.events, false).await {
+                Ok(prepared) => ready = Some((taken, prepared)),
+                Err(e) => {
+                    queue.push_front(taken);
+                    failed = Some(e);
+                }
+            }
+        }
+        if let Some(f) = flight {
+            let written = f
+                .write
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
+            match written {
+                Ok(()) => {
+                    let pending = ready.as_ref().map_or(&no_builds, |(_, p)| p.builds());
+                    let outcomes = applier.confirmed(f.prepared, pending);
+                    confirm(&spool, &held, &counters, f.taken.through, outcomes).await;
+                }
+                Err(e) => {
+                    // What was folded since was folded on top of it: both are folded again.
+                    applier.forget();
+                    if let Some((taken, _)) = ready.take() {
+                        queue.push_front(taken);
+                    }
+                    queue.push_front(f.taken);
+                    failed = Some(e);
+                }
+            }
+        } else if ready.is_none() && failed.is_none() {
             if deadline.is_some() && handoff.is_closed() && next >= spool.next_id() {
                 return; // drained
             }
@@ -93,38 +154,10 @@ pub async fn run(
                 _ = stop.changed() => {}
             }
             continue;
-        };
-        match applier
-            .apply_chunk(store.as_ref(), &batch.events, false)
-            .await
-        {
-            Ok(outcomes) => {
-                failures = 0;
-                next = batch.through + 1;
-                let s = spool.clone();
-                match tokio::task::spawn_blocking(move || s.release(batch.through)).await {
-                    Ok(Ok(freed)) => {
-                        held.fetch_sub(freed.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
-                    }
-                    // Not released: those events are applied again later, which changes nothing.
-                    other => tracing::error!(?other, "releasing spooled events failed"),
-                }
-                // Counted once the spool is released, so that whoever sees an event counted as
-                // applied also sees it gone from the spool's depth.
-                counters.batches.fetch_add(1, Ordering::Relaxed);
-                for o in outcomes {
-                    match o {
-                        Outcome::Applied => counters.applied.fetch_add(1, Ordering::Relaxed),
-                        Outcome::Duplicate => counters.duplicates.fetch_add(1, Ordering::Relaxed),
-                        Outcome::Rejected(e) => {
-                            tracing::warn!(error = %e, "event rejected by the rules");
-                            counters.rejected.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-                counters.confirmed.store(batch.through, Ordering::Release);
-            }
-            Err(e) => {
+        }
+        match failed {
+            None => failures = 0,
+            Some(e) => {
                 failures += 1;
                 counters.store_errors.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut last) = counters.last_error.lock() {
@@ -132,8 +165,7 @@ pub async fn run(
                 }
                 let wait =
                     Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
-                tracing::warn!(error = %e, ?wait, "store write failed; the events stay in the spool");
-                pending = Some(batch); // the same events again, once the store is back
+                tracing::warn!(error = %e, ?wait, "store failed; the events stay in the spool");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
@@ -141,6 +173,39 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The store confirmed the events through spool id `through`: they leave the spool, and then
+/// they count.
+async fn confirm(
+    spool: &Spool,
+    held: &AtomicU64,
+    counters: &DrainCounters,
+    through: i64,
+    outcomes: Vec<Outcome>,
+) {
+    let s = spool.clone();
+    match tokio::task::spawn_blocking(move || s.release(through)).await {
+        Ok(Ok(freed)) => {
+            held.fetch_sub(freed.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
+        }
+        // Not released: those events are applied again later, which changes nothing.
+        other => tracing::error!(?other, "releasing spooled events failed"),
+    }
+    // Counted once the spool is released, so that whoever sees an event counted as applied also
+    // sees it gone from the spool's depth.
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    for o in outcomes {
+        match o {
+            Outcome::Applied => counters.applied.fetch_add(1, Ordering::Relaxed),
+            Outcome::Duplicate => counters.duplicates.fetch_add(1, Ordering::Relaxed),
+            Outcome::Rejected(e) => {
+                tracing::warn!(error = %e, "event rejected by the rules");
+                counters.rejected.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+    counters.confirmed.store(through, Ordering::Release);
 }
 
 /// The next events from id `next` on: from memory when the writer handed them over, else from
@@ -182,44 +247,5 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let handoff = Handoff::new(usize::MAX);
-        let lines = crate::synth::lines(&crate::synth::Shape {
-            events: 40,
-            ..Default::default()
-        });
-        let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
-        let hand = |from: usize, to: usize| {
-            events[from..to]
-                .iter()
-                .zip(&lines[from..to])
-                .map(|(e, l)| (e.clone(), l.len()))
-                .collect::<Vec<_>>()
-        };
-        let n = lines.len();
-        // In the file only, as after a restart; then handed over too; then left out of memory
-        // (past the handoff's limit); then handed over again.
-        let first = spool.append(&lines[..10]).unwrap();
-        let second = spool.append(&lines[10..20]).unwrap();
-        handoff.push(second, hand(10, 20));
-        spool.append(&lines[20..30]).unwrap();
-        let fourth = spool.append(&lines[30..]).unwrap();
-        handoff.push(fourth, hand(30, n));
-
-        let mut next = first;
-        let mut taken = Vec::new();
-        while let Some(t) = take(&spool, &handoff, next).await {
-            assert!(t.through >= next);
-            next = t.through + 1;
-            taken.extend(t.events);
-        }
-        assert_eq!(taken, events, "every event once, in spool order");
-        assert_eq!(next, spool.next_id());
-    }
-}
+#[path = "drain_tests.rs"]
+mod tests;

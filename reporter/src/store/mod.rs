@@ -121,8 +121,9 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
-    /// Applies all of `batch` or none of it. Applying the same batch again changes nothing.
-    async fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Applies all of `batch` or none of it. Applying the same batch again changes nothing. The
+    /// batch is taken, not borrowed: a store that writes on another thread needs no copy.
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError>;
 
     /// Which of these event keys are already applied.
     async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;

@@ -28,7 +28,11 @@ const BACKFILL_PAGE: i64 = 500;
 
 pub struct SqliteStore {
     path: String,
+    /// Writes go through this connection.
     conn: Arc<Mutex<Connection>>,
+    /// Reads go through this one: in WAL mode they see the last committed batch and do not wait
+    /// for a batch being written, so the next batch can be prepared meanwhile.
+    reader: Arc<Mutex<Connection>>,
 }
 
 /// The columns a collection's table keeps beside the document: the fields its indexes use.
@@ -216,46 +220,68 @@ impl SqliteStore {
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
         let p = path.to_owned();
         let err = sql_error(path);
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            let mut conn = Connection::open(&p).map_err(&err)?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(&err)?;
+        let (conn, reader) = tokio::task::spawn_blocking(move || {
+            let open = || -> Result<Connection, StoreError> {
+                let conn = Connection::open(&p).map_err(&err)?;
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .map_err(&err)?;
+                Ok(conn)
+            };
+            let mut conn = open()?;
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(&err)?;
             // FULL: a batch the store confirmed survives a power cut, not only a crash.
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(&err)?;
             upgrade(&mut conn, &err)?;
-            Ok(conn)
+            Ok::<_, StoreError>((conn, open()?))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(SqliteStore {
             path: path.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
-    /// Runs `f` on the connection off the async threads.
+    /// Runs `f` on the writing connection off the async threads.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave a half-applied transaction behind
-            // (SQLite rolls it back), so a poisoned lock is still usable.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        run_on(Arc::clone(&self.conn), f).await
+    }
+
+    /// Runs `f`, which only reads, on the reading connection off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        run_on(Arc::clone(&self.reader), f).await
     }
 
     fn sql_error(&self) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clone + 'static {
         sql_error(&self.path)
     }
+}
+
+/// Runs `f` on `conn` off the async threads.
+async fn run_on<T, F>(conn: Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        // A panic while holding the lock cannot leave a half-applied transaction behind
+        // (SQLite rolls it back), so a poisoned lock is still usable.
+        let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 fn sql_error(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clone + 'static {
@@ -317,11 +343,10 @@ fn read_log(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let batch = batch.clone();
         let err = self.sql_error();
         self.run(move |conn| {
             let tx = conn.transaction().map_err(&err)?;
@@ -334,7 +359,7 @@ impl Store for SqliteStore {
     async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
         let keys = keys.to_vec();
         let err = self.sql_error();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let tx = conn.transaction().map_err(&err)?;
             let mut st = tx
                 .prepare_cached("SELECT 1 FROM applied_events WHERE key = ?1")
@@ -357,7 +382,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<BuildSnapshot>, StoreError> {
         let ids = ids.to_vec();
         let err = self.sql_error();
-        self.run(move |conn| {
+        self.read(move |conn| {
             // One read transaction: one snapshot, and no lock taken per statement.
             let tx = conn.transaction().map_err(&err)?;
             let conn: &Connection = &tx;
@@ -418,7 +443,7 @@ impl Store for SqliteStore {
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
         let id = id.to_owned();
         let err = self.sql_error();
-        self.run(move |conn| load_doc(conn, collection, &id, &err))
+        self.read(move |conn| load_doc(conn, collection, &id, &err))
             .await
     }
 
@@ -430,7 +455,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Document>, StoreError> {
         let after = after.map(str::to_owned);
         let err = self.sql_error();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let sql = format!("SELECT _id, doc FROM {collection} WHERE ?1 IS NULL OR _id > ?1 ORDER BY _id LIMIT ?2");
             let mut st = conn.prepare_cached(&sql).map_err(&err)?;
@@ -446,21 +471,21 @@ impl Store for SqliteStore {
     async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError> {
         let select = queries::builds(query);
         let err = self.sql_error();
-        self.run(move |conn| select.run(conn, Collection::Builds, &err))
+        self.read(move |conn| select.run(conn, Collection::Builds, &err))
             .await
     }
 
     async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError> {
         let select = queries::steps(build_id, limit);
         let err = self.sql_error();
-        self.run(move |conn| select.run(conn, Collection::Steps, &err))
+        self.read(move |conn| select.run(conn, Collection::Steps, &err))
             .await
     }
 
     async fn find_commits(&self, query: &CommitQuery) -> Result<Vec<Document>, StoreError> {
         let q = query.clone();
         let err = self.sql_error();
-        self.run(move |conn| {
+        self.read(move |conn| {
             // One snapshot for both parts: a commit whose date arrives in between is neither
             // listed twice nor missed.
             let tx = conn.transaction().map_err(&err)?;
@@ -481,7 +506,7 @@ impl Store for SqliteStore {
     async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
         let step_id = step_id.to_owned();
         let err = self.sql_error();
-        self.run(move |conn| log_len(conn, &step_id, channel).map_err(&err))
+        self.read(move |conn| log_len(conn, &step_id, channel).map_err(&err))
             .await
     }
 
@@ -494,7 +519,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<u8>, StoreError> {
         let step_id = step_id.to_owned();
         let err = self.sql_error();
-        self.run(move |conn| read_log(conn, &step_id, channel, offset, max).map_err(&err))
+        self.read(move |conn| read_log(conn, &step_id, channel, offset, max).map_err(&err))
             .await
     }
 }

@@ -50,13 +50,13 @@ async fn applying_every_batch_twice_gives_the_same_documents_as_once() {
         .unwrap();
     let batches = batches(97);
     for b in &batches {
-        once.apply(b).await.unwrap();
-        twice.apply(b).await.unwrap();
-        twice.apply(b).await.unwrap();
+        once.apply(b.clone()).await.unwrap();
+        twice.apply(b.clone()).await.unwrap();
+        twice.apply(b.clone()).await.unwrap();
     }
     // And a whole replay after the fact, as after a crash before the confirmation.
     for b in &batches[batches.len() / 2..] {
-        twice.apply(b).await.unwrap();
+        twice.apply(b.clone()).await.unwrap();
     }
     let a = export_all(&once).await;
     assert!(a.len() > 400);
@@ -79,7 +79,7 @@ async fn the_index_columns_agree_with_the_documents_after_any_batching() {
         .await
         .unwrap();
     for b in &batches(7) {
-        store.apply(b).await.unwrap();
+        store.apply(b.clone()).await.unwrap();
     }
     let conn = store.conn.lock().unwrap();
     let mut finished = 0;
@@ -125,7 +125,7 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
         .filter(|m| matches!(m, Mutation::AppendLog { offset, .. } if *offset > 0))
         .collect();
     store
-        .apply(&Batch {
+        .apply(Batch {
             mutations: rest,
             events: vec![],
         })
@@ -133,7 +133,7 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
         .unwrap();
     let before = export_all(&store).await;
     let err = store
-        .apply(&Batch {
+        .apply(Batch {
             mutations: logs,
             events: vec!["k".into()],
         })
@@ -155,7 +155,7 @@ async fn reads_page_by_id_and_filter_builds() {
         .await
         .unwrap();
     for b in batches(500) {
-        store.apply(&b).await.unwrap();
+        store.apply(b).await.unwrap();
     }
     let all = store
         .list(Collection::Builds, None, usize::MAX)

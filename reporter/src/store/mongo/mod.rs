@@ -377,7 +377,7 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }

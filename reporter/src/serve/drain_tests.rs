@@ -1,0 +1,173 @@
+//! The drain's rules: spool order whatever the way events come, and no event lost or doubled
+//! when a store write fails while the next batch is being folded.
+
+use std::sync::atomic::AtomicUsize;
+
+use async_trait::async_trait;
+use bson::Document;
+use buildstore_schema::{Channel, Collection};
+
+use super::*;
+use crate::core::{Batch, BuildSnapshot, Core, CoreConfig};
+use crate::store::{BuildQuery, CommitQuery, SqliteStore};
+
+#[tokio::test]
+async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let handoff = Handoff::new(usize::MAX);
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 40,
+        ..Default::default()
+    });
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let hand = |from: usize, to: usize| {
+        events[from..to]
+            .iter()
+            .zip(&lines[from..to])
+            .map(|(e, l)| (e.clone(), l.len()))
+            .collect::<Vec<_>>()
+    };
+    let n = lines.len();
+    // In the file only, as after a restart; then handed over too; then left out of memory
+    // (past the handoff's limit); then handed over again.
+    let first = spool.append(&lines[..10]).unwrap();
+    let second = spool.append(&lines[10..20]).unwrap();
+    handoff.push(second, hand(10, 20));
+    spool.append(&lines[20..30]).unwrap();
+    let fourth = spool.append(&lines[30..]).unwrap();
+    handoff.push(fourth, hand(30, n));
+
+    let mut next = first;
+    let mut taken = Vec::new();
+    while let Some(t) = take(&spool, &handoff, next).await {
+        assert!(t.through >= next);
+        next = t.through + 1;
+        taken.extend(t.events);
+    }
+    assert_eq!(taken, events, "every event once, in spool order");
+    assert_eq!(next, spool.next_id());
+}
+
+/// Writes to `inner`, but fails the write of batch number `fail_at` (counting from 0) once.
+struct FailingWrite {
+    inner: SqliteStore,
+    fail_at: usize,
+    writes: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for FailingWrite {
+    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
+            return Err(StoreError::Task("the write failed".into()));
+        }
+        self.inner.apply(batch).await
+    }
+    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+        self.inner.applied_events(keys).await
+    }
+    async fn load_builds(
+        &self,
+        ids: &[String],
+        log_window: usize,
+    ) -> Result<Vec<BuildSnapshot>, StoreError> {
+        self.inner.load_builds(ids, log_window).await
+    }
+    async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
+        self.inner.get(collection, id).await
+    }
+    async fn list(
+        &self,
+        collection: Collection,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        self.inner.list(collection, after, limit).await
+    }
+    async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError> {
+        self.inner.find_builds(query).await
+    }
+    async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError> {
+        self.inner.build_steps(build_id, limit).await
+    }
+    async fn find_commits(&self, query: &CommitQuery) -> Result<Vec<Document>, StoreError> {
+        self.inner.find_commits(query).await
+    }
+    async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
+        self.inner.log_len(step_id, channel).await
+    }
+    async fn read_log(
+        &self,
+        step_id: &str,
+        channel: Channel,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.inner.read_log(step_id, channel, offset, max).await
+    }
+}
+
+async fn export(store: &dyn Store) -> Vec<Document> {
+    let mut all = Vec::new();
+    for c in Collection::ALL {
+        all.extend(store.list(c, None, usize::MAX).await.unwrap());
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 3 * BATCH_EVENTS + 500,
+        ..Default::default()
+    });
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    let first = spool.append(&lines).unwrap();
+    handoff.push(
+        first,
+        events
+            .iter()
+            .zip(&lines)
+            .map(|(e, l)| (e.clone(), l.len()))
+            .collect(),
+    );
+    handoff.close();
+    let store = Arc::new(FailingWrite {
+        inner: SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
+            .await
+            .unwrap(),
+        // The second batch: its builds were written by the first, and the third is folded on
+        // top of it when it fails.
+        fail_at: 1,
+        writes: AtomicUsize::new(0),
+    });
+    let counters = Arc::new(DrainCounters::default());
+    let (_stop, stopped) = watch::channel(true); // drain what there is, then return
+    run(
+        spool.clone(),
+        handoff,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Applier::new(Core::new(CoreConfig::default())),
+        Arc::new(AtomicU64::new(0)),
+        Arc::clone(&counters),
+        stopped,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    assert_eq!(counters.store_errors.load(Ordering::SeqCst), 1);
+    assert_eq!(counters.applied.load(Ordering::SeqCst), events.len() as u64);
+    assert_eq!(counters.duplicates.load(Ordering::SeqCst), 0);
+    assert_eq!(spool.depth().events, 0, "everything released");
+
+    let clean = SqliteStore::open(dir.path().join("clean.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let mut applier = Applier::new(Core::new(CoreConfig::default()));
+    applier.apply_chunk(&clean, &events, false).await.unwrap();
+    assert_eq!(export(store.as_ref()).await, export(&clean).await);
+}
