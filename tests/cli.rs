@@ -357,6 +357,47 @@ fn a_bad_line_is_reported_by_number_and_field_and_the_lines_before_it_stay_appli
     );
 }
 
+/// One event per batch: the store writes each batch while the next is folded, and a bad line or
+/// a rejected event still stops the run right there.
+#[test]
+fn with_one_event_per_batch_the_run_still_stops_at_the_first_bad_line_or_rejected_event() {
+    let finished = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    let unknown = r#"{"type":"step_finished","master_id":"m","build_id":1,"step":4,"result":0}"#;
+    for (third, message) in [
+        ("not json", "line 3: not valid JSON"),
+        (unknown, "line 3: unknown step 4 of build m/1"),
+    ] {
+        let db = Db::new();
+        let out = db.ingest_text(
+            &[BUILD, STEP, third, finished].join("\n"),
+            &["--batch-events", "1"],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains(message), "{err}");
+        assert!(err.contains("2 events applied"), "{err}");
+        assert_eq!(
+            db.doc("builds", "m/1")["steps"],
+            serde_json::json!(["m/1/0"])
+        );
+        assert_eq!(db.doc("builds", "m/1")["result"], Value::Null, "{third}");
+
+        // The step again, with the same `event_id`, right behind its first copy's batch.
+        let step = STEP.replace(r#""time":1"#, r#""time":1,"event_id":"s0""#);
+        let db = Db::new();
+        let out = db.ingest_text(
+            &[BUILD, &step, &step, third, finished].join("\n"),
+            &["--batch-events", "1", "--keep-going"],
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("3 events applied, 1 duplicates skipped"),
+            "{err}"
+        );
+        assert_eq!(db.doc("builds", "m/1")["result"], 0, "{third}");
+    }
+}
+
 #[test]
 fn events_for_unknown_builds_or_steps_are_rejected_and_change_nothing() {
     let db = Db::new();

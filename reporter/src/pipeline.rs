@@ -295,7 +295,8 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
 }
 
 /// Applies a JSONL event stream. Bad lines are reported through `on_error` with their line
-/// number; the lines before a bad one stay applied.
+/// number; the lines before a bad one stay applied. The store writes each chunk while the next
+/// one is folded.
 pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
     store: &dyn Store,
     applier: &mut Applier,
@@ -311,58 +312,143 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
         tx,
     ));
     let mut report = IngestReport::default();
+    let keep_going = options.keep_going;
+    let no_builds = HashSet::new();
     let result = async {
-        while let Some(chunk) = rx.recv().await {
-            let chunk = chunk?;
-            let mut events = Vec::with_capacity(chunk.len());
-            let mut lines = Vec::with_capacity(chunk.len());
-            let mut bad = None;
-            for item in chunk {
-                match item {
-                    Line::Event(n, e) => {
-                        lines.push(n);
-                        events.push(*e);
-                    }
-                    Line::Bad(e) => bad = Some(e),
+        // The chunk folded last: the store writes it while the next one is folded.
+        let mut folded: Option<Folded> = None;
+        loop {
+            // A read error ends the run too, but only once what was read before is written.
+            let (next, unreadable) = match rx.recv().await {
+                Some(Ok(chunk)) => (Some(Folded::split(chunk)), None),
+                Some(Err(e)) => (None, Some(e)),
+                None => (None, None),
+            };
+            let fold_next = next.as_ref().is_some_and(|n| !n.events.is_empty())
+                && !folded.as_ref().is_some_and(|f| f.ends_run(keep_going));
+            let write = async {
+                match folded.as_mut().and_then(|f| f.prepared.as_mut()) {
+                    Some(p) => store.apply(std::mem::take(&mut p.batch)).await,
+                    None => Ok(()),
                 }
-            }
-            if !events.is_empty() {
-                let outcomes = applier
-                    .apply_chunk(store, &events, !options.keep_going)
-                    .await?;
-                for (outcome, line) in outcomes.into_iter().zip(&lines) {
-                    match outcome {
-                        Outcome::Applied => report.applied += 1,
-                        Outcome::Duplicate => report.duplicates += 1,
-                        Outcome::Rejected(e) => {
-                            report.rejected += 1;
-                            on_error(&LineError {
-                                line: *line,
-                                message: e.to_string(),
-                            });
-                            if !options.keep_going {
-                                report.stopped_early = true;
-                                return Ok(());
-                            }
-                        }
+            };
+            let prepare = async {
+                match &next {
+                    Some(n) if fold_next => {
+                        Some(applier.prepare(store, &n.events, !keep_going).await)
                     }
+                    _ => None,
                 }
+            };
+            let (written, prepared) = tokio::join!(write, prepare);
+            if let Err(e) = written {
+                applier.forget();
+                return Err(e.into());
             }
-            if let Some(e) = bad {
-                report.rejected += 1;
-                on_error(&e);
-                if !options.keep_going {
+            let prepared = prepared.transpose();
+            if let Some(mut f) = folded.take() {
+                let pending = match &prepared {
+                    Ok(Some(p)) => p.builds(),
+                    _ => &no_builds,
+                };
+                let outcomes = f
+                    .prepared
+                    .take()
+                    .map(|p| applier.confirmed(p, pending))
+                    .unwrap_or_default();
+                if !f.report(outcomes, &mut report, keep_going, on_error) {
                     report.stopped_early = true;
                     return Ok(());
                 }
             }
+            if let Some(e) = unreadable {
+                return Err(e.into());
+            }
+            let Some(mut n) = next else {
+                return Ok(());
+            };
+            n.prepared = prepared?;
+            folded = Some(n);
         }
-        Ok::<(), IngestError>(())
     }
     .await;
     drop(rx);
     let _ = reader.await;
     result.map(|()| report)
+}
+
+/// A chunk of input: its events (folded into a batch once `prepared`), their line numbers, and
+/// the bad line that ended it, if one did.
+struct Folded {
+    events: Vec<Event>,
+    lines: Vec<u64>,
+    bad: Option<LineError>,
+    prepared: Option<Prepared>,
+}
+
+impl Folded {
+    fn split(chunk: Vec<Line>) -> Folded {
+        let mut f = Folded {
+            events: Vec::with_capacity(chunk.len()),
+            lines: Vec::with_capacity(chunk.len()),
+            bad: None,
+            prepared: None,
+        };
+        for item in chunk {
+            match item {
+                Line::Event(n, e) => {
+                    f.lines.push(n);
+                    f.events.push(*e);
+                }
+                Line::Bad(e) => f.bad = Some(e),
+            }
+        }
+        f
+    }
+
+    /// Whether the run stops after this chunk: it holds a bad line or a rejected event.
+    fn ends_run(&self, keep_going: bool) -> bool {
+        let rejected = self
+            .prepared
+            .as_ref()
+            .is_some_and(|p| p.outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_))));
+        !keep_going && (self.bad.is_some() || rejected)
+    }
+
+    /// Counts the chunk's `outcomes` (the store has it) and reports its errors; false when the
+    /// run stops here.
+    fn report(
+        self,
+        outcomes: Vec<Outcome>,
+        report: &mut IngestReport,
+        keep_going: bool,
+        on_error: &mut (dyn FnMut(&LineError) + Send),
+    ) -> bool {
+        for (outcome, line) in outcomes.into_iter().zip(&self.lines) {
+            match outcome {
+                Outcome::Applied => report.applied += 1,
+                Outcome::Duplicate => report.duplicates += 1,
+                Outcome::Rejected(e) => {
+                    report.rejected += 1;
+                    on_error(&LineError {
+                        line: *line,
+                        message: e.to_string(),
+                    });
+                    if !keep_going {
+                        return false;
+                    }
+                }
+            }
+        }
+        if let Some(e) = self.bad {
+            report.rejected += 1;
+            on_error(&e);
+            if !keep_going {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// One line of input: `None` for a blank line.
