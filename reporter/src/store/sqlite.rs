@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bson::{Bson, Document, RawBsonRef, RawDocument};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
 use rusqlite::types::Value as SqlValue;
+use rusqlite::vtab::array::Array;
 use rusqlite::{
     params, params_from_iter, Connection, OptionalExtension, Transaction, TransactionBehavior,
 };
@@ -234,7 +235,9 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(&err)?;
             upgrade(&mut conn, &err)?;
-            Ok::<_, StoreError>((conn, open()?))
+            let reader = open()?;
+            rusqlite::vtab::array::load_module(&reader).map_err(&err)?;
+            Ok::<_, StoreError>((conn, reader))
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
@@ -360,17 +363,11 @@ impl Store for SqliteStore {
         let keys = keys.to_vec();
         let err = self.sql_error();
         self.read(move |conn| {
-            let tx = conn.transaction().map_err(&err)?;
-            let mut st = tx
-                .prepare_cached("SELECT 1 FROM applied_events WHERE key = ?1")
-                .map_err(&err)?;
-            let mut found = HashSet::new();
-            for key in keys {
-                if st.exists([&key]).map_err(&err)? {
-                    found.insert(key);
-                }
-            }
-            Ok(found)
+            // One statement for all of them, the keys bound as one array.
+            let keys: Array = std::rc::Rc::new(keys.into_iter().map(SqlValue::Text).collect());
+            conn.prepare_cached("SELECT key FROM applied_events WHERE key IN rarray(?1)")
+                .and_then(|mut st| st.query_map([keys], |r| r.get(0))?.collect())
+                .map_err(&err)
         })
         .await
     }
