@@ -1,6 +1,7 @@
-//! The SQLite store's write path: one batch in one transaction. Log chunks are appended at their
-//! offsets, each document the batch touches is loaded once, changed in memory and written back
-//! once, and the batch's event keys are recorded so that the events count as applied.
+//! The SQLite store's write path: one batch in one transaction. The text a batch adds to a log is
+//! appended as one chunk at its offset, each document the batch touches is loaded once, changed
+//! in memory and written back once, and the batch's event keys are recorded so that the events
+//! count as applied.
 
 use std::collections::HashMap;
 
@@ -47,6 +48,9 @@ pub(super) fn apply_batch(
         columns: HashMap::new(),
     };
     let mut lens: HashMap<(&str, Channel), u64> = HashMap::new();
+    // The batch's new text of each log, from the offset it starts at: one row per log and batch
+    // rather than one per chunk.
+    let mut appended: HashMap<(&str, Channel), (u64, Vec<u8>)> = HashMap::new();
     for m in &batch.mutations {
         if let Mutation::AppendLog {
             step_id,
@@ -73,21 +77,21 @@ pub(super) fn apply_batch(
                     offset: *offset,
                 });
             }
-            tx.prepare_cached(
-                "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    step_id,
-                    channel.as_str(),
-                    *offset as i64,
-                    text.as_bytes()
-                ])
-            })
-            .map_err(err)?;
+            appended
+                .entry(key)
+                .or_insert_with(|| (*offset, Vec::new()))
+                .1
+                .extend_from_slice(text.as_bytes());
             lens.insert(key, end);
         }
         docs.apply(m, &mut loader)?;
+    }
+    for ((step_id, channel), (offset, data)) in appended {
+        tx.prepare_cached(
+            "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut st| st.execute(params![step_id, channel.as_str(), offset as i64, data]))
+        .map_err(err)?;
     }
     for (collection, id, bytes) in docs.into_writes()? {
         let values = column_values(collection, columns(collection), &id, &bytes)?;
