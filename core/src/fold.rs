@@ -85,11 +85,10 @@ impl Core {
         &self.config
     }
 
-    /// The build `_id` an event needs in memory before it can be applied, if it is not there: the
-    /// caller loads it from the store (it may not exist) and hands it to [`Core::restore`].
-    pub fn missing_build(&self, event: &Event) -> Option<String> {
-        let id = Core::build_of(event)?;
-        (!self.builds.contains_key(&id)).then_some(id)
+    /// Whether the build `id` is in memory. An event for a build that is not needs it loaded from
+    /// the store first (it may not exist there) and handed to [`Core::restore`].
+    pub fn has_build(&self, id: &str) -> bool {
+        self.builds.contains_key(id)
     }
 
     /// The `_id` of the build an event belongs to, if it belongs to one.

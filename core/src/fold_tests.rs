@@ -392,13 +392,9 @@ fn a_restored_build_carries_on_where_the_store_left_it() {
         }],
     };
     core.clear();
-    assert_eq!(
-        core.missing_build(&ev(
-            json!({"type":"build_finished","build_id":7,"result":0})
-        ))
-        .as_deref(),
-        Some("m1/7")
-    );
+    let finished = ev(json!({"type":"build_finished","build_id":7,"result":0}));
+    assert_eq!(Core::build_of(&finished).as_deref(), Some("m1/7"));
+    assert!(!core.has_build("m1/7"), "cleared: the caller loads it");
     core.restore(&snapshot);
     assert!(
         log(&mut core, "abc", Some(0)).unwrap().is_empty(),

@@ -87,13 +87,12 @@ impl Applier {
             .iter()
             .map(|e| e.event_id.as_deref().map(|id| event_key(&e.master_id, id)))
             .collect();
+        let mut distinct: HashSet<&str> = HashSet::with_capacity(keys.len());
         let unknown: Vec<String> = keys
             .iter()
             .flatten()
-            .filter(|k| !self.is_recent(k))
+            .filter(|k| !self.is_recent(k) && distinct.insert(k.as_str()))
             .cloned()
-            .collect::<HashSet<_>>()
-            .into_iter()
             .collect();
         let applied_before = if unknown.is_empty() {
             HashSet::new()
@@ -101,9 +100,12 @@ impl Applier {
             store.applied_events(&unknown).await?
         };
 
-        let mut missing: Vec<String> = events
+        let build_ids: Vec<Option<String>> = events.iter().map(Core::build_of).collect();
+        let mut missing: Vec<String> = build_ids
             .iter()
-            .filter_map(|e| self.core.missing_build(e))
+            .flatten()
+            .filter(|id| !self.core.has_build(id))
+            .cloned()
             .collect();
         missing.sort();
         missing.dedup();
@@ -116,14 +118,18 @@ impl Applier {
             }
         }
 
+        if self.recent[0].len() + events.len() > RECENT_KEYS_MAX {
+            self.recent.swap(0, 1);
+            self.recent[0].clear();
+        }
         let received = Utc::now();
         let mut batch = Batch::default();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut builds = HashSet::new();
-        let mut in_chunk: HashSet<&str> = HashSet::new();
-        for (event, key) in events.iter().zip(&keys) {
-            if let Some(key) = key {
-                if self.is_recent(key) || applied_before.contains(key) || !in_chunk.insert(key) {
+        for ((event, key), build) in events.iter().zip(keys).zip(&build_ids) {
+            if let Some(key) = &key {
+                // Recent keys include those of this chunk applied so far.
+                if self.is_recent(key) || applied_before.contains(key) {
                     outcomes.push(Outcome::Duplicate);
                     continue;
                 }
@@ -131,15 +137,19 @@ impl Applier {
             match self.core.apply(event, received) {
                 Ok(mutations) => {
                     batch.mutations.extend(mutations);
-                    batch.events.extend(key.iter().cloned());
-                    builds.extend(Core::build_of(event));
+                    if let Some(key) = key {
+                        // Counted as applied from now on: the batch is on its way to the store,
+                        // and if the store does not take it, `forget` clears this.
+                        self.recent[0].insert(key.clone());
+                        batch.events.push(key);
+                    }
+                    if let Some(b) = build.as_ref().filter(|b| !builds.contains(*b)) {
+                        builds.insert(b.clone());
+                    }
                     outcomes.push(Outcome::Applied);
                 }
                 Err(e) => {
-                    // A rejected event must not count as seen: a corrected resend has to apply.
-                    if let Some(key) = key {
-                        in_chunk.remove(key.as_str());
-                    }
+                    // A rejected event does not count as seen: a corrected resend has to apply.
                     outcomes.push(Outcome::Rejected(e));
                     if stop_at_error {
                         break;
@@ -147,11 +157,6 @@ impl Applier {
                 }
             }
         }
-        if self.recent[0].len() + batch.events.len() > RECENT_KEYS_MAX {
-            self.recent.swap(0, 1);
-            self.recent[0].clear();
-        }
-        self.recent[0].extend(batch.events.iter().cloned());
         Ok(Prepared {
             batch,
             outcomes,
@@ -460,3 +465,7 @@ fn parse_line(raw: &[u8]) -> Result<Option<Event>, String> {
     }
     Event::parse(text).map(Some).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

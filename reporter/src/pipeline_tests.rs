@@ -1,0 +1,92 @@
+//! The applier's de-duplication rules: an `event_id` is applied once, whether its copies come in
+//! one chunk, in a chunk folded while the previous one is still being written, or after a
+//! restart; and a rejected event does not count as seen.
+
+use super::*;
+use crate::core::CoreConfig;
+use crate::store::SqliteStore;
+
+fn event(id: &str, json: &str) -> Event {
+    let line = json.replacen('{', &format!(r#"{{"master_id":"m","event_id":"{id}","#), 1);
+    Event::parse(&line).unwrap()
+}
+
+fn build(id: &str) -> Event {
+    event(
+        id,
+        r#"{"type":"build_started","builder":"b","build_id":1,"number":1,"time":0}"#,
+    )
+}
+
+fn step(id: &str) -> Event {
+    event(
+        id,
+        r#"{"type":"step_started","build_id":1,"step":0,"name":"s","time":1}"#,
+    )
+}
+
+async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
+        .await
+        .unwrap()
+}
+
+fn applier() -> Applier {
+    Applier::new(Core::new(CoreConfig::default()))
+}
+
+#[tokio::test]
+async fn a_second_copy_in_the_same_chunk_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let outcomes = applier()
+        .apply_chunk(&store, &[build("a"), build("a")], false)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Duplicate]);
+}
+
+#[tokio::test]
+async fn a_rejected_event_does_not_count_as_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    // The step comes before its build: rejected. Sent again after it, it applies.
+    let outcomes = applier()
+        .apply_chunk(&store, &[step("s"), build("b"), step("s")], false)
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], Outcome::Rejected(_)), "{outcomes:?}");
+    assert_eq!(outcomes[1..], [Outcome::Applied, Outcome::Applied]);
+}
+
+#[tokio::test]
+async fn a_copy_folded_while_the_first_is_being_written_is_a_duplicate_until_the_write_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let mut applier = applier();
+    let first = applier.prepare(&store, &[build("a")], false).await.unwrap();
+    // The first batch is not in the store yet.
+    let next = applier.prepare(&store, &[build("a")], false).await.unwrap();
+    assert_eq!(next.outcomes, [Outcome::Duplicate]);
+
+    // The store did not take the first batch: both are folded again, from what the store holds.
+    drop((first, next));
+    applier.forget();
+    let again = applier.prepare(&store, &[build("a")], false).await.unwrap();
+    assert_eq!(again.outcomes, [Outcome::Applied]);
+}
+
+#[tokio::test]
+async fn after_a_restart_the_store_knows_what_was_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    applier()
+        .apply_chunk(&store, &[build("a")], false)
+        .await
+        .unwrap();
+    let outcomes = applier()
+        .apply_chunk(&store, &[build("a"), step("s")], false)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Duplicate, Outcome::Applied]);
+}
