@@ -24,6 +24,8 @@ mod write;
 
 /// Bumped when the table layout changes. 2: builds keep `master_id`, `branch` and `result`.
 const LAYOUT_VERSION: i64 = 2;
+/// The page size of a new store file.
+const PAGE_SIZE: i64 = 16 << 10;
 /// Documents decoded per step of a back-fill, to keep its memory bounded on a big store.
 const BACKFILL_PAGE: i64 = 500;
 
@@ -229,6 +231,10 @@ impl SqliteStore {
                 Ok(conn)
             };
             let mut conn = open()?;
+            // For a new file only (an existing one keeps its own): documents of a kilobyte or
+            // two and their log chunks take fewer pages, and a batch fewer page writes.
+            conn.pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(&err)?;
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(&err)?;
             // FULL: a batch the store confirmed survives a power cut, not only a crash.
