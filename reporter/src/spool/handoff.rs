@@ -74,7 +74,7 @@ impl Handoff {
                 q.bytes -= stale.bytes;
             }
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(q.events.len()));
         while out.len() < limit
             && q.events
                 .front()
