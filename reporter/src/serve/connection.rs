@@ -267,7 +267,7 @@ async fn write_replies<W: AsyncWrite>(
                 match outcome {
                     Ok(_) => {
                         conn.count(Tally::Acknowledged);
-                        json!({ "ack": id }).to_string()
+                        ack(&id)
                     }
                     Err(e) => {
                         conn.count(Tally::Rejected);
@@ -286,6 +286,15 @@ async fn write_replies<W: AsyncWrite>(
         return;
     }
     let _ = write.shutdown().await;
+}
+
+/// `{"ack": ID}`, written directly: it is the reply to nearly every line.
+fn ack(id: &str) -> String {
+    let mut reply = String::with_capacity(id.len() + 12);
+    reply.push_str(r#"{"ack":"#);
+    reply.push_str(&Value::from(id).to_string());
+    reply.push('}');
+    reply
 }
 
 /// Writes `out` and empties it; false when the client is gone or does not read.
@@ -336,10 +345,13 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         }
         RawLine::Line(bytes) => bytes,
     };
-    let Ok(text) = String::from_utf8(bytes) else {
+    let Ok(mut text) = String::from_utf8(bytes) else {
         return reject("line is not valid UTF-8".into());
     };
-    let trimmed = text.trim();
+    if text.trim().len() != text.len() {
+        text = text.trim().to_owned();
+    }
+    let trimmed = text.as_str();
     let value: Value = match serde_json::from_str(trimmed) {
         Ok(v) => v,
         Err(e) => return reject(format!("not valid JSON: {e}")),
@@ -380,7 +392,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     };
     // The client's own line is spooled as it came, unless an id had to be added to it.
     let (id, text) = match &event.event_id {
-        Some(id) => (id.clone(), trimmed.to_owned()),
+        Some(id) => (id.clone(), text),
         None => {
             let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
             let id = format!("bs-{}-{seq}", shared.boot);
