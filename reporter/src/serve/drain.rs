@@ -1,7 +1,8 @@
 //! The applier side of the daemon: takes events from the spool in order (handed over in memory
 //! while it keeps up, read from the file otherwise), folds them through the core into batches,
-//! writes them to the store, and releases them from the spool only once the store confirmed them. While the store is down it retries with capped exponential backoff and
-//! the spool keeps growing.
+//! writes them to the store, and releases them from the spool only once the store confirmed
+//! them. While the store is down it retries with capped exponential backoff and the spool keeps
+//! growing.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -97,15 +98,9 @@ pub async fn run(
             return;
         }
         // The store is free: it writes what is folded.
-        let flight = ready.take().map(|(taken, mut prepared)| {
-            let batch = std::mem::take(&mut prepared.batch);
-            let store = Arc::clone(&store);
-            InFlight {
-                taken,
-                prepared,
-                write: tokio::spawn(async move { store.apply(batch).await }),
-            }
-        });
+        let flight = ready
+            .take()
+            .map(|(taken, prepared)| InFlight::start(&store, taken, prepared));
         // Meanwhile the next events are folded.
         let mut failed = None;
         if queue.is_empty() {
@@ -159,19 +154,42 @@ pub async fn run(
             None => failures = 0,
             Some(e) => {
                 failures += 1;
-                counters.store_errors.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = counters.last_error.lock() {
-                    *last = Some(e.to_string());
-                }
-                let wait =
-                    Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
-                tracing::warn!(error = %e, ?wait, "store failed; the events stay in the spool");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => {}
-                }
+                back_off(&counters, failures, &e, &mut stop).await;
             }
         }
+    }
+}
+
+impl InFlight {
+    /// Hands the batch of `prepared` to the store, on a task of its own.
+    fn start(store: &Arc<dyn Store>, taken: Unconfirmed, mut prepared: Prepared) -> InFlight {
+        let batch = std::mem::take(&mut prepared.batch);
+        let store = Arc::clone(store);
+        InFlight {
+            taken,
+            prepared,
+            write: tokio::spawn(async move { store.apply(batch).await }),
+        }
+    }
+}
+
+/// Counts the store's `failures`-th error in a row and waits before the next try, longer each
+/// time up to 30 s, or until `stop` changes.
+async fn back_off(
+    counters: &DrainCounters,
+    failures: u32,
+    e: &StoreError,
+    stop: &mut watch::Receiver<bool>,
+) {
+    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut last) = counters.last_error.lock() {
+        *last = Some(e.to_string());
+    }
+    let wait = Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
+    tracing::warn!(error = %e, ?wait, "store failed; the events stay in the spool");
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = stop.changed() => {}
     }
 }
 
