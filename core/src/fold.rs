@@ -3,7 +3,7 @@
 //! An event is applied whole or not at all: every check happens before any state changes, so a
 //! rejected event leaves both the state and (since it yields no mutations) the store untouched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bson::DateTime;
 use buildstore_schema::event::{
@@ -102,12 +102,12 @@ impl Core {
         self.builds.insert(state.id.clone(), state);
     }
 
-    /// Forgets finished builds, except those in `keep`. Call only once their mutations are in the
-    /// store: a later event for one of them reloads it from there. `keep` names the builds whose
-    /// mutations are still on their way to the store, which a reload would see without them.
-    pub fn evict_finished(&mut self, keep: &HashSet<String>) {
-        self.builds
-            .retain(|id, b| !b.finished() || keep.contains(id));
+    /// Forgets finished builds, except those `keep` holds on to. Call only once their mutations
+    /// are in the store: a later event for one of them reloads it from there. `keep` is true for
+    /// the builds whose mutations are still on their way to the store, which a reload would see
+    /// without them.
+    pub fn evict_finished(&mut self, keep: impl Fn(&str) -> bool) {
+        self.builds.retain(|id, b| !b.finished() || keep(id));
     }
 
     /// Forgets everything, e.g. after a store write failed and memory may be ahead of the store.

@@ -70,7 +70,7 @@ impl Applier {
             self.forget();
             return Err(e);
         }
-        Ok(self.confirmed(prepared, &HashSet::new()))
+        Ok(self.confirmed(prepared, None))
     }
 
     /// Folds `events` in order into one batch for the store. With `stop_at_error`, the first
@@ -165,14 +165,11 @@ impl Applier {
     }
 
     /// The store confirmed `prepared`'s batch: its finished builds may leave memory, except those
-    /// that `pending` (batches prepared since, not yet confirmed) still needs.
-    pub fn confirmed(&mut self, prepared: Prepared, pending: &HashSet<String>) -> Vec<Outcome> {
-        self.core.evict_finished(pending);
-        tracing::debug!(
-            events = prepared.outcomes.len(),
-            mutations = prepared.batch.mutations.len(),
-            "batch applied"
-        );
+    /// that `next` (the batch prepared since, not yet confirmed) still needs.
+    pub fn confirmed(&mut self, prepared: Prepared, next: Option<&Prepared>) -> Vec<Outcome> {
+        self.core
+            .evict_finished(|id| next.is_some_and(|n| n.builds.contains(id)));
+        tracing::debug!(events = prepared.outcomes.len(), "batch applied");
         prepared.outcomes
     }
 
@@ -184,13 +181,6 @@ impl Applier {
         for generation in &mut self.recent {
             generation.clear();
         }
-    }
-}
-
-impl Prepared {
-    /// The builds the batch's events belong to.
-    pub fn builds(&self) -> &HashSet<String> {
-        &self.builds
     }
 }
 
@@ -318,7 +308,6 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
     ));
     let mut report = IngestReport::default();
     let keep_going = options.keep_going;
-    let no_builds = HashSet::new();
     let result = async {
         // The chunk folded last: the store writes it while the next one is folded.
         let mut folded: Option<Folded> = None;
@@ -352,14 +341,11 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
             }
             let prepared = prepared.transpose();
             if let Some(mut f) = folded.take() {
-                let pending = match &prepared {
-                    Ok(Some(p)) => p.builds(),
-                    _ => &no_builds,
-                };
+                let next = prepared.as_ref().ok().and_then(Option::as_ref);
                 let outcomes = f
                     .prepared
                     .take()
-                    .map(|p| applier.confirmed(p, pending))
+                    .map(|p| applier.confirmed(p, next))
                     .unwrap_or_default();
                 if !f.report(outcomes, &mut report, keep_going, on_error) {
                     report.stopped_early = true;

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::core::CoreConfig;
-use crate::store::SqliteStore;
+use crate::store::open_in;
 
 fn event(id: &str, json: &str) -> Event {
     let line = json.replacen('{', &format!(r#"{{"master_id":"m","event_id":"{id}","#), 1);
@@ -25,12 +25,6 @@ fn step(id: &str) -> Event {
     )
 }
 
-async fn store(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
-        .await
-        .unwrap()
-}
-
 fn applier() -> Applier {
     Applier::new(Core::new(CoreConfig::default()))
 }
@@ -38,7 +32,7 @@ fn applier() -> Applier {
 #[tokio::test]
 async fn a_second_copy_in_the_same_chunk_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
+    let store = open_in(dir.path(), "s.db").await;
     let outcomes = applier()
         .apply_chunk(&store, &[build("a"), build("a")], false)
         .await
@@ -49,7 +43,7 @@ async fn a_second_copy_in_the_same_chunk_is_a_duplicate() {
 #[tokio::test]
 async fn a_rejected_event_does_not_count_as_seen() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
+    let store = open_in(dir.path(), "s.db").await;
     // The step comes before its build: rejected. Sent again after it, it applies.
     let outcomes = applier()
         .apply_chunk(&store, &[step("s"), build("b"), step("s")], false)
@@ -62,7 +56,7 @@ async fn a_rejected_event_does_not_count_as_seen() {
 #[tokio::test]
 async fn a_copy_folded_while_the_first_is_being_written_is_a_duplicate_until_the_write_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
+    let store = open_in(dir.path(), "s.db").await;
     let mut applier = applier();
     let first = applier.prepare(&store, &[build("a")], false).await.unwrap();
     // The first batch is not in the store yet.
@@ -79,7 +73,7 @@ async fn a_copy_folded_while_the_first_is_being_written_is_a_duplicate_until_the
 #[tokio::test]
 async fn after_a_restart_the_store_knows_what_was_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir).await;
+    let store = open_in(dir.path(), "s.db").await;
     applier()
         .apply_chunk(&store, &[build("a")], false)
         .await

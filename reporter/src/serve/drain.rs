@@ -4,7 +4,7 @@
 //! them. While the store is down it retries with capped exponential backoff and the spool keeps
 //! growing.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,7 +86,6 @@ pub async fn run(
     };
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
-    let no_builds = HashSet::new();
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
@@ -125,8 +124,8 @@ pub async fn run(
                 .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
             match written {
                 Ok(()) => {
-                    let pending = ready.as_ref().map_or(&no_builds, |(_, p)| p.builds());
-                    let outcomes = applier.confirmed(f.prepared, pending);
+                    let next = ready.as_ref().map(|(_, p)| p);
+                    let outcomes = applier.confirmed(f.prepared, next);
                     confirm(&spool, &held, &counters, f.taken.through, outcomes).await;
                 }
                 Err(e) => {

@@ -1,6 +1,7 @@
 //! The drain's rules: spool order whatever the way events come, and no event lost or doubled
 //! when a store write fails while the next batch is being folded.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
 
 use async_trait::async_trait;
@@ -9,7 +10,7 @@ use buildstore_schema::{Channel, Collection};
 
 use super::*;
 use crate::core::{Batch, BuildSnapshot, Core, CoreConfig};
-use crate::store::{BuildQuery, CommitQuery, SqliteStore};
+use crate::store::{open_in, BuildQuery, CommitQuery, SqliteStore};
 
 #[tokio::test]
 async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
@@ -137,9 +138,7 @@ async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing
     );
     handoff.close();
     let store = Arc::new(FailingWrite {
-        inner: SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
-            .await
-            .unwrap(),
+        inner: open_in(dir.path(), "s.db").await,
         // The second batch: its builds were written by the first, and the third is folded on
         // top of it when it fails.
         fail_at: 1,
@@ -164,9 +163,7 @@ async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing
     assert_eq!(counters.duplicates.load(Ordering::SeqCst), 0);
     assert_eq!(spool.depth().events, 0, "everything released");
 
-    let clean = SqliteStore::open(dir.path().join("clean.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let clean = open_in(dir.path(), "clean.db").await;
     let mut applier = Applier::new(Core::new(CoreConfig::default()));
     applier.apply_chunk(&clean, &events, false).await.unwrap();
     assert_eq!(export(store.as_ref()).await, export(&clean).await);

@@ -14,11 +14,11 @@ use super::drain::{self, DrainCounters};
 use crate::core::{Core, CoreConfig};
 use crate::pipeline::Applier;
 use crate::spool::{Appender, Handoff, Spool, SpoolError};
+use crate::store::Store;
 
 /// Most bytes of event lines held in memory between the spool's writer and the drain; past it
 /// the drain reads them back from the file.
 const HANDOFF_BYTES: usize = 64 << 20;
-use crate::store::Store;
 
 pub struct Engine {
     pub spool: Spool,

@@ -76,6 +76,26 @@ pub struct Spool {
 /// Lines are stored joined by this; a protocol line never contains it.
 const SEPARATOR: u8 = b'\n';
 
+/// The next id to hand out: one past the highest ever used, kept by AUTOINCREMENT.
+const NEXT_ID: &str =
+    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'groups'), 0) + 1";
+
+/// Events and line bytes of the groups a query selects (separators not counted).
+const COUNTS: &str =
+    "coalesce(sum(last - first + 1), 0), coalesce(sum(length(lines) - (last - first)), 0)";
+
+/// A group's lines as the spool stores them.
+fn joined(lines: &[impl AsRef<str>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.iter().map(|l| l.as_ref().len() + 1).sum());
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push(SEPARATOR);
+        }
+        out.extend_from_slice(line.as_ref().as_bytes());
+    }
+    out
+}
+
 /// Most lines per group when an old spool is converted.
 const CONVERT_GROUP: usize = 4096;
 
@@ -106,15 +126,11 @@ impl Spool {
         )
         .map_err(err)?;
         convert_one_row_per_event(&mut conn).map_err(err)?;
-        let (next, events, bytes): (i64, i64, i64) = conn
-            .query_row(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'groups'), 0) + 1,
-                        coalesce(sum(last - first + 1), 0),
-                        coalesce(sum(length(lines) - (last - first)), 0)
-                 FROM groups",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+        let next: i64 = conn.query_row(NEXT_ID, [], |r| r.get(0)).map_err(err)?;
+        let (events, bytes): (i64, i64) = conn
+            .query_row(&format!("SELECT {COUNTS} FROM groups"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(err)?;
         Ok(Spool {
             path,
@@ -153,15 +169,11 @@ impl Spool {
         let last = first + lines.len() as i64 - 1;
         let inserted = conn
             .prepare_cached("INSERT INTO groups (last, first, lines) VALUES (?1, ?2, ?3)")
-            .and_then(|mut st| st.execute(params![last, first, lines.join("\n").as_bytes()]));
+            .and_then(|mut st| st.execute(params![last, first, joined(lines)]));
         if let Err(e) = inserted {
             // A failed commit may still have reached the file; the next group must not reuse
             // the ids it may hold.
-            if let Ok(seq) = conn.query_row(
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'groups'), 0) + 1",
-                [],
-                |r| r.get::<_, i64>(0),
-            ) {
+            if let Ok(seq) = conn.query_row(NEXT_ID, [], |r| r.get::<_, i64>(0)) {
                 self.next.fetch_max(seq, Ordering::AcqRel);
             }
             return Err(self.err()(e));
@@ -218,9 +230,7 @@ impl Spool {
         let tx = conn.transaction().map_err(self.err())?;
         let (events, bytes): (i64, i64) = tx
             .query_row(
-                "SELECT coalesce(sum(last - first + 1), 0),
-                        coalesce(sum(length(lines) - (last - first)), 0)
-                 FROM groups WHERE last <= ?1",
+                &format!("SELECT {COUNTS} FROM groups WHERE last <= ?1"),
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -283,7 +293,7 @@ fn convert_one_row_per_event(conn: &mut Connection) -> rusqlite::Result<()> {
             }
             if (row.is_none() && !group.is_empty()) || group.len() == CONVERT_GROUP {
                 let last = next + group.len() as i64 - 1;
-                insert.execute(params![last, next, group.join("\n").as_bytes()])?;
+                insert.execute(params![last, next, joined(&group)])?;
                 next = last + 1;
                 group.clear();
             }

@@ -17,6 +17,8 @@ use crate::core::{Batch, BuildSnapshot};
 
 pub use docs::DocSet;
 pub use mongo::MongoStore;
+#[cfg(test)]
+pub(crate) use sqlite::open_in;
 pub use sqlite::SqliteStore;
 
 /// Errors of the store layer.

@@ -38,29 +38,32 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
 }
 
+/// `collection`'s entry of a table made once, on first use, with `make` for every collection.
+fn per_collection<T>(
+    table: &'static OnceLock<[T; 4]>,
+    collection: Collection,
+    make: impl Fn(Collection) -> T,
+) -> &'static T {
+    // `ALL` lists the collections in declaration order, so a collection's number is its place.
+    &table.get_or_init(|| Collection::ALL.map(make))[collection as usize]
+}
+
 /// The columns a collection's table keeps beside the document: the fields its indexes use.
 fn columns(collection: Collection) -> &'static [&'static str] {
-    static COLUMNS: OnceLock<Vec<(Collection, Vec<&'static str>)>> = OnceLock::new();
-    let all = COLUMNS.get_or_init(|| {
-        Collection::ALL
-            .into_iter()
-            .map(|c| {
-                let mut cols: Vec<&'static str> = Vec::new();
-                for spec in INDEXES.iter().filter(|s| s.collection == c) {
-                    // `_id` is the table's key already.
-                    for (field, _) in spec.keys.iter().filter(|(f, _)| *f != "_id") {
-                        if !cols.contains(field) {
-                            cols.push(field);
-                        }
-                    }
+    static COLUMNS: OnceLock<[Vec<&'static str>; 4]> = OnceLock::new();
+    let cols: &'static Vec<&'static str> = per_collection(&COLUMNS, collection, |c| {
+        let mut cols: Vec<&'static str> = Vec::new();
+        for spec in INDEXES.iter().filter(|s| s.collection == c) {
+            // `_id` is the table's key already.
+            for (field, _) in spec.keys.iter().filter(|(f, _)| *f != "_id") {
+                if !cols.contains(field) {
+                    cols.push(field);
                 }
-                (c, cols)
-            })
-            .collect()
+            }
+        }
+        cols
     });
-    all.iter()
-        .find(|(c, _)| *c == collection)
-        .map_or(&[], |(_, cols)| cols.as_slice())
+    cols
 }
 
 fn tables() -> String {
@@ -301,16 +304,24 @@ fn sql_error(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + Send + Clon
     }
 }
 
+/// The stored bytes of one document.
+fn load_bytes(
+    conn: &Connection,
+    collection: Collection,
+    id: &str,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached(&format!("SELECT doc FROM {collection} WHERE _id = ?1"))?
+        .query_row([id], |r| r.get(0))
+        .optional()
+}
+
 fn load_doc(
     conn: &Connection,
     collection: Collection,
     id: &str,
     err: &impl Fn(rusqlite::Error) -> StoreError,
 ) -> Result<Option<Document>, StoreError> {
-    let bytes: Option<Vec<u8>> = conn
-        .prepare_cached(&format!("SELECT doc FROM {collection} WHERE _id = ?1"))
-        .and_then(|mut st| st.query_row([id], |r| r.get(0)).optional())
-        .map_err(err)?;
+    let bytes = load_bytes(conn, collection, id).map_err(err)?;
     bytes.map(|b| decode(collection, id, &b)).transpose()
 }
 
@@ -530,3 +541,12 @@ impl Store for SqliteStore {
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]
 mod tests;
+
+/// Opens (creating) the store file `file` in `dir`, for tests.
+#[cfg(test)]
+pub(crate) async fn open_in(dir: &std::path::Path, file: &str) -> SqliteStore {
+    let path = dir.join(file);
+    SqliteStore::open(&path.display().to_string())
+        .await
+        .expect("a store in a test directory")
+}

@@ -42,12 +42,8 @@ fn batches(size: usize) -> Vec<Batch> {
 #[tokio::test]
 async fn applying_every_batch_twice_gives_the_same_documents_as_once() {
     let dir = tempfile::tempdir().unwrap();
-    let once = SqliteStore::open(dir.path().join("once.db").to_str().unwrap())
-        .await
-        .unwrap();
-    let twice = SqliteStore::open(dir.path().join("twice.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let once = open_in(dir.path(), "once.db").await;
+    let twice = open_in(dir.path(), "twice.db").await;
     let batches = batches(97);
     for b in &batches {
         once.apply(b.clone()).await.unwrap();
@@ -75,9 +71,7 @@ async fn the_index_columns_agree_with_the_documents_after_any_batching() {
     // Small batches: a build's indexed fields (result, changeset, end) change in later batches
     // than the one that created it, and a write that leaves them alone skips the columns.
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let store = open_in(dir.path(), "s.db").await;
     for b in &batches(7) {
         store.apply(b.clone()).await.unwrap();
     }
@@ -111,9 +105,7 @@ async fn the_index_columns_agree_with_the_documents_after_any_batching() {
 #[tokio::test]
 async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let store = open_in(dir.path(), "s.db").await;
     let first = batches(10_000).remove(0);
     // Every log chunk but the first of each log: the store would have a gap at offset 0.
     let (logs, rest): (Vec<Mutation>, Vec<Mutation>) = first
@@ -151,9 +143,7 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
 #[tokio::test]
 async fn reads_page_by_id_and_filter_builds() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let store = open_in(dir.path(), "s.db").await;
     for b in batches(500) {
         store.apply(b).await.unwrap();
     }
@@ -305,9 +295,7 @@ fn plan(conn: &Connection, select: &queries::Select) -> String {
 #[tokio::test]
 async fn listing_reads_walk_an_index_in_order_instead_of_sorting_what_they_match() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("s.db").to_str().unwrap())
-        .await
-        .unwrap();
+    let store = open_in(dir.path(), "s.db").await;
     let conn = store.conn.lock().unwrap();
     let t = bson::DateTime::from_millis(1_000);
     let after = Some(BuildCursor {

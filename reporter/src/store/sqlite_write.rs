@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use buildstore_schema::{Channel, Collection};
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, OptionalExtension, Transaction};
+use rusqlite::{params, params_from_iter, Transaction};
 
-use super::{column_values, columns, log_len};
+use super::{column_values, columns, load_bytes, log_len, per_collection};
 use crate::core::{Batch, Mutation};
 use crate::store::docs::{DocSet, Loader};
 use crate::store::StoreError;
@@ -23,11 +23,7 @@ struct TxLoader<'a, E> {
 
 impl<E: Fn(rusqlite::Error) -> StoreError> Loader for TxLoader<'_, E> {
     fn load(&mut self, collection: Collection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
-            .tx
-            .prepare_cached(&format!("SELECT doc FROM {collection} WHERE _id = ?1"))
-            .and_then(|mut st| st.query_row([id], |r| r.get(0)).optional())
-            .map_err(&self.err)?;
+        let bytes = load_bytes(self.tx, collection, id).map_err(&self.err)?;
         if let Some(bytes) = &bytes {
             let values = column_values(collection, columns(collection), id, bytes)?;
             self.columns.insert((collection, id.to_owned()), values);
@@ -98,14 +94,14 @@ pub(super) fn apply_batch(
         let statements = statements(collection);
         // Most writes change a document but none of its indexed fields (a log line, a step's
         // end): writing the document alone leaves every index of the table untouched.
-        let sql = match loader.columns.get(&(collection, id.clone())) {
-            Some(before) if *before == values => &statements.document_only,
-            _ => &statements.upsert,
-        };
+        let unchanged = loader.columns.get(&(collection, id.clone())) == Some(&values);
         let mut row = vec![SqlValue::Text(id), SqlValue::Blob(bytes)];
-        if sql == &statements.upsert {
+        let sql = if unchanged {
+            &statements.document_only
+        } else {
             row.extend(values);
-        }
+            &statements.upsert
+        };
         tx.prepare_cached(sql)
             .and_then(|mut st| st.execute(params_from_iter(row)))
             .map_err(err)?;
@@ -128,36 +124,21 @@ struct Statements {
 }
 
 fn statements(collection: Collection) -> &'static Statements {
-    static ALL: std::sync::OnceLock<Vec<(Collection, Statements)>> = std::sync::OnceLock::new();
-    let all = ALL.get_or_init(|| {
-        Collection::ALL
-            .into_iter()
-            .map(|c| {
-                let cols = columns(c);
-                let names: String = cols.iter().map(|c| format!(", {c}")).collect();
-                let marks: String = (0..cols.len()).map(|i| format!(", ?{}", i + 3)).collect();
-                let updates: String = cols
-                    .iter()
-                    .map(|c| format!(", {c} = excluded.{c}"))
-                    .collect();
-                let upsert = format!(
-                    "INSERT INTO {c} (_id, doc{names}) VALUES (?1, ?2{marks})
-                     ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc{updates}"
-                );
-                let document_only = format!("UPDATE {c} SET doc = ?2 WHERE _id = ?1");
-                (
-                    c,
-                    Statements {
-                        upsert,
-                        document_only,
-                    },
-                )
-            })
-            .collect()
-    });
-    // Every collection is in ALL.
-    &all.iter()
-        .find(|(c, _)| *c == collection)
-        .unwrap_or(&all[0])
-        .1
+    static ALL: std::sync::OnceLock<[Statements; 4]> = std::sync::OnceLock::new();
+    per_collection(&ALL, collection, |c| {
+        let cols = columns(c);
+        let names: String = cols.iter().map(|c| format!(", {c}")).collect();
+        let marks: String = (0..cols.len()).map(|i| format!(", ?{}", i + 3)).collect();
+        let updates: String = cols
+            .iter()
+            .map(|c| format!(", {c} = excluded.{c}"))
+            .collect();
+        Statements {
+            upsert: format!(
+                "INSERT INTO {c} (_id, doc{names}) VALUES (?1, ?2{marks})
+                 ON CONFLICT(_id) DO UPDATE SET doc = excluded.doc{updates}"
+            ),
+            document_only: format!("UPDATE {c} SET doc = ?2 WHERE _id = ?1"),
+        }
+    })
 }
