@@ -3,7 +3,8 @@
 //! single-core rate of merely parsing the same lines, measured in the same run; and the latency
 //! of an ack at a moderate fixed rate.
 //!
-//! Run: `cargo bench -p buildstore --bench serve` (BENCH_EVENTS=N to change the size).
+//! Run: `cargo bench -p buildstore --bench serve` (BENCH_EVENTS=N to change the size;
+//! BENCH_SOCKET=unix to send over the daemon's Unix socket instead of TCP).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -59,13 +60,36 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
+/// Where the clients connect.
+#[derive(Clone)]
+enum Target {
+    Tcp(u16),
+    Unix(std::path::PathBuf),
+}
+
+impl Target {
+    /// A connection's reading and writing halves.
+    fn connect(&self) -> (Box<dyn Read + Send>, Box<dyn Write + Send>) {
+        match self {
+            Target::Tcp(port) => {
+                let s = TcpStream::connect(("127.0.0.1", *port)).expect("connect");
+                (Box::new(s.try_clone().expect("clone")), Box::new(s))
+            }
+            Target::Unix(path) => {
+                let s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+                (Box::new(s.try_clone().expect("clone")), Box::new(s))
+            }
+        }
+    }
+}
+
 /// Sends `events` with up to `window` unacknowledged. Writes are buffered and the window is
 /// refilled once half of it has been acknowledged, so that the load generator spends few system
 /// calls of the CPU it shares with the daemon being measured.
-fn client(port: u16, events: Vec<String>, window: usize) {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, s.try_clone().expect("clone"));
-    let mut r = BufReader::new(s);
+fn client(to: &Target, events: Vec<String>, window: usize) {
+    let (r, w) = to.connect();
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
+    let mut r = BufReader::new(r);
     let (mut sent, mut acked) = (0, 0);
     let mut reply = String::new();
     while acked < events.len() {
@@ -101,10 +125,16 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, metrics) = (free_port(), free_port());
+    let sock = dir.path().join("bs.sock");
+    let target = match std::env::var("BENCH_SOCKET").as_deref() {
+        Ok("unix") => Target::Unix(sock.clone()),
+        _ => Target::Tcp(port),
+    };
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_buildstore"))
         .arg("--store")
         .arg(format!("sqlite:{}", dir.path().join("s.db").display()))
         .args(["serve", "--listen", &format!("tcp://127.0.0.1:{port}")])
+        .args(["--listen", &format!("unix:{}", sock.display())])
         .args(["--metrics", &format!("127.0.0.1:{metrics}")])
         .stdout(Stdio::piped())
         .spawn()
@@ -123,15 +153,20 @@ fn main() {
         parts[key.len() % clients].push(line.clone());
     }
     let cpu_before = cpu_time(daemon.id());
+    let clients_before = cpu_time(std::process::id());
     let start = Instant::now();
     let handles: Vec<_> = parts
         .into_iter()
-        .map(|p| std::thread::spawn(move || client(port, p, 500)))
+        .map(|p| {
+            let to = target.clone();
+            std::thread::spawn(move || client(&to, p, 500))
+        })
         .collect();
     for h in handles {
         h.join().expect("client");
     }
     let acked = start.elapsed();
+    let clients_cpu = cpu_time(std::process::id()).saturating_sub(clients_before);
     while metric(metrics, "events_applied_total") < stream.len() as f64 {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -166,7 +201,14 @@ fn main() {
     let _ = daemon.wait();
 
     let rate = stream.len() as f64 / applied.as_secs_f64();
-    println!("events: {}, {clients} clients, window 500", stream.len());
+    let over = match target {
+        Target::Tcp(_) => "TCP",
+        Target::Unix(_) => "a Unix socket",
+    };
+    println!(
+        "events: {}, {clients} clients over {over}, window 500",
+        stream.len()
+    );
     println!("parse only (1 core):          {parse_rate:>10.0} events/s");
     println!(
         "acknowledged (spooled):       {:>10.0} events/s",
@@ -178,6 +220,10 @@ fn main() {
         "daemon CPU per event:         {:>10.1} µs (parsing one: {:.1} µs)",
         daemon_cpu.as_secs_f64() * 1e6 / stream.len() as f64,
         1e6 / parse_rate
+    );
+    println!(
+        "clients' CPU per event:       {:>10.1} µs",
+        clients_cpu.as_secs_f64() * 1e6 / stream.len() as f64
     );
     println!(
         "ack latency at ~1000 events/s: p50 {:?}, p99 {:?}",
