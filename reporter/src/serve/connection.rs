@@ -1,7 +1,8 @@
 //! One client connection: every line gets exactly one reply, in order — `{"ack": EVENT_ID}` once
 //! the event is durably spooled, or `{"error": ..., "line": N}` for a line that is rejected. A
-//! rejected line never closes the connection and never reaches the store. Lines are spooled
-//! concurrently (so a client's window of events shares group commits) and answered in order by a
+//! rejected line never closes the connection and never reaches the store. The events of the
+//! lines a client sent in one write go to the spool together, without waiting for durability
+//! (so a client's window of events shares group commits), and are answered in order by a
 //! writer; a client that stops reading fills a bounded queue and is then disconnected.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
-use super::lines::{next_line, RawLine};
+use super::lines::{buffered_line, next_line, RawLine};
 use crate::spool::{Appender, Pending};
 
 /// Replies waiting to be written; past this the connection stops reading.
@@ -107,15 +108,31 @@ impl Conn {
     }
 }
 
-/// The reply to one line, possibly still waiting for the spool.
+/// The reply to one line, or to a run of spooled lines still waiting for the spool.
 enum Reply {
     Now(String),
-    /// An ack for `id` once the event is durable, or the error of line `line` if it is not.
+    /// An ack for each event once they are durable, or the error of each line if they are not.
     Later {
         pending: Pending,
-        id: String,
-        line: u64,
+        run: Vec<Spooled>,
     },
+}
+
+/// A line whose event was submitted to the spool.
+struct Spooled {
+    id: String,
+    line: u64,
+}
+
+/// Most lines submitted to the spool together.
+const RUN_LINES: usize = 256;
+
+/// Events read and not yet submitted: the lines a client sent in one write go to the spool's
+/// writer together, and get one reply entry, rather than one trip each.
+#[derive(Default)]
+struct Run {
+    events: Vec<(Event, String)>,
+    replies: Vec<Spooled>,
 }
 
 /// Replies gathered before one write to the socket.
@@ -180,35 +197,10 @@ pub async fn serve<S>(
     let timeout = shared.reply_timeout;
     let writer = tokio::spawn(write_replies(write, replies, conn.clone(), timeout));
 
-    let mut authenticated = !needs_token;
-    let mut line = 0u64;
-    let mut closing = false;
-    loop {
-        let raw = tokio::select! {
-            r = next_line(&mut read, shared.line_limit) => r,
-            _ = stop.changed() => break,
-            // The writer gave up on a client that does not read: drop it now, not at its next line.
-            _ = queue.closed() => break,
-        };
-        let raw = match raw {
-            Ok(Some(raw)) => raw,
-            Ok(None) | Err(_) => break,
-        };
-        line += 1;
-        conn.count(Tally::Received);
-        let (reply, close) = match handle_line(raw, line, &conn, &mut authenticated) {
-            Action::Answer(text) => (Reply::Now(text), false),
-            Action::Close(text) => (Reply::Now(text), true),
-            Action::Spool { event, text, id } => spool(&conn, *event, text, id, line).await,
-        };
-        if queue.send(reply).await.is_err() {
-            break;
-        }
-        if close {
-            closing = true;
-            break;
-        }
-    }
+    let closing = matches!(
+        read_lines(&mut read, &conn, &queue, needs_token, &mut stop).await,
+        Err(Ended::Closing)
+    );
     drop(queue);
     let _ = writer.await;
     if closing {
@@ -220,6 +212,71 @@ pub async fn serve<S>(
     }
     if let Ok(mut open) = shared.open.lock() {
         open.remove(&number);
+    }
+}
+
+/// Why a connection stopped reading before the client closed it.
+enum Ended {
+    /// The daemon closes it after the last reply (a wrong token, a full spool).
+    Closing,
+    /// The client is gone or does not read its replies, or the daemon stops.
+    Gone,
+}
+
+/// Reads and handles lines until the end of the stream or a reason to stop; every line read is
+/// answered or queued for an answer, in order.
+async fn read_lines<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
+    conn: &Conn,
+    queue: &mpsc::Sender<Reply>,
+    needs_token: bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Ended> {
+    let limit = conn.shared.line_limit;
+    let mut authenticated = !needs_token;
+    let mut run = Run::default();
+    let mut line = 0u64;
+    loop {
+        let raw = match buffered_line(read, limit) {
+            Some(bytes) => RawLine::Line(bytes),
+            None => {
+                // Nothing more is buffered: what was read goes to the spool before the wait.
+                submit(conn, &mut run, queue).await?;
+                let raw = tokio::select! {
+                    r = next_line(read, limit) => r,
+                    _ = stop.changed() => return Err(Ended::Gone),
+                    // The writer gave up on a client that does not read: drop it now, not at
+                    // its next line.
+                    _ = queue.closed() => return Err(Ended::Gone),
+                };
+                match raw {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) | Err(_) => return Ok(()),
+                }
+            }
+        };
+        line += 1;
+        conn.count(Tally::Received);
+        let (reply, close) = match handle_line(raw, line, conn, &mut authenticated) {
+            Action::Answer(text) => (text, false),
+            Action::Close(text) => (text, true),
+            Action::Spool { event, text, id } => {
+                run.events.push((*event, text));
+                run.replies.push(Spooled { id, line });
+                if run.events.len() >= RUN_LINES {
+                    submit(conn, &mut run, queue).await?;
+                }
+                continue;
+            }
+        };
+        // An answer goes after the replies to the lines before it.
+        submit(conn, &mut run, queue).await?;
+        if queue.send(Reply::Now(reply)).await.is_err() {
+            return Err(Ended::Gone);
+        }
+        if close {
+            return Err(Ended::Closing);
+        }
     }
 }
 
@@ -247,13 +304,12 @@ async fn write_replies<W: AsyncWrite>(
                 None => break,
             },
         };
-        let text = match reply {
-            Reply::Now(text) => text,
-            Reply::Later {
-                mut pending,
-                id,
-                line,
-            } => {
+        match reply {
+            Reply::Now(text) => {
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'\n');
+            }
+            Reply::Later { mut pending, run } => {
                 let outcome = match pending.now() {
                     Some(outcome) => outcome,
                     None => {
@@ -264,20 +320,23 @@ async fn write_replies<W: AsyncWrite>(
                         pending.durable().await
                     }
                 };
-                match outcome {
-                    Ok(_) => {
-                        conn.count(Tally::Acknowledged);
-                        ack(&id)
-                    }
-                    Err(e) => {
-                        conn.count(Tally::Rejected);
-                        error_reply(line, e, true, false)
+                for spooled in run {
+                    match &outcome {
+                        Ok(_) => {
+                            conn.count(Tally::Acknowledged);
+                            write_ack(&mut out, &spooled.id);
+                        }
+                        Err(e) => {
+                            conn.count(Tally::Rejected);
+                            out.extend_from_slice(
+                                error_reply(spooled.line, e, true, false).as_bytes(),
+                            );
+                            out.push(b'\n');
+                        }
                     }
                 }
             }
-        };
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'\n');
+        }
         if out.len() >= REPLY_BUFFER && !send(&mut write, &mut out, timeout).await {
             return;
         }
@@ -288,13 +347,12 @@ async fn write_replies<W: AsyncWrite>(
     let _ = write.shutdown().await;
 }
 
-/// `{"ack": ID}`, written directly: it is the reply to nearly every line.
-fn ack(id: &str) -> String {
-    let mut reply = String::with_capacity(id.len() + 12);
-    reply.push_str(r#"{"ack":"#);
-    reply.push_str(&Value::from(id).to_string());
-    reply.push('}');
-    reply
+/// Appends the line `{"ack": ID}`, written directly: it is the reply to nearly every line.
+fn write_ack(out: &mut Vec<u8>, id: &str) {
+    out.extend_from_slice(br#"{"ack":"#);
+    // Writing JSON into a vector cannot fail, and an id is a string.
+    let _ = serde_json::to_writer(&mut *out, id);
+    out.extend_from_slice(b"}\n");
 }
 
 /// Writes `out` and empties it; false when the client is gone or does not read.
@@ -308,25 +366,31 @@ async fn send<W: AsyncWrite>(
     matches!(sent, Ok(Ok(())))
 }
 
-/// Submits the event here, in line order, so that the spool keeps the connection's order; only
-/// the wait for durability runs alongside the next lines. A full spool refuses the line and
-/// closes the connection: a later, smaller line could fit and overtake it otherwise, so the
-/// client resends from the refused line once it reconnects.
-async fn spool(conn: &Conn, event: Event, text: String, id: String, n: u64) -> (Reply, bool) {
-    match conn.shared.appender.submit(event, text).await {
+/// Submits the run here, in line order, so that the spool keeps the connection's order; only
+/// the wait for durability runs alongside the next lines. A full spool refuses the run's first
+/// line and closes the connection: a later, smaller line could fit and overtake it otherwise, so
+/// the client resends from the refused line once it reconnects.
+async fn submit(conn: &Conn, run: &mut Run, queue: &mpsc::Sender<Reply>) -> Result<(), Ended> {
+    let Some(first) = run.replies.first().map(|r| r.line) else {
+        return Ok(());
+    };
+    let Run { events, replies } = std::mem::take(run);
+    let (reply, outcome) = match conn.shared.appender.submit(events).await {
         Ok(pending) => (
             Reply::Later {
                 pending,
-                id,
-                line: n,
+                run: replies,
             },
-            false,
+            Ok(()),
         ),
         Err(e) => {
             conn.count(Tally::Rejected);
-            (Reply::Now(error_reply(n, e, true, true)), true)
+            let refused = error_reply(first, e, true, true);
+            (Reply::Now(refused), Err(Ended::Closing))
         }
-    }
+    };
+    queue.send(reply).await.map_err(|_| Ended::Gone)?;
+    outcome
 }
 
 /// What to do with one line.

@@ -2,7 +2,7 @@
 //! skipped to its end, and the connection carries on: one bad line never costs the good ones
 //! after it (the framing codecs we could use instead end the stream at the first error).
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
 /// One line as read.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +50,23 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
             }));
         }
     }
+}
+
+/// The next line if the reader's buffer holds all of it and it is within the limit: what a
+/// client sent in one write is taken line by line without waiting on the socket. `None` when
+/// the rest of the line is still to be read (or it is too long): [`next_line`] handles that.
+pub fn buffered_line<R: AsyncRead + Unpin>(
+    input: &mut BufReader<R>,
+    limit: usize,
+) -> Option<Vec<u8>> {
+    let buf = input.buffer();
+    let at = buf.iter().position(|b| *b == b'\n')?;
+    if at > limit {
+        return None;
+    }
+    let line = trim_cr(buf[..at].to_vec());
+    input.consume(at + 1);
+    Some(line)
 }
 
 fn trim_cr(mut line: Vec<u8>) -> Vec<u8> {
@@ -105,6 +122,30 @@ mod tests {
                 "buffer {buffer}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn only_whole_buffered_lines_within_the_limit_are_taken_without_waiting() {
+        let mut r = BufReader::with_capacity(64, &b"ab\r\n0123456789\ncd\npart"[..]);
+        // Nothing is buffered before the first read.
+        assert_eq!(buffered_line(&mut r, 8), None);
+        assert_eq!(
+            next_line(&mut r, 8).await.unwrap(),
+            Some(RawLine::Line(b"ab".to_vec()))
+        );
+        // The overlong line is left to `next_line`, which skips it.
+        assert_eq!(buffered_line(&mut r, 8), None);
+        assert_eq!(
+            next_line(&mut r, 8).await.unwrap(),
+            Some(RawLine::TooLong(10))
+        );
+        assert_eq!(buffered_line(&mut r, 8), Some(b"cd".to_vec()));
+        // A line without its newline may still grow: it is not taken.
+        assert_eq!(buffered_line(&mut r, 8), None);
+        assert_eq!(
+            next_line(&mut r, 8).await.unwrap(),
+            Some(RawLine::Line(b"part".to_vec()))
+        );
     }
 
     #[tokio::test]

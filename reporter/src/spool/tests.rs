@@ -156,6 +156,55 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
     appender.append(event(2)).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_run_gets_consecutive_ids_or_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let one = event(0).to_line().len() as u64;
+    let (appender, _task) = Appender::start(
+        spool.clone(),
+        Arc::new(Handoff::new(usize::MAX)),
+        Arc::new(AtomicU64::new(0)),
+        one * 100,
+    );
+    let run = |from: usize| -> Vec<(Event, String)> {
+        (from..from + 10)
+            .map(|i| (event(i), event(i).to_line()))
+            .collect()
+    };
+    // Runs submitted at the same time share group commits but are never interleaved.
+    let mut tasks = Vec::new();
+    for r in 0..8 {
+        let a = appender.clone();
+        let events = run(r * 10);
+        tasks.push(tokio::spawn(async move {
+            (a.submit(events).await.unwrap().durable().await.unwrap(), r)
+        }));
+    }
+    for t in tasks {
+        let (first, r) = t.await.unwrap();
+        let read = spool.read(first, 10).unwrap();
+        let got: Vec<Event> = read
+            .iter()
+            .map(|s| Event::parse(&s.line).unwrap())
+            .collect();
+        let sent: Vec<Event> = run(r * 10).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(got, sent, "run {r} from id {first}");
+    }
+    // 80 lines are held; a run of 30 does not fit, and none of it is spooled.
+    let err = appender
+        .submit(
+            run(100)
+                .into_iter()
+                .chain(run(110))
+                .chain(run(120))
+                .collect(),
+        )
+        .await;
+    assert!(matches!(err, Err(AppendError::Full(_))));
+    assert_eq!(spool.depth().events, 80);
+}
+
 #[test]
 fn the_depth_kept_while_running_equals_what_a_reopened_spool_counts() {
     let dir = tempfile::tempdir().unwrap();

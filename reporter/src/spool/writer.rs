@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Handoff, Spool, SpoolError};
 
-/// Most lines, and bytes, one group commit takes.
+/// A group commit takes no more submissions once it holds this many lines, or bytes.
 const GROUP_LINES: usize = 4096;
 const GROUP_BYTES: usize = 16 << 20;
 
@@ -34,9 +34,10 @@ pub enum AppendError {
     Closed,
 }
 
+/// Events one caller submitted together, with their protocol lines; they get consecutive ids.
 struct Request {
-    line: String,
-    event: Event,
+    events: Vec<(Event, String)>,
+    bytes: usize,
     done: oneshot::Sender<Result<i64, AppendError>>,
 }
 
@@ -62,13 +63,15 @@ impl Appender {
         (Appender { tx, held, limit }, task)
     }
 
-    /// Queues one event, and its protocol line, for the next group commit. Events queued one
-    /// after the other by one caller are spooled in that order; await the returned [`Pending`]
-    /// for durability.
-    pub async fn submit(&self, event: Event, line: String) -> Result<Pending, AppendError> {
-        // The bytes are reserved here, before the line is queued, so that lines waiting for the
-        // next group commit count against the limit too.
-        let len = line.len() as u64;
+    /// Queues events, each with its protocol line, for the next group commit: all of them or,
+    /// when the spool is full, none. They get consecutive ids, and what one caller queues one
+    /// after the other is spooled in that order. Await the returned [`Pending`] for durability.
+    /// Submitting the lines of a connection's read together saves a trip to the writer per line.
+    pub async fn submit(&self, events: Vec<(Event, String)>) -> Result<Pending, AppendError> {
+        // The bytes are reserved here, before the lines are queued, so that lines waiting for
+        // the next group commit count against the limit too.
+        let bytes: usize = events.iter().map(|(_, line)| line.len()).sum();
+        let len = bytes as u64;
         self.held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 (held + len <= self.limit).then_some(held + len)
@@ -78,7 +81,12 @@ impl Appender {
                 limit: self.limit,
             })?;
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Request { line, event, done }).await.is_err() {
+        let request = Request {
+            events,
+            bytes,
+            done,
+        };
+        if self.tx.send(request).await.is_err() {
             self.held.fetch_sub(len, Ordering::Relaxed);
             return Err(AppendError::Closed);
         }
@@ -88,11 +96,11 @@ impl Appender {
     /// Appends one event and returns its spool id once it is durable.
     pub async fn append(&self, event: Event) -> Result<i64, AppendError> {
         let line = event.to_line();
-        self.submit(event, line).await?.durable().await
+        self.submit(vec![(event, line)]).await?.durable().await
     }
 }
 
-/// A queued line, durable once [`Pending::durable`] returns its spool id.
+/// Submitted events, durable once [`Pending::durable`] returns the spool id of the first.
 pub struct Pending(oneshot::Receiver<Result<i64, AppendError>>);
 
 impl Pending {
@@ -117,24 +125,27 @@ async fn write_loop(
     held: Arc<AtomicU64>,
 ) {
     while let Some(first) = rx.recv().await {
+        let (mut count, mut bytes) = (first.events.len(), first.bytes);
         let mut group = vec![first];
-        let mut bytes = group[0].line.len();
-        while group.len() < GROUP_LINES && bytes < GROUP_BYTES {
+        while count < GROUP_LINES && bytes < GROUP_BYTES {
             match rx.try_recv() {
                 Ok(r) => {
-                    bytes += r.line.len();
+                    count += r.events.len();
+                    bytes += r.bytes;
                     group.push(r);
                 }
                 Err(_) => break,
             }
         }
-        let mut lines = Vec::with_capacity(group.len());
-        let mut events = Vec::with_capacity(group.len());
+        let mut lines = Vec::with_capacity(count);
+        let mut events = Vec::with_capacity(count);
         let mut waiting = Vec::with_capacity(group.len());
         for r in group {
-            events.push((r.event, r.line.len()));
-            lines.push(r.line);
-            waiting.push(r.done);
+            waiting.push((r.done, r.events.len() as i64));
+            for (event, line) in r.events {
+                events.push((event, line.len()));
+                lines.push(line);
+            }
         }
         let s = spool.clone();
         let result = tokio::task::spawn_blocking(move || s.append(&lines))
@@ -142,17 +153,18 @@ async fn write_loop(
             .map_err(|e| SpoolError::Task(e.to_string()))
             .and_then(|r| r);
         match result {
-            Ok(first) => {
-                handoff.push(first, events);
-                for (done, id) in waiting.into_iter().zip(first..) {
+            Ok(mut id) => {
+                handoff.push(id, events);
+                for (done, count) in waiting {
                     let _ = done.send(Ok(id));
+                    id += count;
                 }
             }
             Err(e) => {
                 held.fetch_sub(bytes as u64, Ordering::Relaxed); // reserved by `submit`
                 let message = e.to_string();
                 tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
-                for done in waiting {
+                for (done, _) in waiting {
                     let _ = done.send(Err(AppendError::Spool(message.clone())));
                 }
             }
