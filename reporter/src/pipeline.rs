@@ -2,7 +2,7 @@
 //! one batch per chunk → store. `ingest` reads a JSONL stream through it; the socket daemon feeds
 //! it from its spool.
 
-use std::collections::HashSet;
+use hashbrown::HashSet;
 
 use buildstore_schema::Event;
 use chrono::Utc;
@@ -87,15 +87,16 @@ impl Applier {
             .iter()
             .map(|e| e.event_id.as_deref().map(|id| event_key(&e.master_id, id)))
             .collect();
-        let mut distinct: HashSet<&str> = HashSet::with_capacity(keys.len());
-        let unknown: Vec<String> = keys
-            .iter()
-            .flatten()
-            .filter(|k| !self.is_recent(k) && distinct.insert(k.as_str()))
-            .cloned()
-            .collect();
+        let unknown: Vec<String> = {
+            let mut distinct: HashSet<&str> = HashSet::with_capacity(keys.len());
+            keys.iter()
+                .flatten()
+                .filter(|k| !self.is_recent(k) && distinct.insert(k.as_str()))
+                .cloned()
+                .collect()
+        };
         let applied_before = if unknown.is_empty() {
-            HashSet::new()
+            std::collections::HashSet::new()
         } else {
             store.applied_events(&unknown).await?
         };

@@ -2,7 +2,7 @@
 //! store, and the test double of any store). The MongoDB store expresses the same effects as update
 //! operators; the store conformance tests hold the two to the same output.
 
-use std::collections::{BTreeSet, HashMap};
+use hashbrown::HashMap;
 
 use buildstore_schema::{BuildDoc, BuilderDoc, Channel, Collection, CommitDoc, StepDoc};
 use serde::de::DeserializeOwned;
@@ -23,7 +23,6 @@ pub struct DocSet {
     builds: HashMap<String, Option<BuildDoc>>,
     steps: HashMap<String, Option<StepDoc>>,
     commits: HashMap<String, Option<CommitDoc>>,
-    dirty: BTreeSet<(Collection, String)>,
 }
 
 /// A document type and the slot of a [`DocSet`] that holds it.
@@ -48,14 +47,14 @@ doc_slot!(StepDoc, Collection::Steps, steps);
 doc_slot!(CommitDoc, Collection::Repository, commits);
 
 impl DocSet {
-    /// The document `id` (loaded if needed), marked to be written back.
+    /// The document `id` (loaded if needed), to be written back: every document of the set is.
     fn entry<T: Doc>(
         &mut self,
         id: &str,
         loader: &mut dyn Loader,
     ) -> Result<&mut Option<T>, StoreError> {
-        self.dirty.insert((T::COLLECTION, id.to_owned()));
-        if !T::slot(self).contains_key(id) {
+        let slot = T::slot(self);
+        if !slot.contains_key(id) {
             let doc = match loader.load(T::COLLECTION, id)? {
                 None => None,
                 // Straight from the bytes to the type: no intermediate `Document`.
@@ -69,9 +68,10 @@ impl DocSet {
                     )
                 }
             };
-            T::slot(self).insert(id.to_owned(), doc);
+            return Ok(slot.entry_ref(id).insert(doc).into_mut());
         }
-        Ok(T::slot(self).entry(id.to_owned()).or_insert(None))
+        // Present: looked up by reference, without making a key.
+        Ok(slot.entry_ref(id).or_insert(None))
     }
 
     /// Like [`DocSet::entry`], for mutations that need the document to exist.
@@ -233,40 +233,37 @@ impl DocSet {
         Ok(())
     }
 
-    /// The changed documents as BSON bytes, in a stable order.
-    pub fn into_writes(mut self) -> Result<Vec<(Collection, String, Vec<u8>)>, StoreError> {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut out = Vec::with_capacity(dirty.len());
-        for (collection, id) in dirty {
-            let doc = match collection {
-                Collection::Builders => serialize(&mut self.builders, collection, &id)?,
-                Collection::Builds => serialize(&mut self.builds, collection, &id)?,
-                Collection::Steps => serialize(&mut self.steps, collection, &id)?,
-                Collection::Repository => serialize(&mut self.commits, collection, &id)?,
-            };
-            if let Some(doc) = doc {
-                out.push((collection, id, doc));
-            }
-        }
+    /// The changed documents as BSON bytes, in a stable order: by collection, then by id.
+    pub fn into_writes(self) -> Result<Vec<(Collection, String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        serialize(self.builders, &mut out)?;
+        serialize(self.builds, &mut out)?;
+        serialize(self.steps, &mut out)?;
+        serialize(self.commits, &mut out)?;
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         Ok(out)
     }
 }
 
-fn serialize<T: Serialize>(
-    slot: &mut HashMap<String, Option<T>>,
-    collection: Collection,
-    id: &str,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    match slot.remove(id).flatten() {
-        None => Ok(None),
-        Some(doc) => bson::to_vec(&doc)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                collection,
-                id: id.to_owned(),
-                message: e.to_string(),
-            }),
+/// Adds the documents of one slot to `out` as BSON bytes.
+fn serialize<T: Doc>(
+    slot: HashMap<String, Option<T>>,
+    out: &mut Vec<(Collection, String, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    for (id, doc) in slot {
+        let Some(doc) = doc else { continue };
+        match bson::to_vec(&doc) {
+            Ok(bytes) => out.push((T::COLLECTION, id, bytes)),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    collection: T::COLLECTION,
+                    message: e.to_string(),
+                    id,
+                })
+            }
+        }
     }
+    Ok(())
 }
 
 fn new_builder(id: &str, name: &str, master_id: &buildstore_schema::Ident) -> BuilderDoc {
