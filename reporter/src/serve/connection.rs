@@ -84,13 +84,13 @@ enum Tally {
 }
 
 impl LineCounts {
-    fn add(&self, tally: Tally) {
+    fn add(&self, tally: Tally, n: u64) {
         let counter = match tally {
             Tally::Received => &self.received,
             Tally::Acknowledged => &self.acknowledged,
             Tally::Rejected => &self.rejected,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -103,8 +103,12 @@ struct Conn {
 
 impl Conn {
     fn count(&self, tally: Tally) {
-        self.shared.totals.add(tally);
-        self.me.counts.add(tally);
+        self.count_many(tally, 1);
+    }
+
+    fn count_many(&self, tally: Tally, n: u64) {
+        self.shared.totals.add(tally, n);
+        self.me.counts.add(tally, n);
     }
 }
 
@@ -320,17 +324,17 @@ async fn write_replies<W: AsyncWrite>(
                         pending.durable().await
                     }
                 };
+                let tally = match outcome {
+                    Ok(_) => Tally::Acknowledged,
+                    Err(_) => Tally::Rejected,
+                };
+                conn.count_many(tally, run.len() as u64);
                 for spooled in run {
                     match &outcome {
-                        Ok(_) => {
-                            conn.count(Tally::Acknowledged);
-                            write_ack(&mut out, &spooled.id);
-                        }
+                        Ok(_) => write_ack(&mut out, &spooled.id),
                         Err(e) => {
-                            conn.count(Tally::Rejected);
-                            out.extend_from_slice(
-                                error_reply(spooled.line, e, true, false).as_bytes(),
-                            );
+                            let refused = error_reply(spooled.line, e, true, false);
+                            out.extend_from_slice(refused.as_bytes());
                             out.push(b'\n');
                         }
                     }
