@@ -102,9 +102,7 @@ impl Reporter {
     /// rules, which the drain logs).
     pub async fn flush(&self) -> Result<(), ReporterError> {
         let target = self.last_sent.load(Ordering::Relaxed);
-        while self.engine.counters.confirmed.load(Ordering::Acquire) < target {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.engine.counters.confirmed_through(target).await;
         Ok(())
     }
 

@@ -32,8 +32,26 @@ pub struct DrainCounters {
     pub batches: AtomicU64,
     pub store_errors: AtomicU64,
     /// The id of the last spooled event the store confirmed.
-    pub confirmed: AtomicI64,
+    confirmed: AtomicI64,
+    /// Wakes those waiting for `confirmed` to move.
+    moved: tokio::sync::Notify,
     pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl DrainCounters {
+    /// Returns once the store has confirmed every spooled event up to `id`.
+    pub async fn confirmed_through(&self, id: i64) {
+        loop {
+            // Registered before the check, so a confirmation in between is not missed.
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.confirmed.load(Ordering::Acquire) >= id {
+                return;
+            }
+            moved.await;
+        }
+    }
 }
 
 /// Events taken from the spool and not yet confirmed by the store.
@@ -223,6 +241,7 @@ async fn confirm(
         };
     }
     counters.confirmed.store(through, Ordering::Release);
+    counters.moved.notify_waiters();
 }
 
 /// The next events from id `next` on: from memory when the writer handed them over, else from
