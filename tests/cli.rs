@@ -465,6 +465,10 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
+    assert!(
+        db.ingest_text("", &[]).status.success(),
+        "creates the store"
+    );
     let out = db.log("m/1/0", "stdout");
     assert!(
         !out.status.success() && stderr(&out).contains("no step \"m/1/0\""),
@@ -488,6 +492,23 @@ fn clear_errors_for_bad_commands() {
     );
     let out = db.ingest_text("", &["--inline-log-limit", "10"]);
     assert!(stderr(&out).contains("at least 256"), "{}", stderr(&out));
+}
+
+#[test]
+fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo.db");
+    let db = Db::at(format!("sqlite:{}", typo.display()));
+    for args in [&["export", "builds"][..], &["log", "m/1/0", "stdout"]] {
+        let out = db.cmd().args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains(&format!("`buildstore {}` only reads", args[0])),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!typo.exists(), "{args:?} created an empty store");
+    }
 }
 
 #[test]

@@ -170,10 +170,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Status { metrics } = cli.command {
         return status(metrics).await;
     }
-    if let (Command::Web { .. }, Some(path)) = (&cli.command, cli.store.strip_prefix("sqlite:")) {
+    let reader = match cli.command {
+        Command::Web { .. } => Some("web"),
+        Command::Export { .. } => Some("export"),
+        Command::Log { .. } => Some("log"),
+        _ => None,
+    };
+    if let (Some(command), Some(path)) = (reader, cli.store.strip_prefix("sqlite:")) {
         // Only reading: a mistyped path should be an error, not a new empty store.
         if !std::path::Path::new(path).exists() {
-            bail!("no store at {path:?}: `buildstore web` only reads; ingest or serve creates it");
+            bail!(
+                "no store at {path:?}: `buildstore {command}` only reads; ingest or serve creates it"
+            );
         }
     }
     let store = store::open(&cli.store).await.context("opening the store")?;
