@@ -490,6 +490,14 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
+    // Each cause is said once, though several layers quote the one they wrap.
+    let out = Db::at("sqlite:/no/such/dir/store.db".into()).ingest_text("", &[]);
+    assert_eq!(
+        stderr(&out).matches("unable to open database file").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
     let out = db.ingest_text("", &["--inline-log-limit", "10"]);
     assert!(stderr(&out).contains("at least 256"), "{}", stderr(&out));
 }
