@@ -165,13 +165,13 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, each said once: several layers quote the error they wrap (SQLite's
-/// "unable to open database file" would otherwise be printed three times).
+/// The error and its causes, each said once: several layers end their message with the error
+/// they wrap (SQLite's "unable to open database file" would otherwise be printed three times).
 fn describe(e: &anyhow::Error) -> String {
     let mut out = e.to_string();
     for cause in e.chain().skip(1) {
         let text = cause.to_string();
-        if !out.contains(&text) {
+        if !out.ends_with(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }

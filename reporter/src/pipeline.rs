@@ -2,7 +2,7 @@
 //! one batch per chunk → store. `ingest` reads a JSONL stream through it; the socket daemon feeds
 //! it from its spool.
 
-use hashbrown::HashSet;
+use std::collections::HashSet;
 
 use buildstore_schema::Event;
 use chrono::Utc;
@@ -96,7 +96,7 @@ impl Applier {
                 .collect()
         };
         let applied_before = if unknown.is_empty() {
-            std::collections::HashSet::new()
+            HashSet::new()
         } else {
             store.applied_events(&unknown).await?
         };

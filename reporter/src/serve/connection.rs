@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 use super::lines::{buffered_line, next_line, RawLine};
 use crate::spool::{Appender, Pending};
 
-/// Replies waiting to be written; past this the connection stops reading.
+/// Reply entries (one line's reply, or a run's) waiting to be written; past this the connection
+/// stops reading.
 const IN_FLIGHT: usize = 1024;
 /// How long a connection the daemon closes waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
@@ -260,7 +261,6 @@ async fn read_lines<R: AsyncRead + Unpin>(
             }
         };
         line += 1;
-        conn.count(Tally::Received);
         let (reply, close) = match handle_line(raw, line, conn, &mut authenticated) {
             Action::Answer(text) => (text, false),
             Action::Close(text) => (text, true),
@@ -273,6 +273,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
                 continue;
             }
         };
+        conn.count(Tally::Received);
         // An answer goes after the replies to the lines before it.
         submit(conn, &mut run, queue).await?;
         if queue.send(Reply::Now(reply)).await.is_err() {
@@ -371,30 +372,40 @@ async fn send<W: AsyncWrite>(
 }
 
 /// Submits the run here, in line order, so that the spool keeps the connection's order; only
-/// the wait for durability runs alongside the next lines. A full spool refuses the run's first
-/// line and closes the connection: a later, smaller line could fit and overtake it otherwise, so
-/// the client resends from the refused line once it reconnects.
+/// the wait for durability runs alongside the next lines. Its lines count as received here. When
+/// the spool is full, the first line that does not fit is refused and the connection closes: a
+/// later, smaller line could fit and overtake it otherwise, so the client resends from the
+/// refused line once it reconnects. The lines after it are dropped unanswered, as if unread.
 async fn submit(conn: &Conn, run: &mut Run, queue: &mpsc::Sender<Reply>) -> Result<(), Ended> {
-    let Some(first) = run.replies.first().map(|r| r.line) else {
-        return Ok(());
-    };
-    let Run { events, replies } = std::mem::take(run);
-    let (reply, outcome) = match conn.shared.appender.submit(events).await {
-        Ok(pending) => (
-            Reply::Later {
-                pending,
-                run: replies,
-            },
-            Ok(()),
-        ),
-        Err(e) => {
-            conn.count(Tally::Rejected);
-            let refused = error_reply(first, e, true, true);
-            (Reply::Now(refused), Err(Ended::Closing))
-        }
-    };
-    queue.send(reply).await.map_err(|_| Ended::Gone)?;
-    outcome
+    let Run {
+        mut events,
+        mut replies,
+    } = std::mem::take(run);
+    while let Some(first) = replies.first().map(|r| r.line) {
+        let (reply, outcome) = match conn.shared.appender.submit(&mut events).await {
+            Ok(pending) => {
+                let rest = replies.split_off(replies.len() - events.len());
+                let taken = std::mem::replace(&mut replies, rest);
+                conn.count_many(Tally::Received, taken.len() as u64);
+                (
+                    Reply::Later {
+                        pending,
+                        run: taken,
+                    },
+                    Ok(()),
+                )
+            }
+            Err(e) => {
+                conn.count(Tally::Received);
+                conn.count(Tally::Rejected);
+                let refused = error_reply(first, e, true, true);
+                (Reply::Now(refused), Err(Ended::Closing))
+            }
+        };
+        queue.send(reply).await.map_err(|_| Ended::Gone)?;
+        outcome?;
+    }
+    Ok(())
 }
 
 /// What to do with one line.

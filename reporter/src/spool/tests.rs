@@ -157,28 +157,34 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submitted_run_gets_consecutive_ids_or_is_refused_whole() {
+async fn a_submitted_run_gets_consecutive_ids_as_far_as_it_fits() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    let one = event(0).to_line().len() as u64;
+    let run = |from: usize, n: usize| -> Vec<(Event, String)> {
+        (from..from + n)
+            .map(|i| (event(i), event(i).to_line()))
+            .collect()
+    };
+    let bytes = |events: Vec<(Event, String)>| -> u64 {
+        events.iter().map(|(_, line)| line.len() as u64).sum()
+    };
+    // Room for events 0 to 79, then for 100 to 119.
+    let limit = bytes(run(0, 80)) + bytes(run(100, 20));
     let (appender, _task) = Appender::start(
         spool.clone(),
         Arc::new(Handoff::new(usize::MAX)),
         Arc::new(AtomicU64::new(0)),
-        one * 100,
+        limit,
     );
-    let run = |from: usize| -> Vec<(Event, String)> {
-        (from..from + 10)
-            .map(|i| (event(i), event(i).to_line()))
-            .collect()
-    };
     // Runs submitted at the same time share group commits but are never interleaved.
     let mut tasks = Vec::new();
     for r in 0..8 {
         let a = appender.clone();
-        let events = run(r * 10);
+        let mut events = run(r * 10, 10);
         tasks.push(tokio::spawn(async move {
-            (a.submit(events).await.unwrap().durable().await.unwrap(), r)
+            let pending = a.submit(&mut events).await.unwrap();
+            assert!(events.is_empty(), "all of it fits");
+            (pending.durable().await.unwrap(), r)
         }));
     }
     for t in tasks {
@@ -188,21 +194,18 @@ async fn a_submitted_run_gets_consecutive_ids_or_is_refused_whole() {
             .iter()
             .map(|s| Event::parse(&s.line).unwrap())
             .collect();
-        let sent: Vec<Event> = run(r * 10).into_iter().map(|(e, _)| e).collect();
+        let sent: Vec<Event> = run(r * 10, 10).into_iter().map(|(e, _)| e).collect();
         assert_eq!(got, sent, "run {r} from id {first}");
     }
-    // 80 lines are held; a run of 30 does not fit, and none of it is spooled.
-    let err = appender
-        .submit(
-            run(100)
-                .into_iter()
-                .chain(run(110))
-                .chain(run(120))
-                .collect(),
-        )
-        .await;
+    // 80 lines are held: of a run of 30, the first 20 are taken and 10 are left to the caller.
+    let mut events = run(100, 30);
+    let first = appender.submit(&mut events).await.unwrap();
+    first.durable().await.unwrap();
+    assert_eq!(events, run(120, 10));
+    assert_eq!(spool.depth().events, 100);
+    let err = appender.submit(&mut events).await;
     assert!(matches!(err, Err(AppendError::Full(_))));
-    assert_eq!(spool.depth().events, 80);
+    assert_eq!(events.len(), 10, "nothing is taken from a refused run");
 }
 
 #[test]

@@ -63,27 +63,29 @@ impl Appender {
         (Appender { tx, held, limit }, task)
     }
 
-    /// Queues events, each with its protocol line, for the next group commit: all of them or,
-    /// when the spool is full, none. They get consecutive ids, and what one caller queues one
-    /// after the other is spooled in that order. Await the returned [`Pending`] for durability.
-    /// Submitting the lines of a connection's read together saves a trip to the writer per line.
-    pub async fn submit(&self, events: Vec<(Event, String)>) -> Result<Pending, AppendError> {
+    /// Queues for the next group commit the events at the front of `events` that fit in the
+    /// spool, each with its protocol line, and takes them out of `events`: what is left did not
+    /// fit. They get consecutive ids, and what one caller queues one after the other is spooled
+    /// in that order. Await the returned [`Pending`] for durability. Submitting the lines of a
+    /// connection's read together saves a trip to the writer per line.
+    pub async fn submit(&self, events: &mut Vec<(Event, String)>) -> Result<Pending, AppendError> {
         // The bytes are reserved here, before the lines are queued, so that lines waiting for
         // the next group commit count against the limit too.
-        let bytes: usize = events.iter().map(|(_, line)| line.len()).sum();
-        let len = bytes as u64;
+        let mut fit = (0, 0);
         self.held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                (held + len <= self.limit).then_some(held + len)
+                fit = fitting(events, self.limit.saturating_sub(held));
+                (fit.0 > 0).then_some(held + fit.1)
             })
             .map_err(|held| SpoolFull {
                 held,
                 limit: self.limit,
             })?;
+        let (count, len) = fit;
         let (done, wait) = oneshot::channel();
         let request = Request {
-            events,
-            bytes,
+            events: events.drain(..count).collect(),
+            bytes: len as usize,
             done,
         };
         if self.tx.send(request).await.is_err() {
@@ -96,8 +98,21 @@ impl Appender {
     /// Appends one event and returns its spool id once it is durable.
     pub async fn append(&self, event: Event) -> Result<i64, AppendError> {
         let line = event.to_line();
-        self.submit(vec![(event, line)]).await?.durable().await
+        self.submit(&mut vec![(event, line)]).await?.durable().await
     }
+}
+
+/// How many of the events, from the first, fit in `room` bytes, and their bytes.
+fn fitting(events: &[(Event, String)], room: u64) -> (usize, u64) {
+    let mut taken = (0, 0);
+    for (_, line) in events {
+        let len = line.len() as u64;
+        if taken.1 + len > room {
+            break;
+        }
+        taken = (taken.0 + 1, taken.1 + len);
+    }
+    taken
 }
 
 /// Submitted events, durable once [`Pending::durable`] returns the spool id of the first.

@@ -2,7 +2,9 @@
 //! store, and the test double of any store). The MongoDB store expresses the same effects as update
 //! operators; the store conformance tests hold the two to the same output.
 
-use hashbrown::HashMap;
+/// hashbrown for `entry_ref` (find a document without making a key), with the standard library's
+/// keyed hasher: ids come from clients, so their hashes must not be predictable.
+type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
 
 use buildstore_schema::{BuildDoc, BuilderDoc, Channel, Collection, CommitDoc, StepDoc};
 use serde::de::DeserializeOwned;
