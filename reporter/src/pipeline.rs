@@ -2,7 +2,9 @@
 //! one batch per chunk → store. `ingest` reads a JSONL stream through it; the socket daemon feeds
 //! it from its spool.
 
-use std::collections::HashSet;
+/// Sets of event keys and build ids, which come from clients: hashed with aHash, fast and keyed at
+/// random per process.
+type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 use buildstore_schema::Event;
 use chrono::Utc;
@@ -88,7 +90,8 @@ impl Applier {
             .map(|e| e.event_id.as_deref().map(|id| event_key(&e.master_id, id)))
             .collect();
         let unknown: Vec<String> = {
-            let mut distinct: HashSet<&str> = HashSet::with_capacity(keys.len());
+            let mut distinct: HashSet<&str> =
+                HashSet::with_capacity_and_hasher(keys.len(), Default::default());
             keys.iter()
                 .flatten()
                 .filter(|k| !self.is_recent(k) && distinct.insert(k.as_str()))
@@ -96,7 +99,7 @@ impl Applier {
                 .collect()
         };
         let applied_before = if unknown.is_empty() {
-            HashSet::new()
+            Default::default()
         } else {
             store.applied_events(&unknown).await?
         };
@@ -126,7 +129,7 @@ impl Applier {
         let received = Utc::now();
         let mut batch = Batch::default();
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut builds = HashSet::new();
+        let mut builds = HashSet::default();
         for ((event, key), build) in events.iter().zip(keys).zip(&build_ids) {
             if let Some(key) = &key {
                 // Recent keys include those of this chunk applied so far.

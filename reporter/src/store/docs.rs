@@ -2,9 +2,9 @@
 //! store, and the test double of any store). The MongoDB store expresses the same effects as update
 //! operators; the store conformance tests hold the two to the same output.
 
-/// hashbrown for `entry_ref` (find a document without making a key), with the standard library's
-/// keyed hasher: ids come from clients, so their hashes must not be predictable.
-type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
+/// hashbrown for `entry_ref` (find a document without making a key), hashed with aHash: fast, and
+/// keyed at random per process, since ids come from clients.
+type HashMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
 use buildstore_schema::{BuildDoc, BuilderDoc, Channel, Collection, CommitDoc, StepDoc};
 use serde::de::DeserializeOwned;
