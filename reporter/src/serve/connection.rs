@@ -119,12 +119,12 @@ enum Reply {
     /// An ack for each event once they are durable, or the error of each line if they are not.
     Later {
         pending: Pending,
-        run: Vec<Spooled>,
+        run: Vec<Submitted>,
     },
 }
 
 /// A line whose event was submitted to the spool.
-struct Spooled {
+struct Submitted {
     id: String,
     line: u64,
 }
@@ -137,7 +137,7 @@ const RUN_LINES: usize = 256;
 #[derive(Default)]
 struct Run {
     events: Vec<(Event, String)>,
-    replies: Vec<Spooled>,
+    replies: Vec<Submitted>,
 }
 
 /// Replies gathered before one write to the socket.
@@ -266,7 +266,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
             Action::Close(text) => (text, true),
             Action::Spool { event, text, id } => {
                 run.events.push((*event, text));
-                run.replies.push(Spooled { id, line });
+                run.replies.push(Submitted { id, line });
                 if run.events.len() >= RUN_LINES {
                     submit(conn, &mut run, queue).await?;
                 }

@@ -222,7 +222,9 @@ async fn confirm(
     let s = spool.clone();
     match tokio::task::spawn_blocking(move || s.release(through)).await {
         Ok(Ok(freed)) => {
-            held.fetch_sub(freed.min(held.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let _ = held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                Some(h.saturating_sub(freed))
+            });
         }
         // Not released: those events are applied again later, which changes nothing.
         other => tracing::error!(?other, "releasing spooled events failed"),

@@ -74,7 +74,7 @@ pub struct Spool {
 }
 
 /// Lines are stored joined by this; a protocol line never contains it.
-const SEPARATOR: u8 = b'\n';
+const SEPARATOR: &str = "\n";
 
 /// The next id to hand out: one past the highest ever used, kept by AUTOINCREMENT.
 const NEXT_ID: &str =
@@ -85,15 +85,8 @@ const COUNTS: &str =
     "coalesce(sum(last - first + 1), 0), coalesce(sum(length(lines) - (last - first)), 0)";
 
 /// A group's lines as the spool stores them.
-fn joined(lines: &[impl AsRef<str>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lines.iter().map(|l| l.as_ref().len() + 1).sum());
-    for (i, line) in lines.iter().enumerate() {
-        if i > 0 {
-            out.push(SEPARATOR);
-        }
-        out.extend_from_slice(line.as_ref().as_bytes());
-    }
-    out
+fn joined(lines: &[impl std::borrow::Borrow<str>]) -> Vec<u8> {
+    lines.join(SEPARATOR).into_bytes()
 }
 
 /// Most lines per group when an old spool is converted.
@@ -207,7 +200,7 @@ impl Spool {
                 .get_ref(1)
                 .and_then(|v| Ok(v.as_blob()?))
                 .map_err(self.err())?;
-            for (id, line) in (first..).zip(lines.split(|b| *b == SEPARATOR)) {
+            for (id, line) in (first..).zip(lines.split(|b| SEPARATOR.as_bytes() == [*b])) {
                 if id < from {
                     continue;
                 }

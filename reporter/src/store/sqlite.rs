@@ -51,7 +51,7 @@ fn per_collection<T>(
 /// The columns a collection's table keeps beside the document: the fields its indexes use.
 fn columns(collection: Collection) -> &'static [&'static str] {
     static COLUMNS: OnceLock<[Vec<&'static str>; 4]> = OnceLock::new();
-    let cols: &'static Vec<&'static str> = per_collection(&COLUMNS, collection, |c| {
+    per_collection(&COLUMNS, collection, |c| {
         let mut cols: Vec<&'static str> = Vec::new();
         for spec in INDEXES.iter().filter(|s| s.collection == c) {
             // `_id` is the table's key already.
@@ -62,8 +62,8 @@ fn columns(collection: Collection) -> &'static [&'static str] {
             }
         }
         cols
-    });
-    cols
+    })
+    .as_slice()
 }
 
 fn tables() -> String {
