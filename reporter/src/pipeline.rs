@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::core::{event_key, Batch, Core, RuleError};
-use crate::store::{Store, StoreError};
+use crate::store::{Apply, StoreError};
 
 /// Keys remembered in memory, per generation: past this the older generation is dropped (the
 /// store still knows them all).
@@ -63,7 +63,7 @@ impl Applier {
     /// [`Applier::confirmed`] or [`Applier::forget`].
     pub async fn apply_chunk(
         &mut self,
-        store: &dyn Store,
+        store: &dyn Apply,
         events: &[Event],
         stop_at_error: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
@@ -81,7 +81,7 @@ impl Applier {
     /// leaves the applier as it was.
     pub async fn prepare(
         &mut self,
-        store: &dyn Store,
+        store: &dyn Apply,
         events: &[Event],
         stop_at_error: bool,
     ) -> Result<Prepared, StoreError> {
@@ -297,7 +297,7 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
 /// number; the lines before a bad one stay applied. The store writes each chunk while the next
 /// one is folded.
 pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
-    store: &dyn Store,
+    store: &dyn Apply,
     applier: &mut Applier,
     input: R,
     options: &IngestOptions,

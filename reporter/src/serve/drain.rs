@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::pipeline::{Applier, Outcome, Prepared};
 use crate::spool::{Handoff, Spool};
-use crate::store::{Store, StoreError};
+use crate::store::{Apply, StoreError};
 
 /// Most events per batch. Big enough that a store write carries a backlog away in few
 /// transactions (a document touched by many events of a batch is written once).
@@ -78,7 +78,7 @@ struct InFlight {
 pub async fn run(
     spool: Spool,
     handoff: Arc<Handoff>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Apply>,
     mut applier: Applier,
     held: Arc<AtomicU64>,
     counters: Arc<DrainCounters>,
@@ -179,7 +179,7 @@ pub async fn run(
 
 impl InFlight {
     /// Hands the batch of `prepared` to the store, on a task of its own.
-    fn start(store: &Arc<dyn Store>, taken: Unconfirmed, mut prepared: Prepared) -> InFlight {
+    fn start(store: &Arc<dyn Apply>, taken: Unconfirmed, mut prepared: Prepared) -> InFlight {
         let batch = std::mem::take(&mut prepared.batch);
         let store = Arc::clone(store);
         InFlight {

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicUsize;
 
 use async_trait::async_trait;
 use bson::Document;
-use buildstore_schema::{Channel, Collection};
+use buildstore_schema::Collection;
 
 use super::*;
 use crate::core::{Batch, BuildSnapshot, Core, CoreConfig};
-use crate::store::{open_in, BuildQuery, CommitQuery, SqliteStore};
+use crate::store::{open_in, SqliteStore, Store};
 
 #[tokio::test]
 async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
@@ -58,7 +58,7 @@ struct FailingWrite {
 }
 
 #[async_trait]
-impl Store for FailingWrite {
+impl Apply for FailingWrite {
     async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
             return Err(StoreError::Task("the write failed".into()));
@@ -74,38 +74,6 @@ impl Store for FailingWrite {
         log_window: usize,
     ) -> Result<Vec<BuildSnapshot>, StoreError> {
         self.inner.load_builds(ids, log_window).await
-    }
-    async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
-        self.inner.get(collection, id).await
-    }
-    async fn list(
-        &self,
-        collection: Collection,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Document>, StoreError> {
-        self.inner.list(collection, after, limit).await
-    }
-    async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError> {
-        self.inner.find_builds(query).await
-    }
-    async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError> {
-        self.inner.build_steps(build_id, limit).await
-    }
-    async fn find_commits(&self, query: &CommitQuery) -> Result<Vec<Document>, StoreError> {
-        self.inner.find_commits(query).await
-    }
-    async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
-        self.inner.log_len(step_id, channel).await
-    }
-    async fn read_log(
-        &self,
-        step_id: &str,
-        channel: Channel,
-        offset: u64,
-        max: usize,
-    ) -> Result<Vec<u8>, StoreError> {
-        self.inner.read_log(step_id, channel, offset, max).await
     }
 }
 
@@ -149,7 +117,7 @@ async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing
     run(
         spool.clone(),
         handoff,
-        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&store) as Arc<dyn Apply>,
         Applier::new(Core::new(CoreConfig::default())),
         Arc::new(AtomicU64::new(0)),
         Arc::clone(&counters),
@@ -166,5 +134,5 @@ async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing
     let clean = open_in(dir.path(), "clean.db").await;
     let mut applier = Applier::new(Core::new(CoreConfig::default()));
     applier.apply_chunk(&clean, &events, false).await.unwrap();
-    assert_eq!(export(store.as_ref()).await, export(&clean).await);
+    assert_eq!(export(&store.inner).await, export(&clean).await);
 }

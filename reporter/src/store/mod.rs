@@ -116,13 +116,10 @@ pub struct CommitCursor {
     pub id: String,
 }
 
+/// The part of a store that folding events into it needs: writing a batch, and reading back
+/// what the next batch builds on.
 #[async_trait]
-pub trait Store: Send + Sync {
-    /// Prepares the store for use: indexes, validators. Harmless to run again.
-    async fn init(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
+pub trait Apply: Send + Sync {
     /// Applies all of `batch` or none of it. Applying the same batch again changes nothing. The
     /// batch is taken, not borrowed: a store that writes on another thread needs no copy.
     async fn apply(&self, batch: Batch) -> Result<(), StoreError>;
@@ -137,6 +134,15 @@ pub trait Store: Send + Sync {
         ids: &[String],
         log_window: usize,
     ) -> Result<Vec<BuildSnapshot>, StoreError>;
+}
+
+/// A store: what the applier writes, and the reads of the commands, the web view and the tests.
+#[async_trait]
+pub trait Store: Apply {
+    /// Prepares the store for use: indexes, validators. Harmless to run again.
+    async fn init(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// One document by `_id`.
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError>;

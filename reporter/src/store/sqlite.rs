@@ -14,7 +14,7 @@ use rusqlite::{
     params, params_from_iter, Connection, OptionalExtension, Transaction, TransactionBehavior,
 };
 
-use super::{BuildQuery, CommitQuery, Store, StoreError};
+use super::{Apply, BuildQuery, CommitQuery, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 #[path = "sqlite_queries.rs"]
@@ -362,7 +362,7 @@ fn read_log(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Apply for SqliteStore {
     async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -453,7 +453,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
         let id = id.to_owned();
         let err = self.sql_error();

@@ -21,7 +21,7 @@ use mongodb::{Client, Database, IndexModel};
 use self::exec::{backoff, Failure, Redactor};
 use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET};
 use super::{
-    integer_master, BuildQuery, CommitCursor, CommitQuery, ResultFilter, Store, StoreError,
+    integer_master, Apply, BuildQuery, CommitCursor, CommitQuery, ResultFilter, Store, StoreError,
 };
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
@@ -307,76 +307,7 @@ fn corrupt(c: Collection, id: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 #[async_trait]
-impl Store for MongoStore {
-    async fn init(&self) -> Result<(), StoreError> {
-        for (collection, validator) in buildstore_schema::validator::validators() {
-            let schema =
-                bson::to_document(&validator).map_err(|e| corrupt(collection, "$jsonSchema", e))?;
-            let options = doc! {"validator": {"$jsonSchema": schema}, "validationLevel": "moderate", "validationAction": "error"};
-            let mut create = doc! {"create": collection.name()};
-            create.extend(options.clone());
-            if let Err(e) = self.db.run_command(create).await {
-                let exists = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48);
-                if !exists {
-                    return Err(self.err(e));
-                }
-                let mut modify = doc! {"collMod": collection.name()};
-                modify.extend(options);
-                self.db.run_command(modify).await.map_err(|e| self.err(e))?;
-            }
-        }
-        for c in Collection::ALL {
-            let models: Vec<IndexModel> = INDEXES
-                .iter()
-                .filter(|s| s.collection == c)
-                .map(|s| {
-                    let keys: Document = s
-                        .keys
-                        .iter()
-                        .map(|(f, d)| ((*f).to_owned(), Bson::Int32(*d)))
-                        .collect();
-                    IndexModel::builder()
-                        .keys(keys)
-                        .options(
-                            mongodb::options::IndexOptions::builder()
-                                .name(s.name.to_owned())
-                                .build(),
-                        )
-                        .build()
-                })
-                .collect();
-            self.coll(c)
-                .create_indexes(models)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        // The indexes the GridFS specification asks of a bucket.
-        let files = self.db.collection::<Document>(&format!("{BUCKET}.files"));
-        files
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"filename": 1, "uploadDate": 1})
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let chunks = self.db.collection::<Document>(&format!("{BUCKET}.chunks"));
-        chunks
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"files_id": 1, "n": 1})
-                    .options(
-                        mongodb::options::IndexOptions::builder()
-                            .unique(true)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
+impl Apply for MongoStore {
     async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -490,6 +421,78 @@ impl Store for MongoStore {
             out.push(snapshot);
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn init(&self) -> Result<(), StoreError> {
+        for (collection, validator) in buildstore_schema::validator::validators() {
+            let schema =
+                bson::to_document(&validator).map_err(|e| corrupt(collection, "$jsonSchema", e))?;
+            let options = doc! {"validator": {"$jsonSchema": schema}, "validationLevel": "moderate", "validationAction": "error"};
+            let mut create = doc! {"create": collection.name()};
+            create.extend(options.clone());
+            if let Err(e) = self.db.run_command(create).await {
+                let exists = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48);
+                if !exists {
+                    return Err(self.err(e));
+                }
+                let mut modify = doc! {"collMod": collection.name()};
+                modify.extend(options);
+                self.db.run_command(modify).await.map_err(|e| self.err(e))?;
+            }
+        }
+        for c in Collection::ALL {
+            let models: Vec<IndexModel> = INDEXES
+                .iter()
+                .filter(|s| s.collection == c)
+                .map(|s| {
+                    let keys: Document = s
+                        .keys
+                        .iter()
+                        .map(|(f, d)| ((*f).to_owned(), Bson::Int32(*d)))
+                        .collect();
+                    IndexModel::builder()
+                        .keys(keys)
+                        .options(
+                            mongodb::options::IndexOptions::builder()
+                                .name(s.name.to_owned())
+                                .build(),
+                        )
+                        .build()
+                })
+                .collect();
+            self.coll(c)
+                .create_indexes(models)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        // The indexes the GridFS specification asks of a bucket.
+        let files = self.db.collection::<Document>(&format!("{BUCKET}.files"));
+        files
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"filename": 1, "uploadDate": 1})
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let chunks = self.db.collection::<Document>(&format!("{BUCKET}.chunks"));
+        chunks
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"files_id": 1, "n": 1})
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .unique(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
