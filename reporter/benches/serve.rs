@@ -4,6 +4,7 @@
 //! of an ack at a moderate fixed rate.
 //!
 //! Run: `cargo bench -p buildstore --bench serve` (BENCH_EVENTS=N to change the size;
+//! BENCH_WINDOW=N for the events each client may have unacknowledged, 500 by default;
 //! BENCH_SOCKET=unix to send over the daemon's Unix socket instead of TCP).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -109,10 +110,15 @@ fn client(to: &Target, events: Vec<String>, window: usize) {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let setting = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(default)
+    };
+    let n = setting("BENCH_EVENTS", 100_000);
+    let window = setting("BENCH_WINDOW", 500);
     let stream = lines(&Shape {
         events: n,
         ..Shape::default()
@@ -159,7 +165,7 @@ fn main() {
         .into_iter()
         .map(|p| {
             let to = target.clone();
-            std::thread::spawn(move || client(&to, p, 500))
+            std::thread::spawn(move || client(&to, p, window))
         })
         .collect();
     for h in handles {
@@ -206,7 +212,7 @@ fn main() {
         Target::Unix(_) => "a Unix socket",
     };
     println!(
-        "events: {}, {clients} clients over {over}, window 500",
+        "events: {}, {clients} clients over {over}, window {window}",
         stream.len()
     );
     println!("parse only (1 core):          {parse_rate:>10.0} events/s");
