@@ -465,6 +465,15 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
+    // A path that opens but cannot be read as a stream is named too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().display().to_string();
+    let out = db.cmd().args(["ingest", &path]).output().expect("run");
+    assert!(
+        !out.status.success() && stderr(&out).contains(&format!("{path}: reading events")),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         db.ingest_text("", &[]).status.success(),
         "creates the store"

@@ -339,7 +339,8 @@ async fn run_ingest(
             options,
             &mut on_error,
         )
-        .await?
+        .await
+        .with_context(|| file.to_owned())?
     } else {
         let f = tokio::fs::File::open(file)
             .await
@@ -351,7 +352,8 @@ async fn run_ingest(
             options,
             &mut on_error,
         )
-        .await?
+        .await
+        .with_context(|| file.to_owned())?
     };
     eprintln!(
         "buildstore: {file}: {} events applied, {} duplicates skipped, {} lines rejected{}",
