@@ -45,6 +45,8 @@ pub struct Applier {
     core: Core,
     /// Keys of events applied (or on their way to the store), newest generation first.
     recent: [HashSet<String>; 2],
+    /// Keys a generation holds before the older one is dropped.
+    generation_max: usize,
 }
 
 impl Applier {
@@ -52,6 +54,16 @@ impl Applier {
         Applier {
             core,
             recent: Default::default(),
+            generation_max: RECENT_KEYS_MAX,
+        }
+    }
+
+    /// An applier that remembers `keys` event keys per generation, to test the turn of one.
+    #[cfg(test)]
+    fn with_key_memory(core: Core, keys: usize) -> Applier {
+        Applier {
+            generation_max: keys,
+            ..Applier::new(core)
         }
     }
 
@@ -85,6 +97,13 @@ impl Applier {
         events: &[Event],
         stop_at_error: bool,
     ) -> Result<Prepared, StoreError> {
+        // The older generation is dropped before the keys to ask the store about are chosen:
+        // a key only it held must be asked about, not taken as new. (The keys of a batch still
+        // on its way to the store are in the newer one, which stays.)
+        if self.recent[0].len() + events.len() > self.generation_max {
+            self.recent.swap(0, 1);
+            self.recent[0].clear();
+        }
         let keys: Vec<Option<String>> = events
             .iter()
             .map(|e| e.event_id.as_deref().map(|id| event_key(&e.master_id, id)))
@@ -122,10 +141,6 @@ impl Applier {
             }
         }
 
-        if self.recent[0].len() + events.len() > RECENT_KEYS_MAX {
-            self.recent.swap(0, 1);
-            self.recent[0].clear();
-        }
         let received = Utc::now();
         let mut batch = Batch::default();
         let mut outcomes = Vec::with_capacity(events.len());

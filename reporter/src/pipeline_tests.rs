@@ -1,6 +1,6 @@
 //! The applier's de-duplication rules: an `event_id` is applied once, whether its copies come in
-//! one chunk, in a chunk folded while the previous one is still being written, or after a
-//! restart; and a rejected event does not count as seen.
+//! one chunk, in a chunk folded while the previous one is still being written, after its key
+//! left memory, or after a restart; and a rejected event does not count as seen.
 
 use super::*;
 use crate::core::CoreConfig;
@@ -83,4 +83,43 @@ async fn after_a_restart_the_store_knows_what_was_applied() {
         .await
         .unwrap();
     assert_eq!(outcomes, [Outcome::Duplicate, Outcome::Applied]);
+}
+
+#[tokio::test]
+async fn a_copy_that_only_the_dropped_generation_of_keys_remembered_is_still_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_in(dir.path(), "s.db").await;
+    let mut applier = Applier::with_key_memory(Core::new(CoreConfig::default()), 3);
+    let log = || {
+        event(
+            "l",
+            r#"{"type":"log","build_id":1,"step":0,"channel":"stdout","text":"hello\n"}"#,
+        )
+    };
+    let filler = |id: &str| {
+        event(
+            id,
+            r#"{"type":"builder_state","builder":"b","state":"idle"}"#,
+        )
+    };
+    applier
+        .apply_chunk(&store, &[build("b"), step("s"), log()], false)
+        .await
+        .unwrap();
+    // The keys of the first chunk move to the older generation...
+    applier
+        .apply_chunk(&store, &[filler("f1"), filler("f2")], false)
+        .await
+        .unwrap();
+    // ...which this chunk drops: the copy of the log chunk must be asked about, not re-applied.
+    let outcomes = applier
+        .apply_chunk(&store, &[filler("f3"), log()], false)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Applied, Outcome::Duplicate]);
+    let step = crate::store::Store::get(&store, buildstore_schema::Collection::Steps, "m/1/0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(step.get_str("stdout").unwrap(), "hello\n", "the text once");
 }
