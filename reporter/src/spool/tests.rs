@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use buildstore_schema::Event;
 
@@ -206,6 +207,47 @@ async fn a_submitted_run_gets_consecutive_ids_as_far_as_it_fits() {
     let err = appender.submit(&mut events).await;
     assert!(matches!(err, Err(AppendError::Full(_))));
     assert_eq!(events.len(), 10, "nothing is taken from a refused run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_waiting_for_the_writer_leaves_no_bytes_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let held = Arc::new(AtomicU64::new(0));
+    let (appender, _task) = Appender::start(
+        spool.clone(),
+        Arc::new(Handoff::new(usize::MAX)),
+        Arc::clone(&held),
+        u64::MAX,
+    );
+    // The writer stalls on its first group (as on a slow disk) and the queue behind it fills.
+    let stalled = spool.lock();
+    let (mut pending, mut queued) = (Vec::new(), 0);
+    // Submitted until one has to wait for room, and gives up.
+    for i in 0.. {
+        assert!(
+            i <= 3 * writer::GROUP_LINES,
+            "the writer's queue never filled"
+        );
+        let line = event(i).to_line();
+        let len = line.len() as u64;
+        let mut run = vec![(event(i), line)];
+        match tokio::time::timeout(Duration::from_millis(100), appender.submit(&mut run)).await {
+            Ok(p) => pending.push(p.unwrap()),
+            Err(_) => break,
+        }
+        queued += len;
+    }
+    drop(stalled);
+    for p in pending {
+        p.durable().await.unwrap();
+    }
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        queued,
+        "only what was queued counts against the limit"
+    );
+    assert_eq!(spool.depth().bytes, queued);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Handoff, Spool, SpoolError};
 
 /// A group commit takes no more submissions once it holds this many lines, or bytes.
-const GROUP_LINES: usize = 4096;
+pub(super) const GROUP_LINES: usize = 4096;
 const GROUP_BYTES: usize = 16 << 20;
 
 /// The spool holds `--spool-max` bytes already: the store is behind. Nothing was written.
@@ -69,8 +69,11 @@ impl Appender {
     /// in that order. Await the returned [`Pending`] for durability. Submitting the lines of a
     /// connection's read together saves a trip to the writer per line.
     pub async fn submit(&self, events: &mut Vec<(Event, String)>) -> Result<Pending, AppendError> {
-        // The bytes are reserved here, before the lines are queued, so that lines waiting for
-        // the next group commit count against the limit too.
+        // A place in the writer's queue first: waiting for it is the only wait, so a caller that
+        // gives up meanwhile (a timeout around `Reporter::send`) leaves nothing counted.
+        let slot = self.tx.reserve().await.map_err(|_| AppendError::Closed)?;
+        // The bytes are counted before the lines are queued, so that lines waiting for the next
+        // group commit count against the limit too.
         let mut fit = (0, 0);
         self.held
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
@@ -88,10 +91,7 @@ impl Appender {
             bytes: len as usize,
             done,
         };
-        if self.tx.send(request).await.is_err() {
-            self.held.fetch_sub(len, Ordering::Relaxed);
-            return Err(AppendError::Closed);
-        }
+        slot.send(request);
         Ok(Pending(wait))
     }
 
