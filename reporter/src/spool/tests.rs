@@ -221,7 +221,15 @@ async fn a_caller_that_gives_up_waiting_for_the_writer_leaves_no_bytes_counted()
         u64::MAX,
     );
     // The writer stalls on its first group (as on a slow disk) and the queue behind it fills.
-    let stalled = spool.lock();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let (unstall, unstalled) = std::sync::mpsc::channel::<()>();
+    let s = spool.clone();
+    let staller = std::thread::spawn(move || {
+        let _held = s.lock();
+        locked.send(()).unwrap();
+        let _ = unstalled.recv();
+    });
+    is_locked.recv().unwrap();
     let (mut pending, mut queued) = (Vec::new(), 0);
     // Submitted until one has to wait for room, and gives up.
     for i in 0.. {
@@ -238,7 +246,8 @@ async fn a_caller_that_gives_up_waiting_for_the_writer_leaves_no_bytes_counted()
         }
         queued += len;
     }
-    drop(stalled);
+    unstall.send(()).unwrap();
+    staller.join().unwrap();
     for p in pending {
         p.durable().await.unwrap();
     }
