@@ -142,6 +142,7 @@ pub async fn run(
                 .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
             match written {
                 Ok(()) => {
+                    failures = 0;
                     let next = ready.as_ref().map(|(_, p)| p);
                     let outcomes = applier.confirmed(f.prepared, next);
                     confirm(&spool, &held, &counters, f.taken.through, outcomes).await;
@@ -167,12 +168,11 @@ pub async fn run(
             }
             continue;
         }
-        match failed {
-            None => failures = 0,
-            Some(e) => {
-                failures += 1;
-                back_off(&counters, failures, &e, &mut stop).await;
-            }
+        // Only a write the store takes ends a run of failures: a batch folded again after a
+        // failed write says nothing about the store's health.
+        if let Some(e) = failed {
+            failures += 1;
+            back_off(&counters, failures, &e, &mut stop, deadline).await;
         }
     }
 }
@@ -191,18 +191,23 @@ impl InFlight {
 }
 
 /// Counts the store's `failures`-th error in a row and waits before the next try, longer each
-/// time up to 30 s, or until `stop` changes.
+/// time up to 30 s, or until `stop` changes, but never past the grace period's `deadline`.
 async fn back_off(
     counters: &DrainCounters,
     failures: u32,
     e: &StoreError,
     stop: &mut watch::Receiver<bool>,
+    deadline: Option<Instant>,
 ) {
     counters.store_errors.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut last) = counters.last_error.lock() {
         *last = Some(e.to_string());
     }
-    let wait = Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
+    let mut wait = Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
+    // Once stopping, `stop` does not change again: the deadline bounds the wait instead.
+    if let Some(d) = deadline {
+        wait = wait.min(d.saturating_duration_since(Instant::now()));
+    }
     tracing::warn!(error = %e, ?wait, "store failed; the events stay in the spool");
     tokio::select! {
         _ = tokio::time::sleep(wait) => {}

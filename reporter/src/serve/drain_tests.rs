@@ -136,3 +136,66 @@ async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing
     applier.apply_chunk(&clean, &events, false).await.unwrap();
     assert_eq!(export(&store.inner).await, export(&clean).await);
 }
+
+/// A store that is down: every write fails.
+struct Down;
+
+#[async_trait]
+impl Apply for Down {
+    async fn apply(&self, _: Batch) -> Result<(), StoreError> {
+        Err(StoreError::Task("the store is down".into()))
+    }
+    async fn applied_events(&self, _: &[String]) -> Result<HashSet<String>, StoreError> {
+        Ok(HashSet::new())
+    }
+    async fn load_builds(&self, _: &[String], _: usize) -> Result<Vec<BuildSnapshot>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn with_the_store_down_retries_back_off_and_stopping_ends_at_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 50,
+        ..Default::default()
+    });
+    let spool = Spool::open(dir.path()).unwrap();
+    spool.append(&lines).unwrap();
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    handoff.close();
+    let counters = Arc::new(DrainCounters::default());
+    let (stop, stopped) = watch::channel(false);
+    let grace = Duration::from_secs(1);
+    let drain = tokio::spawn(run(
+        spool.clone(),
+        handoff,
+        Arc::new(Down),
+        Applier::new(Core::new(CoreConfig::default())),
+        Arc::new(AtomicU64::new(0)),
+        Arc::clone(&counters),
+        stopped,
+        grace,
+    ));
+    let started = Instant::now();
+    // Long enough for the back-off to grow past the grace period.
+    while counters.store_errors.load(Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Waits of 0.2, 0.4, 0.8 and 1.6 s came between the first five failures.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "five failures in {:?}: the retries do not back off",
+        started.elapsed()
+    );
+    let stopping = Instant::now();
+    stop.send(true).unwrap();
+    drain.await.unwrap();
+    // The next back-off (6.4 s) would overrun the deadline.
+    assert!(
+        stopping.elapsed() < grace + Duration::from_millis(500),
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(spool.depth().events, lines.len() as u64, "nothing released");
+}
