@@ -21,34 +21,45 @@ pub async fn next_line<R: AsyncBufRead + Unpin>(
 ) -> std::io::Result<Option<RawLine>> {
     let mut line = Vec::new();
     let mut skipped = 0usize;
+    // Whether the bytes skipped so far end with a `\r`.
+    let mut skipped_cr = false;
     loop {
         let buf = input.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(match (line.is_empty(), skipped) {
-                (true, 0) => None,
-                (_, 0) => Some(RawLine::Line(trim_cr(line))),
-                _ => Some(RawLine::TooLong(skipped)),
-            });
+            if line.is_empty() && skipped == 0 {
+                return Ok(None);
+            }
+            return Ok(Some(finish(line, skipped, skipped_cr, limit)));
         }
         let (part, found) = match buf.iter().position(|b| *b == b'\n') {
             Some(at) => (&buf[..at], Some(at + 1)),
             None => (buf, None),
         };
-        if skipped == 0 && line.len() + part.len() <= limit {
+        // One byte past the limit is kept for a `\r` that the end of the line drops.
+        if skipped == 0 && line.len() + part.len() <= limit.saturating_add(1) {
             line.extend_from_slice(part);
         } else {
+            if let Some(&last) = part.last().or(line.last()) {
+                skipped_cr = last == b'\r';
+            }
             skipped += line.len() + part.len();
             line.clear();
         }
         let used = found.unwrap_or(buf.len());
         input.consume(used);
         if found.is_some() {
-            return Ok(Some(if skipped > 0 {
-                RawLine::TooLong(skipped)
-            } else {
-                RawLine::Line(trim_cr(line))
-            }));
+            return Ok(Some(finish(line, skipped, skipped_cr, limit)));
         }
+    }
+}
+
+/// The line read, or how long it was when it is over the limit (a final `\r` not counted).
+fn finish(line: Vec<u8>, skipped: usize, skipped_cr: bool, limit: usize) -> RawLine {
+    let line = trim_cr(line);
+    match skipped {
+        0 if line.len() <= limit => RawLine::Line(line),
+        0 => RawLine::TooLong(line.len()),
+        _ => RawLine::TooLong(skipped - usize::from(skipped_cr)),
     }
 }
 
@@ -61,10 +72,12 @@ pub fn buffered_line<R: AsyncRead + Unpin>(
 ) -> Option<Vec<u8>> {
     let buf = input.buffer();
     let at = buf.iter().position(|b| *b == b'\n')?;
-    if at > limit {
+    let line = &buf[..at];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > limit {
         return None;
     }
-    let line = trim_cr(buf[..at].to_vec());
+    let line = line.to_vec();
     input.consume(at + 1);
     Some(line)
 }
@@ -145,6 +158,34 @@ mod tests {
         assert_eq!(
             next_line(&mut r, 8).await.unwrap(),
             Some(RawLine::Line(b"part".to_vec()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_ending_in_crlf_has_the_same_limit_as_one_ending_in_lf() {
+        for buffer in [1, 4, 64] {
+            let got = all(b"abcd\r\nabcde\r\nabcd\nabcd\r", 4, buffer).await;
+            assert_eq!(
+                got,
+                vec![
+                    RawLine::Line(b"abcd".to_vec()),
+                    RawLine::TooLong(5),
+                    RawLine::Line(b"abcd".to_vec()),
+                    RawLine::Line(b"abcd".to_vec()),
+                ],
+                "buffer {buffer}"
+            );
+        }
+        let mut r = BufReader::with_capacity(64, &b"x\nabcd\r\nabcde\r\n"[..]);
+        assert_eq!(
+            next_line(&mut r, 4).await.unwrap(),
+            Some(RawLine::Line(b"x".to_vec()))
+        );
+        assert_eq!(buffered_line(&mut r, 4), Some(b"abcd".to_vec()));
+        assert_eq!(
+            buffered_line(&mut r, 4),
+            None,
+            "over the limit: left to next_line"
         );
     }
 
