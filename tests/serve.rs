@@ -126,6 +126,28 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
         replies[0]
     );
     assert_eq!(replies[0]["closing"], true, "{}", replies[0]);
+    // Nor is a line that is not even an event: no service before the hello.
+    for first in ["{oops", "\u{1}not json"] {
+        let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+        // A daemon that kept the connection open would leave this read waiting: it fails instead.
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(
+            format!("{first}\n{{\"type\":\"hello\",\"token\":\"s3cret\"}}\n{event}\n").as_bytes(),
+        )
+        .expect("send");
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut text);
+        assert_eq!(text.lines().count(), 1, "closed after the error: {text}");
+        let reply: Value = serde_json::from_str(&text).expect("JSON reply");
+        assert_eq!(reply["closing"], true, "{reply}");
+        assert!(
+            reply["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("needs {\"type\":\"hello\"")),
+            "{reply}"
+        );
+    }
     daemon.kill();
 }
 

@@ -408,10 +408,24 @@ async fn submit(conn: &Conn, run: &mut Run, queue: &mpsc::Sender<Reply>) -> Resu
     Ok(())
 }
 
+/// The reply to a line other than a hello on a listener that needs one first.
+const NEEDS_HELLO: &str =
+    "this listener needs {\"type\":\"hello\",\"token\":...} first: closing the connection";
+
 /// What to do with one line.
 fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> Action {
     let shared = &conn.shared;
+    let hello_first = || {
+        conn.count(Tally::Rejected);
+        Action::Close(error_reply(n, NEEDS_HELLO, false, true))
+    };
+    // Before the hello, any line but a hello ends the connection: an unauthenticated client is
+    // not served, not even with error replies.
+    let authed = *authenticated;
     let reject = |message: String| {
+        if !authed {
+            return hello_first();
+        }
         conn.count(Tally::Rejected);
         Action::Answer(error(n, message))
     };
@@ -457,13 +471,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         return Action::Answer(json!({"hello": "ok"}).to_string());
     }
     if !*authenticated {
-        conn.count(Tally::Rejected);
-        return Action::Close(error_reply(
-            n,
-            "this listener needs {\"type\":\"hello\",\"token\":...} first: closing the connection",
-            false,
-            true,
-        ));
+        return hello_first();
     }
     let mut event = match Event::from_value(value) {
         Ok(e) => e,
