@@ -378,3 +378,60 @@ fn thousands_of_bad_lines_are_answered_and_the_valid_events_all_stored() {
 
     assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());
 }
+
+/// SIGTERM while a client is behind on its replies: every line the daemon read is answered, and
+/// the daemon waits for the client to finish before it closes, so that the replies still on
+/// their way are not destroyed by a reset.
+#[test]
+fn stopping_answers_what_was_read_and_closes_without_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 20_000,
+        ..Default::default()
+    });
+    let s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let sent = lines.clone();
+    // The client sends everything and reads nothing until the daemon is told to stop.
+    let sender = std::thread::spawn(move || {
+        for l in &sent {
+            if w.write_all(l.as_bytes())
+                .and_then(|()| w.write_all(b"\n"))
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = std::thread::spawn(move || daemon.stop());
+
+    let mut r = BufReader::new(s);
+    let mut acked = Vec::new();
+    let end = loop {
+        let mut reply = String::new();
+        match r.read_line(&mut reply) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {
+                let v: Value = serde_json::from_str(&reply)
+                    .unwrap_or_else(|_| panic!("a whole JSON reply: {reply:?}"));
+                acked.push(v["ack"].as_str().expect("an ack").to_owned());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(end.is_ok(), "the replies end with a reset: {end:?}");
+    assert!(stopping.join().expect("stop").success());
+    let _ = sender.join();
+    // The acks are those of the first lines, in order, and the store holds those events.
+    assert!(!acked.is_empty());
+    for (ack, line) in acked.iter().zip(&lines) {
+        let v: Value = serde_json::from_str(line).expect("json");
+        assert_eq!(Some(ack.as_str()), v["event_id"].as_str());
+    }
+    assert_same_as_one_clean_ingest(&store(dir.path()), &lines[..acked.len()], dir.path());
+}

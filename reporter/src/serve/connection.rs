@@ -202,16 +202,14 @@ pub async fn serve<S>(
     let timeout = shared.reply_timeout;
     let writer = tokio::spawn(write_replies(write, replies, conn.clone(), timeout));
 
-    let closing = matches!(
-        read_lines(&mut read, &conn, &queue, needs_token, &mut stop).await,
-        Err(Ended::Closing)
-    );
+    let ended = read_lines(&mut read, &conn, &queue, needs_token, &mut stop).await;
     drop(queue);
     let _ = writer.await;
-    if closing {
-        // The client may still be sending. Closing with its lines unread would reset the
-        // connection, and a reset can destroy the last reply before the client reads it. So the
-        // rest is read and dropped until the client closes too, for a bounded time.
+    if ended.is_err() {
+        // The daemon ends the connection (a refusal, a stop) while the client may still be
+        // sending. Closing with its lines unread would reset the connection, and a reset destroys
+        // the replies the client has not read yet. So the rest is read and dropped until the
+        // client closes too, for a bounded time.
         let _ =
             tokio::time::timeout(LINGER, tokio::io::copy(&mut read, &mut tokio::io::sink())).await;
     }
@@ -220,13 +218,10 @@ pub async fn serve<S>(
     }
 }
 
-/// Why a connection stopped reading before the client closed it.
-enum Ended {
-    /// The daemon closes it after the last reply (a wrong token, a full spool).
-    Closing,
-    /// The client is gone or does not read its replies, or the daemon stops.
-    Gone,
-}
+/// The connection stopped reading before the client closed it: the daemon closes it after the
+/// last reply (a wrong token, a refused event), the daemon stops, or the client is gone or does
+/// not read its replies.
+struct Ended;
 
 /// Reads and handles lines until the end of the stream or a reason to stop; every line read is
 /// answered or queued for an answer, in order.
@@ -249,10 +244,10 @@ async fn read_lines<R: AsyncRead + Unpin>(
                 submit(conn, &mut run, queue).await?;
                 let raw = tokio::select! {
                     r = next_line(read, limit) => r,
-                    _ = stop.changed() => return Err(Ended::Gone),
+                    _ = stop.changed() => return Err(Ended),
                     // The writer gave up on a client that does not read: drop it now, not at
                     // its next line.
-                    _ = queue.closed() => return Err(Ended::Gone),
+                    _ = queue.closed() => return Err(Ended),
                 };
                 match raw {
                     Ok(Some(raw)) => raw,
@@ -277,10 +272,10 @@ async fn read_lines<R: AsyncRead + Unpin>(
         // An answer goes after the replies to the lines before it.
         submit(conn, &mut run, queue).await?;
         if queue.send(Reply::Now(reply)).await.is_err() {
-            return Err(Ended::Gone);
+            return Err(Ended);
         }
         if close {
-            return Err(Ended::Closing);
+            return Err(Ended);
         }
     }
 }
@@ -325,19 +320,23 @@ async fn write_replies<W: AsyncWrite>(
                         pending.durable().await
                     }
                 };
-                let tally = match outcome {
-                    Ok(_) => Tally::Acknowledged,
-                    Err(_) => Tally::Rejected,
-                };
-                conn.count_many(tally, run.len() as u64);
-                for spooled in run {
-                    match &outcome {
-                        Ok(_) => write_ack(&mut out, &spooled.id),
-                        Err(e) => {
-                            let refused = error_reply(spooled.line, e, true, false);
-                            out.extend_from_slice(refused.as_bytes());
-                            out.push(b'\n');
+                match outcome {
+                    Ok(_) => {
+                        conn.count_many(Tally::Acknowledged, run.len() as u64);
+                        for spooled in run {
+                            write_ack(&mut out, &spooled.id);
                         }
+                    }
+                    Err(e) => {
+                        // The spool failed to write the group. As when it is full, the first
+                        // refused line is answered and the connection closes, so that no later
+                        // line is acknowledged ahead of it: the client resends from that line.
+                        // The lines after it go unanswered, as if unread.
+                        conn.count_many(Tally::Rejected, run.len() as u64);
+                        let first = run.first().map_or(0, |r| r.line);
+                        out.extend_from_slice(error_reply(first, e, true, true).as_bytes());
+                        out.push(b'\n');
+                        break;
                     }
                 }
             }
@@ -399,10 +398,10 @@ async fn submit(conn: &Conn, run: &mut Run, queue: &mpsc::Sender<Reply>) -> Resu
                 conn.count(Tally::Received);
                 conn.count(Tally::Rejected);
                 let refused = error_reply(first, e, true, true);
-                (Reply::Now(refused), Err(Ended::Closing))
+                (Reply::Now(refused), Err(Ended))
             }
         };
-        queue.send(reply).await.map_err(|_| Ended::Gone)?;
+        queue.send(reply).await.map_err(|_| Ended)?;
         outcome?;
     }
     Ok(())
@@ -497,4 +496,64 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
 /// Compares secrets without leaking where they differ through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{AppendError, Handoff, Spool};
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_failed_spool_write_refuses_its_first_line_and_nothing_after_it_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let held = Arc::new(AtomicU64::new(0));
+        let (appender, _task) = Appender::start(spool, Arc::new(Handoff::new(0)), held, u64::MAX);
+        let shared = Arc::new(Shared::new(appender, 1024, None, Duration::from_secs(5)));
+        let conn = Conn {
+            shared,
+            me: Arc::new(OpenConnection {
+                peer: "test".into(),
+                counts: LineCounts::default(),
+            }),
+        };
+        let run = |first: u64| {
+            (first..first + 2)
+                .map(|line| Submitted {
+                    id: format!("e{line}"),
+                    line,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (queue, replies) = mpsc::channel(8);
+        for (outcome, first) in [
+            (Ok(1), 1),
+            (Err(AppendError::Spool("disk I/O error".into())), 3),
+            (Ok(5), 5),
+        ] {
+            let pending = Pending::settled(outcome);
+            let later = Reply::Later {
+                pending,
+                run: run(first),
+            };
+            queue.send(later).await.ok().unwrap();
+        }
+        drop(queue);
+        let (client, daemon) = tokio::io::duplex(1 << 16);
+        write_replies(daemon, replies, conn, Duration::from_secs(5)).await;
+        let mut text = String::new();
+        let mut client = client;
+        client.read_to_string(&mut text).await.unwrap();
+        let got: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(got.len(), 3, "{text}");
+        assert_eq!(got[0]["ack"], "e1");
+        assert_eq!(got[1]["ack"], "e2");
+        assert_eq!(got[2]["line"], 3);
+        assert_eq!(got[2]["retry"], true);
+        assert_eq!(got[2]["closing"], true, "the client resends from line 3");
+    }
 }

@@ -119,6 +119,14 @@ fn fitting(events: &[(Event, String)], room: u64) -> (usize, u64) {
 pub struct Pending(oneshot::Receiver<Result<i64, AppendError>>);
 
 impl Pending {
+    /// A submission whose outcome is already known, for tests of what waits on one.
+    #[cfg(test)]
+    pub fn settled(outcome: Result<i64, AppendError>) -> Pending {
+        let (done, wait) = oneshot::channel();
+        let _ = done.send(outcome);
+        Pending(wait)
+    }
+
     pub async fn durable(self) -> Result<i64, AppendError> {
         self.0.await.map_err(|_| AppendError::Closed)?
     }
