@@ -1,6 +1,7 @@
 //! The daemon's limits, through real sockets: each open connection is counted on its own, a
-//! client that stops reading is disconnected without holding up the others, and a full spool
-//! refuses new events with an error instead of dropping them.
+//! client that stops reading is disconnected without holding up the others, a full spool
+//! refuses new events with an error instead of dropping them, running out of file descriptors
+//! pauses accepting rather than spinning, and a daemon that is stopping takes no new clients.
 
 mod common;
 
@@ -230,4 +231,74 @@ fn past_spool_max_events_are_refused_with_an_error_and_accepted_once_the_store_c
 
     assert_same_as_one_clean_ingest(&Db::at(peer.uri("full")), &lines, dir.path());
     peer.kill();
+}
+
+/// CPU time a process has used so far (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .expect("stat fields");
+    let ticks: u64 = [11, 12] // utime and stime, counted from the state field
+        .iter()
+        .map(|&i| fields[i].parse::<u64>().expect("ticks"))
+        .sum();
+    ticks as f64 / 100.0 // USER_HZ
+}
+
+#[test]
+fn out_of_file_descriptors_the_daemon_pauses_accepting_and_serves_again_once_some_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let pid = daemon.child.id().to_string();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=48:48"])
+        .status();
+    if !limited.is_ok_and(|s| s.success()) {
+        eprintln!("prlimit is not available: skipped");
+        return;
+    }
+    // More idle connections than descriptors left: the kernel completes them, accept fails.
+    let idle: Vec<TcpStream> = (0..60)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", daemon.port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(daemon.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(daemon.child.id()) - before;
+    // Retrying a failed accept at once would keep a core busy all that time.
+    assert!(
+        used < 0.5,
+        "the daemon used {used} s of CPU in 2 s while idle"
+    );
+    drop(idle);
+    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    writeln!(s, "{}", state("after")).expect("send");
+    let mut reply = String::new();
+    let _ = BufReader::new(s).read_line(&mut reply);
+    assert!(
+        reply.contains(r#"{"ack":"after"}"#),
+        "served again: {reply:?}"
+    );
+    daemon.kill();
+}
+
+#[test]
+fn once_stopping_the_daemon_refuses_new_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let port = daemon.port;
+    // An open connection whose client has not closed keeps the daemon lingering a moment.
+    let open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let stopping = std::thread::spawn(move || daemon.stop());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a new client connected to a daemon that is stopping"
+    );
+    drop(open);
+    assert!(stopping.join().expect("stop").success());
 }

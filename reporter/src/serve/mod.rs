@@ -250,10 +250,26 @@ async fn accept_loop<L: Accept>(
                 Ok((stream, peer)) => {
                     connections.spawn(connection::serve(stream, peer, Arc::clone(&shared), needs_token, stop.clone()));
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
+                Err(e) => {
+                    // Out of file descriptors, typically: the listener stays ready, and accepting
+                    // again at once would fail again at once, in a loop.
+                    tracing::warn!(error = %e, "accept failed; pausing before accepting again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
             },
+            // A connection's task is freed when it ends, not when the daemon stops.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
+    // New clients are refused from now on, rather than connecting to wait for replies that
+    // never come.
+    drop(listener);
     while connections.join_next().await.is_some() {}
 }
+
+/// How long accepting pauses after a failed accept.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
