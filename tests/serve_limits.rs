@@ -1,5 +1,6 @@
 //! The daemon's limits, through real sockets: each open connection is counted on its own, a
-//! client that stops reading is disconnected without holding up the others, a full spool
+//! client that stops reading is disconnected without holding up the others and cannot make the
+//! daemon hold more than a bounded amount of replies for it, a full spool
 //! refuses new events with an error instead of dropping them, running out of file descriptors
 //! pauses accepting rather than spinning, and a daemon that is stopping takes no new clients.
 
@@ -301,4 +302,45 @@ fn once_stopping_the_daemon_refuses_new_connections() {
     );
     drop(open);
     assert!(stopping.join().expect("stop").success());
+}
+
+/// Resident memory of a process, in bytes (Linux).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn a_client_that_does_not_read_cannot_pile_up_long_replies_in_the_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &["--reply-timeout", "120"]);
+    let before = rss(daemon.child.id());
+    // Each line's error quotes its 256 KiB event type; 1,000 of them would be 256 MiB of replies.
+    let line = format!(
+        "{{\"type\":\"{}\",\"master_id\":\"m\"}}\n",
+        "t".repeat(256 << 10)
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    s.set_write_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut sent = 0;
+    while sent < 1_000 && s.write_all(line.as_bytes()).is_ok() {
+        sent += 1;
+    }
+    assert!(
+        sent < 1_000,
+        "the daemon kept reading from a client that reads nothing"
+    );
+    let grown = rss(daemon.child.id()).saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the daemon grew by {} MiB for {sent} lines",
+        grown >> 20
+    );
+    daemon.kill();
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use buildstore_schema::Event;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::lines::{buffered_line, next_line, RawLine};
 use crate::spool::{Appender, Pending};
@@ -21,6 +21,10 @@ use crate::spool::{Appender, Pending};
 /// Reply entries (one line's reply, or a run's) waiting to be written; past this the connection
 /// stops reading.
 const IN_FLIGHT: usize = 1024;
+/// Bytes of replies waiting to be written; past this too the connection stops reading. Replies
+/// quote what the client sent (its event ids, an unknown type), so a count of entries alone
+/// would let a client that does not read hold a megabyte per entry.
+const IN_FLIGHT_BYTES: usize = 4 << 20;
 /// How long a connection the daemon closes waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -123,6 +127,54 @@ enum Reply {
     },
 }
 
+impl Reply {
+    /// About the bytes the reply takes once written.
+    fn size(&self) -> usize {
+        match self {
+            Reply::Now(text) => text.len() + 1,
+            Reply::Later { run, .. } => run.iter().map(|s| s.id.len() + 12).sum(),
+        }
+    }
+}
+
+/// A reply waiting to be written, holding its share of the connection's byte budget.
+struct Queued {
+    reply: Reply,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The queue of replies from a connection's reader to its writer, bounded in entries and in
+/// bytes.
+struct Replies {
+    queue: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+impl Replies {
+    fn new() -> (Replies, mpsc::Receiver<Queued>) {
+        let (queue, receiver) = mpsc::channel(IN_FLIGHT);
+        let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
+        (Replies { queue, budget }, receiver)
+    }
+
+    /// Queues `reply` once there is room for it; an error once the writer is gone.
+    async fn push(&self, reply: Reply) -> Result<(), Ended> {
+        // A reply bigger than the whole budget takes all of it.
+        let size = u32::try_from(reply.size().min(IN_FLIGHT_BYTES)).unwrap_or(u32::MAX);
+        let bytes = tokio::select! {
+            permit = Arc::clone(&self.budget).acquire_many_owned(size) => {
+                permit.map_err(|_| Ended)?
+            }
+            _ = self.queue.closed() => return Err(Ended),
+        };
+        let queued = Queued {
+            reply,
+            _bytes: bytes,
+        };
+        self.queue.send(queued).await.map_err(|_| Ended)
+    }
+}
+
 /// A line whose event was submitted to the spool.
 struct Submitted {
     id: String,
@@ -198,7 +250,7 @@ pub async fn serve<S>(
     };
     let (read, write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
-    let (queue, replies) = mpsc::channel::<Reply>(IN_FLIGHT);
+    let (queue, replies) = Replies::new();
     let timeout = shared.reply_timeout;
     let writer = tokio::spawn(write_replies(write, replies, conn.clone(), timeout));
 
@@ -228,7 +280,7 @@ struct Ended;
 async fn read_lines<R: AsyncRead + Unpin>(
     read: &mut BufReader<R>,
     conn: &Conn,
-    queue: &mpsc::Sender<Reply>,
+    queue: &Replies,
     needs_token: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
@@ -247,7 +299,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
                     _ = stop.changed() => return Err(Ended),
                     // The writer gave up on a client that does not read: drop it now, not at
                     // its next line.
-                    _ = queue.closed() => return Err(Ended),
+                    _ = queue.queue.closed() => return Err(Ended),
                 };
                 match raw {
                     Ok(Some(raw)) => raw,
@@ -271,9 +323,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
         conn.count(Tally::Received);
         // An answer goes after the replies to the lines before it.
         submit(conn, &mut run, queue).await?;
-        if queue.send(Reply::Now(reply)).await.is_err() {
-            return Err(Ended);
-        }
+        queue.push(Reply::Now(reply)).await?;
         if close {
             return Err(Ended);
         }
@@ -284,15 +334,16 @@ async fn read_lines<R: AsyncRead + Unpin>(
 /// a window of events acknowledged by one group commit costs one system call, not one each.
 async fn write_replies<W: AsyncWrite>(
     write: W,
-    mut replies: mpsc::Receiver<Reply>,
+    mut replies: mpsc::Receiver<Queued>,
     conn: Conn,
     timeout: Duration,
 ) {
     let mut write = std::pin::pin!(write);
     let mut out: Vec<u8> = Vec::with_capacity(REPLY_BUFFER);
     loop {
-        let reply = match replies.try_recv() {
-            Ok(reply) => reply,
+        // The reply's share of the byte budget is given back once it is in the buffer.
+        let Queued { reply, _bytes } = match replies.try_recv() {
+            Ok(queued) => queued,
             Err(mpsc::error::TryRecvError::Empty) if !out.is_empty() => {
                 if !send(&mut write, &mut out, timeout).await {
                     return;
@@ -300,7 +351,7 @@ async fn write_replies<W: AsyncWrite>(
                 continue;
             }
             Err(_) => match replies.recv().await {
-                Some(reply) => reply,
+                Some(queued) => queued,
                 None => break,
             },
         };
@@ -375,7 +426,7 @@ async fn send<W: AsyncWrite>(
 /// the spool is full, the first line that does not fit is refused and the connection closes: a
 /// later, smaller line could fit and overtake it otherwise, so the client resends from the
 /// refused line once it reconnects. The lines after it are dropped unanswered, as if unread.
-async fn submit(conn: &Conn, run: &mut Run, queue: &mpsc::Sender<Reply>) -> Result<(), Ended> {
+async fn submit(conn: &Conn, run: &mut Run, queue: &Replies) -> Result<(), Ended> {
     let Run {
         mut events,
         mut replies,
@@ -401,7 +452,7 @@ async fn submit(conn: &Conn, run: &mut Run, queue: &mpsc::Sender<Reply>) -> Resu
                 (Reply::Now(refused), Err(Ended))
             }
         };
-        queue.send(reply).await.map_err(|_| Ended)?;
+        queue.push(reply).await?;
         outcome?;
     }
     Ok(())
@@ -526,7 +577,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let (queue, replies) = mpsc::channel(8);
+        let (queue, replies) = Replies::new();
         for (outcome, first) in [
             (Ok(1), 1),
             (Err(AppendError::Spool("disk I/O error".into())), 3),
@@ -537,7 +588,7 @@ mod tests {
                 pending,
                 run: run(first),
             };
-            queue.send(later).await.ok().unwrap();
+            assert!(queue.push(later).await.is_ok());
         }
         drop(queue);
         let (client, daemon) = tokio::io::duplex(1 << 16);
