@@ -290,18 +290,26 @@ fn out_of_file_descriptors_the_daemon_pauses_accepting_and_serves_again_once_som
 #[test]
 fn once_stopping_the_daemon_refuses_new_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let mut daemon = Daemon::start(dir.path(), free_port(), &[]);
     let port = daemon.port;
-    // An open connection whose client has not closed keeps the daemon lingering a moment.
+    // An open connection whose client has not closed keeps the daemon lingering for 2 s.
     let open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let stopping = std::thread::spawn(move || daemon.stop());
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "a new client connected to a daemon that is stopping"
+    daemon.terminate();
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "new clients still connect to a daemon that is stopping"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        daemon.child.try_wait().expect("wait"),
+        None,
+        "refused while the daemon still runs"
     );
     drop(open);
-    assert!(stopping.join().expect("stop").success());
+    assert!(daemon.child.wait().expect("wait").success());
 }
 
 /// Resident memory of a process, in bytes (Linux).

@@ -97,10 +97,15 @@ impl Daemon {
 
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate();
+        self.child.wait().expect("wait")
+    }
+
+    /// SIGTERM, without waiting for the daemon to exit.
+    pub fn terminate(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.child.wait().expect("wait")
     }
 }
 
