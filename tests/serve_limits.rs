@@ -292,8 +292,15 @@ fn once_stopping_the_daemon_refuses_new_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut daemon = Daemon::start(dir.path(), free_port(), &[]);
     let port = daemon.port;
-    // An open connection whose client has not closed keeps the daemon lingering for 2 s.
-    let open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // An open connection whose client has not closed keeps the daemon lingering for 2 s. One
+    // round trip first, so that the daemon has surely accepted it before the stop.
+    let mut open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    writeln!(open, "{}", state("first")).expect("send");
+    let mut reply = String::new();
+    BufReader::new(&open).read_line(&mut reply).expect("ack");
+    assert!(reply.contains(r#"{"ack":"first"}"#), "{reply:?}");
     daemon.terminate();
     let deadline = Instant::now() + Duration::from_millis(1500);
     while TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -310,6 +317,35 @@ fn once_stopping_the_daemon_refuses_new_connections() {
     );
     drop(open);
     assert!(daemon.child.wait().expect("wait").success());
+}
+
+/// The signals a process catches, from its mask in /proc (Linux).
+fn caught_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .expect("SigCgt")
+}
+
+#[test]
+fn a_stop_sent_the_moment_the_daemon_says_ready_is_graceful() {
+    // A supervisor may stop the daemon as soon as it is ready; had it not caught the signals
+    // by then, the default action would end it at once, dropping what it had not answered.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = Daemon::start(dir.path(), free_port(), &[]);
+        let caught = caught_signals(daemon.child.id());
+        for (name, number) in [("SIGTERM", 15), ("SIGINT", 2)] {
+            assert_ne!(
+                caught & 1 << (number - 1),
+                0,
+                "{name} not caught when ready"
+            );
+        }
+        assert!(daemon.stop().success());
+    }
 }
 
 /// Resident memory of a process, in bytes (Linux).

@@ -285,10 +285,12 @@ async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> 
         .await
         .with_context(|| format!("cannot listen on {listen} for the web pages"))?;
     let address = listener.local_addr().unwrap_or(listen);
+    let mut signals =
+        buildstore::serve::StopSignals::install().context("cannot catch SIGTERM and SIGINT")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(buildstore::web::serve(listener, store, stopped));
     println!("buildstore web: serving http://{address}/");
-    buildstore::serve::wait_for_signal().await;
+    signals.recv().await;
     let _ = stop.send(true);
     server.await.context("the web server stopped abnormally")?;
     Ok(())

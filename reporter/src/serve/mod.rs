@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -84,11 +85,14 @@ pub enum ServeError {
     TokenRequired(SocketAddr),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("cannot catch SIGTERM and SIGINT: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then answers what was received, drains the spool for
 /// up to the grace period and returns.
 pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), ServeError> {
+    let mut signals = StopSignals::install().map_err(ServeError::Signals)?;
     for l in &config.listen {
         if let Listen::Tcp(addr) = l {
             if !addr.ip().is_loopback() && config.token.is_none() {
@@ -181,7 +185,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     }
     println!("buildstore serve: ready");
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("stopping: no new connections; answering what was received");
     let _ = engine.stop.send(true);
     while listeners.join_next().await.is_some() {}
@@ -195,12 +199,28 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+/// SIGTERM and SIGINT, caught from the moment this is made. Made before a daemon says it is
+/// ready, so that a stop sent right after that is graceful rather than the default exit, which
+/// would drop what was read but not yet answered.
+pub struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either signal.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
