@@ -1,9 +1,10 @@
-//! One client connection: every line gets exactly one reply, in order — `{"ack": EVENT_ID}` once
-//! the event is durably spooled, or `{"error": ..., "line": N}` for a line that is rejected. A
-//! rejected line never closes the connection and never reaches the store. The events of the
-//! lines a client sent in one write go to the spool together, without waiting for durability
-//! (so a client's window of events shares group commits), and are answered in order by a
-//! writer; a client that stops reading fills a bounded queue and is then disconnected.
+//! One client connection: every line, up to one the daemon closes on, gets exactly one reply, in
+//! order — `{"ack": EVENT_ID}` once the event is durably spooled, or `{"error": ..., "line": N}`
+//! for a line that is rejected. A rejected line never reaches the store, and closes the
+//! connection only before the hello on a listener that needs one. The events of the lines a
+//! client sent in one write go to the spool together, without waiting for durability (so a
+//! client's window of events shares group commits), and are answered in order by a writer; a
+//! client that stops reading fills a bounded queue and is then disconnected.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::lines::{buffered_line, next_line, RawLine};
-use crate::spool::{Appender, Pending};
+use crate::spool::{Appender, Pending, Sequence};
 
 /// Reply entries (one line's reply, or a run's) waiting to be written; past this the connection
 /// stops reading.
@@ -104,6 +105,8 @@ impl LineCounts {
 struct Conn {
     shared: Arc<Shared>,
     me: Arc<OpenConnection>,
+    /// The connection's lines reach the spool in order, and none after a failed write.
+    sequence: Sequence,
 }
 
 impl Conn {
@@ -247,6 +250,7 @@ pub async fn serve<S>(
     let conn = Conn {
         shared: Arc::clone(&shared),
         me,
+        sequence: Sequence::default(),
     };
     let (read, write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
@@ -341,7 +345,8 @@ async fn write_replies<W: AsyncWrite>(
     let mut write = std::pin::pin!(write);
     let mut out: Vec<u8> = Vec::with_capacity(REPLY_BUFFER);
     loop {
-        // The reply's share of the byte budget is given back once it is in the buffer.
+        // The reply's share of the byte budget is given back once it is handled: in the buffer,
+        // or once durable and in the buffer for a run still waiting for the spool.
         let Queued { reply, _bytes } = match replies.try_recv() {
             Ok(queued) => queued,
             Err(mpsc::error::TryRecvError::Empty) if !out.is_empty() => {
@@ -432,7 +437,12 @@ async fn submit(conn: &Conn, run: &mut Run, queue: &Replies) -> Result<(), Ended
         mut replies,
     } = std::mem::take(run);
     while let Some(first) = replies.first().map(|r| r.line) {
-        let (reply, outcome) = match conn.shared.appender.submit(&mut events).await {
+        let (reply, outcome) = match conn
+            .shared
+            .appender
+            .submit(&mut events, &conn.sequence)
+            .await
+        {
             Ok(pending) => {
                 let rest = replies.split_off(replies.len() - events.len());
                 let taken = std::mem::replace(&mut replies, rest);

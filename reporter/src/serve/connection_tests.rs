@@ -17,6 +17,7 @@ async fn a_failed_spool_write_refuses_its_first_line_and_nothing_after_it_is_ack
             peer: "test".into(),
             counts: LineCounts::default(),
         }),
+        sequence: Sequence::default(),
     };
     let run = |first: u64| {
         (first..first + 2)

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use handoff::Handoff;
-pub use writer::{AppendError, Appender, Pending, SpoolFull};
+pub use writer::{AppendError, Appender, Pending, Sequence, SpoolFull};
 
 /// Errors of the spool.
 #[derive(Debug, thiserror::Error)]

@@ -183,7 +183,7 @@ async fn a_submitted_run_gets_consecutive_ids_as_far_as_it_fits() {
         let a = appender.clone();
         let mut events = run(r * 10, 10);
         tasks.push(tokio::spawn(async move {
-            let pending = a.submit(&mut events).await.unwrap();
+            let pending = a.submit(&mut events, &Sequence::default()).await.unwrap();
             assert!(events.is_empty(), "all of it fits");
             (pending.durable().await.unwrap(), r)
         }));
@@ -200,11 +200,14 @@ async fn a_submitted_run_gets_consecutive_ids_as_far_as_it_fits() {
     }
     // 80 lines are held: of a run of 30, the first 20 are taken and 10 are left to the caller.
     let mut events = run(100, 30);
-    let first = appender.submit(&mut events).await.unwrap();
+    let first = appender
+        .submit(&mut events, &Sequence::default())
+        .await
+        .unwrap();
     first.durable().await.unwrap();
     assert_eq!(events, run(120, 10));
     assert_eq!(spool.depth().events, 100);
-    let err = appender.submit(&mut events).await;
+    let err = appender.submit(&mut events, &Sequence::default()).await;
     assert!(matches!(err, Err(AppendError::Full(_))));
     assert_eq!(events.len(), 10, "nothing is taken from a refused run");
 }
@@ -240,7 +243,12 @@ async fn a_caller_that_gives_up_waiting_for_the_writer_leaves_no_bytes_counted()
         let line = event(i).to_line();
         let len = line.len() as u64;
         let mut run = vec![(event(i), line)];
-        match tokio::time::timeout(Duration::from_millis(100), appender.submit(&mut run)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            appender.submit(&mut run, &Sequence::default()),
+        )
+        .await
+        {
             Ok(p) => pending.push(p.unwrap()),
             Err(_) => break,
         }
@@ -295,4 +303,45 @@ fn a_spool_of_the_one_row_per_event_layout_is_converted_in_order() {
     assert_eq!(text(&spool.read(0, 10_000).unwrap()), lines(5000)[10..]);
     assert_eq!(spool.depth().events, 4990);
     assert_eq!(spool.next_id(), first + 4990);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_write_fails_the_later_submissions_of_its_sequence_fail_unwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let held = Arc::new(AtomicU64::new(0));
+    let (appender, _task) = Appender::start(
+        spool.clone(),
+        Arc::new(Handoff::new(usize::MAX)),
+        Arc::clone(&held),
+        u64::MAX,
+    );
+    let one = |i: usize| vec![(event(i), event(i).to_line())];
+    // Another process holds the spool's write lock: the next write fails.
+    let other = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let connection = Sequence::default();
+    let failed = appender.submit(&mut one(0), &connection).await.unwrap();
+    assert!(matches!(failed.durable().await, Err(AppendError::Spool(_))));
+    other.execute_batch("COMMIT").unwrap();
+    // The client resends from event 0. Event 1, queued by its connection behind the failed
+    // write, must not be stored as well, nor ahead of event 0.
+    let behind = appender.submit(&mut one(1), &connection).await.unwrap();
+    assert!(matches!(
+        behind.durable().await,
+        Err(AppendError::AfterFailure)
+    ));
+    assert_eq!(spool.depth().events, 0, "nothing was written");
+    assert_eq!(held.load(Ordering::SeqCst), 0, "nor counted as held");
+    let mut resent = one(0);
+    resent.extend(one(1));
+    let first = appender
+        .submit(&mut resent, &Sequence::default())
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    let sent = vec![event(0).to_line(), event(1).to_line()];
+    assert_eq!(text(&spool.read(first, 10).unwrap()), sent);
 }

@@ -2,7 +2,7 @@
 //! moment into one transaction, so a thousand concurrent senders cost one fsync, not a thousand.
 //! Each durable group then goes on to the applier in memory through the [`Handoff`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use buildstore_schema::Event;
@@ -32,12 +32,32 @@ pub enum AppendError {
     Spool(String),
     #[error("the spool writer has stopped")]
     Closed,
+    #[error("not written: an earlier submission of the same sequence failed")]
+    AfterFailure,
+}
+
+/// The submissions of one caller that must reach the spool in order, such as one connection's.
+/// Once one of them fails to be written, the later ones fail too, unwritten, even those already
+/// queued: the caller resends from the first failed line, and a later line already durable
+/// would then be stored twice, and ahead of the lines before it.
+#[derive(Clone, Default)]
+pub struct Sequence(Arc<AtomicBool>);
+
+impl Sequence {
+    fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn fail(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Events one caller submitted together, with their protocol lines; they get consecutive ids.
 struct Request {
     events: Vec<(Event, String)>,
     bytes: usize,
+    sequence: Sequence,
     done: oneshot::Sender<Result<i64, AppendError>>,
 }
 
@@ -65,10 +85,14 @@ impl Appender {
 
     /// Queues for the next group commit the events at the front of `events` that fit in the
     /// spool, each with its protocol line, and takes them out of `events`: what is left did not
-    /// fit. They get consecutive ids, and what one caller queues one after the other is spooled
-    /// in that order. Await the returned [`Pending`] for durability. Submitting the lines of a
-    /// connection's read together saves a trip to the writer per line.
-    pub async fn submit(&self, events: &mut Vec<(Event, String)>) -> Result<Pending, AppendError> {
+    /// fit. They get consecutive ids, and what is submitted in one `sequence` is spooled in that
+    /// order, or not at all after a failure. Await the returned [`Pending`] for durability.
+    /// Submitting the lines of a connection's read together saves a trip to the writer per line.
+    pub async fn submit(
+        &self,
+        events: &mut Vec<(Event, String)>,
+        sequence: &Sequence,
+    ) -> Result<Pending, AppendError> {
         // A place in the writer's queue first: waiting for it is the only wait, so a caller that
         // gives up meanwhile (a timeout around `Reporter::send`) leaves nothing counted.
         let slot = self.tx.reserve().await.map_err(|_| AppendError::Closed)?;
@@ -89,6 +113,7 @@ impl Appender {
         let request = Request {
             events: events.drain(..count).collect(),
             bytes: len as usize,
+            sequence: sequence.clone(),
             done,
         };
         slot.send(request);
@@ -98,7 +123,12 @@ impl Appender {
     /// Appends one event and returns its spool id once it is durable.
     pub async fn append(&self, event: Event) -> Result<i64, AppendError> {
         let line = event.to_line();
-        self.submit(&mut vec![(event, line)]).await?.durable().await
+        // Nothing else is in its sequence: the caller waits for each append in turn.
+        let alone = Sequence::default();
+        self.submit(&mut vec![(event, line)], &alone)
+            .await?
+            .durable()
+            .await
     }
 }
 
@@ -160,11 +190,21 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
+        let (group, after_failure): (Vec<_>, Vec<_>) =
+            group.into_iter().partition(|r| !r.sequence.failed());
+        for r in after_failure {
+            held.fetch_sub(r.bytes as u64, Ordering::Relaxed); // reserved by `submit`
+            let _ = r.done.send(Err(AppendError::AfterFailure));
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let bytes: usize = group.iter().map(|r| r.bytes).sum();
         let mut lines = Vec::with_capacity(count);
         let mut events = Vec::with_capacity(count);
         let mut waiting = Vec::with_capacity(group.len());
         for r in group {
-            waiting.push((r.done, r.events.len() as i64));
+            waiting.push((r.done, r.events.len() as i64, r.sequence));
             for (event, line) in r.events {
                 events.push((event, line.len()));
                 lines.push(line);
@@ -178,7 +218,7 @@ async fn write_loop(
         match result {
             Ok(mut id) => {
                 handoff.push(id, events);
-                for (done, count) in waiting {
+                for (done, count, _) in waiting {
                     let _ = done.send(Ok(id));
                     id += count;
                 }
@@ -187,7 +227,8 @@ async fn write_loop(
                 held.fetch_sub(bytes as u64, Ordering::Relaxed); // reserved by `submit`
                 let message = e.to_string();
                 tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
-                for (done, _) in waiting {
+                for (done, _, sequence) in waiting {
+                    sequence.fail();
                     let _ = done.send(Err(AppendError::Spool(message.clone())));
                 }
             }
