@@ -395,7 +395,10 @@ fn stopping_answers_what_was_read_and_closes_without_a_reset() {
         .expect("timeout");
     let mut w = s.try_clone().expect("clone");
     let sent = lines.clone();
-    // The client sends everything and reads nothing until the daemon is told to stop.
+    let (read_all, done_reading) = std::sync::mpsc::channel::<()>();
+    // The client sends everything and reads nothing until the daemon is told to stop. It keeps
+    // its side open until it has read every reply, so the connection ends by the stop, never
+    // by the end of the client's input.
     let sender = std::thread::spawn(move || {
         for l in &sent {
             if w.write_all(l.as_bytes())
@@ -405,6 +408,7 @@ fn stopping_answers_what_was_read_and_closes_without_a_reset() {
                 return;
             }
         }
+        let _ = done_reading.recv();
         let _ = w.shutdown(std::net::Shutdown::Write);
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -424,6 +428,7 @@ fn stopping_answers_what_was_read_and_closes_without_a_reset() {
             Err(e) => break Err(e),
         }
     };
+    let _ = read_all.send(());
     assert!(end.is_ok(), "the replies end with a reset: {end:?}");
     assert!(stopping.join().expect("stop").success());
     let _ = sender.join();
