@@ -169,7 +169,12 @@ fn past_spool_max_events_are_refused_with_an_error_and_accepted_once_the_store_c
         &uri,
         &dir.path().join("spool"),
         free_port(),
-        &["--spool-max", &spool_max.to_string()],
+        &[
+            "--spool-max",
+            &spool_max.to_string(),
+            "--line-limit",
+            "50000",
+        ],
     );
     let lines = buildstore::synth::lines(&buildstore::synth::Shape {
         events: 3_000,

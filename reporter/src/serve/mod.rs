@@ -83,6 +83,11 @@ pub enum ServeError {
     },
     #[error("{0} is not a loopback address: a token is required (--token or BUILDSTORE_TOKEN)")]
     TokenRequired(SocketAddr),
+    #[error(
+        "--spool-max ({spool_max} bytes) must be at least twice --line-limit ({line_limit} \
+         bytes): an event that fits no empty spool would be refused forever"
+    )]
+    SpoolTooSmall { spool_max: u64, line_limit: usize },
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("cannot catch SIGTERM and SIGINT: {0}")]
@@ -93,6 +98,13 @@ pub enum ServeError {
 /// up to the grace period and returns.
 pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), ServeError> {
     let mut signals = StopSignals::install().map_err(ServeError::Signals)?;
+    // Twice, since the line spooled may be longer than the one read, by the event id added.
+    if config.spool_max < 2 * config.line_limit as u64 {
+        return Err(ServeError::SpoolTooSmall {
+            spool_max: config.spool_max,
+            line_limit: config.line_limit,
+        });
+    }
     for l in &config.listen {
         if let Listen::Tcp(addr) = l {
             if !addr.ip().is_loopback() && config.token.is_none() {
