@@ -25,6 +25,16 @@ pub struct Daemon {
     pub metrics: u16,
 }
 
+/// A test that fails midway must not leave its daemon running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Daemon {
     pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Daemon {
         let store = format!("sqlite:{}", dir.join("store.db").display());
