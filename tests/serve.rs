@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -227,7 +228,7 @@ fn status_prints_what_the_daemon_received_acknowledged_and_applied() {
         r#"{"type":"log","master_id":"m","build_id":9,"step":0,"channel":"stdout","text":"x"}"#,
     ];
     exchange(daemon.port, &lines);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let m = loop {
         let m = daemon.status();
         let settled = m.get("events_applied_total").copied().unwrap_or(0.0)
@@ -305,13 +306,16 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // A batch cut off by the outage may have recorded some of its events before it is sent
-    // again whole; those count as duplicates the second time.
-    let after = daemon.status();
-    assert_eq!(
-        after["events_applied_total"] + after["events_duplicate_total"],
-        lines.len() as f64,
-        "{after:?}"
-    );
+    // again whole; those count as duplicates the second time. The counts move just after the
+    // spool is released.
+    let counted =
+        |m: &HashMap<String, f64>| m["events_applied_total"] + m["events_duplicate_total"];
+    let mut after = daemon.status();
+    while counted(&after) < lines.len() as f64 && Instant::now() < drained {
+        std::thread::sleep(Duration::from_millis(100));
+        after = daemon.status();
+    }
+    assert_eq!(counted(&after), lines.len() as f64, "{after:?}");
     assert!(daemon.stop().success());
 
     assert_same_as_one_clean_ingest(&Db::at(peer.uri("outage")), &lines, dir.path());
@@ -431,7 +435,18 @@ fn stopping_answers_what_was_read_and_closes_without_a_reset() {
         let _ = done_reading.recv();
         let _ = w.shutdown(std::net::Shutdown::Write);
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The stop comes once the daemon has read what it will read: the count of lines received
+    // stays still (the client does not read its replies, so the daemon stops reading at some
+    // point, or it has read everything).
+    let mut received = -1.0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = daemon.status()["events_received_total"];
+        if now > 0.0 && now == received {
+            break;
+        }
+        received = now;
+    }
     let stopping = std::thread::spawn(move || daemon.stop());
 
     let mut r = BufReader::new(s);

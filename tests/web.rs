@@ -415,7 +415,7 @@ fn a_slow_reader_of_a_big_log_does_not_hold_up_the_daemons_stop() {
         != 16 * chunk.len()
     {
         assert!(
-            applied.elapsed() < Duration::from_secs(10),
+            applied.elapsed() < Duration::from_secs(60),
             "the log was not applied"
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -55,6 +55,9 @@ impl Daemon {
             .arg("--spool")
             .arg(spool)
             .args(["--metrics", &format!("127.0.0.1:{metrics}")])
+            // Tests compare the store after a stop: on a loaded machine the default 10 s of
+            // draining could run out first, leaving events for a next start that never comes.
+            .args(["--grace", "300"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -64,11 +67,16 @@ impl Daemon {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read");
-        assert_eq!(
-            line.trim(),
-            "buildstore serve: ready",
-            "daemon did not start"
-        );
+        if line.trim() != "buildstore serve: ready" {
+            // It exited: say why.
+            let mut why = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut why);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon did not start: {why}");
+        }
         Daemon {
             child,
             port,
@@ -126,6 +134,8 @@ pub fn store(dir: &Path) -> Db {
 /// Sends lines on one connection and returns one reply per line.
 pub fn exchange(port: u16, lines: &[&str]) -> Vec<Value> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
     for l in lines {
         s.write_all(l.as_bytes()).expect("send");
         s.write_all(b"\n").expect("send");
