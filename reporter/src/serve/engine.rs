@@ -39,6 +39,8 @@ impl Engine {
         grace: Duration,
     ) -> Result<Engine, SpoolError> {
         let spool = Spool::open(dir)?;
+        // The drain retries, with backoff, and counts every failure for the metrics.
+        store.leave_retries_to_caller();
         let held = Arc::new(AtomicU64::new(spool.depth().bytes));
         let handoff = Arc::new(Handoff::new(HANDOFF_BYTES));
         let (appender, writer) = Appender::start(

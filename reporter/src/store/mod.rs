@@ -120,6 +120,12 @@ pub struct CommitCursor {
 /// what the next batch builds on.
 #[async_trait]
 pub trait Apply: Send + Sync {
+    /// The caller retries failed batches itself and counts each failure, as the daemon's drain
+    /// does: a store that would otherwise try a batch again after a transient error (MongoDB,
+    /// for about as long as an election) returns the error at once, so an outage shows in the
+    /// caller's metrics when it starts rather than after the store's own retries.
+    fn leave_retries_to_caller(&self) {}
+
     /// Applies all of `batch` or none of it. Applying the same batch again changes nothing. The
     /// batch is taken, not borrowed: a store that writes on another thread needs no copy.
     async fn apply(&self, batch: Batch) -> Result<(), StoreError>;

@@ -9,6 +9,7 @@ mod exec;
 pub mod plan;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +33,9 @@ const ATTEMPTS: u32 = 8;
 
 pub struct MongoStore {
     db: Database,
+    /// Whether a batch that failed on a transient error is tried again here (see
+    /// [`Apply::leave_retries_to_caller`]).
+    retries: AtomicBool,
     /// Hosts and database, never credentials: what messages say.
     location: String,
     redact: Redactor,
@@ -79,6 +83,7 @@ impl MongoStore {
         })?;
         Ok(MongoStore {
             db: client.database(&db_name),
+            retries: AtomicBool::new(true),
             location,
             redact: Redactor { secrets },
         })
@@ -308,18 +313,27 @@ fn corrupt(c: Collection, id: &str, e: impl std::fmt::Display) -> StoreError {
 
 #[async_trait]
 impl Apply for MongoStore {
+    fn leave_retries_to_caller(&self) {
+        self.retries.store(false, Ordering::Relaxed);
+    }
+
     async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         let plan = plan::plan(&batch.mutations, &batch.events, bson::DateTime::now());
+        let attempts = if self.retries.load(Ordering::Relaxed) {
+            ATTEMPTS
+        } else {
+            1
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
             match exec::send(&self.db, &plan, &self.location, &self.redact).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(e)) if attempt >= ATTEMPTS => return Err(self.err(e)),
+                Err(Failure::Transient(e)) if attempt >= attempts => return Err(self.err(e)),
                 Err(Failure::Transient(e)) => {
                     let wait = backoff(attempt);
                     tracing::warn!(store = %self.location, attempt, ?wait, error = %self.redact.text(&e), "retrying a batch after a transient error");
@@ -568,3 +582,7 @@ impl Store for MongoStore {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "retry_tests.rs"]
+mod tests;

@@ -1,0 +1,46 @@
+//! What the store does with a batch it cannot send: try again, unless the caller retries.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A store on a port where nothing listens, each attempt waiting out a short server selection.
+async fn unreachable() -> MongoStore {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let uri = format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=200");
+    MongoStore::open(&uri).await.unwrap()
+}
+
+fn batch() -> Batch {
+    Batch {
+        events: vec!["m\u{0}e1".into()],
+        ..Batch::default()
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_retries_itself_gets_the_first_transient_error_at_once() {
+    let store = unreachable().await;
+    store.leave_retries_to_caller();
+    let started = Instant::now();
+    let failed = store.apply(batch()).await;
+    assert!(
+        matches!(failed, Err(StoreError::Unreachable { .. })),
+        "{failed:?}"
+    );
+    // The store's own retries would wait at least 16 s between attempts.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn between_its_own_attempts_the_store_waits_long_enough_to_ride_out_an_election() {
+    let waited: Duration = (1..ATTEMPTS).map(backoff).sum();
+    assert!(waited >= Duration::from_secs(12), "{waited:?}");
+}
