@@ -194,7 +194,8 @@ impl Applier {
 
     /// The store did not take a batch: memory may be ahead of the store, so the applier forgets
     /// what it holds and every batch prepared since must be prepared again, from what the store
-    /// holds. (The store applies batches atomically: nothing of the failed one is there.)
+    /// holds. (SQLite applies a batch atomically: nothing of the failed one is there. A MongoDB
+    /// store may hold part of it, which the next fold starts from.)
     pub fn forget(&mut self) {
         self.core.clear();
         for generation in &mut self.recent {

@@ -72,8 +72,11 @@ struct InFlight {
 ///
 /// Two batches are under way at once: while the store writes one, the next is folded. Events
 /// move through `queue` (taken from the spool), `ready` (folded into a batch) and `flight` (being
-/// written), in spool order. When a write fails, the applier forgets what it folded and both
-/// batches go back to the front of the queue, to be folded again from what the store holds.
+/// written), in spool order. When a write fails, the same batch is sent again after a pause, and
+/// the one folded on top of it waits: a store without transactions may hold part of the failed
+/// batch, and only the same batch again is sure to complete it without doubling any of it. Only
+/// when the store says the batch does not fit what it holds does the applier forget what it
+/// folded, and both batches go back to the front of the queue, to be folded again from the store.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     spool: Spool,
@@ -104,6 +107,8 @@ pub async fn run(
     };
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
+    // A batch whose write failed, to be sent again as it is.
+    let mut again: Option<(Unconfirmed, Prepared)> = None;
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
@@ -114,24 +119,29 @@ pub async fn run(
             );
             return;
         }
-        // The store is free: it writes what is folded.
-        let flight = ready
+        // The store is free: it writes what failed before, or else what is folded.
+        let flight = again
             .take()
+            .or_else(|| ready.take())
             .map(|(taken, prepared)| InFlight::start(&store, taken, prepared));
-        // Meanwhile the next events are folded.
+        // Meanwhile the next events are folded, unless they are already.
         let mut failed = None;
-        if queue.is_empty() {
+        if queue.is_empty() && ready.is_none() {
             if let Some(taken) = take(&spool, &handoff, next).await {
                 next = taken.through + 1;
                 queue.push_back(taken);
             }
         }
         if let Some(taken) = queue.pop_front() {
-            match applier.prepare(store.as_ref(), &taken.events, false).await {
-                Ok(prepared) => ready = Some((taken, prepared)),
-                Err(e) => {
-                    queue.push_front(taken);
-                    failed = Some(e);
+            if ready.is_some() {
+                queue.push_front(taken);
+            } else {
+                match applier.prepare(store.as_ref(), &taken.events, false).await {
+                    Ok(prepared) => ready = Some((taken, prepared)),
+                    Err(e) => {
+                        queue.push_front(taken);
+                        failed = Some(e);
+                    }
                 }
             }
         }
@@ -146,6 +156,10 @@ pub async fn run(
                     let next = ready.as_ref().map(|(_, p)| p);
                     let outcomes = applier.confirmed(f.prepared, next);
                     confirm(&spool, &held, &counters, f.taken.through, outcomes).await;
+                }
+                Err(e) if !e.batch_does_not_fit() => {
+                    again = Some((f.taken, f.prepared));
+                    failed = Some(e);
                 }
                 Err(e) => {
                     // What was folded since was folded on top of it: both are folded again.
@@ -179,8 +193,9 @@ pub async fn run(
 
 impl InFlight {
     /// Hands the batch of `prepared` to the store, on a task of its own.
-    fn start(store: &Arc<dyn Apply>, taken: Unconfirmed, mut prepared: Prepared) -> InFlight {
-        let batch = std::mem::take(&mut prepared.batch);
+    fn start(store: &Arc<dyn Apply>, taken: Unconfirmed, prepared: Prepared) -> InFlight {
+        // A copy: the batch is kept to be sent again if the write fails.
+        let batch = prepared.batch.clone();
         let store = Arc::clone(store);
         InFlight {
             taken,

@@ -50,17 +50,58 @@ async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
     assert_eq!(next, spool.next_id());
 }
 
+/// How a write fails.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// Nothing of the batch is written.
+    Whole,
+    /// After the first half of its mutations is written, as a store without transactions may.
+    Halfway,
+    /// Nothing is written, and the store says the batch does not fit what it holds.
+    DoesNotFit,
+}
+
 /// Writes to `inner`, but fails the write of batch number `fail_at` (counting from 0) once.
 struct FailingWrite {
     inner: SqliteStore,
     fail_at: usize,
+    failure: Failure,
     writes: AtomicUsize,
+}
+
+impl FailingWrite {
+    async fn at(dir: &std::path::Path, fail_at: usize, failure: Failure) -> FailingWrite {
+        FailingWrite {
+            inner: open_in(dir, "s.db").await,
+            fail_at,
+            failure,
+            writes: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[async_trait]
 impl Apply for FailingWrite {
     async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
+            match self.failure {
+                Failure::Whole => {}
+                Failure::Halfway => {
+                    let half = batch.mutations[..batch.mutations.len() / 2].to_vec();
+                    self.inner
+                        .apply(Batch {
+                            mutations: half,
+                            events: Vec::new(),
+                        })
+                        .await?;
+                }
+                Failure::DoesNotFit => {
+                    return Err(StoreError::Missing {
+                        collection: Collection::Builds,
+                        id: "b".into(),
+                    })
+                }
+            }
             return Err(StoreError::Task("the write failed".into()));
         }
         self.inner.apply(batch).await
@@ -85,33 +126,25 @@ async fn export(store: &dyn Store) -> Vec<Document> {
     all
 }
 
-#[tokio::test]
-async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing() {
+/// Drains `lines` through a store whose write of the second batch fails once (its builds were
+/// written by the first, and the third is folded on top of it when it fails), and checks that
+/// the store ends up as one clean fold of the events would leave it.
+async fn drain_through_a_failed_write(lines: &[String], failure: Failure) {
     let dir = tempfile::tempdir().unwrap();
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events: 3 * BATCH_EVENTS + 500,
-        ..Default::default()
-    });
     let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     let handoff = Arc::new(Handoff::new(usize::MAX));
-    let first = spool.append(&lines).unwrap();
+    let first = spool.append(lines).unwrap();
     handoff.push(
         first,
         events
             .iter()
-            .zip(&lines)
+            .zip(lines)
             .map(|(e, l)| (e.clone(), l.len()))
             .collect(),
     );
     handoff.close();
-    let store = Arc::new(FailingWrite {
-        inner: open_in(dir.path(), "s.db").await,
-        // The second batch: its builds were written by the first, and the third is folded on
-        // top of it when it fails.
-        fail_at: 1,
-        writes: AtomicUsize::new(0),
-    });
+    let store = Arc::new(FailingWrite::at(dir.path(), 1, failure).await);
     let counters = Arc::new(DrainCounters::default());
     let (_stop, stopped) = watch::channel(true); // drain what there is, then return
     run(
@@ -135,6 +168,41 @@ async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing
     let mut applier = Applier::new(Core::new(CoreConfig::default()));
     applier.apply_chunk(&clean, &events, false).await.unwrap();
     assert_eq!(export(&store.inner).await, export(&clean).await);
+}
+
+fn stream() -> Vec<String> {
+    crate::synth::lines(&crate::synth::Shape {
+        events: 3 * BATCH_EVENTS + 500,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_failed_write_while_the_next_batch_is_folded_loses_and_doubles_nothing() {
+    drain_through_a_failed_write(&stream(), Failure::Whole).await;
+}
+
+#[tokio::test]
+async fn a_batch_that_does_not_fit_the_store_is_folded_again_from_it() {
+    drain_through_a_failed_write(&stream(), Failure::DoesNotFit).await;
+}
+
+#[tokio::test]
+async fn a_write_that_failed_halfway_is_completed_without_doubling_log_text_sent_without_offsets() {
+    // Without an offset a log chunk goes at the end of what the store holds: folded again after
+    // half the batch was written, it would be appended a second time.
+    let lines: Vec<String> = stream()
+        .iter()
+        .map(|line| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["type"] == "log" {
+                v.as_object_mut().unwrap().remove("offset");
+            }
+            v.to_string()
+        })
+        .collect();
+    assert!(!lines.iter().any(|l| l.contains("\"offset\"")));
+    drain_through_a_failed_write(&lines, Failure::Halfway).await;
 }
 
 /// A store that is down: every write fails.

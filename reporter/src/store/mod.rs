@@ -62,6 +62,18 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// The batch does not fit what the store holds (a document or a log is not where the
+    /// applier thought): sending it again cannot succeed, folding its events again from the
+    /// store can. Any other failure may pass, and the same batch is sent again.
+    pub fn batch_does_not_fit(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Missing { .. } | StoreError::LogConflict { .. }
+        )
+    }
+}
+
 /// Which builds to list: newest `time_start` first, ties broken by `_id` descending, so that a
 /// [`BuildCursor`] taken from the last build of one page starts the next page exactly.
 #[derive(Debug, Clone, Default, PartialEq)]
