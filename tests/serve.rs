@@ -408,7 +408,7 @@ fn thousands_of_bad_lines_are_answered_and_the_valid_events_all_stored() {
 #[test]
 fn stopping_answers_what_was_read_and_closes_without_a_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let daemon = Daemon::start(dir.path(), free_port(), &["--reply-timeout", "300"]);
     let lines = buildstore::synth::lines(&buildstore::synth::Shape {
         events: 20_000,
         ..Default::default()
@@ -438,12 +438,17 @@ fn stopping_answers_what_was_read_and_closes_without_a_reset() {
     // stays still (the client does not read its replies, so the daemon stops reading at some
     // point, or it has read everything).
     let mut received = -1.0;
+    let settling = Instant::now() + Duration::from_secs(60);
     loop {
         std::thread::sleep(Duration::from_millis(300));
         let now = daemon.status()["events_received_total"];
         if now > 0.0 && now == received {
             break;
         }
+        assert!(
+            Instant::now() < settling,
+            "the daemon never stopped reading"
+        );
         received = now;
     }
     let stopping = std::thread::spawn(move || daemon.stop());

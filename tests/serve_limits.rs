@@ -311,8 +311,8 @@ fn once_stopping_the_daemon_refuses_new_connections() {
     // stop, not from the process being gone.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let running = daemon.child.try_wait().expect("wait").is_none();
         if TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let running = daemon.child.try_wait().expect("wait").is_none();
             assert!(running, "new clients connected until the daemon exited");
             break;
         }

@@ -67,7 +67,8 @@ enum Command {
     /// Serve the socket feed: events as JSON lines over TCP or a Unix socket, each acknowledged
     /// once it is durably spooled, applied to the store in batches.
     ///
-    /// Every line gets one reply, in order: {"ack": EVENT_ID} or {"error": ..., "line": N}.
+    /// Every line gets one reply, in order: {"ack": EVENT_ID} or {"error": ..., "line": N}; after
+    /// an error marked "closing", the daemon closes the connection.
     /// SIGTERM or SIGINT stops it: it answers what it received, drains the spool into the store
     /// for up to --grace, and exits 0; what is left is applied at the next start.
     Serve {
@@ -77,7 +78,8 @@ enum Command {
         /// Directory of the spool [default: next to an embedded store, else ./buildstore.spool].
         #[arg(long, value_name = "DIR")]
         spool: Option<std::path::PathBuf>,
-        /// Bytes the spool may hold while the store is behind; past it, events get an error.
+        /// Bytes the spool may hold while the store is behind; past it, events get an error. At
+        /// least twice --line-limit.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
         spool_max: u64,
         /// Longest accepted line, in bytes.

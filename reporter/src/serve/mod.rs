@@ -99,7 +99,7 @@ pub enum ServeError {
 pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), ServeError> {
     let mut signals = StopSignals::install().map_err(ServeError::Signals)?;
     // Twice, since the line spooled may be longer than the one read, by the event id added.
-    if config.spool_max < 2 * config.line_limit as u64 {
+    if config.line_limit as u64 > config.spool_max / 2 {
         return Err(ServeError::SpoolTooSmall {
             spool_max: config.spool_max,
             line_limit: config.line_limit,
