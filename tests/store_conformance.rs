@@ -393,12 +393,15 @@ fn batches_applied_twice_leave_the_same_documents_and_logs_in_every_store() {
         let mongo = store::open(&fresh_database("twice")).await.expect("mongo");
         mongo.init().await.expect("init");
         for b in &batches {
-            sqlite.apply(b.clone()).await.expect("sqlite apply");
-            mongo.apply(b.clone()).await.expect("mongo apply");
-            mongo.apply(b.clone()).await.expect("mongo apply again");
+            sqlite.apply(b.clone().into()).await.expect("sqlite apply");
+            mongo.apply(b.clone().into()).await.expect("mongo apply");
+            mongo
+                .apply(b.clone().into())
+                .await
+                .expect("mongo apply again");
         }
         for b in &batches[batches.len() / 2..] {
-            mongo.apply(b.clone()).await.expect("mongo replay");
+            mongo.apply(b.clone().into()).await.expect("mongo replay");
         }
         let to_json = |docs: Vec<bson::Document>| -> Vec<Value> {
             docs.iter()

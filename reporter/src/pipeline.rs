@@ -80,7 +80,10 @@ impl Applier {
         stop_at_error: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut prepared = self.prepare(store, events, stop_at_error).await?;
-        if let Err(e) = store.apply(std::mem::take(&mut prepared.batch)).await {
+        if let Err(e) = store
+            .apply(std::mem::take(&mut prepared.batch).into())
+            .await
+        {
             self.forget();
             return Err(e);
         }
@@ -342,7 +345,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                 && !folded.as_ref().is_some_and(|f| f.ends_run(keep_going));
             let write = async {
                 match folded.as_mut().and_then(|f| f.prepared.as_mut()) {
-                    Some(p) => store.apply(std::mem::take(&mut p.batch)).await,
+                    Some(p) => store.apply(std::mem::take(&mut p.batch).into()).await,
                     None => Ok(()),
                 }
             };

@@ -13,6 +13,7 @@ use buildstore_schema::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::core::Batch;
 use crate::pipeline::{Applier, Outcome, Prepared};
 use crate::spool::{Handoff, Spool};
 use crate::store::{Apply, StoreError};
@@ -65,6 +66,8 @@ struct Unconfirmed {
 struct InFlight {
     taken: Unconfirmed,
     prepared: Prepared,
+    /// The batch of `prepared`, shared with the write and kept to be sent again.
+    batch: Arc<Batch>,
     write: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -108,7 +111,7 @@ pub async fn run(
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
     // A batch whose write failed, to be sent again as it is.
-    let mut again: Option<(Unconfirmed, Prepared)> = None;
+    let mut again: Option<(Unconfirmed, Prepared, Arc<Batch>)> = None;
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
@@ -120,10 +123,13 @@ pub async fn run(
             return;
         }
         // The store is free: it writes what failed before, or else what is folded.
-        let flight = again
-            .take()
-            .or_else(|| ready.take())
-            .map(|(taken, prepared)| InFlight::start(&store, taken, prepared));
+        let flight = match again.take() {
+            Some((taken, prepared, batch)) => Some(InFlight::start(&store, taken, prepared, batch)),
+            None => ready.take().map(|(taken, mut prepared)| {
+                let batch = Arc::new(std::mem::take(&mut prepared.batch));
+                InFlight::start(&store, taken, prepared, batch)
+            }),
+        };
         // Meanwhile the next events are folded, unless they are already.
         let mut failed = None;
         if queue.is_empty() && ready.is_none() {
@@ -155,10 +161,15 @@ pub async fn run(
                     failures = 0;
                     let next = ready.as_ref().map(|(_, p)| p);
                     let outcomes = applier.confirmed(f.prepared, next);
-                    confirm(&spool, &held, &counters, f.taken.through, outcomes).await;
+                    let through = f.taken.through;
+                    // Freeing thousands of events and mutations takes a while: not on the
+                    // drain's path.
+                    let (batch, events) = (f.batch, f.taken.events);
+                    tokio::task::spawn_blocking(move || drop((batch, events)));
+                    confirm(&spool, &held, &counters, through, outcomes).await;
                 }
                 Err(e) if !e.batch_does_not_fit() => {
-                    again = Some((f.taken, f.prepared));
+                    again = Some((f.taken, f.prepared, f.batch));
                     failed = Some(e);
                 }
                 Err(e) => {
@@ -192,15 +203,20 @@ pub async fn run(
 }
 
 impl InFlight {
-    /// Hands the batch of `prepared` to the store, on a task of its own.
-    fn start(store: &Arc<dyn Apply>, taken: Unconfirmed, prepared: Prepared) -> InFlight {
-        // A copy: the batch is kept to be sent again if the write fails.
-        let batch = prepared.batch.clone();
+    /// Hands `batch`, folded as `prepared`, to the store, on a task of its own.
+    fn start(
+        store: &Arc<dyn Apply>,
+        taken: Unconfirmed,
+        prepared: Prepared,
+        batch: Arc<Batch>,
+    ) -> InFlight {
         let store = Arc::clone(store);
+        let shared = Arc::clone(&batch);
         InFlight {
             taken,
             prepared,
-            write: tokio::spawn(async move { store.apply(batch).await }),
+            batch,
+            write: tokio::spawn(async move { store.apply(shared).await }),
         }
     }
 }

@@ -82,17 +82,17 @@ impl FailingWrite {
 
 #[async_trait]
 impl Apply for FailingWrite {
-    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
         if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
             match self.failure {
                 Failure::Whole => {}
                 Failure::Halfway => {
                     let half = batch.mutations[..batch.mutations.len() / 2].to_vec();
                     self.inner
-                        .apply(Batch {
+                        .apply(Arc::new(Batch {
                             mutations: half,
                             events: Vec::new(),
-                        })
+                        }))
                         .await?;
                 }
                 Failure::DoesNotFit => {
@@ -210,7 +210,7 @@ struct Down;
 
 #[async_trait]
 impl Apply for Down {
-    async fn apply(&self, _: Batch) -> Result<(), StoreError> {
+    async fn apply(&self, _: Arc<Batch>) -> Result<(), StoreError> {
         Err(StoreError::Task("the store is down".into()))
     }
     async fn applied_events(&self, _: &[String]) -> Result<HashSet<String>, StoreError> {

@@ -8,6 +8,7 @@ pub mod mongo;
 mod sqlite;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bson::Document;
@@ -138,9 +139,11 @@ pub trait Apply: Send + Sync {
     /// caller's metrics when it starts rather than after the store's own retries.
     fn leave_retries_to_caller(&self) {}
 
-    /// Applies all of `batch` or none of it. Applying the same batch again changes nothing. The
-    /// batch is taken, not borrowed: a store that writes on another thread needs no copy.
-    async fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Applies all of `batch` or none of it (or, on a store without transactions, part of it
+    /// when it fails). Applying the same batch again changes nothing. The batch is shared, not
+    /// borrowed: a store that writes on another thread needs no copy, nor does a caller that
+    /// keeps it to send again.
+    async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError>;
 
     /// Which of these event keys are already applied.
     async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;

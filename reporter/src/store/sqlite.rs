@@ -363,7 +363,7 @@ fn read_log(
 
 #[async_trait]
 impl Apply for SqliteStore {
-    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }

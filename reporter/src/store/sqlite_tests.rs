@@ -46,13 +46,13 @@ async fn applying_every_batch_twice_gives_the_same_documents_as_once() {
     let twice = open_in(dir.path(), "twice.db").await;
     let batches = batches(97);
     for b in &batches {
-        once.apply(b.clone()).await.unwrap();
-        twice.apply(b.clone()).await.unwrap();
-        twice.apply(b.clone()).await.unwrap();
+        once.apply(b.clone().into()).await.unwrap();
+        twice.apply(b.clone().into()).await.unwrap();
+        twice.apply(b.clone().into()).await.unwrap();
     }
     // And a whole replay after the fact, as after a crash before the confirmation.
     for b in &batches[batches.len() / 2..] {
-        twice.apply(b.clone()).await.unwrap();
+        twice.apply(b.clone().into()).await.unwrap();
     }
     let a = export_all(&once).await;
     assert!(a.len() > 400);
@@ -73,7 +73,7 @@ async fn the_index_columns_agree_with_the_documents_after_any_batching() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(dir.path(), "s.db").await;
     for b in &batches(7) {
-        store.apply(b.clone()).await.unwrap();
+        store.apply(b.clone().into()).await.unwrap();
     }
     let conn = store.conn.lock().unwrap();
     let mut finished = 0;
@@ -117,18 +117,18 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
         .filter(|m| matches!(m, Mutation::AppendLog { offset, .. } if *offset > 0))
         .collect();
     store
-        .apply(Batch {
+        .apply(Arc::new(Batch {
             mutations: rest,
             events: vec![],
-        })
+        }))
         .await
         .unwrap();
     let before = export_all(&store).await;
     let err = store
-        .apply(Batch {
+        .apply(Arc::new(Batch {
             mutations: logs,
             events: vec!["k".into()],
-        })
+        }))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LogConflict { .. }), "{err}");
@@ -145,7 +145,7 @@ async fn reads_page_by_id_and_filter_builds() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(dir.path(), "s.db").await;
     for b in batches(500) {
-        store.apply(b).await.unwrap();
+        store.apply(b.into()).await.unwrap();
     }
     let all = store
         .list(Collection::Builds, None, usize::MAX)

@@ -317,7 +317,7 @@ impl Apply for MongoStore {
         self.retries.store(false, Ordering::Relaxed);
     }
 
-    async fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    async fn apply(&self, batch: std::sync::Arc<Batch>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -26,7 +26,7 @@ async fn a_caller_that_retries_itself_gets_the_first_transient_error_at_once() {
     let store = unreachable().await;
     store.leave_retries_to_caller();
     let started = Instant::now();
-    let failed = store.apply(batch()).await;
+    let failed = store.apply(batch().into()).await;
     assert!(
         matches!(failed, Err(StoreError::Unreachable { .. })),
         "{failed:?}"
