@@ -63,18 +63,21 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start serve");
+        // Its log is read all along: a full pipe would block the daemon at its next warning.
+        let err = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(err), &mut text);
+            text
+        });
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read");
         if line.trim() != "buildstore serve: ready" {
-            // It exited: say why.
-            let mut why = String::new();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut err, &mut why);
-            }
             let _ = child.kill();
             let _ = child.wait();
+            let why = log.join().unwrap_or_default();
             panic!("the daemon did not start: {why}");
         }
         Daemon {
