@@ -387,8 +387,9 @@ async fn write_replies<W: AsyncWrite>(
                         // The spool failed to write the group. As when it is full, the first
                         // refused line is answered and the connection closes, so that no later
                         // line is acknowledged ahead of it: the client resends from that line.
-                        // The lines after it go unanswered, as if unread.
-                        conn.count_many(Tally::Rejected, run.len() as u64);
+                        // The lines after it go unanswered, as if unread: only the answered one
+                        // counts as rejected.
+                        conn.count(Tally::Rejected);
                         let first = run.first().map_or(0, |r| r.line);
                         out.extend_from_slice(error_reply(first, e, true, true).as_bytes());
                         out.push(b'\n');

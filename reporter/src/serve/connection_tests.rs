@@ -42,7 +42,7 @@ async fn a_failed_spool_write_refuses_its_first_line_and_nothing_after_it_is_ack
     }
     drop(queue);
     let (client, daemon) = tokio::io::duplex(1 << 16);
-    write_replies(daemon, replies, conn, Duration::from_secs(5)).await;
+    write_replies(daemon, replies, conn.clone(), Duration::from_secs(5)).await;
     let mut text = String::new();
     let mut client = client;
     client.read_to_string(&mut text).await.unwrap();
@@ -56,4 +56,11 @@ async fn a_failed_spool_write_refuses_its_first_line_and_nothing_after_it_is_ack
     assert_eq!(got[2]["line"], 3);
     assert_eq!(got[2]["retry"], true);
     assert_eq!(got[2]["closing"], true, "the client resends from line 3");
+    let counts = &conn.me.counts;
+    assert_eq!(counts.acknowledged.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        counts.rejected.load(Ordering::SeqCst),
+        1,
+        "only the line answered with the error"
+    );
 }
