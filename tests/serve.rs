@@ -96,6 +96,53 @@ fn a_listener_beyond_loopback_needs_a_token() {
     );
 }
 
+/// With the store down, the drain would go on for the whole grace period: a second signal ends
+/// it at once, and the next start applies what the spool kept.
+#[test]
+fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "second") else {
+        return; // needs a server this test can stop
+    };
+    let peer_port = peer.port;
+    let spool = dir.path().join("spool");
+    let daemon = Daemon::on(&uri, &spool, free_port(), &[]);
+    peer.kill();
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 500,
+        ..Default::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
+    daemon.terminate();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut daemon = daemon;
+    assert!(
+        daemon.child.try_wait().expect("wait").is_none(),
+        "still draining into a store that is down (grace 300 s)"
+    );
+    daemon.terminate();
+    let stopped = loop {
+        if let Some(status) = daemon.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a second signal did not stop it");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(stopped.success(), "{stopped:?}");
+
+    let peer = restart_peer(dir.path(), peer_port);
+    let daemon = Daemon::on(&uri, &spool, free_port(), &[]);
+    let drained = Instant::now() + Duration::from_secs(90);
+    while daemon.status()["spool_events"] > 0.0 {
+        assert!(Instant::now() < drained, "{:?}", daemon.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.stop().success());
+    assert_same_as_one_clean_ingest(&Db::at(peer.uri("second")), &lines, dir.path());
+    peer.kill();
+}
+
 #[test]
 fn a_spool_too_small_for_the_longest_line_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");

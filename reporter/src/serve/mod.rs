@@ -200,9 +200,19 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     signals.recv().await;
     tracing::info!("stopping: no new connections; answering what was received");
     let _ = engine.stop.send(true);
-    while listeners.join_next().await.is_some() {}
-    drop(shared);
-    engine.finish().await;
+    let finish = async {
+        while listeners.join_next().await.is_some() {}
+        drop(shared);
+        engine.finish().await;
+    };
+    // A store that is down would keep the drain going for the whole grace period: a second
+    // signal ends it now. Nothing is lost; the spool keeps what was not applied.
+    tokio::select! {
+        () = finish => {}
+        () = signals.recv() => {
+            tracing::warn!("stopped by a second signal: what the spool holds is applied at the next start");
+        }
+    }
     for l in &config.listen {
         if let Listen::Unix(path) = l {
             let _ = std::fs::remove_file(path);
