@@ -114,8 +114,10 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
+    // A terminal's SIGINT and a wrapper's SIGTERM, sent together, are one stop.
     daemon.terminate();
-    std::thread::sleep(Duration::from_secs(1));
+    daemon.signal("INT");
+    std::thread::sleep(Duration::from_secs(3));
     let mut daemon = daemon;
     assert!(
         daemon.child.try_wait().expect("wait").is_none(),

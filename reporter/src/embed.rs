@@ -113,7 +113,7 @@ impl Reporter {
 
     /// Drains the spool into the store (for up to the grace period) and stops.
     pub async fn shutdown(self) {
-        self.engine.finish().await;
+        self.engine.finish(std::future::pending()).await;
     }
 }
 

@@ -95,7 +95,8 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         reply_timeout: u64,
         /// Seconds to keep draining the spool into the store after SIGTERM; a second SIGTERM or
-        /// SIGINT ends it at once (the spool keeps the rest for the next start).
+        /// SIGINT, a second or more later, stops at once (the spool keeps the rest for the next
+        /// start).
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         grace: u64,
         /// Most bytes of each log channel kept inline in step documents; the store keeps the rest.

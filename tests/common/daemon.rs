@@ -124,8 +124,13 @@ impl Daemon {
 
     /// SIGTERM, without waiting for the daemon to exit.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal of that name, without waiting.
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
     }
 }

@@ -113,6 +113,10 @@ pub async fn run(
     // A batch whose write failed, to be sent again as it is.
     let mut again: Option<(Unconfirmed, Prepared, Arc<Batch>)> = None;
     loop {
+        // The engine is gone, or a stop cannot wait: end now; the spool keeps the rest.
+        if stop.has_changed().is_err() {
+            return;
+        }
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(Instant::now() + grace);
         }

@@ -222,6 +222,38 @@ impl Apply for Down {
 }
 
 #[tokio::test]
+async fn once_its_engine_is_gone_the_drain_ends_at_once_and_the_spool_keeps_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 50,
+        ..Default::default()
+    });
+    let spool = Spool::open(dir.path()).unwrap();
+    spool.append(&lines).unwrap();
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    let (stop, stopped) = watch::channel(true);
+    let drain = tokio::spawn(run(
+        spool.clone(),
+        handoff,
+        Arc::new(Down),
+        Applier::new(Core::new(CoreConfig::default())),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(DrainCounters::default()),
+        stopped,
+        Duration::from_secs(300),
+    ));
+    // Draining into a store that is down, for up to 300 s, until the sender goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!drain.is_finished());
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("the drain ended")
+        .unwrap();
+    assert_eq!(spool.depth().events, lines.len() as u64, "nothing released");
+}
+
+#[tokio::test]
 async fn with_the_store_down_retries_back_off_and_stopping_ends_at_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     let lines = crate::synth::lines(&crate::synth::Shape {

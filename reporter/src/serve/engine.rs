@@ -20,6 +20,10 @@ use crate::store::Store;
 /// the drain reads them back from the file.
 const HANDOFF_BYTES: usize = 64 << 20;
 
+/// How long a stop that cannot wait lets the store write under way end: one cut off may leave a
+/// MongoDB batch in part, which the next start folds again from.
+const NOW_WAIT: Duration = Duration::from_secs(15);
+
 pub struct Engine {
     pub spool: Spool,
     pub appender: Appender,
@@ -72,11 +76,31 @@ impl Engine {
     }
 
     /// Stops: the writer once every other appender handle is gone, then the drain after it has
-    /// emptied the spool into the store (or the grace period is over).
-    pub async fn finish(self) {
-        let _ = self.stop.send(true);
-        drop(self.appender);
-        let _ = self.writer.await;
-        let _ = self.drain.await;
+    /// emptied the spool into the store (or the grace period is over), unless `now` completes
+    /// first: then the drain ends once the write under way is done (for at most `NOW_WAIT`),
+    /// and the spool keeps the rest for the next start.
+    pub async fn finish(self, now: impl std::future::Future<Output = ()>) {
+        let Engine {
+            stop,
+            appender,
+            writer,
+            mut drain,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        drop(appender);
+        let done = async {
+            let _ = writer.await;
+            let _ = (&mut drain).await;
+        };
+        tokio::select! {
+            () = done => return,
+            () = now => {}
+        }
+        // A closed channel tells the drain to stop now.
+        drop(stop);
+        if tokio::time::timeout(NOW_WAIT, drain).await.is_err() {
+            tracing::warn!("the store write under way did not end in time; it is cut off");
+        }
     }
 }

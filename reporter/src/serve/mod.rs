@@ -200,18 +200,27 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     signals.recv().await;
     tracing::info!("stopping: no new connections; answering what was received");
     let _ = engine.stop.send(true);
-    let finish = async {
-        while listeners.join_next().await.is_some() {}
-        drop(shared);
-        engine.finish().await;
-    };
     // A store that is down would keep the drain going for the whole grace period: a second
-    // signal ends it now. Nothing is lost; the spool keeps what was not applied.
-    tokio::select! {
-        () = finish => {}
-        () = signals.recv() => {
-            tracing::warn!("stopped by a second signal: what the spool holds is applied at the next start");
-        }
+    // signal ends it now. Nothing acknowledged is lost; the spool keeps what was not applied.
+    let second = async {
+        signals.recv_later(SIGNAL_QUIET).await;
+        tracing::warn!(
+            "stopping now, at a second signal: what the spool holds is applied at the next start"
+        );
+    };
+    let mut second = std::pin::pin!(second);
+    let answered = async { while listeners.join_next().await.is_some() {} };
+    let now = tokio::select! {
+        () = answered => false,
+        () = &mut second => true,
+    };
+    // Connections still open are dropped now: their clients resend what was not acknowledged.
+    drop(listeners);
+    drop(shared);
+    if now {
+        engine.finish(std::future::ready(())).await;
+    } else {
+        engine.finish(second).await;
     }
     for l in &config.listen {
         if let Listen::Unix(path) = l {
@@ -235,6 +244,17 @@ impl StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
         })
+    }
+
+    /// Waits for a signal that comes at least `quiet` from now. One that came with the first,
+    /// such as a terminal's SIGINT and a wrapper's SIGTERM sent together, does not count.
+    pub async fn recv_later(&mut self, quiet: Duration) {
+        tokio::time::sleep(quiet).await;
+        while tokio::time::timeout(Duration::ZERO, self.recv())
+            .await
+            .is_ok()
+        {}
+        self.recv().await;
     }
 
     /// Waits for either signal.
@@ -312,6 +332,9 @@ async fn accept_loop<L: Accept>(
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
+
+/// A second signal stops at once only if it comes this long after the first.
+const SIGNAL_QUIET: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after a failed accept.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
