@@ -395,3 +395,58 @@ fn a_client_that_does_not_read_cannot_pile_up_long_replies_in_the_daemon() {
     );
     daemon.kill();
 }
+
+/// A MongoDB batch cut off after its documents were written (the insert of its event ids is
+/// refused, as by a server stepping down) is completed by sending the same batch again: log
+/// chunks sent without an offset are not appended twice.
+#[test]
+fn a_mongodb_batch_cut_off_after_its_documents_is_completed_without_doubling_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "cutoff") else {
+        return; // the fail point is the test peer's (a real server needs test commands)
+    };
+    let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
+    let fail_inserts = |mode: bson::Bson| {
+        common::mongo::on_database(&peer.uri("admin"), |db| async move {
+            db.run_command(bson::doc! {
+                "configureFailPoint": "failCommand",
+                "mode": mode,
+                "data": {"failCommands": ["insert"], "errorCode": 91},
+            })
+            .await
+            .expect("fail point")
+        });
+    };
+    let lines: Vec<String> = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 500,
+        ..Default::default()
+    })
+    .iter()
+    .map(|line| {
+        let mut v: Value = serde_json::from_str(line).expect("json");
+        if v["type"] == "log" {
+            v.as_object_mut().expect("object").remove("offset");
+        }
+        v.to_string()
+    })
+    .collect();
+    let (first, rest) = lines.split_at(lines.len() / 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let applied = |n: usize| {
+        move |s: &HashMap<String, f64>| {
+            s["events_applied_total"] + s["events_duplicate_total"] >= n as f64
+        }
+    };
+    assert_eq!(client(daemon.port, first.to_vec(), deadline).0, first.len());
+    wait_until("the first half applied", &daemon, applied(first.len()));
+    // The second half, in the middle of its builds' logs, fails after its documents are written,
+    // a few times over.
+    fail_inserts("alwaysOn".into());
+    assert_eq!(client(daemon.port, rest.to_vec(), deadline).0, rest.len());
+    wait_until("failed writes", &daemon, |s| s["store_errors_total"] >= 2.0);
+    fail_inserts("off".into());
+    wait_until("everything applied", &daemon, applied(lines.len()));
+    assert!(daemon.stop().success());
+    assert_same_as_one_clean_ingest(&Db::at(peer.uri("cutoff")), &lines, dir.path());
+    peer.kill();
+}

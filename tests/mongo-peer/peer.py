@@ -40,6 +40,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 
 import id_lookup  # noqa: F401  (importing it installs the _id lookup)
+from failpoint import FailPoint
 from replies import CommandError, classify, error_doc, not_implemented
 from statements import (collection_options, create_index, index_doc, insert_document,
                         is_replacement, run_statements, update_statement, uses_positional,
@@ -86,6 +87,7 @@ class Peer:
         self.options = {}  # (db, collection) -> options given to create/collMod
         self.cursors = {}  # cursor id -> (namespace, deque of documents still to send)
         self.journal = None  # open file, with --journal
+        self.fail_point = FailPoint()
         self.reset_stats()
 
     def reset_stats(self):
@@ -144,6 +146,9 @@ class Peer:
         handler = COMMANDS.get(name)
         if handler is None:
             return error_doc(59, f"no such command: '{name}'")
+        failed = self.fail_point.trip(name)
+        if failed is not None:
+            return failed
         if self.journal is not None and name in WRITE_COMMANDS:
             # Written (to the OS, which outlives a killed process) before it runs, so no reply
             # can go out for a write the journal lacks.
@@ -226,6 +231,9 @@ class Peer:
     def cmd_peer_stats(self, body, db, conn):
         return {"commands": dict(self.commands), "messages": self.messages,
                 "bytesReceived": Int64(self.bytes_received), "ok": 1.0}
+
+    def cmd_configure_fail_point(self, body, db, conn):
+        return self.fail_point.configure(body)
 
     def cmd_peer_reset(self, body, db, conn):
         self.reset_stats()
@@ -506,6 +514,7 @@ COMMANDS = {
     "listCollections": Peer.cmd_list_collections, "create": Peer.cmd_create,
     "collMod": Peer.cmd_coll_mod, "drop": Peer.cmd_drop, "dropDatabase": Peer.cmd_drop_database,
     "buildstorePeerStats": Peer.cmd_peer_stats, "buildstorePeerReset": Peer.cmd_peer_reset,
+    "configureFailPoint": Peer.cmd_configure_fail_point,
 }
 
 

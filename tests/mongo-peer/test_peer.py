@@ -427,6 +427,33 @@ class PeerTest(unittest.TestCase):
         [spec] = self.client.list_databases(filter={"name": self.db.name})
         self.assertFalse(spec["empty"])
 
+    def test_fail_command_fail_point(self):
+        admin = self.client.admin
+        admin.command({"configureFailPoint": "failCommand", "mode": {"times": 2},
+                       "data": {"failCommands": ["insert"], "errorCode": 50,
+                                "errorLabels": ["RetryableWriteError"]}})
+        try:
+            for _ in range(2):
+                with self.assertRaises(OperationFailure) as failed:
+                    self.db.command({"insert": "c", "documents": [{"_id": 1}]})
+                self.assertEqual(failed.exception.code, 50)
+                self.assertIn("RetryableWriteError", failed.exception.details["errorLabels"])
+            self.assertEqual(self.db.c.count_documents({}), 0, "a failed insert wrote nothing")
+            self.db.command({"find": "c"})  # other commands run meanwhile
+            self.db.command({"insert": "c", "documents": [{"_id": 1}]})
+            self.assertEqual(self.db.c.count_documents({}), 1, "the third one runs")
+            admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                           "data": {"failCommands": ["update"], "errorCode": 2}})
+            with self.assertRaises(OperationFailure):
+                self.db.c.update_one({"_id": 1}, {"$set": {"x": 1}})
+            with self.assertRaises(OperationFailure) as bad:
+                admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 1}})
+            self.assertIn("mode", str(bad.exception))
+        finally:
+            admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        self.db.c.update_one({"_id": 1}, {"$set": {"x": 1}})
+        self.assertEqual(self.db.c.find_one({"_id": 1})["x"], 1)
+
     def test_stats(self):
         admin = self.client.admin
         admin.command("buildstorePeerReset")

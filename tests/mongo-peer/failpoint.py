@@ -1,0 +1,46 @@
+"""MongoDB's `failCommand` fail point, so that tests can make the next writes fail on purpose.
+
+A real server takes it with `enableTestCommands`; the peer always does. Supported:
+
+    {configureFailPoint: "failCommand", mode: {times: N} | "alwaysOn" | "off",
+     data: {failCommands: [names], errorCode: CODE, errorLabels: [labels]}}
+
+Each matching command then gets an error reply with that code instead of running, `times` times
+or until turned off.
+"""
+
+from replies import CommandError, error_doc
+
+
+class FailPoint:
+    def __init__(self):
+        self.commands, self.times, self.code, self.labels = set(), 0, 1, []
+
+    def configure(self, body):
+        if body.get("configureFailPoint") != "failCommand":
+            raise CommandError(2, f"unknown fail point {body.get('configureFailPoint')!r}: "
+                                  "the peer has only failCommand")
+        mode, data = body.get("mode"), body.get("data") or {}
+        if mode == "off":
+            self.times = 0
+        elif mode == "alwaysOn":
+            self.times = None
+        elif isinstance(mode, dict) and set(mode) == {"times"}:
+            self.times = int(mode["times"])
+        else:
+            raise CommandError(2, f"mode {mode!r}: the peer takes {{times: N}}, 'alwaysOn' or 'off'")
+        self.commands = set(data.get("failCommands", []))
+        self.code = int(data.get("errorCode", 1))
+        self.labels = list(data.get("errorLabels", []))
+        return {"ok": 1.0}
+
+    def trip(self, name):
+        """The error reply for command `name`, if the fail point takes it, else None."""
+        if name not in self.commands or self.times == 0:
+            return None
+        if self.times is not None:
+            self.times -= 1
+        reply = error_doc(self.code, f"Failing command {name} via 'failCommand' failpoint")
+        if self.labels:
+            reply["errorLabels"] = self.labels
+        return reply
