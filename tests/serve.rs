@@ -338,6 +338,7 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
     }
     let during = daemon.status();
     assert!(during["store_errors_total"] > 0.0, "{during:?}");
+    assert!(during["store_errors_in_a_row"] > 0.0, "{during:?}");
     assert!(
         during["spool_events"] > 0.0,
         "the backlog is visible: {during:?}"
@@ -364,6 +365,10 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
         after = daemon.status();
     }
     assert_eq!(counted(&after), lines.len() as f64, "{after:?}");
+    assert_eq!(
+        after["store_errors_in_a_row"], 0.0,
+        "the store takes writes: {after:?}"
+    );
     assert!(daemon.stop().success());
 
     assert_same_as_one_clean_ingest(&Db::at(peer.uri("outage")), &lines, dir.path());

@@ -443,9 +443,12 @@ fn a_mongodb_batch_cut_off_after_its_documents_is_completed_without_doubling_log
     // a few times over.
     fail_inserts("alwaysOn".into());
     assert_eq!(client(daemon.port, rest.to_vec(), deadline).0, rest.len());
-    wait_until("failed writes", &daemon, |s| s["store_errors_total"] >= 2.0);
+    wait_until("failed writes", &daemon, |s| {
+        s["store_errors_in_a_row"] >= 2.0
+    });
     fail_inserts("off".into());
     wait_until("everything applied", &daemon, applied(lines.len()));
+    assert_eq!(daemon.status()["store_errors_in_a_row"], 0.0);
     assert!(daemon.stop().success());
     assert_same_as_one_clean_ingest(&Db::at(peer.uri("cutoff")), &lines, dir.path());
     peer.kill();

@@ -32,6 +32,8 @@ pub struct DrainCounters {
     pub rejected: AtomicU64,
     pub batches: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Store errors since the last write the store took: an outage, not a passing election.
+    pub store_errors_in_a_row: AtomicU64,
     /// The id of the last spooled event the store confirmed.
     confirmed: AtomicI64,
     /// Wakes those waiting for `confirmed` to move.
@@ -163,6 +165,7 @@ pub async fn run(
             match written {
                 Ok(()) => {
                     failures = 0;
+                    counters.store_errors_in_a_row.store(0, Ordering::Relaxed);
                     let next = ready.as_ref().map(|(_, p)| p);
                     let outcomes = applier.confirmed(f.prepared, next);
                     let through = f.taken.through;
@@ -235,6 +238,9 @@ async fn back_off(
     deadline: Option<Instant>,
 ) {
     counters.store_errors.fetch_add(1, Ordering::Relaxed);
+    counters
+        .store_errors_in_a_row
+        .store(u64::from(failures), Ordering::Relaxed);
     if let Ok(mut last) = counters.last_error.lock() {
         *last = Some(e.to_string());
     }

@@ -96,6 +96,13 @@ impl Metrics {
         );
         metric(
             &mut out,
+            "store_errors_in_a_row",
+            "gauge",
+            "Store errors since the last write the store took (0 once it takes one).",
+            get(&d.store_errors_in_a_row),
+        );
+        metric(
+            &mut out,
             "connections_open",
             "gauge",
             "Client connections open now.",
