@@ -135,11 +135,7 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
 
     let peer = restart_peer(dir.path(), peer_port);
     let daemon = Daemon::on(&uri, &spool, free_port(), &[]);
-    let drained = Instant::now() + Duration::from_secs(90);
-    while daemon.status()["spool_events"] > 0.0 {
-        assert!(Instant::now() < drained, "{:?}", daemon.status());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.wait_until("the spool drains", |s| s["spool_events"] == 0.0);
     assert!(daemon.stop().success());
     assert_same_as_one_clean_ingest(&Db::at(peer.uri("second")), &lines, dir.path());
     peer.kill();
@@ -277,17 +273,11 @@ fn status_prints_what_the_daemon_received_acknowledged_and_applied() {
         r#"{"type":"log","master_id":"m","build_id":9,"step":0,"channel":"stdout","text":"x"}"#,
     ];
     exchange(daemon.port, &lines);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let m = loop {
-        let m = daemon.status();
-        let settled = m.get("events_applied_total").copied().unwrap_or(0.0)
+    let m = daemon.wait_until("both events through the drain", |m| {
+        m.get("events_applied_total").copied().unwrap_or(0.0)
             + m.get("events_rule_rejected_total").copied().unwrap_or(0.0)
-            >= 2.0;
-        if settled || Instant::now() > deadline {
-            break m;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+            >= 2.0
+    });
     assert_eq!(m["events_received_total"], 3.0, "{m:?}");
     assert_eq!(m["events_acknowledged_total"], 2.0, "{m:?}");
     assert_eq!(m["events_rejected_total"], 1.0, "{m:?}");
@@ -332,12 +322,7 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
     let acked = client(daemon.port, rest.to_vec(), deadline).0;
     assert_eq!(acked, rest.len(), "acknowledged while the store is down");
     // The drain counts the first failed attempt, after a server selection of 500 ms.
-    let waited = Instant::now() + Duration::from_secs(60);
-    while daemon.status()["store_errors_total"] == 0.0 && Instant::now() < waited {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let during = daemon.status();
-    assert!(during["store_errors_total"] > 0.0, "{during:?}");
+    let during = daemon.wait_until("a store error", |s| s["store_errors_total"] > 0.0);
     assert!(during["store_errors_in_a_row"] > 0.0, "{during:?}");
     assert!(
         during["spool_events"] > 0.0,
@@ -345,25 +330,13 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
     );
 
     let peer = restart_peer(dir.path(), peer_port);
-    let drained = Instant::now() + Duration::from_secs(90);
-    while daemon.status()["spool_events"] > 0.0 {
-        assert!(
-            Instant::now() < drained,
-            "the spool did not drain: {:?}",
-            daemon.status()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    daemon.wait_until("the spool drains", |s| s["spool_events"] == 0.0);
     // A batch cut off by the outage may have recorded some of its events before it is sent
     // again whole; those count as duplicates the second time. The counts move just after the
     // spool is released.
     let counted =
         |m: &HashMap<String, f64>| m["events_applied_total"] + m["events_duplicate_total"];
-    let mut after = daemon.status();
-    while counted(&after) < lines.len() as f64 && Instant::now() < drained {
-        std::thread::sleep(Duration::from_millis(100));
-        after = daemon.status();
-    }
+    let after = daemon.wait_until("every event counted", |m| counted(m) >= lines.len() as f64);
     assert_eq!(counted(&after), lines.len() as f64, "{after:?}");
     assert_eq!(
         after["store_errors_in_a_row"], 0.0,

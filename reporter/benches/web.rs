@@ -73,6 +73,7 @@ fn main() {
             steps_per_build: 3,
             log_chunks_per_step: 1,
             log_chunk_bytes: 200,
+            log_offsets: true,
             seed: 7,
         })
         .join("\n");

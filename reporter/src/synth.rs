@@ -14,6 +14,9 @@ pub struct Shape {
     pub steps_per_build: u32,
     pub log_chunks_per_step: u32,
     pub log_chunk_bytes: usize,
+    /// Whether log chunks carry their `offset`. Without one a chunk goes at the end of what the
+    /// store holds, which a chunk applied twice would double.
+    pub log_offsets: bool,
     pub seed: u64,
 }
 
@@ -25,6 +28,7 @@ impl Default for Shape {
             steps_per_build: 5,
             log_chunks_per_step: 4,
             log_chunk_bytes: 200,
+            log_offsets: true,
             seed: 42,
         }
     }
@@ -74,10 +78,12 @@ fn build_events(rng: &mut fastrand::Rng, shape: &Shape, serial: u64) -> Vec<Valu
             );
             let text: String = line.repeat(shape.log_chunk_bytes / line.len() + 1);
             let text = &text[..shape.log_chunk_bytes.min(text.len())];
-            out.push(
-                json!({"type": "log", "master_id": master, "build_id": build_id, "step": step,
-                            "channel": "stdout", "text": text, "offset": offset}),
-            );
+            let mut log = json!({"type": "log", "master_id": master, "build_id": build_id,
+                                 "step": step, "channel": "stdout", "text": text});
+            if shape.log_offsets {
+                log["offset"] = offset.into();
+            }
+            out.push(log);
             offset += text.len();
         }
         if step == 0 {

@@ -116,6 +116,24 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Polls `buildstore status` until `done` holds, and returns that status; fails the test,
+    /// saying `what` it waited for, after 90 s.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+    ) -> std::collections::HashMap<String, f64> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}: {status:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate();
@@ -129,9 +147,7 @@ impl Daemon {
 
     /// Sends the signal of that name, without waiting.
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status();
+        super::send_signal(&self.child, name);
     }
 }
 

@@ -141,6 +141,13 @@ impl Db {
     }
 }
 
+/// Sends the signal of that name (`TERM`, `INT`, ...) to `child`, without waiting for it.
+pub fn send_signal(child: &std::process::Child, name: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status();
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -1,7 +1,7 @@
 //! A running `buildstore web` and an HTTP client for its pages.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use serde_json::{json, Value};
 
@@ -97,22 +97,16 @@ impl WebServer {
 
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        terminate(&self.child);
+        super::send_signal(&self.child, "TERM");
         self.child.wait().expect("wait")
     }
 }
 
 impl Drop for WebServer {
     fn drop(&mut self) {
-        terminate(&self.child);
+        super::send_signal(&self.child, "TERM");
         let _ = self.child.wait();
     }
-}
-
-fn terminate(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
 }
 
 /// GET a URL; any status is an answer, read whole however big.

@@ -21,6 +21,8 @@ use crate::store::{Apply, StoreError};
 /// Most events per batch. Big enough that a store write carries a backlog away in few
 /// transactions (a document touched by many events of a batch is written once).
 const BATCH_EVENTS: usize = 4000;
+/// The longest wait between tries at a store that keeps failing.
+const MAX_BACK_OFF: Duration = Duration::from_secs(30);
 /// How long a batch may wait for more events when the spool is idle.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
@@ -94,7 +96,6 @@ pub async fn run(
     grace: Duration,
 ) {
     let mut deadline: Option<Instant> = None;
-    let mut failures = 0u32;
     // Events left by an earlier run come first, from the file. The id is taken before the look:
     // a group the writer commits meanwhile has ids from it on, so an empty spool cannot make the
     // drain start past that group.
@@ -138,16 +139,14 @@ pub async fn run(
         };
         // Meanwhile the next events are folded, unless they are already.
         let mut failed = None;
-        if queue.is_empty() && ready.is_none() {
-            if let Some(taken) = take(&spool, &handoff, next).await {
-                next = taken.through + 1;
-                queue.push_back(taken);
+        if ready.is_none() {
+            if queue.is_empty() {
+                if let Some(taken) = take(&spool, &handoff, next).await {
+                    next = taken.through + 1;
+                    queue.push_back(taken);
+                }
             }
-        }
-        if let Some(taken) = queue.pop_front() {
-            if ready.is_some() {
-                queue.push_front(taken);
-            } else {
+            if let Some(taken) = queue.pop_front() {
                 match applier.prepare(store.as_ref(), &taken.events, false).await {
                     Ok(prepared) => ready = Some((taken, prepared)),
                     Err(e) => {
@@ -164,7 +163,6 @@ pub async fn run(
                 .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
             match written {
                 Ok(()) => {
-                    failures = 0;
                     counters.store_errors_in_a_row.store(0, Ordering::Relaxed);
                     let next = ready.as_ref().map(|(_, p)| p);
                     let outcomes = applier.confirmed(f.prepared, next);
@@ -203,8 +201,7 @@ pub async fn run(
         // Only a write the store takes ends a run of failures: a batch folded again after a
         // failed write says nothing about the store's health.
         if let Some(e) = failed {
-            failures += 1;
-            back_off(&counters, failures, &e, &mut stop, deadline).await;
+            back_off(&counters, &e, &mut stop, deadline).await;
         }
     }
 }
@@ -228,23 +225,23 @@ impl InFlight {
     }
 }
 
-/// Counts the store's `failures`-th error in a row and waits before the next try, longer each
-/// time up to 30 s, or until `stop` changes, but never past the grace period's `deadline`.
+/// Counts a store error and waits before the next try, longer for each error in a row up to
+/// 30 s, or until `stop` changes, but never past the grace period's `deadline`.
 async fn back_off(
     counters: &DrainCounters,
-    failures: u32,
     e: &StoreError,
     stop: &mut watch::Receiver<bool>,
     deadline: Option<Instant>,
 ) {
     counters.store_errors.fetch_add(1, Ordering::Relaxed);
-    counters
+    let failures = counters
         .store_errors_in_a_row
-        .store(u64::from(failures), Ordering::Relaxed);
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
     if let Ok(mut last) = counters.last_error.lock() {
         *last = Some(e.to_string());
     }
-    let mut wait = Duration::from_millis(100u64 << failures.min(9)).min(Duration::from_secs(30));
+    let mut wait = Duration::from_millis(100u64 << failures.min(9)).min(MAX_BACK_OFF);
     // Once stopping, `stop` does not change again: the deadline bounds the wait instead.
     if let Some(d) = deadline {
         wait = wait.min(d.saturating_duration_since(Instant::now()));

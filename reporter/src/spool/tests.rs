@@ -20,6 +20,16 @@ fn event(i: usize) -> Event {
     .expect("a valid event")
 }
 
+/// A writer on `spool` that counts the bytes it holds in `held`, up to `limit`.
+fn writer(
+    spool: &Spool,
+    held: &Arc<AtomicU64>,
+    limit: u64,
+) -> (Appender, tokio::task::JoinHandle<()>) {
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    Appender::start(spool.clone(), handoff, Arc::clone(held), limit)
+}
+
 fn text(read: &[Spooled]) -> Vec<String> {
     read.iter().map(|s| s.line.clone()).collect()
 }
@@ -134,12 +144,7 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
     let spool = Spool::open(dir.path()).unwrap();
     let held = Arc::new(AtomicU64::new(0));
     let one = event(0).to_line().len() as u64;
-    let (appender, _task) = Appender::start(
-        spool.clone(),
-        Arc::new(Handoff::new(usize::MAX)),
-        Arc::clone(&held),
-        one * 2 + one / 2,
-    );
+    let (appender, _task) = writer(&spool, &held, one * 2 + one / 2);
     let first = appender.append(event(0)).await.unwrap();
     appender.append(event(1)).await.unwrap();
     let err = appender.append(event(2)).await.unwrap_err();
@@ -171,12 +176,7 @@ async fn a_submitted_run_gets_consecutive_ids_as_far_as_it_fits() {
     };
     // Room for events 0 to 79, then for 100 to 119.
     let limit = bytes(run(0, 80)) + bytes(run(100, 20));
-    let (appender, _task) = Appender::start(
-        spool.clone(),
-        Arc::new(Handoff::new(usize::MAX)),
-        Arc::new(AtomicU64::new(0)),
-        limit,
-    );
+    let (appender, _task) = writer(&spool, &Arc::new(AtomicU64::new(0)), limit);
     // Runs submitted at the same time share group commits but are never interleaved.
     let mut tasks = Vec::new();
     for r in 0..8 {
@@ -217,12 +217,7 @@ async fn a_caller_that_gives_up_waiting_for_the_writer_leaves_no_bytes_counted()
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let held = Arc::new(AtomicU64::new(0));
-    let (appender, _task) = Appender::start(
-        spool.clone(),
-        Arc::new(Handoff::new(usize::MAX)),
-        Arc::clone(&held),
-        u64::MAX,
-    );
+    let (appender, _task) = writer(&spool, &held, u64::MAX);
     // The writer stalls on its first group (as on a slow disk) and the queue behind it fills.
     let (locked, is_locked) = std::sync::mpsc::channel();
     let (unstall, unstalled) = std::sync::mpsc::channel::<()>();
@@ -310,12 +305,7 @@ async fn once_a_write_fails_the_later_submissions_of_its_sequence_fail_unwritten
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let held = Arc::new(AtomicU64::new(0));
-    let (appender, _task) = Appender::start(
-        spool.clone(),
-        Arc::new(Handoff::new(usize::MAX)),
-        Arc::clone(&held),
-        u64::MAX,
-    );
+    let (appender, _task) = writer(&spool, &held, u64::MAX);
     let one = |i: usize| vec![(event(i), event(i).to_line())];
     // Another process holds the spool's write lock: the next write fails.
     let other = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
