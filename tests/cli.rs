@@ -419,6 +419,32 @@ fn events_for_unknown_builds_or_steps_are_rejected_and_change_nothing() {
 }
 
 #[test]
+fn a_property_that_would_outgrow_mongodbs_document_limit_is_rejected_and_the_build_carries_on() {
+    let db = Db::new();
+    let big = "x".repeat(1 << 20);
+    let mut lines = vec![BUILD.to_owned()];
+    for i in 0..16 {
+        lines.push(format!(
+            r#"{{"type":"property","master_id":"m","build_id":1,"name":"p{i}","value":"{big}"}}"#
+        ));
+    }
+    lines.push(r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#.into());
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 17: build m/1 would grow to") && err.contains("MongoDB holds at most"),
+        "{err}"
+    );
+    assert!(err.contains("1 lines rejected"), "{err}");
+    let build = db.doc("builds", "m/1");
+    let properties = build["properties"].as_object().expect("properties");
+    assert_eq!(properties.len(), 15);
+    assert!(!properties.contains_key("p15"));
+    assert_eq!(build["result"], 0, "the events after the refused one apply");
+}
+
+#[test]
 fn a_proper_changeset_pattern_can_be_configured() {
     let db = Db::new();
     let lines = [
@@ -507,8 +533,14 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
-    let out = db.ingest_text("", &["--inline-log-limit", "10"]);
-    assert!(stderr(&out).contains("at least 256"), "{}", stderr(&out));
+    for limit in ["10", "3000000"] {
+        let out = db.ingest_text("", &["--inline-log-limit", limit]);
+        assert!(
+            stderr(&out).contains("--inline-log-limit must be between 256 and 2097152 bytes"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use buildstore_schema::{
 use chrono::Utc;
 
 use super::changeset::{got_revision, ChangesetPolicy};
+use super::doc_size::{field_len, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
 use super::state::{BuildSnapshot, BuildState, StepState};
@@ -22,7 +23,8 @@ use super::state::{BuildSnapshot, BuildState, StepState};
 /// The knobs of the rules.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
-    /// Most bytes of each log channel kept inline in the step document.
+    /// Most bytes of each log channel kept inline in the step document, from
+    /// [`MIN_INLINE_LIMIT`] to [`MAX_INLINE_LIMIT`] ([`Core::new`] keeps it between them).
     pub inline_limit: usize,
     pub changesets: ChangesetPolicy,
 }
@@ -62,6 +64,8 @@ pub enum RuleError {
     Empty(&'static str),
     #[error("field `{field}`: {message}")]
     Unstorable { field: String, message: String },
+    #[error("{document} would grow to {bytes} bytes, past the {MAX_DOCUMENT_BYTES} a document may take (MongoDB holds at most 16 MiB)")]
+    DocumentTooLarge { document: String, bytes: usize },
 }
 
 /// The fold over events, with the state of the builds it has seen.
@@ -72,9 +76,12 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core with the given rules. The inline limit is raised to [`MIN_INLINE_LIMIT`] if lower.
+    /// A core with the given rules. The inline limit is kept between [`MIN_INLINE_LIMIT`] and
+    /// [`MAX_INLINE_LIMIT`].
     pub fn new(mut config: CoreConfig) -> Core {
-        config.inline_limit = config.inline_limit.max(MIN_INLINE_LIMIT);
+        config.inline_limit = config
+            .inline_limit
+            .clamp(MIN_INLINE_LIMIT, MAX_INLINE_LIMIT);
         Core {
             config,
             builds: HashMap::new(),
@@ -224,6 +231,7 @@ impl Core {
                 .collect(),
         };
         let mut state = BuildState::from_doc(&doc);
+        fits(|| format!("build {id}"), state.doc_bytes)?;
         let mut out = vec![
             Mutation::EnsureBuilder {
                 id: super::builder_id(master, &e.builder),
@@ -248,12 +256,12 @@ impl Core {
         e: &StepStarted,
         time: DateTime,
     ) -> Result<Vec<Mutation>, RuleError> {
+        let limit = self.config.inline_limit;
         let build = self.build_mut(master, &e.build_id)?;
         if build.steps.contains_key(&e.step) {
             return Ok(vec![]);
         }
         let position = build.steps.range(..e.step).count();
-        build.steps.insert(e.step, StepState::default());
         let doc = StepDoc {
             id: super::step_id(&build.id, e.step),
             build: build.id.clone(),
@@ -270,6 +278,13 @@ impl Core {
             log_truncated: false,
             log_bytes: LogBytes::default(),
         };
+        let step = StepState::new(&doc);
+        // Room for its three logs at the inline limit, and for the id in the build's `steps`.
+        fits(|| format!("step {}", doc.id), step.base_bytes + 3 * limit)?;
+        let listed = build.doc_bytes + field_len(&position.to_string(), &doc.id);
+        fits(|| format!("build {}", build.id), listed)?;
+        build.doc_bytes = listed;
+        build.steps.insert(e.step, step);
         Ok(vec![Mutation::StartStep {
             doc: Box::new(doc),
             position,
@@ -329,12 +344,19 @@ impl Core {
         e: &StepFinished,
         time: DateTime,
     ) -> Result<Vec<Mutation>, RuleError> {
+        let limit = self.config.inline_limit;
         let build = self.build_mut(master, &e.build_id)?;
         let build_doc_id = build.id.clone();
         let step = build.steps.get_mut(&e.step).ok_or(RuleError::UnknownStep {
             build: build_doc_id.clone(),
             step: e.step,
         })?;
+        let text_bytes = e.text.as_ref().map_or(0, String::len);
+        fits(
+            || format!("step {}", super::step_id(&build_doc_id, e.step)),
+            step.base_bytes + text_bytes + 3 * limit,
+        )?;
+        step.text_bytes = text_bytes;
         step.finished = true;
         Ok(vec![Mutation::FinishStep {
             step_id: super::step_id(&build_doc_id, e.step),
@@ -348,7 +370,23 @@ impl Core {
         non_empty("name", &e.name)?;
         let policy = self.config.changesets.clone();
         let property = property_doc("value", &e.value, e.source.clone())?;
+        let bytes = field_len(&e.name, &property);
         let build = self.build_mut(master, &e.build_id)?;
+        let earlier = build.property_bytes.get(&e.name).copied().unwrap_or(0);
+        let mut total = build
+            .doc_bytes
+            .saturating_sub(earlier)
+            .saturating_add(bytes);
+        if e.name == "got_revision" {
+            // It may become the changeset too.
+            total = total.saturating_add(bytes);
+        }
+        fits(|| format!("build {}", build.id), total)?;
+        build.doc_bytes = build
+            .doc_bytes
+            .saturating_sub(earlier)
+            .saturating_add(bytes);
+        build.property_bytes.insert(e.name.clone(), bytes);
         let mut out = vec![Mutation::SetProperty {
             build_id: build.id.clone(),
             name: e.name.clone(),
@@ -365,6 +403,10 @@ impl Core {
     fn changeset(&mut self, master: &Ident, e: &Changeset) -> Result<Vec<Mutation>, RuleError> {
         let policy = self.config.changesets.clone();
         let build = self.build_mut(master, &e.build_id)?;
+        fits(
+            || format!("build {}", build.id),
+            build.doc_bytes.saturating_add(e.changeset.len()),
+        )?;
         Ok(offer_changeset(build, &e.changeset, &policy))
     }
 
@@ -410,6 +452,17 @@ impl Core {
             builds: vec![],
         }))])
     }
+}
+
+/// Whether a document of `bytes` bytes may be stored; `document` names it for the error.
+fn fits(document: impl FnOnce() -> String, bytes: usize) -> Result<(), RuleError> {
+    if bytes > MAX_DOCUMENT_BYTES {
+        return Err(RuleError::DocumentTooLarge {
+            document: document(),
+            bytes,
+        });
+    }
+    Ok(())
 }
 
 fn non_empty(field: &'static str, value: &str) -> Result<(), RuleError> {
@@ -458,6 +511,11 @@ fn offer_changeset(
     {
         return vec![];
     }
+    let earlier = current.map_or(0, str::len);
+    build.doc_bytes = build
+        .doc_bytes
+        .saturating_add(candidate.len())
+        .saturating_sub(earlier);
     build.changeset = Some(candidate.to_owned());
     let mut out = vec![Mutation::SetChangeset {
         build_id: build.id.clone(),

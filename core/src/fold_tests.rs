@@ -516,3 +516,6 @@ fn property_values_that_bson_cannot_hold_are_refused_not_nulled() {
         matches!(&ms[0], Mutation::SetProperty { property, .. } if property.value.as_document().is_some())
     );
 }
+
+#[path = "doc_size_tests.rs"]
+mod doc_size;

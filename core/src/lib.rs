@@ -4,12 +4,14 @@
 //! here, and the stores only carry the mutations out.
 
 mod changeset;
+mod doc_size;
 mod fold;
 mod inline_log;
 mod mutation;
 mod state;
 
 pub use changeset::ChangesetPolicy;
+pub use doc_size::{MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
 pub use fold::{Core, CoreConfig, RuleError};
 pub use inline_log::{InlineLog, MIN_INLINE_LIMIT};
 pub use mutation::{Batch, InlineUpdate, Mutation};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use bson::DateTime;
 use buildstore_schema::{BuildDoc, Channel, RepoBuildEntry, StepDoc};
 
+use super::doc_size::{document_len, field_len};
 use super::inline_log::InlineLog;
 
 /// A build as a store holds it: enough to carry on folding events into it.
@@ -40,15 +41,34 @@ pub(crate) struct BuildState {
     pub result: Option<i32>,
     pub time_end: Option<DateTime>,
     pub steps: BTreeMap<u32, StepState>,
+    /// BSON bytes of the build document.
+    pub doc_bytes: usize,
+    /// BSON bytes each property takes in it, so that setting one again counts the difference.
+    pub property_bytes: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct StepState {
     pub finished: bool,
     pub logs: [InlineLog; 3],
+    /// BSON bytes of the step document without its inline logs and its `text`, which grow later.
+    pub base_bytes: usize,
+    /// Bytes of its `text`.
+    pub text_bytes: usize,
 }
 
 impl StepState {
+    pub fn new(doc: &StepDoc) -> StepState {
+        let text_bytes = doc.text.as_ref().map_or(0, String::len);
+        let inline = doc.stdout.len() + doc.stderr.len() + doc.headers.len();
+        StepState {
+            finished: doc.result.is_some(),
+            logs: Default::default(),
+            base_bytes: document_len(doc).saturating_sub(inline + text_bytes),
+            text_bytes,
+        }
+    }
+
     pub fn log_mut(&mut self, channel: Channel) -> &mut InlineLog {
         &mut self.logs[channel_index(channel)]
     }
@@ -91,6 +111,12 @@ impl BuildState {
             result: doc.result,
             time_end: doc.time_end,
             steps: BTreeMap::new(),
+            doc_bytes: document_len(doc),
+            property_bytes: doc
+                .properties
+                .iter()
+                .map(|(name, p)| (name.clone(), field_len(name, p)))
+                .collect(),
         }
     }
 
@@ -101,13 +127,7 @@ impl BuildState {
             let Ok(number) = u32::try_from(step.step) else {
                 continue;
             };
-            state.steps.insert(
-                number,
-                StepState {
-                    finished: step.result.is_some(),
-                    ..StepState::default()
-                },
-            );
+            state.steps.insert(number, StepState::new(step));
         }
         for log in &snapshot.logs {
             let step = log

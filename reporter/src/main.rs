@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use buildstore::core::{ChangesetPolicy, Core, CoreConfig, MIN_INLINE_LIMIT};
+use buildstore::core::{ChangesetPolicy, Core, CoreConfig, MAX_INLINE_LIMIT, MIN_INLINE_LIMIT};
 use buildstore::pipeline::{ingest, Applier, IngestOptions};
 use buildstore::store::{self, Store};
 use buildstore_schema::{Channel, Collection};
@@ -309,8 +309,11 @@ async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
 }
 
 fn core_config(inline_log_limit: usize, proper_changeset: &str) -> anyhow::Result<CoreConfig> {
-    if inline_log_limit < MIN_INLINE_LIMIT {
-        bail!("--inline-log-limit must be at least {MIN_INLINE_LIMIT} bytes");
+    if !(MIN_INLINE_LIMIT..=MAX_INLINE_LIMIT).contains(&inline_log_limit) {
+        bail!(
+            "--inline-log-limit must be between {MIN_INLINE_LIMIT} and {MAX_INLINE_LIMIT} bytes: \
+             a step document keeps three logs at that limit, and MongoDB holds at most 16 MiB"
+        );
     }
     let changesets = ChangesetPolicy::new(proper_changeset).with_context(|| {
         format!("--proper-changeset {proper_changeset:?} is not a valid regular expression")
