@@ -7,6 +7,10 @@
 //! from the BSON the stores write; small fields that change later (a result, an end time) fit in
 //! the margin kept below MongoDB's limit.
 
+use std::sync::OnceLock;
+
+use bson::DateTime;
+use buildstore_schema::{LogBytes, StepDoc};
 use serde::Serialize;
 
 /// The largest document the rules let a build or a step grow to: MongoDB's 16 MiB, less a margin
@@ -18,24 +22,51 @@ pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024 - 16 * 1024;
 pub const MAX_INLINE_LIMIT: usize = 2 * 1024 * 1024;
 const _: () = assert!(MAX_DOCUMENT_BYTES - 3 * MAX_INLINE_LIMIT >= 10 * 1024 * 1024 - 16 * 1024);
 
-/// BSON bytes of `value` written as a document; more than any document may take if it cannot be
-/// written as one.
-pub(crate) fn document_len<T: Serialize>(value: &T) -> usize {
-    bson::to_vec(value).map_or(usize::MAX, |bytes| bytes.len())
+/// BSON bytes of `value` written as a document, or why it has no BSON form (a key holding a NUL
+/// character).
+pub(crate) fn document_len<T: Serialize>(value: &T) -> Result<usize, String> {
+    bson::to_vec(value)
+        .map(|bytes| bytes.len())
+        .map_err(|e| e.to_string())
 }
 
-/// BSON bytes of the field `name` holding `value` inside a document: a type byte, the name and
-/// its terminating zero, and the value.
-pub(crate) fn field_len<T: Serialize>(name: &str, value: &T) -> usize {
-    match bson::to_bson(value) {
-        Ok(value) => {
-            let mut alone = bson::Document::new();
-            alone.insert(name, value);
-            // Alone in a document, the field is all of it but the length (4 bytes) and the
-            // terminating zero.
-            document_len(&alone).saturating_sub(5)
-        }
-        Err(_) => usize::MAX,
+/// BSON bytes of a field `name` holding a document of `len` bytes: a type byte, the name and its
+/// terminating zero, and the document.
+pub(crate) fn document_field_len(name: &str, len: usize) -> usize {
+    name.len() + 2 + len
+}
+
+/// BSON bytes of a field `name` holding the string `value`: a type byte, the name and its
+/// terminating zero, the string's length (4 bytes), the string and its terminating zero.
+pub(crate) fn string_field_len(name: &str, value: &str) -> usize {
+    name.len() + 2 + 4 + value.len() + 1
+}
+
+/// BSON bytes of a step document as `step_started` makes it, worked out from its strings rather
+/// than by writing it out: every step starts with the same fields, and only these three vary.
+pub(crate) fn started_step_len(id: &str, build: &str, name: &str) -> usize {
+    static EMPTY: OnceLock<usize> = OnceLock::new();
+    let empty = *EMPTY.get_or_init(|| document_len(&started_step("", "", "")).unwrap_or(0));
+    empty + id.len() + build.len() + name.len()
+}
+
+/// A step document as it is when the step starts.
+pub(crate) fn started_step(id: &str, build: &str, name: &str) -> StepDoc {
+    StepDoc {
+        id: id.to_owned(),
+        build: build.to_owned(),
+        step: 0,
+        name: name.to_owned(),
+        time_start: DateTime::from_millis(0),
+        time_end: None,
+        result: None,
+        successful: None,
+        text: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        headers: String::new(),
+        log_truncated: false,
+        log_bytes: LogBytes::default(),
     }
 }
 
@@ -46,10 +77,28 @@ mod tests {
     /// The parts add up to what a whole document takes.
     #[test]
     fn fields_add_up_to_the_document() {
-        let value = serde_json::json!({"a": [1, "two", {"three": 3.0}], "b": null, "c": "text"});
-        let doc = bson::to_document(&value).expect("a document");
-        let fields: usize = doc.iter().map(|(k, v)| field_len(k, v)).sum();
+        let inner = bson::doc! {"a": [1, "two"], "b": null};
+        let doc = bson::doc! {"name": "a string", "inner": inner.clone()};
+        let inner_len = document_len(&inner).expect("a document");
+        let fields = string_field_len("name", "a string") + document_field_len("inner", inner_len);
         // A document: its length (4 bytes), its fields, a terminating zero.
-        assert_eq!(4 + fields + 1, document_len(&doc));
+        assert_eq!(document_len(&doc), Ok(4 + fields + 1));
+    }
+
+    #[test]
+    fn a_started_step_is_counted_from_its_strings() {
+        let mut doc = started_step("m1/7/12", "m1/7", "compile");
+        doc.step = 12;
+        doc.time_start = DateTime::from_millis(1_800_000_000_000);
+        assert_eq!(
+            Ok(started_step_len(&doc.id, &doc.build, &doc.name)),
+            document_len(&doc)
+        );
+    }
+
+    #[test]
+    fn a_key_holding_a_nul_has_no_bson_form() {
+        let doc = bson::doc! {"a\u{0}b": 1};
+        assert!(document_len(&doc).is_err());
     }
 }

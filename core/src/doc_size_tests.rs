@@ -141,11 +141,18 @@ fn the_inline_limit_is_kept_under_a_ceiling() {
 #[test]
 fn the_count_is_the_size_of_the_document_the_mutations_make() {
     let mut core = Core::new(CoreConfig::default());
-    let mut mutations = start(&mut core, Some("FETCH_HEAD"));
-    mutations.extend(apply(
+    let mut mutations = apply(
         &mut core,
-        json!({"type":"step_started","build_id":7,"step":0,"name":"git"}),
-    ));
+        json!({"type":"build_started","builder":"linux","build_id":7,"number":1,
+               "changeset":"FETCH_HEAD","properties":{"got_revision":{"value":"main"}}}),
+    );
+    // Started in reverse order, each goes first in `steps`, and its index there is the next one.
+    for step in (0..12).rev() {
+        mutations.extend(apply(
+            &mut core,
+            json!({"type":"step_started","build_id":7,"step":step,"name":"git"}),
+        ));
+    }
     for (name, bytes) in [("a", 300), ("b", 5000), ("a", 20), ("got_revision", 0)] {
         let value = if bytes == 0 {
             json!(HASH)
@@ -162,9 +169,14 @@ fn the_count_is_the_size_of_the_document_the_mutations_make() {
     for m in mutations {
         match m {
             Mutation::StartBuild(d) => doc = Some(*d),
-            Mutation::StartStep { doc: step, .. } => {
-                doc.as_mut().expect("started").steps.push(step.id.clone())
-            }
+            Mutation::StartStep {
+                doc: step,
+                position,
+            } => doc
+                .as_mut()
+                .expect("started")
+                .steps
+                .insert(position, step.id.clone()),
             Mutation::SetProperty { name, property, .. } => {
                 doc.as_mut()
                     .expect("started")
@@ -180,7 +192,141 @@ fn the_count_is_the_size_of_the_document_the_mutations_make() {
     let doc = doc.expect("started");
     assert_eq!(doc.changeset.as_deref(), Some(HASH));
     assert_eq!(
-        core.builds["m1/7"].doc_bytes,
+        Ok(core.builds["m1/7"].doc_bytes),
         crate::doc_size::document_len(&doc)
     );
+}
+
+#[test]
+fn a_got_revision_counts_twice_since_it_may_become_the_changeset_too() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some("FETCH_HEAD"));
+    for i in 0..15 {
+        property(&mut core, &format!("p{i}"), MIB).expect("fits");
+    }
+    // 0.9 MiB would fit once; as the changeset too, it would not.
+    too_large(property(&mut core, "got_revision", MIB * 9 / 10));
+}
+
+#[test]
+fn a_got_revision_among_the_initial_properties_counts_as_the_changeset_too() {
+    let mut core = Core::new(CoreConfig::default());
+    let event = ev(
+        json!({"type":"build_started","builder":"linux","build_id":7,"number":1,
+                         "changeset":"FETCH_HEAD",
+                         "properties":{"got_revision":{"value":"r".repeat(9 * MIB)}}}),
+    );
+    let (document, _) = too_large(core.apply(&event, now()));
+    assert_eq!(document, "build m1/7");
+}
+
+#[test]
+fn a_step_that_leaves_no_room_for_its_logs_is_refused() {
+    let mut core = Core::new(CoreConfig {
+        inline_limit: MAX_INLINE_LIMIT,
+        ..CoreConfig::default()
+    });
+    start(&mut core, None);
+    let (document, _) = too_large(core.apply(
+        &ev(json!({"type":"step_started","build_id":7,"step":0,"name":"n".repeat(10 * MIB)})),
+        now(),
+    ));
+    assert_eq!(document, "step m1/7/0");
+    // Not remembered: a log for it is an unknown step.
+    assert!(matches!(
+        log(&mut core, "x", Some(0)),
+        Err(RuleError::UnknownStep { .. })
+    ));
+}
+
+#[test]
+fn a_chunk_is_refused_when_a_raised_inline_limit_would_outgrow_the_step() {
+    // Started under a small limit, a step with a long name fits...
+    let mut small = Core::new(CoreConfig {
+        inline_limit: 256,
+        ..CoreConfig::default()
+    });
+    let build = match &start(&mut small, None)[1] {
+        Mutation::StartBuild(doc) => (**doc).clone(),
+        other => panic!("{other:?}"),
+    };
+    let ms = apply(
+        &mut small,
+        json!({"type":"step_started","build_id":7,"step":0,"name":"n".repeat(15 * MIB)}),
+    );
+    let Mutation::StartStep { doc: step, .. } = &ms[0] else {
+        panic!("{ms:?}")
+    };
+    // ...but read back under a limit of 2 MiB, its logs may not grow to that.
+    let mut big = Core::new(CoreConfig {
+        inline_limit: MAX_INLINE_LIMIT,
+        ..CoreConfig::default()
+    });
+    big.restore(&BuildSnapshot {
+        build,
+        steps: vec![(**step).clone()],
+        logs: vec![],
+    });
+    let (document, _) = too_large(log(&mut big, &"x".repeat(MIB), Some(0)));
+    assert_eq!(document, "step m1/7/0");
+}
+
+#[test]
+fn a_restored_step_counts_what_the_store_holds() {
+    // Written under a limit of 2 MiB: a long name and three full inline logs.
+    let mut first = with_step(MAX_INLINE_LIMIT);
+    let ms = apply(
+        &mut first,
+        json!({"type":"step_started","build_id":7,"step":1,"name":"n".repeat(9 * MIB)}),
+    );
+    let Mutation::StartStep { doc: step, .. } = &ms[0] else {
+        panic!("{ms:?}")
+    };
+    let mut step = (**step).clone();
+    for field in [&mut step.stdout, &mut step.stderr, &mut step.headers] {
+        *field = "o".repeat(2 * MIB);
+    }
+    let build = match &start(&mut Core::new(CoreConfig::default()), None)[1] {
+        Mutation::StartBuild(doc) => (**doc).clone(),
+        other => panic!("{other:?}"),
+    };
+    // Read back under a smaller limit, the logs it holds still count.
+    let mut core = Core::new(CoreConfig {
+        inline_limit: 256,
+        ..CoreConfig::default()
+    });
+    core.restore(&BuildSnapshot {
+        build,
+        steps: vec![step],
+        logs: vec![],
+    });
+    let finish_step = ev(
+        json!({"type":"step_finished","build_id":7,"step":1,"result":0,
+                               "text":"t".repeat(2 * MIB)}),
+    );
+    let (document, _) = too_large(core.apply(&finish_step, now()));
+    assert_eq!(document, "step m1/7/1");
+}
+
+#[test]
+fn a_nul_character_in_a_property_key_is_unstorable_not_too_large() {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, None);
+    for (name, value) in [("a\u{0}b", json!(1)), ("ok", json!({"k\u{0}": 1}))] {
+        let err = core
+            .apply(
+                &ev(json!({"type":"property","build_id":7,"name":name,"value":value})),
+                now(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RuleError::Unstorable { .. }), "{err:?}");
+    }
+    let event = ev(
+        json!({"type":"build_started","builder":"linux","build_id":8,"number":2,
+                         "properties":{"a\u{0}":{"value":1}}}),
+    );
+    assert!(matches!(
+        core.apply(&event, now()),
+        Err(RuleError::Unstorable { .. })
+    ));
 }

@@ -15,9 +15,11 @@ use buildstore_schema::{
 use chrono::Utc;
 
 use super::changeset::{got_revision, ChangesetPolicy};
-use super::doc_size::{field_len, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
+use super::doc_size::{
+    document_field_len, document_len, string_field_len, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
+};
 use super::inline_log::MIN_INLINE_LIMIT;
-use super::mutation::Mutation;
+use super::mutation::{InlineUpdate, Mutation};
 use super::state::{BuildSnapshot, BuildState, StepState};
 
 /// The knobs of the rules.
@@ -230,8 +232,10 @@ impl Core {
                 })
                 .collect(),
         };
-        let mut state = BuildState::from_doc(&doc);
-        fits(|| format!("build {id}"), state.doc_bytes)?;
+        let mut state = BuildState::from_doc(&doc).map_err(|message| RuleError::Unstorable {
+            field: "properties".into(),
+            message: format!("cannot be stored ({message})"),
+        })?;
         let mut out = vec![
             Mutation::EnsureBuilder {
                 id: super::builder_id(master, &e.builder),
@@ -246,6 +250,8 @@ impl Core {
                 out.extend(offer_changeset(&mut state, &rev, &self.config.changesets));
             }
         }
+        // Counted with the changeset a got_revision may have set; nothing is kept before this.
+        fits(|| format!("build {id}"), state.doc_bytes)?;
         self.builds.insert(id, state);
         Ok(out)
     }
@@ -278,10 +284,13 @@ impl Core {
             log_truncated: false,
             log_bytes: LogBytes::default(),
         };
-        let step = StepState::new(&doc);
-        // Room for its three logs at the inline limit, and for the id in the build's `steps`.
-        fits(|| format!("step {}", doc.id), step.base_bytes + 3 * limit)?;
-        let listed = build.doc_bytes + field_len(&position.to_string(), &doc.id);
+        let step = StepState::started(&doc);
+        // Room for its three logs at the inline limit, and for the id in the build's `steps`,
+        // where it takes the next index whatever its position.
+        fits(|| format!("step {}", doc.id), step.bytes_with(0, limit))?;
+        let listed = build
+            .doc_bytes
+            .saturating_add(string_field_len(&build.steps.len().to_string(), &doc.id));
         fits(|| format!("build {}", build.id), listed)?;
         build.doc_bytes = listed;
         build.steps.insert(e.step, step);
@@ -303,10 +312,9 @@ impl Core {
                 step: e.step,
             })?;
         let step_id = super::step_id(&build_doc_id, e.step);
-        let log = step.log_mut(e.channel);
-        let len = log.len();
+        let len = step.log_mut(e.channel).len();
         let offset = e.offset.unwrap_or(len);
-        let end = offset + e.text.len() as u64;
+        let end = offset.saturating_add(e.text.len() as u64);
         if offset > len {
             return Err(RuleError::LogGap {
                 step_id,
@@ -328,7 +336,17 @@ impl Core {
                 offset,
             })?
             .to_owned();
-        let inline = log.append(&new, limit);
+        // A limit raised since the step started could let its logs outgrow the document.
+        fits(
+            || format!("step {step_id}"),
+            step.bytes_after_chunk(e.channel, limit),
+        )?;
+        let inline = step.log_mut(e.channel).append(&new, limit);
+        let held = match &inline {
+            InlineUpdate::Append => step.inline_bytes_of(e.channel) + new.len(),
+            InlineUpdate::Replace(value) | InlineUpdate::Spill { value, .. } => value.len(),
+        };
+        step.set_inline_bytes(e.channel, held);
         Ok(vec![Mutation::AppendLog {
             step_id,
             channel: e.channel,
@@ -354,7 +372,7 @@ impl Core {
         let text_bytes = e.text.as_ref().map_or(0, String::len);
         fits(
             || format!("step {}", super::step_id(&build_doc_id, e.step)),
-            step.base_bytes + text_bytes + 3 * limit,
+            step.bytes_with(text_bytes, limit),
         )?;
         step.text_bytes = text_bytes;
         step.finished = true;
@@ -370,7 +388,17 @@ impl Core {
         non_empty("name", &e.name)?;
         let policy = self.config.changesets.clone();
         let property = property_doc("value", &e.value, e.source.clone())?;
-        let bytes = field_len(&e.name, &property);
+        if e.name.contains('\0') {
+            return Err(RuleError::Unstorable {
+                field: "name".into(),
+                message: "a property name cannot hold a NUL character".into(),
+            });
+        }
+        let value_bytes = document_len(&property).map_err(|message| RuleError::Unstorable {
+            field: "value".into(),
+            message: format!("cannot be stored ({message})"),
+        })?;
+        let bytes = document_field_len(&e.name, value_bytes);
         let build = self.build_mut(master, &e.build_id)?;
         let earlier = build.property_bytes.get(&e.name).copied().unwrap_or(0);
         let mut total = build
@@ -403,9 +431,13 @@ impl Core {
     fn changeset(&mut self, master: &Ident, e: &Changeset) -> Result<Vec<Mutation>, RuleError> {
         let policy = self.config.changesets.clone();
         let build = self.build_mut(master, &e.build_id)?;
+        let earlier = build.changeset.as_ref().map_or(0, String::len);
         fits(
             || format!("build {}", build.id),
-            build.doc_bytes.saturating_add(e.changeset.len()),
+            build
+                .doc_bytes
+                .saturating_add(e.changeset.len())
+                .saturating_sub(earlier),
         )?;
         Ok(offer_changeset(build, &e.changeset, &policy))
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bson::DateTime;
 use buildstore_schema::{BuildDoc, Channel, RepoBuildEntry, StepDoc};
 
-use super::doc_size::{document_len, field_len};
+use super::doc_size::{document_field_len, document_len, started_step_len};
 use super::inline_log::InlineLog;
 
 /// A build as a store holds it: enough to carry on folding events into it.
@@ -55,22 +55,70 @@ pub(crate) struct StepState {
     pub base_bytes: usize,
     /// Bytes of its `text`.
     pub text_bytes: usize,
+    /// Bytes of each inline log field as the document holds it now. A store written with a
+    /// higher inline limit may hold more than the limit in force, until the next chunk.
+    pub inline_bytes: [usize; 3],
 }
 
 impl StepState {
-    pub fn new(doc: &StepDoc) -> StepState {
+    /// A step that has just started, as `doc`.
+    pub fn started(doc: &StepDoc) -> StepState {
+        StepState {
+            base_bytes: started_step_len(&doc.id, &doc.build, &doc.name),
+            ..StepState::default()
+        }
+    }
+
+    /// A step as a store holds it.
+    fn stored(doc: &StepDoc) -> StepState {
         let text_bytes = doc.text.as_ref().map_or(0, String::len);
-        let inline = doc.stdout.len() + doc.stderr.len() + doc.headers.len();
+        let inline_bytes = [doc.stdout.len(), doc.stderr.len(), doc.headers.len()];
+        let varying = text_bytes + inline_bytes.iter().sum::<usize>();
         StepState {
             finished: doc.result.is_some(),
             logs: Default::default(),
-            base_bytes: document_len(doc).saturating_sub(inline + text_bytes),
+            // A stored document has a BSON form; were it to fail, the started size is the floor.
+            base_bytes: document_len(doc).map_or_else(
+                |_| started_step_len(&doc.id, &doc.build, &doc.name),
+                |len| len.saturating_sub(varying),
+            ),
             text_bytes,
+            inline_bytes,
         }
     }
 
     pub fn log_mut(&mut self, channel: Channel) -> &mut InlineLog {
         &mut self.logs[channel_index(channel)]
+    }
+
+    /// Bytes the step document would take with `text` of `text_bytes` bytes, and the inline log
+    /// of each channel at most the larger of `limit` and what it holds now.
+    pub fn bytes_with(&self, text_bytes: usize, limit: usize) -> usize {
+        self.inline_bytes
+            .iter()
+            .fold(self.base_bytes.saturating_add(text_bytes), |n, held| {
+                n.saturating_add(limit.max(*held))
+            })
+    }
+
+    /// Bytes the step document would take once a chunk is appended to `channel`: that field
+    /// holds at most `limit` bytes afterwards, the others what they hold now.
+    pub fn bytes_after_chunk(&self, channel: Channel, limit: usize) -> usize {
+        let at = channel_index(channel);
+        self.inline_bytes.iter().enumerate().fold(
+            self.base_bytes.saturating_add(self.text_bytes),
+            |n, (i, held)| n.saturating_add(if i == at { limit } else { *held }),
+        )
+    }
+
+    /// Bytes the inline field of `channel` holds now.
+    pub fn inline_bytes_of(&self, channel: Channel) -> usize {
+        self.inline_bytes[channel_index(channel)]
+    }
+
+    /// The inline field of `channel` now holds `bytes` bytes.
+    pub fn set_inline_bytes(&mut self, channel: Channel, bytes: usize) {
+        self.inline_bytes[channel_index(channel)] = bytes;
     }
 }
 
@@ -99,7 +147,20 @@ impl BuildState {
         }
     }
 
-    pub fn from_doc(doc: &BuildDoc) -> BuildState {
+    /// The state of the build `doc`, its size counted; an error says why `doc` has no BSON form
+    /// (a NUL character in a property's name or in a key of its value).
+    pub fn from_doc(doc: &BuildDoc) -> Result<BuildState, String> {
+        let mut state = BuildState::uncounted(doc);
+        for (name, p) in &doc.properties {
+            let bytes = document_field_len(name, document_len(p)?);
+            state.property_bytes.insert(name.clone(), bytes);
+        }
+        state.doc_bytes = document_len(doc)?;
+        Ok(state)
+    }
+
+    /// The state of the build `doc`, its size not counted yet.
+    fn uncounted(doc: &BuildDoc) -> BuildState {
         BuildState {
             id: doc.id.clone(),
             builder: doc.builder.clone(),
@@ -111,23 +172,21 @@ impl BuildState {
             result: doc.result,
             time_end: doc.time_end,
             steps: BTreeMap::new(),
-            doc_bytes: document_len(doc),
-            property_bytes: doc
-                .properties
-                .iter()
-                .map(|(name, p)| (name.clone(), field_len(name, p)))
-                .collect(),
+            doc_bytes: 0,
+            property_bytes: BTreeMap::new(),
         }
     }
 
     /// Rebuilds the state from a snapshot; `limit` is the inline log limit in force.
     pub fn restore(snapshot: &BuildSnapshot, limit: usize) -> BuildState {
-        let mut state = BuildState::from_doc(&snapshot.build);
+        // A stored document has a BSON form; were it to fail, nothing is counted for it.
+        let mut state = BuildState::from_doc(&snapshot.build)
+            .unwrap_or_else(|_| BuildState::uncounted(&snapshot.build));
         for step in &snapshot.steps {
             let Ok(number) = u32::try_from(step.step) else {
                 continue;
             };
-            state.steps.insert(number, StepState::new(step));
+            state.steps.insert(number, StepState::stored(step));
         }
         for log in &snapshot.logs {
             let step = log

@@ -53,7 +53,8 @@ enum Command {
         /// Report bad lines and carry on with the rest instead of stopping at the first.
         #[arg(long)]
         keep_going: bool,
-        /// Most bytes of each log channel kept inline in step documents; the store keeps the rest.
+        /// Most bytes of each log channel kept inline in step documents (256 to 2097152); the store
+        /// keeps the rest.
         #[arg(long, value_name = "BYTES", default_value_t = CoreConfig::DEFAULT_INLINE_LIMIT)]
         inline_log_limit: usize,
         /// Regular expression of a proper (final, linkable) changeset.
@@ -99,7 +100,8 @@ enum Command {
         /// start).
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         grace: u64,
-        /// Most bytes of each log channel kept inline in step documents; the store keeps the rest.
+        /// Most bytes of each log channel kept inline in step documents (256 to 2097152); the store
+        /// keeps the rest.
         #[arg(long, value_name = "BYTES", default_value_t = CoreConfig::DEFAULT_INLINE_LIMIT)]
         inline_log_limit: usize,
         /// Regular expression of a proper (final, linkable) changeset.
