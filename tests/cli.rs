@@ -574,6 +574,20 @@ fn the_store_can_be_chosen_through_the_environment() {
 }
 
 #[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let db = Db::new();
+    let mut cmd = db.cmd();
+    cmd.env("BUILDSTORE_LOG", "debug");
+    let out = cmd
+        .args(["ingest", &example_files()[0].display().to_string()])
+        .output()
+        .expect("run ingest");
+    let err = stderr(&out);
+    assert!(err.contains("DEBUG"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
+}
+
+#[test]
 fn help_teaches_the_commands() {
     let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
         .arg("--help")

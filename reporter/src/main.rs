@@ -154,8 +154,11 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; plain text for a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BUILDSTORE_LOG")
                 .unwrap_or_else(|_| "warn".into()),
