@@ -142,24 +142,6 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
 }
 
 #[test]
-fn a_spool_too_small_for_the_longest_line_is_refused_at_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
-        .arg("--store")
-        .arg(format!("sqlite:{}", dir.path().join("s.db").display()))
-        .args(["serve", "--listen", "tcp://127.0.0.1:0"])
-        .args(["--spool-max", "1000000", "--line-limit", "1000000"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("--spool-max (1000000 bytes) must be at least twice --line-limit"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
 fn a_wrong_token_is_rejected_and_the_connection_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), free_port(), &["--token", "s3cret"]);

@@ -151,6 +151,33 @@ impl Daemon {
     }
 }
 
+/// Runs `buildstore --store sqlite:DIR/store.db serve ARGS`, which must refuse to start, and
+/// returns what it said. A daemon that starts instead is stopped, and the test fails.
+pub fn refused_to_start(dir: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .env_remove("BUILDSTORE_STORE")
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.join("store.db").display()))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run serve");
+    let mut ready = String::new();
+    let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut ready);
+    if !ready.is_empty() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait");
+    let said = stderr(&out);
+    assert!(
+        ready.is_empty() && !out.status.success(),
+        "it started: {ready}{said}"
+    );
+    said
+}
+
 pub fn store(dir: &Path) -> Db {
     Db::at(format!("sqlite:{}", dir.join("store.db").display()))
 }

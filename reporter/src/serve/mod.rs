@@ -10,7 +10,7 @@ mod lines;
 pub mod metrics;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,8 +90,29 @@ pub enum ServeError {
     SpoolTooSmall { spool_max: u64, line_limit: usize },
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("listening on unix:{0}: the path exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("listening on unix:{0}: another process is listening there")]
+    SocketInUse(PathBuf),
     #[error("cannot catch SIGTERM and SIGINT: {0}")]
     Signals(#[source] std::io::Error),
+}
+
+/// Removes the socket a previous run left at `path`, if one is there and nobody listens on it.
+/// Anything else at `path` stays: a file given by mistake, or the socket of a running daemon.
+fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(()); // nothing there
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServeError::NotASocket(path.to_owned()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServeError::SocketInUse(path.to_owned()));
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then answers what was received, drains the spool for
@@ -148,7 +169,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
                 ));
             }
             Listen::Unix(path) => {
-                let _ = std::fs::remove_file(path); // a stale socket from a previous run
+                clear_stale_socket(path)?;
                 let listener = UnixListener::bind(path).map_err(|source| ServeError::Listen {
                     address: format!("unix:{}", path.display()),
                     source,

@@ -44,6 +44,17 @@ pub enum SpoolError {
     },
     #[error("spool task failed: {0}")]
     Task(String),
+    #[error("spool {path}: cannot lock it: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "spool {path} is in use by another buildstore serve (or embedded Reporter); \
+         give each its own --spool"
+    )]
+    InUse { path: String },
 }
 
 /// One spooled event: its spool id and its protocol line.
@@ -71,6 +82,9 @@ pub struct Spool {
     /// so that a metrics scrape does not scan a spool that may hold a gigabyte.
     events: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
+    /// Held locked while the spool is open: two daemons writing one spool would hand out the
+    /// same ids and release each other's events.
+    _lock: Arc<std::fs::File>,
 }
 
 /// Lines are stored joined by this; a protocol line never contains it.
@@ -89,6 +103,31 @@ fn joined(lines: &[impl std::borrow::Borrow<str>]) -> Vec<u8> {
     lines.join(SEPARATOR).into_bytes()
 }
 
+/// Locks the spool directory `dir` for this process, or says who holds it. The lock goes with
+/// the process, however it ends.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SpoolError::Lock {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::InUse {
+            path: dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Lock {
+            path: dir.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// Most lines per group when an old spool is converted.
 const CONVERT_GROUP: usize = 4096;
 
@@ -101,6 +140,7 @@ impl Spool {
         })?;
         let file: PathBuf = dir.join("spool.db");
         let path = file.display().to_string();
+        let lock = lock_dir(dir)?;
         let err = |source| SpoolError::Sqlite {
             path: path.clone(),
             source,
@@ -131,6 +171,7 @@ impl Spool {
             next: Arc::new(AtomicI64::new(next)),
             events: Arc::new(AtomicU64::new(u64::try_from(events).unwrap_or(0))),
             bytes: Arc::new(AtomicU64::new(u64::try_from(bytes).unwrap_or(0))),
+            _lock: Arc::new(lock),
         })
     }
 

@@ -1,0 +1,106 @@
+//! What `buildstore serve` refuses at start: settings that cannot work, and places that belong
+//! to someone else (a file where its socket would go, a socket or a spool another daemon uses).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use common::daemon::*;
+
+#[test]
+fn a_spool_too_small_for_the_longest_line_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let said = refused_to_start(
+        dir.path(),
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--spool-max",
+            "1000000",
+            "--line-limit",
+            "1000000",
+        ],
+    );
+    assert!(
+        said.contains("--spool-max (1000000 bytes) must be at least twice --line-limit"),
+        "{said}"
+    );
+}
+
+/// Sends one event over the Unix socket at `path` and returns the reply.
+fn send_over(path: &Path, line: &str) -> String {
+    let mut s = UnixStream::connect(path).expect("connect");
+    s.write_all(format!("{line}\n").as_bytes()).expect("send");
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).expect("reply");
+    reply
+}
+
+/// A directory of its own under `dir`, for one daemon's store and spool.
+fn own(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).expect("mkdir");
+    path
+}
+
+const EVENT: &str = r#"{"type":"builder_added","master_id":"m","builder":"b","event_id":"e1"}"#;
+
+#[test]
+fn a_unix_socket_path_holding_a_file_or_a_live_socket_is_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A file given by mistake (here, a store) is not replaced by the socket.
+    let file = dir.path().join("precious.db");
+    std::fs::write(&file, b"precious bytes").expect("write");
+    let listen = format!("unix:{}", file.display());
+    let said = refused_to_start(dir.path(), &["--listen", &listen, "--metrics", "off"]);
+    assert!(said.contains("exists and is not a socket"), "{said}");
+    assert_eq!(
+        std::fs::read(&file).expect("still there"),
+        b"precious bytes"
+    );
+
+    // A running daemon's socket is not taken over by a second one.
+    let sock = dir.path().join("bs.sock");
+    let listen = format!("unix:{}", sock.display());
+    let first = Daemon::start(&own(dir.path(), "a"), free_port(), &["--listen", &listen]);
+    let said = refused_to_start(
+        &own(dir.path(), "b"),
+        &["--listen", &listen, "--metrics", "off"],
+    );
+    assert!(
+        said.contains("another process is listening there"),
+        "{said}"
+    );
+    assert!(send_over(&sock, EVENT).contains(r#""ack":"e1""#));
+
+    // The socket a killed daemon left behind is stale: the next one takes its place.
+    first.kill();
+    assert!(sock.exists());
+    let _next = Daemon::start(&own(dir.path(), "c"), free_port(), &["--listen", &listen]);
+    assert!(send_over(&sock, EVENT).contains(r#""ack":"e1""#));
+}
+
+#[test]
+fn a_spool_another_daemon_uses_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let _first = Daemon::start(dir.path(), free_port(), &[]);
+    let spool_arg = spool.display().to_string();
+    let said = refused_to_start(
+        &own(dir.path(), "other"),
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--metrics",
+            "off",
+            "--spool",
+            &spool_arg,
+        ],
+    );
+    assert!(
+        said.contains("is in use by another buildstore serve"),
+        "{said}"
+    );
+}
