@@ -445,6 +445,33 @@ fn a_property_that_would_outgrow_mongodbs_document_limit_is_rejected_and_the_bui
 }
 
 #[test]
+fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"builder_added","master_id":"m","builder":"a","event_id":""}"#,
+        r#"{"type":"builder_added","master_id":"m","builder":"b","event_id":""}"#,
+        r#"{"type":"builder_added","master_id":"m","builder":"c"}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: field `event_id` must not be empty"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: field `event_id` must not be empty"),
+        "{err}"
+    );
+    assert!(err.contains(" 0 duplicates skipped"), "{err}");
+    let names: Vec<Value> = db
+        .export("builders")
+        .into_iter()
+        .map(|b| b["name"].clone())
+        .collect();
+    assert_eq!(names, ["c"]);
+}
+
+#[test]
 fn a_proper_changeset_pattern_can_be_configured() {
     let db = Db::new();
     let lines = [

@@ -16,8 +16,9 @@ use crate::value::{Ident, ResultCode, Timestamp};
 pub struct Event {
     /// The build master that sent the event; part of every `_id` it touches.
     pub master_id: Ident,
-    /// Unique per sender. An event whose id was already applied is ignored.
+    /// Unique per sender, and not empty. An event whose id was already applied is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub event_id: Option<String>,
     /// When it happened; defaults to the time buildstore received it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +284,12 @@ impl Event {
             .ok_or_else(|| EventError::Field("missing field `master_id`".into()))
             .and_then(|v| field::<Ident>("master_id", v))?;
         let event_id = optional::<String>(&obj, "event_id")?;
+        // An empty id would make every event that has one a duplicate of the first.
+        if event_id.as_deref() == Some("") {
+            return Err(EventError::Field(
+                "field `event_id` must not be empty (leave it out to have one assigned)".into(),
+            ));
+        }
         let time = optional::<Timestamp>(&obj, "time")?;
         let obj = Value::Object(obj);
         let kind = match ty.as_str() {
@@ -453,6 +460,8 @@ mod tests {
         let e =
             err(r#"{"type":"changeset","master_id":1,"build_id":1,"changeset":"x","time":"soon"}"#);
         assert!(e.starts_with("field `time`:"), "{e}");
+        let e = err(r#"{"type":"builder_removed","master_id":1,"builder":"b","event_id":""}"#);
+        assert!(e.starts_with("field `event_id` must not be empty"), "{e}");
     }
 
     #[test]
