@@ -615,6 +615,36 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
 }
 
 #[test]
+fn status_gives_up_on_an_address_that_never_answers() {
+    // Something that accepts connections but never speaks HTTP, like the socket feed's port.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run status");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("buildstore status still waits after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no answer within 5 s")
+            && stderr(&out).contains("the daemon's --metrics address?"),
+        "{}",
+        stderr(&out)
+    );
+    drop(silent);
+}
+
+#[test]
 fn help_teaches_the_commands() {
     let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
         .arg("--help")

@@ -216,14 +216,37 @@ pub async fn serve(
     }
 }
 
+/// How long `buildstore status` waits for the metrics page.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The most of an answer it reads.
+const FETCH_MAX_BYTES: u64 = 64 << 20;
+
 /// Fetches a running daemon's metrics (`buildstore status`).
 pub async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        // More than any metrics page: something else is listening there.
+        (&mut stream)
+            .take(FETCH_MAX_BYTES)
+            .read_to_end(&mut response)
+            .await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(FETCH_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} s: is {addr} the daemon's --metrics address?",
+                    FETCH_TIMEOUT.as_secs()
+                ),
+            )
+        })??;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
