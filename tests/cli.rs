@@ -571,6 +571,41 @@ fn clear_errors_for_bad_commands() {
 }
 
 #[test]
+fn commands_that_fail_on_their_arguments_leave_no_new_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fresh.db");
+    let db = Db::at(format!("sqlite:{}", path.display()));
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["ingest", "/no/such/file.jsonl"],
+            "cannot open /no/such/file.jsonl",
+        ),
+        (
+            &["ingest", "--inline-log-limit", "5", "-"],
+            "--inline-log-limit must be",
+        ),
+        (
+            &["serve", "--line-limit", "0"],
+            "--line-limit must be at least 1024 bytes",
+        ),
+        (
+            &["serve", "--metrics", "nowhere"],
+            "--metrics \"nowhere\" is not",
+        ),
+        (
+            &["status", "--metrics", "127.0.0.1:9"],
+            "no buildstore serve answers",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = db.cmd().args(args).output().expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(!path.exists(), "{args:?} created the store");
+    }
+}
+
+#[test]
 fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
     let dir = tempfile::tempdir().expect("tempdir");
     let typo = dir.path().join("typo.db");

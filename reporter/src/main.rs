@@ -83,7 +83,7 @@ enum Command {
         /// least twice --line-limit.
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
         spool_max: u64,
-        /// Longest accepted line, in bytes.
+        /// Longest accepted line, in bytes (at least 1024).
         #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
         line_limit: usize,
         /// Shared secret clients send first as {"type":"hello","token":...}; required on
@@ -207,6 +207,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if let Command::Status { metrics } = cli.command {
+        return status(metrics).await;
+    }
+    preflight(&cli.command)?;
     let store = store::open(&cli.store).await.context("opening the store")?;
     match cli.command {
         Command::Ingest {
@@ -239,12 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             web,
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
-            let metrics = match metrics.as_str() {
-                "off" => None,
-                addr => Some(addr.parse().with_context(|| {
-                    format!("--metrics {addr:?} is not an IP:PORT address (or \"off\")")
-                })?),
-            };
+            let metrics = metrics_address(&metrics)?;
             store.init().await.context("preparing the store")?;
             let spool = spool.unwrap_or_else(|| default_spool(&cli.store));
             let web = match web {
@@ -304,6 +303,52 @@ async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> 
     server.await.context("the web server stopped abnormally")?;
     Ok(())
 }
+
+/// Checks what a command can check without the store, before the store is opened: a command
+/// that fails on its own arguments leaves no new, empty store behind.
+fn preflight(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Ingest {
+            file,
+            inline_log_limit,
+            proper_changeset,
+            ..
+        } => {
+            core_config(*inline_log_limit, proper_changeset)?;
+            if file != "-" {
+                std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
+            }
+        }
+        Command::Serve {
+            inline_log_limit,
+            proper_changeset,
+            line_limit,
+            metrics,
+            ..
+        } => {
+            core_config(*inline_log_limit, proper_changeset)?;
+            metrics_address(metrics)?;
+            if *line_limit < MIN_LINE_LIMIT {
+                bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The `--metrics` address, or `None` for "off".
+fn metrics_address(metrics: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    match metrics {
+        "off" => Ok(None),
+        addr => Ok(Some(addr.parse().with_context(|| {
+            format!("--metrics {addr:?} is not an IP:PORT address (or \"off\")")
+        })?)),
+    }
+}
+
+/// The shortest `--line-limit`: an event with a few fields takes a few hundred bytes.
+const MIN_LINE_LIMIT: usize = 1024;
 
 async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     let text = buildstore::serve::metrics::fetch(metrics)
