@@ -14,6 +14,7 @@ same bytes.
 """
 
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -288,4 +289,9 @@ def main():
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        # It takes no arguments: anything given (even --help) is answered, not written over.
+        print(__doc__.strip())
+        print(f"\nusage: python3 {sys.argv[0]}   (rewrites {OUT.name} next to this script)")
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
     main()
