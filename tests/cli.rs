@@ -472,6 +472,15 @@ fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
 }
 
 #[test]
+fn a_file_starting_with_a_byte_order_mark_ingests() {
+    let db = Db::new();
+    let text = format!("\u{feff}{BUILD}\r\n{STEP}\r\n");
+    let out = db.ingest_text(&text, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.export("steps").len(), 1);
+}
+
+#[test]
 fn a_proper_changeset_pattern_can_be_configured() {
     let db = Db::new();
     let lines = [

@@ -254,6 +254,8 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// A parsed line, or why it is not an event.
 enum Line {
     Event(u64, Box<Event>),
@@ -285,7 +287,12 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         let mut close = eof;
         if !eof {
             number += 1;
-            match parse_line(&buf) {
+            // Editors on some systems start a text file with a UTF-8 byte-order mark.
+            let line = match buf.strip_prefix(UTF8_BOM) {
+                Some(rest) if number == 1 => rest,
+                _ => &buf[..],
+            };
+            match parse_line(line) {
                 Ok(None) => {}
                 Ok(Some(event)) => {
                     bytes += buf.len();
