@@ -330,6 +330,56 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
     peer.kill();
 }
 
+/// A MongoDB store that is down when the daemon starts is what the spool is for: the daemon
+/// starts, acknowledges, and applies the events and prepares the store once it answers.
+#[test]
+fn the_daemon_starts_while_the_mongodb_store_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "late") else {
+        return; // needs a server this test can stop
+    };
+    let peer_port = peer.port;
+    peer.kill();
+    let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 500,
+        ..Default::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
+    daemon.wait_until("a store error", |s| s["store_errors_total"] > 0.0);
+
+    let peer = restart_peer(dir.path(), peer_port);
+    daemon.wait_until("every event applied", |s| {
+        s["events_applied_total"] >= lines.len() as f64
+    });
+    let db = Db::at(peer.uri("late"));
+    let prepared = (0..300).any(|_| {
+        let names = common::mongo::on_database(&db.location, |database| async move {
+            database
+                .collection::<bson::Document>("builds")
+                .list_index_names()
+                .await
+                .unwrap_or_default()
+        });
+        let all = buildstore_schema::INDEXES
+            .iter()
+            .filter(|i| i.collection == buildstore_schema::Collection::Builds)
+            .all(|i| names.contains(&i.name.to_string()));
+        if !all {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        all
+    });
+    assert!(
+        prepared,
+        "the indexes of builds were created once the store answered"
+    );
+    assert!(daemon.stop().success());
+    assert_same_as_one_clean_ingest(&db, &lines, dir.path());
+    peer.kill();
+}
+
 /// Thousands of bad lines of every kind, mixed into a valid stream over several connections:
 /// each gets its error reply, every valid event is stored, and the daemon stays up.
 #[test]

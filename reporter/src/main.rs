@@ -244,7 +244,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
             let metrics = metrics_address(&metrics)?;
-            store.init().await.context("preparing the store")?;
+            // A store that is down is what the spool is for: the daemon takes events at once
+            // and prepares the store once it answers.
+            let prepared = match store.init().await {
+                Err(e @ buildstore::store::StoreError::Unreachable { .. }) => {
+                    tracing::warn!(error = %e, "store unreachable: starting anyway; the spool keeps the events");
+                    false
+                }
+                other => {
+                    other.context("preparing the store")?;
+                    true
+                }
+            };
             let spool = spool.unwrap_or_else(|| default_spool(&cli.store));
             let web = match web {
                 None => None,
@@ -267,7 +278,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics,
                 web,
             };
-            buildstore::serve::run(config, std::sync::Arc::from(store)).await?;
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
+            if !prepared {
+                tokio::spawn(init_once_reachable(std::sync::Arc::clone(&store)));
+            }
+            buildstore::serve::run(config, store).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { metrics } => status(metrics).await,
@@ -284,6 +299,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Log { step_id, channel } => print_log(store.as_ref(), &step_id, channel).await,
+    }
+}
+
+/// Prepares a store that was down when the daemon started (indexes, validators), trying again
+/// after 1 s, then twice as long each time up to 30 s, until it answers.
+async fn init_once_reachable(store: std::sync::Arc<dyn Store>) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(wait).await;
+        match store.init().await {
+            Ok(()) => {
+                tracing::info!("store prepared");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, ?wait, "preparing the store failed; trying again"),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
 }
 
