@@ -263,8 +263,7 @@ pub enum EventError {
 impl Event {
     /// Parses one line of the protocol.
     pub fn parse(line: &str) -> Result<Event, EventError> {
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| EventError::Json(e.to_string()))?;
+        let value: Value = serde_json::from_str(line).map_err(EventError::from_json)?;
         Event::from_value(value)
     }
 
@@ -386,10 +385,35 @@ fn optional<T: serde::de::DeserializeOwned>(
     }
 }
 
+impl EventError {
+    /// A line that is not JSON, located by column only: an event is one line, and the line
+    /// number that matters is the input's, which the caller adds.
+    pub fn from_json(e: serde_json::Error) -> EventError {
+        let text = e.to_string();
+        let what = text
+            .rsplit_once(" at line ")
+            .map_or(text.as_str(), |(what, _)| what);
+        EventError::Json(format!("{what} at column {}", e.column()))
+    }
+}
+
+/// Serde names the Rust type a value should have been; a sender knows the protocol's shape.
+fn protocol_words(message: String) -> String {
+    message
+        .replace(
+            "expected struct PropertyValue",
+            r#"expected an object such as {"value": ..., "source": "..."}"#,
+        )
+        .replace(
+            "expected struct Change",
+            r#"expected an object such as {"revision": "...", "author": "...", "files": [...]}"#,
+        )
+}
+
 fn body<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<T, EventError> {
     serde_path_to_error::deserialize(obj).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let inner = protocol_words(e.into_inner().to_string());
         if path == "." || path.is_empty() {
             EventError::Field(inner)
         } else {
@@ -460,6 +484,24 @@ mod tests {
         let e =
             err(r#"{"type":"changeset","master_id":1,"build_id":1,"changeset":"x","time":"soon"}"#);
         assert!(e.starts_with("field `time`:"), "{e}");
+        assert_eq!(
+            err("{\"type\":"),
+            "not valid JSON: EOF while parsing a value at column 8"
+        );
+        let e = err(
+            r#"{"type":"changeset","master_id":1,"build_id":1,"changeset":"x","time":"2026-03-12T14:07:31"}"#,
+        );
+        assert!(
+            e.ends_with("the time zone is missing: add Z for UTC or an offset such as +02:00"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"type":"build_started","master_id":1,"builder":"b","build_id":1,"number":1,"properties":{"p":"v"}}"#,
+        );
+        assert!(
+            e.ends_with(r#"expected an object such as {"value": ..., "source": "..."}"#),
+            "{e}"
+        );
         let e = err(r#"{"type":"builder_removed","master_id":1,"builder":"b","event_id":""}"#);
         assert!(e.starts_with("field `event_id` must not be empty"), "{e}");
     }

@@ -140,8 +140,17 @@ impl<'de> Deserialize<'de> for Timestamp {
                 V::from_secs(v)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timestamp, E> {
-                let t = DateTime::parse_from_rfc3339(v)
-                    .map_err(|e| E::custom(format!("{v:?} is not an RFC 3339 date-time ({e})")))?;
+                let t = DateTime::parse_from_rfc3339(v).map_err(|e| {
+                    // The usual slip: a local time without its zone, which chrono calls a
+                    // premature end.
+                    let hint = if v.len() == 19 && v.as_bytes().get(10) == Some(&b'T') {
+                        ", the time zone is missing: add Z for UTC or an offset such as +02:00"
+                            .to_owned()
+                    } else {
+                        format!(" ({e})")
+                    };
+                    E::custom(format!("{v:?} is not an RFC 3339 date-time{hint}"))
+                })?;
                 Timestamp::from_millis(t.timestamp_millis()).ok_or_else(|| {
                     E::custom(format!("{v:?} is out of range (years 0000 to 9999 in UTC)"))
                 })
