@@ -27,7 +27,7 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("store location {0:?} is not understood: expected sqlite:PATH or mongodb://HOST[:PORT]/DATABASE")]
     BadLocation(String),
-    #[error("cannot reach MongoDB at {location} (serverSelectionTimeoutMS): {message}")]
+    #[error("cannot reach MongoDB at {location} within serverSelectionTimeoutMS: {message}")]
     Unreachable { location: String, message: String },
     #[error("MongoDB at {location}: {message}")]
     Mongo { location: String, message: String },

@@ -96,7 +96,7 @@ impl MongoStore {
         ) {
             return StoreError::Unreachable {
                 location: self.location.clone(),
-                message: self.redact.text(&e),
+                message: selection_summary(&self.redact.text(&e)),
             };
         }
         StoreError::Mongo {
@@ -300,6 +300,26 @@ fn commits_filter(q: &CommitQuery) -> Document {
             commiter_date: None,
             id,
         }) => doc! {"commiter_date": Bson::Null, "_id": {"$lt": id}},
+    }
+}
+
+/// What each server said, out of the driver's description of a failed server selection (which
+/// dumps its whole view of the topology): `host:port: error` for each, or the text as it was.
+fn selection_summary(text: &str) -> String {
+    let servers: Vec<String> = text
+        .split("Address: ")
+        .skip(1)
+        .filter_map(|server| {
+            let (address, rest) = server.split_once(',')?;
+            let error = rest.split_once("Error: Kind: ")?.1;
+            let error = error.split_once(", labels:").map_or(error, |(e, _)| e);
+            Some(format!("{address}: {error}"))
+        })
+        .collect();
+    if servers.is_empty() {
+        text.to_owned()
+    } else {
+        servers.join("; ")
     }
 }
 

@@ -44,3 +44,17 @@ fn between_its_own_attempts_the_store_waits_long_enough_to_ride_out_an_election(
     let waited: Duration = (1..ATTEMPTS).map(backoff).sum();
     assert!(waited >= Duration::from_secs(12), "{waited:?}");
 }
+
+#[test]
+fn a_failed_server_selection_says_what_each_server_said() {
+    let driver =
+        "Kind: Server selection timeout: No available servers. Topology: { Type: Unknown, \
+        Servers: [ { Address: 127.0.0.1:9, Type: Unknown, Error: Kind: I/O error: Connection \
+        refused (os error 111), labels: {\"RetryableError\"}, source: None, server response: None \
+        } ] }, labels: {}, source: None, server response: None";
+    assert_eq!(
+        super::selection_summary(driver),
+        "127.0.0.1:9: I/O error: Connection refused (os error 111)"
+    );
+    assert_eq!(super::selection_summary("something else"), "something else");
+}
