@@ -29,6 +29,16 @@ fn a_spool_too_small_for_the_longest_line_is_refused_at_start() {
     );
 }
 
+#[test]
+fn a_listener_beyond_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let said = refused_to_start(dir.path(), &["--listen", "tcp://0.0.0.0:0"]);
+    assert!(
+        said.contains("is not a loopback address: a token is required"),
+        "{said}"
+    );
+}
+
 /// Sends one event over the Unix socket at `path` and returns the reply.
 fn send_over(path: &Path, line: &str) -> String {
     let mut s = UnixStream::connect(path).expect("connect");

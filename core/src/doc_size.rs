@@ -46,18 +46,26 @@ pub(crate) fn string_field_len(name: &str, value: &str) -> usize {
 /// than by writing it out: every step starts with the same fields, and only these three vary.
 pub(crate) fn started_step_len(id: &str, build: &str, name: &str) -> usize {
     static EMPTY: OnceLock<usize> = OnceLock::new();
-    let empty = *EMPTY.get_or_init(|| document_len(&started_step("", "", "")).unwrap_or(0));
+    let empty = *EMPTY.get_or_init(|| {
+        document_len(&started_step("", "", 0, "", DateTime::from_millis(0))).unwrap_or(0)
+    });
     empty + id.len() + build.len() + name.len()
 }
 
 /// A step document as it is when the step starts.
-pub(crate) fn started_step(id: &str, build: &str, name: &str) -> StepDoc {
+pub(crate) fn started_step(
+    id: &str,
+    build: &str,
+    step: u32,
+    name: &str,
+    time: DateTime,
+) -> StepDoc {
     StepDoc {
         id: id.to_owned(),
         build: build.to_owned(),
-        step: 0,
+        step: step.into(),
         name: name.to_owned(),
-        time_start: DateTime::from_millis(0),
+        time_start: time,
         time_end: None,
         result: None,
         successful: None,
@@ -87,9 +95,13 @@ mod tests {
 
     #[test]
     fn a_started_step_is_counted_from_its_strings() {
-        let mut doc = started_step("m1/7/12", "m1/7", "compile");
-        doc.step = 12;
-        doc.time_start = DateTime::from_millis(1_800_000_000_000);
+        let doc = started_step(
+            "m1/7/12",
+            "m1/7",
+            12,
+            "compile",
+            DateTime::from_millis(1_800_000_000_000),
+        );
         assert_eq!(
             Ok(started_step_len(&doc.id, &doc.build, &doc.name)),
             document_len(&doc)

@@ -12,6 +12,25 @@ fn property(core: &mut Core, name: &str, bytes: usize) -> Result<Vec<Mutation>, 
     )
 }
 
+/// A build started at `changeset` that holds 15 MiB of properties, `p0` to `p14`: one more MiB
+/// does not fit.
+fn with_15_mib_of_properties(changeset: Option<&str>) -> Core {
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, changeset);
+    for i in 0..15 {
+        property(&mut core, &format!("p{i}"), MIB).expect("15 MiB of properties fit");
+    }
+    core
+}
+
+/// The document of build m1/7 as it starts.
+fn started_build() -> buildstore_schema::BuildDoc {
+    match &start(&mut Core::new(CoreConfig::default()), None)[1] {
+        Mutation::StartBuild(doc) => (**doc).clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn too_large(result: Result<Vec<Mutation>, RuleError>) -> (String, usize) {
     match result {
         Err(RuleError::DocumentTooLarge { document, bytes }) => (document, bytes),
@@ -21,11 +40,7 @@ fn too_large(result: Result<Vec<Mutation>, RuleError>) -> (String, usize) {
 
 #[test]
 fn a_property_that_would_outgrow_the_build_document_is_refused_and_the_build_carries_on() {
-    let mut core = Core::new(CoreConfig::default());
-    start(&mut core, None);
-    for i in 0..15 {
-        property(&mut core, &format!("p{i}"), MIB).expect("15 MiB of properties fit");
-    }
+    let mut core = with_15_mib_of_properties(None);
     let (document, bytes) = too_large(property(&mut core, "p15", MIB));
     assert_eq!(document, "build m1/7");
     assert!(bytes > MAX_DOCUMENT_BYTES, "{bytes}");
@@ -36,11 +51,7 @@ fn a_property_that_would_outgrow_the_build_document_is_refused_and_the_build_car
 
 #[test]
 fn setting_a_property_again_counts_only_the_difference() {
-    let mut core = Core::new(CoreConfig::default());
-    start(&mut core, None);
-    for i in 0..15 {
-        property(&mut core, &format!("p{i}"), MIB).expect("fits");
-    }
+    let mut core = with_15_mib_of_properties(None);
     // Setting the same name again replaces the value, whatever its size was.
     property(&mut core, "p0", MIB).expect("the same size again fits");
     property(&mut core, "p0", 10).expect("a smaller value fits");
@@ -71,11 +82,7 @@ fn a_build_started_with_too_much_is_refused_and_not_remembered() {
 
 #[test]
 fn a_changeset_that_would_outgrow_the_build_document_is_refused() {
-    let mut core = Core::new(CoreConfig::default());
-    start(&mut core, Some("FETCH_HEAD"));
-    for i in 0..15 {
-        property(&mut core, &format!("p{i}"), MIB).expect("fits");
-    }
+    let mut core = with_15_mib_of_properties(Some("FETCH_HEAD"));
     let huge = json!({"type":"changeset","build_id":7,"changeset":"y".repeat(MIB)});
     assert!(matches!(
         core.apply(&ev(huge), now()),
@@ -104,12 +111,7 @@ fn a_step_text_that_would_outgrow_the_step_document_is_refused() {
 
 #[test]
 fn a_restored_build_counts_the_properties_the_store_holds() {
-    let mut first = Core::new(CoreConfig::default());
-    let ms = start(&mut first, None);
-    let Mutation::StartBuild(doc) = &ms[1] else {
-        panic!("{ms:?}")
-    };
-    let mut build = (**doc).clone();
+    let mut build = started_build();
     for i in 0..15 {
         build.properties.insert(
             format!("p{i}"),
@@ -199,11 +201,7 @@ fn the_count_is_the_size_of_the_document_the_mutations_make() {
 
 #[test]
 fn a_got_revision_counts_twice_since_it_may_become_the_changeset_too() {
-    let mut core = Core::new(CoreConfig::default());
-    start(&mut core, Some("FETCH_HEAD"));
-    for i in 0..15 {
-        property(&mut core, &format!("p{i}"), MIB).expect("fits");
-    }
+    let mut core = with_15_mib_of_properties(Some("FETCH_HEAD"));
     // 0.9 MiB would fit once; as the changeset too, it would not.
     too_large(property(&mut core, "got_revision", MIB * 9 / 10));
 }
@@ -246,10 +244,7 @@ fn a_chunk_is_refused_when_a_raised_inline_limit_would_outgrow_the_step() {
         inline_limit: 256,
         ..CoreConfig::default()
     });
-    let build = match &start(&mut small, None)[1] {
-        Mutation::StartBuild(doc) => (**doc).clone(),
-        other => panic!("{other:?}"),
-    };
+    start(&mut small, None);
     let ms = apply(
         &mut small,
         json!({"type":"step_started","build_id":7,"step":0,"name":"n".repeat(15 * MIB)}),
@@ -263,7 +258,7 @@ fn a_chunk_is_refused_when_a_raised_inline_limit_would_outgrow_the_step() {
         ..CoreConfig::default()
     });
     big.restore(&BuildSnapshot {
-        build,
+        build: started_build(),
         steps: vec![(**step).clone()],
         logs: vec![],
     });
@@ -286,17 +281,13 @@ fn a_restored_step_counts_what_the_store_holds() {
     for field in [&mut step.stdout, &mut step.stderr, &mut step.headers] {
         *field = "o".repeat(2 * MIB);
     }
-    let build = match &start(&mut Core::new(CoreConfig::default()), None)[1] {
-        Mutation::StartBuild(doc) => (**doc).clone(),
-        other => panic!("{other:?}"),
-    };
     // Read back under a smaller limit, the logs it holds still count.
     let mut core = Core::new(CoreConfig {
         inline_limit: 256,
         ..CoreConfig::default()
     });
     core.restore(&BuildSnapshot {
-        build,
+        build: started_build(),
         steps: vec![step],
         logs: vec![],
     });

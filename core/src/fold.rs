@@ -9,17 +9,16 @@ use bson::DateTime;
 use buildstore_schema::event::{
     BuildFinished, BuildStarted, Changeset, Commit, Log, Property, StepFinished, StepStarted,
 };
-use buildstore_schema::{
-    BuildDoc, ChangeDoc, CommitDoc, Event, EventKind, Ident, LogBytes, PropertyDoc, StepDoc,
-};
+use buildstore_schema::{BuildDoc, ChangeDoc, CommitDoc, Event, EventKind, Ident, PropertyDoc};
 use chrono::Utc;
 
 use super::changeset::{got_revision, ChangesetPolicy};
 use super::doc_size::{
-    document_field_len, document_len, string_field_len, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
+    document_field_len, document_len, started_step, string_field_len, MAX_DOCUMENT_BYTES,
+    MAX_INLINE_LIMIT,
 };
 use super::inline_log::MIN_INLINE_LIMIT;
-use super::mutation::{InlineUpdate, Mutation};
+use super::mutation::Mutation;
 use super::state::{BuildSnapshot, BuildState, StepState};
 
 /// The knobs of the rules.
@@ -268,22 +267,13 @@ impl Core {
             return Ok(vec![]);
         }
         let position = build.steps.range(..e.step).count();
-        let doc = StepDoc {
-            id: super::step_id(&build.id, e.step),
-            build: build.id.clone(),
-            step: e.step.into(),
-            name: e.name.clone(),
-            time_start: time,
-            time_end: None,
-            result: None,
-            successful: None,
-            text: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            headers: String::new(),
-            log_truncated: false,
-            log_bytes: LogBytes::default(),
-        };
+        let doc = started_step(
+            &super::step_id(&build.id, e.step),
+            &build.id,
+            e.step,
+            &e.name,
+            time,
+        );
         let step = StepState::started(&doc);
         // Room for its three logs at the inline limit, and for the id in the build's `steps`,
         // where it takes the next index whatever its position.
@@ -342,11 +332,7 @@ impl Core {
             step.bytes_after_chunk(e.channel, limit),
         )?;
         let inline = step.log_mut(e.channel).append(&new, limit);
-        let held = match &inline {
-            InlineUpdate::Append => step.inline_bytes_of(e.channel) + new.len(),
-            InlineUpdate::Replace(value) | InlineUpdate::Spill { value, .. } => value.len(),
-        };
-        step.set_inline_bytes(e.channel, held);
+        step.count_inline(e.channel, &inline, new.len());
         Ok(vec![Mutation::AppendLog {
             step_id,
             channel: e.channel,
@@ -401,19 +387,17 @@ impl Core {
         let bytes = document_field_len(&e.name, value_bytes);
         let build = self.build_mut(master, &e.build_id)?;
         let earlier = build.property_bytes.get(&e.name).copied().unwrap_or(0);
-        let mut total = build
+        let with_it = build
             .doc_bytes
             .saturating_sub(earlier)
             .saturating_add(bytes);
-        if e.name == "got_revision" {
-            // It may become the changeset too.
-            total = total.saturating_add(bytes);
-        }
-        fits(|| format!("build {}", build.id), total)?;
-        build.doc_bytes = build
-            .doc_bytes
-            .saturating_sub(earlier)
-            .saturating_add(bytes);
+        // A got_revision may become the changeset too.
+        let copies = if e.name == "got_revision" { bytes } else { 0 };
+        fits(
+            || format!("build {}", build.id),
+            with_it.saturating_add(copies),
+        )?;
+        build.doc_bytes = with_it;
         build.property_bytes.insert(e.name.clone(), bytes);
         let mut out = vec![Mutation::SetProperty {
             build_id: build.id.clone(),

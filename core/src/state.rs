@@ -9,6 +9,7 @@ use buildstore_schema::{BuildDoc, Channel, RepoBuildEntry, StepDoc};
 
 use super::doc_size::{document_field_len, document_len, started_step_len};
 use super::inline_log::InlineLog;
+use super::mutation::InlineUpdate;
 
 /// A build as a store holds it: enough to carry on folding events into it.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,31 +95,34 @@ impl StepState {
     /// Bytes the step document would take with `text` of `text_bytes` bytes, and the inline log
     /// of each channel at most the larger of `limit` and what it holds now.
     pub fn bytes_with(&self, text_bytes: usize, limit: usize) -> usize {
-        self.inline_bytes
-            .iter()
-            .fold(self.base_bytes.saturating_add(text_bytes), |n, held| {
-                n.saturating_add(limit.max(*held))
-            })
+        self.bytes(text_bytes, |_, held| limit.max(held))
     }
 
     /// Bytes the step document would take once a chunk is appended to `channel`: that field
     /// holds at most `limit` bytes afterwards, the others what they hold now.
     pub fn bytes_after_chunk(&self, channel: Channel, limit: usize) -> usize {
         let at = channel_index(channel);
-        self.inline_bytes.iter().enumerate().fold(
-            self.base_bytes.saturating_add(self.text_bytes),
-            |n, (i, held)| n.saturating_add(if i == at { limit } else { *held }),
+        self.bytes(
+            self.text_bytes,
+            |i, held| if i == at { limit } else { held },
         )
     }
 
-    /// Bytes the inline field of `channel` holds now.
-    pub fn inline_bytes_of(&self, channel: Channel) -> usize {
-        self.inline_bytes[channel_index(channel)]
+    /// The base, a text of `text_bytes`, and `inline(channel index, bytes held)` for each log.
+    fn bytes(&self, text_bytes: usize, inline: impl Fn(usize, usize) -> usize) -> usize {
+        self.inline_bytes.iter().enumerate().fold(
+            self.base_bytes.saturating_add(text_bytes),
+            |n, (i, held)| n.saturating_add(inline(i, *held)),
+        )
     }
 
-    /// The inline field of `channel` now holds `bytes` bytes.
-    pub fn set_inline_bytes(&mut self, channel: Channel, bytes: usize) {
-        self.inline_bytes[channel_index(channel)] = bytes;
+    /// A chunk of `appended` bytes changed the inline field of `channel` as `update` says.
+    pub fn count_inline(&mut self, channel: Channel, update: &InlineUpdate, appended: usize) {
+        let held = &mut self.inline_bytes[channel_index(channel)];
+        *held = match update {
+            InlineUpdate::Append => *held + appended,
+            InlineUpdate::Replace(value) | InlineUpdate::Spill { value, .. } => value.len(),
+        };
     }
 }
 

@@ -207,11 +207,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if let Command::Status { metrics } = cli.command {
-        return status(metrics).await;
-    }
-    preflight(&cli.command)?;
-    let store = store::open(&cli.store).await.context("opening the store")?;
+    // Each command checks its own arguments before it opens the store: one that fails on them
+    // leaves no new, empty store behind.
+    let location = cli.store;
     match cli.command {
         Command::Ingest {
             file,
@@ -221,13 +219,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             batch_events,
         } => {
             let config = core_config(inline_log_limit, &proper_changeset)?;
+            let input = match file.as_str() {
+                "-" => None,
+                path => Some(
+                    tokio::fs::File::open(path)
+                        .await
+                        .with_context(|| format!("cannot open {path}"))?,
+                ),
+            };
+            let store = open(&location).await?;
             store.init().await.context("preparing the store")?;
             let options = IngestOptions {
                 keep_going,
                 chunk_events: batch_events as usize,
                 ..IngestOptions::default()
             };
-            run_ingest(store.as_ref(), &file, config, &options).await
+            run_ingest(store.as_ref(), &file, input, config, &options).await
         }
         Command::Serve {
             listen,
@@ -244,6 +251,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
             let metrics = metrics_address(&metrics)?;
+            if line_limit < MIN_LINE_LIMIT {
+                bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
+            }
+            let store = open(&location).await?;
             // A store that is down is what the spool is for: the daemon takes events at once
             // and prepares the store once it answers.
             let prepared = match store.init().await {
@@ -256,11 +267,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     true
                 }
             };
-            let spool = spool.unwrap_or_else(|| default_spool(&cli.store));
+            let spool = spool.unwrap_or_else(|| default_spool(&location));
             let web = match web {
                 None => None,
                 Some(addr) => {
-                    let reader = store::open(&cli.store)
+                    let reader = store::open(&location)
                         .await
                         .context("opening the store for the web pages")?;
                     Some((addr, std::sync::Arc::from(reader)))
@@ -287,19 +298,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { metrics } => status(metrics).await,
         Command::Web { listen } => {
-            web(listen, std::sync::Arc::from(store)).await?;
+            web(listen, std::sync::Arc::from(open(&location).await?)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init => {
+            let store = open(&location).await?;
             store.init().await.context("preparing the store")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { collection } => {
-            export(store.as_ref(), collection).await?;
+            export(open(&location).await?.as_ref(), collection).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Log { step_id, channel } => print_log(store.as_ref(), &step_id, channel).await,
+        Command::Log { step_id, channel } => {
+            print_log(open(&location).await?.as_ref(), &step_id, channel).await
+        }
     }
+}
+
+/// The store at `location`, opened (and for SQLite, created) once a command's arguments check out.
+async fn open(location: &str) -> anyhow::Result<Box<dyn Store>> {
+    store::open(location).await.context("opening the store")
 }
 
 /// Prepares a store that was down when the daemon started (indexes, validators), trying again
@@ -333,39 +352,6 @@ async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> 
     signals.recv().await;
     let _ = stop.send(true);
     server.await.context("the web server stopped abnormally")?;
-    Ok(())
-}
-
-/// Checks what a command can check without the store, before the store is opened: a command
-/// that fails on its own arguments leaves no new, empty store behind.
-fn preflight(command: &Command) -> anyhow::Result<()> {
-    match command {
-        Command::Ingest {
-            file,
-            inline_log_limit,
-            proper_changeset,
-            ..
-        } => {
-            core_config(*inline_log_limit, proper_changeset)?;
-            if file != "-" {
-                std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?;
-            }
-        }
-        Command::Serve {
-            inline_log_limit,
-            proper_changeset,
-            line_limit,
-            metrics,
-            ..
-        } => {
-            core_config(*inline_log_limit, proper_changeset)?;
-            metrics_address(metrics)?;
-            if *line_limit < MIN_LINE_LIMIT {
-                bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
-            }
-        }
-        _ => {}
-    }
     Ok(())
 }
 
@@ -414,32 +400,31 @@ fn default_spool(store: &str) -> std::path::PathBuf {
     }
 }
 
+/// Ingests `input` (the opened `file`, or standard input for `None`) into `store`.
 async fn run_ingest(
     store: &dyn Store,
     file: &str,
+    input: Option<tokio::fs::File>,
     config: CoreConfig,
     options: &IngestOptions,
 ) -> anyhow::Result<ExitCode> {
     let mut applier = Applier::new(Core::new(config));
     let mut on_error = |e: &buildstore::pipeline::LineError| eprintln!("buildstore: {file}: {e}");
-    let report = if file == "-" {
+    let report = if let Some(f) = input {
         ingest(
             store,
             &mut applier,
-            BufReader::new(tokio::io::stdin()),
+            BufReader::with_capacity(1 << 20, f),
             options,
             &mut on_error,
         )
         .await
         .with_context(|| file.to_owned())?
     } else {
-        let f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("cannot open {file}"))?;
         ingest(
             store,
             &mut applier,
-            BufReader::with_capacity(1 << 20, f),
+            BufReader::new(tokio::io::stdin()),
             options,
             &mut on_error,
         )

@@ -156,6 +156,7 @@ impl Daemon {
 pub fn refused_to_start(dir: &Path, args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_buildstore"))
         .env_remove("BUILDSTORE_STORE")
+        .env_remove("BUILDSTORE_TOKEN")
         .arg("--store")
         .arg(format!("sqlite:{}", dir.join("store.db").display()))
         .arg("serve")
