@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[test]
 fn every_example_stream_ingests_without_rejections() {
@@ -469,6 +469,33 @@ fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
         .map(|b| b["name"].clone())
         .collect();
     assert_eq!(names, ["c"]);
+}
+
+#[test]
+fn ids_with_a_slash_are_rejected_rather_than_merged_into_another_build() {
+    // Joined with `/`, both would be the build `a/b/c`: the second would land in the first.
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"build_started","master_id":"a","build_id":"b/c","builder":"x","number":1,"time":"2026-01-01T00:00:00Z"}"#,
+        r#"{"type":"build_started","master_id":"a/b","build_id":"c","builder":"y","number":2,"time":"2026-01-01T00:00:00Z"}"#,
+        r#"{"type":"build_started","master_id":"a","build_id":"c","builder":"lin/64","number":3,"time":"2026-01-01T00:00:00Z"}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: field `build_id` must not contain `/`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: field `master_id` must not contain `/`"),
+        "{err}"
+    );
+    let builds: Vec<(Value, Value)> = db
+        .export("builds")
+        .into_iter()
+        .map(|b| (b["_id"].clone(), b["builder"].clone()))
+        .collect();
+    assert_eq!(builds, [(json!("a/c"), json!("lin/64"))]);
 }
 
 #[test]

@@ -442,21 +442,22 @@ fn a_slow_reader_of_a_big_log_does_not_hold_up_the_daemons_stop() {
 
 #[test]
 fn ids_with_any_characters_are_linked_and_found_again() {
+    // Any character but `/` in a build id (events refuse that one); a builder name may hold `/`.
     let db = Db::new();
-    let build = json!({"type":"build_started","master_id":"m 1","builder":"linux64",
-                       "build_id":"a#b?c%d/é","number":1,"time":"2026-11-20T10:00:00Z"});
-    let step = json!({"type":"step_started","master_id":"m 1","build_id":"a#b?c%d/é","step":0,
+    let build = json!({"type":"build_started","master_id":"m 1","builder":"linux/64",
+                       "build_id":"a#b?c%d&é","number":1,"time":"2026-11-20T10:00:00Z"});
+    let step = json!({"type":"step_started","master_id":"m 1","build_id":"a#b?c%d&é","step":0,
                       "name":"test","time":"2026-11-20T10:00:01Z"});
-    let log = json!({"type":"log","master_id":"m 1","build_id":"a#b?c%d/é","step":0,
+    let log = json!({"type":"log","master_id":"m 1","build_id":"a#b?c%d&é","step":0,
                      "channel":"stdout","offset":0,"text":"ok\n"});
     let out = db.ingest_text(&format!("{build}\n{step}\n{log}\n"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let web = WebServer::start(&db);
-    let listed = &web.json("/api?master=m%201")["rows"][0]["builds"][0];
-    assert_eq!(listed["id"], "m 1/a#b?c%d/é");
+    let listed = &web.json("/api?master=m%201&builder=linux%2F64")["rows"][0]["builds"][0];
+    assert_eq!(listed["id"], "m 1/a#b?c%d&é");
     let url = listed["url"].as_str().expect("url");
-    assert_eq!(url, "/builds/m%201/a%23b%3Fc%25d/%C3%A9");
-    assert!(web.html(url).contains("linux64"));
+    assert_eq!(url, "/builds/m%201/a%23b%3Fc%25d%26%C3%A9");
+    assert!(web.html(url).contains("linux/64"));
     let page = web.json(&format!("/api{url}"));
     let log_url = page["steps"][0]["logs"][0]["url"]
         .as_str()

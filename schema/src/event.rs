@@ -9,12 +9,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::value::{Ident, ResultCode, Timestamp};
+use crate::value::{EventIdent, Ident, ResultCode, Timestamp};
 
 /// One event: the envelope fields every type shares, plus the type-specific body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     /// The build master that sent the event; part of every `_id` it touches.
+    #[schemars(with = "EventIdent")]
     pub master_id: Ident,
     /// Unique per sender, and not empty. An event whose id was already applied is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +87,7 @@ pub struct BuilderRemoved {
 pub struct BuildStarted {
     pub builder: String,
     /// Unique per master and never reused, unlike `number`.
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub number: i64,
     #[serde(default)]
@@ -136,6 +138,7 @@ pub struct Change {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepStarted {
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub step: u32,
     pub name: String,
@@ -186,6 +189,7 @@ impl Channel {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Log {
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub step: u32,
     pub channel: Channel,
@@ -197,6 +201,7 @@ pub struct Log {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepFinished {
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub step: u32,
     pub result: ResultCode,
@@ -207,6 +212,7 @@ pub struct StepFinished {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Property {
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub name: String,
     /// Any JSON value, `null` included; the field itself is required.
@@ -217,12 +223,14 @@ pub struct Property {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Changeset {
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub changeset: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BuildFinished {
+    #[schemars(with = "EventIdent")]
     pub build_id: Ident,
     pub result: ResultCode,
 }
@@ -282,6 +290,9 @@ impl Event {
             .get("master_id")
             .ok_or_else(|| EventError::Field("missing field `master_id`".into()))
             .and_then(|v| field::<Ident>("master_id", v))?;
+        master_id
+            .check_in_event("master_id")
+            .map_err(EventError::Field)?;
         let event_id = optional::<String>(&obj, "event_id")?;
         // An empty id would make every event that has one a duplicate of the first.
         if event_id.as_deref() == Some("") {
@@ -311,12 +322,18 @@ impl Event {
             "commit" => EventKind::Commit(body(&obj)?),
             _ => return Err(EventError::UnknownType(ty)),
         };
-        Ok(Event {
+        let event = Event {
             master_id,
             event_id,
             time,
             kind,
-        })
+        };
+        if let Some(build_id) = event.build_id() {
+            build_id
+                .check_in_event("build_id")
+                .map_err(EventError::Field)?;
+        }
+        Ok(event)
     }
 
     /// The protocol name of this event's type.
@@ -504,6 +521,37 @@ mod tests {
         );
         let e = err(r#"{"type":"builder_removed","master_id":1,"builder":"b","event_id":""}"#);
         assert!(e.starts_with("field `event_id` must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn master_and_build_ids_must_not_contain_a_slash() {
+        // Both would be the build `a/b/c`: the second build would overwrite the first.
+        let e = err(
+            r#"{"type":"build_started","master_id":"a/b","build_id":"c","builder":"x","number":1}"#,
+        );
+        assert!(
+            e.starts_with("field `master_id` must not contain `/`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"type":"build_started","master_id":"a","build_id":"b/c","builder":"x","number":1}"#,
+        );
+        assert!(
+            e.starts_with("field `build_id` must not contain `/`"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"type":"log","master_id":"a","build_id":"b/c","step":0,"channel":"stdout","text":"t"}"#,
+        );
+        assert!(
+            e.starts_with("field `build_id` must not contain `/`"),
+            "{e}"
+        );
+        // A builder's `_id` is the master id, a slash, then the rest: its name may hold slashes.
+        let ok = Event::parse(
+            r#"{"type":"build_started","master_id":"a","build_id":7,"builder":"linux/x86-64","number":1}"#,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -65,6 +65,41 @@ impl<'de> Deserialize<'de> for Ident {
     }
 }
 
+/// The schema of an id as an event gives it: an [`Ident`] whose string form is neither empty nor
+/// contains `/`. The parts of an `_id` are joined with `/`, so an id holding one could name
+/// another build's documents: master `a/b` with build `c`, and master `a` with build `b/c`, would
+/// both be `a/b/c`. Documents keep plain [`Ident`]s, so that a store written before this rule
+/// still reads and validates.
+pub struct EventIdent;
+
+impl JsonSchema for EventIdent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EventIdent".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A master id or build id: an integer, or a non-empty string without `/`",
+            "anyOf": [
+                {"type": "integer", "format": "int64"},
+                {"type": "string", "minLength": 1, "pattern": "^[^/]*$"}
+            ]
+        })
+    }
+}
+
+impl Ident {
+    /// Refuses an id an event may not give (see [`EventIdent`]); `field` names it in the message.
+    pub fn check_in_event(&self, field: &str) -> Result<(), String> {
+        match self {
+            Ident::Str(s) if s.contains('/') => Err(format!(
+                "field `{field}` must not contain `/` (ids are joined with `/` into document ids, \
+                 so `{s}` could name another build's documents)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A point in time as events carry it: an RFC 3339 string or seconds since the Unix epoch
 /// (fractions allowed). Documents keep it as a UTC BSON date, so precision is milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

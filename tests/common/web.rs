@@ -145,7 +145,8 @@ pub fn get(url: &str) -> Page {
 pub fn hostile_stream() -> String {
     const P: &str = "<script>document.title='XSS'</script>\"><img src=x onerror=\"document.body.dataset.xss=1\">";
     let t = |s: i64| format!("2026-11-20T10:00:{s:02}Z");
-    let m = format!("m{P}");
+    // A master id may not contain `/` (it is joined into `_id`s): its payload goes without.
+    let m = format!("m{}", P.replace('/', ""));
     let events = vec![
         json!({"type":"builder_added","master_id":m,"time":t(0),"builder":format!("b{P}"),
                "category":format!("c{P}"),"tags":[P],"slaves":[format!("w{P}")]}),
