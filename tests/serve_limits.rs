@@ -2,7 +2,8 @@
 //! client that stops reading is disconnected without holding up the others and cannot make the
 //! daemon hold more than a bounded amount of replies for it, a full spool
 //! refuses new events with an error instead of dropping them, running out of file descriptors
-//! pauses accepting rather than spinning, and a daemon that is stopping takes no new clients.
+//! pauses accepting rather than spinning, a daemon that is stopping takes no new clients, and a
+//! MongoDB batch cut off halfway is completed by the next run.
 
 mod common;
 
@@ -429,5 +430,100 @@ fn a_mongodb_batch_cut_off_after_its_documents_is_completed_without_doubling_log
     assert_eq!(daemon.status()["store_errors_in_a_row"], 0.0);
     assert!(daemon.stop().success());
     assert_same_as_one_clean_ingest(&Db::at(peer.uri("cutoff")), &lines, dir.path());
+    peer.kill();
+}
+
+/// A MongoDB batch cut off after any one of its write commands, as when the process dies there,
+/// is completed by running the same ingest again: the documents and the full log are those of
+/// one clean run. The batch spreads over every collection: a log past the inline limit (its
+/// full text in GridFS, its size in the step) and a changeset correction after the build
+/// finished (the changeset in the build, the link in `repository`).
+#[test]
+fn a_mongodb_batch_cut_off_after_any_command_is_completed_by_a_rerun() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, _)) = stoppable_peer(dir.path(), "unused") else {
+        return; // the fail point is the test peer's (a real server needs test commands)
+    };
+    let t = "2026-03-12T10:00:00Z";
+    let hash = "eb57b4930f682387ca57a2506b1dbd03f5144c04";
+    let start = [
+        format!(
+            r#"{{"type":"build_started","master_id":"m","event_id":"e1","time":"{t}","builder":"b","build_id":1,"number":1,"changeset":"FETCH_HEAD"}}"#
+        ),
+        format!(
+            r#"{{"type":"step_started","master_id":"m","event_id":"e2","time":"{t}","build_id":1,"step":0,"name":"s"}}"#
+        ),
+        format!(
+            r#"{{"type":"log","master_id":"m","event_id":"e3","build_id":1,"step":0,"channel":"stdout","text":"{}\n","offset":0}}"#,
+            "A".repeat(200)
+        ),
+    ];
+    let rest = [
+        format!(
+            r#"{{"type":"log","master_id":"m","event_id":"e4","build_id":1,"step":0,"channel":"stdout","text":"{}\n","offset":201}}"#,
+            "B".repeat(200)
+        ),
+        format!(
+            r#"{{"type":"step_finished","master_id":"m","event_id":"e5","time":"{t}","build_id":1,"step":0,"result":0}}"#
+        ),
+        format!(
+            r#"{{"type":"build_finished","master_id":"m","event_id":"e6","time":"{t}","build_id":1,"result":0}}"#
+        ),
+        format!(
+            r#"{{"type":"property","master_id":"m","event_id":"e7","build_id":1,"name":"got_revision","value":"{hash}","source":"Git"}}"#
+        ),
+    ];
+    let write = |name: &str, lines: &[String]| {
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        write_lines(dir.path(), name, &lines)
+    };
+    let (start_file, rest_file) = (write("start.jsonl", &start), write("rest.jsonl", &rest));
+    let limit = ["--inline-log-limit", "256"];
+    let expected = Db::new();
+    for file in [&start_file, &rest_file] {
+        assert!(expected.ingest(file, &limit).status.success());
+    }
+    let full_log = |db: &Db| db.log("m/1/0", "stdout").stdout;
+    assert_eq!(full_log(&expected).len(), 402);
+    let fail_writes = |mode: bson::Bson| {
+        common::mongo::on_database(&peer.uri("admin"), |db| async move {
+            db.run_command(bson::doc! {
+                "configureFailPoint": "failCommand",
+                "mode": mode,
+                // Not a transient error: the run stops at once, as a killed one would.
+                "data": {"failCommands": ["insert", "update"], "errorCode": 2},
+            })
+            .await
+            .expect("fail point")
+        });
+    };
+    for skip in 0.. {
+        let db = Db::at(peer.uri(&format!("cut{skip}")));
+        assert!(db.ingest(&start_file, &limit).status.success());
+        fail_writes(bson::doc! {"skip": skip}.into());
+        let cut = db.ingest(&rest_file, &limit);
+        fail_writes("off".into());
+        let rerun = db.ingest(&rest_file, &limit);
+        assert!(rerun.status.success(), "{}", stderr(&rerun));
+        for c in ["builders", "builds", "steps", "repository"] {
+            assert_eq!(
+                db.export(c),
+                expected.export(c),
+                "cut after {skip} writes: {c}"
+            );
+        }
+        assert_eq!(
+            full_log(&db),
+            full_log(&expected),
+            "cut after {skip} writes"
+        );
+        if cut.status.success() {
+            assert!(
+                skip >= 4,
+                "the batch has fewer writes than expected: {skip}"
+            );
+            break; // every write of the batch ran: each cut-off point was tried
+        }
+    }
     peer.kill();
 }

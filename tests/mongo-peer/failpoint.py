@@ -2,11 +2,11 @@
 
 A real server takes it with `enableTestCommands`; the peer always does. Supported:
 
-    {configureFailPoint: "failCommand", mode: {times: N} | "alwaysOn" | "off",
+    {configureFailPoint: "failCommand", mode: {times: N} | {skip: N} | "alwaysOn" | "off",
      data: {failCommands: [names], errorCode: CODE, errorLabels: [labels]}}
 
 Each matching command then gets an error reply with that code instead of running, `times` times
-or until turned off.
+or until turned off; with `skip`, the first N matching commands run and every later one fails.
 """
 
 from replies import CommandError, error_doc
@@ -14,21 +14,25 @@ from replies import CommandError, error_doc
 
 class FailPoint:
     def __init__(self):
-        self.commands, self.times, self.code, self.labels = set(), 0, 1, []
+        self.commands, self.times, self.skip, self.code, self.labels = set(), 0, 0, 1, []
 
     def configure(self, body):
         if body.get("configureFailPoint") != "failCommand":
             raise CommandError(2, f"unknown fail point {body.get('configureFailPoint')!r}: "
                                   "the peer has only failCommand")
         mode, data = body.get("mode"), body.get("data") or {}
+        self.skip = 0
         if mode == "off":
             self.times = 0
         elif mode == "alwaysOn":
             self.times = None
         elif isinstance(mode, dict) and set(mode) == {"times"}:
             self.times = int(mode["times"])
+        elif isinstance(mode, dict) and set(mode) == {"skip"}:
+            self.times, self.skip = None, int(mode["skip"])
         else:
-            raise CommandError(2, f"mode {mode!r}: the peer takes {{times: N}}, 'alwaysOn' or 'off'")
+            raise CommandError(
+                2, f"mode {mode!r}: the peer takes {{times: N}}, {{skip: N}}, 'alwaysOn' or 'off'")
         self.commands = set(data.get("failCommands", []))
         self.code = int(data.get("errorCode", 1))
         self.labels = list(data.get("errorLabels", []))
@@ -37,6 +41,9 @@ class FailPoint:
     def trip(self, name):
         """The error reply for command `name`, if the fail point takes it, else None."""
         if name not in self.commands or self.times == 0:
+            return None
+        if self.skip > 0:
+            self.skip -= 1
             return None
         if self.times is not None:
             self.times -= 1

@@ -447,8 +447,17 @@ class PeerTest(unittest.TestCase):
             with self.assertRaises(OperationFailure):
                 self.db.c.update_one({"_id": 1}, {"$set": {"x": 1}})
             with self.assertRaises(OperationFailure) as bad:
-                admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 1}})
+                admin.command({"configureFailPoint": "failCommand", "mode": {"every": 2}})
             self.assertIn("mode", str(bad.exception))
+            # skip: the first N run, every later one fails.
+            admin.command({"configureFailPoint": "failCommand", "mode": {"skip": 2},
+                           "data": {"failCommands": ["update"], "errorCode": 2}})
+            self.db.c.update_one({"_id": 1}, {"$set": {"y": 1}})
+            self.db.c.update_one({"_id": 1}, {"$set": {"y": 2}})
+            for _ in range(2):
+                with self.assertRaises(OperationFailure):
+                    self.db.c.update_one({"_id": 1}, {"$set": {"y": 3}})
+            self.assertEqual(self.db.c.find_one({"_id": 1})["y"], 2)
         finally:
             admin.command({"configureFailPoint": "failCommand", "mode": "off"})
         self.db.c.update_one({"_id": 1}, {"$set": {"x": 1}})

@@ -198,14 +198,28 @@ pub trait Store: Apply {
     ) -> Result<Vec<u8>, StoreError>;
 }
 
-/// Appends to `out` the part of `piece` (stored at byte `piece_offset` of a log) that lies in the
-/// window of a read starting at byte `from` and returning at most `max` bytes.
-fn take_window(out: &mut Vec<u8>, piece_offset: u64, piece: &[u8], from: u64, max: usize) {
-    let skip = usize::try_from(from.saturating_sub(piece_offset))
+/// Appends to `out` what `piece` (stored at byte `piece_offset` of a log) adds to a read that
+/// started at byte `from` and returns at most `max` bytes. Pieces come in offset order and may
+/// overlap (a MongoDB batch redone after a failure can store a run of chunks twice in different
+/// pieces): bytes already taken are skipped. A piece that starts past the next byte wanted would
+/// leave a hole: nothing is taken, and the error is that first missing byte.
+fn take_window(
+    out: &mut Vec<u8>,
+    piece_offset: u64,
+    piece: &[u8],
+    from: u64,
+    max: usize,
+) -> Result<(), u64> {
+    let next = from + out.len() as u64;
+    if piece_offset > next {
+        return Err(next);
+    }
+    let skip = usize::try_from(next - piece_offset)
         .unwrap_or(usize::MAX)
         .min(piece.len());
     let take = (piece.len() - skip).min(max.saturating_sub(out.len()));
     out.extend_from_slice(&piece[skip..skip + take]);
+    Ok(())
 }
 
 /// Opens the store a location names: `sqlite:PATH` or a `mongodb://` / `mongodb+srv://` URI.

@@ -94,14 +94,32 @@ fn groups(docs: Vec<Document>) -> Vec<Vec<Document>> {
     out
 }
 
-/// Sends the whole plan in order. A transient failure leaves part of it applied; sending the
-/// same plan again completes it.
+/// Sends the whole plan: the GridFS pieces, the updates, then the event keys. A failure leaves
+/// part of it applied; sending the same plan again, or folding the events again from what the
+/// store then holds, completes it.
 pub async fn send(
     db: &Database,
     plan: &Plan,
     location: &str,
     redact: &Redactor,
 ) -> Result<(), Failure> {
+    // See `plan::SEND_ORDER` for why the full logs go first.
+    insert_all(
+        db,
+        &format!("{BUCKET}.chunks"),
+        plan.chunks.clone(),
+        location,
+        redact,
+    )
+    .await?;
+    insert_all(
+        db,
+        &format!("{BUCKET}.files"),
+        plan.files.clone(),
+        location,
+        redact,
+    )
+    .await?;
     for (collection, statements) in &plan.updates {
         let mut start = 0;
         for group in groups(statements.iter().map(Statement::to_document).collect()) {
@@ -124,22 +142,6 @@ pub async fn send(
             start += n;
         }
     }
-    insert_all(
-        db,
-        &format!("{BUCKET}.chunks"),
-        plan.chunks.clone(),
-        location,
-        redact,
-    )
-    .await?;
-    insert_all(
-        db,
-        &format!("{BUCKET}.files"),
-        plan.files.clone(),
-        location,
-        redact,
-    )
-    .await?;
     let keys = plan.events.iter().map(|k| doc! {"_id": k}).collect();
     insert_all(db, APPLIED_EVENTS, keys, location, redact).await
 }

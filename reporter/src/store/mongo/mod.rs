@@ -164,8 +164,12 @@ impl MongoStore {
                 .unwrap_or(0);
             let end = offset + f.length;
             let size = u64::from(f.chunk_size_bytes.max(1));
-            let (lo, hi) = (from.max(offset), end.min(until));
-            if lo >= hi || out.len() >= max {
+            // Pieces may overlap (see `take_window`): read only what the earlier ones lacked.
+            let (lo, hi) = ((from + out.len() as u64).max(offset), end.min(until));
+            if out.len() >= max {
+                break;
+            }
+            if lo >= hi {
                 continue;
             }
             let (first, last) = ((lo - offset) / size, (hi - 1 - offset) / size);
@@ -188,7 +192,18 @@ impl MongoStore {
                 })?;
                 bytes.extend_from_slice(data);
             }
-            super::take_window(&mut out, offset + first * size, &bytes, from, max);
+            super::take_window(&mut out, offset + first * size, &bytes, from, max).map_err(
+                |missing| {
+                    corrupt(
+                        Collection::Steps,
+                        step_id,
+                        format!(
+                            "the {} log has no GridFS piece holding byte {missing}",
+                            channel.as_str()
+                        ),
+                    )
+                },
+            )?;
         }
         Ok(out)
     }
@@ -595,7 +610,8 @@ impl Store for MongoStore {
         match Self::whole_inline(&step, channel) {
             Some(bytes) => {
                 let mut out = Vec::new();
-                super::take_window(&mut out, 0, bytes, offset, max);
+                // One piece from byte 0 leaves no hole.
+                let _ = super::take_window(&mut out, 0, bytes, offset, max);
                 Ok(out)
             }
             None => self.gridfs_log(step_id, channel, offset, max).await,

@@ -42,10 +42,10 @@ impl Statement {
     }
 }
 
-/// The commands of one batch, in the order they are sent.
+/// The commands of one batch. They are sent GridFS first, then the updates, then the event keys.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Per collection, its statements in mutation order.
+    /// Per collection in [`SEND_ORDER`], its statements in mutation order.
     pub updates: Vec<(Collection, Vec<Statement>)>,
     /// GridFS chunk documents, then file documents (a file appears only once its chunks exist).
     pub chunks: Vec<Document>,
@@ -137,10 +137,24 @@ pub fn coalesce_logs(mutations: &[Mutation]) -> Vec<Mutation> {
     out
 }
 
+/// The order in which a batch's update commands are sent. A batch cut off halfway (a crash, an
+/// outage that outlasts the retries) is redone from what the build and step documents say, since
+/// that is what the fold reloads. So whatever is derived from them must be written first: a
+/// commit's link to a build before the build's corrected changeset, a step pushed onto its
+/// build's list before the step document exists, and the full log in GridFS (sent before all of
+/// these) before the step's `log_bytes` counts it. Otherwise the redo would find the step or
+/// build already changed, take the event as applied, and never write the rest.
+const SEND_ORDER: [Collection; 4] = [
+    Collection::Repository,
+    Collection::Builders,
+    Collection::Builds,
+    Collection::Steps,
+];
+
 /// Plans the commands for `mutations` and the event keys of the batch.
 pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> Plan {
     let mut by: Vec<(Collection, Vec<Statement>)> =
-        Collection::ALL.iter().map(|c| (*c, Vec::new())).collect();
+        SEND_ORDER.iter().map(|c| (*c, Vec::new())).collect();
     let mut chunks = Vec::new();
     let mut files = Vec::new();
     let mut push = |c: Collection, s: Statement| {
@@ -447,7 +461,10 @@ fn gridfs_piece(
         return;
     }
     let filename = log_file_name(step_id, channel);
-    let file_id = format!("{filename}/{offset}");
+    // The end is part of the id: a redo of a cut-off batch may merge a different run of chunks
+    // into the piece at this offset, and a longer piece must not be taken for the shorter one
+    // already there. Readers take overlapping pieces byte by byte.
+    let file_id = format!("{filename}/{offset}-{}", offset + bytes.len() as u64);
     for (n, part) in bytes.chunks(CHUNK_SIZE).enumerate() {
         // GridFS readers expect ObjectId chunk ids. A re-sent chunk gets a new one, and the unique
         // (files_id, n) index of the bucket turns it into a duplicate key, i.e. "already there".
