@@ -268,7 +268,11 @@ def split_stdio(content: str) -> dict[str, str]:
     unknown letter is kept whole on stdout rather than lost.
     """
     parts: dict[str, list[str]] = {}
-    for line in content.splitlines(keepends=True):
+    # Buildbot ends stdio lines with "\n" only. `splitlines` would also split at "\r" (progress
+    # bars), form feeds, U+2028 and the like inside a line, and take the character after one for
+    # a stream letter. Every piece but the last ended with "\n"; the last may be empty.
+    lines = content.split("\n")
+    for line in [line + "\n" for line in lines[:-1]] + lines[-1:]:
         if not line:
             continue
         channel = STDIO_CHANNELS.get(line[0])

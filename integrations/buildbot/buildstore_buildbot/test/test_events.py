@@ -96,6 +96,16 @@ class TestLogs(unittest.TestCase):
             },
         )
 
+    def test_only_a_newline_ends_a_stdio_line(self):
+        content = "o10%\r50%\r100%\neplain\x0cerror here\u2028more\nolast, unfinished"
+        self.assertEqual(
+            events.split_stdio(content),
+            {
+                "stdout": "10%\r50%\r100%\nlast, unfinished",
+                "stderr": "plain\x0cerror here\u2028more\n",
+            },
+        )
+
     def test_offsets_count_utf8_bytes(self):
         chunks, end = events.log_events("m1", 42, 1, 17, "stdout", "héllo\n", 10)
         self.assertEqual(end, 17)
