@@ -13,6 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
+use common::mongo::fail_point;
 use common::*;
 use serde_json::Value;
 
@@ -395,17 +396,8 @@ fn a_mongodb_batch_cut_off_after_its_documents_is_completed_without_doubling_log
         return; // the fail point is the test peer's (a real server needs test commands)
     };
     let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
-    let fail_inserts = |mode: bson::Bson| {
-        common::mongo::on_database(&peer.uri("admin"), |db| async move {
-            db.run_command(bson::doc! {
-                "configureFailPoint": "failCommand",
-                "mode": mode,
-                "data": {"failCommands": ["insert"], "errorCode": 91},
-            })
-            .await
-            .expect("fail point")
-        });
-    };
+    // Error 91 (shutting down) is transient: the daemon tries again.
+    let fail_inserts = |mode: bson::Bson| fail_point(&peer, mode, &["insert"], 91);
     let lines = buildstore::synth::lines(&buildstore::synth::Shape {
         events: 500,
         log_offsets: false,
@@ -485,18 +477,8 @@ fn a_mongodb_batch_cut_off_after_any_command_is_completed_by_a_rerun() {
     }
     let full_log = |db: &Db| db.log("m/1/0", "stdout").stdout;
     assert_eq!(full_log(&expected).len(), 402);
-    let fail_writes = |mode: bson::Bson| {
-        common::mongo::on_database(&peer.uri("admin"), |db| async move {
-            db.run_command(bson::doc! {
-                "configureFailPoint": "failCommand",
-                "mode": mode,
-                // Not a transient error: the run stops at once, as a killed one would.
-                "data": {"failCommands": ["insert", "update"], "errorCode": 2},
-            })
-            .await
-            .expect("fail point")
-        });
-    };
+    // Error 2 (bad value) is not transient: the run stops at once, as a killed one would.
+    let fail_writes = |mode: bson::Bson| fail_point(&peer, mode, &["insert", "update"], 2);
     for skip in 0.. {
         let db = Db::at(peer.uri(&format!("cut{skip}")));
         assert!(db.ingest(&start_file, &limit).status.success());

@@ -138,3 +138,18 @@ where
         f(client.default_database().expect("a database in the URI")).await
     })
 }
+
+/// Sets the `failCommand` fail point of `peer`: the commands named in `commands` then fail with
+/// error `code` as `mode` says (`{times: N}`, `{skip: N}`, `"alwaysOn"` or `"off"`).
+pub fn fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str], code: i32) {
+    let commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+    on_database(&peer.uri("admin"), |db| async move {
+        db.run_command(bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": mode,
+            "data": {"failCommands": commands, "errorCode": code},
+        })
+        .await
+        .expect("fail point")
+    });
+}

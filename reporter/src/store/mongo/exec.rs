@@ -103,23 +103,11 @@ pub async fn send(
     location: &str,
     redact: &Redactor,
 ) -> Result<(), Failure> {
-    // See `plan::SEND_ORDER` for why the full logs go first.
-    insert_all(
-        db,
-        &format!("{BUCKET}.chunks"),
-        plan.chunks.clone(),
-        location,
-        redact,
-    )
-    .await?;
-    insert_all(
-        db,
-        &format!("{BUCKET}.files"),
-        plan.files.clone(),
-        location,
-        redact,
-    )
-    .await?;
+    // See `plan::SEND_ORDER` for why the full logs go first; a file after its chunks.
+    for (part, docs) in [("chunks", &plan.chunks), ("files", &plan.files)] {
+        let collection = format!("{BUCKET}.{part}");
+        insert_all(db, &collection, docs.clone(), location, redact).await?;
+    }
     for (collection, statements) in &plan.updates {
         let mut start = 0;
         for group in groups(statements.iter().map(Statement::to_document).collect()) {
