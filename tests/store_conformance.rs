@@ -518,3 +518,61 @@ fn a_write_the_server_rejects_names_the_document_and_the_event() {
     );
     assert!(err.contains("E11000") || err.contains("11000"), "{err}");
 }
+
+/// A step whose log is written by two runs with different inline limits. The stored inline field
+/// decides how the second run carries on, not its own limit: nothing of the full log is lost, and
+/// the inline field is either the whole log or a head and a tail around a correct count.
+#[test]
+fn a_log_carried_on_under_another_inline_limit_stays_whole_in_every_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut full = String::new();
+    let mut lines = vec![
+        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"time":0}"#.to_owned(),
+        r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"compile","time":1}"#.to_owned(),
+    ];
+    for i in 0..30 {
+        let text = format!("{:>60} {i:03}\n", "compiling unit");
+        let event = serde_json::json!({"type": "log", "master_id": "m", "build_id": 1, "step": 0,
+            "channel": "stdout", "text": &text, "offset": full.len()});
+        full.push_str(&text);
+        lines.push(event.to_string());
+    }
+    // 20 chunks (1,300 bytes) in the first run: whole under 4096, cut under 256.
+    let first: Vec<&str> = lines[..22].iter().map(String::as_str).collect();
+    let rest: Vec<&str> = lines[22..].iter().map(String::as_str).collect();
+    let first = write_lines(dir.path(), "first.jsonl", &first);
+    let rest = write_lines(dir.path(), "rest.jsonl", &rest);
+    for (before, after) in [("4096", "256"), ("256", "4096")] {
+        let sqlite = Db::new();
+        let mongo = mongo("limits");
+        for db in [&sqlite, &mongo] {
+            for (file, limit) in [(&first, before), (&rest, after)] {
+                let out = db.ingest(file, &["--inline-log-limit", limit]);
+                assert!(out.status.success(), "{}", stderr(&out));
+            }
+            let what = format!("{} with limit {before} then {after}", db.location);
+            let out = db.log("m/1/0", "stdout");
+            assert!(out.status.success(), "{what}: {}", stderr(&out));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), full, "{what}");
+            let step = db.doc("steps", "m/1/0");
+            assert_eq!(step["log_bytes"]["stdout"], full.len(), "{what}");
+            let inline = step["stdout"].as_str().expect("inline");
+            let (head, rest) = inline.split_once("\n[... ").expect("a cut field");
+            let (omitted, tail) = rest
+                .split_once(" bytes truncated by buildstore ...]\n")
+                .expect("a cut field");
+            assert!(
+                full.starts_with(head) && full.ends_with(tail),
+                "{what}: {inline}"
+            );
+            assert_eq!(
+                omitted.parse::<usize>().ok(),
+                Some(full.len() - head.len() - tail.len()),
+                "{what}: {inline}"
+            );
+            assert!(inline.len() <= after.parse().expect("limit"), "{what}");
+            assert_eq!(step["log_truncated"], true, "{what}");
+        }
+        assert_eq!(parsed(&mongo), parsed(&sqlite), "{before} then {after}");
+    }
+}

@@ -389,6 +389,7 @@ fn a_restored_build_carries_on_where_the_store_left_it() {
             len: 3,
             head: b"abc".to_vec(),
             tail: b"abc".to_vec(),
+            inline_whole: true,
         }],
     };
     core.clear();

@@ -25,21 +25,33 @@ pub struct InlineLog {
 }
 
 impl InlineLog {
-    /// Rebuilds the state from what a store holds: the log's length and its first and last
-    /// `min(len, limit)` bytes (cut anywhere; partial characters at the cuts are dropped).
-    pub fn restore(len: u64, head: &[u8], tail: &[u8], limit: usize) -> InlineLog {
-        if len <= limit as u64 {
+    /// Rebuilds the state from what a store holds: the log's length, its first and last
+    /// `min(len, limit)` bytes (cut anywhere; partial characters at the cuts are dropped), and
+    /// whether the stored inline field still holds the whole log (then `head` is all of it).
+    ///
+    /// The stored field decides the mode, not the current limit, which may differ from the
+    /// limit the field was written with. A whole field over a lowered limit stays whole until
+    /// the next chunk, which spills all of it (a store that keeps full logs only past the limit
+    /// has it nowhere else). A cut field stays cut under a raised limit: appending to it as if
+    /// it were whole would paste new text after the marker.
+    pub fn restore(len: u64, head: &[u8], tail: &[u8], limit: usize, whole: bool) -> InlineLog {
+        if whole {
             return InlineLog {
                 len,
                 head: valid_prefix(head).to_owned(),
                 ..InlineLog::default()
             };
         }
-        let half = half(limit);
+        // Head and tail leave out more than the marker's length, so a cut field is always
+        // shorter than its log and is never taken for a whole one. Only under a raised limit
+        // does this keep them below half the limit.
+        let keep = half(limit).min(
+            usize::try_from(len.saturating_sub(MARKER_RESERVE as u64) / 2).unwrap_or(usize::MAX),
+        );
         InlineLog {
             len,
-            head: prefix(valid_prefix(head), half).to_owned(),
-            tail: suffix(valid_suffix(tail), half).to_owned(),
+            head: prefix(valid_prefix(head), keep).to_owned(),
+            tail: suffix(valid_suffix(tail), keep).to_owned(),
             truncated: true,
         }
     }
@@ -230,6 +242,7 @@ mod tests {
             &bytes[..n],
             &bytes[bytes.len() - n..],
             LIMIT,
+            false,
         );
         assert_eq!(restored.inline(), live.inline());
         assert_eq!(
@@ -237,7 +250,61 @@ mod tests {
             live.append("more\n", LIMIT)
         );
 
-        let small = InlineLog::restore(5, b"hello", b"hello", LIMIT);
+        let small = InlineLog::restore(5, b"hello", b"hello", LIMIT, true);
         assert_eq!(small.inline(), "hello");
+    }
+
+    /// The parts of a cut inline value, checked against the full log it stands for.
+    fn assert_cut_from(inline: &str, full: &str, limit: usize) {
+        let (head, rest) = inline.split_once("\n[... ").expect("a marker");
+        let (omitted, tail) = rest
+            .split_once(" bytes truncated by buildstore ...]\n")
+            .expect("a marker");
+        assert!(inline.len() <= limit, "{} bytes", inline.len());
+        assert!(full.starts_with(head) && full.ends_with(tail), "{inline:?}");
+        let omitted: usize = omitted.parse().expect("a count");
+        assert_eq!(omitted, full.len() - head.len() - tail.len());
+        assert!(inline.len() < full.len(), "a cut value never looks whole");
+    }
+
+    #[test]
+    fn a_whole_field_restored_under_a_lowered_limit_spills_all_of_it_with_the_next_chunk() {
+        let full = "0123456789".repeat(100); // kept whole under a limit of 4096
+        let mut log = InlineLog::restore(1000, full.as_bytes(), full.as_bytes(), LIMIT, true);
+        assert_eq!(log.inline(), full, "untouched until something is appended");
+        let InlineUpdate::Spill { value, earlier } = log.append("more", LIMIT) else {
+            panic!("expected a spill")
+        };
+        assert_eq!(
+            earlier, full,
+            "the text held only inline goes to the full log"
+        );
+        assert_cut_from(&value, &(full + "more"), LIMIT);
+    }
+
+    #[test]
+    fn a_cut_field_restored_under_a_raised_limit_stays_cut() {
+        // A log cut under the smallest limit, carried on under a limit that would fit it whole:
+        // the stored field has a marker, so an `Append` would paste text after it.
+        let mut full: String = (0..40).map(|i| format!("line {i:02}\n")).collect();
+        let bytes = full.as_bytes();
+        let n = LIMIT.min(bytes.len());
+        let mut log = InlineLog::restore(
+            bytes.len() as u64,
+            &bytes[..n],
+            &bytes[bytes.len() - n..],
+            4096,
+            false,
+        );
+        for chunk in ["next\n", "and more\n"] {
+            full.push_str(chunk);
+            let InlineUpdate::Replace(value) = log.append(chunk, 4096) else {
+                panic!("expected a replace")
+            };
+            assert_cut_from(&value, &full, 4096);
+        }
+        // So short a log keeps less than half the limit at each end, never the same bytes twice.
+        let short = InlineLog::restore(300, &[b'x'; 300], &[b'x'; 300], 4096, false);
+        assert_cut_from(&short.inline(), &"x".repeat(300), 4096);
     }
 }

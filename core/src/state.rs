@@ -19,15 +19,19 @@ pub struct BuildSnapshot {
     pub logs: Vec<LogSnapshot>,
 }
 
-/// One channel of one step's full log, as far as the core needs it: its length, and its first and
-/// last `min(len, window)` bytes.
+/// One channel of one step's full log, as far as the core needs it: its length, its first and
+/// last `min(len, window)` bytes, and whether the step document's inline field holds all of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSnapshot {
     pub step_id: String,
     pub channel: Channel,
     pub len: u64,
+    /// The whole log when `inline_whole`.
     pub head: Vec<u8>,
     pub tail: Vec<u8>,
+    /// The inline field is the whole log, not cut to an inline limit (which may have been
+    /// another than the one the core runs with now).
+    pub inline_whole: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +205,7 @@ impl BuildState {
                 .and_then(|n| state.steps.get_mut(&n));
             if let Some(step) = step {
                 *step.log_mut(log.channel) =
-                    InlineLog::restore(log.len, &log.head, &log.tail, limit);
+                    InlineLog::restore(log.len, &log.head, &log.tail, limit, log.inline_whole);
             }
         }
         state

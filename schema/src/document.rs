@@ -101,6 +101,25 @@ pub struct StepDoc {
     pub log_bytes: LogBytes,
 }
 
+impl StepDoc {
+    /// The inline field of `channel`'s log.
+    pub fn log(&self, channel: crate::Channel) -> &str {
+        match channel {
+            crate::Channel::Stdout => &self.stdout,
+            crate::Channel::Stderr => &self.stderr,
+            crate::Channel::Header => &self.headers,
+        }
+    }
+
+    pub fn log_mut(&mut self, channel: crate::Channel) -> &mut String {
+        match channel {
+            crate::Channel::Stdout => &mut self.stdout,
+            crate::Channel::Stderr => &mut self.stderr,
+            crate::Channel::Header => &mut self.headers,
+        }
+    }
+}
+
 /// Bytes of the full log per channel (field names as in the step document).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogBytes {

@@ -6,7 +6,7 @@
 /// keyed at random per process, since ids come from clients.
 type HashMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
-use buildstore_schema::{BuildDoc, BuilderDoc, Channel, Collection, CommitDoc, StepDoc};
+use buildstore_schema::{BuildDoc, BuilderDoc, Collection, CommitDoc, StepDoc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -155,11 +155,7 @@ impl DocSet {
                 inline,
             } => {
                 let step = self.existing::<StepDoc>(step_id, loader)?;
-                let field = match channel {
-                    Channel::Stdout => &mut step.stdout,
-                    Channel::Stderr => &mut step.stderr,
-                    Channel::Header => &mut step.headers,
-                };
+                let field = step.log_mut(*channel);
                 match inline {
                     InlineUpdate::Append => field.push_str(text),
                     InlineUpdate::Replace(value) | InlineUpdate::Spill { value, .. } => {

@@ -435,17 +435,27 @@ impl Apply for SqliteStore {
                         let Some(len) = log_len(conn, &step_id, channel).map_err(&err)? else {
                             continue;
                         };
-                        let head =
-                            read_log(conn, &step_id, channel, 0, log_window).map_err(&err)?;
-                        let tail_from = len.saturating_sub(log_window as u64);
-                        let tail = read_log(conn, &step_id, channel, tail_from, log_window)
-                            .map_err(&err)?;
+                        // The field is the whole log while it has the log's length: a cut
+                        // one is always shorter (see `InlineLog::restore`).
+                        let inline = step.log(channel);
+                        let inline_whole = inline.len() as u64 == len;
+                        let (head, tail) = if inline_whole {
+                            (inline.as_bytes().to_vec(), inline.as_bytes().to_vec())
+                        } else {
+                            let tail_from = len.saturating_sub(log_window as u64);
+                            (
+                                read_log(conn, &step_id, channel, 0, log_window).map_err(&err)?,
+                                read_log(conn, &step_id, channel, tail_from, log_window)
+                                    .map_err(&err)?,
+                            )
+                        };
                         logs.push(LogSnapshot {
                             step_id: step_id.clone(),
                             channel,
                             len,
                             head,
                             tail,
+                            inline_whole,
                         });
                     }
                     steps.push(step);

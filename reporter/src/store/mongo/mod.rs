@@ -442,7 +442,8 @@ impl Apply for MongoStore {
                     if len == 0 {
                         continue;
                     }
-                    let (head, tail) = match Self::whole_inline(raw, channel) {
+                    let whole = Self::whole_inline(raw, channel);
+                    let (head, tail) = match whole {
                         Some(bytes) => (bytes.to_vec(), bytes.to_vec()),
                         None => (
                             self.gridfs_log(&step_id, channel, 0, log_window).await?,
@@ -461,6 +462,7 @@ impl Apply for MongoStore {
                         len,
                         head,
                         tail,
+                        inline_whole: whole.is_some(),
                     });
                 }
                 let step: StepDoc = bson::from_document(raw.clone())
