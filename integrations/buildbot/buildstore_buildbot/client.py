@@ -12,6 +12,7 @@ the daemon is unreachable or the queue is full, a line goes to the log and the m
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from typing import Any
 
@@ -50,6 +51,43 @@ def make_endpoint(reactor, address: str):
         return UNIXClientEndpoint(reactor, where, timeout=CONNECT_TIMEOUT)
     host, port = where
     return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+
+
+def encode_event(event: dict) -> str:
+    """``event`` as one line of strict JSON, the only JSON the daemon takes.
+
+    Build properties can hold any Python value, and one the event can't carry must not cost the
+    event: a ``build_started`` lost that way gets every later event of its build rejected. So a
+    float that JSON has no spelling for goes as the string "NaN", "Infinity" or "-Infinity", and
+    any other value JSON can't hold (an arbitrary object) as its ``str()``. The floats are
+    replaced wherever they are in the event, not only in property values: that is simplest, and
+    the plugin's own fields (times, offsets) never hold such floats.
+    """
+    try:
+        return _dumps(event)
+    except ValueError:  # a non-finite float somewhere: rare, so only then walk the event
+        return _dumps(_finite(event))
+
+
+def _dumps(value) -> str:
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
+    )
+
+
+def _finite(value):
+    """``value`` with each NaN or infinite float, also as a dict key, spelled as a string."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {(_finite(k) if isinstance(k, float) else k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _summary(line: bytes, limit: int = 400) -> str:
@@ -156,8 +194,8 @@ class BuildstoreClient:
     def send(self, event: dict) -> bool:
         """Queue an event. Returns False, after logging why, if it had to be dropped."""
         try:
-            line = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as e:
+            line = encode_event(event)
+        except Exception as e:  # e.g. a dict key JSON can't hold, or a __str__ that raises
             log.msg(f"buildstore: cannot encode event {event.get('event_id')!r}: {e}; dropped")
             self.dropped += 1
             return False

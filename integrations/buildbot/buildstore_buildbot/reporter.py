@@ -21,6 +21,7 @@ from buildbot import config
 from buildbot.util import service
 from buildbot.util.twisted import async_to_deferred
 from twisted.internet import defer
+from twisted.internet import task
 from twisted.python import log
 
 from buildstore_buildbot import events
@@ -40,6 +41,10 @@ WORKER_FILTER = ("workers", None, None)
 
 # Builds of other masters (multi-master with a shared mq) are remembered to skip them cheaply.
 FOREIGN_BUILDS_KEPT = 10000
+
+# Seconds to wait before each further try to read the rest of a finished step's log (3 tries in
+# all). A failed read (a locked or busy database) often succeeds a moment later.
+LOG_CATCH_UP_PAUSES = (0.5, 1.0)
 
 
 class _Build:
@@ -63,10 +68,42 @@ class _Step:
         self.number = number
         self.name = name
         self.started = False
-        # the step's stdio log: the lines read so far and the bytes sent per channel
+        # the one log sent (see _takes_log): the lines read so far and the bytes sent per channel
         self.logid: int | None = None
         self.next_line = 0
         self.offsets: dict[str, int] = {}
+
+    def sent_text(self) -> bool:
+        return any(self.offsets.values())
+
+
+def _takes_log(state: _Step, logdict: dict) -> bool:
+    """Whether to send ``logdict``, a stdio-type log of the step (which may make it the one).
+
+    A step's output goes out as one log: its channels are placed by byte offset, so the text of
+    a second log would collide with the first's. That log is the one named ``stdio``, where
+    Buildbot's shell steps write, but a step may have other stdio-type logs, created before it or
+    instead of it. Until a ``stdio`` log shows up, the first one seen stands in. It gives way to
+    ``stdio`` only while none of its text was sent: after that the daemon holds its text at those
+    offsets, so it is kept, and ``stdio`` is not sent.
+    """
+    logid = logdict["logid"]
+    if state.logid == logid:
+        return True
+    if state.logid is None or (logdict.get("name") == "stdio" and not state.sent_text()):
+        state.logid, state.next_line, state.offsets = logid, 0, {}
+        return True
+    return False
+
+
+def _log_progress(state: _Step) -> str:
+    if state.logid is None:
+        return "nothing of its log was sent"
+    channels = ", ".join(f"{ch} {n} bytes" for ch, n in sorted(state.offsets.items()) if n)
+    return (
+        f"the first {state.next_line} lines of its log {state.logid} were sent "
+        f"({channels or 'no text'})"
+    )
 
 
 def _prop_key(value, source) -> str:
@@ -254,7 +291,7 @@ class BuildstoreReporter(service.BuildbotService):
 
     def _on_log(self, key, logdict):
         if logdict.get("type") != "s":
-            return  # only stdio logs carry the stdout/stderr/header channels
+            return  # only stdio-type logs carry the stdout/stderr/header channels
         step = self._steps.get(logdict["stepid"])
         if step is None:
             self._jobs.add(("unknown step",), self._log_of_unknown_step, logdict)
@@ -453,7 +490,8 @@ class BuildstoreReporter(service.BuildbotService):
         self._ensure_step_started(state, step)
         if what == "finished":
             # Log appends are announced without waiting for them, so the last ones may come
-            # after the step finished: read what is left now, to send the text first.
+            # after the step finished: read what is left now, to send the text first. The step
+            # finishes even if that read fails for good.
             await self._catch_up_log(state)
             self._send(events.step_finished(self.master_id, step))
 
@@ -480,10 +518,8 @@ class BuildstoreReporter(service.BuildbotService):
         if build is None:
             self._steps.pop(state.stepid, None)
             return
-        if state.logid is None:
-            state.logid = logdict["logid"]
-        elif state.logid != logdict["logid"]:
-            return  # a second stdio log in one step would collide with the first's offsets
+        if not _takes_log(state, logdict):
+            return
         if not state.started:
             step = await self.master.data.get(("steps", state.stepid))
             if step is None:
@@ -492,12 +528,41 @@ class BuildstoreReporter(service.BuildbotService):
         await self._read_log(state, logdict.get("num_lines"))
 
     async def _catch_up_log(self, state: _Step):
+        """Reads and sends what is left of the log of a finished step, trying again on failure.
+
+        A read that keeps failing costs the rest of the log, not the step: the failure is logged
+        and the caller still sends ``step_finished``, or the build's steps would stay open.
+        """
+        tries = len(LOG_CATCH_UP_PAUSES) + 1
+        for attempt in range(tries):
+            try:
+                await self._read_rest_of_log(state)
+                return
+            except Exception as e:
+                if attempt == tries - 1:
+                    log.err(
+                        None,
+                        f"buildstore: cannot read the rest of the log of step {state.number} "
+                        f"{state.name!r} (stepid {state.stepid}) of build {state.buildid} after "
+                        f"{tries} tries; {_log_progress(state)}; the rest is lost",
+                    )
+                    return
+                pause = LOG_CATCH_UP_PAUSES[attempt]
+                log.msg(
+                    f"buildstore: reading the log of step {state.number} {state.name!r} "
+                    f"(stepid {state.stepid}) failed ({e!r}); trying again in {pause:g} s"
+                )
+            # _read_log advances only after a successful read, so a retry resumes where it was.
+            await task.deferLater(self.master.reactor, pause, lambda: None)
+
+    async def _read_rest_of_log(self, state: _Step):
         if state.logid is None:
             logs = await self.master.data.get(("steps", state.stepid, "logs")) or []
-            stdio = [entry for entry in logs if entry.get("type") == "s"]
-            if not stdio:
+            for entry in logs:
+                if entry.get("type") == "s":
+                    _takes_log(state, entry)
+            if state.logid is None:
                 return
-            state.logid = stdio[0]["logid"]
         await self._read_log(state, None)
 
     async def _read_log(self, state: _Step, num_lines):

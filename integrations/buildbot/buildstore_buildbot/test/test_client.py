@@ -12,6 +12,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python import log
 from twisted.trial import unittest
 
+from buildstore_buildbot import events
 from buildstore_buildbot.client import BuildstoreClient
 from buildstore_buildbot.client import parse_address
 
@@ -20,10 +21,12 @@ class _DaemonConnection(LineReceiver):
     delimiter = b"\n"
 
     def connectionMade(self):
+        self.lines = []
         self.received = []
         self.factory.connections.append(self)
 
     def lineReceived(self, line):
+        self.lines.append(line)
         event = json.loads(line)
         self.received.append(event)
         if event.get("type") == "hello":
@@ -74,6 +77,15 @@ def event(n):
         "builder": "b",
         "state": "idle",
     }
+
+
+def strict_json(line):
+    """``line`` parsed as the daemon parses it: NaN and Infinity are not JSON."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
 
 
 @defer.inlineCallbacks
@@ -173,6 +185,50 @@ class TestExchange(ClientTestCase):
         c.send(event(1))
         yield c.wait_drained(timeout=10)
         self.assertEqual(c.acknowledged, 1)
+
+
+class TestEncoding(ClientTestCase):
+    @defer.inlineCallbacks
+    def send_one(self, event):
+        """Sends ``event`` and returns the line the daemon received, strictly parsed."""
+        c = self.client()
+        self.assertTrue(c.send(event))
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual((c.acknowledged, c.dropped), (1, 0))
+        [line] = self.daemon.connections[0].lines
+        return strict_json(line)
+
+    @defer.inlineCallbacks
+    def test_non_finite_float_properties_are_sent_as_strings_in_strict_json(self):
+        props = {
+            "ratio": (float("nan"), "Step"),
+            "timeout": (float("inf"), "Force"),
+            "floor": (float("-inf"), "Force"),
+            "jobs": (4.5, "Force"),
+        }
+        build = {"buildid": 42, "number": 7, "started_at": 1773324451}
+        sent = yield self.send_one(events.build_started("m1", build, "linux", properties=props))
+        self.assertEqual(sent["event_id"], "build-42-started")
+        self.assertEqual(
+            sent["properties"],
+            {
+                "ratio": {"value": "NaN", "source": "Step"},
+                "timeout": {"value": "Infinity", "source": "Force"},
+                "floor": {"value": "-Infinity", "source": "Force"},
+                "jobs": {"value": 4.5, "source": "Force"},
+            },
+        )
+
+    @defer.inlineCallbacks
+    def test_values_json_cannot_hold_are_sent_as_their_text(self):
+        class Version:
+            def __str__(self):
+                return "1.2.0"
+
+        event = events.property_event("m1", 42, "version", Version(), "Step")
+        sent = yield self.send_one(event)
+        self.assertEqual((sent["event_id"], sent["value"]), (event["event_id"], "1.2.0"))
 
 
 class TestResend(ClientTestCase):

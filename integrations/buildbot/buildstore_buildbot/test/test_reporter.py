@@ -13,6 +13,7 @@ from buildbot.test import fakedb
 from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
 from twisted.internet import defer
+from twisted.python import log
 from twisted.trial import unittest
 
 from buildstore_buildbot import BuildstoreReporter
@@ -135,7 +136,8 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
         yield self.deliver(("logs", str(logid), what), logdict)
 
     @defer.inlineCallbacks
-    def start_build_with_step(self, name="compile"):
+    def start_build_and_step(self, name="compile"):
+        """A started build with a started step that has no log yet."""
         yield self.build_message("new")
         stepid, number, _ = yield self.master.db.steps.addStep(
             buildid=20, name=name, state_string="pending"
@@ -145,11 +147,46 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
         )
         yield self.step_message(stepid, "new")
         yield self.step_message(stepid, "started")
-        logid = yield self.master.db.logs.addLog(
-            stepid=stepid, name="stdio", slug="stdio", type="s"
-        )
-        yield self.log_message(logid, "new")
+        return stepid, number
+
+    @defer.inlineCallbacks
+    def add_log(self, stepid, name, type="s", announce=True):
+        logid = yield self.master.db.logs.addLog(stepid=stepid, name=name, slug=name, type=type)
+        if announce:
+            yield self.log_message(logid, "new")
+        return logid
+
+    @defer.inlineCallbacks
+    def start_build_with_step(self, name="compile"):
+        stepid, number = yield self.start_build_and_step(name)
+        logid = yield self.add_log(stepid, "stdio")
         return stepid, number, logid
+
+    def fail_log_reads(self, times):
+        """Makes the next ``times`` reads of log text fail; returns the offsets of the reads."""
+        real_get = self.master.data.get
+        offsets = []
+
+        def get(path, **kw):
+            if path[-1] == "contents":
+                offsets.append(kw.get("offset"))
+                if len(offsets) <= times:
+                    return defer.fail(RuntimeError("database is locked"))
+            return real_get(path, **kw)
+
+        self.patch(self.master.data, "get", get)
+        return offsets
+
+    def capture_log(self):
+        """The lines logged from now on, errors with their message."""
+        lines = []
+
+        def observe(event):
+            lines.append(log.textFromEventDict(event) or "")
+
+        log.addObserver(observe)
+        self.addCleanup(log.removeObserver, observe)
+        return lines
 
 
 class TestBuilders(ReporterTestCase):
@@ -414,6 +451,96 @@ class TestSteps(ReporterTestCase):
         yield self.log_message(logid)
         # The failed read is retried from the same line, so nothing is lost.
         self.assertEqual([e["text"] for e in self.take("log")], ["one\ntwo\n"])
+
+    @defer.inlineCallbacks
+    def test_a_log_read_failing_at_step_end_is_tried_again_after_a_pause(self):
+        stepid, _, logid = yield self.start_build_with_step()
+        self.take()
+        reads = self.fail_log_reads(times=1)
+        yield self.master.db.logs.appendLog(logid, "olast words\n")
+        yield self.master.db.steps.finishStep(stepid=stepid, results=0, hidden=False)
+        step = yield self.master.data.get(("steps", stepid))
+        self.master.mq.callConsumer(("steps", str(stepid), "finished"), step)
+        # The step's end waits for the rest of its log.
+        self.assertEqual((reads, self.take()), ([0], []))
+        self.reactor.advance(0.5)
+        yield self.reporter.wait_idle()
+        self.assertEqual(reads, [0, 0])
+        sent = self.take()
+        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
+        self.assertEqual(sent[0]["text"], "last words\n")
+
+    @defer.inlineCallbacks
+    def test_a_step_whose_log_cannot_be_read_still_finishes_and_the_loss_is_logged(self):
+        stepid, number, logid = yield self.start_build_with_step()
+        yield self.master.db.logs.appendLog(logid, "ofirst\n")
+        yield self.log_message(logid)
+        self.take()
+        reads = self.fail_log_reads(times=3)
+        logged = self.capture_log()
+        yield self.master.db.logs.appendLog(logid, "olost\n")
+        yield self.master.db.steps.finishStep(stepid=stepid, results=0, hidden=False)
+        step = yield self.master.data.get(("steps", stepid))
+        self.master.mq.callConsumer(("steps", str(stepid), "finished"), step)
+        # Three tries, 0.5 s and then 1 s apart, each from the first line not yet sent.
+        for pause, tried in ((0.0, 1), (0.4, 1), (0.1, 2), (0.9, 2), (0.1, 3)):
+            self.reactor.advance(pause)
+            self.assertEqual(reads, [1] * tried)
+        yield self.reporter.wait_idle()
+        self.assertEqual([e["type"] for e in self.take()], ["step_finished"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        [line] = [line for line in logged if "cannot read the rest" in line]
+        self.assertIn(f"step {number} 'compile' (stepid {stepid}) of build 20", line)
+        self.assertIn(f"the first 1 lines of its log {logid} were sent (stdout 6 bytes)", line)
+
+    @defer.inlineCallbacks
+    def test_the_log_named_stdio_is_sent_also_when_another_stdio_type_log_came_first(self):
+        stepid, _ = yield self.start_build_and_step()
+        setup = yield self.add_log(stepid, "setup")
+        stdio = yield self.add_log(stepid, "stdio")
+        self.take()
+        yield self.master.db.logs.appendLog(setup, "oprepared\n")
+        yield self.log_message(setup)
+        yield self.master.db.logs.appendLog(stdio, "ocompiled\n")
+        yield self.log_message(stdio)
+        self.assertEqual(
+            [(e["event_id"], e["text"]) for e in self.take("log")],
+            [(f"log-{stdio}-stdout-@0", "compiled\n")],
+        )
+
+    @defer.inlineCallbacks
+    def test_at_step_end_the_stdio_log_is_read_also_when_another_was_created_first(self):
+        stepid, _ = yield self.start_build_and_step()
+        # Never announced, as when the service started in the middle of the step.
+        setup = yield self.add_log(stepid, "setup", announce=False)
+        stdio = yield self.add_log(stepid, "stdio", announce=False)
+        yield self.master.db.logs.appendLog(setup, "oprepared\n")
+        yield self.master.db.logs.appendLog(stdio, "ocompiled\n")
+        self.take()
+        yield self.master.db.steps.finishStep(stepid=stepid, results=0, hidden=False)
+        yield self.step_message(stepid, "finished")
+        sent = self.take()
+        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
+        self.assertEqual(
+            (sent[0]["event_id"], sent[0]["text"]), (f"log-{stdio}-stdout-@0", "compiled\n")
+        )
+
+    @defer.inlineCallbacks
+    def test_a_log_whose_text_was_sent_stays_the_steps_log_when_stdio_comes_later(self):
+        # Its text already holds the channels' first offsets, which stdio's would take again.
+        stepid, _ = yield self.start_build_and_step()
+        setup = yield self.add_log(stepid, "setup")
+        yield self.master.db.logs.appendLog(setup, "oprepared\n")
+        yield self.log_message(setup)
+        stdio = yield self.add_log(stepid, "stdio")
+        yield self.master.db.logs.appendLog(stdio, "ocompiled\n")
+        yield self.log_message(stdio)
+        yield self.master.db.logs.appendLog(setup, "odone\n")
+        yield self.log_message(setup)
+        self.assertEqual(
+            [(e["event_id"], e["text"]) for e in self.take("log")],
+            [(f"log-{setup}-stdout-@0", "prepared\n"), (f"log-{setup}-stdout-@9", "done\n")],
+        )
 
     @defer.inlineCallbacks
     def test_a_bad_message_does_not_raise_into_the_mq(self):
