@@ -111,6 +111,7 @@ impl StepDoc {
         }
     }
 
+    /// The inline field of `channel`'s log, to change it.
     pub fn log_mut(&mut self, channel: crate::Channel) -> &mut String {
         match channel {
             crate::Channel::Stdout => &mut self.stdout,

@@ -556,7 +556,9 @@ class BuildstoreReporter(service.BuildbotService):
             await task.deferLater(self.master.reactor, pause, lambda: None)
 
     async def _read_rest_of_log(self, state: _Step):
-        if state.logid is None:
+        # While nothing was sent, the step's logs are listed: its stdio log may never have been
+        # announced to this service (started in the middle of the step), yet it is the one.
+        if state.logid is None or not state.sent_text():
             logs = await self.master.data.get(("steps", state.stepid, "logs")) or []
             for entry in logs:
                 if entry.get("type") == "s":

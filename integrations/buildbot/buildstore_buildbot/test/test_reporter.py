@@ -526,6 +526,22 @@ class TestSteps(ReporterTestCase):
         )
 
     @defer.inlineCallbacks
+    def test_at_step_end_an_unannounced_stdio_log_wins_over_an_announced_one_with_nothing_sent(self):
+        stepid, _ = yield self.start_build_and_step()
+        setup = yield self.add_log(stepid, "setup")  # announced, but no text yet
+        stdio = yield self.add_log(stepid, "stdio", announce=False)
+        yield self.master.db.logs.appendLog(stdio, "ocompiled\n")
+        self.take()
+        yield self.master.db.steps.finishStep(stepid=stepid, results=0, hidden=False)
+        yield self.step_message(stepid, "finished")
+        sent = self.take()
+        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
+        self.assertEqual(
+            (sent[0]["event_id"], sent[0]["text"]), (f"log-{stdio}-stdout-@0", "compiled\n")
+        )
+        self.assertNotEqual(setup, stdio)
+
+    @defer.inlineCallbacks
     def test_a_log_whose_text_was_sent_stays_the_steps_log_when_stdio_comes_later(self):
         # Its text already holds the channels' first offsets, which stdio's would take again.
         stepid, _ = yield self.start_build_and_step()
