@@ -235,15 +235,7 @@ mod tests {
             full.push_str(&chunk);
             live.append(&chunk, LIMIT);
         }
-        let bytes = full.as_bytes();
-        let n = LIMIT.min(bytes.len());
-        let mut restored = InlineLog::restore(
-            bytes.len() as u64,
-            &bytes[..n],
-            &bytes[bytes.len() - n..],
-            LIMIT,
-            false,
-        );
+        let mut restored = restore_cut(&full, LIMIT, LIMIT);
         assert_eq!(restored.inline(), live.inline());
         assert_eq!(
             restored.append("more\n", LIMIT),
@@ -252,6 +244,15 @@ mod tests {
 
         let small = InlineLog::restore(5, b"hello", b"hello", LIMIT, true);
         assert_eq!(small.inline(), "hello");
+    }
+
+    /// A log whose stored field is cut, restored under `limit` from what a store hands back: its
+    /// first and last `window` bytes.
+    fn restore_cut(full: &str, window: usize, limit: usize) -> InlineLog {
+        let bytes = full.as_bytes();
+        let n = window.min(bytes.len());
+        let (head, tail) = (&bytes[..n], &bytes[bytes.len() - n..]);
+        InlineLog::restore(bytes.len() as u64, head, tail, limit, false)
     }
 
     /// The parts of a cut inline value, checked against the full log it stands for.
@@ -287,15 +288,7 @@ mod tests {
         // A log cut under the smallest limit, carried on under a limit that would fit it whole:
         // the stored field has a marker, so an `Append` would paste text after it.
         let mut full: String = (0..40).map(|i| format!("line {i:02}\n")).collect();
-        let bytes = full.as_bytes();
-        let n = LIMIT.min(bytes.len());
-        let mut log = InlineLog::restore(
-            bytes.len() as u64,
-            &bytes[..n],
-            &bytes[bytes.len() - n..],
-            4096,
-            false,
-        );
+        let mut log = restore_cut(&full, LIMIT, 4096);
         for chunk in ["next\n", "and more\n"] {
             full.push_str(chunk);
             let InlineUpdate::Replace(value) = log.append(chunk, 4096) else {

@@ -77,7 +77,8 @@ impl StepState {
     /// A step as a store holds it.
     fn stored(doc: &StepDoc) -> StepState {
         let text_bytes = doc.text.as_ref().map_or(0, String::len);
-        let inline_bytes = [doc.stdout.len(), doc.stderr.len(), doc.headers.len()];
+        // In the order of `channel_index`.
+        let inline_bytes = Channel::ALL.map(|c| doc.log(c).len());
         let varying = text_bytes + inline_bytes.iter().sum::<usize>();
         StepState {
             finished: doc.result.is_some(),

@@ -410,27 +410,19 @@ async fn run_ingest(
 ) -> anyhow::Result<ExitCode> {
     let mut applier = Applier::new(Core::new(config));
     let mut on_error = |e: &buildstore::pipeline::LineError| eprintln!("buildstore: {file}: {e}");
-    let report = if let Some(f) = input {
-        ingest(
-            store,
-            &mut applier,
-            BufReader::with_capacity(1 << 20, f),
-            options,
-            &mut on_error,
-        )
-        .await
-        .with_context(|| file.to_owned())?
-    } else {
-        ingest(
-            store,
-            &mut applier,
-            BufReader::new(tokio::io::stdin()),
-            options,
-            &mut on_error,
-        )
-        .await
-        .with_context(|| file.to_owned())?
+    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input {
+        Some(f) => Box::new(f),
+        None => Box::new(tokio::io::stdin()),
     };
+    let report = ingest(
+        store,
+        &mut applier,
+        BufReader::with_capacity(1 << 20, input),
+        options,
+        &mut on_error,
+    )
+    .await
+    .with_context(|| file.to_owned())?;
     eprintln!(
         "buildstore: {file}: {} events applied, {} duplicates skipped, {} lines rejected{}",
         report.applied,

@@ -111,6 +111,19 @@ impl StepDoc {
         }
     }
 
+    /// Bytes of `channel`'s full log, as `log_bytes` counts them.
+    pub fn log_len(&self, channel: crate::Channel) -> u64 {
+        u64::try_from(self.log_bytes.get(channel)).unwrap_or(0)
+    }
+
+    /// The inline field of `channel` when it holds the whole log, i.e. is as long as the full
+    /// log. A field cut to an inline limit is always shorter: it leaves out more bytes than its
+    /// marker takes.
+    pub fn whole_log(&self, channel: crate::Channel) -> Option<&str> {
+        let text = self.log(channel);
+        (text.len() as u64 == self.log_len(channel)).then_some(text)
+    }
+
     /// The inline field of `channel`'s log, to change it.
     pub fn log_mut(&mut self, channel: crate::Channel) -> &mut String {
         match channel {

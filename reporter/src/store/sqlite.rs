@@ -435,12 +435,9 @@ impl Apply for SqliteStore {
                         let Some(len) = log_len(conn, &step_id, channel).map_err(&err)? else {
                             continue;
                         };
-                        // The field is the whole log while it has the log's length: a cut
-                        // one is always shorter (see `InlineLog::restore`).
-                        let inline = step.log(channel);
-                        let inline_whole = inline.len() as u64 == len;
-                        let (head, tail) = if inline_whole {
-                            (inline.as_bytes().to_vec(), inline.as_bytes().to_vec())
+                        let whole = step.whole_log(channel);
+                        let (head, tail) = if let Some(text) = whole {
+                            (text.as_bytes().to_vec(), text.as_bytes().to_vec())
                         } else {
                             let tail_from = len.saturating_sub(log_window as u64);
                             (
@@ -455,7 +452,7 @@ impl Apply for SqliteStore {
                             len,
                             head,
                             tail,
-                            inline_whole,
+                            inline_whole: whole.is_some(),
                         });
                     }
                     steps.push(step);

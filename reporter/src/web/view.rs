@@ -336,11 +336,7 @@ pub fn build_view(
                         bytes: s.log_bytes.get(c),
                         url: log_url("", &s.id, c),
                         api_url: log_url("/api", &s.id, c),
-                        inline: match c {
-                            Channel::Stdout => s.stdout.clone(),
-                            Channel::Stderr => s.stderr.clone(),
-                            Channel::Header => s.headers.clone(),
-                        },
+                        inline: s.log(c).to_owned(),
                     })
                     .collect(),
             }

@@ -208,26 +208,19 @@ impl MongoStore {
         Ok(out)
     }
 
-    /// A step document's inline field, when it still holds the whole log.
-    fn whole_inline(step: &Document, channel: Channel) -> Option<&[u8]> {
-        let text = step.get_str(channel.field()).ok()?;
-        (text.len() as u64 == stored_len(step, channel)).then_some(text.as_bytes())
+    /// The step document `step_id`, if there is one.
+    async fn step(&self, step_id: &str) -> Result<Option<StepDoc>, StoreError> {
+        let Some(raw) = self.get(Collection::Steps, step_id).await? else {
+            return Ok(None);
+        };
+        step_doc(raw, step_id).map(Some)
     }
 }
 
-/// The size of a step's full log as its `log_bytes` records it (0 if absent). A server may hand
-/// back a small `long` as an `int`, so both are read.
-fn stored_len(step: &Document, channel: Channel) -> u64 {
-    let n = match step
-        .get_document("log_bytes")
-        .ok()
-        .and_then(|b| b.get(channel.field()))
-    {
-        Some(Bson::Int32(i)) => i64::from(*i),
-        Some(Bson::Int64(i)) => *i,
-        _ => 0,
-    };
-    u64::try_from(n).unwrap_or(0)
+/// A stored step document, decoded. (A server may hand back a small `long` of `log_bytes` as an
+/// `int`; decoding takes both.)
+fn step_doc(raw: Document, step_id: &str) -> Result<StepDoc, StoreError> {
+    bson::from_document(raw).map_err(|e| corrupt(Collection::Steps, step_id, e))
 }
 
 /// The user name and password written in a URI, to keep them out of messages even when the URI
@@ -437,12 +430,13 @@ impl Apply for MongoStore {
                 .filter(|s| s.get_str("build") == Ok(id.as_str()))
             {
                 let step_id = raw.get_str("_id").unwrap_or_default().to_owned();
+                let step = step_doc(raw.clone(), &step_id)?;
                 for channel in Channel::ALL {
-                    let len = stored_len(raw, channel);
+                    let len = step.log_len(channel);
                     if len == 0 {
                         continue;
                     }
-                    let whole = Self::whole_inline(raw, channel);
+                    let whole = step.whole_log(channel).map(str::as_bytes);
                     let (head, tail) = match whole {
                         Some(bytes) => (bytes.to_vec(), bytes.to_vec()),
                         None => (
@@ -465,8 +459,6 @@ impl Apply for MongoStore {
                         inline_whole: whole.is_some(),
                     });
                 }
-                let step: StepDoc = bson::from_document(raw.clone())
-                    .map_err(|e| corrupt(Collection::Steps, &step_id, e))?;
                 snapshot.steps.push(step);
             }
             out.push(snapshot);
@@ -595,8 +587,7 @@ impl Store for MongoStore {
     }
 
     async fn log_len(&self, step_id: &str, channel: Channel) -> Result<Option<u64>, StoreError> {
-        let step = self.get(Collection::Steps, step_id).await?;
-        Ok(step.map(|s| stored_len(&s, channel)))
+        Ok(self.step(step_id).await?.map(|s| s.log_len(channel)))
     }
 
     async fn read_log(
@@ -606,14 +597,14 @@ impl Store for MongoStore {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>, StoreError> {
-        let Some(step) = self.get(Collection::Steps, step_id).await? else {
+        let Some(step) = self.step(step_id).await? else {
             return Ok(vec![]);
         };
-        match Self::whole_inline(&step, channel) {
-            Some(bytes) => {
+        match step.whole_log(channel) {
+            Some(text) => {
                 let mut out = Vec::new();
                 // One piece from byte 0 leaves no hole.
-                let _ = super::take_window(&mut out, 0, bytes, offset, max);
+                let _ = super::take_window(&mut out, 0, text.as_bytes(), offset, max);
                 Ok(out)
             }
             None => self.gridfs_log(step_id, channel, offset, max).await,
