@@ -2,6 +2,8 @@
 //! wire-protocol test peer, or on a real server when `MONGODB_URI` is set. The same streams must
 //! give the same `export` output (compared as parsed JSON) and the same `buildstore log` bytes.
 
+#[path = "store_conformance/commit_limits.rs"]
+mod commit_limits;
 mod common;
 #[path = "store_conformance/listing.rs"]
 mod listing;

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use regex::Regex;
 use serde_json::Value;
 
+/// The longest changeset that can be proper, in bytes.
+pub const MAX_HASH_BYTES: usize = 1024;
+
 /// Decides which changesets are proper commit hashes. Cheap to clone: clones share one compiled
 /// pattern and its match caches (a cloned `Regex` would build new caches on its first use).
 #[derive(Debug, Clone)]
@@ -25,8 +28,13 @@ impl ChangesetPolicy {
         })
     }
 
+    /// Whether `changeset` is a full commit hash. One longer than [`MAX_HASH_BYTES`] never is,
+    /// whatever the pattern: it is the `_id` of a commit document, which must leave room for the
+    /// builds listed in it.
     pub fn is_proper(&self, changeset: &str) -> bool {
-        !changeset.is_empty() && self.proper.is_match(changeset)
+        !changeset.is_empty()
+            && changeset.len() <= MAX_HASH_BYTES
+            && self.proper.is_match(changeset)
     }
 }
 

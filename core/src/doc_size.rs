@@ -22,12 +22,51 @@ pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024 - 16 * 1024;
 pub const MAX_INLINE_LIMIT: usize = 2 * 1024 * 1024;
 const _: () = assert!(MAX_DOCUMENT_BYTES - 3 * MAX_INLINE_LIMIT >= 10 * 1024 * 1024 - 16 * 1024);
 
+/// The most builds a commit document lists: the most recently linked ones. Every build of a commit
+/// can still be found in `builds` by its `changeset`.
+pub const MAX_COMMIT_BUILDS: usize = 10_000;
+
+/// The most bytes a commit document may take without its `builds`: the metadata of a `commit`
+/// event, or the hash and repository a linked build brought.
+pub const MAX_COMMIT_METADATA_BYTES: usize = 256 * 1024;
+
+/// BSON bytes of an entry of a commit's `builds` whose two strings are empty and whose result and
+/// end time are set, without the array index it is kept under.
+const COMMIT_ENTRY_FIXED_BYTES: usize = 97;
+
+/// The most bytes one entry takes in the `builds` array: the fixed part, a type byte and an index
+/// of up to 5 digits and its zero, a build `_id` (two ids and a slash) and a builder name.
+const MAX_COMMIT_ENTRY_BYTES: usize = COMMIT_ENTRY_FIXED_BYTES
+    + 1
+    + 5
+    + 1
+    + (2 * buildstore_schema::MAX_ID_BYTES + 1)
+    + buildstore_schema::MAX_NAME_BYTES;
+
+// A commit document at its limits (metadata, and as many of the longest entries as it keeps, in
+// an array field with its own header) fits: MongoDB never refuses a link.
+const _: () = assert!(
+    MAX_COMMIT_METADATA_BYTES + 32 + MAX_COMMIT_BUILDS * MAX_COMMIT_ENTRY_BYTES
+        <= MAX_DOCUMENT_BYTES
+);
+
 /// BSON bytes of `value` written as a document, or why it has no BSON form (a key holding a NUL
 /// character).
 pub(crate) fn document_len<T: Serialize>(value: &T) -> Result<usize, String> {
     bson::to_vec(value)
         .map(|bytes| bytes.len())
         .map_err(|e| e.to_string())
+}
+
+/// The repository URI a build brings to a commit document that linking creates: the build's, unless
+/// the document would then take more than [`MAX_COMMIT_METADATA_BYTES`] (a later `commit` event
+/// sets one anyway).
+pub(crate) fn linked_uri(hash: &str, uri: Option<&str>) -> Option<String> {
+    let uri = uri?;
+    let bytes = document_len(&bson::doc! {"_id": hash, "repository_uri": uri, "builds": []});
+    bytes
+        .is_ok_and(|b| b <= MAX_COMMIT_METADATA_BYTES)
+        .then(|| uri.to_owned())
 }
 
 /// BSON bytes of a field `name` holding a document of `len` bytes: a type byte, the name and its
@@ -106,6 +145,37 @@ mod tests {
             Ok(started_step_len(&doc.id, &doc.build, &doc.name)),
             document_len(&doc)
         );
+    }
+
+    #[test]
+    fn a_commit_at_its_limits_fits_in_a_document() {
+        let time = Some(DateTime::from_millis(1_800_000_000_000));
+        let entry = |build: &str, builder: &str| buildstore_schema::RepoBuildEntry {
+            build: build.to_owned(),
+            builder: builder.to_owned(),
+            number: i64::MAX,
+            result: Some(2),
+            time_start: DateTime::from_millis(0),
+            time_end: time,
+        };
+        assert_eq!(document_len(&entry("", "")), Ok(COMMIT_ENTRY_FIXED_BYTES));
+        let longest = entry(
+            &format!(
+                "{}/{}",
+                "m".repeat(buildstore_schema::MAX_ID_BYTES),
+                "b".repeat(buildstore_schema::MAX_ID_BYTES)
+            ),
+            &"n".repeat(buildstore_schema::MAX_NAME_BYTES),
+        );
+        // The metadata at its limit, all of it in one field.
+        let mut commit = bson::doc! {"_id": "c", "subject": ""};
+        let room = MAX_COMMIT_METADATA_BYTES - document_len(&commit).unwrap();
+        commit.insert("subject", "s".repeat(room));
+        assert_eq!(document_len(&commit), Ok(MAX_COMMIT_METADATA_BYTES));
+        let builds = vec![bson::to_bson(&longest).unwrap(); MAX_COMMIT_BUILDS];
+        commit.insert("builds", builds);
+        let bytes = document_len(&commit).unwrap();
+        assert!(bytes <= MAX_DOCUMENT_BYTES, "{bytes}");
     }
 
     #[test]

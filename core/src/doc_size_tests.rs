@@ -1,7 +1,7 @@
 //! The rules that keep every document within what MongoDB can hold.
 
 use super::*;
-use crate::{MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
+use crate::{ChangesetPolicy, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
 
 const MIB: usize = 1024 * 1024;
 
@@ -320,4 +320,82 @@ fn a_nul_character_in_a_property_key_is_unstorable_not_too_large() {
         core.apply(&event, now()),
         Err(RuleError::Unstorable { .. })
     ));
+}
+
+const HASH: &str = "eb57b4930f682387ca57a2506b1dbd03f5144c04";
+
+fn commit_event(subject: &str) -> Value {
+    json!({"type":"commit","hash":HASH,"subject":subject,"author_name":"a","author_email":"a@x",
+           "author_date":"2026-03-12T10:52:40Z","commiter_name":"c","commiter_email":"c@x",
+           "commiter_date":"2026-03-12T12:58:03Z","repository_uri":"https://git.example.org/r.git"})
+}
+
+/// A commit document keeps room for the builds listed in it, so its metadata has a limit of its
+/// own, far below a whole document's.
+#[test]
+fn a_commit_whose_metadata_would_crowd_out_its_builds_is_refused() {
+    let mut core = Core::new(CoreConfig::default());
+    apply(&mut core, commit_event(&"s".repeat(200 * 1024)));
+    match fail(
+        &mut core,
+        commit_event(&"s".repeat(MAX_COMMIT_METADATA_BYTES)),
+    ) {
+        RuleError::CommitTooLarge { hash, bytes } => {
+            assert_eq!(hash, HASH);
+            assert!(bytes > MAX_COMMIT_METADATA_BYTES, "{bytes}");
+        }
+        other => panic!("expected CommitTooLarge, got {other:?}"),
+    }
+}
+
+/// A build's repository becomes the URI of the commit document its link creates, unless it would
+/// take the document past the metadata limit: then the document has none until a `commit` event.
+#[test]
+fn a_linked_build_brings_its_repository_to_the_commit_only_if_it_fits() {
+    for (uri_len, kept) in [(100, true), (MAX_COMMIT_METADATA_BYTES, false)] {
+        let mut core = Core::new(CoreConfig::default());
+        apply(
+            &mut core,
+            json!({"type":"build_started","builder":"linux","build_id":7,"number":1,
+                   "changeset":HASH,"repository":"r".repeat(uri_len)}),
+        );
+        let out = finish(&mut core);
+        let uri = out.iter().find_map(|m| match m {
+            Mutation::LinkBuildToCommit { repository_uri, .. } => Some(repository_uri.clone()),
+            _ => None,
+        });
+        assert_eq!(uri.expect("linked").is_some(), kept, "{uri_len}");
+    }
+}
+
+/// A changeset too long to be a commit document's `_id` is never proper, whatever the pattern.
+#[test]
+fn an_overlong_changeset_is_never_linked() {
+    for (len, linked) in [(crate::MAX_HASH_BYTES, 1), (crate::MAX_HASH_BYTES + 1, 0)] {
+        let mut core = Core::new(CoreConfig {
+            changesets: ChangesetPolicy::new(".").expect("pattern"),
+            ..CoreConfig::default()
+        });
+        start(&mut core, Some(&"a".repeat(len)));
+        assert_eq!(links(&finish(&mut core)).len(), linked, "{len}");
+    }
+}
+
+/// A builder document is counted with the longest status a later `builder_state` may give it.
+#[test]
+fn a_builder_whose_document_would_not_fit_is_refused() {
+    let mut core = Core::new(CoreConfig::default());
+    let slaves = vec!["w".repeat(MIB); 16];
+    let (document, bytes) = too_large(core.apply(
+        &ev(json!({"type":"builder_added","builder":"linux","slaves":slaves})),
+        now(),
+    ));
+    assert_eq!(document, "builder m1/linux");
+    assert!(bytes > MAX_DOCUMENT_BYTES, "{bytes}");
+    let slaves = vec!["w".repeat(MIB); 15];
+    core.apply(
+        &ev(json!({"type":"builder_added","builder":"linux","slaves":slaves})),
+        now(),
+    )
+    .expect("15 MiB of workers fit");
 }

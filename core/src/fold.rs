@@ -14,8 +14,8 @@ use chrono::Utc;
 
 use super::changeset::{got_revision, ChangesetPolicy};
 use super::doc_size::{
-    document_field_len, document_len, started_step, string_field_len, MAX_DOCUMENT_BYTES,
-    MAX_INLINE_LIMIT,
+    document_field_len, document_len, linked_uri, started_step, string_field_len,
+    MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
 };
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
@@ -67,6 +67,8 @@ pub enum RuleError {
     Unstorable { field: String, message: String },
     #[error("{document} would grow to {bytes} bytes, past the {MAX_DOCUMENT_BYTES} a document may take (MongoDB holds at most 16 MiB)")]
     DocumentTooLarge { document: String, bytes: usize },
+    #[error("commit {hash}: its metadata would take {bytes} bytes, past the {MAX_COMMIT_METADATA_BYTES} it may take (the rest of the document is kept for its builds)")]
+    CommitTooLarge { hash: String, bytes: usize },
 }
 
 /// The fold over events, with the state of the builds it has seen.
@@ -140,13 +142,25 @@ impl Core {
         match &event.kind {
             EventKind::BuilderAdded(e) => {
                 non_empty("builder", &e.builder)?;
-                Ok(vec![Mutation::AddBuilder {
-                    id: super::builder_id(master, &e.builder),
+                let id = super::builder_id(master, &e.builder);
+                // Counted with the longest status a later builder_state may set.
+                let doc = buildstore_schema::BuilderDoc {
+                    id: id.clone(),
                     name: e.builder.clone(),
                     master_id: master.clone(),
+                    status: "s".repeat(buildstore_schema::MAX_NAME_BYTES),
                     category: e.category.clone(),
                     tags: e.tags.clone(),
                     slaves: e.slaves.clone(),
+                };
+                fits(|| format!("builder {id}"), document_len(&doc).unwrap_or(0))?;
+                Ok(vec![Mutation::AddBuilder {
+                    id,
+                    name: doc.name,
+                    master_id: doc.master_id,
+                    category: doc.category,
+                    tags: doc.tags,
+                    slaves: doc.slaves,
                 }])
             }
             EventKind::BuilderState(e) => {
@@ -453,7 +467,7 @@ impl Core {
             .hash_abbrev
             .clone()
             .unwrap_or_else(|| e.hash.chars().take(7).collect());
-        Ok(vec![Mutation::UpsertCommit(Box::new(CommitDoc {
+        let doc = CommitDoc {
             id: e.hash.clone(),
             hash: Some(e.hash.clone()),
             hash_abbrev: Some(abbrev),
@@ -466,7 +480,15 @@ impl Core {
             commiter_date: Some(e.commiter_date.to_bson()),
             repository_uri: Some(e.repository_uri.clone()),
             builds: vec![],
-        }))])
+        };
+        let bytes = document_len(&doc).unwrap_or(0);
+        if bytes > MAX_COMMIT_METADATA_BYTES {
+            return Err(RuleError::CommitTooLarge {
+                hash: e.hash.clone(),
+                bytes,
+            });
+        }
+        Ok(vec![Mutation::UpsertCommit(Box::new(doc))])
     }
 }
 
@@ -546,7 +568,7 @@ fn link_if_proper(build: &BuildState, policy: &ChangesetPolicy) -> Option<Mutati
     let hash = build.changeset.as_deref().filter(|c| policy.is_proper(c))?;
     build.finished().then(|| Mutation::LinkBuildToCommit {
         hash: hash.to_owned(),
-        repository_uri: build.repository.clone(),
+        repository_uri: linked_uri(hash, build.repository.as_deref()),
         entry: build.repo_entry(),
     })
 }

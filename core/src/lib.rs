@@ -10,8 +10,10 @@ mod inline_log;
 mod mutation;
 mod state;
 
-pub use changeset::ChangesetPolicy;
-pub use doc_size::{MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
+pub use changeset::{ChangesetPolicy, MAX_HASH_BYTES};
+pub use doc_size::{
+    MAX_COMMIT_BUILDS, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
+};
 pub use fold::{Core, CoreConfig, RuleError};
 pub use inline_log::{InlineLog, MIN_INLINE_LIMIT};
 pub use mutation::{Batch, InlineUpdate, Mutation};

@@ -69,7 +69,8 @@ pub enum Mutation {
         time: DateTime,
     },
     /// Upsert `entry` (keyed by its build) into `builds` of the commit `hash`, creating the
-    /// repository document if needed (`repository_uri` is only used then).
+    /// repository document if needed (`repository_uri` is only used then). A new entry goes last,
+    /// and past [`crate::MAX_COMMIT_BUILDS`] entries the first ones (linked longest ago) go.
     LinkBuildToCommit {
         hash: String,
         repository_uri: Option<String>,

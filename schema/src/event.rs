@@ -333,6 +333,7 @@ impl Event {
                 .check_in_event("build_id")
                 .map_err(EventError::Field)?;
         }
+        check_name_lengths(&event.kind)?;
         Ok(event)
     }
 
@@ -374,6 +375,27 @@ impl Event {
     pub fn to_line(&self) -> String {
         // Serializing plain data into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The longest builder name or builder state an event may give, in bytes. A commit document lists
+/// up to 10,000 builds with their builder's name, which must fit in one document.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+fn check_name_lengths(kind: &EventKind) -> Result<(), EventError> {
+    let names = match kind {
+        EventKind::BuilderAdded(e) => vec![("builder", &e.builder)],
+        EventKind::BuilderState(e) => vec![("builder", &e.builder), ("state", &e.state)],
+        EventKind::BuilderRemoved(e) => vec![("builder", &e.builder)],
+        EventKind::BuildStarted(e) => vec![("builder", &e.builder)],
+        _ => vec![],
+    };
+    match names.iter().find(|(_, v)| v.len() > MAX_NAME_BYTES) {
+        Some((field, v)) => Err(EventError::Field(format!(
+            "field `{field}`: {} bytes, at most {MAX_NAME_BYTES}",
+            v.len()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -551,6 +573,53 @@ mod tests {
         let ok = Event::parse(
             r#"{"type":"build_started","master_id":"a","build_id":7,"builder":"linux/x86-64","number":1}"#,
         );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn ids_builder_names_and_states_have_a_length_limit() {
+        let long_id = "m".repeat(crate::value::MAX_ID_BYTES + 1);
+        let e = err(&format!(
+            r#"{{"type":"builder_removed","master_id":"{long_id}","builder":"b"}}"#
+        ));
+        assert!(
+            e.starts_with("field `master_id`: 257 bytes, at most 256"),
+            "{e}"
+        );
+        let e = err(&format!(
+            r#"{{"type":"build_finished","master_id":"m","build_id":"{long_id}","result":0}}"#
+        ));
+        assert!(
+            e.starts_with("field `build_id`: 257 bytes, at most 256"),
+            "{e}"
+        );
+        let name = "b".repeat(MAX_NAME_BYTES + 1);
+        for line in [
+            format!(r#"{{"type":"builder_added","master_id":"m","builder":"{name}"}}"#),
+            format!(r#"{{"type":"builder_removed","master_id":"m","builder":"{name}"}}"#),
+            format!(
+                r#"{{"type":"build_started","master_id":"m","build_id":1,"builder":"{name}","number":1}}"#
+            ),
+        ] {
+            let e = err(&line);
+            assert!(
+                e.starts_with("field `builder`: 1025 bytes, at most 1024"),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            r#"{{"type":"builder_state","master_id":"m","builder":"b","state":"{name}"}}"#
+        ));
+        assert!(
+            e.starts_with("field `state`: 1025 bytes, at most 1024"),
+            "{e}"
+        );
+        // At the limit is fine.
+        let id = "m".repeat(crate::value::MAX_ID_BYTES);
+        let name = &name[1..];
+        let ok = Event::parse(&format!(
+            r#"{{"type":"build_started","master_id":"{id}","build_id":"{id}","builder":"{name}","number":1}}"#
+        ));
         assert!(ok.is_ok(), "{ok:?}");
     }
 

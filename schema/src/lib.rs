@@ -13,5 +13,5 @@ pub use collection::{Collection, IndexSpec, INDEXES};
 pub use document::{
     BuildDoc, BuilderDoc, ChangeDoc, CommitDoc, LogBytes, PropertyDoc, RepoBuildEntry, StepDoc,
 };
-pub use event::{Channel, Event, EventError, EventKind};
-pub use value::{Ident, ResultCode, Timestamp};
+pub use event::{Channel, Event, EventError, EventKind, MAX_NAME_BYTES};
+pub use value::{Ident, ResultCode, Timestamp, MAX_ID_BYTES};

@@ -87,6 +87,10 @@ impl JsonSchema for EventIdent {
     }
 }
 
+/// The longest `master_id` or `build_id` an event may give, in bytes. A build's `_id` holds both,
+/// and a commit document lists up to 10,000 of them, which must fit in one document.
+pub const MAX_ID_BYTES: usize = 256;
+
 impl Ident {
     /// Refuses an id an event may not give (see [`EventIdent`]); `field` names it in the message.
     pub fn check_in_event(&self, field: &str) -> Result<(), String> {
@@ -94,6 +98,10 @@ impl Ident {
             Ident::Str(s) if s.contains('/') => Err(format!(
                 "field `{field}` must not contain `/` (ids are joined with `/` into document ids, \
                  so `{s}` could name another build's documents)"
+            )),
+            Ident::Str(s) if s.len() > MAX_ID_BYTES => Err(format!(
+                "field `{field}`: {} bytes, at most {MAX_ID_BYTES} (ids are part of document ids)",
+                s.len()
             )),
             _ => Ok(()),
         }

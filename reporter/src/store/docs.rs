@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::StoreError;
-use crate::core::{InlineUpdate, Mutation};
+use crate::core::{InlineUpdate, Mutation, MAX_COMMIT_BUILDS};
 
 /// Reads a document (as BSON bytes) from the store while a batch is being applied.
 pub trait Loader {
@@ -214,7 +214,11 @@ impl DocSet {
                     });
                 match doc.builds.iter_mut().find(|b| b.build == entry.build) {
                     Some(existing) => *existing = entry.clone(),
-                    None => doc.builds.push(entry.clone()),
+                    None => {
+                        doc.builds.push(entry.clone());
+                        let over = doc.builds.len().saturating_sub(MAX_COMMIT_BUILDS);
+                        doc.builds.drain(..over);
+                    }
                 }
             }
             Mutation::UpsertCommit(commit) => {

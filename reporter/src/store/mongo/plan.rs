@@ -7,7 +7,7 @@
 use bson::{doc, Binary, Bson, Document};
 use buildstore_schema::{Channel, Collection};
 
-use crate::core::{InlineUpdate, Mutation};
+use crate::core::{InlineUpdate, Mutation, MAX_COMMIT_BUILDS};
 
 /// GridFS chunk size: the driver's default (255 KiB).
 pub const CHUNK_SIZE: usize = 255 * 1024;
@@ -389,7 +389,10 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
                     stmt(
                         hash,
                         doc! {"_id": hash, "builds.build": {"$ne": &build}},
-                        doc! {"$push": {"builds": entry}},
+                        doc! {"$push": {"builds": {
+                            "$each": [entry],
+                            "$slice": -(MAX_COMMIT_BUILDS as i64),
+                        }}},
                         false,
                         "link build to commit",
                     ),

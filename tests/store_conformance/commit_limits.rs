@@ -1,0 +1,104 @@
+//! A commit document lists at most `MAX_COMMIT_BUILDS` builds, the most recently linked, so that it
+//! never grows past what MongoDB holds (a write it refuses would be refused again on every retry).
+//! Both stores drop the same entries.
+
+use buildstore::core::MAX_COMMIT_BUILDS;
+use serde_json::Value;
+
+use crate::common::mongo::on_database;
+use crate::common::{stderr, Db};
+
+const HASH: &str = "eb57b4930f682387ca57a2506b1dbd03f5144c04";
+
+/// Builds `from..to` of master `m`, each started at [`HASH`] and finished.
+fn builds(from: usize, to: usize) -> String {
+    let mut text = String::new();
+    for i in from..to {
+        let t = 1_800_000_000 + i;
+        text.push_str(&format!(
+            r#"{{"type":"build_started","master_id":"m","build_id":{i},"builder":"b","number":{i},"changeset":"{HASH}","time":{t}}}"#
+        ));
+        text.push('\n');
+        text.push_str(&format!(
+            r#"{{"type":"build_finished","master_id":"m","build_id":{i},"result":0,"time":{}}}"#,
+            t + 1
+        ));
+        text.push('\n');
+    }
+    text
+}
+
+fn ingest(db: &Db, text: &str) {
+    let out = db.ingest_text(text, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn linked(db: &Db) -> Vec<String> {
+    let commit = db.doc("repository", HASH);
+    commit["builds"]
+        .as_array()
+        .expect("builds")
+        .iter()
+        .map(|e| e["build"].as_str().expect("build").to_owned())
+        .collect()
+}
+
+/// The commit document as MongoDB holds it, from its export: numbers are longs there.
+fn as_bson(exported: &Value) -> bson::Document {
+    let mut doc = bson::to_document(&bson::Bson::try_from(exported.clone()).expect("ext. JSON"))
+        .expect("a document");
+    if let Ok(builds) = doc.get_array_mut("builds") {
+        for entry in builds.iter_mut().filter_map(|e| e.as_document_mut()) {
+            let number = entry.get_i32("number").map(i64::from).expect("number");
+            entry.insert("number", number);
+        }
+    }
+    doc
+}
+
+#[test]
+fn a_commit_lists_its_most_recently_linked_builds_up_to_the_limit_in_every_store() {
+    let sqlite = Db::new();
+    ingest(&sqlite, &builds(0, MAX_COMMIT_BUILDS));
+    let full = linked(&sqlite);
+    assert_eq!(full.len(), MAX_COMMIT_BUILDS);
+    assert_eq!(full[0], "m/0");
+
+    // Linking the same number of builds one by one would take the test peer minutes: MongoDB gets
+    // the commit document as SQLite holds it, and both link three more builds.
+    let mongo = Db::at(crate::common::mongo::fresh_database("commit_limits"));
+    let out = mongo.cmd().arg("init").output().expect("init");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let commit = as_bson(&sqlite.doc("repository", HASH));
+    on_database(&mongo.location, |d| async move {
+        d.collection::<bson::Document>("repository")
+            .insert_one(commit)
+            .await
+            .expect("insert the commit document");
+    });
+    let more = builds(MAX_COMMIT_BUILDS, MAX_COMMIT_BUILDS + 3);
+    ingest(&sqlite, &more);
+    ingest(&mongo, &more);
+
+    let kept = linked(&sqlite);
+    assert_eq!(kept.len(), MAX_COMMIT_BUILDS);
+    assert_eq!(
+        kept[..],
+        [
+            &full[3..],
+            &["m/10000", "m/10001", "m/10002"].map(String::from)
+        ]
+        .concat()[..]
+    );
+    assert_eq!(
+        mongo.doc("repository", HASH),
+        sqlite.doc("repository", HASH)
+    );
+    // Every build is still found by its changeset.
+    let of_commit = sqlite
+        .export("builds")
+        .iter()
+        .filter(|b| b["changeset"] == HASH)
+        .count();
+    assert_eq!(of_commit, MAX_COMMIT_BUILDS + 3);
+}
