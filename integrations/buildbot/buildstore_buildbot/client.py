@@ -134,9 +134,11 @@ class _Factory(protocol.Factory):
 class BuildstoreClient:
     """Sends events to the daemon and keeps each until it is acknowledged.
 
-    ``queue_size`` bounds the events held (in flight or waiting). ``max_in_flight`` and
-    ``max_in_flight_bytes`` bound what is written ahead of the replies, so that a daemon that
-    stops reading holds no more than that in the transport's buffers.
+    ``queue_size`` bounds the events held (in flight or waiting), and ``queue_bytes`` the bytes of
+    their encoded lines: a log chunk can take up to a MiB, so a count alone would let an outage
+    hold gigabytes in the master. ``max_in_flight`` and ``max_in_flight_bytes`` bound what is
+    written ahead of the replies, so that a daemon that stops reading holds no more than that in
+    the transport's buffers.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class BuildstoreClient:
         address: str,
         token: str | None = None,
         queue_size: int = 10000,
+        queue_bytes: int = 64 << 20,
         reactor=None,
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
@@ -158,6 +161,7 @@ class BuildstoreClient:
         self.endpoint = make_endpoint(reactor, address)
         self.token = token
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.reply_timeout = reply_timeout
@@ -165,6 +169,8 @@ class BuildstoreClient:
         self.max_in_flight_bytes = max_in_flight_bytes
 
         self.queue: deque[_Pending] = deque()
+        # the bytes of the lines in ``queue``: kept up to date wherever it grows or shrinks
+        self.queued_bytes = 0
         self.acknowledged = 0
         self.rejected = 0
         self.dropped = 0
@@ -199,20 +205,42 @@ class BuildstoreClient:
             log.msg(f"buildstore: cannot encode event {event.get('event_id')!r}: {e}; dropped")
             self.dropped += 1
             return False
-        if len(self.queue) >= self.queue_size:
-            self.dropped += 1
-            # One line per burst, with a running count, so a long outage doesn't flood the log.
-            if self._drop_reported == 0 or self.dropped - self._drop_reported >= 1000:
-                self._drop_reported = self.dropped
-                log.msg(
-                    f"buildstore: queue full ({len(self.queue)} unacknowledged events, "
-                    f"daemon at {self.address}); dropping event {event.get('event_id')!r} "
-                    f"({self.dropped} dropped so far)"
-                )
+        data = line.encode("utf-8") + b"\n"
+        full = self._no_room_for(len(data))
+        if full is not None:
+            self._drop(event, full)
             return False
-        self.queue.append(_Pending(event.get("event_id"), line.encode("utf-8") + b"\n"))
+        self.queue.append(_Pending(event.get("event_id"), data))
+        self.queued_bytes += len(data)
         self._pump()
         return True
+
+    def _no_room_for(self, size: int) -> str | None:
+        """Why a line of ``size`` bytes can't be queued now, naming the bound it hits; or None."""
+        if len(self.queue) >= self.queue_size:
+            return f"queue full ({len(self.queue)} unacknowledged events, the queue_size bound)"
+        if size > self.queue_bytes:
+            # It could never be queued; it is dropped like any other, and the next event goes on.
+            return (
+                f"event of {size} bytes, larger than the whole queue "
+                f"(the queue_bytes bound, {self.queue_bytes})"
+            )
+        if self.queued_bytes + size > self.queue_bytes:
+            return (
+                f"queue full ({self.queued_bytes} bytes in {len(self.queue)} unacknowledged "
+                f"events; {size} more would pass the queue_bytes bound, {self.queue_bytes})"
+            )
+        return None
+
+    def _drop(self, event: dict, why: str):
+        self.dropped += 1
+        # One line per burst, with a running count, so a long outage doesn't flood the log.
+        if self._drop_reported == 0 or self.dropped - self._drop_reported >= 1000:
+            self._drop_reported = self.dropped
+            log.msg(
+                f"buildstore: {why}; dropping event {event.get('event_id')!r} "
+                f"({self.dropped} dropped so far, daemon at {self.address})"
+            )
 
     @property
     def connected(self) -> bool:
@@ -260,6 +288,17 @@ class BuildstoreClient:
 
     def set_queue_size(self, size: int) -> None:
         self.queue_size = size
+
+    def set_queue_bytes(self, size: int) -> None:
+        self.queue_bytes = size
+
+    def take_queue(self, other: BuildstoreClient) -> None:
+        """Takes over the events ``other`` holds unacknowledged: a new client replacing it."""
+        self.queue.extend(other.queue)
+        self.queued_bytes += other.queued_bytes
+        other.queue.clear()
+        other.queued_bytes = 0
+        self._pump()
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -408,16 +447,23 @@ class BuildstoreClient:
             self.acknowledged += 1
             self._backoff = self.initial_backoff
         self.queue.popleft()
+        self.queued_bytes -= len(head.line)
         self._in_flight -= 1
         self._in_flight_bytes -= len(head.line)
         if self._in_flight == 0:
             self._cancel_watchdog()
-        if self._drop_reported and len(self.queue) < self.queue_size // 2:
+        if self._drop_reported and self._has_room_again():
             log.msg(f"buildstore: queue has room again; {self.dropped} events were dropped")
             self._drop_reported = 0
         self._pump()
         if not self.queue:
             self._notify_drained()
+
+    def _has_room_again(self) -> bool:
+        # Half of each bound, so that a queue at the edge doesn't say so for every event.
+        return (
+            len(self.queue) < self.queue_size // 2 and self.queued_bytes < self.queue_bytes // 2
+        )
 
     # -- a daemon that stops answering ------------------------------------------------------
 

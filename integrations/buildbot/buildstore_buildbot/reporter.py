@@ -29,6 +29,10 @@ from buildstore_buildbot.client import BuildstoreClient
 from buildstore_buildbot.client import parse_address
 from buildstore_buildbot.jobs import OrderedJobs
 from buildstore_buildbot.jobs import wait_at_most
+from buildstore_buildbot.state import BuildState
+from buildstore_buildbot.state import FinishedBuilds
+from buildstore_buildbot.state import StepState
+from buildstore_buildbot.state import takes_log
 
 # The 3-part filters match every event of their kind (new, started, finished, append, ...).
 BUILDER_FILTER = ("builders", None, None)
@@ -42,61 +46,17 @@ WORKER_FILTER = ("workers", None, None)
 # Builds of other masters (multi-master with a shared mq) are remembered to skip them cheaply.
 FOREIGN_BUILDS_KEPT = 10000
 
+# Builds this service saw finish, with their steps, are remembered to recognise messages about them
+# that come later (a log append is announced without waiting for it). Those come moments after the
+# build's end, not hundreds of builds later; the bound keeps the memory from growing with each.
+FINISHED_BUILDS_KEPT = 500
+
 # Seconds to wait before each further try to read the rest of a finished step's log (3 tries in
 # all). A failed read (a locked or busy database) often succeeds a moment later.
 LOG_CATCH_UP_PAUSES = (0.5, 1.0)
 
 
-class _Build:
-    __slots__ = ("buildid", "builderid", "props", "seen")
-
-    def __init__(self, buildid, builderid):
-        self.buildid = buildid
-        self.builderid = builderid
-        # name -> the (value, source) last sent, as JSON, to send only changes
-        self.props: dict[str, str] = {}
-        # (name, value and source) -> times sent, to tell A, B, A from a replay
-        self.seen: dict[tuple[str, str], int] = {}
-
-
-class _Step:
-    __slots__ = ("stepid", "buildid", "number", "name", "started", "logid", "next_line", "offsets")
-
-    def __init__(self, stepid, buildid, number, name):
-        self.stepid = stepid
-        self.buildid = buildid
-        self.number = number
-        self.name = name
-        self.started = False
-        # the one log sent (see _takes_log): the lines read so far and the bytes sent per channel
-        self.logid: int | None = None
-        self.next_line = 0
-        self.offsets: dict[str, int] = {}
-
-    def sent_text(self) -> bool:
-        return any(self.offsets.values())
-
-
-def _takes_log(state: _Step, logdict: dict) -> bool:
-    """Whether to send ``logdict``, a stdio-type log of the step (which may make it the one).
-
-    A step's output goes out as one log: its channels are placed by byte offset, so the text of
-    a second log would collide with the first's. That log is the one named ``stdio``, where
-    Buildbot's shell steps write, but a step may have other stdio-type logs, created before it or
-    instead of it. Until a ``stdio`` log shows up, the first one seen stands in. It gives way to
-    ``stdio`` only while none of its text was sent: after that the daemon holds its text at those
-    offsets, so it is kept, and ``stdio`` is not sent.
-    """
-    logid = logdict["logid"]
-    if state.logid == logid:
-        return True
-    if state.logid is None or (logdict.get("name") == "stdio" and not state.sent_text()):
-        state.logid, state.next_line, state.offsets = logid, 0, {}
-        return True
-    return False
-
-
-def _log_progress(state: _Step) -> str:
+def _log_progress(state: StepState) -> str:
     if state.logid is None:
         return "nothing of its log was sent"
     channels = ", ".join(f"{ch} {n} bytes" for ch, n in sorted(state.offsets.items()) if n)
@@ -115,7 +75,8 @@ class BuildstoreReporter(service.BuildbotService):
 
     ``address`` is ``tcp://HOST:PORT`` or ``unix:/PATH``; ``master_id`` names this master in
     every document. ``token`` (which may be a ``util.Secret``) is sent first when the daemon
-    requires one. ``queue_size`` bounds the events held while the daemon is unreachable.
+    requires one. ``queue_size`` and ``queue_bytes`` bound the events held while the daemon is
+    unreachable, in number and in bytes.
     """
 
     name = "BuildstoreReporter"
@@ -130,6 +91,7 @@ class BuildstoreReporter(service.BuildbotService):
         queue_size=10000,
         max_backoff=30.0,
         stop_timeout=5.0,
+        queue_bytes=64 << 20,
     ):
         try:
             parse_address(address)
@@ -141,6 +103,8 @@ class BuildstoreReporter(service.BuildbotService):
             config.error("BuildstoreReporter: master_id must be non-empty and contain no '/'")
         if not isinstance(queue_size, int) or queue_size < 1:
             config.error("BuildstoreReporter: queue_size must be a positive integer")
+        if isinstance(queue_bytes, bool) or not isinstance(queue_bytes, int) or queue_bytes < 1:
+            config.error("BuildstoreReporter: queue_bytes must be a positive integer")
         if not isinstance(max_backoff, (int, float)) or max_backoff <= 0:
             config.error("BuildstoreReporter: max_backoff must be a positive number of seconds")
 
@@ -155,9 +119,10 @@ class BuildstoreReporter(service.BuildbotService):
         self._reset_state()
 
     def _reset_state(self):
-        self._builds: dict[int, _Build] = {}
+        self._builds: dict[int, BuildState] = {}
         self._foreign: set[int] = set()
-        self._steps: dict[int, _Step] = {}
+        self._steps: dict[int, StepState] = {}
+        self._finished = FinishedBuilds(FINISHED_BUILDS_KEPT)
         self._running: dict[int, set[int]] = {}
         self._builder_names: dict[int, str] = {}
         self._builder_desc: dict[int, tuple] = {}
@@ -172,26 +137,28 @@ class BuildstoreReporter(service.BuildbotService):
         queue_size=10000,
         max_backoff=30.0,
         stop_timeout=5.0,
+        queue_bytes=64 << 20,
     ):
         self.master_id = master_id
         self._stop_timeout = stop_timeout
         client_args = (address, token, max_backoff)
         if self.client is not None and client_args == self._client_args:
             self.client.set_queue_size(queue_size)
+            self.client.set_queue_bytes(queue_bytes)
             return
         old = self.client
         self.client = self.client_class(
             address,
             token=token,
             queue_size=queue_size,
+            queue_bytes=queue_bytes,
             reactor=self.master.reactor,
             max_backoff=max_backoff,
         )
         self._client_args = client_args
         if old is not None:
             # Events not yet acknowledged by the old address go to the new one.
-            self.client.queue.extend(old.queue)
-            old.queue.clear()
+            self.client.take_queue(old)
             yield old.stop(0)
         if self.running:
             self.client.start()
@@ -281,9 +248,12 @@ class BuildstoreReporter(service.BuildbotService):
         buildid, stepid, what = step["buildid"], step["stepid"], key[-1]
         if buildid in self._foreign:
             return
+        if buildid in self._finished:
+            self._step_after_build(step, what)
+            return
         known = self._steps.get(stepid)
         if known is None:
-            self._steps[stepid] = _Step(stepid, buildid, step["number"], step["name"])
+            self._steps[stepid] = StepState(stepid, buildid, step["number"], step["name"])
         else:
             known.number, known.name = step["number"], step["name"]
         if what in ("started", "finished"):
@@ -292,7 +262,8 @@ class BuildstoreReporter(service.BuildbotService):
     def _on_log(self, key, logdict):
         if logdict.get("type") != "s":
             return  # only stdio-type logs carry the stdout/stderr/header channels
-        step = self._steps.get(logdict["stepid"])
+        stepid = logdict["stepid"]
+        step = self._steps.get(stepid) or self._finished.step(stepid)
         if step is None:
             self._jobs.add(("unknown step",), self._log_of_unknown_step, logdict)
         else:
@@ -397,15 +368,16 @@ class BuildstoreReporter(service.BuildbotService):
 
     # -- builds -----------------------------------------------------------------------------
 
-    async def _ensure_build(self, buildid, build=None) -> _Build | None:
+    async def _ensure_build(self, buildid, build=None) -> BuildState | None:
         """The build's state, after sending its ``build_started`` if that wasn't done yet.
 
-        None for a build of another master or one the data API doesn't know.
+        None for a build of another master, one the data API doesn't know, or one whose
+        ``build_finished`` was sent: state made for it again would never be freed.
         """
         state = self._builds.get(buildid)
         if state is not None:
             return state
-        if buildid in self._foreign:
+        if buildid in self._foreign or buildid in self._finished:
             return None
         data = self.master.data
         if build is None:
@@ -433,7 +405,7 @@ class BuildstoreReporter(service.BuildbotService):
 
         if buildid in self._builds:  # reported meanwhile by an earlier job of this build
             return self._builds[buildid]
-        state = _Build(buildid, build["builderid"])
+        state = BuildState(buildid, build["builderid"])
         event = events.build_started(
             self.master_id,
             build,
@@ -459,11 +431,16 @@ class BuildstoreReporter(service.BuildbotService):
             return
         self._send(events.build_finished(self.master_id, build))
         del self._builds[buildid]
-        for stepid in [s.stepid for s in self._steps.values() if s.buildid == buildid]:
-            del self._steps[stepid]
+        steps = [s for s in self._steps.values() if s.buildid == buildid]
+        for step in steps:
+            del self._steps[step.stepid]
+        # Messages about the build can still come; they find its state here, for a while.
+        self._finished.add(buildid, state, steps)
 
     async def _properties_changed(self, buildid, props):
-        state = await self._ensure_build(buildid)
+        # A property set after the build's end still counts (a got_revision correcting the
+        # changeset links the build to its commit), so it is sent; its build stays finished.
+        state = self._finished.build(buildid) or await self._ensure_build(buildid)
         if state is None:
             return
         for name, pair in props.items():
@@ -485,7 +462,7 @@ class BuildstoreReporter(service.BuildbotService):
             return
         stepid = step["stepid"]
         state = self._steps.setdefault(
-            stepid, _Step(stepid, step["buildid"], step["number"], step["name"])
+            stepid, StepState(stepid, step["buildid"], step["number"], step["name"])
         )
         self._ensure_step_started(state, step)
         if what == "finished":
@@ -495,30 +472,43 @@ class BuildstoreReporter(service.BuildbotService):
             await self._catch_up_log(state)
             self._send(events.step_finished(self.master_id, step))
 
-    def _ensure_step_started(self, state: _Step, step: dict):
+    def _ensure_step_started(self, state: StepState, step: dict):
         if not state.started:
             state.started = True
             self._send(events.step_started(self.master_id, step))
 
+    def _step_after_build(self, step: dict, what: str):
+        # Buildbot ends a build's steps before the build: only a repeated message could start or
+        # finish one now. That is logged, not reported, and no state is made: none would be freed.
+        if what in ("started", "finished"):
+            log.msg(
+                f"buildstore: step {step['number']} {step['name']!r} (stepid {step['stepid']}) "
+                f"of build {step['buildid']} {what} after the build finished; not reported"
+            )
+
     async def _log_of_unknown_step(self, logdict):
-        # Only when this service started in the middle of a step.
+        # Only when this service started in the middle of a step, or the step's build finished.
         stepid = logdict["stepid"]
         if stepid not in self._steps:
             step = await self.master.data.get(("steps", stepid))
             if step is None or step["buildid"] in self._foreign:
                 return
-            self._steps[stepid] = _Step(stepid, step["buildid"], step["number"], step["name"])
+            if step["buildid"] in self._finished:
+                self._jobs.add(("build", step["buildid"]), self._log_after_build, logdict, step)
+                return
+            self._steps[stepid] = StepState(stepid, step["buildid"], step["number"], step["name"])
         self._jobs.add(("build", self._steps[stepid].buildid), self._log_changed, logdict)
 
     async def _log_changed(self, logdict):
         state = self._steps.get(logdict["stepid"])
         if state is None:
+            await self._log_after_build(logdict)
             return
         build = await self._ensure_build(state.buildid)
         if build is None:
             self._steps.pop(state.stepid, None)
             return
-        if not _takes_log(state, logdict):
+        if not takes_log(state, logdict):
             return
         if not state.started:
             step = await self.master.data.get(("steps", state.stepid))
@@ -527,7 +517,40 @@ class BuildstoreReporter(service.BuildbotService):
             self._ensure_step_started(state, step)
         await self._read_log(state, logdict.get("num_lines"))
 
-    async def _catch_up_log(self, state: _Step):
+    async def _log_after_build(self, logdict, step=None):
+        """Log text announced after the end of its step's build, sent from the state it had then.
+
+        Usually all of it went out before ``step_finished``, as the step's end reads its log to
+        the end. What a failed read left behind goes out now: the daemon still appends text to a
+        finished step. Only a step never reported as started can't take it.
+        """
+        state = self._finished.step(logdict["stepid"])
+        if state is None:
+            if step is not None and logdict.get("num_lines"):
+                self._log_not_sent(step["number"], step["name"], step["stepid"], step["buildid"])
+            return
+        if not takes_log(state, logdict) or logdict.get("num_lines", 0) <= state.next_line:
+            return
+        if not state.started:
+            self._log_not_sent(state.number, state.name, state.stepid, state.buildid)
+            return
+        before = sum(state.offsets.values())
+        await self._read_log(state, logdict.get("num_lines"))
+        sent = sum(state.offsets.values()) - before
+        if sent:
+            log.msg(
+                f"buildstore: {sent} bytes of the log of step {state.number} {state.name!r} "
+                f"(stepid {state.stepid}) came after build {state.buildid} finished; sent"
+            )
+
+    def _log_not_sent(self, number, name, stepid, buildid):
+        log.msg(
+            f"buildstore: log text of step {number} {name!r} (stepid {stepid}) came after build "
+            f"{buildid} finished, and the step was never reported as started; the daemon would "
+            "reject it, so it is not sent"
+        )
+
+    async def _catch_up_log(self, state: StepState):
         """Reads and sends what is left of the log of a finished step, trying again on failure.
 
         A read that keeps failing costs the rest of the log, not the step: the failure is logged
@@ -555,19 +578,19 @@ class BuildstoreReporter(service.BuildbotService):
             # _read_log advances only after a successful read, so a retry resumes where it was.
             await task.deferLater(self.master.reactor, pause, lambda: None)
 
-    async def _read_rest_of_log(self, state: _Step):
+    async def _read_rest_of_log(self, state: StepState):
         # While nothing was sent, the step's logs are listed: its stdio log may never have been
         # announced to this service (started in the middle of the step), yet it is the one.
         if state.logid is None or not state.sent_text():
             logs = await self.master.data.get(("steps", state.stepid, "logs")) or []
             for entry in logs:
                 if entry.get("type") == "s":
-                    _takes_log(state, entry)
+                    takes_log(state, entry)
             if state.logid is None:
                 return
         await self._read_log(state, None)
 
-    async def _read_log(self, state: _Step, num_lines):
+    async def _read_log(self, state: StepState, num_lines):
         logid = state.logid
         if num_lines is None:
             logdict = await self.master.data.get(("logs", logid))

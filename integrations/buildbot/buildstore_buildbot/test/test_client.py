@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from buildstore_buildbot import events
 from buildstore_buildbot.client import BuildstoreClient
+from buildstore_buildbot.client import encode_event
 from buildstore_buildbot.client import parse_address
 
 
@@ -306,11 +307,106 @@ class TestQueueBound(ClientTestCase):
         sent = [c.send(event(n)) for n in range(5)]
         self.assertEqual(sent, [True, True, True, False, False])
         self.assertEqual(c.dropped, 2)
-        self.assertEqual(len(self.logs.matching("queue full")), 1)
+        [line] = self.logs.matching("queue full")
+        self.assertIn("3 unacknowledged events, the queue_size bound", line)
 
         self.daemon.listen(self.port)
         yield c.wait_drained(timeout=10)
         self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+
+    def assertBytesExact(self, c):
+        self.assertEqual(c.queued_bytes, sum(len(p.line) for p in c.queue))
+
+    @defer.inlineCallbacks
+    def test_events_that_would_pass_the_byte_bound_are_dropped_with_a_log_line(self):
+        size = len(encode_event(event(0)).encode()) + 1  # every event(n < 10) is this long
+        c = self.client(queue_size=100, queue_bytes=2 * size + size // 2)
+        sent = [c.send(event(n)) for n in range(5)]  # not started: as if the daemon were down
+        self.assertEqual(sent, [True, True, False, False, False])
+        self.assertEqual((c.dropped, c.queued_bytes), (3, 2 * size))
+        [line] = self.logs.matching("queue full")
+        self.assertIn(f"({2 * size} bytes in 2 unacknowledged events; {size} more", line)
+        self.assertIn(f"the queue_bytes bound, {2 * size + size // 2})", line)
+        self.assertIn("dropping event 'e2' (1 dropped so far", line)
+
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1"])
+        self.assertEqual(c.queued_bytes, 0)
+        self.assertTrue(self.logs.matching("queue has room again; 3 events were dropped"))
+        self.assertTrue(c.send(event(5)))
+
+    @defer.inlineCallbacks
+    def test_an_event_larger_than_the_whole_byte_bound_is_dropped_and_the_next_ones_go_on(self):
+        c = self.client(queue_bytes=1000)
+        c.start()
+        [[big], _] = events.log_events("m1", 42, 1, 17, "stdout", "x" * 2000, 0)
+        self.assertFalse(c.send(big))
+        self.assertEqual((c.dropped, c.queued_bytes, len(c.queue)), (1, 0, 0))
+        [line] = self.logs.matching("larger than the whole queue")
+        self.assertIn("(the queue_bytes bound, 1000); dropping event 'log-17-stdout-@0'", line)
+        self.assertEqual([c.send(event(n)) for n in range(3)], [True] * 3)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+        self.assertEqual(c.queued_bytes, 0)
+
+    @defer.inlineCallbacks
+    def test_queued_bytes_stay_exact_through_acks_rejections_resends_and_drops(self):
+        refused = []
+
+        def answer(e, n):
+            if e["event_id"] == "e1":
+                return {"error": "bad event", "line": n}
+            if e["event_id"] == "e3" and not refused:
+                refused.append(n)
+                return {"error": "spool full", "line": n, "retry": True, "closing": True}
+            return {"ack": e["event_id"]}
+
+        def sized(n):  # events of different lengths
+            return dict(event(n), builder="b" * (10 * n + 1))
+
+        self.daemon.answer = answer
+        c = self.client()
+        c.start()
+        for n in range(6):
+            c.send(sized(n))
+        self.assertBytesExact(c)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual((c.acknowledged, c.rejected, c.queued_bytes), (5, 1, 0))
+        self.assertEqual(len(self.daemon.connections), 2)  # e3 was refused for now, then resent
+
+        # Taken by a daemon that dies before answering: kept, and resent to the next one.
+        self.daemon.hold = True
+        for n in range(6, 9):
+            c.send(sized(n))
+        yield until(lambda: self.daemon.ids()[-1:] == ["e8"])
+        yield self.daemon.stop()
+        yield until(lambda: not c.connected)
+        self.assertBytesExact(c)
+        c.set_queue_bytes(c.queued_bytes + 10)
+        self.assertFalse(c.send(sized(9)))
+        self.assertBytesExact(c)
+        self.daemon.hold = False
+        self.daemon.listen(self.port)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e6", "e7", "e8"])
+        self.assertEqual((c.acknowledged, c.dropped, c.queued_bytes), (8, 1, 0))
+
+    @defer.inlineCallbacks
+    def test_a_client_taking_over_a_queue_takes_its_byte_count(self):
+        old = self.client()  # never started: as if its daemon were down
+        for n in range(3):
+            old.send(event(n))
+        held = old.queued_bytes
+        new = self.client()
+        new.take_queue(old)
+        self.assertEqual((old.queued_bytes, len(old.queue)), (0, 0))
+        self.assertEqual((new.queued_bytes, len(new.queue)), (held, 3))
+
+        new.start()
+        yield new.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+        self.assertEqual(new.queued_bytes, 0)
 
 
 class _RefusingEndpoint:

@@ -27,10 +27,19 @@ STARTED = 1773324451  # 2026-03-12T14:07:31Z
 class RecordingClient:
     """Takes the place of BuildstoreClient: keeps what was sent."""
 
-    def __init__(self, address, token=None, queue_size=10000, reactor=None, max_backoff=30.0):
+    def __init__(
+        self,
+        address,
+        token=None,
+        queue_size=10000,
+        queue_bytes=64 << 20,
+        reactor=None,
+        max_backoff=30.0,
+    ):
         self.address = address
         self.token = token
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.queue = deque()
         self.events = []
         self.started = False
@@ -45,6 +54,13 @@ class RecordingClient:
 
     def set_queue_size(self, size):
         self.queue_size = size
+
+    def set_queue_bytes(self, size):
+        self.queue_bytes = size
+
+    def take_queue(self, other):
+        self.queue.extend(other.queue)
+        other.queue.clear()
 
     def stop(self, timeout=5.0):
         self.stopped = True
@@ -585,10 +601,18 @@ class TestReconfig(ReporterTestCase):
     @defer.inlineCallbacks
     def test_same_address_keeps_the_connection(self):
         old = self.reporter.client
-        sibling = BuildstoreReporter("tcp://127.0.0.1:9989", master_id="m1", queue_size=5)
+        sibling = BuildstoreReporter(
+            "tcp://127.0.0.1:9989", master_id="m1", queue_size=5, queue_bytes=1 << 20
+        )
         yield self.reporter.reconfigServiceWithSibling(sibling)
         self.assertIs(self.reporter.client, old)
-        self.assertEqual(old.queue_size, 5)
+        self.assertEqual((old.queue_size, old.queue_bytes), (5, 1 << 20))
+
+    @defer.inlineCallbacks
+    def test_queue_bytes_reaches_a_new_client(self):
+        sibling = BuildstoreReporter("unix:/run/b.sock", master_id="m1", queue_bytes=1 << 20)
+        yield self.reporter.reconfigServiceWithSibling(sibling)
+        self.assertEqual(self.reporter.client.queue_bytes, 1 << 20)
 
 
 class TestConfig(unittest.TestCase):
@@ -601,10 +625,14 @@ class TestConfig(unittest.TestCase):
             {"address": "tcp://127.0.0.1:9989"},
             {"address": "tcp://127.0.0.1:9989", "master_id": "a/b"},
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_size": 0},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "queue_bytes": 0},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "queue_bytes": "64M"},
         ):
             with self.assertRaises(ConfigErrors, msg=kwargs):
                 with capture_config_errors(raise_on_error=True):
                     BuildstoreReporter(**kwargs)
 
     def test_good_options(self):
-        BuildstoreReporter("unix:/run/buildstore.sock", master_id=1, token="s3cret", queue_size=5)
+        BuildstoreReporter(
+            "unix:/run/buildstore.sock", master_id=1, token="s3cret", queue_size=5, queue_bytes=1
+        )
