@@ -164,7 +164,11 @@ impl<'de> Deserialize<'de> for Timestamp {
                         "{secs} is not a plausible epoch time in seconds"
                     )));
                 }
-                Timestamp::from_millis((secs * 1000.0).round() as i64)
+                // Cut below the millisecond, as a string's fraction is. The float's own error
+                // (0.123 s is a hair under 123 ms) is taken out first by rounding to whole
+                // microseconds.
+                let micros = (secs * 1e6).round() as i64;
+                Timestamp::from_millis(micros.div_euclid(1000))
                     .ok_or_else(|| E::custom(format!("{secs} is out of range for a date")))
             }
         }
@@ -268,6 +272,18 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(c.0.timestamp_millis(), 1767323045500);
         assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+        // Below a millisecond is cut, from a number as from a string, and a float's error does
+        // not cost a millisecond.
+        let cut: Timestamp = serde_json::from_str("\"2026-01-02T03:04:05.0009Z\"").unwrap();
+        let cut_number: Timestamp = serde_json::from_str("1767323045.0009").unwrap();
+        assert_eq!(cut, cut_number);
+        assert_eq!(cut.0.timestamp_millis(), 1767323045000);
+        let before: Timestamp = serde_json::from_str("-0.0009").unwrap();
+        assert_eq!(before.0.timestamp_millis(), -1);
+        for (number, millis) in [("1767323045.123", 123), ("1767323045.999", 999)] {
+            let t: Timestamp = serde_json::from_str(number).unwrap();
+            assert_eq!(t.0.timestamp_millis(), 1767323045000 + millis, "{number}");
+        }
         // Below a millisecond is not kept, so a time written back reads the same.
         let fine: Timestamp = serde_json::from_str("\"2026-03-12T14:07:32.0111Z\"").unwrap();
         let again: Timestamp =
