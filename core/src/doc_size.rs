@@ -58,6 +58,12 @@ pub(crate) fn document_len<T: Serialize>(value: &T) -> Result<usize, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether the entry of build `id` of `builder` fits the room a commit keeps for each entry. Only a
+/// build recovered from a store written before ids and names had their limits can be too long.
+pub(crate) fn commit_entry_fits(id: &str, builder: &str) -> bool {
+    COMMIT_ENTRY_FIXED_BYTES + 7 + id.len() + builder.len() <= MAX_COMMIT_ENTRY_BYTES
+}
+
 /// The repository URI a build brings to a commit document that linking creates: the build's, unless
 /// the document would then take more than [`MAX_COMMIT_METADATA_BYTES`] (a later `commit` event
 /// sets one anyway).

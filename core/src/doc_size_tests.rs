@@ -384,18 +384,47 @@ fn an_overlong_changeset_is_never_linked() {
 /// A builder document is counted with the longest status a later `builder_state` may give it.
 #[test]
 fn a_builder_whose_document_would_not_fit_is_refused() {
+    let added =
+        |slaves: &[String]| ev(json!({"type":"builder_added","builder":"linux","slaves":slaves}));
+    // One worker's name sized so that the document takes `bytes` with the longest status.
+    let sized = |bytes: usize| {
+        let mut doc = buildstore_schema::BuilderDoc {
+            id: "m1/linux".into(),
+            name: "linux".into(),
+            master_id: buildstore_schema::Ident::Str("m1".into()),
+            status: "s".repeat(buildstore_schema::MAX_NAME_BYTES),
+            category: None,
+            tags: vec![],
+            slaves: vec![String::new()],
+        };
+        let empty = crate::doc_size::document_len(&doc).expect("bson");
+        doc.slaves = vec!["w".repeat(bytes - empty)];
+        doc.slaves
+    };
     let mut core = Core::new(CoreConfig::default());
-    let slaves = vec!["w".repeat(MIB); 16];
-    let (document, bytes) = too_large(core.apply(
-        &ev(json!({"type":"builder_added","builder":"linux","slaves":slaves})),
-        now(),
-    ));
+    core.apply(&added(&sized(MAX_DOCUMENT_BYTES)), now())
+        .expect("a document at the limit, status counted, fits");
+    // Without the status counted this one would fit: only the room kept for it refuses it.
+    let over = sized(MAX_DOCUMENT_BYTES + 1);
+    let (document, bytes) = too_large(core.apply(&added(&over), now()));
     assert_eq!(document, "builder m1/linux");
-    assert!(bytes > MAX_DOCUMENT_BYTES, "{bytes}");
-    let slaves = vec!["w".repeat(MIB); 15];
-    core.apply(
-        &ev(json!({"type":"builder_added","builder":"linux","slaves":slaves})),
-        now(),
-    )
-    .expect("15 MiB of workers fit");
+    assert_eq!(bytes, MAX_DOCUMENT_BYTES + 1);
+}
+
+/// A build recovered from a store written before builder names had a limit is not listed in its
+/// commit if its entry would not fit the room each entry has; one within the limit is.
+#[test]
+fn a_recovered_build_too_long_for_its_commit_entry_is_not_linked() {
+    for (len, linked) in [(buildstore_schema::MAX_NAME_BYTES, 1), (4096, 0)] {
+        let mut doc = started_build();
+        doc.builder = "b".repeat(len);
+        doc.changeset = Some(HASH.into());
+        let mut core = Core::new(CoreConfig::default());
+        core.restore(&BuildSnapshot {
+            build: doc,
+            steps: vec![],
+            logs: vec![],
+        });
+        assert_eq!(links(&finish(&mut core)).len(), linked, "{len}");
+    }
 }

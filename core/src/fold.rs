@@ -14,8 +14,8 @@ use chrono::Utc;
 
 use super::changeset::{got_revision, ChangesetPolicy};
 use super::doc_size::{
-    document_field_len, document_len, linked_uri, started_step, string_field_len,
-    MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
+    commit_entry_fits, document_field_len, document_len, linked_uri, started_step,
+    string_field_len, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
 };
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
@@ -566,6 +566,9 @@ fn offer_changeset(
 /// FETCH_HEAD filtering: only a finished build with a proper changeset goes into `repository`.
 fn link_if_proper(build: &BuildState, policy: &ChangesetPolicy) -> Option<Mutation> {
     let hash = build.changeset.as_deref().filter(|c| policy.is_proper(c))?;
+    if !commit_entry_fits(&build.id, &build.builder) {
+        return None;
+    }
     build.finished().then(|| Mutation::LinkBuildToCommit {
         hash: hash.to_owned(),
         repository_uri: linked_uri(hash, build.repository.as_deref()),

@@ -69,8 +69,9 @@ pub enum Mutation {
         time: DateTime,
     },
     /// Upsert `entry` (keyed by its build) into `builds` of the commit `hash`, creating the
-    /// repository document if needed (`repository_uri` is only used then). A new entry goes last,
-    /// and past [`crate::MAX_COMMIT_BUILDS`] entries the first ones (linked longest ago) go.
+    /// repository document if needed (`repository_uri` is only used then). The entry goes last (a
+    /// relinked build moves there), and past [`crate::MAX_COMMIT_BUILDS`] entries the first ones
+    /// (linked longest ago) go.
     LinkBuildToCommit {
         hash: String,
         repository_uri: Option<String>,

@@ -47,6 +47,10 @@ pub enum ReporterError {
     /// The event was not accepted: the spool is full or failed. Nothing of it was kept.
     #[error(transparent)]
     Send(#[from] AppendError),
+    /// The event breaks a rule that parsing its line would have checked (an id or a name too
+    /// long, a `/` in an id): it gets the error the socket would give. Nothing of it was kept.
+    #[error(transparent)]
+    Invalid(#[from] buildstore_schema::EventError),
 }
 
 /// Reports a master's events into the store, durably.
@@ -81,6 +85,7 @@ impl Reporter {
     /// Sends one event and returns its `event_id` (assigned if it had none) once it is durable.
     /// Events sent one after the other are applied in that order.
     pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
+        event.check()?;
         let id = match &event.event_id {
             Some(id) => id.clone(),
             None => {
@@ -178,5 +183,30 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    /// An event built in code is held to the rules a parsed line is: a builder name too long for
+    /// a commit document is refused with the socket's message, and nothing of it is stored.
+    #[tokio::test]
+    async fn an_event_built_in_code_gets_the_errors_of_a_parsed_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = format!("sqlite:{}", dir.path().join("s.db").display());
+        let reporter = Reporter::start(ReporterConfig::new(store, dir.path().join("spool")))
+            .await
+            .expect("start");
+        let line = r#"{"type":"builder_added","master_id":"m","builder":"b"}"#;
+        let mut event = Event::parse(line).expect("a valid line");
+        if let buildstore_schema::EventKind::BuilderAdded(e) = &mut event.kind {
+            e.builder = "b".repeat(buildstore_schema::MAX_NAME_BYTES + 1);
+        }
+        let err = reporter.send(event).await.expect_err("too long a name");
+        assert!(matches!(err, ReporterError::Invalid(_)), "{err:?}");
+        assert_eq!(err.to_string(), "field `builder`: 1025 bytes, at most 1024");
+        reporter
+            .send(Event::parse(line).expect("a valid line"))
+            .await
+            .expect("a valid event");
+        reporter.flush().await.expect("flush");
+        reporter.shutdown().await;
     }
 }

@@ -43,17 +43,35 @@ fn linked(db: &Db) -> Vec<String> {
         .collect()
 }
 
-/// The commit document as MongoDB holds it, from its export: numbers are longs there.
+/// A document as MongoDB holds it, from its export: whole numbers are longs there, but for a
+/// build's `result`.
 fn as_bson(exported: &Value) -> bson::Document {
-    let mut doc = bson::to_document(&bson::Bson::try_from(exported.clone()).expect("ext. JSON"))
-        .expect("a document");
-    if let Ok(builds) = doc.get_array_mut("builds") {
-        for entry in builds.iter_mut().filter_map(|e| e.as_document_mut()) {
-            let number = entry.get_i32("number").map(i64::from).expect("number");
-            entry.insert("number", number);
+    fn longs(doc: &mut bson::Document) {
+        for (key, value) in doc.iter_mut() {
+            match value {
+                bson::Bson::Int32(n) if key != "result" => *value = bson::Bson::Int64((*n).into()),
+                bson::Bson::Document(d) => longs(d),
+                bson::Bson::Array(items) => {
+                    for d in items.iter_mut().filter_map(|i| i.as_document_mut()) {
+                        longs(d);
+                    }
+                }
+                _ => {}
+            }
         }
     }
+    let mut doc = bson::to_document(&bson::Bson::try_from(exported.clone()).expect("ext. JSON"))
+        .expect("a document");
+    longs(&mut doc);
     doc
+}
+
+/// `build_finished` again for build `i` of master `m`, one day later: it links the build again.
+fn finished_again(i: usize) -> String {
+    format!(
+        r#"{{"type":"build_finished","master_id":"m","build_id":{i},"result":2,"time":{}}}"#,
+        1_800_086_400 + i
+    )
 }
 
 #[test]
@@ -70,11 +88,20 @@ fn a_commit_lists_its_most_recently_linked_builds_up_to_the_limit_in_every_store
     let out = mongo.cmd().arg("init").output().expect("init");
     assert!(out.status.success(), "{}", stderr(&out));
     let commit = as_bson(&sqlite.doc("repository", HASH));
+    // Two of its builds too, to be linked again below.
+    let relinked: Vec<bson::Document> = ["m/0", "m/5000"]
+        .iter()
+        .map(|id| as_bson(&sqlite.doc("builds", id)))
+        .collect();
     on_database(&mongo.location, |d| async move {
         d.collection::<bson::Document>("repository")
             .insert_one(commit)
             .await
             .expect("insert the commit document");
+        d.collection::<bson::Document>("builds")
+            .insert_many(relinked)
+            .await
+            .expect("insert two builds");
     });
     let more = builds(MAX_COMMIT_BUILDS, MAX_COMMIT_BUILDS + 3);
     ingest(&sqlite, &more);
@@ -93,6 +120,28 @@ fn a_commit_lists_its_most_recently_linked_builds_up_to_the_limit_in_every_store
     assert_eq!(
         mongo.doc("repository", HASH),
         sqlite.doc("repository", HASH)
+    );
+
+    // A build linked again moves to the end: one still listed takes no more room, one dropped
+    // before comes back in place of the first.
+    let again = format!("{}\n{}\n", finished_again(5000), finished_again(0));
+    ingest(&sqlite, &again);
+    ingest(&mongo, &again);
+    let mut expected: Vec<String> = kept[1..]
+        .iter()
+        .filter(|b| *b != "m/5000")
+        .cloned()
+        .collect();
+    expected.extend(["m/5000".to_owned(), "m/0".to_owned()]);
+    assert_eq!(linked(&sqlite), expected);
+    assert_eq!(
+        mongo.doc("repository", HASH),
+        sqlite.doc("repository", HASH)
+    );
+    let last = &sqlite.doc("repository", HASH)["builds"][MAX_COMMIT_BUILDS - 1];
+    assert_eq!(
+        (last["build"].as_str(), last["result"].as_i64()),
+        (Some("m/0"), Some(2))
     );
     // Every build is still found by its changeset.
     let of_commit = sqlite

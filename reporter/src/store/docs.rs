@@ -212,14 +212,12 @@ impl DocSet {
                         repository_uri: repository_uri.clone(),
                         ..empty_commit(hash)
                     });
-                match doc.builds.iter_mut().find(|b| b.build == entry.build) {
-                    Some(existing) => *existing = entry.clone(),
-                    None => {
-                        doc.builds.push(entry.clone());
-                        let over = doc.builds.len().saturating_sub(MAX_COMMIT_BUILDS);
-                        doc.builds.drain(..over);
-                    }
-                }
+                // A relinked build moves to the end: the list is in order of last link, and a
+                // MongoDB store can repeat the same two steps safely (see its plan).
+                doc.builds.retain(|b| b.build != entry.build);
+                doc.builds.push(entry.clone());
+                let over = doc.builds.len().saturating_sub(MAX_COMMIT_BUILDS);
+                doc.builds.drain(..over);
             }
             Mutation::UpsertCommit(commit) => {
                 let doc = self

@@ -369,8 +369,9 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
                     .and_then(|d| d.get_str("build").ok())
                     .unwrap_or_default()
                     .to_owned();
-                // Create the commit document if needed, replace this build's entry if it is there,
-                // add it if it is not: three statements that never collide on `_id`.
+                // Create the commit document if needed, take this build's entry out, add it last
+                // (dropping the first past the limit): three statements that never collide on
+                // `_id` and give the same list when the whole plan is sent again.
                 for s in [
                     stmt(
                         hash,
@@ -381,14 +382,14 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
                     ),
                     stmt(
                         hash,
-                        doc! {"_id": hash, "builds.build": &build},
-                        doc! {"$set": {"builds.$": entry.clone()}},
+                        doc! {"_id": hash},
+                        doc! {"$pull": {"builds": {"build": &build}}},
                         false,
                         "link build to commit",
                     ),
                     stmt(
                         hash,
-                        doc! {"_id": hash, "builds.build": {"$ne": &build}},
+                        doc! {"_id": hash},
                         doc! {"$push": {"builds": {
                             "$each": [entry],
                             "$slice": -(MAX_COMMIT_BUILDS as i64),

@@ -1,0 +1,173 @@
+//! The parsing of event lines: what is accepted, and the errors that name what is wrong.
+
+use super::*;
+
+fn err(line: &str) -> String {
+    Event::parse(line).unwrap_err().to_string()
+}
+
+#[test]
+fn parses_a_build_start_with_properties_and_changes() {
+    let e = Event::parse(
+        r#"{"type":"build_started","master_id":1,"event_id":"e1","time":"2026-01-01T00:00:00Z",
+            "builder":"linux","build_id":"b7","number":3,"changeset":"FETCH_HEAD",
+            "properties":{"platform":{"value":"linux64","source":"builder"}},
+            "changes":[{"revision":"abc","author":"me","files":["a.c"],"when":1700000000}]}"#,
+    )
+    .unwrap();
+    assert_eq!(e.master_id, Ident::Int(1));
+    assert_eq!(e.build_id(), Some(&Ident::Str("b7".into())));
+    let EventKind::BuildStarted(b) = &e.kind else {
+        panic!("wrong kind")
+    };
+    assert_eq!(b.properties["platform"].source.as_deref(), Some("builder"));
+    assert_eq!(b.changes[0].files, vec!["a.c"]);
+    assert_eq!(Event::parse(&e.to_line()).unwrap(), e);
+}
+
+#[test]
+fn errors_name_the_field_at_fault() {
+    assert!(err("{").starts_with("not valid JSON"));
+    assert_eq!(err("[1]"), "an event must be a JSON object, got an array");
+    assert_eq!(err(r#"{"master_id":1}"#), "missing field `type`");
+    assert!(err(r#"{"type":"bogus","master_id":1}"#).contains("unknown event type \"bogus\""));
+    assert_eq!(
+        err(r#"{"type":"builder_removed"}"#),
+        "missing field `master_id`"
+    );
+    assert_eq!(
+        err(r#"{"type":"builder_removed","master_id":1}"#),
+        "missing field `builder`"
+    );
+    let e = err(r#"{"type":"step_started","master_id":1,"build_id":1,"step":"two","name":"x"}"#);
+    assert!(e.starts_with("field `step`:"), "{e}");
+    let e =
+        err(r#"{"type":"log","master_id":1,"build_id":1,"step":0,"channel":"stdin","text":""}"#);
+    assert!(
+        e.starts_with("field `channel`:") && e.contains("stdout"),
+        "{e}"
+    );
+    let e = err(r#"{"type":"build_finished","master_id":1,"build_id":1,"result":9}"#);
+    assert!(e.starts_with("field `result`:"), "{e}");
+    let e = err(
+        r#"{"type":"build_started","master_id":1,"builder":"b","build_id":1,"number":1,"properties":{"p":{"value":1,"source":5}}}"#,
+    );
+    assert!(e.starts_with("field `properties.p.source`:"), "{e}");
+    let e = err(r#"{"type":"property","master_id":1,"build_id":1,"name":"p"}"#);
+    assert_eq!(e, "missing field `value`");
+    let e = err(r#"{"type":"changeset","master_id":1,"build_id":1,"changeset":"x","time":"soon"}"#);
+    assert!(e.starts_with("field `time`:"), "{e}");
+    assert_eq!(
+        err("{\"type\":"),
+        "not valid JSON: EOF while parsing a value at column 8"
+    );
+    let e = err(
+        r#"{"type":"changeset","master_id":1,"build_id":1,"changeset":"x","time":"2026-03-12T14:07:31"}"#,
+    );
+    assert!(
+        e.ends_with("the time zone is missing: add Z for UTC or an offset such as +02:00"),
+        "{e}"
+    );
+    let e = err(
+        r#"{"type":"build_started","master_id":1,"builder":"b","build_id":1,"number":1,"properties":{"p":"v"}}"#,
+    );
+    assert!(
+        e.ends_with(r#"expected an object such as {"value": ..., "source": "..."}"#),
+        "{e}"
+    );
+    let e = err(r#"{"type":"builder_removed","master_id":1,"builder":"b","event_id":""}"#);
+    assert!(e.starts_with("field `event_id` must not be empty"), "{e}");
+}
+
+#[test]
+fn master_and_build_ids_must_not_contain_a_slash() {
+    // Both would be the build `a/b/c`: the second build would overwrite the first.
+    let e = err(
+        r#"{"type":"build_started","master_id":"a/b","build_id":"c","builder":"x","number":1}"#,
+    );
+    assert!(
+        e.starts_with("field `master_id` must not contain `/`"),
+        "{e}"
+    );
+    let e = err(
+        r#"{"type":"build_started","master_id":"a","build_id":"b/c","builder":"x","number":1}"#,
+    );
+    assert!(
+        e.starts_with("field `build_id` must not contain `/`"),
+        "{e}"
+    );
+    let e = err(
+        r#"{"type":"log","master_id":"a","build_id":"b/c","step":0,"channel":"stdout","text":"t"}"#,
+    );
+    assert!(
+        e.starts_with("field `build_id` must not contain `/`"),
+        "{e}"
+    );
+    // A builder's `_id` is the master id, a slash, then the rest: its name may hold slashes.
+    let ok = Event::parse(
+        r#"{"type":"build_started","master_id":"a","build_id":7,"builder":"linux/x86-64","number":1}"#,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn ids_builder_names_and_states_have_a_length_limit() {
+    let long_id = "m".repeat(crate::value::MAX_ID_BYTES + 1);
+    let e = err(&format!(
+        r#"{{"type":"builder_removed","master_id":"{long_id}","builder":"b"}}"#
+    ));
+    assert!(
+        e.starts_with("field `master_id`: 257 bytes, at most 256"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"{{"type":"build_finished","master_id":"m","build_id":"{long_id}","result":0}}"#
+    ));
+    assert!(
+        e.starts_with("field `build_id`: 257 bytes, at most 256"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"{{"type":"builder_removed","master_id":"m","builder":"b","event_id":"{long_id}"}}"#
+    ));
+    assert!(
+        e.starts_with("field `event_id`: 257 bytes, at most 256"),
+        "{e}"
+    );
+    let name = "b".repeat(MAX_NAME_BYTES + 1);
+    for line in [
+        format!(r#"{{"type":"builder_added","master_id":"m","builder":"{name}"}}"#),
+        format!(r#"{{"type":"builder_removed","master_id":"m","builder":"{name}"}}"#),
+        format!(
+            r#"{{"type":"build_started","master_id":"m","build_id":1,"builder":"{name}","number":1}}"#
+        ),
+    ] {
+        let e = err(&line);
+        assert!(
+            e.starts_with("field `builder`: 1025 bytes, at most 1024"),
+            "{e}"
+        );
+    }
+    let e = err(&format!(
+        r#"{{"type":"builder_state","master_id":"m","builder":"b","state":"{name}"}}"#
+    ));
+    assert!(
+        e.starts_with("field `state`: 1025 bytes, at most 1024"),
+        "{e}"
+    );
+    // At the limit is fine.
+    let id = "m".repeat(crate::value::MAX_ID_BYTES);
+    let name = &name[1..];
+    let ok = Event::parse(&format!(
+        r#"{{"type":"build_started","master_id":"{id}","build_id":"{id}","builder":"{name}","number":1}}"#
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn unknown_fields_are_ignored_for_forward_compatibility() {
+    let e =
+        Event::parse(r#"{"type":"builder_removed","master_id":"m","builder":"b","future":true}"#)
+            .unwrap();
+    assert_eq!(e.type_name(), "builder_removed");
+}
