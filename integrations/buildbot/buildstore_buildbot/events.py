@@ -145,17 +145,16 @@ def builder_status(running_builds: int, workers: Iterable[dict], masterid: int) 
 
 
 def pick_sourcestamp(sourcestamps: list[dict] | None) -> dict | None:
-    """The source stamp a build is filed under: the default codebase's, else the first.
+    """The source stamp a build is filed under: the default codebase's, else the codebase first
+    by name.
 
     The protocol has one changeset per build; multi-codebase builds report the others through
-    their changes and ``got_revision``.
+    their changes and ``got_revision``. The choice goes by name, not by the buildset's order, so
+    that every build of a builder is filed under the same codebase.
     """
     if not sourcestamps:
         return None
-    for ss in sourcestamps:
-        if not ss.get("codebase"):
-            return ss
-    return sourcestamps[0]
+    return min(sourcestamps, key=lambda ss: ss.get("codebase") or "")
 
 
 def change_entry(change: dict) -> dict:

@@ -45,6 +45,15 @@ class TestBuild(unittest.TestCase):
         )
         self.assertEqual(event["time"], 1773324000)
 
+    def test_without_a_default_codebase_the_first_codebase_by_name_is_taken_in_any_order(self):
+        stamps = [
+            {"codebase": "tools", "revision": "2" * 40, "branch": "dev", "repository": "t.git"},
+            {"codebase": "app", "revision": "1" * 40, "branch": "main", "repository": "a.git"},
+        ]
+        for order in (stamps, stamps[::-1]):
+            event = events.build_started("m1", self.build, "linux", sourcestamps=order)
+            self.assertEqual((event["codebase"], event["changeset"]), ("app", "1" * 40))
+
     def test_build_without_source_stamps(self):
         event = events.build_started("m1", self.build, "nightly")
         self.assertIsNone(event["changeset"])
