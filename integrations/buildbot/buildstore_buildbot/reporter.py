@@ -2,7 +2,7 @@
 
 It consumes the master's message queue, reads from the data API what the messages don't carry
 (build properties, source stamps, log text), turns both into v1 events with ``events`` and hands
-them to a ``BuildstoreClient``.
+them to a ``BuildstoreClient``. The builders' events are made by ``builders.BuilderReports``.
 
 Ordering matters to the daemon: a build's ``build_started`` must come before its steps, a step's
 ``step_started`` before its log chunks, and log chunks of one channel in order. Message handling
@@ -25,12 +25,14 @@ from twisted.internet import task
 from twisted.python import log
 
 from buildstore_buildbot import events
+from buildstore_buildbot.builders import BuilderReports
 from buildstore_buildbot.client import BuildstoreClient
 from buildstore_buildbot.client import parse_address
 from buildstore_buildbot.jobs import OrderedJobs
 from buildstore_buildbot.jobs import wait_at_most
 from buildstore_buildbot.state import BuildState
 from buildstore_buildbot.state import FinishedBuilds
+from buildstore_buildbot.state import RecentIds
 from buildstore_buildbot.state import StepState
 from buildstore_buildbot.state import takes_log
 
@@ -43,8 +45,10 @@ PROPERTIES_FILTER = ("builds", None, "properties", "update")
 CHANGE_FILTER = ("changes", None, "new")
 WORKER_FILTER = ("workers", None, None)
 
-# Builds of other masters (multi-master with a shared mq) are remembered to skip them cheaply.
+# Builds of other masters (multi-master with a shared mq) are remembered to skip them cheaply, and
+# so are their steps: a step's log messages would otherwise each cost a read to find its build.
 FOREIGN_BUILDS_KEPT = 10000
+FOREIGN_STEPS_KEPT = 10000
 
 # Builds this service saw finish, with their steps, are remembered to recognise messages about them
 # that come later (a log append is announced without waiting for it). Those come moments after the
@@ -70,7 +74,7 @@ def _prop_key(value, source) -> str:
     return json.dumps([value, source], sort_keys=True, default=repr)
 
 
-class BuildstoreReporter(service.BuildbotService):
+class BuildstoreReporter(BuilderReports, service.BuildbotService):
     """Reports builders, builds, steps, logs and properties to ``buildstore serve``.
 
     ``address`` is ``tcp://HOST:PORT`` or ``unix:/PATH``; ``master_id`` names this master in
@@ -120,13 +124,11 @@ class BuildstoreReporter(service.BuildbotService):
 
     def _reset_state(self):
         self._builds: dict[int, BuildState] = {}
-        self._foreign: set[int] = set()
+        self._foreign = RecentIds(FOREIGN_BUILDS_KEPT)
+        self._foreign_steps = RecentIds(FOREIGN_STEPS_KEPT)
         self._steps: dict[int, StepState] = {}
         self._finished = FinishedBuilds(FINISHED_BUILDS_KEPT)
-        self._running: dict[int, set[int]] = {}
-        self._builder_names: dict[int, str] = {}
-        self._builder_desc: dict[int, tuple] = {}
-        self._builder_state: dict[int, str] = {}
+        self._reset_builders()
 
     @defer.inlineCallbacks
     def reconfigService(
@@ -162,6 +164,13 @@ class BuildstoreReporter(service.BuildbotService):
             yield old.stop(0)
         if self.running:
             self.client.start()
+
+    def reconfigServiceWithSibling(self, sibling):
+        # Called on every reconfiguration of the master, also when this service's own arguments
+        # stay the same (then the base class does nothing).
+        if self.running:
+            self._builders_reconfigured()
+        return super().reconfigServiceWithSibling(sibling)
 
     @async_to_deferred
     async def startService(self):
@@ -215,21 +224,6 @@ class BuildstoreReporter(service.BuildbotService):
     def _ours(self, masterid) -> bool:
         return masterid == self.master.masterid
 
-    def _on_builder(self, key, msg):
-        builderid, what = int(key[1]), key[2]
-        if what == "started" and self._ours(msg.get("masterid")):
-            self._jobs.add(("builder", builderid), self._describe_builder, builderid)
-        elif what == "stopped" and self._ours(msg.get("masterid")):
-            self._jobs.add(("builder", builderid), self._builder_stopped, builderid, msg["name"])
-        elif what == "update" and self.master.masterid in (msg.get("masterids") or []):
-            self._jobs.add(("builder", builderid), self._describe_builder, builderid, msg)
-
-    def _on_worker(self, key, worker):
-        for entry in worker.get("configured_on") or []:
-            if self._ours(entry.get("masterid")):
-                builderid = entry["builderid"]
-                self._jobs.add(("builder", builderid), self._refresh_state, builderid)
-
     def _on_build(self, key, build):
         if not self._ours(build.get("masterid")):
             return
@@ -263,6 +257,8 @@ class BuildstoreReporter(service.BuildbotService):
         if logdict.get("type") != "s":
             return  # only stdio-type logs carry the stdout/stderr/header channels
         stepid = logdict["stepid"]
+        if stepid in self._foreign_steps:
+            return
         step = self._steps.get(stepid) or self._finished.step(stepid)
         if step is None:
             self._jobs.add(("unknown step",), self._log_of_unknown_step, logdict)
@@ -278,93 +274,6 @@ class BuildstoreReporter(service.BuildbotService):
         event = events.commit_event(self.master_id, change)
         if event is not None:
             self._send(event)
-
-    # -- builders ---------------------------------------------------------------------------
-
-    async def _announce_builders(self):
-        builders = await self.master.data.get(("masters", self.master.masterid, "builders"))
-        for builder in builders or []:
-            builderid = builder["builderid"]
-            self._jobs.add(("builder", builderid), self._describe_builder, builderid, builder)
-
-    def _configured_builders(self) -> dict:
-        return {b.name: b for b in getattr(self.master.config, "builders", None) or []}
-
-    async def _describe_builder(self, builderid, builder=None):
-        if builder is None:
-            builder = await self.master.data.get(("builders", builderid))
-        if builder is None or self.master.masterid not in (builder.get("masterids") or []):
-            return
-        name = builder["name"]
-        self._builder_names[builderid] = name
-        configured = self._configured_builders().get(name)
-        if configured is not None:
-            slaves = list(configured.workernames)
-        else:
-            workers = await self._workers_of(builderid)
-            slaves = sorted(w["name"] for w in workers)
-        description = (tuple(builder.get("tags") or []), tuple(slaves))
-        if self._builder_desc.get(builderid) != description:
-            self._send(
-                events.builder_added(
-                    self.master_id,
-                    self._boot_ids.next(builderid, "added"),
-                    name,
-                    tags=description[0],
-                    slaves=description[1],
-                    time=self.master.reactor.seconds(),
-                )
-            )
-            self._builder_desc[builderid] = description
-            # builder_added sets the status to offline, so the state must follow it.
-            self._builder_state.pop(builderid, None)
-        await self._refresh_state(builderid)
-
-    async def _workers_of(self, builderid) -> list:
-        path = ("masters", self.master.masterid, "builders", builderid, "workers")
-        return await self.master.data.get(path) or []
-
-    async def _refresh_state(self, builderid):
-        name = self._builder_names.get(builderid)
-        if name is None or builderid not in self._builder_desc:
-            await self._describe_builder(builderid)
-            return
-        running = len(self._running.get(builderid, ()))
-        workers = [] if running else await self._workers_of(builderid)
-        state = events.builder_status(running, workers, self.master.masterid)
-        self._set_state(builderid, state)
-
-    def _set_state(self, builderid, state):
-        if self._builder_state.get(builderid) == state:
-            return
-        self._builder_state[builderid] = state
-        self._send(
-            events.builder_state(
-                self.master_id,
-                self._boot_ids.next(builderid, "state"),
-                self._builder_names[builderid],
-                state,
-                time=self.master.reactor.seconds(),
-            )
-        )
-
-    async def _builder_stopped(self, builderid, name):
-        self._builder_names.setdefault(builderid, name)
-        if name in self._configured_builders():
-            # Still configured: the master is shutting down, not dropping the builder.
-            if builderid in self._builder_desc:
-                self._set_state(builderid, "offline")
-            return
-        self._send(
-            events.builder_removed(
-                self.master_id,
-                self._boot_ids.next(builderid, "removed"),
-                name,
-                time=self.master.reactor.seconds(),
-            )
-        )
-        for table in (self._builder_names, self._builder_desc, self._builder_state):
-            table.pop(builderid, None)
 
     # -- builds -----------------------------------------------------------------------------
 
@@ -386,8 +295,6 @@ class BuildstoreReporter(service.BuildbotService):
                 log.msg(f"buildstore: build {buildid} not found in the data API; not reported")
                 return None
         if not self._ours(build.get("masterid")):
-            if len(self._foreign) >= FOREIGN_BUILDS_KEPT:
-                self._foreign.clear()
             self._foreign.add(buildid)
             return None
 
@@ -458,7 +365,7 @@ class BuildstoreReporter(service.BuildbotService):
     async def _step_changed(self, step, what):
         build = await self._ensure_build(step["buildid"])
         if build is None:
-            self._steps.pop(step["stepid"], None)
+            self._drop_step(step["stepid"], step["buildid"])
             return
         stepid = step["stepid"]
         state = self._steps.setdefault(
@@ -471,6 +378,13 @@ class BuildstoreReporter(service.BuildbotService):
             # finishes even if that read fails for good.
             await self._catch_up_log(state)
             self._send(events.step_finished(self.master_id, step))
+
+    def _drop_step(self, stepid, buildid):
+        """Forgets a step whose build is not reported; one of another master's is remembered as
+        such, so that its further log messages are skipped without reading the step again."""
+        self._steps.pop(stepid, None)
+        if buildid in self._foreign:
+            self._foreign_steps.add(stepid)
 
     def _ensure_step_started(self, state: StepState, step: dict):
         if not state.started:
@@ -487,11 +401,17 @@ class BuildstoreReporter(service.BuildbotService):
             )
 
     async def _log_of_unknown_step(self, logdict):
-        # Only when this service started in the middle of a step, or the step's build finished.
+        # Only when this service started in the middle of a step, the step's build finished, or
+        # it is another master's step not yet known as such.
         stepid = logdict["stepid"]
+        if stepid in self._foreign_steps:  # found to be one by an earlier job
+            return
         if stepid not in self._steps:
             step = await self.master.data.get(("steps", stepid))
-            if step is None or step["buildid"] in self._foreign:
+            if step is None:
+                return
+            if step["buildid"] in self._foreign:
+                self._foreign_steps.add(stepid)
                 return
             if step["buildid"] in self._finished:
                 self._jobs.add(("build", step["buildid"]), self._log_after_build, logdict, step)
@@ -506,7 +426,7 @@ class BuildstoreReporter(service.BuildbotService):
             return
         build = await self._ensure_build(state.buildid)
         if build is None:
-            self._steps.pop(state.stepid, None)
+            self._drop_step(state.stepid, state.buildid)
             return
         if not takes_log(state, logdict):
             return

@@ -1,5 +1,6 @@
 """What the reporter remembers of the builds and steps it reports: what was sent of each, so that
-only changes go out, and the builds that finished, so that late messages about them find it.
+only changes go out, and the builds that finished, so that late messages about them find it. And
+the ids of other masters' builds and steps, to skip messages about them without a read.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ class FinishedBuilds:
 
     def step(self, stepid) -> StepState | None:
         return self._steps.get(stepid)
+
+
+class RecentIds:
+    """The last ``kept`` ids added: a set that forgets its oldest ids rather than grow."""
+
+    def __init__(self, kept: int):
+        self.kept = kept
+        self._ids: OrderedDict[int, None] = OrderedDict()  # oldest first
+
+    def add(self, id_) -> None:
+        if id_ in self._ids:
+            return
+        while len(self._ids) >= self.kept:
+            self._ids.popitem(last=False)
+        self._ids[id_] = None
+
+    def __contains__(self, id_) -> bool:
+        return id_ in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 def takes_log(state: StepState, logdict: dict) -> bool:

@@ -211,56 +211,6 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
         return lines
 
 
-class TestBuilders(ReporterTestCase):
-    def test_builders_of_this_master_announced_at_start(self):
-        added = [e for e in self.sent if e["type"] == "builder_added"]
-        self.assertEqual(len(added), 1)
-        self.assertEqual(added[0]["builder"], "linux64")
-        self.assertEqual(added[0]["slaves"], ["bld-01", "bld-02"])
-        self.assertEqual(added[0]["master_id"], "m1")
-        # No worker is connected, so the builder can't build.
-        states = [e["state"] for e in self.sent if e["type"] == "builder_state"]
-        self.assertEqual(states, ["offline"])
-
-    @defer.inlineCallbacks
-    def test_state_follows_workers_and_builds(self):
-        self.take()
-        yield self.master.db.workers.workerConfigured(workerid=13, masterid=MASTER, builderids=[79])
-        yield self.master.db.workers.workerConnected(workerid=13, masterid=MASTER, workerinfo={})
-        worker = yield self.master.data.get(("workers", 13))
-        yield self.deliver(("workers", "13", "connected"), worker)
-        self.assertEqual([e["state"] for e in self.take("builder_state")], ["idle"])
-
-        yield self.build_message("new")
-        self.assertEqual([e["state"] for e in self.take("builder_state")], ["building"])
-        yield self.master.db.builds.finishBuild(buildid=20, results=0)
-        yield self.build_message("finished")
-        self.assertEqual([e["state"] for e in self.take("builder_state")], ["idle"])
-
-    @defer.inlineCallbacks
-    def test_event_ids_of_builder_events_never_repeat(self):
-        yield self.build_message("new")
-        yield self.master.db.builds.finishBuild(buildid=20, results=0)
-        yield self.build_message("finished")
-        ids = [e["event_id"] for e in self.sent if e["type"].startswith("builder_")]
-        self.assertGreaterEqual(len(ids), 3)
-        self.assertEqual(len(ids), len(set(ids)))
-
-    @defer.inlineCallbacks
-    def test_master_shutdown_sets_offline_and_removal_from_config_removes(self):
-        self.take()
-        stopped = {"builderid": 79, "masterid": MASTER, "name": "linux64"}
-        self.master.config.builders[0].workernames.append("x")  # any state change will do
-        yield self.build_message("new")  # building
-        self.take()
-        yield self.deliver(("builders", "79", "stopped"), stopped)
-        self.assertEqual([e["state"] for e in self.take("builder_state")], ["offline"])
-
-        self.master.config.builders = []
-        yield self.deliver(("builders", "79", "stopped"), stopped)
-        self.assertEqual([e["builder"] for e in self.take("builder_removed")], ["linux64"])
-
-
 class TestBuilds(ReporterTestCase):
     @defer.inlineCallbacks
     def test_build_started_carries_the_build_as_buildbot_has_it(self):
