@@ -226,6 +226,9 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
 
     def _on_build(self, key, build):
         if not self._ours(build.get("masterid")):
+            if build.get("masterid") is not None:
+                # Known as another master's from now on: its steps' messages keep no state.
+                self._foreign.add(build["buildid"])
             return
         buildid, builderid, what = build["buildid"], build["builderid"], key[2]
         if what == "new":
@@ -416,7 +419,11 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
             if step["buildid"] in self._finished:
                 self._jobs.add(("build", step["buildid"]), self._log_after_build, logdict, step)
                 return
-            self._steps[stepid] = StepState(stepid, step["buildid"], step["number"], step["name"])
+            # A step message during the read may have made its state, and sent text with it:
+            # replacing that state would send the log again from its start, out of step.
+            self._steps.setdefault(
+                stepid, StepState(stepid, step["buildid"], step["number"], step["name"])
+            )
         self._jobs.add(("build", self._steps[stepid].buildid), self._log_changed, logdict)
 
     async def _log_changed(self, logdict):

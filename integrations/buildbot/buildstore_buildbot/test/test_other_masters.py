@@ -99,6 +99,16 @@ class TestStepsOfOtherMasters(ReporterTestCase):
         self.assertEqual(reads, [("steps", self.stepid), ("builds", 21)])
         self.assertEqual(self.take(), [])
 
+    @defer.inlineCallbacks
+    def test_a_step_of_a_build_announced_by_another_master_keeps_no_state(self):
+        # A step that is added but never started (worker preparation failed) sends no message
+        # that would free its state: none may be made.
+        build = yield self.master.data.get(("builds", 21))
+        step = yield self.master.data.get(("steps", self.stepid))
+        yield self.deliver(("builds", "21", "new"), build)
+        yield self.deliver(("steps", str(self.stepid), "new"), step)
+        self.assertEqual((self.take(), self.reporter._steps), ([], {}))
+
 
 class TestRecentIds(unittest.TestCase):
     def test_the_oldest_ids_are_forgotten_past_the_bound(self):
