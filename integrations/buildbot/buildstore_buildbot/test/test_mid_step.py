@@ -1,0 +1,52 @@
+"""A service that starts in the middle of a step (added by a reconfig while builds run): the
+step's log goes out once and in order, whatever order its messages and reads come in.
+"""
+
+from twisted.internet import defer
+
+from buildstore_buildbot.test.test_reporter import STARTED
+from buildstore_buildbot.test.test_reporter import ReporterTestCase
+
+
+class TestStartedMidStep(ReporterTestCase):
+    @defer.inlineCallbacks
+    def test_a_step_message_during_the_read_for_a_log_message_keeps_the_log_in_order(self):
+        stepid, _, _ = yield self.master.db.steps.addStep(
+            buildid=20, name="compile", state_string="pending"
+        )
+        yield self.master.db.steps.startStep(
+            stepid=stepid, started_at=STARTED + 1, locks_acquired=True
+        )
+        logid = yield self.master.db.logs.addLog(
+            stepid=stepid, name="stdio", slug="stdio", type="s"
+        )
+        yield self.master.db.logs.appendLog(logid, "ofirst\n")
+        real_get = self.master.data.get
+        step = yield real_get(("steps", stepid))
+        first = yield real_get(("logs", logid))
+
+        # The read of the step, for the first log message, is answered only at the end.
+        held = defer.Deferred()
+
+        def get(path, **kw):
+            if path == ("steps", stepid) and not held.called:
+                return held.addCallback(lambda _: real_get(path, **kw))
+            return real_get(path, **kw)
+
+        self.patch(self.master.data, "get", get)
+        self.master.mq.callConsumer(("logs", str(logid), "append"), first)
+        # Meanwhile the step's own message comes, and the log grows.
+        self.master.mq.callConsumer(("steps", str(stepid), "started"), step)
+        yield self.master.db.logs.appendLog(logid, "osecond\n")
+        second = yield real_get(("logs", logid))
+        self.master.mq.callConsumer(("logs", str(logid), "append"), second)
+        held.callback(None)
+        yield self.reporter.wait_idle()
+        yield self.master.db.logs.appendLog(logid, "othird\n")
+        yield self.log_message(logid)
+
+        logs = [(e["offset"], e["text"]) for e in self.take("log")]
+        text = "".join(t for _, t in logs)
+        self.assertEqual(text, "first\nsecond\nthird\n")
+        offsets = [o for o, _ in logs]
+        self.assertEqual(offsets, sorted(set(offsets)), logs)
