@@ -285,6 +285,9 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
 
         None for a build of another master, one the data API doesn't know, or one whose
         ``build_finished`` was sent: state made for it again would never be freed.
+
+        Called only from a job of the build's key. A build read here that is already complete
+        gets its finish queued on that key, to run once that job sent what its message carries.
         """
         state = self._builds.get(buildid)
         if state is not None:
@@ -292,7 +295,8 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
         if buildid in self._foreign or buildid in self._finished:
             return None
         data = self.master.data
-        if build is None:
+        read = build is None
+        if read:
             build = await data.get(("builds", buildid))
             if build is None:
                 log.msg(f"buildstore: build {buildid} not found in the data API; not reported")
@@ -332,20 +336,56 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
             state.seen[(name, key)] = 1
         self._builds[buildid] = state
         self._send(event)
+        if read and (build.get("complete") or build.get("complete_at") is not None):
+            # A late message about a build that ended before this service started, or that
+            # _finished no longer holds: no "finished" message will come to free this state.
+            self._jobs.add(("build", buildid), self._finish_complete_build, build)
         return state
 
     async def _build_finished(self, build):
+        if await self._ensure_build(build["buildid"], build) is not None:
+            self._finish(build)
+
+    def _finish(self, build):
+        """Sends ``build_finished`` and moves the build's state, steps included, to _finished."""
         buildid = build["buildid"]
-        state = await self._ensure_build(buildid, build)
-        if state is None:
+        state = self._builds.pop(buildid, None)
+        if state is None:  # finished by an earlier job
             return
         self._send(events.build_finished(self.master_id, build))
-        del self._builds[buildid]
         steps = [s for s in self._steps.values() if s.buildid == buildid]
         for step in steps:
             del self._steps[step.stepid]
         # Messages about the build can still come; they find its state here, for a while.
         self._finished.add(buildid, state, steps)
+
+    async def _finish_complete_build(self, build):
+        """Finishes a build that a message found already complete, once that message was handled.
+
+        No "finished" message will come for it to free its state. It was started, and what the
+        message carries sent, as the daemon may not have it (it ended before this service
+        started). If the daemon has it (_finished forgot it), sending it again is harmless: event
+        ids are made of Buildbot's ids, and log chunks' of their offsets, so ``build_started``,
+        the steps' events, the log text and ``build_finished`` come with ids the daemon already
+        applied, and it skips them. A step this service started whose own "finished" message it
+        didn't handle is finished as that message would have, if Buildbot finished it (the steps
+        of a build cut short by a master's stop may not be).
+        """
+        buildid = build["buildid"]
+        if buildid not in self._builds:  # its "finished" message came meanwhile
+            return
+        try:
+            for state in [s for s in self._steps.values() if s.buildid == buildid]:
+                if not state.started or state.finished:
+                    continue
+                step = await self.master.data.get(("steps", state.stepid))
+                if step is not None and step.get("complete"):
+                    await self._catch_up_log(state)
+                    state.finished = True
+                    self._send(events.step_finished(self.master_id, step))
+        finally:
+            # Even if a step read fails: left in _builds, the state would never be freed.
+            self._finish(build)
 
     async def _properties_changed(self, buildid, props):
         # A property set after the build's end still counts (a got_revision correcting the
@@ -380,6 +420,7 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
             # after the step finished: read what is left now, to send the text first. The step
             # finishes even if that read fails for good.
             await self._catch_up_log(state)
+            state.finished = True
             self._send(events.step_finished(self.master_id, step))
 
     def _drop_step(self, stepid, buildid):

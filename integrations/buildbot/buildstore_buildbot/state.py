@@ -21,7 +21,17 @@ class BuildState:
 
 
 class StepState:
-    __slots__ = ("stepid", "buildid", "number", "name", "started", "logid", "next_line", "offsets")
+    __slots__ = (
+        "stepid",
+        "buildid",
+        "number",
+        "name",
+        "started",
+        "finished",
+        "logid",
+        "next_line",
+        "offsets",
+    )
 
     def __init__(self, stepid, buildid, number, name):
         self.stepid = stepid
@@ -29,6 +39,8 @@ class StepState:
         self.number = number
         self.name = name
         self.started = False
+        # step_finished sent: a build found complete finishes the steps it started, not twice
+        self.finished = False
         # the one log sent (see takes_log): the lines read so far and the bytes sent per channel
         self.logid: int | None = None
         self.next_line = 0
