@@ -41,6 +41,22 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// A driver error as a person reads it: what went wrong, then what caused it, without the
+    /// labels and empty fields (`source: None, server response: None`) of its own `Display`.
+    pub fn driver(&self, e: &Error) -> String {
+        let mut text = e.kind.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let part = c
+                .downcast_ref::<Error>()
+                .map_or_else(|| c.to_string(), |d| d.kind.to_string());
+            text.push_str(": ");
+            text.push_str(&part);
+            cause = c.source();
+        }
+        self.text(&text)
+    }
+
     pub fn text(&self, e: &impl std::fmt::Display) -> String {
         let mut s = e.to_string();
         for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
@@ -68,7 +84,7 @@ pub fn driver_failure(e: Error, location: &str, redact: &Redactor) -> Failure {
     } else {
         Failure::Fatal(StoreError::Mongo {
             location: location.to_owned(),
-            message: redact.text(&e),
+            message: redact.driver(&e),
         })
     }
 }
@@ -188,4 +204,24 @@ fn first_write_error(reply: &Document) -> Option<(i32, String)> {
 /// Backoff before retry `attempt` (1-based): 100 ms doubling, capped at 5 s.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_driver_error_reads_without_its_labels_and_empty_fields_and_keeps_secrets_out() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection to db.example.org refused",
+        );
+        let e = Error::from(refused);
+        // What the driver's own Display adds, and the message leaves out.
+        assert!(e.to_string().contains("labels: {}"), "{e}");
+        let redact = Redactor {
+            secrets: vec!["db.example.org".into()],
+        };
+        assert_eq!(redact.driver(&e), "I/O error: connection to *** refused");
+    }
 }

@@ -51,7 +51,7 @@ impl MongoStore {
                 Redactor {
                     secrets: uri_secrets(uri)
                 }
-                .text(&e)
+                .driver(&e)
             ))
         })?;
         let secrets: Vec<String> = options
@@ -79,7 +79,7 @@ impl MongoStore {
             message: Redactor {
                 secrets: secrets.clone(),
             }
-            .text(&e),
+            .driver(&e),
         })?;
         Ok(MongoStore {
             db: client.database(&db_name),
@@ -96,12 +96,12 @@ impl MongoStore {
         ) {
             return StoreError::Unreachable {
                 location: self.location.clone(),
-                message: selection_summary(&self.redact.text(&e)),
+                message: selection_summary(&self.redact.driver(&e)),
             };
         }
         StoreError::Mongo {
             location: self.location.clone(),
-            message: self.redact.text(&e),
+            message: self.redact.driver(&e),
         }
     }
 
@@ -364,7 +364,7 @@ impl Apply for MongoStore {
                 Err(Failure::Transient(e)) if attempt >= attempts => return Err(self.err(e)),
                 Err(Failure::Transient(e)) => {
                     let wait = backoff(attempt);
-                    tracing::warn!(store = %self.location, attempt, ?wait, error = %self.redact.text(&e), "retrying a batch after a transient error");
+                    tracing::warn!(store = %self.location, attempt, ?wait, error = %self.redact.driver(&e), "retrying a batch after a transient error");
                     tokio::time::sleep(wait).await;
                 }
             }
