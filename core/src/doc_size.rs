@@ -34,14 +34,18 @@ pub const MAX_COMMIT_METADATA_BYTES: usize = 256 * 1024;
 /// end time are set, without the array index it is kept under.
 const COMMIT_ENTRY_FIXED_BYTES: usize = 97;
 
-/// The most bytes one entry takes in the `builds` array: the fixed part, a type byte and an index
-/// of up to 5 digits and its zero, a build `_id` (two ids and a slash) and a builder name.
-const MAX_COMMIT_ENTRY_BYTES: usize = COMMIT_ENTRY_FIXED_BYTES
-    + 1
-    + 5
-    + 1
-    + (2 * buildstore_schema::MAX_ID_BYTES + 1)
-    + buildstore_schema::MAX_NAME_BYTES;
+/// The bytes an entry of a commit's `builds` takes in the array, for a build `_id` and a builder
+/// name of these lengths: the fixed part, then a type byte and an index of up to 5 digits and its
+/// zero, then the two strings.
+const fn commit_entry_len(id_len: usize, builder_len: usize) -> usize {
+    COMMIT_ENTRY_FIXED_BYTES + 1 + 5 + 1 + id_len + builder_len
+}
+
+/// The most bytes one entry takes: a build `_id` is two ids and a slash.
+const MAX_COMMIT_ENTRY_BYTES: usize = commit_entry_len(
+    2 * buildstore_schema::MAX_ID_BYTES + 1,
+    buildstore_schema::MAX_NAME_BYTES,
+);
 
 // A commit document at its limits (metadata, and as many of the longest entries as it keeps, in
 // an array field with its own header) fits: MongoDB never refuses a link.
@@ -61,7 +65,7 @@ pub(crate) fn document_len<T: Serialize>(value: &T) -> Result<usize, String> {
 /// Whether the entry of build `id` of `builder` fits the room a commit keeps for each entry. Only a
 /// build recovered from a store written before ids and names had their limits can be too long.
 pub(crate) fn commit_entry_fits(id: &str, builder: &str) -> bool {
-    COMMIT_ENTRY_FIXED_BYTES + 7 + id.len() + builder.len() <= MAX_COMMIT_ENTRY_BYTES
+    commit_entry_len(id.len(), builder.len()) <= MAX_COMMIT_ENTRY_BYTES
 }
 
 /// The repository URI a build brings to a commit document that linking creates: the build's, unless

@@ -143,17 +143,18 @@ impl Core {
             EventKind::BuilderAdded(e) => {
                 non_empty("builder", &e.builder)?;
                 let id = super::builder_id(master, &e.builder);
-                // Counted with the longest status a later builder_state may set.
                 let doc = buildstore_schema::BuilderDoc {
                     id: id.clone(),
                     name: e.builder.clone(),
                     master_id: master.clone(),
-                    status: "s".repeat(buildstore_schema::MAX_NAME_BYTES),
+                    status: String::new(),
                     category: e.category.clone(),
                     tags: e.tags.clone(),
                     slaves: e.slaves.clone(),
                 };
-                fits(|| format!("builder {id}"), document_len(&doc).unwrap_or(0))?;
+                // Counted with the longest status a later builder_state may set.
+                let bytes = document_len(&doc).unwrap_or(0) + buildstore_schema::MAX_NAME_BYTES;
+                fits(|| format!("builder {id}"), bytes)?;
                 Ok(vec![Mutation::AddBuilder {
                     id,
                     name: doc.name,

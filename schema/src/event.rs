@@ -398,20 +398,22 @@ impl Event {
 pub const MAX_NAME_BYTES: usize = 1024;
 
 fn check_name_lengths(kind: &EventKind) -> Result<(), EventError> {
-    let names = match kind {
-        EventKind::BuilderAdded(e) => vec![("builder", &e.builder)],
-        EventKind::BuilderState(e) => vec![("builder", &e.builder), ("state", &e.state)],
-        EventKind::BuilderRemoved(e) => vec![("builder", &e.builder)],
-        EventKind::BuildStarted(e) => vec![("builder", &e.builder)],
-        _ => vec![],
+    let (builder, state) = match kind {
+        EventKind::BuilderAdded(e) => (Some(&e.builder), None),
+        EventKind::BuilderState(e) => (Some(&e.builder), Some(&e.state)),
+        EventKind::BuilderRemoved(e) => (Some(&e.builder), None),
+        EventKind::BuildStarted(e) => (Some(&e.builder), None),
+        _ => (None, None),
     };
-    match names.iter().find(|(_, v)| v.len() > MAX_NAME_BYTES) {
-        Some((field, v)) => Err(EventError::Field(format!(
-            "field `{field}`: {} bytes, at most {MAX_NAME_BYTES}",
-            v.len()
-        ))),
-        None => Ok(()),
+    for (field, value) in [("builder", builder), ("state", state)] {
+        if let Some(v) = value.filter(|v| v.len() > MAX_NAME_BYTES) {
+            return Err(EventError::Field(format!(
+                "field `{field}`: {} bytes, at most {MAX_NAME_BYTES}",
+                v.len()
+            )));
+        }
     }
+    Ok(())
 }
 
 fn json_kind(v: &Value) -> &'static str {

@@ -112,52 +112,55 @@ fn master_and_build_ids_must_not_contain_a_slash() {
 
 #[test]
 fn ids_builder_names_and_states_have_a_length_limit() {
-    let long_id = "m".repeat(crate::value::MAX_ID_BYTES + 1);
-    let e = err(&format!(
-        r#"{{"type":"builder_removed","master_id":"{long_id}","builder":"b"}}"#
-    ));
-    assert!(
-        e.starts_with("field `master_id`: 257 bytes, at most 256"),
-        "{e}"
-    );
-    let e = err(&format!(
-        r#"{{"type":"build_finished","master_id":"m","build_id":"{long_id}","result":0}}"#
-    ));
-    assert!(
-        e.starts_with("field `build_id`: 257 bytes, at most 256"),
-        "{e}"
-    );
-    let e = err(&format!(
-        r#"{{"type":"builder_removed","master_id":"m","builder":"b","event_id":"{long_id}"}}"#
-    ));
-    assert!(
-        e.starts_with("field `event_id`: 257 bytes, at most 256"),
-        "{e}"
-    );
+    let id = "m".repeat(crate::value::MAX_ID_BYTES + 1);
     let name = "b".repeat(MAX_NAME_BYTES + 1);
-    for line in [
-        format!(r#"{{"type":"builder_added","master_id":"m","builder":"{name}"}}"#),
-        format!(r#"{{"type":"builder_removed","master_id":"m","builder":"{name}"}}"#),
-        format!(
-            r#"{{"type":"build_started","master_id":"m","build_id":1,"builder":"{name}","number":1}}"#
+    let ids = "257 bytes, at most 256";
+    let names = "1025 bytes, at most 1024";
+    for (line, field, limit) in [
+        (
+            r#""type":"builder_removed","master_id":"ID","builder":"b""#,
+            "master_id",
+            ids,
+        ),
+        (
+            r#""type":"build_finished","master_id":"m","build_id":"ID","result":0"#,
+            "build_id",
+            ids,
+        ),
+        (
+            r#""type":"builder_removed","master_id":"m","builder":"b","event_id":"ID""#,
+            "event_id",
+            ids,
+        ),
+        (
+            r#""type":"builder_added","master_id":"m","builder":"NAME""#,
+            "builder",
+            names,
+        ),
+        (
+            r#""type":"builder_removed","master_id":"m","builder":"NAME""#,
+            "builder",
+            names,
+        ),
+        (
+            r#""type":"build_started","master_id":"m","build_id":1,"builder":"NAME","number":1"#,
+            "builder",
+            names,
+        ),
+        (
+            r#""type":"builder_state","master_id":"m","builder":"b","state":"NAME""#,
+            "state",
+            names,
         ),
     ] {
-        let e = err(&line);
-        assert!(
-            e.starts_with("field `builder`: 1025 bytes, at most 1024"),
-            "{e}"
-        );
+        let e = err(&format!(
+            "{{{}}}",
+            line.replace("ID", &id).replace("NAME", &name)
+        ));
+        assert!(e.starts_with(&format!("field `{field}`: {limit}")), "{e}");
     }
-    let e = err(&format!(
-        r#"{{"type":"builder_state","master_id":"m","builder":"b","state":"{name}"}}"#
-    ));
-    assert!(
-        e.starts_with("field `state`: 1025 bytes, at most 1024"),
-        "{e}"
-    );
     // At the limit is fine.
-    let id = "m".repeat(crate::value::MAX_ID_BYTES);
-    let name = &name[1..];
+    let (id, name) = (&id[1..], &name[1..]);
     let ok = Event::parse(&format!(
         r#"{{"type":"build_started","master_id":"{id}","build_id":"{id}","builder":"{name}","number":1}}"#
     ));

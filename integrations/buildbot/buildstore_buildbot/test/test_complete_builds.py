@@ -4,12 +4,9 @@ end so long ago that it forgot it. No "finished" message will come for it, so th
 are sent and the build is finished right after them, leaving no state behind.
 """
 
-from buildbot.test import fakedb
 from twisted.internet import defer
 
 from buildstore_buildbot.test.test_reporter import HEAD
-from buildstore_buildbot.test.test_reporter import MASTER
-from buildstore_buildbot.test.test_reporter import STARTED
 from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
 
@@ -18,15 +15,8 @@ class TestCompleteBuilds(ReporterTestCase):
 
     @defer.inlineCallbacks
     def run_unseen(self, text="ocompiled\n", finish_step=True, results=2):
-        stepid, number, _ = yield self.master.db.steps.addStep(
-            buildid=20, name="compile", state_string="pending"
-        )
-        yield self.master.db.steps.startStep(
-            stepid=stepid, started_at=STARTED + 1, locks_acquired=True
-        )
-        logid = yield self.master.db.logs.addLog(
-            stepid=stepid, name="stdio", slug="stdio", type="s"
-        )
+        stepid, number = yield self.add_step()
+        logid = yield self.add_log(stepid, "stdio", announce=False)
         if text:
             yield self.master.db.logs.appendLog(logid, text)
         if finish_step:
@@ -124,15 +114,7 @@ class TestCompleteBuilds(ReporterTestCase):
         first = {e["event_id"] for e in self.take() if not e["type"].startswith("builder_")}
         yield self.master.db.insert_test_data(
             [
-                fakedb.Build(
-                    id=21,
-                    number=413,
-                    builderid=79,
-                    buildrequestid=11,
-                    workerid=13,
-                    masterid=MASTER,
-                    started_at=STARTED,
-                )
+                self.build_row(21, 413)
             ]
         )
         yield self.build_message("new", 21)

@@ -3,12 +3,9 @@ build's state back for good, and what they still carry (a late property, log tex
 left behind) is sent.
 """
 
-from buildbot.test import fakedb
 from twisted.internet import defer
 
 from buildstore_buildbot.test.test_reporter import HEAD
-from buildstore_buildbot.test.test_reporter import MASTER
-from buildstore_buildbot.test.test_reporter import STARTED
 from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
 
@@ -97,14 +94,15 @@ class TestLateMessages(ReporterTestCase):
         self.assertEqual(self.take(), [])
 
     @defer.inlineCallbacks
-    def test_log_text_of_a_step_never_started_is_not_sent_and_that_is_logged(self):
+    def assert_late_log_of_unstarted_step_not_sent(self, step_seen):
+        """The build ends with a step never started (its ``new`` message delivered if
+        ``step_seen``); text of that step's log then is not sent, and a log line says so."""
         yield self.build_message("new")
-        stepid, number, _ = yield self.master.db.steps.addStep(
-            buildid=20, name="compile", state_string="pending"
-        )
-        yield self.step_message(stepid, "new")
+        stepid, number = yield self.add_step(start=False)
+        if step_seen:
+            yield self.step_message(stepid, "new")
         yield self.finish_build()
-        logid = yield self.add_log(stepid, "stdio")
+        logid = yield self.add_log(stepid, "stdio", announce=step_seen)
         yield self.master.db.logs.appendLog(logid, "otoo late\n")
         self.take()
         logged = self.capture_log()
@@ -114,46 +112,25 @@ class TestLateMessages(ReporterTestCase):
         [line] = [line for line in logged if "never reported as started" in line]
         self.assertIn(f"step {number} 'compile' (stepid {stepid}) came after build 20", line)
 
-    @defer.inlineCallbacks
+    def test_log_text_of_a_step_never_started_is_not_sent_and_that_is_logged(self):
+        return self.assert_late_log_of_unstarted_step_not_sent(step_seen=True)
+
     def test_a_log_of_a_step_never_seen_brings_no_state_back_after_the_build_ended(self):
-        yield self.build_message("new")
-        stepid, number, _ = yield self.master.db.steps.addStep(
-            buildid=20, name="compile", state_string="pending"
-        )
-        yield self.finish_build()
-        logid = yield self.add_log(stepid, "stdio", announce=False)
-        yield self.master.db.logs.appendLog(logid, "otoo late\n")
-        self.take()
-        logged = self.capture_log()
-        yield self.log_message(logid)
-        self.assertEqual(self.take(), [])
-        self.assertNoStateHeld()
-        [line] = [line for line in logged if "never reported as started" in line]
-        self.assertIn(f"step {number} 'compile' (stepid {stepid}) came after build 20", line)
+        return self.assert_late_log_of_unstarted_step_not_sent(step_seen=False)
 
     @defer.inlineCallbacks
     def test_finished_builds_are_remembered_up_to_a_bound(self):
         self.reporter._finished.kept = 2
         yield self.master.db.insert_test_data(
             [
-                fakedb.Build(
-                    id=buildid,
-                    number=buildid + 400,
-                    builderid=79,
-                    buildrequestid=11,
-                    workerid=13,
-                    masterid=MASTER,
-                    started_at=STARTED,
-                )
+                self.build_row(buildid, buildid + 400)
                 for buildid in (21, 22)
             ]
         )
         stepids = []
         for buildid in (20, 21, 22):
             yield self.build_message("new", buildid)
-            stepid, _, _ = yield self.master.db.steps.addStep(
-                buildid=buildid, name="compile", state_string="pending"
-            )
+            stepid, _ = yield self.add_step(buildid, start=False)
             yield self.step_message(stepid, "new")
             stepids.append(stepid)
             yield self.finish_build(buildid)

@@ -4,22 +4,14 @@ step's log goes out once and in order, whatever order its messages and reads com
 
 from twisted.internet import defer
 
-from buildstore_buildbot.test.test_reporter import STARTED
 from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
 
 class TestStartedMidStep(ReporterTestCase):
     @defer.inlineCallbacks
     def test_a_step_message_during_the_read_for_a_log_message_keeps_the_log_in_order(self):
-        stepid, _, _ = yield self.master.db.steps.addStep(
-            buildid=20, name="compile", state_string="pending"
-        )
-        yield self.master.db.steps.startStep(
-            stepid=stepid, started_at=STARTED + 1, locks_acquired=True
-        )
-        logid = yield self.master.db.logs.addLog(
-            stepid=stepid, name="stdio", slug="stdio", type="s"
-        )
+        stepid, _ = yield self.add_step()
+        logid = yield self.add_log(stepid, "stdio", announce=False)
         yield self.master.db.logs.appendLog(logid, "ofirst\n")
         real_get = self.master.data.get
         step = yield real_get(("steps", stepid))

@@ -8,7 +8,6 @@ from twisted.trial import unittest
 
 from buildstore_buildbot.state import RecentIds
 from buildstore_buildbot.test.test_reporter import MASTER
-from buildstore_buildbot.test.test_reporter import STARTED
 from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
 
@@ -19,25 +18,11 @@ class TestStepsOfOtherMasters(ReporterTestCase):
         yield self.master.db.insert_test_data(
             [
                 fakedb.Master(id=MASTER + 1, name="other"),
-                fakedb.Build(
-                    id=21,
-                    number=1,
-                    builderid=79,
-                    buildrequestid=11,
-                    workerid=13,
-                    masterid=MASTER + 1,
-                ),
+                self.build_row(21, 1, masterid=MASTER + 1),
             ]
         )
-        self.stepid, _, _ = yield self.master.db.steps.addStep(
-            buildid=21, name="compile", state_string="pending"
-        )
-        yield self.master.db.steps.startStep(
-            stepid=self.stepid, started_at=STARTED + 1, locks_acquired=True
-        )
-        self.logid = yield self.master.db.logs.addLog(
-            stepid=self.stepid, name="stdio", slug="stdio", type="s"
-        )
+        self.stepid, _ = yield self.add_step(buildid=21)
+        self.logid = yield self.add_log(self.stepid, "stdio", announce=False)
         self.take()
 
     def count_reads(self):

@@ -101,15 +101,7 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
                     sourcestampid=234,
                 ),
                 fakedb.ChangeFile(changeid=5, filename="src/mesh.c"),
-                fakedb.Build(
-                    id=20,
-                    number=412,
-                    builderid=79,
-                    buildrequestid=11,
-                    workerid=13,
-                    masterid=MASTER,
-                    started_at=STARTED,
-                ),
+                self.build_row(20, 412),
                 fakedb.BuildProperty(
                     buildid=20, name="scheduler", value="force", source="Scheduler"
                 ),
@@ -157,16 +149,36 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
         logdict = yield self.master.data.get(("logs", logid))
         yield self.deliver(("logs", str(logid), what), logdict)
 
+    @staticmethod
+    def build_row(buildid, number, masterid=MASTER):
+        """A build of builder 79 in the database, like build 20."""
+        return fakedb.Build(
+            id=buildid,
+            number=number,
+            builderid=79,
+            buildrequestid=11,
+            workerid=13,
+            masterid=masterid,
+            started_at=STARTED,
+        )
+
+    @defer.inlineCallbacks
+    def add_step(self, buildid=20, name="compile", start=True):
+        """A step of the build in the database only, started unless not ``start``."""
+        stepid, number, _ = yield self.master.db.steps.addStep(
+            buildid=buildid, name=name, state_string="pending"
+        )
+        if start:
+            yield self.master.db.steps.startStep(
+                stepid=stepid, started_at=STARTED + 1, locks_acquired=True
+            )
+        return stepid, number
+
     @defer.inlineCallbacks
     def start_build_and_step(self, name="compile"):
         """A started build with a started step that has no log yet."""
         yield self.build_message("new")
-        stepid, number, _ = yield self.master.db.steps.addStep(
-            buildid=20, name=name, state_string="pending"
-        )
-        yield self.master.db.steps.startStep(
-            stepid=stepid, started_at=STARTED + 1, locks_acquired=True
-        )
+        stepid, number = yield self.add_step(name=name)
         yield self.step_message(stepid, "new")
         yield self.step_message(stepid, "started")
         return stepid, number
@@ -262,14 +274,7 @@ class TestBuilds(ReporterTestCase):
         yield self.master.db.insert_test_data(
             [
                 fakedb.Master(id=MASTER + 1, name="other"),
-                fakedb.Build(
-                    id=21,
-                    number=1,
-                    builderid=79,
-                    buildrequestid=11,
-                    workerid=13,
-                    masterid=MASTER + 1,
-                ),
+                self.build_row(21, 1, masterid=MASTER + 1),
             ]
         )
         self.take()
@@ -479,6 +484,15 @@ class TestSteps(ReporterTestCase):
         )
 
     @defer.inlineCallbacks
+    def assert_step_end_sends_only(self, stepid, logid, text):
+        """Finishing the step sends ``text`` of ``logid``'s stdout, then step_finished."""
+        self.take()
+        yield self.finish_step(stepid)
+        sent = self.take()
+        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
+        self.assertEqual((sent[0]["event_id"], sent[0]["text"]), (f"log-{logid}-stdout-@0", text))
+
+    @defer.inlineCallbacks
     def test_at_step_end_the_stdio_log_is_read_also_when_another_was_created_first(self):
         stepid, _ = yield self.start_build_and_step()
         # Never announced, as when the service started in the middle of the step.
@@ -486,13 +500,7 @@ class TestSteps(ReporterTestCase):
         stdio = yield self.add_log(stepid, "stdio", announce=False)
         yield self.master.db.logs.appendLog(setup, "oprepared\n")
         yield self.master.db.logs.appendLog(stdio, "ocompiled\n")
-        self.take()
-        yield self.finish_step(stepid)
-        sent = self.take()
-        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
-        self.assertEqual(
-            (sent[0]["event_id"], sent[0]["text"]), (f"log-{stdio}-stdout-@0", "compiled\n")
-        )
+        yield self.assert_step_end_sends_only(stepid, stdio, "compiled\n")
 
     @defer.inlineCallbacks
     def test_at_step_end_an_unannounced_stdio_log_wins_over_an_announced_one_with_nothing_sent(self):
@@ -500,13 +508,7 @@ class TestSteps(ReporterTestCase):
         yield self.add_log(stepid, "setup")  # announced, but no text yet
         stdio = yield self.add_log(stepid, "stdio", announce=False)
         yield self.master.db.logs.appendLog(stdio, "ocompiled\n")
-        self.take()
-        yield self.finish_step(stepid)
-        sent = self.take()
-        self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
-        self.assertEqual(
-            (sent[0]["event_id"], sent[0]["text"]), (f"log-{stdio}-stdout-@0", "compiled\n")
-        )
+        yield self.assert_step_end_sends_only(stepid, stdio, "compiled\n")
 
     @defer.inlineCallbacks
     def test_a_log_whose_text_was_sent_stays_the_steps_log_when_stdio_comes_later(self):
