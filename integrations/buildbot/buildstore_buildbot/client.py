@@ -5,14 +5,14 @@ reply, in order (``{"ack": ID}`` or ``{"error": ..., "line": N}``), so the oldes
 is always the one a reply is about. After a lost connection everything not yet acknowledged is
 sent again; the daemon skips what it already had by ``event_id``.
 
-All I/O is Twisted's: nothing here blocks the reactor, and nothing raises into the caller. When
-the daemon is unreachable or the queue is full, a line goes to the log and the master carries on.
+Network I/O is Twisted's, and nothing raises into the caller. When the daemon is unreachable, a
+line goes to the log and the master carries on. Once the queue is full, events go to the backlog
+file, if there is one (see ``backlog.py``), and are dropped with a log line past its bound too.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
 from typing import Any
 
@@ -22,6 +22,10 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import log
+
+from buildstore_buildbot.backlog import Backlog
+from buildstore_buildbot.backlog import BacklogError
+from buildstore_buildbot.encoding import encode_event
 
 CONNECT_TIMEOUT = 10
 
@@ -53,54 +57,19 @@ def make_endpoint(reactor, address: str):
     return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
 
 
-def encode_event(event: dict) -> str:
-    """``event`` as one line of strict JSON, the only JSON the daemon takes.
-
-    Build properties can hold any Python value, and one the event can't carry must not cost the
-    event: a ``build_started`` lost that way gets every later event of its build rejected. So a
-    float that JSON has no spelling for goes as the string "NaN", "Infinity" or "-Infinity", and
-    any other value JSON can't hold (an arbitrary object) as its ``str()``. The floats are
-    replaced wherever they are in the event, not only in property values: that is simplest, and
-    the plugin's own fields (times, offsets) never hold such floats.
-    """
-    try:
-        return _dumps(event)
-    except ValueError:  # a non-finite float somewhere: rare, so only then walk the event
-        return _dumps(_finite(event))
-
-
-def _dumps(value) -> str:
-    return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
-    )
-
-
-def _finite(value):
-    """``value`` with each NaN or infinite float, also as a dict key, spelled as a string."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, dict):
-        return {(_finite(k) if isinstance(k, float) else k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _summary(line: bytes, limit: int = 400) -> str:
     text = line.decode("utf-8", "replace").rstrip("\n")
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
 class _Pending:
-    __slots__ = ("event_id", "line")
+    # ``seq`` is the event's row in the backlog, for an event taken from there.
+    __slots__ = ("event_id", "line", "seq")
 
-    def __init__(self, event_id: str | None, line: bytes):
+    def __init__(self, event_id: str | None, line: bytes, seq: int | None = None):
         self.event_id = event_id
         self.line = line
+        self.seq = seq
 
 
 class _DaemonProtocol(LineOnlyReceiver):
@@ -169,11 +138,13 @@ class BuildstoreClient:
         self.max_in_flight_bytes = max_in_flight_bytes
 
         self.queue: deque[_Pending] = deque()
+        self.backlog: Backlog | None = None
         # the bytes of the lines in ``queue``: kept up to date wherever it grows or shrinks
         self.queued_bytes = 0
         self.acknowledged = 0
         self.rejected = 0
         self.dropped = 0
+        self.spilled = 0
         self.connections = 0
 
         self._proto: _DaemonProtocol | None = None
@@ -207,6 +178,9 @@ class BuildstoreClient:
             return False
         data = line.encode("utf-8") + b"\n"
         full = self._no_room_for(len(data))
+        if self.backlog is not None and (full is not None or self.backlog.waiting):
+            # While events wait in the backlog, newer ones queue behind them, there.
+            return self._spill(event, data, full)
         if full is not None:
             self._drop(event, full)
             return False
@@ -214,6 +188,12 @@ class BuildstoreClient:
         self.queued_bytes += len(data)
         self._pump()
         return True
+
+    def set_backlog(self, backlog: Backlog | None) -> None:
+        """Uses ``backlog`` for what the queue can't hold; its waiting events go first."""
+        self.backlog = backlog
+        self._refill()
+        self._pump()
 
     def _no_room_for(self, size: int) -> str | None:
         """Why a line of ``size`` bytes can't be queued now, naming the bound it hits; or None."""
@@ -232,6 +212,63 @@ class BuildstoreClient:
             )
         return None
 
+    def _spill(self, event: dict, data: bytes, full: str | None) -> bool:
+        backlog = self.backlog
+        why = backlog.no_room_for(len(data))
+        if why is not None:
+            self._drop(event, why)
+            return False
+        try:
+            backlog.append(event.get("event_id"), data)
+        except BacklogError as e:
+            self._backlog_failed(e)
+            self._drop(event, str(e))
+            return False
+        if self.spilled == 0 and full is not None:
+            log.msg(
+                f"buildstore: {full}; keeping further events in the backlog {backlog.path} "
+                f"until the daemon at {self.address} takes them"
+            )
+        self.spilled += 1
+        self._refill()
+        return True
+
+    def _refill(self):
+        """Moves the backlog's oldest events into the queue, in batches, as the daemon acks."""
+        backlog = self.backlog
+        if backlog is None or not backlog.waiting:
+            return
+        count_room = self.queue_size - len(self.queue)
+        bytes_room = self.queue_bytes - self.queued_bytes
+        if self.queue and (
+            count_room < min(100, max(1, self.queue_size // 2))
+            or bytes_room < self.queue_bytes // 8
+        ):
+            return
+        try:
+            rows = backlog.take(count_room, bytes_room)
+            if not rows and not self.queue:
+                rows = backlog.take(1, float("inf"))  # larger than the whole queue: alone
+        except BacklogError as e:
+            self._backlog_failed(e)
+            return
+        for seq, event_id, line in rows:
+            self.queue.append(_Pending(event_id, line, seq))
+            self.queued_bytes += len(line)
+        if not backlog.waiting and self.spilled:
+            log.msg(
+                f"buildstore: the backlog {backlog.path} has caught up; {self.spilled} events "
+                "went through it"
+            )
+            self.spilled = 0
+
+    def _backlog_failed(self, error: BacklogError):
+        # Its waiting rows stay in the file, for the next start; meanwhile the queue's bounds
+        # apply alone.
+        log.msg(f"buildstore: {error}; no longer using the backlog until the master restarts")
+        self.backlog = None
+        self.spilled = 0
+
     def _drop(self, event: dict, why: str):
         self.dropped += 1
         # One line per burst, with a running count, so a long outage doesn't flood the log.
@@ -247,10 +284,14 @@ class BuildstoreClient:
         return self._proto is not None
 
     def stop(self, timeout: float = 5.0) -> defer.Deferred:
-        """Stop, after waiting up to ``timeout`` seconds for the queue to be acknowledged."""
+        """Stop, after waiting up to ``timeout`` seconds for the queue to be acknowledged.
+
+        What is still unacknowledged then goes to the front of the backlog, for the next start;
+        without a backlog it is lost. The caller closes the backlog.
+        """
         d = (
             self.wait_drained(timeout)
-            if self.queue and self._proto is not None
+            if self._holding() and self._proto is not None
             else defer.succeed(None)
         )
 
@@ -260,18 +301,44 @@ class BuildstoreClient:
             self._cancel_watchdog()
             if self._proto is not None:
                 self._proto.transport.loseConnection()
+            self._keep_unacknowledged()
+
+        d.addCallback(close)
+        return d
+
+    def _keep_unacknowledged(self):
+        backlog, self.backlog = self.backlog, None
+        if backlog is None:
             if self.queue:
                 log.msg(
                     f"buildstore: stopping with {len(self.queue)} events not acknowledged by "
                     f"{self.address}; they are lost"
                 )
+            return
+        if not self.queue and not backlog.waiting:
+            return
+        try:
+            backlog.keep_front([(p.event_id, p.line) for p in self.queue])
+        except BacklogError as e:
+            log.msg(
+                f"buildstore: stopping with {len(self.queue)} events not acknowledged by "
+                f"{self.address}; they are lost: {e}"
+            )
+            return
+        log.msg(
+            f"buildstore: stopping with {backlog.waiting} events not acknowledged by "
+            f"{self.address}; they are kept in the backlog {backlog.path} and sent at the next "
+            "start"
+        )
+        self.queue.clear()
+        self.queued_bytes = 0
 
-        d.addCallback(close)
-        return d
+    def _holding(self) -> bool:
+        return bool(self.queue) or (self.backlog is not None and self.backlog.waiting > 0)
 
     def wait_drained(self, timeout: float | None = None) -> defer.Deferred:
-        """Fires once every queued event is acknowledged or rejected (or after ``timeout``)."""
-        if not self.queue:
+        """Fires once every held event is acknowledged or rejected (or after ``timeout``)."""
+        if not self._holding():
             return defer.succeed(None)
         d = defer.Deferred()
         self._drain_waiters.append(d)
@@ -298,6 +365,11 @@ class BuildstoreClient:
         self.queued_bytes += other.queued_bytes
         other.queue.clear()
         other.queued_bytes = 0
+        # ``other`` is stopped next, and must not write its (empty) queue into the backlog.
+        if self.backlog is None:
+            self.backlog = other.backlog
+        other.backlog = None
+        self._refill()
         self._pump()
 
     # -- connecting -------------------------------------------------------------------------
@@ -320,9 +392,15 @@ class BuildstoreClient:
             self._reported_unreachable = True
             log.msg(
                 f"buildstore: daemon at {self.address} unreachable ({why}); "
-                f"{len(self.queue)} events queued, "
+                f"{self._held_summary()}, "
                 f"retrying with backoff up to {self.max_backoff:g} s"
             )
+
+    def _held_summary(self) -> str:
+        waiting = self.backlog.waiting if self.backlog is not None else 0
+        if waiting:
+            return f"{len(self.queue)} events queued and {waiting} in the backlog"
+        return f"{len(self.queue)} events queued"
 
     def _schedule_retry(self):
         if not self._running or self._retry_call is not None:
@@ -351,7 +429,7 @@ class BuildstoreClient:
         self._in_flight_bytes = 0
         if self._reported_unreachable:
             self._reported_unreachable = False
-            log.msg(f"buildstore: connected to {self.address}; resending {len(self.queue)} events")
+            log.msg(f"buildstore: connected to {self.address}; resending {self._held_summary()}")
         elif self.connections == 1:
             log.msg(f"buildstore: connected to {self.address}")
         if self.token is not None:
@@ -452,6 +530,12 @@ class BuildstoreClient:
         self._in_flight_bytes -= len(head.line)
         if self._in_flight == 0:
             self._cancel_watchdog()
+        if head.seq is not None and self.backlog is not None:
+            try:
+                self.backlog.acknowledged(head.seq)
+            except BacklogError as e:
+                self._backlog_failed(e)
+        self._refill()
         if self._drop_reported and self._has_room_again():
             log.msg(f"buildstore: queue has room again; {self.dropped} events were dropped")
             self._drop_reported = 0

@@ -16,6 +16,7 @@ on.
 from __future__ import annotations
 
 import json
+import os
 
 from buildbot import config
 from buildbot.util import service
@@ -25,6 +26,7 @@ from twisted.internet import task
 from twisted.python import log
 
 from buildstore_buildbot import events
+from buildstore_buildbot.backlog import open_backlog
 from buildstore_buildbot.builders import BuilderReports
 from buildstore_buildbot.client import BuildstoreClient
 from buildstore_buildbot.client import parse_address
@@ -35,6 +37,9 @@ from buildstore_buildbot.state import FinishedBuilds
 from buildstore_buildbot.state import RecentIds
 from buildstore_buildbot.state import StepState
 from buildstore_buildbot.state import takes_log
+
+# The backlog file's name, in the master's directory.
+DEFAULT_BACKLOG = "buildstore-backlog.sqlite"
 
 # The 3-part filters match every event of their kind (new, started, finished, append, ...).
 BUILDER_FILTER = ("builders", None, None)
@@ -79,8 +84,9 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
 
     ``address`` is ``tcp://HOST:PORT`` or ``unix:/PATH``; ``master_id`` names this master in
     every document. ``token`` (which may be a ``util.Secret``) is sent first when the daemon
-    requires one. ``queue_size`` and ``queue_bytes`` bound the events held while the daemon is
-    unreachable, in number and in bytes.
+    requires one. ``queue_size`` and ``queue_bytes`` bound the events held in memory while the
+    daemon is unreachable, in number and in bytes; further events go to the ``backlog`` file (in
+    the master's directory unless absolute; None for none), up to ``backlog_bytes``.
     """
 
     name = "BuildstoreReporter"
@@ -96,6 +102,8 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
         max_backoff=30.0,
         stop_timeout=5.0,
         queue_bytes=64 << 20,
+        backlog=DEFAULT_BACKLOG,
+        backlog_bytes=1 << 30,
     ):
         try:
             parse_address(address)
@@ -111,6 +119,14 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
             config.error("BuildstoreReporter: queue_bytes must be a positive integer")
         if not isinstance(max_backoff, (int, float)) or max_backoff <= 0:
             config.error("BuildstoreReporter: max_backoff must be a positive number of seconds")
+        if backlog is not None and (not isinstance(backlog, str) or not backlog):
+            config.error("BuildstoreReporter: backlog must be a file name or None")
+        if (
+            isinstance(backlog_bytes, bool)
+            or not isinstance(backlog_bytes, int)
+            or backlog_bytes < 1
+        ):
+            config.error("BuildstoreReporter: backlog_bytes must be a positive integer")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -118,6 +134,9 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
         self.master_id = None
         self._client_args = None
         self._stop_timeout = 5.0
+        self._backlog_file = DEFAULT_BACKLOG
+        self._backlog_bytes = 1 << 30
+        self._backlog = None
         self._consumers = []
         self._jobs = OrderedJobs()
         self._reset_state()
@@ -140,9 +159,17 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
         max_backoff=30.0,
         stop_timeout=5.0,
         queue_bytes=64 << 20,
+        backlog=DEFAULT_BACKLOG,
+        backlog_bytes=1 << 30,
     ):
         self.master_id = master_id
         self._stop_timeout = stop_timeout
+        self._backlog_bytes = backlog_bytes
+        if self._backlog is not None:
+            self._backlog.max_bytes = backlog_bytes
+            if backlog != self._backlog_file:
+                log.msg(f"buildstore: the backlog stays {self._backlog.path} until the next start")
+        self._backlog_file = backlog
         client_args = (address, token, max_backoff)
         if self.client is not None and client_args == self._client_args:
             self.client.set_queue_size(queue_size)
@@ -159,8 +186,11 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
         )
         self._client_args = client_args
         if old is not None:
-            # Events not yet acknowledged by the old address go to the new one.
+            # Events not yet acknowledged by the old address go to the new one, and so does the
+            # backlog: its waiting events follow those.
             self.client.take_queue(old)
+            if self._backlog is not None:
+                self.client.set_backlog(self._backlog)
             yield old.stop(0)
         if self.running:
             self.client.start()
@@ -176,6 +206,10 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
     async def startService(self):
         await super().startService()
         self._boot_ids = events.BuilderEventIds(f"{int(self.master.reactor.seconds() * 1000):x}")
+        if self._backlog_file is not None:
+            path = os.path.join(self.master.basedir, self._backlog_file)
+            self._backlog = open_backlog(path, self._backlog_bytes, log.msg)
+            self.client.set_backlog(self._backlog)
         self.client.start()
         handlers = [
             (BUILDER_FILTER, self._on_builder),
@@ -200,6 +234,9 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
         reactor = self.master.reactor
         await wait_at_most(reactor, self._jobs.wait(), self._stop_timeout)
         await self.client.stop(self._stop_timeout)
+        if self._backlog is not None:
+            self._backlog.close()
+            self._backlog = None
         self._reset_state()
         await super().stopService()
 

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -266,6 +267,9 @@ class Cluster:
                 ticks=TICKS,
             )
         )
+        self.run_master()
+
+    def run_master(self):
         self.master = subprocess.Popen(
             [tool("buildbot"), "start", "--nodaemon", str(self.master_dir)],
             stdout=subprocess.DEVNULL,
@@ -364,6 +368,11 @@ class Cluster:
 
     def buildbot_build(self, builder: str):
         reply = self.api_or_none(f"builders/{self.builderids[builder]}/builds")
+        builds = (reply or {}).get("builds") or []
+        return builds[0] if builds else None
+
+    def buildbot_build_number(self, builder: str, number: int):
+        reply = self.api_or_none(f"builders/{self.builderids[builder]}/builds?number={number}")
         builds = (reply or {}).get("builds") or []
         return builds[0] if builds else None
 
@@ -553,4 +562,55 @@ def test_daemon_killed_during_a_build_gets_everything_after_restart(cluster):
             r"buildstore: connected to \S+; resending [1-9][0-9]* events", master_log.read_text()
         )
         # Failures inside the plugin are logged as "buildstore: while ..." with a traceback.
+        assert "buildstore: while" not in master_log.read_text()
+
+
+def backlog_rows(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM events").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_master_stopped_during_an_outage_sends_its_events_after_its_restart(cluster):
+    """What the daemon never acknowledged outlives the master, in the plugin's backlog file."""
+    with cluster.explained():
+        cluster.kill_daemon()
+        cluster.force("nocode")
+        wait_for(
+            "the second nocode build to finish in Buildbot",
+            lambda: (cluster.buildbot_build_number("nocode", 2) or {}).get("complete"),
+        )
+        buildbot = cluster.buildbot_build_number("nocode", 2)
+        stop_process(cluster.master)  # SIGTERM: Buildbot's own clean shutdown
+        assert cluster.master.returncode == 0
+        master_log = cluster.master_dir / "twistd.log"
+        assert re.search(
+            r"buildstore: stopping with [1-9][0-9]* events not acknowledged by \S+; they are "
+            r"kept in the backlog \S+buildstore-backlog.sqlite and sent at the next start",
+            master_log.read_text(),
+        )
+        backlog = cluster.master_dir / "buildstore-backlog.sqlite"
+        assert backlog_rows(backlog) > 0
+
+        cluster.start_daemon()
+        cluster.run_master()
+
+        def second_build():
+            docs = [
+                b
+                for b in cluster.export("builds")
+                if b["builder"] == "nocode" and b["number"] == 2 and b["result"] is not None
+            ]
+            steps = cluster.steps_of(docs[0]) if docs else []
+            return (docs[0], steps) if len(steps) == 2 else None
+
+        build, (_, hello) = wait_for("the build of the outage in the store", second_build)
+        assert build["result"] == 0
+        assert epoch(build["time_end"]) == buildbot["complete_at"]
+        assert (hello["name"], hello["result"], hello["stdout"]) == ("hello", 0, "hello\n")
+        wait_for(
+            "the backlog's rows to be deleted once acknowledged", lambda: backlog_rows(backlog) == 0
+        )
         assert "buildstore: while" not in master_log.read_text()

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 
 from buildstore_buildbot import events
 from buildstore_buildbot.client import BuildstoreClient
-from buildstore_buildbot.client import encode_event
 from buildstore_buildbot.client import parse_address
+from buildstore_buildbot.encoding import encode_event
 
 
 class _DaemonConnection(LineReceiver):

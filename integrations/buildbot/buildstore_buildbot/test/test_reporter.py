@@ -44,6 +44,7 @@ class RecordingClient:
         self.events = []
         self.started = False
         self.stopped = False
+        self.backlog = None
 
     def start(self):
         self.started = True
@@ -58,9 +59,13 @@ class RecordingClient:
     def set_queue_bytes(self, size):
         self.queue_bytes = size
 
+    def set_backlog(self, backlog):
+        self.backlog = backlog
+
     def take_queue(self, other):
         self.queue.extend(other.queue)
         other.queue.clear()
+        other.backlog = None
 
     def stop(self, timeout=5.0):
         self.stopped = True
@@ -579,6 +584,9 @@ class TestConfig(unittest.TestCase):
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_size": 0},
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_bytes": 0},
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_bytes": "64M"},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "backlog": ""},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "backlog": 5},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "backlog_bytes": 0},
         ):
             with self.assertRaises(ConfigErrors, msg=kwargs):
                 with capture_config_errors(raise_on_error=True):

@@ -1,0 +1,43 @@
+"""Events as the daemon reads them: one line of strict JSON each."""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def encode_event(event: dict) -> str:
+    """``event`` as one line of strict JSON, the only JSON the daemon takes.
+
+    Build properties can hold any Python value, and one the event can't carry must not cost the
+    event: a ``build_started`` lost that way gets every later event of its build rejected. So a
+    float that JSON has no spelling for goes as the string "NaN", "Infinity" or "-Infinity", and
+    any other value JSON can't hold (an arbitrary object) as its ``str()``. The floats are
+    replaced wherever they are in the event, not only in property values: that is simplest, and
+    the plugin's own fields (times, offsets) never hold such floats.
+    """
+    try:
+        return _dumps(event)
+    except ValueError:  # a non-finite float somewhere: rare, so only then walk the event
+        return _dumps(_finite(event))
+
+
+def _dumps(value) -> str:
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
+    )
+
+
+def _finite(value):
+    """``value`` with each NaN or infinite float, also as a dict key, spelled as a string."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {(_finite(k) if isinstance(k, float) else k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

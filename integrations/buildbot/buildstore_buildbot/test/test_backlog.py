@@ -1,0 +1,236 @@
+"""The backlog file: what the queue can't hold, and what a stopping master leaves, is not lost."""
+
+import os
+import sqlite3
+import tempfile
+
+from twisted.internet import defer
+
+from buildstore_buildbot import BuildstoreReporter
+from buildstore_buildbot.backlog import Backlog
+from buildstore_buildbot.backlog import BacklogError
+from buildstore_buildbot.backlog import open_backlog
+from buildstore_buildbot.test.test_client import ClientTestCase
+from buildstore_buildbot.test.test_client import event
+from buildstore_buildbot.test.test_client import until
+from buildstore_buildbot.test.test_reporter import ReporterTestCase
+
+
+def rows(path):
+    """The event ids in the file, in order, read the way another process would."""
+    db = sqlite3.connect(path)
+    try:
+        return [r[0] for r in db.execute("SELECT event_id FROM events ORDER BY seq")]
+    finally:
+        db.close()
+
+
+class BacklogTestCase(ClientTestCase):
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(tempfile.mkdtemp(), "backlog.sqlite")
+
+    def backlog(self, max_bytes=1 << 30):
+        b = Backlog(self.path, max_bytes)
+        self.addCleanup(b.close)
+        return b
+
+    def ids(self, n, m):
+        return [f"e{i}" for i in range(n, m)]
+
+    def received(self, count):
+        """Whether the daemon's latest connection has ``count`` events."""
+        return lambda: bool(self.daemon.connections) and len(self.daemon.ids()) == count
+
+
+class TestOverflow(BacklogTestCase):
+    @defer.inlineCallbacks
+    def test_events_past_the_queue_wait_in_the_backlog_and_all_arrive_in_order(self):
+        c = self.client(queue_size=5)
+        c.set_backlog(self.backlog())
+        for n in range(50):  # the daemon not connected yet: an outage
+            self.assertTrue(c.send(event(n)))
+        self.assertEqual(len(c.queue), 5)
+        self.assertEqual(c.backlog.waiting, 45)
+        self.assertEqual(c.dropped, 0)
+        self.assertEqual(rows(self.path), self.ids(5, 50))
+        self.assertTrue(self.logs.matching("keeping further events in the backlog"))
+
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), self.ids(0, 50))
+        self.assertEqual(c.acknowledged, 50)
+        self.assertEqual(rows(self.path), [])  # acknowledged rows leave the file
+        self.assertEqual(c.backlog.bytes, 0)
+        self.assertTrue(self.logs.matching("has caught up; 45 events went through it"))
+
+    @defer.inlineCallbacks
+    def test_events_sent_while_the_backlog_drains_queue_behind_it(self):
+        c = self.client(queue_size=10)
+        c.set_backlog(self.backlog())
+        for n in range(12):
+            c.send(event(n))
+
+        def answer(e, n):
+            self.daemon.hold = n >= 1  # acks e0, then takes lines without answering
+            return {"ack": e["event_id"]}
+
+        self.daemon.answer = answer
+        c.start()
+        yield until(self.received(10))
+        self.assertEqual(len(c.queue), 9)  # room for one, but e10 and e11 wait in the file
+        c.send(event(12))
+        self.assertEqual(rows(self.path), ["e10", "e11", "e12"])
+
+        yield self.daemon.stop()  # the held lines were never answered: they are sent again
+        self.daemon.hold = False
+        self.daemon.answer = lambda e, n: {"ack": e["event_id"]}
+        self.daemon.listen(self.port)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), self.ids(1, 13))
+        c.send(event(13))  # the backlog is empty again: straight into the queue
+        self.assertEqual(rows(self.path), [])
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids()[-1], "e13")
+
+    def test_rows_leave_the_file_only_once_acknowledged(self):
+        # A master killed while rows taken from the backlog were in flight sends them again at
+        # its next start; only the events that never left memory are lost.
+        c = self.client(queue_size=3)
+        c.set_backlog(self.backlog())
+        for n in range(10):
+            c.send(event(n))
+        self.assertEqual(rows(self.path), self.ids(3, 10))
+
+        def answer(e, n):
+            self.daemon.hold = n >= 3  # acks e0 to e2, then takes lines without answering
+            return {"ack": e["event_id"]}
+
+        self.daemon.answer = answer
+        c.start()
+        d = until(self.received(6))
+
+        def check(_):
+            self.assertEqual([p.event_id for p in c.queue], self.ids(3, 6))  # from the file
+            self.assertEqual(rows(self.path), self.ids(3, 10))
+
+        return d.addCallback(check)
+
+    def test_past_backlog_bytes_events_are_dropped_with_a_log_line(self):
+        line = len(b'{"type":"builder_state","master_id":"m1","event_id":"e0","builder":"b",')
+        c = self.client(queue_size=2)
+        c.set_backlog(self.backlog(max_bytes=10 * line))
+        sent = [c.send(event(n)) for n in range(20)]
+        self.assertEqual(c.dropped, sent.count(False))
+        self.assertTrue(0 < c.dropped < 18)
+        self.assertLessEqual(c.backlog.bytes, 10 * line)
+        (message,) = self.logs.matching("dropping event")
+        self.assertIn("backlog full", message)
+        self.assertIn("the backlog_bytes bound", message)
+
+    @defer.inlineCallbacks
+    def test_an_event_larger_than_the_whole_queue_goes_out_alone(self):
+        big = dict(event(1), state="x" * 4000)
+        c = self.client(queue_bytes=1000)
+        c.set_backlog(self.backlog())
+        for e in (event(0), big, event(2)):
+            self.assertTrue(c.send(e))
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+
+
+class TestStop(BacklogTestCase):
+    @defer.inlineCallbacks
+    def test_a_stopping_client_keeps_what_is_unacknowledged_for_the_next_start(self):
+        backlog = Backlog(self.path, 1 << 30)
+        c = self.client(queue_size=4)
+        c.set_backlog(backlog)
+        self.daemon.hold = True
+        c.start()
+        for n in range(10):
+            c.send(event(n))
+        yield until(self.received(4))
+        yield c.stop(timeout=0.1)
+        backlog.close()
+        self.assertEqual(rows(self.path), self.ids(0, 10))
+        self.assertTrue(self.logs.matching("10 events not acknowledged"))
+        self.assertTrue(self.logs.matching("sent at the next start"))
+
+        # The next start: the kept events go before anything the master sends meanwhile.
+        self.daemon.hold = False
+        c2 = self.client()
+        c2.set_backlog(self.backlog())
+        c2.send(event(10))
+        c2.start()
+        yield c2.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), self.ids(0, 11))
+        self.assertEqual(rows(self.path), [])
+
+    @defer.inlineCallbacks
+    def test_a_second_stop_keeps_the_order_of_both(self):
+        # Stopped twice during one outage: what the second run queued goes after the first's.
+        for first, last in ((0, 6), (6, 9)):
+            backlog = Backlog(self.path, 1 << 30)
+            c = self.client(queue_size=4)
+            c.set_backlog(backlog)  # never connected: the daemon is down
+            for n in range(first, last):
+                c.send(event(n))
+            yield c.stop(timeout=0.1)
+            backlog.close()
+        self.assertEqual(rows(self.path), self.ids(0, 9))
+
+    @defer.inlineCallbacks
+    def test_without_a_backlog_what_is_unacknowledged_at_stop_is_lost(self):
+        c = self.client()
+        c.send(event(0))
+        yield c.stop(timeout=0.1)
+        self.assertTrue(self.logs.matching("1 events not acknowledged"))
+        self.assertTrue(self.logs.matching("they are lost"))
+
+
+class TestFile(BacklogTestCase):
+    def test_an_unreadable_file_is_moved_aside_and_a_new_one_started(self):
+        with open(self.path, "wb") as f:
+            f.write(b"not a database, " * 100)
+        said = []
+        backlog = open_backlog(self.path, 1 << 30, said.append)
+        self.addCleanup(backlog.close)
+        (message,) = said
+        self.assertIn(f"cannot open backlog {self.path}", message)
+        self.assertIn("moved it to", message)
+        aside = message.split("moved it to ")[1].split(" ")[0]
+        with open(aside, "rb") as f:
+            self.assertTrue(f.read().startswith(b"not a database"))
+        backlog.append("e0", b"{}\n")
+        self.assertEqual(rows(self.path), ["e0"])
+
+    def test_a_backlog_in_a_missing_directory_is_none_and_says_why(self):
+        said = []
+        missing = os.path.join(self.path, "nowhere", "backlog.sqlite")
+        self.assertIsNone(open_backlog(missing, 1 << 30, said.append))
+        (message,) = said
+        self.assertIn(missing, message)
+        self.assertIn("will be dropped", message)
+
+
+class TestReporter(ReporterTestCase):
+    def test_the_reporter_keeps_its_backlog_in_the_masters_directory(self):
+        backlog = self.reporter.client.backlog
+        expected = os.path.join(self.master.basedir, "buildstore-backlog.sqlite")
+        self.assertEqual(backlog.path, expected)
+        self.assertTrue(os.path.exists(expected))
+
+    @defer.inlineCallbacks
+    def test_a_new_client_takes_over_the_backlog(self):
+        backlog = self.reporter.client.backlog
+        sibling = BuildstoreReporter("unix:/run/b.sock", master_id="m1")
+        yield self.reporter.reconfigServiceWithSibling(sibling)
+        self.assertIs(self.reporter.client.backlog, backlog)
+
+    @defer.inlineCallbacks
+    def test_the_backlog_is_closed_when_the_master_stops(self):
+        backlog = self.reporter.client.backlog
+        yield self.reporter.disownServiceParent()  # stops it
+        with self.assertRaisesRegex(BacklogError, "closed database"):
+            backlog.append("e0", b"{}\n")
