@@ -20,6 +20,7 @@ use super::doc_size::{
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
 use super::state::{BuildSnapshot, BuildState, StepState};
+use super::storable::{above_i64, one_line};
 
 /// The knobs of the rules.
 #[derive(Debug, Clone)]
@@ -248,7 +249,7 @@ impl Core {
         };
         let mut state = BuildState::from_doc(&doc).map_err(|message| RuleError::Unstorable {
             field: "properties".into(),
-            message: format!("cannot be stored ({message})"),
+            message: format!("cannot be stored ({})", one_line(&message)),
         })?;
         let mut out = vec![
             Mutation::EnsureBuilder {
@@ -397,7 +398,7 @@ impl Core {
         }
         let value_bytes = document_len(&property).map_err(|message| RuleError::Unstorable {
             field: "value".into(),
-            message: format!("cannot be stored ({message})"),
+            message: format!("cannot be stored ({})", one_line(&message)),
         })?;
         let bytes = document_field_len(&e.name, value_bytes);
         let build = self.build_mut(master, &e.build_id)?;
@@ -528,9 +529,18 @@ fn property_doc(
     value: &serde_json::Value,
     source: Option<String>,
 ) -> Result<PropertyDoc, RuleError> {
+    if let Some(n) = above_i64(value) {
+        return Err(RuleError::Unstorable {
+            field: field.to_owned(),
+            message: format!(
+                "cannot be stored (the whole number {n} is above {}, the largest a document holds)",
+                i64::MAX
+            ),
+        });
+    }
     let value = bson::to_bson(value).map_err(|e| RuleError::Unstorable {
         field: field.to_owned(),
-        message: format!("cannot be stored ({e})"),
+        message: format!("cannot be stored ({})", one_line(&e.to_string())),
     })?;
     Ok(PropertyDoc { value, source })
 }

@@ -9,6 +9,7 @@ mod fold;
 mod inline_log;
 mod mutation;
 mod state;
+mod storable;
 
 pub use changeset::{ChangesetPolicy, MAX_HASH_BYTES};
 pub use doc_size::{

@@ -1,0 +1,49 @@
+//! What JSON can say that a document cannot hold, and how the refusal reads.
+//!
+//! JSON numbers have no bound, and BSON's largest whole number is `i64::MAX`. The BSON library's
+//! own messages for such values run over several indented lines, which a one-line error reply
+//! or log line can't show.
+
+use serde_json::Value;
+
+/// The first whole number in `value` above `i64::MAX`, if any. Parsing has already turned whole
+/// numbers beyond `u64` into floats, and those below `i64::MIN` too, so these are the only ones
+/// left that BSON refuses.
+pub(crate) fn above_i64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64().filter(|&n| i64::try_from(n).is_err()),
+        Value::Array(items) => items.iter().find_map(above_i64),
+        Value::Object(fields) => fields.values().find_map(above_i64),
+        _ => None,
+    }
+}
+
+/// `message` on one line: every run of whitespace, line breaks included, as one space.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_first_whole_number_above_i64_is_found_at_any_depth() {
+        let big = i64::MAX as u64 + 1;
+        assert_eq!(above_i64(&json!({"a": [1, {"b": big}]})), Some(big));
+        assert_eq!(
+            above_i64(&json!([i64::MAX, i64::MIN, -1, 1.5, "9223372036854775808"])),
+            None
+        );
+        assert_eq!(above_i64(&json!(u64::MAX)), Some(u64::MAX));
+    }
+
+    #[test]
+    fn messages_lose_their_line_breaks_and_indentation() {
+        assert_eq!(
+            one_line("no unsigned.\n      An attempt  failed."),
+            "no unsigned. An attempt failed."
+        );
+    }
+}
