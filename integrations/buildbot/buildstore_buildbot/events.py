@@ -74,8 +74,32 @@ def sourced_properties(props: dict | None) -> dict:
     out = {}
     for name, pair in (props or {}).items():
         value, source = split_property(pair)
-        out[name] = {"value": value, "source": source}
+        out[name] = {"value": storable(value), "source": source}
     return out
+
+
+# The whole numbers a document can hold (BSON's 64-bit integer).
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def storable(value: Any) -> Any:
+    """A property value as the daemon can store it: a whole number outside 64 bits as its text,
+    and a NUL in a key as U+FFFD.
+
+    The daemon refuses the first (no document can hold it exactly) and the second, and a refused
+    ``build_started`` would cost its whole build; Python's integers have no bound. Anything else
+    is returned as it is, and most values are a string or a small number, checked at once.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+    if isinstance(value, dict):
+        return {
+            (k.replace("\x00", "\ufffd") if isinstance(k, str) else k): storable(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
 
 
 def split_property(pair: Any) -> tuple[Any, str | None]:
@@ -227,7 +251,7 @@ def property_event(master_id, buildid: int, name: str, value: Any, source: Any, 
         f"build-{buildid}-property-{digest}{suffix}",
         build_id=buildid,
         name=name,
-        value=value,
+        value=storable(value),
         source=source,
     )
 

@@ -18,6 +18,20 @@ class TestValues(unittest.TestCase):
         self.assertEqual(events.epoch(1773324451), 1773324451)
         self.assertIsNone(events.epoch(None))
 
+    def test_property_values_a_document_cannot_hold_are_sent_as_text(self):
+        # The daemon refuses a whole number outside 64 bits and a NUL in a key; a refused
+        # build_started would cost the whole build.
+        big = 1 << 63
+        value = {"id": big, "n\x00": [-big, -big - 1, big - 1, True, 1.5, "x", None]}
+        props = events.sourced_properties({"p": (value, "Set")})
+        self.assertEqual(
+            props["p"]["value"],
+            {"id": str(big), "n\ufffd": [-big, str(-big - 1), big - 1, True, 1.5, "x", None]},
+        )
+        event = events.property_event("m1", 42, "huge", 10**30, "Build")
+        self.assertEqual(event["value"], "1" + "0" * 30)
+        self.assertEqual(events.property_event("m1", 42, "n", 7, "Build")["value"], 7)
+
     def test_results_pass_through_and_unknown_is_exception(self):
         self.assertEqual([events.result_code(r) for r in range(7)], list(range(7)))
         for odd in (None, 7, -1, True, "0"):
