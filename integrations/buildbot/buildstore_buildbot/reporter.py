@@ -292,6 +292,11 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
             known.number, known.name = step["number"], step["name"]
         if what in ("started", "finished"):
             self._jobs.add(("build", buildid), self._step_changed, step, what)
+        elif known is None and buildid not in self._builds:
+            # A "new" or "updated" message sends nothing. Of a build not (yet) reported, the
+            # entry is kept only if the jobs before this one report the build: one that ended
+            # unseen would get no message to free it.
+            self._jobs.add(("build", buildid), self._forget_unreported_step, stepid, buildid)
 
     def _on_log(self, key, logdict):
         if logdict.get("type") != "s":
@@ -459,6 +464,11 @@ class BuildstoreReporter(BuilderReports, service.BuildbotService):
             await self._catch_up_log(state)
             state.finished = True
             self._send(events.step_finished(self.master_id, step))
+
+    async def _forget_unreported_step(self, stepid, buildid):
+        state = self._steps.get(stepid)
+        if buildid not in self._builds and state is not None and not state.started:
+            del self._steps[stepid]
 
     def _drop_step(self, stepid, buildid):
         """Forgets a step whose build is not reported; one of another master's is remembered as

@@ -69,6 +69,14 @@ class TestCompleteBuilds(ReporterTestCase):
         self.assertEqual(self.take(), [])
 
     @defer.inlineCallbacks
+    def test_a_late_new_or_updated_step_message_keeps_no_state(self):
+        stepid, _, _ = yield self.run_unseen()
+        for what in ("new", "updated"):
+            yield self.step_message(stepid, what)
+            self.assertEqual(self.take(), [])
+            self.assertEqual((self.reporter._builds, self.reporter._steps), ({}, {}))
+
+    @defer.inlineCallbacks
     def test_a_late_property_message_starts_and_finishes_the_build(self):
         yield self.run_unseen()
         yield self.master.db.builds.setBuildProperty(20, "got_revision", HEAD, "Git")
