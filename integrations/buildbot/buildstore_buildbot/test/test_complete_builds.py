@@ -120,11 +120,7 @@ class TestCompleteBuilds(ReporterTestCase):
         yield self.master.db.builds.finishBuild(buildid=20, results=0)
         yield self.build_message("finished")
         first = {e["event_id"] for e in self.take() if not e["type"].startswith("builder_")}
-        yield self.master.db.insert_test_data(
-            [
-                self.build_row(21, 413)
-            ]
-        )
+        yield self.master.db.insert_test_data([self.build_row(21, 413)])
         yield self.build_message("new", 21)
         yield self.master.db.builds.finishBuild(buildid=21, results=0)
         yield self.build_message("finished", 21)
