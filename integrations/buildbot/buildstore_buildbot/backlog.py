@@ -11,6 +11,10 @@ file (Python's own ``sqlite3``) in the master's directory:
   next start (the daemon skips what it already had, by ``event_id``);
 - a stopping master writes the events still unacknowledged in front of the rest.
 
+The file also lists the builds reported as started and not yet as finished. A master killed or
+crashed during a build never reports its end: Buildbot finishes such builds (as RETRY) at the next
+start, before the plugin is listening, so the plugin looks at the builds listed here instead.
+
 The file is written only in those cases, from the reactor's thread: each append is one small
 transaction in write-ahead-log mode with ``synchronous=NORMAL``, which survives the master's
 process dying but not the machine losing power before the system wrote it out.
@@ -27,7 +31,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     event_id TEXT,
     line BLOB NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS running (buildid INTEGER PRIMARY KEY);
 """
 
 # Acknowledged rows are deleted in groups rather than one transaction per reply; rows acknowledged
@@ -145,6 +150,19 @@ class Backlog:
         if lines:
             self._first_waiting = base
 
+    def build_started(self, buildid: int) -> None:
+        self._execute("INSERT OR IGNORE INTO running (buildid) VALUES (?)", (buildid,))
+
+    def build_finished(self, buildid: int) -> None:
+        self._execute("DELETE FROM running WHERE buildid = ?", (buildid,))
+
+    def running_builds(self) -> list[int]:
+        """The builds reported as started and not as finished, oldest id first."""
+        try:
+            return [r[0] for r in self._db.execute("SELECT buildid FROM running ORDER BY buildid")]
+        except sqlite3.Error as e:
+            raise BacklogError(f"cannot read backlog {self.path}: {e}") from e
+
     def close(self) -> None:
         if self._acked is not None:
             try:
@@ -180,7 +198,7 @@ def _open(path: str) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(SCHEMA)
+        db.executescript(SCHEMA)
         db.commit()
     except sqlite3.Error:
         db.close()

@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildstore_buildbot import events
+from buildstore_buildbot.backlog import BacklogError
 from buildstore_buildbot.backlog import open_backlog
 from buildstore_buildbot.builders import BuilderReports
 from buildstore_buildbot.client import BuildstoreClient
@@ -197,6 +198,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             self._backlog = open_backlog(path, self._backlog_bytes, log.msg)
             self.client.set_backlog(self._backlog)
         self.client.start()
+        self._recover_running_builds()
         handlers = [
             (BUILDER_FILTER, self._on_builder),
             (BUILD_FILTER, self._on_build),
@@ -364,6 +366,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             state.seen[(name, key)] = 1
         self._builds[buildid] = state
         self._send(event)
+        self._record("build_started", buildid)
         if read and (build.get("complete") or build.get("complete_at") is not None):
             # A late message about a build that ended before this service started, or that
             # _finished no longer holds: no "finished" message will come to free this state.
@@ -381,6 +384,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         if state is None:  # finished by an earlier job
             return
         self._send(events.build_finished(self.master_id, build))
+        self._record("build_finished", buildid)
         steps = [s for s in self._steps.values() if s.buildid == buildid]
         for step in steps:
             del self._steps[step.stepid]
@@ -414,6 +418,61 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         finally:
             # Even if a step read fails: left in _builds, the state would never be freed.
             self._finish(build)
+
+    def _record(self, what: str, buildid: int):
+        """Notes in the backlog file that the build was reported as started, or as finished."""
+        if self._backlog is None:
+            return
+        try:
+            getattr(self._backlog, what)(buildid)
+        except BacklogError as e:
+            log.msg(
+                f"buildstore: {e}; build {buildid} is not recorded as {what.removeprefix('build_')}"
+            )
+
+    def _recover_running_builds(self):
+        if self._backlog is None:
+            return
+        try:
+            running = self._backlog.running_builds()
+        except BacklogError as e:
+            log.msg(f"buildstore: {e}; builds cut short by a crash stay unfinished")
+            return
+        if running:
+            log.msg(
+                f"buildstore: {len(running)} builds were reported as started and not as "
+                f"finished when the plugin last stopped; reporting them again: {running}"
+            )
+        for buildid in running:
+            self._jobs.add(("build", buildid), self._recover_build, buildid)
+
+    async def _recover_build(self, buildid):
+        """Reports again, from Buildbot's database, a build the plugin had reported as started
+        and not as finished when it last stopped.
+
+        Either the master was killed or crashed during the build, and Buildbot, starting again,
+        finished it and its steps (as RETRY) before this service listened; or this service was
+        stopped and started again while the build ran on. Events the daemon has come with the
+        ids it already applied, and log text with offsets it has, so it skips them; what it
+        lacks is applied. A complete build is finished once this job is done (``_ensure_build``
+        queues that).
+        """
+        state = await self._ensure_build(buildid)
+        if state is None:  # gone from the database, or no longer this master's
+            self._record("build_finished", buildid)
+            return
+        for step in await self.master.data.get(("builds", buildid, "steps")) or []:
+            if step.get("started_at") is None:
+                continue
+            stepid = step["stepid"]
+            step_state = self._steps.setdefault(
+                stepid, StepState(stepid, buildid, step["number"], step["name"])
+            )
+            self._ensure_step_started(step_state, step)
+            if step.get("complete") and not step_state.finished:
+                await self._catch_up_log(step_state)
+                step_state.finished = True
+                self._send(events.step_finished(self.master_id, step))
 
     async def _properties_changed(self, buildid, props):
         # A property set after the build's end still counts (a got_revision correcting the

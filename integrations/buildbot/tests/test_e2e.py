@@ -376,8 +376,12 @@ class Cluster:
         builds = (reply or {}).get("builds") or []
         return builds[0] if builds else None
 
-    def buildbot_log(self, builder: str, step: str) -> str:
-        build = self.buildbot_build(builder)
+    def buildbot_log(self, builder: str, step: str, number: int | None = None) -> str:
+        """The step's stdio log as Buildbot keeps it: each line with its stream's letter first."""
+        if number is None:
+            build = self.buildbot_build(builder)
+        else:
+            build = self.buildbot_build_number(builder, number)
         if build is None:
             return ""
         reply = self.api_or_none(f"builds/{build['buildid']}/steps/{step}/logs/stdio/contents")
@@ -565,12 +569,22 @@ def test_daemon_killed_during_a_build_gets_everything_after_restart(cluster):
         assert "buildstore: while" not in master_log.read_text()
 
 
-def backlog_rows(path: Path) -> int:
+def backlog_rows(path: Path, table: str = "events") -> int:
     db = sqlite3.connect(path)
     try:
-        return db.execute("SELECT count(*) FROM events").fetchone()[0]
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     finally:
         db.close()
+
+
+def stored_build(cluster, builder: str, number: int):
+    """The build's document and its steps (``worker_preparation`` first), once it has a result."""
+    docs = [
+        b
+        for b in cluster.export("builds")
+        if b["builder"] == builder and b["number"] == number and b["result"] is not None
+    ]
+    return (docs[0], cluster.steps_of(docs[0])) if docs else None
 
 
 def test_master_stopped_during_an_outage_sends_its_events_after_its_restart(cluster):
@@ -598,13 +612,8 @@ def test_master_stopped_during_an_outage_sends_its_events_after_its_restart(clus
         cluster.run_master()
 
         def second_build():
-            docs = [
-                b
-                for b in cluster.export("builds")
-                if b["builder"] == "nocode" and b["number"] == 2 and b["result"] is not None
-            ]
-            steps = cluster.steps_of(docs[0]) if docs else []
-            return (docs[0], steps) if len(steps) == 2 else None
+            found = stored_build(cluster, "nocode", 2)
+            return found if found and len(found[1]) == 2 else None
 
         build, (_, hello) = wait_for("the build of the outage in the store", second_build)
         assert build["result"] == 0
@@ -614,3 +623,43 @@ def test_master_stopped_during_an_outage_sends_its_events_after_its_restart(clus
             "the backlog's rows to be deleted once acknowledged", lambda: backlog_rows(backlog) == 0
         )
         assert "buildstore: while" not in master_log.read_text()
+
+
+def test_a_build_cut_short_by_a_killed_master_is_finished_after_its_restart(cluster):
+    """Buildbot finishes such a build as RETRY when it starts again, before the plugin listens;
+    the plugin's backlog file lists it as running, so the plugin reports its end."""
+    with cluster.explained():
+        cluster.wait_ready()
+        cluster.force("slow")
+
+        def ticking():
+            docs = [b for b in cluster.export("builds") if b["builder"] == "slow"]
+            second = [b for b in docs if b["number"] == 2]
+            steps = cluster.steps_of(second[0]) if second else []
+            return any("tick 1" in (s.get("stdout") or "") for s in steps)
+
+        wait_for("the second slow build's first output in the store", ticking)
+        cluster.master.send_signal(signal.SIGKILL)
+        cluster.master.wait(10)
+        backlog = cluster.master_dir / "buildstore-backlog.sqlite"
+        assert backlog_rows(backlog, "running") == 1
+        cluster.run_master()
+
+        def finished():
+            found = stored_build(cluster, "slow", 2)
+            return found if found and all(s["result"] is not None for s in found[1][:2]) else None
+
+        build, steps = wait_for("the cut-short build's end in the store", finished)
+        buildbot = cluster.buildbot_build_number("slow", 2)
+        assert buildbot["results"] == 5  # RETRY, set by Buildbot at its start
+        assert build["result"] == 5
+        assert epoch(build["time_end"]) == buildbot["complete_at"]
+        ticks = steps[1]
+        assert ticks["name"] == "ticks" and ticks["result"] == 5
+        # Every line Buildbot got before the kill, once, though the plugin sent the log again.
+        stored = ticks["stdout"]
+        assert stored == "".join(f"tick {i}\n" for i in range(1, stored.count("tick") + 1))
+        raw = cluster.buildbot_log("slow", "ticks", number=2)
+        assert stored == "".join(line[1:] + "\n" for line in raw.splitlines() if line[:1] == "o")
+        wait_for("the build's end to be recorded", lambda: backlog_rows(backlog, "running") == 0)
+        assert "buildstore: while" not in (cluster.master_dir / "twistd.log").read_text()

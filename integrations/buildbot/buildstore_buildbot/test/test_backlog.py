@@ -4,7 +4,9 @@ import os
 import sqlite3
 import tempfile
 
+from buildbot.process.results import RETRY
 from twisted.internet import defer
+from twisted.python import log
 
 from buildstore_buildbot import BuildstoreReporter
 from buildstore_buildbot.backlog import Backlog
@@ -13,6 +15,7 @@ from buildstore_buildbot.backlog import open_backlog
 from buildstore_buildbot.test.test_client import ClientTestCase
 from buildstore_buildbot.test.test_client import event
 from buildstore_buildbot.test.test_client import until
+from buildstore_buildbot.test.test_reporter import RecordingClient
 from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
 
@@ -234,3 +237,85 @@ class TestReporter(ReporterTestCase):
         yield self.reporter.disownServiceParent()  # stops it
         with self.assertRaisesRegex(BacklogError, "closed database"):
             backlog.append("e0", b"{}\n")
+
+
+class TestRunningBuilds(ReporterTestCase):
+    """The backlog file lists the builds reported as started and not as finished."""
+
+    def setUp(self):
+        self.messages = []
+        log.addObserver(self._observe)
+        self.addCleanup(log.removeObserver, self._observe)
+        return super().setUp()
+
+    def _observe(self, event):
+        self.messages.append(" ".join(str(m) for m in event.get("message", ())))
+
+    def logs_matching(self, text):
+        return [m for m in self.messages if text in m]
+
+    @defer.inlineCallbacks
+    def test_a_build_cut_short_by_a_crash_is_finished_at_the_next_start(self):
+        stepid, number, logid = yield self.start_build_with_step()
+        yield self.master.db.logs.appendLog(logid, "ofirst\n")
+        yield self.log_message(logid)
+        backlog = self.reporter.client.backlog
+        self.assertEqual(backlog.running_builds(), [20])
+
+        # The master dies. Starting again, Buildbot finishes the build and its step as RETRY
+        # before the plugin listens; the step's last output came just before the end.
+        yield self.master.db.logs.appendLog(logid, "osecond\n")
+        yield self.master.db.steps.finishStep(stepid=stepid, results=RETRY, hidden=False)
+        yield self.master.db.builds.finishBuild(buildid=20, results=RETRY)
+        self.take()
+        self.reporter._reset_state()  # what the dead process held is gone
+        self.reporter._recover_running_builds()
+        yield self.reporter.wait_idle()
+
+        sent = self.take()
+        self.assertEqual(
+            [e["type"] for e in sent],
+            ["build_started", "step_started", "log", "step_finished", "build_finished"],
+        )
+        self.assertEqual(sent[0]["event_id"], "build-20-started")  # as before: skipped
+        # The whole log, from its start: the daemon keeps only the part it lacks.
+        self.assertEqual((sent[2]["offset"], sent[2]["text"]), (0, "first\nsecond\n"))
+        self.assertEqual((sent[3]["step"], sent[3]["result"]), (number, RETRY))
+        self.assertEqual((sent[4]["build_id"], sent[4]["result"]), (20, RETRY))
+        self.assertEqual(backlog.running_builds(), [])
+        self.assertEqual((self.reporter._builds, self.reporter._steps), ({}, {}))
+        self.assertTrue(self.logs_matching("reporting them again: [20]"))
+
+    @defer.inlineCallbacks
+    def test_a_build_still_running_after_a_restart_of_the_service_goes_on(self):
+        stepid, number, logid = yield self.start_build_with_step()
+        yield self.reporter.disownServiceParent()  # stops it, like a reconfig that removes it
+        yield self.master.db.logs.appendLog(logid, "owhile stopped\n")
+        self.reporter = BuildstoreReporter("tcp://127.0.0.1:9989", master_id="m1")
+        self.reporter.client_class = RecordingClient
+        yield self.reporter.setServiceParent(self.master)
+        yield self.reporter.wait_idle()
+        sent = [e for e in self.take() if not e["type"].startswith("builder_")]
+        self.assertEqual(
+            [e["type"] for e in sent], ["build_started", "step_started"]
+        )  # ids the daemon applied: skipped
+        # The build goes on as if the service had never stopped.
+        yield self.master.db.logs.appendLog(logid, "oafter\n")
+        yield self.log_message(logid)
+        yield self.finish_step(stepid)
+        yield self.master.db.builds.finishBuild(buildid=20, results=0)
+        yield self.build_message("finished")
+        sent = [e for e in self.take() if not e["type"].startswith("builder_")]
+        self.assertEqual([e["type"] for e in sent], ["log", "step_finished", "build_finished"])
+        self.assertEqual(sent[0]["text"], "while stopped\nafter\n")
+        self.assertEqual(self.reporter.client.backlog.running_builds(), [])
+
+    @defer.inlineCallbacks
+    def test_a_listed_build_gone_from_the_database_is_forgotten(self):
+        backlog = self.reporter.client.backlog
+        backlog.build_started(999)
+        self.take()
+        self.reporter._recover_running_builds()
+        yield self.reporter.wait_idle()
+        self.assertEqual(self.take(), [])
+        self.assertEqual(backlog.running_builds(), [])
