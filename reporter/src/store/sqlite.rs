@@ -151,6 +151,15 @@ fn upgrade(
     conn: &mut Connection,
     err: &impl Fn(rusqlite::Error) -> StoreError,
 ) -> Result<(), StoreError> {
+    // A file at this layout is not written at all. Every open would otherwise commit (the
+    // version, at least), and such a commit by `export` or the web view, between the reads and
+    // the writes of the daemon's batch, made that batch fail with "database is locked".
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if version == LAYOUT_VERSION {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -372,7 +381,12 @@ impl Apply for SqliteStore {
         }
         let err = self.sql_error();
         self.run(move |conn| {
-            let tx = conn.transaction().map_err(&err)?;
+            // Immediate: the write lock is taken, or waited for, before the batch reads. A
+            // deferred transaction that read first would fail at its first write, without
+            // waiting, if another connection to the file committed in between.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&err)?;
             write::apply_batch(&tx, &batch, &err)?;
             tx.commit().map_err(&err)
         })

@@ -407,3 +407,25 @@ async fn listing_reads_walk_an_index_in_order_instead_of_sorting_what_they_match
     );
     assert!(paged.contains("(branch=? AND time_start<?)"), "{paged}");
 }
+
+/// `export` and the web view open the store while the daemon writes to it: an open that
+/// committed anything made the daemon's batch in progress fail and retry.
+#[tokio::test]
+async fn opening_a_store_at_the_current_layout_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let path = path.to_str().unwrap();
+    let writer = SqliteStore::open(path).await.unwrap();
+    for batch in batches(500) {
+        writer.apply(Arc::new(batch)).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let data_version = |conn: &rusqlite::Connection| -> i64 {
+        conn.pragma_query_value(None, "data_version", |r| r.get(0))
+            .unwrap()
+    };
+    let before = data_version(&conn);
+    let reader = SqliteStore::open(path).await.unwrap();
+    assert_eq!(data_version(&conn), before, "the open committed a change");
+    assert_eq!(export_all(&reader).await, export_all(&writer).await);
+}
