@@ -26,6 +26,11 @@ import os
 import sqlite3
 import time
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: there, nothing keeps two services off one file
+    fcntl = None
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
@@ -39,9 +44,36 @@ CREATE TABLE IF NOT EXISTS running (buildid INTEGER PRIMARY KEY);
 # but not yet deleted are merely sent again after a crash.
 DELETE_EVERY = 200
 
+# Seconds a statement waits for a lock on the file. Only the checkpoints of SQLite itself and a
+# reader from outside (someone looking at the file) can hold one; the reactor must not wait long.
+BUSY_TIMEOUT = 1.0
+
+# An empty file holding more free pages than this is compacted when opened or closed: after a
+# long outage it may have grown to ``backlog_bytes``.
+COMPACT_FREE_PAGES = 4096
+
+# The SQLite errors that say the file is not a database, or is damaged: its events can't be read.
+_UNREADABLE = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
 
 class BacklogError(Exception):
-    """The backlog file can't be used; the message names the file and the cause."""
+    """The backlog file can't be used; the message names the file and the cause.
+
+    ``unreadable`` says the file is not a backlog, or is damaged, rather than out of reach for
+    now (locked, no space, no permission).
+    """
+
+    def __init__(self, message: str, unreadable: bool = False):
+        super().__init__(message)
+        self.unreadable = unreadable
+
+
+def _unreadable(error: sqlite3.Error) -> bool:
+    name = getattr(error, "sqlite_errorname", None)  # Python 3.11 and later
+    if name is not None:
+        return name in _UNREADABLE
+    text = str(error)
+    return "file is not a database" in text or "malformed" in text
 
 
 class Backlog:
@@ -54,13 +86,25 @@ class Backlog:
     def __init__(self, path: str, max_bytes: int):
         self.path = path
         self.max_bytes = max_bytes
+        # Set when the file can no longer be read: the client then stops using it.
+        self.failed: str | None = None
+        self._closed = False
+        self._lock = _lock(path)
         try:
             self._db = _open(path)
+        except sqlite3.Error as e:
+            _unlock(self._lock)
+            raise BacklogError(f"cannot open backlog {path}: {e}", _unreadable(e)) from e
+        try:
             seq_min, seq_max, rows, size = self._db.execute(
                 "SELECT min(seq), max(seq), count(*), total(length(line)) FROM events"
             ).fetchone()
+            if not rows:
+                self._compact()
         except sqlite3.Error as e:
-            raise BacklogError(f"cannot open backlog {path}: {e}") from e
+            self._db.close()
+            _unlock(self._lock)
+            raise BacklogError(f"cannot open backlog {path}: {e}", _unreadable(e)) from e
         self.bytes = int(size)
         self.waiting = rows
         self._waiting_bytes = int(size)
@@ -164,12 +208,23 @@ class Backlog:
             raise BacklogError(f"cannot read backlog {self.path}: {e}") from e
 
     def close(self) -> None:
-        if self._acked is not None:
-            try:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._acked is not None:
                 self._delete_acknowledged()
-            except BacklogError:
-                pass  # those rows are sent again at the next start: harmless
+            if not self.bytes:
+                self._compact()
+        except (BacklogError, sqlite3.Error):
+            pass  # acknowledged rows left are sent again at the next start: harmless
         self._db.close()
+        _unlock(self._lock)
+
+    def _compact(self):
+        (free,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        if free > COMPACT_FREE_PAGES:
+            self._db.execute("VACUUM")
 
     def _delete_acknowledged(self):
         seq, self._acked, self._acked_rows = self._acked, None, 0
@@ -193,8 +248,36 @@ class Backlog:
             raise BacklogError(f"cannot write backlog {self.path}: {e}") from e
 
 
+def _lock(path: str):
+    """Holds the file for this service: two services on one file would take each other's events.
+
+    The lock is on a file of its own, so that SQLite's locks on the backlog, and anyone reading
+    it, are not in the way.
+    """
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise BacklogError(f"cannot open backlog {path}: {e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BacklogError(
+            f"cannot open backlog {path}: another service or master uses it; give each "
+            "BuildstoreReporter a backlog file of its own"
+        ) from None
+    return fd
+
+
+def _unlock(fd):
+    if fd is not None:
+        os.close(fd)  # releases the lock
+
+
 def _open(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -211,15 +294,16 @@ def open_backlog(path: str, max_bytes: int, say) -> Backlog | None:
 
     A file that is not a backlog (damaged, or something else at that path) is moved aside, with
     a line saying where, and a new one is started: its events can't be read anyway, and the file
-    stays for whoever wants to look at it.
+    stays for whoever wants to look at it. A file out of reach for now (locked, in use by another
+    service, no permission) is left alone.
     """
     try:
         return Backlog(path, max_bytes)
     except BacklogError as first:
-        if not os.path.exists(path):
+        if not first.unreadable or not os.path.exists(path):
             say(f"buildstore: {first}; events past the queue's bounds will be dropped")
             return None
-        aside = f"{path}.unreadable-{int(time.time())}"
+        aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}"
         try:
             os.replace(path, aside)
             for suffix in ("-wal", "-shm"):

@@ -152,6 +152,8 @@ class BuildstoreClient:
         self._in_flight_bytes = 0
         self._awaiting_hello = False
         self._running = False
+        # Stopped: what is sent now can go nowhere (its backlog is closed, its queue written out).
+        self._closed = False
         self._connecting = False
         self._retry_call = None
         self._watchdog = None
@@ -166,6 +168,7 @@ class BuildstoreClient:
         if self._running:
             return
         self._running = True
+        self._closed = False
         self._connect()
 
     def send(self, event: dict) -> bool:
@@ -177,6 +180,9 @@ class BuildstoreClient:
             self.dropped += 1
             return False
         data = line.encode("utf-8") + b"\n"
+        if self._closed:
+            self._drop(event, "the plugin has stopped")
+            return False
         full = self._no_room_for(len(data))
         if self.backlog is not None and (full is not None or self.backlog.waiting):
             # While events wait in the backlog, newer ones queue behind them, there.
@@ -191,6 +197,8 @@ class BuildstoreClient:
 
     def set_backlog(self, backlog: Backlog | None) -> None:
         """Uses ``backlog`` for what the queue can't hold; its waiting events go first."""
+        if backlog is not None and backlog.failed is not None:
+            return  # given up on by the client this one replaces
         self.backlog = backlog
         self._refill()
         self._pump()
@@ -221,7 +229,8 @@ class BuildstoreClient:
         try:
             backlog.append(event.get("event_id"), data)
         except BacklogError as e:
-            self._backlog_failed(e)
+            # Dropped rather than queued in memory: it would overtake the events waiting in
+            # the file. The next event tries the file again (the disk may have room by then).
             self._drop(event, str(e))
             return False
         if self.spilled == 0 and full is not None:
@@ -231,6 +240,7 @@ class BuildstoreClient:
             )
         self.spilled += 1
         self._refill()
+        self._pump()
         return True
 
     def _refill(self):
@@ -263,9 +273,16 @@ class BuildstoreClient:
             self.spilled = 0
 
     def _backlog_failed(self, error: BacklogError):
-        # Its waiting rows stay in the file, for the next start; meanwhile the queue's bounds
-        # apply alone.
-        log.msg(f"buildstore: {error}; no longer using the backlog until the master restarts")
+        # The waiting rows can't be read, so they can't be sent: waiting on them would hold up
+        # every later event for good. They stay in the file, which the next start tries again,
+        # then after newer events.
+        waiting = self.backlog.waiting if self.backlog is not None else 0
+        log.msg(
+            f"buildstore: {error}; no longer using the backlog until the master restarts; "
+            f"{waiting} events waiting in it are sent then, if it can be read"
+        )
+        if self.backlog is not None:
+            self.backlog.failed = str(error)
         self.backlog = None
         self.spilled = 0
 
@@ -297,6 +314,7 @@ class BuildstoreClient:
 
         def close(_):
             self._running = False
+            self._closed = True
             self._cancel_retry()
             self._cancel_watchdog()
             if self._proto is not None:
@@ -315,20 +333,22 @@ class BuildstoreClient:
                     f"{self.address}; they are lost"
                 )
             return
-        if not self.queue and not backlog.waiting:
+        queued, earlier = len(self.queue), backlog.waiting
+        if not queued and not earlier:
             return
+        there = f" ({earlier} of them were there already)" if earlier else ""
         try:
             backlog.keep_front([(p.event_id, p.line) for p in self.queue])
         except BacklogError as e:
             log.msg(
-                f"buildstore: stopping with {len(self.queue)} events not acknowledged by "
-                f"{self.address}; they are lost: {e}"
+                f"buildstore: stopping with {queued} events not acknowledged by {self.address} "
+                f"and not in the backlog; they are lost: {e}"
             )
             return
         log.msg(
-            f"buildstore: stopping with {backlog.waiting} events not acknowledged by "
-            f"{self.address}; they are kept in the backlog {backlog.path} and sent at the next "
-            "start"
+            f"buildstore: stopping with {queued + earlier} events not acknowledged by "
+            f"{self.address}; they are kept in the backlog {backlog.path}{there} and sent at "
+            "the next start"
         )
         self.queue.clear()
         self.queued_bytes = 0
@@ -534,7 +554,8 @@ class BuildstoreClient:
             try:
                 self.backlog.acknowledged(head.seq)
             except BacklogError as e:
-                self._backlog_failed(e)
+                # Rows left in the file are sent again later and skipped by the daemon.
+                log.msg(f"buildstore: {e}; acknowledged events stay in the backlog for now")
         self._refill()
         if self._drop_reported and self._has_room_again():
             log.msg(f"buildstore: queue has room again; {self.dropped} events were dropped")
@@ -545,9 +566,7 @@ class BuildstoreClient:
 
     def _has_room_again(self) -> bool:
         # Half of each bound, so that a queue at the edge doesn't say so for every event.
-        return (
-            len(self.queue) < self.queue_size // 2 and self.queued_bytes < self.queue_bytes // 2
-        )
+        return len(self.queue) < self.queue_size // 2 and self.queued_bytes < self.queue_bytes // 2
 
     # -- a daemon that stops answering ------------------------------------------------------
 

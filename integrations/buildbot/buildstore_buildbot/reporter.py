@@ -194,7 +194,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         await super().startService()
         self._boot_ids = events.BuilderEventIds(f"{int(self.master.reactor.seconds() * 1000):x}")
         if self._backlog_file is not None:
-            path = os.path.join(self.master.basedir, self._backlog_file)
+            path = os.path.join(self.master.basedir, self._backlog_file_name())
             self._backlog = open_backlog(path, self._backlog_bytes, log.msg)
             self.client.set_backlog(self._backlog)
         self.client.start()
@@ -213,6 +213,14 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             self._consumers.append(qref)
         # Builders announced before this service subscribed are read from the data API.
         self._jobs.add(("startup",), self._announce_builders)
+
+    def _backlog_file_name(self) -> str:
+        # Services of one master given names of their own (several daemons) must not share the
+        # default file: each would send the other's events.
+        if self._backlog_file != DEFAULT_BACKLOG or self.name == type(self).name:
+            return self._backlog_file
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        return f"buildstore-backlog-{safe}.sqlite"
 
     @async_to_deferred
     async def stopService(self):

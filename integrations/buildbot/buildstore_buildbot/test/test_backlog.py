@@ -132,6 +132,18 @@ class TestOverflow(BacklogTestCase):
         self.assertIn("the backlog_bytes bound", message)
 
     @defer.inlineCallbacks
+    def test_an_event_larger_than_the_whole_queue_goes_out_at_once_on_an_idle_connection(self):
+        c = self.client(queue_bytes=1000)
+        c.set_backlog(self.backlog())
+        c.start()
+        c.send(event(0))
+        yield c.wait_drained(timeout=10)
+        c.send(dict(event(1), state="x" * 4000))
+        c.send(event(2))
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+
+    @defer.inlineCallbacks
     def test_an_event_larger_than_the_whole_queue_goes_out_alone(self):
         big = dict(event(1), state="x" * 4000)
         c = self.client(queue_bytes=1000)
@@ -141,6 +153,90 @@ class TestOverflow(BacklogTestCase):
         c.start()
         yield c.wait_drained(timeout=10)
         self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])
+
+
+class TestFailures(BacklogTestCase):
+    @defer.inlineCallbacks
+    def test_an_event_the_file_cannot_take_is_dropped_and_the_order_kept(self):
+        c = self.client(queue_size=2)
+        backlog = self.backlog()
+        c.set_backlog(backlog)
+        for n in range(5):
+            c.send(event(n))
+
+        def no_space(event_id, line):
+            raise BacklogError(f"cannot write backlog {self.path}: database or disk is full")
+
+        self.patch(backlog, "append", no_space)
+        self.assertFalse(c.send(event(5)))  # not queued in memory ahead of e2 to e4
+        self.assertFalse(c.send(event(6)))
+        self.patch(backlog, "append", Backlog.append.__get__(backlog))
+        self.assertTrue(c.send(event(7)))  # the disk has room again
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2", "e3", "e4", "e7"])
+        self.assertEqual(c.dropped, 2)
+        (message,) = self.logs.matching("dropping event")
+        self.assertIn("database or disk is full", message)
+
+    @defer.inlineCallbacks
+    def test_a_file_that_cannot_be_read_is_given_up_and_the_rest_goes_on(self):
+        c = self.client(queue_size=2)
+        backlog = self.backlog()
+        c.set_backlog(backlog)
+        for n in range(5):
+            c.send(event(n))
+
+        def unreadable(count, room):
+            raise BacklogError(f"cannot read backlog {self.path}: disk I/O error")
+
+        self.patch(backlog, "take", unreadable)
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids(), ["e0", "e1"])
+        self.assertTrue(self.logs.matching("3 events waiting in it are sent then"))
+        self.assertIsNone(c.backlog)
+        c.send(event(5))  # straight to the daemon now
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(self.daemon.ids()[-1], "e5")
+        # A client replacing this one (a reconfig) does not take the failed file up again.
+        c2 = self.client()
+        c2.set_backlog(backlog)
+        self.assertIsNone(c2.backlog)
+        self.assertEqual(rows(self.path), self.ids(2, 5))  # still there, for the next start
+
+    @defer.inlineCallbacks
+    def test_a_new_client_taking_over_leaves_unacknowledged_rows_in_the_file(self):
+        # What a reconfig to a new address does: the old client, stopped, must not rewrite
+        # the file it no longer owns.
+        backlog = self.backlog()
+        old = self.client(queue_size=2)
+        old.set_backlog(backlog)
+        for n in range(6):
+            old.send(event(n))
+
+        def answer(e, n):
+            self.daemon.hold = n >= 2  # acks e0 and e1; e2 and e3, from the file, wait
+            return {"ack": e["event_id"]}
+
+        self.daemon.answer = answer
+        old.start()
+        yield until(self.received(4))
+        new = self.client(queue_size=2)
+        new.take_queue(old)
+        new.set_backlog(backlog)
+        yield old.stop(0)
+        self.assertEqual([p.event_id for p in new.queue], ["e2", "e3"])
+        self.assertEqual(rows(self.path), self.ids(2, 6))
+
+    @defer.inlineCallbacks
+    def test_events_sent_after_the_stop_are_dropped_with_a_log_line(self):
+        c = self.client()
+        c.set_backlog(self.backlog())
+        yield c.stop(0)
+        self.assertFalse(c.send(event(0)))
+        (message,) = self.logs.matching("dropping event")
+        self.assertIn("the plugin has stopped", message)
 
 
 class TestStop(BacklogTestCase):
@@ -182,6 +278,9 @@ class TestStop(BacklogTestCase):
             yield c.stop(timeout=0.1)
             backlog.close()
         self.assertEqual(rows(self.path), self.ids(0, 9))
+        self.assertEqual(len(self.logs.matching("kept in the backlog")), 2)
+        self.assertTrue(self.logs.matching("stopping with 9 events not acknowledged"))
+        self.assertFalse(self.logs.matching("lost"))
 
     @defer.inlineCallbacks
     def test_without_a_backlog_what_is_unacknowledged_at_stop_is_lost(self):
@@ -208,6 +307,43 @@ class TestFile(BacklogTestCase):
         backlog.append("e0", b"{}\n")
         self.assertEqual(rows(self.path), ["e0"])
 
+    def test_a_file_another_service_uses_is_left_alone(self):
+        first = self.backlog()
+        first.append("e0", b"{}\n")
+        said = []
+        self.assertIsNone(open_backlog(self.path, 1 << 30, said.append))
+        (message,) = said
+        self.assertIn("another service or master uses it", message)
+        self.assertEqual(rows(self.path), ["e0"])  # not moved aside
+        self.assertEqual(os.listdir(os.path.dirname(self.path)).count("backlog.sqlite"), 1)
+
+    def test_a_file_locked_for_now_is_left_alone(self):
+        self.backlog().close()
+        other = sqlite3.connect(self.path)
+        self.addCleanup(other.close)
+        other.execute("PRAGMA locking_mode=EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")
+        said = []
+        self.assertIsNone(open_backlog(self.path, 1 << 30, said.append))
+        (message,) = said
+        self.assertIn("locked", message)
+        self.assertFalse([f for f in os.listdir(os.path.dirname(self.path)) if "unreadable" in f])
+
+    def test_an_empty_file_grown_by_an_outage_is_compacted(self):
+        self.backlog().close()
+        db = sqlite3.connect(self.path)
+        db.executemany(
+            "INSERT INTO events (seq, event_id, line) VALUES (?, ?, ?)",
+            [(n, f"e{n}", b"x" * 2000) for n in range(1, 15001)],
+        )
+        db.commit()
+        db.execute("DELETE FROM events")
+        db.commit()
+        db.close()
+        self.assertGreater(os.path.getsize(self.path), 20 << 20)
+        self.backlog().close()
+        self.assertLess(os.path.getsize(self.path), 1 << 20)
+
     def test_a_backlog_in_a_missing_directory_is_none_and_says_why(self):
         said = []
         missing = os.path.join(self.path, "nowhere", "backlog.sqlite")
@@ -223,6 +359,16 @@ class TestReporter(ReporterTestCase):
         expected = os.path.join(self.master.basedir, "buildstore-backlog.sqlite")
         self.assertEqual(backlog.path, expected)
         self.assertTrue(os.path.exists(expected))
+
+    @defer.inlineCallbacks
+    def test_a_service_with_a_name_of_its_own_has_a_file_of_its_own(self):
+        second = BuildstoreReporter("tcp://127.0.0.1:9990", master_id="m1", name="second")
+        second.client_class = RecordingClient
+        yield second.setServiceParent(self.master)
+        self.addCleanup(second.disownServiceParent)
+        expected = os.path.join(self.master.basedir, "buildstore-backlog-second.sqlite")
+        self.assertEqual(second.client.backlog.path, expected)
+        self.assertIsNotNone(self.reporter.client.backlog)
 
     @defer.inlineCallbacks
     def test_a_new_client_takes_over_the_backlog(self):

@@ -122,10 +122,7 @@ class TestLateMessages(ReporterTestCase):
     def test_finished_builds_are_remembered_up_to_a_bound(self):
         self.reporter._finished.kept = 2
         yield self.master.db.insert_test_data(
-            [
-                self.build_row(buildid, buildid + 400)
-                for buildid in (21, 22)
-            ]
+            [self.build_row(buildid, buildid + 400) for buildid in (21, 22)]
         )
         stepids = []
         for buildid in (20, 21, 22):

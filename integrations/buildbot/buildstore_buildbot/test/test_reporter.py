@@ -508,7 +508,9 @@ class TestSteps(ReporterTestCase):
         yield self.assert_step_end_sends_only(stepid, stdio, "compiled\n")
 
     @defer.inlineCallbacks
-    def test_at_step_end_an_unannounced_stdio_log_wins_over_an_announced_one_with_nothing_sent(self):
+    def test_at_step_end_an_unannounced_stdio_log_wins_over_an_announced_one_with_nothing_sent(
+        self,
+    ):
         stepid, _ = yield self.start_build_and_step()
         yield self.add_log(stepid, "setup")  # announced, but no text yet
         stdio = yield self.add_log(stepid, "stdio", announce=False)
