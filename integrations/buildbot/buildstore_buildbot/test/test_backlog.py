@@ -41,6 +41,15 @@ class BacklogTestCase(ClientTestCase):
     def ids(self, n, m):
         return [f"e{i}" for i in range(n, m)]
 
+    def spilling(self, queue_size, count):
+        """A client whose queue holds ``queue_size`` events, sent ``count``: the rest in the file."""
+        c = self.client(queue_size=queue_size)
+        backlog = self.backlog()
+        c.set_backlog(backlog)
+        for n in range(count):
+            c.send(event(n))
+        return c, backlog
+
     def received(self, count):
         """Whether the daemon's latest connection has ``count`` events."""
         return lambda: bool(self.daemon.connections) and len(self.daemon.ids()) == count
@@ -69,10 +78,7 @@ class TestOverflow(BacklogTestCase):
 
     @defer.inlineCallbacks
     def test_events_sent_while_the_backlog_drains_queue_behind_it(self):
-        c = self.client(queue_size=10)
-        c.set_backlog(self.backlog())
-        for n in range(12):
-            c.send(event(n))
+        c, _ = self.spilling(10, 12)
 
         def answer(e, n):
             self.daemon.hold = n >= 1  # acks e0, then takes lines without answering
@@ -99,10 +105,7 @@ class TestOverflow(BacklogTestCase):
     def test_rows_leave_the_file_only_once_acknowledged(self):
         # A master killed while rows taken from the backlog were in flight sends them again at
         # its next start; only the events that never left memory are lost.
-        c = self.client(queue_size=3)
-        c.set_backlog(self.backlog())
-        for n in range(10):
-            c.send(event(n))
+        c, _ = self.spilling(3, 10)
         self.assertEqual(rows(self.path), self.ids(3, 10))
 
         def answer(e, n):
@@ -158,19 +161,15 @@ class TestOverflow(BacklogTestCase):
 class TestFailures(BacklogTestCase):
     @defer.inlineCallbacks
     def test_an_event_the_file_cannot_take_is_dropped_and_the_order_kept(self):
-        c = self.client(queue_size=2)
-        backlog = self.backlog()
-        c.set_backlog(backlog)
-        for n in range(5):
-            c.send(event(n))
+        c, backlog = self.spilling(2, 5)
 
         def no_space(event_id, line):
             raise BacklogError(f"cannot write backlog {self.path}: database or disk is full")
 
-        self.patch(backlog, "append", no_space)
+        full = self.patch(backlog, "append", no_space)
         self.assertFalse(c.send(event(5)))  # not queued in memory ahead of e2 to e4
         self.assertFalse(c.send(event(6)))
-        self.patch(backlog, "append", Backlog.append.__get__(backlog))
+        full.restore()
         self.assertTrue(c.send(event(7)))  # the disk has room again
         c.start()
         yield c.wait_drained(timeout=10)
@@ -181,11 +180,7 @@ class TestFailures(BacklogTestCase):
 
     @defer.inlineCallbacks
     def test_a_file_that_cannot_be_read_is_given_up_and_the_rest_goes_on(self):
-        c = self.client(queue_size=2)
-        backlog = self.backlog()
-        c.set_backlog(backlog)
-        for n in range(5):
-            c.send(event(n))
+        c, backlog = self.spilling(2, 5)
 
         def unreadable(count, room):
             raise BacklogError(f"cannot read backlog {self.path}: disk I/O error")
