@@ -63,13 +63,24 @@ def _summary(line: bytes, limit: int = 400) -> str:
 
 
 class _Pending:
-    # ``seq`` is the event's row in the backlog, for an event taken from there.
-    __slots__ = ("event_id", "line", "seq")
+    # ``seq`` is the event's row in the backlog, for an event taken from there; ``on_safe`` what
+    # the sender asked to run once the event is acknowledged or in the backlog file.
+    __slots__ = ("event_id", "line", "seq", "on_safe")
 
-    def __init__(self, event_id: str | None, line: bytes, seq: int | None = None):
+    def __init__(self, event_id: str | None, line: bytes, seq: int | None = None, on_safe=None):
         self.event_id = event_id
         self.line = line
         self.seq = seq
+        self.on_safe = on_safe
+
+
+def _run_on_safe(on_safe):
+    if on_safe is None:
+        return
+    try:
+        on_safe()
+    except Exception:
+        log.err(None, "buildstore: while noting that an event is safe")
 
 
 class _DaemonProtocol(LineOnlyReceiver):
@@ -171,8 +182,12 @@ class BuildstoreClient:
         self._closed = False
         self._connect()
 
-    def send(self, event: dict) -> bool:
-        """Queue an event. Returns False, after logging why, if it had to be dropped."""
+    def send(self, event: dict, on_safe=None) -> bool:
+        """Queue an event. Returns False, after logging why, if it had to be dropped.
+
+        ``on_safe`` is called once the daemon has answered the event, or once it is in the
+        backlog file; never for an event dropped or lost.
+        """
         try:
             line = encode_event(event)
         except Exception as e:  # e.g. a dict key JSON can't hold, or a __str__ that raises
@@ -186,11 +201,11 @@ class BuildstoreClient:
         full = self._no_room_for(len(data))
         if self.backlog is not None and (full is not None or self.backlog.waiting):
             # While events wait in the backlog, newer ones queue behind them, there.
-            return self._spill(event, data, full)
+            return self._spill(event, data, full, on_safe)
         if full is not None:
             self._drop(event, full)
             return False
-        self.queue.append(_Pending(event.get("event_id"), data))
+        self.queue.append(_Pending(event.get("event_id"), data, on_safe=on_safe))
         self.queued_bytes += len(data)
         self._pump()
         return True
@@ -220,7 +235,7 @@ class BuildstoreClient:
             )
         return None
 
-    def _spill(self, event: dict, data: bytes, full: str | None) -> bool:
+    def _spill(self, event: dict, data: bytes, full: str | None, on_safe) -> bool:
         backlog = self.backlog
         why = backlog.no_room_for(len(data))
         if why is not None:
@@ -239,6 +254,7 @@ class BuildstoreClient:
                 f"until the daemon at {self.address} takes them"
             )
         self.spilled += 1
+        _run_on_safe(on_safe)
         self._refill()
         self._pump()
         return True
@@ -345,6 +361,8 @@ class BuildstoreClient:
                 f"and not in the backlog; they are lost: {e}"
             )
             return
+        for pending in self.queue:
+            _run_on_safe(pending.on_safe)
         log.msg(
             f"buildstore: stopping with {queued + earlier} events not acknowledged by "
             f"{self.address}; they are kept in the backlog {backlog.path}{there} and sent at "
@@ -545,6 +563,7 @@ class BuildstoreClient:
             self.acknowledged += 1
             self._backoff = self.initial_backoff
         self.queue.popleft()
+        _run_on_safe(head.on_safe)
         self.queued_bytes -= len(head.line)
         self._in_flight -= 1
         self._in_flight_bytes -= len(head.line)

@@ -74,8 +74,12 @@ def sourced_properties(props: dict | None) -> dict:
     out = {}
     for name, pair in (props or {}).items():
         value, source = split_property(pair)
-        out[name] = {"value": storable(value), "source": source}
+        out[_no_nul(name)] = {"value": storable(value), "source": source}
     return out
+
+
+def _no_nul(key):
+    return key.replace("\x00", "\ufffd") if isinstance(key, str) else key
 
 
 # The whole numbers a document can hold (BSON's 64-bit integer).
@@ -84,7 +88,7 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
 def storable(value: Any) -> Any:
     """A property value as the daemon can store it: a whole number outside 64 bits as its text,
-    and a NUL in a key as U+FFFD.
+    and a NUL in a key as U+FFFD (in a property's name too).
 
     The daemon refuses the first (no document can hold it exactly) and the second, and a refused
     ``build_started`` would cost its whole build; Python's integers have no bound. Anything else
@@ -93,10 +97,7 @@ def storable(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if _INT_MIN <= value <= _INT_MAX else str(value)
     if isinstance(value, dict):
-        return {
-            (k.replace("\x00", "\ufffd") if isinstance(k, str) else k): storable(v)
-            for k, v in value.items()
-        }
+        return {_no_nul(k): storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [storable(v) for v in value]
     return value
@@ -250,7 +251,7 @@ def property_event(master_id, buildid: int, name: str, value: Any, source: Any, 
         master_id,
         f"build-{buildid}-property-{digest}{suffix}",
         build_id=buildid,
-        name=name,
+        name=_no_nul(name),
         value=storable(value),
         source=source,
     )
@@ -342,16 +343,20 @@ def log_events(
 ) -> tuple[list[dict], int]:
     """``log`` events for ``text`` appended at byte ``offset`` of a channel; and the new offset.
 
-    The offset in the id and in the event makes each chunk idempotent: the daemon skips what it
-    already holds.
+    The byte range in the id, and the offset in the event, make each chunk idempotent: the daemon
+    skips a chunk it already applied, and keeps only the new part of one that overlaps what it
+    holds. The range's end is in the id because a log read again from its start (a build
+    reported again after a crash) is cut into other chunks: one from offset 0 that runs further
+    than the first chunk sent must not pass for it.
     """
     events = []
     for piece in chunk_text(text, limit):
+        end = offset + len(piece.encode("utf-8"))
         events.append(
             _event(
                 "log",
                 master_id,
-                f"log-{logid}-{channel}-@{offset}",
+                f"log-{logid}-{channel}-@{offset}-{end}",
                 build_id=buildid,
                 step=step_number,
                 channel=channel,
@@ -359,7 +364,7 @@ def log_events(
                 offset=offset,
             )
         )
-        offset += len(piece.encode("utf-8"))
+        offset = end
     return events, offset
 
 

@@ -251,8 +251,8 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
 
         return callback
 
-    def _send(self, event: dict) -> None:
-        self.client.send(event)
+    def _send(self, event: dict, on_safe=None) -> None:
+        self.client.send(event, on_safe)
 
     def _ours(self, masterid) -> bool:
         return masterid == self.master.masterid
@@ -391,8 +391,12 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         state = self._builds.pop(buildid, None)
         if state is None:  # finished by an earlier job
             return
-        self._send(events.build_finished(self.master_id, build))
-        self._record("build_finished", buildid)
+        # Struck off the running builds only once the daemon or the backlog file has the end: a
+        # master killed before that reports the build again at its next start.
+        self._send(
+            events.build_finished(self.master_id, build),
+            lambda: self._record("build_finished", buildid),
+        )
         steps = [s for s in self._steps.values() if s.buildid == buildid]
         for step in steps:
             del self._steps[step.stepid]
@@ -447,9 +451,10 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             log.msg(f"buildstore: {e}; builds cut short by a crash stay unfinished")
             return
         if running:
+            shown = ", ".join(map(str, running[:20])) + (", ..." if len(running) > 20 else "")
             log.msg(
                 f"buildstore: {len(running)} builds were reported as started and not as "
-                f"finished when the plugin last stopped; reporting them again: {running}"
+                f"finished when the plugin last stopped; reporting them again: {shown}"
             )
         for buildid in running:
             self._jobs.add(("build", buildid), self._recover_build, buildid)
@@ -469,6 +474,15 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         if state is None:  # gone from the database, or no longer this master's
             self._record("build_finished", buildid)
             return
+        # The daemon skips the build_started above, and with it the properties set since the
+        # first one (a got_revision, say). Each is sent as it is now, under an id of this start,
+        # so that it is applied even where an event with that value was (A, B, A).
+        props = await self.master.data.get(("builds", buildid, "properties")) or {}
+        for name, pair in props.items():
+            value, source = events.split_property(pair)
+            event = events.property_event(self.master_id, buildid, name, value, source)
+            event["event_id"] += f"-again-{self._boot_ids.boot}"
+            self._send(event)
         for step in await self.master.data.get(("builds", buildid, "steps")) or []:
             if step.get("started_at") is None:
                 continue
@@ -490,7 +504,8 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             return
         for name, pair in props.items():
             value, source = events.split_property(pair)
-            key = _prop_key(value, source)
+            # As in build_started, whose values were made storable.
+            key = _prop_key(events.storable(value), source)
             if state.props.get(name) == key:
                 continue
             repeat = state.seen.get((name, key), 0)

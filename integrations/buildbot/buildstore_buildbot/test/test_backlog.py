@@ -15,6 +15,7 @@ from buildstore_buildbot.backlog import open_backlog
 from buildstore_buildbot.test.test_client import ClientTestCase
 from buildstore_buildbot.test.test_client import event
 from buildstore_buildbot.test.test_client import until
+from buildstore_buildbot.test.test_reporter import HEAD
 from buildstore_buildbot.test.test_reporter import RecordingClient
 from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
@@ -234,6 +235,49 @@ class TestFailures(BacklogTestCase):
         self.assertIn("the plugin has stopped", message)
 
 
+class TestOnSafe(BacklogTestCase):
+    """What the sender learns: an event is safe once answered, or once in the file."""
+
+    @defer.inlineCallbacks
+    def test_an_event_is_safe_once_acknowledged_not_once_written(self):
+        safe = []
+        c = self.client()
+        c.set_backlog(self.backlog())
+        self.daemon.hold = True
+        c.start()
+        c.send(event(0), on_safe=lambda: safe.append("e0"))
+        yield until(self.received(1))
+        self.assertEqual(safe, [])  # on the wire, not acknowledged
+        yield self.daemon.stop()
+        self.daemon.hold = False
+        self.daemon.listen(self.port)
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(safe, ["e0"])
+
+    @defer.inlineCallbacks
+    def test_an_event_is_safe_once_in_the_file(self):
+        safe = []
+        c, _ = self.spilling(1, 1)
+        c.send(event(1), on_safe=lambda: safe.append("e1"))  # spilled: in the file
+        self.assertEqual(safe, ["e1"])
+        c.send(event(2))
+        c2 = self.client(queue_size=1)
+        c2.take_queue(c)
+        c2.send(event(3), on_safe=lambda: safe.append("e3"))  # behind the file's rows
+        self.assertEqual(safe, ["e1", "e3"])
+        yield c2.stop(0)  # e0 goes into the file at the stop
+        self.assertEqual(rows(self.path), self.ids(0, 4))
+
+    @defer.inlineCallbacks
+    def test_a_dropped_or_lost_event_is_never_safe(self):
+        safe = []
+        c = self.client(queue_size=1)
+        c.send(event(0), on_safe=lambda: safe.append("e0"))
+        c.send(event(1), on_safe=lambda: safe.append("e1"))  # queue full, no file: dropped
+        yield c.stop(0)  # e0 lost
+        self.assertEqual(safe, [])
+
+
 class TestStop(BacklogTestCase):
     @defer.inlineCallbacks
     def test_a_stopping_client_keeps_what_is_unacknowledged_for_the_next_start(self):
@@ -406,6 +450,7 @@ class TestRunningBuilds(ReporterTestCase):
         # The master dies. Starting again, Buildbot finishes the build and its step as RETRY
         # before the plugin listens; the step's last output came just before the end.
         yield self.master.db.logs.appendLog(logid, "osecond\n")
+        yield self.master.db.builds.setBuildProperty(20, "got_revision", HEAD, "Git")
         yield self.master.db.steps.finishStep(stepid=stepid, results=RETRY, hidden=False)
         yield self.master.db.builds.finishBuild(buildid=20, results=RETRY)
         self.take()
@@ -416,16 +461,25 @@ class TestRunningBuilds(ReporterTestCase):
         sent = self.take()
         self.assertEqual(
             [e["type"] for e in sent],
-            ["build_started", "step_started", "log", "step_finished", "build_finished"],
+            ["build_started"]
+            + ["property"] * 2
+            + ["step_started", "log", "step_finished", "build_finished"],
         )
         self.assertEqual(sent[0]["event_id"], "build-20-started")  # as before: skipped
-        # The whole log, from its start: the daemon keeps only the part it lacks.
-        self.assertEqual((sent[2]["offset"], sent[2]["text"]), (0, "first\nsecond\n"))
-        self.assertEqual((sent[3]["step"], sent[3]["result"]), (number, RETRY))
-        self.assertEqual((sent[4]["build_id"], sent[4]["result"]), (20, RETRY))
+        # Properties under ids of this start: the daemon skips build_started, which has them.
+        props = {e["name"]: e for e in sent[1:3]}
+        self.assertEqual(props["got_revision"]["value"], HEAD)
+        self.assertTrue(props["scheduler"]["event_id"].endswith(self.reporter._boot_ids.boot))
+        # The whole log, from its start, under an id of its own byte range: the daemon keeps
+        # only the part it lacks ("second"), where a chunk it has (0 to 6) would be skipped.
+        log_event = sent[4]
+        self.assertEqual((log_event["offset"], log_event["text"]), (0, "first\nsecond\n"))
+        self.assertTrue(log_event["event_id"].endswith("-@0-13"))
+        self.assertEqual((sent[5]["step"], sent[5]["result"]), (number, RETRY))
+        self.assertEqual((sent[6]["build_id"], sent[6]["result"]), (20, RETRY))
         self.assertEqual(backlog.running_builds(), [])
         self.assertEqual((self.reporter._builds, self.reporter._steps), ({}, {}))
-        self.assertTrue(self.logs_matching("reporting them again: [20]"))
+        self.assertTrue(self.logs_matching("reporting them again: 20"))
 
     @defer.inlineCallbacks
     def test_a_build_still_running_after_a_restart_of_the_service_goes_on(self):
@@ -437,9 +491,8 @@ class TestRunningBuilds(ReporterTestCase):
         yield self.reporter.setServiceParent(self.master)
         yield self.reporter.wait_idle()
         sent = [e for e in self.take() if not e["type"].startswith("builder_")]
-        self.assertEqual(
-            [e["type"] for e in sent], ["build_started", "step_started"]
-        )  # ids the daemon applied: skipped
+        # build_started and step_started with ids the daemon applied (skipped), the property
+        self.assertEqual([e["type"] for e in sent], ["build_started", "property", "step_started"])
         # The build goes on as if the service had never stopped.
         yield self.master.db.logs.appendLog(logid, "oafter\n")
         yield self.log_message(logid)

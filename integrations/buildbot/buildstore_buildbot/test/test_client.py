@@ -344,7 +344,7 @@ class TestQueueBound(ClientTestCase):
         self.assertFalse(c.send(big))
         self.assertEqual((c.dropped, c.queued_bytes, len(c.queue)), (1, 0, 0))
         [line] = self.logs.matching("larger than the whole queue")
-        self.assertIn("(the queue_bytes bound, 1000); dropping event 'log-17-stdout-@0'", line)
+        self.assertIn("(the queue_bytes bound, 1000); dropping event 'log-17-stdout-@0-2000'", line)
         self.assertEqual([c.send(event(n)) for n in range(3)], [True] * 3)
         yield c.wait_drained(timeout=10)
         self.assertEqual(self.daemon.ids(), ["e0", "e1", "e2"])

@@ -30,6 +30,8 @@ class TestValues(unittest.TestCase):
         )
         event = events.property_event("m1", 42, "huge", 10**30, "Build")
         self.assertEqual(event["value"], "1" + "0" * 30)
+        self.assertEqual(events.property_event("m1", 42, "a\x00b", 1, None)["name"], "a\ufffdb")
+        self.assertIn("a\ufffdb", events.sourced_properties({"a\x00b": (1, "x")}))
         self.assertEqual(events.property_event("m1", 42, "n", 7, "Build")["value"], 7)
 
     def test_results_pass_through_and_unknown_is_exception(self):
@@ -133,7 +135,7 @@ class TestLogs(unittest.TestCase):
         chunks, end = events.log_events("m1", 42, 1, 17, "stdout", "héllo\n", 10)
         self.assertEqual(end, 17)
         self.assertEqual(chunks[0]["offset"], 10)
-        self.assertEqual(chunks[0]["event_id"], "log-17-stdout-@10")
+        self.assertEqual(chunks[0]["event_id"], "log-17-stdout-@10-17")
 
     def test_big_text_is_cut_at_line_ends_into_consecutive_chunks(self):
         text = "".join(f"line {n}\n" for n in range(1000))

@@ -49,8 +49,10 @@ class RecordingClient:
     def start(self):
         self.started = True
 
-    def send(self, event):
+    def send(self, event, on_safe=None):
         self.events.append(event)
+        if on_safe is not None:
+            on_safe()  # as if acknowledged at once
         return True
 
     def set_queue_size(self, size):
@@ -310,11 +312,12 @@ class TestBuilds(ReporterTestCase):
 
     @defer.inlineCallbacks
     def test_properties_known_at_start_are_not_repeated(self):
+        huge = 1 << 70  # sent as its digits: still the same value
+        yield self.master.db.builds.setBuildProperty(20, "id", huge, "Build")
         yield self.build_message("new")
         self.take()
-        yield self.deliver(
-            ("builds", "20", "properties", "update"), {"scheduler": ("force", "Scheduler")}
-        )
+        for name, pair in (("scheduler", ("force", "Scheduler")), ("id", (huge, "Build"))):
+            yield self.deliver(("builds", "20", "properties", "update"), {name: pair})
         self.assertEqual(self.take(), [])
 
     @defer.inlineCallbacks
@@ -382,7 +385,8 @@ class TestSteps(ReporterTestCase):
         by_channel = {}
         for e in logs:
             self.assertEqual((e["build_id"], e["step"]), (20, number))
-            self.assertEqual(e["event_id"], f"log-{logid}-{e['channel']}-@{e['offset']}")
+            end = e["offset"] + len(e["text"].encode())
+            self.assertEqual(e["event_id"], f"log-{logid}-{e['channel']}-@{e['offset']}-{end}")
             by_channel.setdefault(e["channel"], []).append((e["offset"], e["text"]))
         self.assertEqual(by_channel["header"], [(0, "make -j4\n")])
         # "cc -c mesh.c\n" is 13 bytes; the next chunk starts there, "céu" counts é as 2 bytes.
@@ -485,7 +489,7 @@ class TestSteps(ReporterTestCase):
         yield self.log_message(stdio)
         self.assertEqual(
             [(e["event_id"], e["text"]) for e in self.take("log")],
-            [(f"log-{stdio}-stdout-@0", "compiled\n")],
+            [(f"log-{stdio}-stdout-@0-9", "compiled\n")],
         )
 
     @defer.inlineCallbacks
@@ -495,7 +499,10 @@ class TestSteps(ReporterTestCase):
         yield self.finish_step(stepid)
         sent = self.take()
         self.assertEqual([e["type"] for e in sent], ["log", "step_finished"])
-        self.assertEqual((sent[0]["event_id"], sent[0]["text"]), (f"log-{logid}-stdout-@0", text))
+        self.assertEqual(
+            (sent[0]["event_id"], sent[0]["text"]),
+            (f"log-{logid}-stdout-@0-{len(text.encode())}", text),
+        )
 
     @defer.inlineCallbacks
     def test_at_step_end_the_stdio_log_is_read_also_when_another_was_created_first(self):
@@ -531,7 +538,7 @@ class TestSteps(ReporterTestCase):
         yield self.log_message(setup)
         self.assertEqual(
             [(e["event_id"], e["text"]) for e in self.take("log")],
-            [(f"log-{setup}-stdout-@0", "prepared\n"), (f"log-{setup}-stdout-@9", "done\n")],
+            [(f"log-{setup}-stdout-@0-9", "prepared\n"), (f"log-{setup}-stdout-@9-14", "done\n")],
         )
 
     @defer.inlineCallbacks
