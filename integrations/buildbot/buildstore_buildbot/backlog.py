@@ -28,7 +28,7 @@ import time
 
 try:
     import fcntl
-except ImportError:  # not on Windows: there, nothing keeps two services off one file
+except ImportError:  # Windows has no fcntl: there, nothing keeps two services off one file
     fcntl = None
 
 SCHEMA = """
@@ -99,12 +99,15 @@ class Backlog:
             seq_min, seq_max, rows, size = self._db.execute(
                 "SELECT min(seq), max(seq), count(*), total(length(line)) FROM events"
             ).fetchone()
-            if not rows:
-                self._compact()
         except sqlite3.Error as e:
             self._db.close()
             _unlock(self._lock)
             raise BacklogError(f"cannot open backlog {path}: {e}", _unreadable(e)) from e
+        if not rows:
+            try:
+                self._compact()
+            except sqlite3.Error:
+                pass  # only space is at stake
         self.bytes = int(size)
         self.waiting = rows
         self._waiting_bytes = int(size)
