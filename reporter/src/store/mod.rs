@@ -59,6 +59,12 @@ pub enum StoreError {
         len: u64,
         offset: u64,
     },
+    #[error("sqlite store {path}: written by a newer buildstore (layout {found}; this one knows up to {known}); use that version, or a new store file")]
+    NewerLayout {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("store task failed: {0}")]
     Task(String),
 }

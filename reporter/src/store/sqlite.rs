@@ -151,13 +151,22 @@ fn upgrade(
     conn: &mut Connection,
     err: &impl Fn(rusqlite::Error) -> StoreError,
 ) -> Result<(), StoreError> {
-    // A file at this layout is not written at all. Every open would otherwise commit (the
-    // version, at least), and such a commit by `export` or the web view, between the reads and
-    // the writes of the daemon's batch, made that batch fail with "database is locked".
+    // A file at this layout, with every index, is not written at all. Every open would
+    // otherwise commit (the version, at least), and such a commit by `export` or the web view,
+    // between the reads and the writes of the daemon's batch, made that batch fail with
+    // "database is locked". The indexes are looked at too: some were added without a new
+    // layout version, and a query naming a missing one fails.
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
-    if version == LAYOUT_VERSION {
+    if version > LAYOUT_VERSION {
+        return Err(StoreError::NewerLayout {
+            path: conn.path().unwrap_or_default().to_owned(),
+            found: version,
+            known: LAYOUT_VERSION,
+        });
+    }
+    if version == LAYOUT_VERSION && has_every_index(conn).map_err(err)? {
         return Ok(());
     }
     let tx = conn
@@ -189,6 +198,16 @@ fn upgrade(
     tx.pragma_update(None, "user_version", LAYOUT_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)
+}
+
+fn has_every_index(conn: &Connection) -> rusqlite::Result<bool> {
+    let present: HashSet<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(INDEXES
+        .iter()
+        .all(|spec| present.contains(&format!("{}_{}", spec.collection, spec.name))))
 }
 
 /// Sets `cols` of every row of `collection` from its stored document, as a write would have.

@@ -429,3 +429,60 @@ async fn opening_a_store_at_the_current_layout_writes_nothing() {
     assert_eq!(data_version(&conn), before, "the open committed a change");
     assert_eq!(export_all(&reader).await, export_all(&writer).await);
 }
+
+/// Some indexes came without a new layout version, so an open that skipped every file at this
+/// version would leave them out, and a query naming one would fail.
+#[tokio::test]
+async fn a_missing_index_is_made_at_the_open_of_a_file_at_this_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let path = path.to_str().unwrap();
+    drop(SqliteStore::open(path).await.unwrap());
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("DROP INDEX builds_changeset_time")
+        .unwrap();
+    let store = SqliteStore::open(path).await.unwrap();
+    let query = BuildQuery {
+        changeset: Some("eb57b4930f682387ca57a2506b1dbd03f5144c04".into()),
+        limit: 10,
+        ..BuildQuery::default()
+    };
+    assert_eq!(
+        store.find_builds(&query).await.unwrap(),
+        Vec::<Document>::new()
+    );
+    let count: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'builds_changeset_time'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn a_file_of_a_newer_layout_is_refused_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let path = path.to_str().unwrap();
+    drop(SqliteStore::open(path).await.unwrap());
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "user_version", LAYOUT_VERSION + 1)
+        .unwrap();
+    let Err(err) = SqliteStore::open(path).await else {
+        panic!("a newer file was opened")
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "sqlite store {path}: written by a newer buildstore (layout {}; this one knows up to \
+             {LAYOUT_VERSION}); use that version, or a new store file",
+            LAYOUT_VERSION + 1
+        )
+    );
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, LAYOUT_VERSION + 1);
+}
