@@ -74,6 +74,18 @@ class _Pending:
         self.on_safe = on_safe
 
 
+def _then(first, second):
+    """One callback running ``first``, then ``second`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def both():
+        _run_on_safe(first)
+        _run_on_safe(second)
+
+    return both
+
+
 def _run_on_safe(on_safe):
     if on_safe is None:
         return
@@ -185,8 +197,9 @@ class BuildstoreClient:
     def send(self, event: dict, on_safe=None) -> bool:
         """Queue an event. Returns False, after logging why, if it had to be dropped.
 
-        ``on_safe`` is called once the daemon has answered the event, or once it is in the
-        backlog file; never for an event dropped or lost.
+        ``on_safe`` is called once the daemon has answered the event (acknowledged or rejected
+        it), or once it and every event before it are answered or in the backlog file; never
+        for an event dropped or lost.
         """
         try:
             line = encode_event(event)
@@ -254,7 +267,13 @@ class BuildstoreClient:
                 f"until the daemon at {self.address} takes them"
             )
         self.spilled += 1
-        _run_on_safe(on_safe)
+        if self.queue:
+            # Safe only once every event before it is too: those in the file are, those in the
+            # queue once the last of them is answered (answers come in order).
+            tail = self.queue[-1]
+            tail.on_safe = _then(tail.on_safe, on_safe)
+        else:
+            _run_on_safe(on_safe)
         self._refill()
         self._pump()
         return True

@@ -74,11 +74,12 @@ def sourced_properties(props: dict | None) -> dict:
     out = {}
     for name, pair in (props or {}).items():
         value, source = split_property(pair)
-        out[_no_nul(name)] = {"value": storable(value), "source": source}
+        out[storable_name(name)] = {"value": storable(value), "source": source}
     return out
 
 
-def _no_nul(key):
+def storable_name(key):
+    """A property name or object key with each NUL (which the daemon refuses) as U+FFFD."""
     return key.replace("\x00", "\ufffd") if isinstance(key, str) else key
 
 
@@ -97,7 +98,7 @@ def storable(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if _INT_MIN <= value <= _INT_MAX else str(value)
     if isinstance(value, dict):
-        return {_no_nul(k): storable(v) for k, v in value.items()}
+        return {storable_name(k): storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [storable(v) for v in value]
     return value
@@ -251,7 +252,7 @@ def property_event(master_id, buildid: int, name: str, value: Any, source: Any, 
         master_id,
         f"build-{buildid}-property-{digest}{suffix}",
         build_id=buildid,
-        name=_no_nul(name),
+        name=storable_name(name),
         value=storable(value),
         source=source,
     )

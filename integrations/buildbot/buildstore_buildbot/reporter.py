@@ -504,7 +504,8 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             return
         for name, pair in props.items():
             value, source = events.split_property(pair)
-            # As in build_started, whose values were made storable.
+            # As in build_started, whose names and values were made storable.
+            name = events.storable_name(name)
             key = _prop_key(events.storable(value), source)
             if state.props.get(name) == key:
                 continue

@@ -255,18 +255,31 @@ class TestOnSafe(BacklogTestCase):
         self.assertEqual(safe, ["e0"])
 
     @defer.inlineCallbacks
-    def test_an_event_is_safe_once_in_the_file(self):
+    def test_an_event_in_the_file_is_safe_once_the_events_before_it_are(self):
         safe = []
         c, _ = self.spilling(1, 1)
-        c.send(event(1), on_safe=lambda: safe.append("e1"))  # spilled: in the file
+        c.send(event(1), on_safe=lambda: safe.append("e1"))  # in the file, behind e0
+        c.send(event(2), on_safe=lambda: safe.append("e2"))
+        self.assertEqual(safe, [])  # e0 is only in memory: a crash now would lose it
+        c.start()
+        yield c.wait_drained(timeout=10)
+        self.assertEqual(safe, ["e1", "e2"])  # once e0 was acknowledged
+
+    @defer.inlineCallbacks
+    def test_an_event_is_safe_once_the_stop_wrote_the_events_before_it_to_the_file(self):
+        safe = []
+        c, _ = self.spilling(1, 1)
+        c.send(event(1), on_safe=lambda: safe.append("e1"))
+        yield c.stop(0)  # e0 goes into the file, in front of e1
         self.assertEqual(safe, ["e1"])
-        c.send(event(2))
-        c2 = self.client(queue_size=1)
-        c2.take_queue(c)
-        c2.send(event(3), on_safe=lambda: safe.append("e3"))  # behind the file's rows
-        self.assertEqual(safe, ["e1", "e3"])
-        yield c2.stop(0)  # e0 goes into the file at the stop
-        self.assertEqual(rows(self.path), self.ids(0, 4))
+        self.assertEqual(rows(self.path), self.ids(0, 2))
+
+    def test_an_event_in_the_file_behind_an_empty_queue_is_safe_at_once(self):
+        safe = []
+        c = self.client(queue_bytes=1000)
+        c.set_backlog(self.backlog())
+        c.send(dict(event(0), state="x" * 4000), on_safe=lambda: safe.append("e0"))
+        self.assertEqual(safe, ["e0"])
 
     @defer.inlineCallbacks
     def test_a_dropped_or_lost_event_is_never_safe(self):
