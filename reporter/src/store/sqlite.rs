@@ -159,13 +159,6 @@ fn upgrade(
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
-    if version > LAYOUT_VERSION {
-        return Err(StoreError::NewerLayout {
-            path: conn.path().unwrap_or_default().to_owned(),
-            found: version,
-            known: LAYOUT_VERSION,
-        });
-    }
     if version == LAYOUT_VERSION && has_every_index(conn).map_err(err)? {
         return Ok(());
     }
@@ -262,6 +255,17 @@ impl SqliteStore {
                 Ok(conn)
             };
             let mut conn = open()?;
+            // Before any setting could change it: a newer buildstore's file is left as it is.
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(&err)?;
+            if version > LAYOUT_VERSION {
+                return Err(StoreError::NewerLayout {
+                    path: p.clone(),
+                    found: version,
+                    known: LAYOUT_VERSION,
+                });
+            }
             // For a new file only (an existing one keeps its own): documents of a kilobyte or
             // two and their log chunks take fewer pages, and a batch fewer page writes.
             conn.pragma_update(None, "page_size", PAGE_SIZE)

@@ -470,6 +470,7 @@ async fn a_file_of_a_newer_layout_is_refused_not_changed() {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.pragma_update(None, "user_version", LAYOUT_VERSION + 1)
         .unwrap();
+    conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
     let Err(err) = SqliteStore::open(path).await else {
         panic!("a newer file was opened")
     };
@@ -485,4 +486,8 @@ async fn a_file_of_a_newer_layout_is_refused_not_changed() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, LAYOUT_VERSION + 1);
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
 }
