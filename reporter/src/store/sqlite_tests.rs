@@ -430,15 +430,21 @@ async fn opening_a_store_at_the_current_layout_writes_nothing() {
     assert_eq!(export_all(&reader).await, export_all(&writer).await);
 }
 
+/// A new store file, closed again, and a plain connection to it.
+async fn new_store_file(dir: &tempfile::TempDir) -> (String, rusqlite::Connection) {
+    let path = dir.path().join("store.db").to_str().unwrap().to_owned();
+    drop(SqliteStore::open(&path).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    (path, conn)
+}
+
 /// Some indexes came without a new layout version, so an open that skipped every file at this
 /// version would leave them out, and a query naming one would fail.
 #[tokio::test]
 async fn a_missing_index_is_made_at_the_open_of_a_file_at_this_layout() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let path = path.to_str().unwrap();
-    drop(SqliteStore::open(path).await.unwrap());
-    let conn = rusqlite::Connection::open(path).unwrap();
+    let (path, conn) = new_store_file(&dir).await;
+    let path = path.as_str();
     conn.execute_batch("DROP INDEX builds_changeset_time")
         .unwrap();
     let store = SqliteStore::open(path).await.unwrap();
@@ -464,10 +470,8 @@ async fn a_missing_index_is_made_at_the_open_of_a_file_at_this_layout() {
 #[tokio::test]
 async fn a_file_of_a_newer_layout_is_refused_not_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let path = path.to_str().unwrap();
-    drop(SqliteStore::open(path).await.unwrap());
-    let conn = rusqlite::Connection::open(path).unwrap();
+    let (path, conn) = new_store_file(&dir).await;
+    let path = path.as_str();
     conn.pragma_update(None, "user_version", LAYOUT_VERSION + 1)
         .unwrap();
     conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
