@@ -97,8 +97,11 @@ c["schedulers"] = [
         ],
     )
 ]
+# A queue of 5 events: what an outage brings goes through the backlog file.
 c["services"] = [
-    BuildstoreReporter("tcp://127.0.0.1:{daemon}", master_id={master_id!r}, max_backoff=1.0)
+    BuildstoreReporter(
+        "tcp://127.0.0.1:{daemon}", master_id={master_id!r}, max_backoff=1.0, queue_size=5
+    )
 ]
 """
 
@@ -561,10 +564,12 @@ def test_daemon_killed_during_a_build_gets_everything_after_restart(cluster):
         assert ticks["stdout"] == "".join(f"tick {i}\n" for i in range(1, TICKS + 1))
         assert (ticks["result"], done["result"], done["stdout"]) == (0, 0, "done\n")
 
-        # The events of the outage waited in the plugin's queue and were sent after reconnecting.
-        assert re.search(
-            r"buildstore: connected to \S+; resending [1-9][0-9]* events", master_log.read_text()
-        )
+        # The events of the outage waited in the plugin's queue, the later ones in its backlog
+        # file, and were sent after reconnecting.
+        text = master_log.read_text()
+        assert re.search(r"buildstore: connected to \S+; resending [1-9][0-9]* events", text)
+        assert "keeping further events in the backlog" in text
+        assert re.search(r"the backlog \S+ has caught up; [1-9][0-9]* events went through it", text)
         # Failures inside the plugin are logged as "buildstore: while ..." with a traceback.
         assert "buildstore: while" not in master_log.read_text()
 
@@ -602,7 +607,8 @@ def test_master_stopped_during_an_outage_sends_its_events_after_its_restart(clus
         master_log = cluster.master_dir / "twistd.log"
         assert re.search(
             r"buildstore: stopping with [1-9][0-9]* events not acknowledged by \S+; they are "
-            r"kept in the backlog \S+buildstore-backlog.sqlite and sent at the next start",
+            r"kept in the backlog \S+buildstore-backlog.sqlite( \([0-9]+ of them were there "
+            r"already\))? and sent at the next start",
             master_log.read_text(),
         )
         backlog = cluster.master_dir / "buildstore-backlog.sqlite"
