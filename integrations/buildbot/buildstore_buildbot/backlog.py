@@ -110,7 +110,6 @@ class Backlog:
                 pass  # only space is at stake
         self.bytes = int(size)
         self.waiting = rows
-        self._waiting_bytes = int(size)
         # Rows from ``_first_waiting`` on are waiting; rows before it were taken into the queue.
         self._first_waiting = seq_min if seq_min is not None else 1
         self._last_seq = seq_max if seq_max is not None else 0
@@ -136,7 +135,6 @@ class Backlog:
         self._last_seq = seq
         self.waiting += 1
         self.bytes += len(line)
-        self._waiting_bytes += len(line)
 
     def take(self, count: int, room: int) -> list[tuple[int, str | None, bytes]]:
         """The oldest waiting rows, at most ``count`` of them and ``room`` bytes in all.
@@ -162,7 +160,6 @@ class Backlog:
         if taken:
             self._first_waiting = taken[-1][0] + 1
             self.waiting -= len(taken)
-            self._waiting_bytes -= used
         return taken
 
     def acknowledged(self, seq: int) -> None:
@@ -181,7 +178,7 @@ class Backlog:
         base = first - len(lines)
         try:
             with self._db:
-                self._db.execute("DELETE FROM events WHERE seq < ?", (first,))
+                removed = self._delete_through(first - 1)
                 self._db.executemany(
                     "INSERT INTO events (seq, event_id, line) VALUES (?, ?, ?)",
                     [(base + i, event_id, line) for i, (event_id, line) in enumerate(lines)],
@@ -190,9 +187,7 @@ class Backlog:
             raise BacklogError(f"cannot write backlog {self.path}: {e}") from e
         self._acked = None
         self._acked_rows = 0
-        added = sum(len(line) for _, line in lines)
-        self.bytes = self._waiting_bytes + added
-        self._waiting_bytes = self.bytes
+        self.bytes += sum(len(line) for _, line in lines) - removed
         self.waiting += len(lines)
         if lines:
             self._first_waiting = base
@@ -235,13 +230,18 @@ class Backlog:
             return
         try:
             with self._db:
-                (size,) = self._db.execute(
-                    "SELECT total(length(line)) FROM events WHERE seq <= ?", (seq,)
-                ).fetchone()
-                self._db.execute("DELETE FROM events WHERE seq <= ?", (seq,))
+                removed = self._delete_through(seq)
         except sqlite3.Error as e:
             raise BacklogError(f"cannot write backlog {self.path}: {e}") from e
-        self.bytes -= int(size)
+        self.bytes -= removed
+
+    def _delete_through(self, seq: int) -> int:
+        """Deletes the rows up to ``seq``, in the caller's transaction; returns their bytes."""
+        (size,) = self._db.execute(
+            "SELECT total(length(line)) FROM events WHERE seq <= ?", (seq,)
+        ).fetchone()
+        self._db.execute("DELETE FROM events WHERE seq <= ?", (seq,))
+        return int(size)
 
     def _execute(self, sql, params):
         try:

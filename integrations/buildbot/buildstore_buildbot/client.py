@@ -64,7 +64,7 @@ def _summary(line: bytes, limit: int = 400) -> str:
 
 class _Pending:
     # ``seq`` is the event's row in the backlog, for an event taken from there; ``on_safe`` what
-    # the sender asked to run once the event is acknowledged or in the backlog file.
+    # to run once it is answered: the sender's, and those of events spilled behind it.
     __slots__ = ("event_id", "line", "seq", "on_safe")
 
     def __init__(self, event_id: str | None, line: bytes, seq: int | None = None, on_safe=None):
@@ -201,6 +201,9 @@ class BuildstoreClient:
         it), or once it and every event before it are answered or in the backlog file; never
         for an event dropped or lost.
         """
+        if self._closed:
+            self._drop(event, "the plugin has stopped")
+            return False
         try:
             line = encode_event(event)
         except Exception as e:  # e.g. a dict key JSON can't hold, or a __str__ that raises
@@ -208,9 +211,6 @@ class BuildstoreClient:
             self.dropped += 1
             return False
         data = line.encode("utf-8") + b"\n"
-        if self._closed:
-            self._drop(event, "the plugin has stopped")
-            return False
         full = self._no_room_for(len(data))
         if self.backlog is not None and (full is not None or self.backlog.waiting):
             # While events wait in the backlog, newer ones queue behind them, there.
@@ -236,7 +236,8 @@ class BuildstoreClient:
         if len(self.queue) >= self.queue_size:
             return f"queue full ({len(self.queue)} unacknowledged events, the queue_size bound)"
         if size > self.queue_bytes:
-            # It could never be queued; it is dropped like any other, and the next event goes on.
+            # It could never be queued with others: without a backlog it is dropped like any
+            # other, and the next event goes on; with one, it goes out alone (see _refill).
             return (
                 f"event of {size} bytes, larger than the whole queue "
                 f"(the queue_bytes bound, {self.queue_bytes})"
@@ -295,7 +296,7 @@ class BuildstoreClient:
             if not rows and not self.queue:
                 rows = backlog.take(1, float("inf"))  # larger than the whole queue: alone
         except BacklogError as e:
-            self._backlog_failed(e)
+            self._backlog_failed(backlog, e)
             return
         for seq, event_id, line in rows:
             self.queue.append(_Pending(event_id, line, seq))
@@ -307,17 +308,15 @@ class BuildstoreClient:
             )
             self.spilled = 0
 
-    def _backlog_failed(self, error: BacklogError):
+    def _backlog_failed(self, backlog: Backlog, error: BacklogError):
         # The waiting rows can't be read, so they can't be sent: waiting on them would hold up
         # every later event for good. They stay in the file, which the next start tries again,
         # then after newer events.
-        waiting = self.backlog.waiting if self.backlog is not None else 0
         log.msg(
             f"buildstore: {error}; no longer using the backlog until the master restarts; "
-            f"{waiting} events waiting in it are sent then, if it can be read"
+            f"{backlog.waiting} events waiting in it are sent then, if it can be read"
         )
-        if self.backlog is not None:
-            self.backlog.failed = str(error)
+        backlog.failed = str(error)
         self.backlog = None
         self.spilled = 0
 
@@ -417,16 +416,16 @@ class BuildstoreClient:
         self.queue_bytes = size
 
     def take_queue(self, other: BuildstoreClient) -> None:
-        """Takes over the events ``other`` holds unacknowledged: a new client replacing it."""
+        """Takes over the events ``other`` holds unacknowledged: a new client replacing it.
+
+        The caller hands the backlog over with ``set_backlog``, after these events.
+        """
         self.queue.extend(other.queue)
         self.queued_bytes += other.queued_bytes
         other.queue.clear()
         other.queued_bytes = 0
         # ``other`` is stopped next, and must not write its (empty) queue into the backlog.
-        if self.backlog is None:
-            self.backlog = other.backlog
         other.backlog = None
-        self._refill()
         self._pump()
 
     # -- connecting -------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class LogReports:
     """The log half of ``BuildstoreReporter``, mixed into it.
 
     Uses the reporter's ``master``, ``master_id``, ``_steps``, ``_foreign``, ``_foreign_steps``,
-    ``_finished``, ``_jobs``, ``_send``, ``_ensure_build``, ``_drop_step`` and
+    ``_finished``, ``_jobs``, ``_send``, ``_ensure_build``, ``_drop_step``, ``_step_state`` and
     ``_ensure_step_started``.
     """
 
@@ -56,9 +56,7 @@ class LogReports:
                 return
             # A step message during the read may have made its state, and sent text with it:
             # replacing that state would send the log again from its start, out of step.
-            self._steps.setdefault(
-                stepid, StepState(stepid, step["buildid"], step["number"], step["name"])
-            )
+            self._step_state(step)
         self._jobs.add(("build", self._steps[stepid].buildid), self._log_changed, logdict)
 
     async def _log_changed(self, logdict):

@@ -409,7 +409,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         No "finished" message will come for it to free its state. It was started, and what the
         message carries sent, as the daemon may not have it (it ended before this service
         started). If the daemon has it (_finished forgot it), sending it again is harmless: event
-        ids are made of Buildbot's ids, and log chunks' of their offsets, so ``build_started``,
+        ids are made of Buildbot's ids, and log chunks' of their byte ranges, so ``build_started``,
         the steps' events, the log text and ``build_finished`` come with ids the daemon already
         applied, and it skips them. A step this service started whose own "finished" message it
         didn't handle is finished as that message would have, if Buildbot finished it (the steps
@@ -424,9 +424,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
                     continue
                 step = await self.master.data.get(("steps", state.stepid))
                 if step is not None and step.get("complete"):
-                    await self._catch_up_log(state)
-                    state.finished = True
-                    self._send(events.step_finished(self.master_id, step))
+                    await self._finish_step(state, step)
         finally:
             # Even if a step read fails: left in _builds, the state would never be freed.
             self._finish(build)
@@ -470,8 +468,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         lacks is applied. A complete build is finished once this job is done (``_ensure_build``
         queues that).
         """
-        state = await self._ensure_build(buildid)
-        if state is None:  # gone from the database, or no longer this master's
+        if await self._ensure_build(buildid) is None:  # gone, or no longer this master's
             self._record("build_finished", buildid)
             return
         # The daemon skips the build_started above, and with it the properties set since the
@@ -486,15 +483,10 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         for step in await self.master.data.get(("builds", buildid, "steps")) or []:
             if step.get("started_at") is None:
                 continue
-            stepid = step["stepid"]
-            step_state = self._steps.setdefault(
-                stepid, StepState(stepid, buildid, step["number"], step["name"])
-            )
+            step_state = self._step_state(step)
             self._ensure_step_started(step_state, step)
             if step.get("complete") and not step_state.finished:
-                await self._catch_up_log(step_state)
-                step_state.finished = True
-                self._send(events.step_finished(self.master_id, step))
+                await self._finish_step(step_state, step)
 
     async def _properties_changed(self, buildid, props):
         # A property set after the build's end still counts (a got_revision correcting the
@@ -521,18 +513,28 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         if build is None:
             self._drop_step(step["stepid"], step["buildid"])
             return
-        stepid = step["stepid"]
-        state = self._steps.setdefault(
-            stepid, StepState(stepid, step["buildid"], step["number"], step["name"])
-        )
+        state = self._step_state(step)
         self._ensure_step_started(state, step)
         if what == "finished":
-            # Log appends are announced without waiting for them, so the last ones may come
-            # after the step finished: read what is left now, to send the text first. The step
-            # finishes even if that read fails for good.
-            await self._catch_up_log(state)
-            state.finished = True
-            self._send(events.step_finished(self.master_id, step))
+            await self._finish_step(state, step)
+
+    def _step_state(self, step: dict) -> StepState:
+        """The step's state, made from the data API's ``step`` if there is none yet."""
+        stepid = step["stepid"]
+        return self._steps.setdefault(
+            stepid, StepState(stepid, step["buildid"], step["number"], step["name"])
+        )
+
+    async def _finish_step(self, state: StepState, step: dict):
+        """Sends the rest of the step's log, then ``step_finished``.
+
+        Log appends are announced without waiting for them, so the last ones may come after the
+        step finished: what is left is read now, to send the text first. The step finishes even
+        if that read fails for good.
+        """
+        await self._catch_up_log(state)
+        state.finished = True
+        self._send(events.step_finished(self.master_id, step))
 
     async def _forget_unreported_step(self, stepid, buildid):
         state = self._steps.get(stepid)

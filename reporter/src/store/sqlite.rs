@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use bson::{Bson, Document, RawBsonRef, RawDocument};
-use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
+use buildstore_schema::{BuildDoc, Channel, Collection, IndexSpec, StepDoc, INDEXES};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::vtab::array::Array;
 use rusqlite::{
@@ -91,9 +91,8 @@ fn indexes() -> String {
             .map(|(f, dir)| format!("{f}{}", if *dir < 0 { " DESC" } else { "" }))
             .collect();
         sql.push_str(&format!(
-            "CREATE INDEX IF NOT EXISTS {}_{} ON {} ({});\n",
-            spec.collection,
-            spec.name,
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({});\n",
+            index_name(spec),
             spec.collection,
             keys.join(", ")
         ));
@@ -147,8 +146,10 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
 /// old table as it is, so the columns added since are added here and filled from the documents
 /// before any index needs them. The write lock is taken first: two processes opening an old file
 /// at once must not both add a column.
+/// Brings a file whose layout is `version` (its `user_version`) up to this one.
 fn upgrade(
     conn: &mut Connection,
+    version: i64,
     err: &impl Fn(rusqlite::Error) -> StoreError,
 ) -> Result<(), StoreError> {
     // A file at this layout, with every index, is not written at all. Every open would
@@ -156,9 +157,6 @@ fn upgrade(
     // between the reads and the writes of the daemon's batch, made that batch fail with
     // "database is locked". The indexes are looked at too: some were added without a new
     // layout version, and a query naming a missing one fails.
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(err)?;
     if version == LAYOUT_VERSION && has_every_index(conn).map_err(err)? {
         return Ok(());
     }
@@ -193,6 +191,11 @@ fn upgrade(
     tx.commit().map_err(err)
 }
 
+/// The SQLite name of an index of the schema.
+fn index_name(spec: &IndexSpec) -> String {
+    format!("{}_{}", spec.collection, spec.name)
+}
+
 fn has_every_index(conn: &Connection) -> rusqlite::Result<bool> {
     let present: HashSet<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?
@@ -200,7 +203,7 @@ fn has_every_index(conn: &Connection) -> rusqlite::Result<bool> {
         .collect::<Result<_, _>>()?;
     Ok(INDEXES
         .iter()
-        .all(|spec| present.contains(&format!("{}_{}", spec.collection, spec.name))))
+        .all(|spec| present.contains(&index_name(spec))))
 }
 
 /// Sets `cols` of every row of `collection` from its stored document, as a write would have.
@@ -275,7 +278,7 @@ impl SqliteStore {
             // FULL: a batch the store confirmed survives a power cut, not only a crash.
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(&err)?;
-            upgrade(&mut conn, &err)?;
+            upgrade(&mut conn, version, &err)?;
             let reader = open()?;
             rusqlite::vtab::array::load_module(&reader).map_err(&err)?;
             Ok::<_, StoreError>((conn, reader))
