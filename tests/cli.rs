@@ -445,6 +445,26 @@ fn a_property_that_would_outgrow_mongodbs_document_limit_is_rejected_and_the_bui
 }
 
 #[test]
+fn a_whole_number_beyond_64_bits_is_refused_rather_than_stored_rounded() {
+    let db = Db::new();
+    let wide = r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":[18446744073709551617]}"#;
+    let fits = r#"{"type":"property","master_id":"m","build_id":1,"name":"f","value":18446744073709551615e0}"#;
+    let out = db.ingest_text(&[BUILD, wide, fits].join("\n"), &["--keep-going"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 2: the whole number 18446744073709551617 does not fit in 64 bits"),
+        "{err}"
+    );
+    let properties = &db.doc("builds", "m/1")["properties"];
+    assert!(properties.get("n").is_none(), "{properties}");
+    assert_eq!(
+        properties["f"]["value"], 1.844_674_407_370_955_2e19,
+        "a double stays a double"
+    );
+}
+
+#[test]
 fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
     let db = Db::new();
     let lines = [

@@ -27,6 +27,7 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
         r#"{"type":"step_started","master_id":"m","build_id":1,"step":"two","name":"x"}"#,
         long.as_str(),
         "",
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":18446744073709551616}"#,
     ];
     let mut mixed = Vec::new();
     for (i, v) in valid.iter().enumerate() {
@@ -46,6 +47,13 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
     assert!(replies[9]["error"]
         .as_str()
         .is_some_and(|e| e.contains("longer than the limit")));
+    assert!(
+        replies[13]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("18446744073709551616 does not fit in 64 bits")),
+        "{}",
+        replies[13]
+    );
     // Events without an event_id get one, returned in the ack; a duplicate is acknowledged.
     let replies = exchange(
         daemon.port,

@@ -6,9 +6,9 @@
 
 use serde_json::Value;
 
-/// The first whole number in `value` above `i64::MAX`, if any. Parsing has already turned whole
-/// numbers beyond `u64` into floats, and those below `i64::MIN` too, so these are the only ones
-/// left that BSON refuses.
+/// The first whole number in `value` above `i64::MAX`, if any. Parsing a line has already refused
+/// whole numbers beyond `u64` and below `i64::MIN`, so these are the only ones left that BSON
+/// refuses.
 pub(crate) fn above_i64(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64().filter(|&n| i64::try_from(n).is_err()),

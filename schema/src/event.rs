@@ -266,13 +266,17 @@ pub enum EventError {
     UnknownType(String),
     #[error("{0}")]
     Field(String),
+    #[error(
+        "the whole number {0} does not fit in 64 bits, so no document can hold it exactly; \
+         send it as a string"
+    )]
+    WideInteger(String),
 }
 
 impl Event {
     /// Parses one line of the protocol.
     pub fn parse(line: &str) -> Result<Event, EventError> {
-        let value: Value = serde_json::from_str(line).map_err(EventError::from_json)?;
-        Event::from_value(value)
+        Event::from_value(crate::json_line::parse(line)?)
     }
 
     /// Builds an event from an already parsed JSON value.

@@ -5,6 +5,7 @@
 pub mod collection;
 pub mod document;
 pub mod event;
+pub mod json_line;
 pub mod json_schema;
 pub mod validator;
 pub mod value;

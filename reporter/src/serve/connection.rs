@@ -506,9 +506,9 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         text = text.trim().to_owned();
     }
     let trimmed = text.as_str();
-    let value: Value = match serde_json::from_str(trimmed) {
+    let value = match buildstore_schema::json_line::parse(trimmed) {
         Ok(v) => v,
-        Err(e) => return reject(buildstore_schema::EventError::from_json(e).to_string()),
+        Err(e) => return reject(e.to_string()),
     };
     if value.get("type").and_then(Value::as_str) == Some("hello") {
         let given = value.get("token").and_then(Value::as_str);

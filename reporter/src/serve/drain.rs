@@ -313,10 +313,11 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
     };
     let through = spooled.last()?.id;
     // Lines were validated before they were spooled; one that no longer parses is reported and
-    // skipped rather than blocking everything behind it.
+    // skipped rather than blocking everything behind it. They are read without the check on
+    // numbers beyond 64 bits, which an earlier version accepted and acknowledged.
     let events = spooled
         .iter()
-        .filter_map(|p| match Event::parse(&p.line) {
+        .filter_map(|p| match read_spooled(&p.line) {
             Ok(e) => Some(e),
             Err(e) => {
                 tracing::error!(spool_id = p.id, error = %e, "unreadable spooled event skipped");
@@ -325,6 +326,11 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
         })
         .collect();
     Some(Unconfirmed { through, events })
+}
+
+fn read_spooled(line: &str) -> Result<Event, buildstore_schema::EventError> {
+    let value = serde_json::from_str(line).map_err(buildstore_schema::EventError::from_json)?;
+    Event::from_value(value)
 }
 
 #[cfg(test)]
