@@ -235,6 +235,11 @@ fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
         ),
         ("/builds/%FF", 400, "the path is not understood"),
         (
+            "/?builder=%FF",
+            400,
+            "\"%FF\" is not UTF-8 once percent-decoded",
+        ),
+        (
             "/builds/bm03/18391?x=1",
             400,
             "this page takes no parameters",
@@ -260,6 +265,58 @@ fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
         let window = web.get(&format!("/api/steps/bm03/18391/3/logs/stdout?{bad}"));
         assert_eq!(window.status, 400, "{bad}");
     }
+    // Everything only reads: another method is told so, in the form it was sent to.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for path in ["/api", "/builds/bm03/18391"] {
+        let mut answer = agent
+            .post(&format!("{}{path}", web.base))
+            .send("{}")
+            .expect("an answer");
+        assert_eq!(answer.status().as_u16(), 405, "{path}");
+        assert_eq!(answer.headers()["allow"], "GET,HEAD", "{path}");
+        let body = answer.body_mut().read_to_string().expect("a body");
+        assert!(body.contains("POST is not served here"), "{path}: {body}");
+    }
+}
+
+/// The "JSON" link of a page leads to the same data: its query goes along.
+#[test]
+fn each_pages_json_link_keeps_the_pages_parameters() {
+    let db = Db::new();
+    examples_store(&db);
+    let web = WebServer::start(&db);
+    for (page, twin) in [
+        ("/changesets?limit=1", "/api/changesets?limit=1"),
+        ("/builders?limit=2", "/api/builders?limit=2"),
+        (
+            "/?limit=1&result=failure",
+            "/api?result=failure&amp;limit=1",
+        ),
+        ("/changesets", "/api/changesets"),
+    ] {
+        let html = web.html(page);
+        assert!(
+            html.contains(&format!("class=\"api\" href=\"{twin}\"")),
+            "{page}: {html}"
+        );
+    }
+    let next = web.json("/api/builders?limit=2")["next"].clone();
+    let after = next.as_str().expect("a second page of builders");
+    let query = format!("limit=2&after={}", urlencode(after));
+    let html = web.html(&format!("/builders?{query}"));
+    let twin = format!("/api/builders?{query}");
+    assert!(
+        html.contains(&format!("href=\"{}\"", twin.replace('&', "&amp;"))),
+        "{html}"
+    );
+    assert_ne!(
+        web.json(&twin),
+        web.json("/api/builders?limit=2"),
+        "the second page"
+    );
 }
 
 #[test]

@@ -95,10 +95,13 @@ struct Window {
 
 async fn window(store: &dyn Store, path: &str, w: LogWindow) -> Result<Window, WebError> {
     let (step, channel) = existing_step(store, path).await?;
-    let length = store.log_len(&step, channel).await?.unwrap_or(0);
+    // Two reads, while a writer may append in between: the length is read after the text and
+    // is never less than what the text shows, so a window never reaches past `length`.
     let bytes = store.read_log(&step, channel, w.offset, w.limit).await?;
+    let length = store.log_len(&step, channel).await?.unwrap_or(0);
     let (text, used) = utf8_window(bytes);
     let end = w.offset + used as u64;
+    let length = length.max(end);
     Ok(Window {
         step,
         channel: channel.as_str(),
@@ -110,23 +113,39 @@ async fn window(store: &dyn Store, path: &str, w: LogWindow) -> Result<Window, W
 }
 
 /// The text of a window and how many of its bytes that text covers. A character cut by the
-/// window's end is left to the next window; anything else that is not UTF-8 is shown replaced
-/// rather than hidden (logs are stored from text, so that only happens to a damaged store).
+/// window's end is left to the next window, even when the window starts inside one (after an
+/// offset chosen by hand); anything else that is not UTF-8 is shown replaced rather than hidden.
 fn utf8_window(bytes: Vec<u8>) -> (String, usize) {
+    let end = without_cut_end(&bytes);
+    let text = match std::str::from_utf8(&bytes[..end]) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(&bytes[..end]).into_owned(),
+    };
+    (text, end)
+}
+
+/// How many of `bytes` are left once a character cut by their end is left out; all of them when
+/// that would leave none, so that a window too small for its first character still moves on.
+fn without_cut_end(bytes: &[u8]) -> usize {
     let n = bytes.len();
-    match String::from_utf8(bytes) {
-        Ok(text) => (text, n),
-        Err(e) => {
-            let error = e.utf8_error();
-            let valid = error.valid_up_to();
-            let bytes = e.into_bytes();
-            if error.error_len().is_none() && valid > 0 {
-                (String::from_utf8_lossy(&bytes[..valid]).into_owned(), valid)
+    // The last character starts at most three continuation bytes before the end.
+    for back in 1..=n.min(4) {
+        let b = bytes[n - back];
+        if b & 0xC0 != 0x80 {
+            let width = match b {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF7 => 4,
+                _ => 1,
+            };
+            return if width > back && back < n {
+                n - back
             } else {
-                (String::from_utf8_lossy(&bytes).into_owned(), n)
-            }
+                n
+            };
         }
     }
+    n
 }
 
 pub async fn log_window(
@@ -169,5 +188,14 @@ mod tests {
             utf8_window(b"a\xffb".to_vec()),
             ("a\u{fffd}b".to_owned(), 3)
         );
+    }
+
+    #[test]
+    fn a_window_starting_inside_a_character_still_leaves_the_one_cut_at_its_end() {
+        let text = "é€😀".as_bytes().to_vec(); // 2 + 3 + 4 bytes
+        let (shown, used) = utf8_window(text[1..7].to_vec());
+        assert_eq!((shown.as_str(), used), ("\u{fffd}€", 4));
+        // The next window starts at the cut character and shows it whole.
+        assert_eq!(utf8_window(text[1 + used..].to_vec()), ("😀".to_owned(), 4));
     }
 }

@@ -5,8 +5,10 @@
 //! - [`params`]: query parameters, parsed strictly (a bad one is a 400 that names it).
 //! - [`view`]: documents → what a page shows (pure).
 //! - `pages`: the view as HTML; `routes`: the HTTP shell that reads the store.
+//! - `log_tail`: how much of each log a build page carries.
 //! - `logs`: full logs, streamed.
 
+mod log_tail;
 mod logs;
 mod pages;
 pub mod params;
@@ -32,6 +34,8 @@ pub enum WebError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("the store could not be read: {0}")]
     Store(#[from] StoreError),
 }
@@ -60,6 +64,7 @@ impl WebError {
         match self {
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             // A store that is down is the server's trouble, and may pass: say so, and not "bug".
             WebError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

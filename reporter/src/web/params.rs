@@ -18,10 +18,28 @@ pub const MAX_LIMIT: usize = 500;
 #[error("{0}")]
 pub struct ParamError(pub String);
 
-/// The query string as name/value pairs, percent-decoded.
-fn pairs(query: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .into_owned()
+/// The query string as name/value pairs, percent-decoded. Bytes that decode to no UTF-8 are an
+/// error rather than replaced: `builder=%FF` would otherwise ask for a builder named "\u{fffd}".
+fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ParamError> {
+    let decode = |part: &str| {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| {
+                ParamError(format!(
+                    "{part:?} is not UTF-8 once percent-decoded; encode text as UTF-8"
+                ))
+            })
+    };
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(name)?, decode(value)?))
+        })
         .collect()
 }
 
@@ -33,7 +51,7 @@ struct Reader {
 
 impl Reader {
     fn new(query: Option<&str>, known: &'static [&'static str]) -> Result<Reader, ParamError> {
-        let pairs = pairs(query);
+        let pairs = pairs(query)?;
         for (i, (name, _)) in pairs.iter().enumerate() {
             if !known.contains(&name.as_str()) {
                 let takes = if known.is_empty() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, Uri};
+use axum::http::{header, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -40,6 +40,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/api/builders", get(builders_json))
         .route("/style.css", get(style))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(store)
 }
 
@@ -63,6 +64,17 @@ pub(super) fn typed<T: DeserializeOwned>(
     doc: bson::Document,
 ) -> Result<T, WebError> {
     let id = doc.get_str("_id").unwrap_or("?").to_owned();
+    typed_as(collection, &id, doc)
+}
+
+/// A document read by its id, as its typed struct; a damaged one is named by that id even when
+/// its own `_id` is what is damaged.
+fn typed_as<T: DeserializeOwned>(
+    collection: Collection,
+    id: &str,
+    doc: bson::Document,
+) -> Result<T, WebError> {
+    let id = id.to_owned();
     bson::from_document(doc).map_err(|e| {
         WebError::Store(crate::store::StoreError::Corrupt {
             collection,
@@ -132,10 +144,10 @@ async fn build(
         .get(Collection::Builds, id)
         .await?
         .ok_or_else(|| WebError::NotFound(format!("there is no build {id:?}")))?;
-    let build: BuildDoc = typed(Collection::Builds, doc)?;
+    let build: BuildDoc = typed_as(Collection::Builds, id, doc)?;
     let builder_id = format!("{}/{}", build.master_id, build.builder);
     let builder: Option<BuilderDoc> = match store.get(Collection::Builders, &builder_id).await? {
-        Some(d) => Some(typed(Collection::Builders, d)?),
+        Some(d) => Some(typed_as(Collection::Builders, &builder_id, d)?),
         None => None,
     };
     let mut steps: Vec<StepDoc> = typed_all(
@@ -184,11 +196,20 @@ fn explicit_limit(limit: usize) -> Option<usize> {
     (limit != params::DEFAULT_LIMIT).then_some(limit)
 }
 
+/// The JSON twin of a page: the same path under `/api`, with the same query.
+fn api_twin(path: &str, query: Option<&str>) -> String {
+    match query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("/api{path}?{q}"),
+        None => format!("/api{path}"),
+    }
+}
+
 async fn console_page(State(store): State<Shared>, RawQuery(q): RawQuery) -> Response {
+    let api = api_twin("/changesets", q.as_deref());
     html(
         console(store.as_ref(), q.as_deref())
             .await
-            .map(|(v, q)| pages::console(&v, explicit_limit(q.limit))),
+            .map(|(v, q)| pages::console(&v, explicit_limit(q.limit), &api)),
     )
 }
 
@@ -229,10 +250,11 @@ async fn builders(
 }
 
 async fn builders_page(State(store): State<Shared>, RawQuery(q): RawQuery) -> Response {
+    let api = api_twin("/builders", q.as_deref());
     html(
         builders(store.as_ref(), q.as_deref())
             .await
-            .map(|(v, p)| pages::builders(&v, explicit_limit(p.limit))),
+            .map(|(v, p)| pages::builders(&v, explicit_limit(p.limit), &api)),
     )
 }
 
@@ -255,4 +277,21 @@ async fn not_found(uri: Uri) -> Response {
     } else {
         e.page()
     }
+}
+
+/// Everything here only reads: any method but GET and HEAD gets an answer that says so, in the
+/// form of the page or API it was sent to.
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    let e = WebError::MethodNotAllowed(format!(
+        "{method} is not served here: the pages and their JSON only answer GET and HEAD"
+    ));
+    let mut response = if uri.path().starts_with("/api") {
+        e.json()
+    } else {
+        e.page()
+    };
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+    response
 }

@@ -13,6 +13,7 @@ use buildstore_schema::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::log_tail;
 use super::params::{cursor_text, encode, path};
 use crate::store::BuildCursor;
 
@@ -219,14 +220,15 @@ pub struct Bar {
     pub width_pct: f64,
 }
 
-/// A log of a step: its size, where to read it whole, and the part kept inline.
+/// A log of a step: its size, where to read it whole, and its last lines.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogView {
     pub channel: &'static str,
     pub bytes: i64,
     pub url: String,
     pub api_url: String,
-    pub inline: String,
+    /// The end of the log ([`log_tail`](super::log_tail)); empty once the page's budget is spent.
+    pub tail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -301,7 +303,7 @@ pub fn build_view(
             (ms as f64 * 100.0 / span as f64).clamp(0.0, 100.0)
         }
     };
-    let steps = steps
+    let mut steps: Vec<StepView> = steps
         .iter()
         .map(|s| {
             let duration_ms = millis(s.time_start, s.time_end.unwrap_or(now));
@@ -336,12 +338,13 @@ pub fn build_view(
                         bytes: s.log_bytes.get(c),
                         url: log_url("", &s.id, c),
                         api_url: log_url("/api", &s.id, c),
-                        inline: s.log(c).to_owned(),
+                        tail: log_tail::tail(s.log(c), log_tail::TAIL_BYTES).to_owned(),
                     })
                     .collect(),
             }
         })
         .collect();
+    log_tail::fit_page(&mut steps);
     BuildView {
         summary: summary(build),
         category: builder.and_then(|b| b.category.clone()),

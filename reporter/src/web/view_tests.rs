@@ -125,6 +125,46 @@ fn a_page_read_with_one_row_more_knows_whether_an_older_page_exists() {
 }
 
 #[test]
+fn a_build_page_carries_the_end_of_each_log_within_a_bound_the_failed_step_draws_on_first() {
+    use super::log_tail::{PAGE_TAIL_BYTES, TAIL_BYTES};
+    let b = build("m1/1", "linux", None);
+    let line = "x".repeat(99) + "\n";
+    // A thousand steps with 16 KiB inline on each channel (1 MiB by default would make 3 GiB).
+    let steps: Vec<StepDoc> = (0..1000)
+        .map(|n| {
+            let mut s = step(n, n, Some(n + 1), Some(if n == 999 { 2 } else { 0 }));
+            let log = line.repeat(160) + &format!("end of step {n}\n");
+            s.stdout = log.clone();
+            s.stderr = log.clone();
+            s.headers = log.clone();
+            s.log_bytes = LogBytes {
+                stdout: log.len() as i64,
+                stderr: log.len() as i64,
+                headers: log.len() as i64,
+            };
+            s
+        })
+        .collect();
+    let v = build_view(&b, None, &steps, false, at(1000));
+    let tails: Vec<&LogView> = v.steps.iter().flat_map(|s| &s.logs).collect();
+    assert_eq!(
+        tails.len(),
+        3000,
+        "every log is still listed, with its link"
+    );
+    assert!(tails.iter().all(|l| l.tail.len() <= TAIL_BYTES));
+    let total: usize = tails.iter().map(|l| l.tail.len()).sum();
+    assert!(total <= PAGE_TAIL_BYTES, "{total}");
+    let failed = &v.steps[999];
+    assert!(failed.failed);
+    for log in &failed.logs {
+        assert!(log.tail.ends_with("end of step 999\n") && log.tail.starts_with('x'));
+    }
+    assert!(v.steps[0].logs[0].tail.ends_with("end of step 0\n"));
+    assert!(v.steps[998].logs[0].tail.is_empty(), "past the budget");
+}
+
+#[test]
 fn step_bars_show_where_in_the_build_each_step_ran() {
     let b = build("m1/1", "linux", None);
     let steps = [
@@ -144,7 +184,7 @@ fn step_bars_show_where_in_the_build_each_step_ran() {
     let failed: Vec<bool> = v.steps.iter().map(|s| s.failed).collect();
     assert_eq!(failed, [false, true, false]);
     assert_eq!(v.steps[0].logs[0].url, "/steps/m1/1/0/logs/stdout");
-    assert_eq!(v.steps[0].logs[0].inline, "inline out");
+    assert_eq!(v.steps[0].logs[0].tail, "inline out");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `/builds/{id}`: one build — its facts, its steps with a bar showing when each ran within the
-//! build, the failed step highlighted, the inline part of each log, properties and changes.
+//! build, the failed step highlighted, the last lines of each log, properties and changes.
 
 use maud::{html, Markup};
 
@@ -52,18 +52,18 @@ pub fn build(b: &BuildView) -> Markup {
             @if b.more_steps {
                 p.note { "Only the first " (b.steps.len()) " steps are shown; the JSON twin lists the same." }
             }
-            @let logged: Vec<&StepView> = b.steps.iter().filter(|s| s.logs.iter().any(|l| !l.inline.is_empty())).collect();
+            @let logged: Vec<&StepView> = b.steps.iter().filter(|s| s.logs.iter().any(|l| !l.tail.is_empty())).collect();
             @if !logged.is_empty() {
                 h2 { "Logs" }
                 @for step in logged {
-                    @for log in step.logs.iter().filter(|l| !l.inline.is_empty()) {
+                    @for log in step.logs.iter().filter(|l| !l.tail.is_empty()) {
                         details.log id={ "log-" (step.step) "-" (log.channel) } open[step.failed] {
                             summary {
                                 (step.name) " — " (log.channel) " (" (log.bytes) " bytes"
-                                @if step.log_truncated { ", middle cut; " a href=(log.url) { "full log" } }
-                                ")"
+                                @if (log.tail.len() as i64) < log.bytes { ", its last lines below" }
+                                "; " a href=(log.url) { "full log" } ")"
                             }
-                            pre { (log.inline) }
+                            pre { (log.tail) }
                         }
                     }
                 }

@@ -6,12 +6,12 @@ use super::{badge, layout, limit_suffix, maybe, Section};
 use crate::web::params::encode;
 use crate::web::view::BuildersView;
 
-pub fn builders(v: &BuildersView, limit_param: Option<usize>) -> Markup {
+pub fn builders(v: &BuildersView, limit_param: Option<usize>, api: &str) -> Markup {
     let limit = limit_suffix(limit_param);
     layout(
         "Builders",
         Section::Builders,
-        "/api/builders",
+        api,
         html! {
             h1 { "Builders" }
             @if v.masters.is_empty() {

@@ -7,12 +7,12 @@ use super::{badge, layout, limit_suffix, maybe, when, Section};
 use crate::web::params::encode;
 use crate::web::view::{changeset_url, ConsoleView};
 
-pub fn console(v: &ConsoleView, limit_param: Option<usize>) -> Markup {
+pub fn console(v: &ConsoleView, limit_param: Option<usize>, api: &str) -> Markup {
     let limit = limit_suffix(limit_param);
     layout(
         "Changesets",
         Section::Changesets,
-        "/api/changesets",
+        api,
         html! {
             h1 { "Changesets" }
             @if v.commits.is_empty() {

@@ -130,6 +130,7 @@ pub fn error(status: u16, message: &str) -> Markup {
     let title = match status {
         400 => "Bad request",
         404 => "Not found",
+        405 => "Method not allowed",
         _ => "Unavailable",
     };
     layout(

@@ -1,0 +1,74 @@
+//! How much of its logs a build page carries. A step document keeps up to the inline limit of each
+//! log (1 MiB by default), and a build may have a thousand steps, so a page that carried every
+//! inline log whole could run to gigabytes. It carries the end of each log instead, where a
+//! failing step says why, within a budget for the whole page that the failed steps draw on
+//! first; the full log is a link away.
+
+use super::view::StepView;
+
+/// Most bytes of the end of one log a build page carries.
+pub const TAIL_BYTES: usize = 4 * 1024;
+/// Most bytes of log ends a build page carries in all.
+pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
+
+/// The end of `text`: at most `max` bytes, from the start of a line when one begins within
+/// them, and never from inside a character.
+pub fn tail(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    if text.as_bytes()[start - 1] == b'\n' {
+        return &text[start..];
+    }
+    let window = &text[start..];
+    match window.find('\n') {
+        Some(i) if i + 1 < window.len() => &window[i + 1..],
+        _ => window,
+    }
+}
+
+/// Empties the tails that do not fit the page's budget: the failed steps' tails are kept first,
+/// then the others in step order.
+pub fn fit_page(steps: &mut [StepView]) {
+    let mut left = PAGE_TAIL_BYTES;
+    let (failed, others): (Vec<&mut StepView>, Vec<&mut StepView>) =
+        steps.iter_mut().partition(|s| s.failed);
+    for step in failed.into_iter().chain(others) {
+        for log in &mut step.logs {
+            if log.tail.len() <= left {
+                left -= log.tail.len();
+            } else {
+                log.tail.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_log_is_its_own_tail() {
+        assert_eq!(tail("make: ok\n", 100), "make: ok\n");
+    }
+
+    #[test]
+    fn a_tail_starts_at_a_line_when_one_begins_within_it() {
+        let text = "first line\nsecond line\nerror: it broke\n";
+        assert_eq!(tail(text, 20), "error: it broke\n");
+        // The window begins right after a line break: that whole line is kept.
+        assert_eq!(tail(text, 28), "second line\nerror: it broke\n");
+    }
+
+    #[test]
+    fn a_tail_without_a_line_start_is_cut_at_a_character() {
+        let text = "ééééé"; // 10 bytes, no line break
+        assert_eq!(tail(text, 5), "éé");
+        assert_eq!(tail("x\né€", 4), "€");
+    }
+}
