@@ -465,6 +465,42 @@ fn a_whole_number_beyond_64_bits_is_refused_rather_than_stored_rounded() {
 }
 
 #[test]
+fn keys_that_bson_reads_as_typed_values_are_refused_and_the_build_stays_readable() {
+    let db = Db::new();
+    let lines = [
+        BUILD,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"q","value":{"a":1,"$oid":"x"}}"#,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"$date","value":"garbage"}"#,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$numberLong":"5"}}"#,
+        r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 2: field `value`: cannot be stored (the key \"$oid\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 3: field `name`: the property name \"$date\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 4: field `value`: cannot be stored (the key \"$numberLong\""),
+        "{err}"
+    );
+    let build = db.doc("builds", "m/1");
+    assert_eq!(
+        build["properties"],
+        json!({}),
+        "nothing was stored as another type"
+    );
+    assert_eq!(
+        build["result"], 0,
+        "the build reads back and takes later events"
+    );
+}
+
+#[test]
 fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
     let db = Db::new();
     let lines = [
@@ -516,6 +552,42 @@ fn ids_with_a_slash_are_rejected_rather_than_merged_into_another_build() {
         .map(|b| (b["_id"].clone(), b["builder"].clone()))
         .collect();
     assert_eq!(builds, [(json!("a/c"), json!("lin/64"))]);
+}
+
+#[test]
+fn dot_and_dot_dot_are_rejected_as_ids_since_no_browser_could_reach_their_pages() {
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"build_started","master_id":"m","build_id":"..","builder":"x","number":1,"time":0}"#,
+        r#"{"type":"builder_added","master_id":".","builder":"x"}"#,
+        r#"{"type":"build_started","master_id":"m","build_id":"...","builder":"x","number":2,"time":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: field `build_id` must not be `..`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: field `master_id` must not be `.`"),
+        "{err}"
+    );
+    let builds: Vec<Value> = db
+        .export("builds")
+        .into_iter()
+        .map(|b| b["_id"].clone())
+        .collect();
+    assert_eq!(builds, [json!("m/...")]);
+    let builders: Vec<Value> = db
+        .export("builders")
+        .into_iter()
+        .map(|b| b["_id"].clone())
+        .collect();
+    assert_eq!(
+        builders,
+        [json!("m/x")],
+        "only the builder of the build accepted"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::doc_size::{
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
 use super::state::{BuildSnapshot, BuildState, StepState};
-use super::storable::{above_i64, one_line};
+use super::storable::{above_i64, dollar_key, one_line, unstorable_name};
 
 /// The knobs of the rules.
 #[derive(Debug, Clone)]
@@ -225,6 +225,12 @@ impl Core {
                 .properties
                 .iter()
                 .map(|(name, p)| {
+                    if let Some(message) = unstorable_name(name) {
+                        return Err(RuleError::Unstorable {
+                            field: "properties".into(),
+                            message,
+                        });
+                    }
                     let doc = property_doc(
                         &format!("properties.{name}.value"),
                         &p.value,
@@ -390,10 +396,10 @@ impl Core {
         non_empty("name", &e.name)?;
         let policy = self.config.changesets.clone();
         let property = property_doc("value", &e.value, e.source.clone())?;
-        if e.name.contains('\0') {
+        if let Some(message) = unstorable_name(&e.name) {
             return Err(RuleError::Unstorable {
                 field: "name".into(),
-                message: "a property name cannot hold a NUL character".into(),
+                message,
             });
         }
         let value_bytes = document_len(&property).map_err(|message| RuleError::Unstorable {
@@ -529,6 +535,15 @@ fn property_doc(
     value: &serde_json::Value,
     source: Option<String>,
 ) -> Result<PropertyDoc, RuleError> {
+    if let Some(key) = dollar_key(value) {
+        return Err(RuleError::Unstorable {
+            field: field.to_owned(),
+            message: format!(
+                "cannot be stored (the key {key:?} starts with `$`, which BSON and MongoDB read \
+                 as a typed value or an operator)"
+            ),
+        });
+    }
     if let Some(n) = above_i64(value) {
         return Err(RuleError::Unstorable {
             field: field.to_owned(),

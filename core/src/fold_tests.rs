@@ -492,6 +492,66 @@ fn event_time_is_used_and_defaults_to_the_time_received() {
     assert_eq!(doc.time_start.timestamp_millis(), now().timestamp_millis());
 }
 
+/// BSON reads `{"$date": 1}` as a date and `{"$oid": "x"}` as a broken object id: stored, such a
+/// value would change, or leave a build document that no longer reads back.
+#[test]
+fn keys_and_property_names_starting_with_a_dollar_are_refused() {
+    let core = &mut Core::new(CoreConfig::default());
+    let e = fail(
+        core,
+        json!({"type":"build_started","builder":"b","build_id":7,"number":1,
+               "properties":{"p":{"value":{"a":[{"$oid":"x"}]},"source":"s"}}}),
+    );
+    assert_eq!(
+        e.to_string(),
+        "field `properties.p.value`: cannot be stored (the key \"$oid\" starts with `$`, which \
+         BSON and MongoDB read as a typed value or an operator)"
+    );
+    let e = fail(
+        core,
+        json!({"type":"build_started","builder":"b","build_id":7,"number":1,
+               "properties":{"$date":{"value":1,"source":"s"}}}),
+    );
+    assert_eq!(
+        e.to_string(),
+        "field `properties`: the property name \"$date\" starts with `$`, which BSON and \
+         MongoDB read as a typed value or an operator"
+    );
+    start(core, None);
+    let e = fail(
+        core,
+        json!({"type":"property","build_id":7,"name":"n","value":{"$numberLong":"5"}}),
+    );
+    assert!(
+        e.to_string()
+            .starts_with("field `value`: cannot be stored (the key \"$numberLong\""),
+        "{e}"
+    );
+    let e = fail(
+        core,
+        json!({"type":"property","build_id":7,"name":"$oid","value":1}),
+    );
+    assert!(
+        e.to_string()
+            .starts_with("field `name`: the property name \"$oid\" starts with `$`"),
+        "{e}"
+    );
+    let e = fail(
+        core,
+        json!({"type":"property","build_id":7,"name":"a\0b","value":1}),
+    );
+    assert_eq!(
+        e.to_string(),
+        "field `name`: the property name \"a\\0b\" holds a NUL character"
+    );
+    // A `$` elsewhere than at the start of a key is plain text.
+    let ms = apply(
+        core,
+        json!({"type":"property","build_id":7,"name":"price$","value":{"a$":"$oid"}}),
+    );
+    assert!(matches!(&ms[0], Mutation::SetProperty { .. }));
+}
+
 #[test]
 fn property_values_that_bson_cannot_hold_are_refused_not_nulled() {
     let core = &mut Core::new(CoreConfig::default());

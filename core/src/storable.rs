@@ -18,6 +18,38 @@ pub(crate) fn above_i64(value: &Value) -> Option<u64> {
     }
 }
 
+/// The first object key in `value` that starts with `$`, if any. BSON reads a document whose
+/// keys are `$date`, `$oid`, `$numberLong` and the like as a typed value rather than as the
+/// document it is, so such a key would change the value, or leave a document that cannot be read
+/// back; MongoDB reserves the prefix for operators too.
+pub(crate) fn dollar_key(value: &Value) -> Option<&str> {
+    match value {
+        Value::Array(items) => items.iter().find_map(dollar_key),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            if k.starts_with('$') {
+                Some(k.as_str())
+            } else {
+                dollar_key(v)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Why a property name cannot be stored, if it cannot.
+pub(crate) fn unstorable_name(name: &str) -> Option<String> {
+    if name.contains('\0') {
+        Some(format!("the property name {name:?} holds a NUL character"))
+    } else if name.starts_with('$') {
+        Some(format!(
+            "the property name {name:?} starts with `$`, which BSON and MongoDB read as a typed \
+             value or an operator"
+        ))
+    } else {
+        None
+    }
+}
+
 /// `message` on one line: every run of whitespace, line breaks included, as one space.
 pub(crate) fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -37,6 +69,18 @@ mod tests {
             None
         );
         assert_eq!(above_i64(&json!(u64::MAX)), Some(u64::MAX));
+    }
+
+    #[test]
+    fn keys_starting_with_a_dollar_are_found_at_any_depth() {
+        assert_eq!(
+            dollar_key(&json!({"a": [1, {"b": {"$date": 1}}]})),
+            Some("$date")
+        );
+        assert_eq!(dollar_key(&json!({"a": 1, "$oid": "x"})), Some("$oid"));
+        assert_eq!(dollar_key(&json!({"a$": ["$oid", {"b": "$date"}]})), None);
+        assert_eq!(unstorable_name("a$b"), None);
+        assert!(unstorable_name("$oid").is_some() && unstorable_name("a\0").is_some());
     }
 
     #[test]

@@ -99,6 +99,12 @@ impl Ident {
                 "field `{field}` must not contain `/` (ids are joined with `/` into document ids, \
                  so `{s}` could name another build's documents)"
             )),
+            // The web view puts ids in its paths as segments, and browsers resolve these two
+            // away before they ask, so such a build's pages could not be reached.
+            Ident::Str(s) if s == "." || s == ".." => Err(format!(
+                "field `{field}` must not be `{s}` (ids are segments of the web view's paths, \
+                 where `.` and `..` mean this and the parent folder)"
+            )),
             Ident::Str(s) if s.len() > MAX_ID_BYTES => Err(format!(
                 "field `{field}`: {} bytes, at most {MAX_ID_BYTES} (ids are part of document ids)",
                 s.len()

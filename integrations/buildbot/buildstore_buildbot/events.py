@@ -79,8 +79,12 @@ def sourced_properties(props: dict | None) -> dict:
 
 
 def storable_name(key):
-    """A property name or object key with each NUL (which the daemon refuses) as U+FFFD."""
-    return key.replace("\x00", "\ufffd") if isinstance(key, str) else key
+    """A property name or object key as the daemon takes it: each NUL as U+FFFD, and a leading
+    ``$`` (BSON reads ``{"$date": 1}`` as a date) as U+FF04, the fullwidth dollar sign."""
+    if not isinstance(key, str):
+        return key
+    key = key.replace("\x00", "\ufffd")
+    return "\uff04" + key[1:] if key.startswith("$") else key
 
 
 # The whole numbers a document can hold (BSON's 64-bit integer).
@@ -89,9 +93,9 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
 def storable(value: Any) -> Any:
     """A property value as the daemon can store it: a whole number outside 64 bits as its text,
-    and a NUL in a key as U+FFFD (in a property's name too).
+    and keys (a property's name too) as ``storable_name`` gives them.
 
-    The daemon refuses the first (no document can hold it exactly) and the second, and a refused
+    The daemon refuses such numbers (no document can hold them exactly) and keys, and a refused
     ``build_started`` would cost its whole build; Python's integers have no bound. Anything else
     is returned as it is, and most values are a string or a small number, checked at once.
     """

@@ -98,8 +98,11 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             config.error(f"BuildstoreReporter: address: {e}")
         if isinstance(master_id, bool) or not isinstance(master_id, (str, int)):
             config.error("BuildstoreReporter: master_id must be a string or an integer")
-        elif isinstance(master_id, str) and (not master_id or "/" in master_id):
-            config.error("BuildstoreReporter: master_id must be non-empty and contain no '/'")
+        elif isinstance(master_id, str) and (master_id in ("", ".", "..") or "/" in master_id):
+            config.error(
+                "BuildstoreReporter: master_id must be non-empty, contain no '/' and be "
+                "neither '.' nor '..'"
+            )
         if not isinstance(queue_size, int) or queue_size < 1:
             config.error("BuildstoreReporter: queue_size must be a positive integer")
         if isinstance(queue_bytes, bool) or not isinstance(queue_bytes, int) or queue_bytes < 1:

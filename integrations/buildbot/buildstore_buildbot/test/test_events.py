@@ -34,6 +34,14 @@ class TestValues(unittest.TestCase):
         self.assertIn("a\ufffdb", events.sourced_properties({"a\x00b": (1, "x")}))
         self.assertEqual(events.property_event("m1", 42, "n", 7, "Build")["value"], 7)
 
+    def test_keys_starting_with_a_dollar_are_sent_with_a_fullwidth_one(self):
+        # The daemon refuses them: BSON would read {"$date": 1} as a date.
+        props = events.sourced_properties({"$p": ({"$date": 1, "a$": ["$x"]}, "Set")})
+        self.assertEqual(
+            props, {"\uff04p": {"value": {"\uff04date": 1, "a$": ["$x"]}, "source": "Set"}}
+        )
+        self.assertEqual(events.property_event("m1", 42, "$oid", 1, None)["name"], "\uff04oid")
+
     def test_results_pass_through_and_unknown_is_exception(self):
         self.assertEqual([events.result_code(r) for r in range(7)], list(range(7)))
         for odd in (None, 7, -1, True, "0"):

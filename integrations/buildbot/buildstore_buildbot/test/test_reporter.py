@@ -590,6 +590,7 @@ class TestConfig(unittest.TestCase):
             {"address": "http://x", "master_id": "m1"},
             {"address": "tcp://127.0.0.1:9989"},
             {"address": "tcp://127.0.0.1:9989", "master_id": "a/b"},
+            {"address": "tcp://127.0.0.1:9989", "master_id": ".."},
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_size": 0},
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_bytes": 0},
             {"address": "unix:/run/b.sock", "master_id": "m1", "queue_bytes": "64M"},
