@@ -184,6 +184,45 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
             "{reply}"
         );
     }
+    // A client without the token holds little of the daemon, and not for long: a line before
+    // the hello is read up to 4 KiB only, and the hello must come within 10 s.
+    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    s.write_all(format!("{{\"type\":\"hello\",\"token\":\"{}", "x".repeat(1 << 20)).as_bytes())
+        .expect("send");
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+    let reply: Value = serde_json::from_str(&text).expect("one JSON reply");
+    assert_eq!(
+        reply["error"], "no hello within 10 s: closing the connection",
+        "{reply}"
+    );
+    assert_eq!(reply["closing"], true, "{reply}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    let hello = format!(
+        "{{\"type\":\"hello\",\"token\":\"s3cret\",\"pad\":\"{}\"}}",
+        "x".repeat(5000)
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(format!("{hello}\n{event}\n").as_bytes())
+        .expect("send");
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+    let reply: Value = serde_json::from_str(&text).expect("one JSON reply");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("needs {\"type\":\"hello\"")),
+        "a hello longer than 4 KiB is not read: {reply}"
+    );
     daemon.kill();
 }
 
@@ -527,4 +566,43 @@ fn stopping_answers_what_was_read_and_closes_without_a_reset() {
         assert_eq!(Some(ack.as_str()), v["event_id"].as_str());
     }
     assert_same_as_one_clean_ingest(&store(dir.path()), &lines[..acked.len()], dir.path());
+}
+
+/// An event without a `time` happened when the daemon received it, not when the store got it:
+/// here the store is locked for a while, as by a long transaction of another program. An event
+/// without an id gets one added, and the rest of its line is spooled as sent.
+#[test]
+fn events_without_a_time_keep_the_time_they_were_received() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let lock = rusqlite::Connection::open(dir.path().join("store.db")).expect("open the store");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the store");
+    let sent = chrono::Utc::now();
+    // Three hundred empty changes: written out again as events, each would spell out its seven
+    // fields, and the line would be 20 times as long.
+    let changes = vec!["{}"; 300].join(",");
+    let build = format!(
+        r#"{{"type":"build_started","master_id":"m","build_id":1,"builder":"b","number":1,"changes":[{changes}]}}"#
+    );
+    let replies = exchange(daemon.port, &[&build]);
+    assert!(replies[0]["ack"].is_string(), "{}", replies[0]);
+    let spooled = daemon.status()["spool_bytes"];
+    assert!(
+        spooled < 2.0 * build.len() as f64,
+        "{spooled} bytes spooled for {}",
+        build.len()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    lock.execute_batch("ROLLBACK").expect("unlock the store");
+    daemon.wait_until("the event applied", |s| s["events_applied_total"] >= 1.0);
+    assert!(daemon.stop().success());
+    let doc = store(dir.path()).doc("builds", "m/1");
+    let started = doc["time_start"]["$date"].as_str().expect("a date");
+    let started = chrono::DateTime::parse_from_rfc3339(started).expect("RFC 3339");
+    let late = started.signed_duration_since(sent);
+    assert!(
+        late < chrono::Duration::seconds(2),
+        "stored as {started}, sent at {sent}: {late:?} later"
+    );
 }

@@ -345,6 +345,46 @@ fn a_stop_sent_the_moment_the_daemon_says_ready_is_graceful() {
     }
 }
 
+/// A stop ends within the grace period even when the store hangs on a write (another program
+/// holds its lock) and a request to the metrics never ends; the event it could not apply is
+/// applied at the next start.
+#[test]
+fn a_stop_ends_within_the_grace_period_whatever_hangs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(dir.path(), free_port(), &["--grace", "2"]);
+    let lock = rusqlite::Connection::open(dir.path().join("store.db")).expect("open the store");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the store");
+    let replies = exchange(daemon.port, &[&state("late")]);
+    assert!(replies[0]["ack"].is_string(), "{}", replies[0]);
+    let mut half = TcpStream::connect(("127.0.0.1", daemon.metrics)).expect("metrics");
+    half.write_all(b"GET /metrics HTTP/1.1\r\n")
+        .expect("half a request");
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    daemon.terminate();
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().expect("wait") {
+            break status;
+        }
+        // A regression must fail the test, not hang it (the daemon is killed when dropped).
+        assert!(
+            asked.elapsed() < Duration::from_secs(6),
+            "the stop takes over 6 s with --grace 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    drop(half);
+    lock.execute_batch("ROLLBACK").expect("unlock the store");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    daemon.wait_until("the spooled event applied", |s| {
+        s["events_applied_total"] >= 1.0
+    });
+    assert!(daemon.stop().success());
+    assert_eq!(store(dir.path()).export("builders").len(), 1);
+}
+
 /// Resident memory of a process, in bytes (Linux).
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

@@ -39,6 +39,41 @@ fn a_listener_beyond_loopback_needs_a_token() {
     );
 }
 
+/// Settings refused on their own are refused before the store or the spool is made.
+#[test]
+fn settings_refused_at_start_leave_no_store_or_spool_behind() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--listen", "tcp://0.0.0.0:0"],
+            "is not a loopback address: a token is required",
+        ),
+        (
+            &["--spool-max", "2000000", "--line-limit", "1048576"],
+            "must be at least twice --line-limit",
+        ),
+        (
+            &["--grace", "86401"],
+            "--grace must be at most 86400 seconds",
+        ),
+        (
+            &[
+                "--listen",
+                "unix:/tmp/x.sock",
+                "--listen",
+                "unix:/tmp/x.sock",
+            ],
+            "unix:/tmp/x.sock is given twice to --listen",
+        ),
+    ];
+    for (args, message) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let said = refused_to_start(dir.path(), args);
+        assert!(said.contains(message), "{args:?}: {said}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
+
 /// Sends one event over the Unix socket at `path` and returns the reply.
 fn send_over(path: &Path, line: &str) -> String {
     let mut s = UnixStream::connect(path).expect("connect");

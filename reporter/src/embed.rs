@@ -83,9 +83,13 @@ impl Reporter {
     }
 
     /// Sends one event and returns its `event_id` (assigned if it had none) once it is durable.
-    /// Events sent one after the other are applied in that order.
+    /// Events sent one after the other are applied in that order. An event without a `time`
+    /// gets the time it was sent, not the time the store gets it.
     pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
         event.check()?;
+        event
+            .time
+            .get_or_insert_with(buildstore_schema::Timestamp::now);
         let id = match &event.event_id {
             Some(id) => id.clone(),
             None => {

@@ -95,7 +95,8 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 30,
               value_parser = clap::value_parser!(u64).range(1..))]
         reply_timeout: u64,
-        /// Seconds to keep draining the spool into the store after SIGTERM; a second SIGTERM or
+        /// Seconds (at most 86400) to answer what was received and keep draining the spool into
+        /// the store after SIGTERM; connections still open then are closed. A second SIGTERM or
         /// SIGINT, a second or more later, stops at once (the spool keeps the rest for the next
         /// start).
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -152,8 +153,28 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
         .ok_or_else(|| format!("unknown channel {s:?} (expected stdout, stderr or header)"))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the end of the program waits for work left on blocking threads: a store write a stop
+/// gave up on, blocked by another program's lock. What it was writing is still in the spool (or
+/// in the input of `ingest`), and applying it again changes nothing.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("buildstore: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(cli_main());
+    runtime.shutdown_timeout(EXIT_WAIT);
+    code
+}
+
+async fn cli_main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -254,6 +275,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if line_limit < MIN_LINE_LIMIT {
                 bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
             }
+            let token = token.filter(|t| !t.is_empty());
+            let grace = std::time::Duration::from_secs(grace);
+            buildstore::serve::check_settings(
+                &listen,
+                token.as_deref(),
+                line_limit,
+                spool_max,
+                grace,
+            )?;
             let store = open(&location).await?;
             // A store that is down is what the spool is for: the daemon takes events at once
             // and prepares the store once it answers.
@@ -282,9 +312,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spool,
                 spool_max,
                 line_limit,
-                token: token.filter(|t| !t.is_empty()),
+                token,
                 reply_timeout: std::time::Duration::from_secs(reply_timeout),
-                grace: std::time::Duration::from_secs(grace),
+                grace,
                 core,
                 metrics,
                 web,

@@ -132,6 +132,12 @@ impl Timestamp {
         Utc.timestamp_millis_opt(millis).single().map(Timestamp)
     }
 
+    /// Now, at the precision that is stored.
+    pub fn now() -> Timestamp {
+        let now = Utc::now();
+        Self::from_millis(now.timestamp_millis()).unwrap_or(Timestamp(now))
+    }
+
     /// The BSON date this timestamp is stored as (milliseconds, UTC).
     pub fn to_bson(self) -> bson::DateTime {
         bson::DateTime::from_millis(self.0.timestamp_millis())

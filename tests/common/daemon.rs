@@ -57,7 +57,11 @@ impl Daemon {
             .args(["--metrics", &format!("127.0.0.1:{metrics}")])
             // Tests compare the store after a stop: on a loaded machine the default 10 s of
             // draining could run out first, leaving events for a next start that never comes.
-            .args(["--grace", "300"])
+            .args(if extra.contains(&"--grace") {
+                &[][..]
+            } else {
+                &["--grace", "300"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

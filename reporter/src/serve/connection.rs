@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use buildstore_schema::Event;
+use buildstore_schema::{Event, Timestamp};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -26,6 +26,11 @@ const IN_FLIGHT: usize = 1024;
 /// quote what the client sent (its event ids, an unknown type), so a count of entries alone
 /// would let a client that does not read hold a megabyte per entry.
 const IN_FLIGHT_BYTES: usize = 4 << 20;
+/// Before the hello, on a listener that needs one: the longest line read, and how long a client
+/// has to send it. A client without the token holds no more of the daemon than that.
+const HELLO_LIMIT: usize = 4096;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const NO_HELLO_IN_TIME: &str = "no hello within 10 s: closing the connection";
 /// How long a connection the daemon closes waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -288,11 +293,16 @@ async fn read_lines<R: AsyncRead + Unpin>(
     needs_token: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Ended> {
-    let limit = conn.shared.line_limit;
     let mut authenticated = !needs_token;
+    let hello_by = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let mut run = Run::default();
     let mut line = 0u64;
     loop {
+        let limit = if authenticated {
+            conn.shared.line_limit
+        } else {
+            conn.shared.line_limit.min(HELLO_LIMIT)
+        };
         let raw = match buffered_line(read, limit) {
             Some(bytes) => RawLine::Line(bytes),
             None => {
@@ -304,6 +314,12 @@ async fn read_lines<R: AsyncRead + Unpin>(
                     // The writer gave up on a client that does not read: drop it now, not at
                     // its next line.
                     _ = queue.queue.closed() => return Err(Ended),
+                    _ = tokio::time::sleep_until(hello_by), if !authenticated => {
+                        conn.count(Tally::Rejected);
+                        let late = error_reply(line + 1, NO_HELLO_IN_TIME, false, true);
+                        queue.push(Reply::Now(late)).await?;
+                        return Err(Ended);
+                    }
                 };
                 match raw {
                     Ok(Some(raw)) => raw,
@@ -534,18 +550,32 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     if !*authenticated {
         return hello_first();
     }
+    // The client's own line is spooled as it came, unless it lacks an id or a time (the time it
+    // was received, not the time the store gets it, maybe hours later). Those are added to its
+    // JSON, which keeps every other field as sent: the event written out again would spell out
+    // every default, up to dozens of times the line's length.
+    let missing = |field: &str| value.get(field).is_none_or(Value::is_null);
+    let (needs_id, needs_time) = (missing("event_id"), missing("time"));
+    let completed = (needs_id || needs_time).then(|| value.clone());
     let mut event = match Event::from_value(value) {
         Ok(e) => e,
         Err(e) => return reject(e.to_string()),
     };
-    // The client's own line is spooled as it came, unless an id had to be added to it.
-    let (id, text) = match &event.event_id {
-        Some(id) => (id.clone(), text),
-        None => {
-            let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
-            let id = format!("bs-{}-{seq}", shared.boot);
-            event.event_id = Some(id.clone());
-            (id, event.to_line())
+    let (id, text) = match completed {
+        None => (event.event_id.clone().unwrap_or_default(), text),
+        Some(mut json) => {
+            if needs_id {
+                let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
+                let id = format!("bs-{}-{seq}", shared.boot);
+                json["event_id"] = Value::String(id.clone());
+                event.event_id = Some(id);
+            }
+            if needs_time {
+                let now = Timestamp::now();
+                json["time"] = serde_json::to_value(now).unwrap_or(Value::Null);
+                event.time = Some(now);
+            }
+            (event.event_id.clone().unwrap_or_default(), json.to_string())
         }
     };
     Action::Spool {

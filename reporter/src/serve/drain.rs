@@ -121,7 +121,7 @@ pub async fn run(
             return;
         }
         if deadline.is_none() && *stop.borrow() {
-            deadline = Some(Instant::now() + grace);
+            deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(
@@ -157,24 +157,39 @@ pub async fn run(
             }
         }
         if let Some(f) = flight {
-            let written = f
-                .write
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())));
+            let InFlight {
+                taken,
+                prepared,
+                batch,
+                mut write,
+            } = f;
+            // A store that hangs on a write (a lock held by another program) does not hold the
+            // stop past the grace period. The write is dropped unconfirmed: its events stay in
+            // the spool, and applying them again at the next start changes nothing.
+            let written = tokio::select! {
+                written = &mut write => written.unwrap_or_else(|e| Err(StoreError::Task(e.to_string()))),
+                () = grace_over(&mut stop, &mut deadline, grace) => {
+                    tracing::warn!(
+                        "grace period over during a store write: what is left in the spool is \
+                         applied at the next start"
+                    );
+                    return;
+                }
+            };
             match written {
                 Ok(()) => {
                     counters.store_errors_in_a_row.store(0, Ordering::Relaxed);
                     let next = ready.as_ref().map(|(_, p)| p);
-                    let outcomes = applier.confirmed(f.prepared, next);
-                    let through = f.taken.through;
+                    let outcomes = applier.confirmed(prepared, next);
+                    let through = taken.through;
                     // Freeing thousands of events and mutations takes a while: not on the
                     // drain's path.
-                    let (batch, events) = (f.batch, f.taken.events);
+                    let events = taken.events;
                     tokio::task::spawn_blocking(move || drop((batch, events)));
                     confirm(&spool, &held, &counters, through, outcomes).await;
                 }
                 Err(e) if !e.batch_does_not_fit() => {
-                    again = Some((f.taken, f.prepared, f.batch));
+                    again = Some((taken, prepared, batch));
                     failed = Some(e);
                 }
                 Err(e) => {
@@ -183,7 +198,7 @@ pub async fn run(
                     if let Some((taken, _)) = ready.take() {
                         queue.push_front(taken);
                     }
-                    queue.push_front(f.taken);
+                    queue.push_front(taken);
                     failed = Some(e);
                 }
             }
@@ -202,6 +217,28 @@ pub async fn run(
         // failed write says nothing about the store's health.
         if let Some(e) = failed {
             back_off(&counters, &e, &mut stop, deadline).await;
+        }
+    }
+}
+
+/// Resolves once a stop has lasted the grace period, or the engine is gone; sets `deadline`
+/// when the stop comes.
+async fn grace_over(
+    stop: &mut watch::Receiver<bool>,
+    deadline: &mut Option<Instant>,
+    grace: Duration,
+) {
+    loop {
+        if deadline.is_none() && *stop.borrow() {
+            *deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
+        }
+        match *deadline {
+            Some(d) => return tokio::time::sleep_until(d.into()).await,
+            None => {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

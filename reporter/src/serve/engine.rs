@@ -75,7 +75,7 @@ impl Engine {
         })
     }
 
-    /// Stops: the writer once every other appender handle is gone, then the drain after it has
+    /// Stops: the writer once it has committed what was submitted, then the drain after it has
     /// emptied the spool into the store (or the grace period is over), unless `now` completes
     /// first: then the drain ends once the write under way is done (for at most `NOW_WAIT`),
     /// and the spool keeps the rest for the next start.
@@ -88,6 +88,7 @@ impl Engine {
             ..
         } = self;
         let _ = stop.send(true);
+        appender.close();
         drop(appender);
         let done = async {
             let _ = writer.await;

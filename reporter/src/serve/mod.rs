@@ -8,9 +8,11 @@ mod drain;
 pub(crate) mod engine;
 mod lines;
 pub mod metrics;
+mod unix_socket;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,24 +96,61 @@ pub enum ServeError {
     NotASocket(PathBuf),
     #[error("listening on unix:{0}: another process is listening there")]
     SocketInUse(PathBuf),
+    #[error(
+        "listening on unix:{path}: a socket is there and connecting to it failed ({source}), so \
+         buildstore cannot tell whether another process uses it; refusing to replace it",
+        path = path.display()
+    )]
+    SocketUnknown {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is given twice to --listen")]
+    ListenTwice(String),
+    #[error("--grace must be at most {max} seconds (one day)", max = MAX_GRACE.as_secs())]
+    GraceTooLong,
     #[error("cannot catch SIGTERM and SIGINT: {0}")]
     Signals(#[source] std::io::Error),
 }
 
-/// Removes the socket a previous run left at `path`, if one is there and nobody listens on it.
-/// Anything else at `path` stays: a file given by mistake, or the socket of a running daemon.
-fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(()); // nothing there
-    };
-    if !meta.file_type().is_socket() {
-        return Err(ServeError::NotASocket(path.to_owned()));
+/// The longest `--grace`: a stop is meant to end.
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks the settings that need nothing opened, so that a daemon refused on its flags leaves
+/// no store or spool behind.
+pub fn check_settings(
+    listen: &[Listen],
+    token: Option<&str>,
+    line_limit: usize,
+    spool_max: u64,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    // Twice, since the line spooled may be longer than the one read, by the event id and time
+    // added.
+    if line_limit as u64 > spool_max / 2 {
+        return Err(ServeError::SpoolTooSmall {
+            spool_max,
+            line_limit,
+        });
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServeError::SocketInUse(path.to_owned()));
+    if grace > MAX_GRACE {
+        return Err(ServeError::GraceTooLong);
     }
-    let _ = std::fs::remove_file(path);
+    for (i, l) in listen.iter().enumerate() {
+        if listen[..i].contains(l) {
+            let name = match l {
+                Listen::Tcp(addr) => format!("tcp://{addr}"),
+                Listen::Unix(path) => format!("unix:{}", path.display()),
+            };
+            return Err(ServeError::ListenTwice(name));
+        }
+        if let Listen::Tcp(addr) = l {
+            if !addr.ip().is_loopback() && token.is_none() {
+                return Err(ServeError::TokenRequired(*addr));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -119,20 +158,13 @@ fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
 /// up to the grace period and returns.
 pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), ServeError> {
     let mut signals = StopSignals::install().map_err(ServeError::Signals)?;
-    // Twice, since the line spooled may be longer than the one read, by the event id added.
-    if config.line_limit as u64 > config.spool_max / 2 {
-        return Err(ServeError::SpoolTooSmall {
-            spool_max: config.spool_max,
-            line_limit: config.line_limit,
-        });
-    }
-    for l in &config.listen {
-        if let Listen::Tcp(addr) = l {
-            if !addr.ip().is_loopback() && config.token.is_none() {
-                return Err(ServeError::TokenRequired(*addr));
-            }
-        }
-    }
+    check_settings(
+        &config.listen,
+        config.token.as_deref(),
+        config.line_limit,
+        config.spool_max,
+        config.grace,
+    )?;
     let engine = Engine::start(
         &config.spool,
         config.spool_max,
@@ -149,6 +181,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     let stop = engine.stop.subscribe();
 
     let mut listeners = JoinSet::new();
+    let mut socket_files = Vec::new();
     for l in &config.listen {
         match l {
             Listen::Tcp(addr) => {
@@ -169,22 +202,15 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
                 ));
             }
             Listen::Unix(path) => {
-                clear_stale_socket(path)?;
-                let listener = UnixListener::bind(path).map_err(|source| ServeError::Listen {
-                    address: format!("unix:{}", path.display()),
-                    source,
-                })?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-                    |source| ServeError::Listen {
-                        address: format!("unix:{}", path.display()),
-                        source,
-                    },
-                )?;
+                let bound = unix_socket::BoundSocket::bind(path)?;
                 tracing::info!(path = %path.display(), "listening");
+                socket_files.push(bound.file());
                 let needs_token = config.token.is_some();
                 listeners.spawn(accept_loop(
-                    listener,
+                    UnixFeed {
+                        name: format!("unix:{}", bound.path().display()),
+                        listener: bound.listener,
+                    },
                     Arc::clone(&shared),
                     needs_token,
                     stop.clone(),
@@ -216,7 +242,10 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         tracing::info!(address = %addr, "serving the web pages");
         listeners.spawn(crate::web::serve(listener, web_store, stop.clone()));
     }
-    println!("buildstore serve: ready");
+    // Whoever started the daemon may not read what it prints: that is no reason to stop.
+    if let Err(e) = writeln!(std::io::stdout(), "buildstore serve: ready") {
+        tracing::warn!(error = %e, "could not print that the daemon is ready");
+    }
 
     signals.recv().await;
     tracing::info!("stopping: no new connections; answering what was received");
@@ -230,7 +259,14 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         );
     };
     let mut second = std::pin::pin!(second);
-    let answered = async { while listeners.join_next().await.is_some() {} };
+    // Answering is bounded by the grace period too: a client that does not read its replies,
+    // or a request to the metrics that never ends, does not hold the stop up.
+    let answered = async {
+        let all = async { while listeners.join_next().await.is_some() {} };
+        if tokio::time::timeout(config.grace, all).await.is_err() {
+            tracing::warn!("grace period over: closing the connections still open");
+        }
+    };
     let now = tokio::select! {
         () = answered => false,
         () = &mut second => true,
@@ -243,10 +279,8 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     } else {
         engine.finish(second).await;
     }
-    for l in &config.listen {
-        if let Listen::Unix(path) = l {
-            let _ = std::fs::remove_file(path);
-        }
+    for file in &socket_files {
+        file.remove();
     }
     Ok(())
 }
@@ -306,16 +340,18 @@ impl Accept for TcpListener {
     }
 }
 
-impl Accept for UnixListener {
+/// A Unix listener and the name its clients go by: they are unnamed, and the socket tells them
+/// apart from TCP ones.
+struct UnixFeed {
+    listener: UnixListener,
+    name: String,
+}
+
+impl Accept for UnixFeed {
     type Stream = tokio::net::UnixStream;
     async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
-        let (stream, _) = UnixListener::accept(self).await?;
-        // Unix clients are unnamed; the socket tells them apart from TCP ones.
-        let path = self
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()));
-        Ok((stream, format!("unix:{}", path.unwrap_or_default())))
+        let (stream, _) = self.listener.accept().await?;
+        Ok((stream, self.name.clone()))
     }
 }
 

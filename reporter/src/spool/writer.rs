@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use buildstore_schema::Event;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{Handoff, Spool, SpoolError};
 
@@ -67,6 +67,8 @@ pub struct Appender {
     tx: mpsc::Sender<Request>,
     held: Arc<AtomicU64>,
     limit: u64,
+    /// Tells the writer to take nothing more, see [`Appender::close`].
+    closing: Arc<Notify>,
 }
 
 impl Appender {
@@ -79,8 +81,28 @@ impl Appender {
         limit: u64,
     ) -> (Appender, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(GROUP_LINES);
-        let task = tokio::spawn(write_loop(spool, handoff, rx, Arc::clone(&held)));
-        (Appender { tx, held, limit }, task)
+        let closing = Arc::new(Notify::new());
+        let task = tokio::spawn(write_loop(
+            spool,
+            handoff,
+            rx,
+            Arc::clone(&held),
+            Arc::clone(&closing),
+        ));
+        let appender = Appender {
+            tx,
+            held,
+            limit,
+            closing,
+        };
+        (appender, task)
+    }
+
+    /// Makes the writer commit what was submitted so far and end, however many handles are
+    /// still about (a connection's task that is still writing replies to a slow client holds
+    /// one): later submissions fail with [`AppendError::Closed`].
+    pub fn close(&self) {
+        self.closing.notify_one();
     }
 
     /// Queues for the next group commit the events at the front of `events` that fit in the
@@ -176,8 +198,22 @@ async fn write_loop(
     handoff: Arc<Handoff>,
     mut rx: mpsc::Receiver<Request>,
     held: Arc<AtomicU64>,
+    closing: Arc<Notify>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut closed = false;
+    loop {
+        let first = tokio::select! {
+            request = rx.recv() => match request {
+                Some(request) => request,
+                None => break,
+            },
+            () = closing.notified(), if !closed => {
+                // What is queued is still received, and then `recv` ends the loop.
+                rx.close();
+                closed = true;
+                continue;
+            }
+        };
         let (mut count, mut bytes) = (first.events.len(), first.bytes);
         let mut group = vec![first];
         while count < GROUP_LINES && bytes < GROUP_BYTES {
