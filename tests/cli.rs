@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::process::Command;
 
 use common::*;
@@ -618,6 +619,44 @@ fn a_proper_changeset_pattern_can_be_configured() {
     );
 }
 
+/// A master piping its events into `ingest -` sees its documents as it goes, not when a chunk of
+/// a thousand events fills or the pipe closes.
+#[test]
+fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
+    let db = Db::new();
+    let mut ingest = db
+        .cmd()
+        .args(["ingest", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ingest");
+    let mut pipe = ingest.stdin.take().expect("stdin");
+    writeln!(pipe, "{BUILD}\n{STEP}").expect("write");
+    pipe.flush().expect("flush");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = db
+            .cmd()
+            .args(["export", "steps"])
+            .output()
+            .expect("run export");
+        let applied =
+            out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 1;
+        if applied {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing applied while the pipe stays open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(pipe);
+    assert!(ingest.wait().expect("wait").success());
+}
+
 #[test]
 fn export_prints_extended_json_sorted_by_id() {
     let db = Db::new();
@@ -651,7 +690,14 @@ fn clear_errors_for_bad_commands() {
     let path = dir.path().display().to_string();
     let out = db.cmd().args(["ingest", &path]).output().expect("run");
     assert!(
-        !out.status.success() && stderr(&out).contains(&format!("{path}: reading events")),
+        !out.status.success()
+            && stderr(&out).contains(&format!("cannot read {path}: it is a directory")),
+        "{}",
+        stderr(&out)
+    );
+    let out = Db::at("sqlite::memory:".into()).ingest_text("", &[]);
+    assert!(
+        stderr(&out).contains("an in-memory database would lose every document"),
         "{}",
         stderr(&out)
     );
@@ -703,11 +749,12 @@ fn commands_that_fail_on_their_arguments_leave_no_new_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fresh.db");
     let db = Db::at(format!("sqlite:{}", path.display()));
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["ingest", "/no/such/file.jsonl"],
             "cannot open /no/such/file.jsonl",
         ),
+        (&["ingest", "/"], "cannot read /: it is a directory"),
         (
             &["ingest", "--inline-log-limit", "5", "-"],
             "--inline-log-limit must be",
@@ -748,6 +795,15 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
         );
         assert!(!typo.exists(), "{args:?} created an empty store");
     }
+    // Nor is an empty file made into one.
+    std::fs::write(&typo, b"").expect("an empty file");
+    let out = db.cmd().args(["export", "builds"]).output().expect("run");
+    assert!(
+        stderr(&out).contains("is an empty file, not a store"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&typo).expect("still there").len(), 0);
 }
 
 #[test]

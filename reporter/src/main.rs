@@ -221,11 +221,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     if let (Some(command), Some(path)) = (reader, cli.store.strip_prefix("sqlite:")) {
-        // Only reading: a mistyped path should be an error, not a new empty store.
-        if !std::path::Path::new(path).exists() {
-            bail!(
+        // Only reading: a mistyped path should be an error, not a new empty store; nor should
+        // an empty file (SQLite would take it for a new database and make a store of it).
+        match std::fs::metadata(path) {
+            Err(_) => bail!(
                 "no store at {path:?}: `buildstore {command}` only reads; ingest or serve creates it"
-            );
+            ),
+            Ok(meta) if meta.is_file() && meta.len() == 0 => bail!(
+                "{path:?} is an empty file, not a store: `buildstore {command}` only reads; \
+                 ingest or serve creates one"
+            ),
+            Ok(_) => {}
         }
     }
     // Each command checks its own arguments before it opens the store: one that fails on them
@@ -242,11 +248,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = core_config(inline_log_limit, &proper_changeset)?;
             let input = match file.as_str() {
                 "-" => None,
-                path => Some(
-                    tokio::fs::File::open(path)
+                path => {
+                    let file = tokio::fs::File::open(path)
                         .await
-                        .with_context(|| format!("cannot open {path}"))?,
-                ),
+                        .with_context(|| format!("cannot open {path}"))?;
+                    // Opening a directory works; reading it does not. Found now, before the
+                    // store is made.
+                    if file.metadata().await.is_ok_and(|m| m.is_dir()) {
+                        bail!("cannot read {path}: it is a directory, not a file of events");
+                    }
+                    Some(file)
+                }
             };
             let store = open(&location).await?;
             store.init().await.context("preparing the store")?;

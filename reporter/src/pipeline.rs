@@ -8,6 +8,7 @@ type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 use buildstore_schema::Event;
 use chrono::Utc;
+use futures::FutureExt as _;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::core::{event_key, Batch, Core, RuleError};
@@ -263,12 +264,13 @@ enum Line {
 }
 
 /// Reads and parses lines into chunks of at most `chunk_events` events or `chunk_bytes` bytes; a
-/// bad line ends its chunk. Runs as its own task so that parsing overlaps the store's writes.
+/// bad line ends its chunk, and so does a pause of the input, which the chunk says (`true`).
+/// Runs as its own task so that parsing overlaps the store's writes.
 async fn read_chunks<R: AsyncBufRead + Unpin>(
     mut input: R,
     chunk_events: usize,
     chunk_bytes: usize,
-    out: tokio::sync::mpsc::Sender<std::io::Result<Vec<Line>>>,
+    out: tokio::sync::mpsc::Sender<std::io::Result<(Vec<Line>, bool)>>,
 ) {
     let mut buf = Vec::new();
     let mut chunk = Vec::new();
@@ -276,6 +278,20 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
     let mut number = 0u64;
     loop {
         buf.clear();
+        // Input that pauses, such as a pipe from a live master, has what came so far applied
+        // before the wait, not once a chunk fills: the documents follow the master, and a run
+        // interrupted during a pause has applied all it read, which a rerun could not read
+        // again from a pipe.
+        if !chunk.is_empty() && input.fill_buf().now_or_never().is_none() {
+            bytes = 0;
+            if out
+                .send(Ok((std::mem::take(&mut chunk), true)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
         let n = match input.read_until(b'\n', &mut buf).await {
             Ok(n) => n,
             Err(e) => {
@@ -309,7 +325,11 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         }
         if (close || chunk.len() >= chunk_events || bytes >= chunk_bytes) && !chunk.is_empty() {
             bytes = 0;
-            if out.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
+            if out
+                .send(Ok((std::mem::take(&mut chunk), false)))
+                .await
+                .is_err()
+            {
                 return; // the consumer stopped early
             }
         }
@@ -341,12 +361,22 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
     let result = async {
         // The chunk folded last: the store writes it while the next one is folded.
         let mut folded: Option<Folded> = None;
+        // The input paused after the chunk folded last: that one is written now, with nothing
+        // folded beside it, rather than once more input comes.
+        let mut paused = false;
         loop {
             // A read error ends the run too, but only once what was read before is written.
-            let (next, unreadable) = match rx.recv().await {
-                Some(Ok(chunk)) => (Some(Folded::split(chunk)), None),
-                Some(Err(e)) => (None, Some(e)),
-                None => (None, None),
+            let (next, unreadable) = if std::mem::take(&mut paused) {
+                (Some(Folded::split(Vec::new())), None)
+            } else {
+                match rx.recv().await {
+                    Some(Ok((chunk, pause))) => {
+                        paused = pause;
+                        (Some(Folded::split(chunk)), None)
+                    }
+                    Some(Err(e)) => (None, Some(e)),
+                    None => (None, None),
+                }
             };
             let fold_next = next.as_ref().is_some_and(|n| !n.events.is_empty())
                 && !folded.as_ref().is_some_and(|f| f.ends_run(keep_going));

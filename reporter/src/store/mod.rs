@@ -27,6 +27,11 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("store location {0:?} is not understood: expected sqlite:PATH or mongodb://HOST[:PORT]/DATABASE")]
     BadLocation(String),
+    #[error(
+        "store location {0:?}: an in-memory database would lose every document when the command \
+         ends, and the store needs more than one connection to it; give a file, sqlite:PATH"
+    )]
+    InMemory(String),
     #[error("cannot reach MongoDB at {location} within serverSelectionTimeoutMS: {message}")]
     Unreachable { location: String, message: String },
     #[error("MongoDB at {location}: {message}")]
@@ -240,6 +245,9 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = location.strip_prefix("sqlite:") {
         if path.is_empty() {
             return Err(StoreError::BadLocation(location.to_owned()));
+        }
+        if path == ":memory:" {
+            return Err(StoreError::InMemory(location.to_owned()));
         }
         let store = SqliteStore::open(path).await?;
         return Ok(Box::new(store));
