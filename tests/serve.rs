@@ -28,6 +28,7 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
         long.as_str(),
         "",
         r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":18446744073709551616}"#,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$date":1}}"#,
     ];
     let mut mixed = Vec::new();
     for (i, v) in valid.iter().enumerate() {
@@ -53,6 +54,14 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
             .is_some_and(|e| e.contains("18446744073709551616 does not fit in 64 bits")),
         "{}",
         replies[13]
+    );
+    // Refused at the door, though the drain's rules would refuse it too: no ack for it.
+    assert!(
+        replies[15]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the key \"$date\" starts with `$`")),
+        "{}",
+        replies[15]
     );
     // Events without an event_id get one, returned in the ack; a duplicate is acknowledged.
     let replies = exchange(

@@ -20,7 +20,7 @@ use super::doc_size::{
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
 use super::state::{BuildSnapshot, BuildState, StepState};
-use super::storable::{above_i64, dollar_key, one_line, unstorable_name};
+use super::storable::{check_name, check_value, one_line};
 
 /// The knobs of the rules.
 #[derive(Debug, Clone)]
@@ -225,12 +225,7 @@ impl Core {
                 .properties
                 .iter()
                 .map(|(name, p)| {
-                    if let Some(message) = unstorable_name(name) {
-                        return Err(RuleError::Unstorable {
-                            field: "properties".into(),
-                            message,
-                        });
-                    }
+                    check_name("properties", name)?;
                     let doc = property_doc(
                         &format!("properties.{name}.value"),
                         &p.value,
@@ -396,12 +391,7 @@ impl Core {
         non_empty("name", &e.name)?;
         let policy = self.config.changesets.clone();
         let property = property_doc("value", &e.value, e.source.clone())?;
-        if let Some(message) = unstorable_name(&e.name) {
-            return Err(RuleError::Unstorable {
-                field: "name".into(),
-                message,
-            });
-        }
+        check_name("name", &e.name)?;
         let value_bytes = document_len(&property).map_err(|message| RuleError::Unstorable {
             field: "value".into(),
             message: format!("cannot be stored ({})", one_line(&message)),
@@ -528,31 +518,13 @@ fn builder_status(master: &Ident, builder: &str, status: &str) -> Mutation {
     }
 }
 
-/// A property as stored. JSON integers beyond 64 bits have no BSON form: they are refused rather
-/// than silently changed.
+/// A property as stored, once [`check_value`] found that it has a BSON form.
 fn property_doc(
     field: &str,
     value: &serde_json::Value,
     source: Option<String>,
 ) -> Result<PropertyDoc, RuleError> {
-    if let Some(key) = dollar_key(value) {
-        return Err(RuleError::Unstorable {
-            field: field.to_owned(),
-            message: format!(
-                "cannot be stored (the key {key:?} starts with `$`, which BSON and MongoDB read \
-                 as a typed value or an operator)"
-            ),
-        });
-    }
-    if let Some(n) = above_i64(value) {
-        return Err(RuleError::Unstorable {
-            field: field.to_owned(),
-            message: format!(
-                "cannot be stored (the whole number {n} is above {}, the largest a document holds)",
-                i64::MAX
-            ),
-        });
-    }
+    check_value(field, value)?;
     let value = bson::to_bson(value).map_err(|e| RuleError::Unstorable {
         field: field.to_owned(),
         message: format!("cannot be stored ({})", one_line(&e.to_string())),

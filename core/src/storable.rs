@@ -4,12 +4,73 @@
 //! own messages for such values run over several indented lines, which a one-line error reply
 //! or log line can't show.
 
+use buildstore_schema::{Event, EventKind};
 use serde_json::Value;
+
+use crate::RuleError;
+
+/// Refuses an event that carries what no document can hold, whatever the store holds already:
+/// a property name or value without a BSON form. The fold refuses the same; the daemon checks
+/// this as it reads a line, so that the client gets the refusal instead of an acknowledgement
+/// for an event that the rules would then drop.
+pub fn check_storable(event: &Event) -> Result<(), RuleError> {
+    match &event.kind {
+        EventKind::Property(p) => {
+            check_value("value", &p.value)?;
+            check_name("name", &p.name)
+        }
+        EventKind::BuildStarted(b) => b.properties.iter().try_for_each(|(name, p)| {
+            check_name("properties", name)?;
+            check_value(&format!("properties.{name}.value"), &p.value)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a property value (at `field`) without a BSON form: a whole number above `i64::MAX`,
+/// or a key that starts with `$` or holds a NUL.
+pub(crate) fn check_value(field: &str, value: &Value) -> Result<(), RuleError> {
+    let refuse = |message: String| {
+        Err(RuleError::Unstorable {
+            field: field.to_owned(),
+            message,
+        })
+    };
+    if let Some(key) = dollar_key(value) {
+        return refuse(format!(
+            "cannot be stored (the key {key:?} starts with `$`, which BSON and MongoDB read as a \
+             typed value or an operator)"
+        ));
+    }
+    if let Some(key) = nul_key(value) {
+        return refuse(format!(
+            "cannot be stored (the key {key:?} holds a NUL character)"
+        ));
+    }
+    if let Some(n) = above_i64(value) {
+        return refuse(format!(
+            "cannot be stored (the whole number {n} is above {}, the largest a document holds)",
+            i64::MAX
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a property name (at `field`) that cannot be a field of `properties`.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), RuleError> {
+    match unstorable_name(name) {
+        Some(message) => Err(RuleError::Unstorable {
+            field: field.to_owned(),
+            message,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// The first whole number in `value` above `i64::MAX`, if any. Parsing a line has already refused
 /// whole numbers beyond `u64` and below `i64::MIN`, so these are the only ones left that BSON
 /// refuses.
-pub(crate) fn above_i64(value: &Value) -> Option<u64> {
+fn above_i64(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64().filter(|&n| i64::try_from(n).is_err()),
         Value::Array(items) => items.iter().find_map(above_i64),
@@ -22,7 +83,7 @@ pub(crate) fn above_i64(value: &Value) -> Option<u64> {
 /// keys are `$date`, `$oid`, `$numberLong` and the like as a typed value rather than as the
 /// document it is, so such a key would change the value, or leave a document that cannot be read
 /// back; MongoDB reserves the prefix for operators too.
-pub(crate) fn dollar_key(value: &Value) -> Option<&str> {
+fn dollar_key(value: &Value) -> Option<&str> {
     match value {
         Value::Array(items) => items.iter().find_map(dollar_key),
         Value::Object(fields) => fields.iter().find_map(|(k, v)| {
@@ -36,8 +97,23 @@ pub(crate) fn dollar_key(value: &Value) -> Option<&str> {
     }
 }
 
+/// The first object key in `value` that holds a NUL, which BSON keys cannot.
+fn nul_key(value: &Value) -> Option<&str> {
+    match value {
+        Value::Array(items) => items.iter().find_map(nul_key),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(k.as_str())
+            } else {
+                nul_key(v)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Why a property name cannot be stored, if it cannot.
-pub(crate) fn unstorable_name(name: &str) -> Option<String> {
+fn unstorable_name(name: &str) -> Option<String> {
     if name.contains('\0') {
         Some(format!("the property name {name:?} holds a NUL character"))
     } else if name.starts_with('$') {

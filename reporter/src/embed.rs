@@ -51,6 +51,10 @@ pub enum ReporterError {
     /// long, a `/` in an id): it gets the error the socket would give. Nothing of it was kept.
     #[error(transparent)]
     Invalid(#[from] buildstore_schema::EventError),
+    /// The event carries what no document can hold (a property value or name without a BSON
+    /// form), as the socket would say. Nothing of it was kept.
+    #[error(transparent)]
+    Unstorable(#[from] crate::core::RuleError),
 }
 
 /// Reports a master's events into the store, durably.
@@ -87,6 +91,7 @@ impl Reporter {
     /// gets the time it was sent, not the time the store gets it.
     pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
         event.check()?;
+        crate::core::check_storable(&event)?;
         event
             .time
             .get_or_insert_with(buildstore_schema::Timestamp::now);
@@ -206,6 +211,14 @@ mod tests {
         let err = reporter.send(event).await.expect_err("too long a name");
         assert!(matches!(err, ReporterError::Invalid(_)), "{err:?}");
         assert_eq!(err.to_string(), "field `builder`: 1025 bytes, at most 1024");
+        // A property value without a BSON form is refused at the door too, as the socket does.
+        let dated =
+            r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$date":1}}"#;
+        let err = reporter
+            .send(Event::parse(dated).expect("a valid line"))
+            .await
+            .expect_err("a key BSON reads as a date");
+        assert!(matches!(err, ReporterError::Unstorable(_)), "{err:?}");
         reporter
             .send(Event::parse(line).expect("a valid line"))
             .await

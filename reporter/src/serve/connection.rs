@@ -561,6 +561,9 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         Ok(e) => e,
         Err(e) => return reject(e.to_string()),
     };
+    if let Err(e) = crate::core::check_storable(&event) {
+        return reject(e.to_string());
+    }
     let (id, text) = match completed {
         None => (event.event_id.clone().unwrap_or_default(), text),
         Some(mut json) => {
