@@ -29,6 +29,7 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
         "",
         r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":18446744073709551616}"#,
         r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$date":1}}"#,
+        "\u{a0}{\"type\":\"builder_added\",\"master_id\":\"m\",\"builder\":\"b\"}",
     ];
     let mut mixed = Vec::new();
     for (i, v) in valid.iter().enumerate() {

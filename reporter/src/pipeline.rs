@@ -505,7 +505,7 @@ impl Folded {
 /// One line of input: `None` for a blank line.
 fn parse_line(raw: &[u8]) -> Result<Option<Event>, String> {
     let text = std::str::from_utf8(raw).map_err(|e| format!("not valid UTF-8 ({e})"))?;
-    let text = text.trim();
+    let text = buildstore_schema::json_line::trim(text);
     if text.is_empty() {
         return Ok(None);
     }

@@ -22,6 +22,12 @@ pub fn parse(line: &str) -> Result<Value, EventError> {
     Ok(value)
 }
 
+/// `line` without the whitespace JSON allows around a value (space, tab, CR, LF). Other
+/// whitespace, such as a no-break space, is not JSON's, and stays to be refused.
+pub fn trim(line: &str) -> &str {
+    line.trim_matches([' ', '\t', '\r', '\n'])
+}
+
 fn has_huge_whole_double(value: &Value) -> bool {
     const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
     match value {
@@ -115,6 +121,12 @@ mod tests {
             refused(r#"{"d": 2e19, "s": "12345678901234567890123", "v": 99999999999999999999}"#),
             "99999999999999999999"
         );
+    }
+
+    #[test]
+    fn only_jsons_whitespace_is_trimmed() {
+        assert_eq!(trim(" \t{}\r\n"), "{}");
+        assert_eq!(trim("\u{a0}{}"), "\u{a0}{}");
     }
 
     #[test]

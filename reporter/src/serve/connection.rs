@@ -518,8 +518,9 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     let Ok(mut text) = String::from_utf8(bytes) else {
         return reject("line is not valid UTF-8".into());
     };
-    if text.trim().len() != text.len() {
-        text = text.trim().to_owned();
+    let trimmed_len = buildstore_schema::json_line::trim(&text).len();
+    if trimmed_len != text.len() {
+        text = buildstore_schema::json_line::trim(&text).to_owned();
     }
     let trimmed = text.as_str();
     let value = match buildstore_schema::json_line::parse(trimmed) {
