@@ -406,8 +406,25 @@ pub struct ConsoleView {
 }
 
 /// The console of `commits`, read with one more than `limit` (see [`page`]).
+/// Most cells of the console grid (commits × builders) a page shows. With many builders that each
+/// built few of the commits, a page of 500 commits could hold millions of empty cells; such a
+/// page shows fewer commits instead, and its next page goes on from there.
+pub const MAX_CONSOLE_CELLS: usize = 50_000;
+
+/// How many of the first `limit` commits fit in [`MAX_CONSOLE_CELLS`]; one at least.
+fn rows_within_cells(commits: &[CommitDoc], limit: usize) -> usize {
+    let mut builders = BTreeSet::new();
+    for (i, c) in commits.iter().take(limit).enumerate() {
+        builders.extend(c.builds.iter().map(|b| b.builder.as_str()));
+        if i > 0 && (i + 1) * builders.len() > MAX_CONSOLE_CELLS {
+            return i;
+        }
+    }
+    limit
+}
+
 pub fn console(commits: &[CommitDoc], limit: usize) -> ConsoleView {
-    let (commits, last) = page(commits, limit);
+    let (commits, last) = page(commits, rows_within_cells(commits, limit));
     let builders: BTreeSet<&str> = commits
         .iter()
         .flat_map(|c| c.builds.iter().map(|b| b.builder.as_str()))

@@ -267,6 +267,26 @@ fn the_console_has_a_column_per_builder_and_a_cursor_when_full() {
     assert_eq!(v.commits.len(), 1);
     assert_eq!(v.builders, ["win"]);
     assert_eq!(v.next.as_deref(), Some("1763900000000:b"));
+
+    // A thousand builders of their own per commit: 500 commits would make 500 million cells.
+    let sparse: Vec<CommitDoc> = (0..500)
+        .map(|c| {
+            let builds = (0..1000).map(|b| entry(&format!("b{c}-{b}"), 0)).collect();
+            commit(&format!("c{c:03}"), builds)
+        })
+        .collect();
+    let v = console(&sparse, 500);
+    let cells = v.commits.len() * v.builders.len();
+    assert!(cells <= MAX_CONSOLE_CELLS, "{cells} cells");
+    assert_eq!(v.commits.len(), 7, "as many commits as fit");
+    assert_eq!(v.commits.last().map(|c| c.hash.as_str()), Some("c006"));
+    assert_eq!(
+        v.next.as_deref(),
+        Some("1763900000000:c006"),
+        "the next page goes on"
+    );
+    // However many builders one commit has, a page shows it.
+    assert_eq!(console(&sparse[..1], 500).commits.len(), 1);
 }
 
 #[test]
