@@ -42,7 +42,12 @@ fn a_listener_beyond_loopback_needs_a_token() {
 /// Settings refused on their own are refused before the store or the spool is made.
 #[test]
 fn settings_refused_at_start_leave_no_store_or_spool_behind() {
-    let cases: [(&[&str], &str); 4] = [
+    let long_token = "t".repeat(1025);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--token", &long_token],
+            "--token must be at most 1024 bytes",
+        ),
         (
             &["--listen", "tcp://0.0.0.0:0"],
             "is not a loopback address: a token is required",

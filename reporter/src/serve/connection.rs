@@ -28,7 +28,7 @@ const IN_FLIGHT: usize = 1024;
 const IN_FLIGHT_BYTES: usize = 4 << 20;
 /// Before the hello, on a listener that needs one: the longest line read, and how long a client
 /// has to send it. A client without the token holds no more of the daemon than that.
-const HELLO_LIMIT: usize = 4096;
+pub(super) const HELLO_LIMIT: usize = 4096;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const NO_HELLO_IN_TIME: &str = "no hello within 10 s: closing the connection";
 /// How long a connection the daemon closes waits for the client to close its side.
@@ -507,6 +507,18 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         Action::Answer(error(n, message))
     };
     let bytes = match raw {
+        RawLine::TooLong(len) if !authed => {
+            conn.count(Tally::Rejected);
+            return Action::Close(error_reply(
+                n,
+                format!(
+                    "line of {len} bytes is longer than the {HELLO_LIMIT} bytes a line may have \
+                     before the hello: closing the connection"
+                ),
+                false,
+                true,
+            ));
+        }
         RawLine::TooLong(len) => {
             return reject(format!(
                 "line of {len} bytes is longer than the limit of {} bytes",
@@ -551,13 +563,6 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     if !*authenticated {
         return hello_first();
     }
-    // The client's own line is spooled as it came, unless it lacks an id or a time (the time it
-    // was received, not the time the store gets it, maybe hours later). Those are added to its
-    // JSON, which keeps every other field as sent: the event written out again would spell out
-    // every default, up to dozens of times the line's length.
-    let missing = |field: &str| value.get(field).is_none_or(Value::is_null);
-    let (needs_id, needs_time) = (missing("event_id"), missing("time"));
-    let completed = (needs_id || needs_time).then(|| value.clone());
     let mut event = match Event::from_value(value) {
         Ok(e) => e,
         Err(e) => return reject(e.to_string()),
@@ -565,23 +570,29 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     if let Err(e) = crate::core::check_storable(&event) {
         return reject(e.to_string());
     }
-    let (id, text) = match completed {
-        None => (event.event_id.clone().unwrap_or_default(), text),
-        Some(mut json) => {
-            if needs_id {
-                let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
-                let id = format!("bs-{}-{seq}", shared.boot);
-                json["event_id"] = Value::String(id.clone());
-                event.event_id = Some(id);
-            }
-            if needs_time {
-                let now = Timestamp::now();
-                json["time"] = serde_json::to_value(now).unwrap_or(Value::Null);
-                event.time = Some(now);
-            }
-            (event.event_id.clone().unwrap_or_default(), json.to_string())
-        }
+    // The client's own line is spooled as it came. An id or a time it lacks (the time it was
+    // received, not the time the store gets it, maybe hours later) is added at the end of its
+    // object, where it wins over a `null` given before it. The line is not written out again,
+    // which would change how its numbers are spelled or spell out every default, and could
+    // make it many times as long.
+    let mut added = String::new();
+    if event.event_id.is_none() {
+        let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
+        let id = format!("bs-{}-{seq}", shared.boot);
+        added.push_str(&format!(",\"event_id\":\"{id}\""));
+        event.event_id = Some(id);
+    }
+    if event.time.is_none() {
+        let now = Timestamp::now();
+        let written = serde_json::to_string(&now).unwrap_or_default();
+        added.push_str(&format!(",\"time\":{written}"));
+        event.time = Some(now);
+    }
+    let text = match text.strip_suffix('}') {
+        Some(open) if !added.is_empty() => format!("{open}{added}}}"),
+        _ => text,
     };
+    let id = event.event_id.clone().unwrap_or_default();
     Action::Spool {
         event: Box::new(event),
         text,

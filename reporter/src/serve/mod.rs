@@ -110,9 +110,15 @@ pub enum ServeError {
     ListenTwice(String),
     #[error("--grace must be at most {max} seconds (one day)", max = MAX_GRACE.as_secs())]
     GraceTooLong,
+    #[error("--token must be at most {MAX_TOKEN_BYTES} bytes")]
+    TokenTooLong,
     #[error("cannot catch SIGTERM and SIGINT: {0}")]
     Signals(#[source] std::io::Error),
 }
+
+/// The longest `--token`, so that its hello fits in the line a client may send before it.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+const _: () = assert!(MAX_TOKEN_BYTES + 64 < connection::HELLO_LIMIT);
 
 /// The longest `--grace`: a stop is meant to end.
 pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -136,6 +142,10 @@ pub fn check_settings(
     }
     if grace > MAX_GRACE {
         return Err(ServeError::GraceTooLong);
+    }
+    // The hello that carries the token must fit in a line read before the hello.
+    if token.is_some_and(|t| t.len() > MAX_TOKEN_BYTES) {
+        return Err(ServeError::TokenTooLong);
     }
     for (i, l) in listen.iter().enumerate() {
         if listen[..i].contains(l) {
@@ -165,13 +175,22 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         config.spool_max,
         config.grace,
     )?;
-    let engine = Engine::start(
+    // Every address is taken before the spool is opened: an address in use leaves nothing made
+    // behind but the store, and no other file is being made while a socket's umask is set.
+    let bound = Bound::all(&config).await?;
+    let engine = match Engine::start(
         &config.spool,
         config.spool_max,
         store,
         config.core,
         config.grace,
-    )?;
+    ) {
+        Ok(engine) => engine,
+        Err(e) => {
+            bound.remove_sockets();
+            return Err(e.into());
+        }
+    };
     let shared = Arc::new(Shared::new(
         engine.appender.clone(),
         config.line_limit,
@@ -182,49 +201,29 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
 
     let mut listeners = JoinSet::new();
     let mut socket_files = Vec::new();
-    for l in &config.listen {
-        match l {
-            Listen::Tcp(addr) => {
-                let listener =
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServeError::Listen {
-                            address: format!("tcp://{addr}"),
-                            source,
-                        })?;
-                let needs_token = !addr.ip().is_loopback() || config.token.is_some();
-                tracing::info!(address = %listener.local_addr().map_or(addr.to_string(), |a| a.to_string()), "listening");
-                listeners.spawn(accept_loop(
-                    listener,
-                    Arc::clone(&shared),
-                    needs_token,
-                    stop.clone(),
-                ));
-            }
-            Listen::Unix(path) => {
-                let bound = unix_socket::BoundSocket::bind(path)?;
-                tracing::info!(path = %path.display(), "listening");
-                socket_files.push(bound.file());
-                let needs_token = config.token.is_some();
-                listeners.spawn(accept_loop(
-                    UnixFeed {
-                        name: format!("unix:{}", bound.path().display()),
-                        listener: bound.listener,
-                    },
-                    Arc::clone(&shared),
-                    needs_token,
-                    stop.clone(),
-                ));
-            }
-        }
+    for (listener, needs_token) in bound.tcp {
+        listeners.spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            needs_token,
+            stop.clone(),
+        ));
     }
-    if let Some(addr) = config.metrics {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen {
-                address: format!("metrics http://{addr}"),
-                source,
-            })?;
+    for (socket, needs_token) in bound.unix {
+        let name = format!("unix:{}", socket.file.path().display());
+        socket_files.push(socket.file);
+        let feed = UnixFeed {
+            name,
+            listener: socket.listener,
+        };
+        listeners.spawn(accept_loop(
+            feed,
+            Arc::clone(&shared),
+            needs_token,
+            stop.clone(),
+        ));
+    }
+    if let Some(listener) = bound.metrics {
         let m = Arc::new(metrics::Metrics {
             shared: Arc::clone(&shared),
             drain: Arc::clone(&engine.counters),
@@ -232,14 +231,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         });
         listeners.spawn(metrics::serve(listener, m, stop.clone()));
     }
-    if let Some((addr, web_store)) = config.web.clone() {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen {
-                address: format!("web http://{addr}"),
-                source,
-            })?;
-        tracing::info!(address = %addr, "serving the web pages");
+    if let Some((listener, web_store)) = bound.web {
         listeners.spawn(crate::web::serve(listener, web_store, stop.clone()));
     }
     // Whoever started the daemon may not read what it prints: that is no reason to stop.
@@ -283,6 +275,77 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         file.remove();
     }
     Ok(())
+}
+
+/// The daemon's listening sockets, each with whether it needs a hello with the token.
+struct Bound {
+    tcp: Vec<(TcpListener, bool)>,
+    unix: Vec<(unix_socket::BoundSocket, bool)>,
+    metrics: Option<TcpListener>,
+    web: Option<(TcpListener, Arc<dyn Store>)>,
+}
+
+impl Bound {
+    /// Binds every address of `config`; on a failure, the sockets already made are removed.
+    async fn all(config: &ServeConfig) -> Result<Bound, ServeError> {
+        let mut bound = Bound {
+            tcp: Vec::new(),
+            unix: Vec::new(),
+            metrics: None,
+            web: None,
+        };
+        match bound.bind(config).await {
+            Ok(()) => Ok(bound),
+            Err(e) => {
+                bound.remove_sockets();
+                Err(e)
+            }
+        }
+    }
+
+    async fn bind(&mut self, config: &ServeConfig) -> Result<(), ServeError> {
+        let tcp = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    address: format!("{what}{addr}"),
+                    source,
+                })
+        };
+        for l in &config.listen {
+            match l {
+                Listen::Tcp(addr) => {
+                    let listener = tcp("tcp://", *addr).await?;
+                    let shown = listener
+                        .local_addr()
+                        .map_or(addr.to_string(), |a| a.to_string());
+                    tracing::info!(address = %shown, "listening");
+                    let needs_token = !addr.ip().is_loopback() || config.token.is_some();
+                    self.tcp.push((listener, needs_token));
+                }
+                Listen::Unix(path) => {
+                    let socket = unix_socket::BoundSocket::bind(path)?;
+                    tracing::info!(path = %path.display(), "listening");
+                    self.unix.push((socket, config.token.is_some()));
+                }
+            }
+        }
+        if let Some(addr) = config.metrics {
+            self.metrics = Some(tcp("metrics http://", addr).await?);
+        }
+        if let Some((addr, web_store)) = config.web.clone() {
+            self.web = Some((tcp("web http://", addr).await?, web_store));
+            tracing::info!(address = %addr, "serving the web pages");
+        }
+        Ok(())
+    }
+
+    fn remove_sockets(self) {
+        for (socket, _) in self.unix {
+            drop(socket.listener);
+            socket.file.remove();
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, caught from the moment this is made. Made before a daemon says it is

@@ -2,9 +2,10 @@
 //! a stale one from an earlier run replaced, a live one or anything else left alone, and at the
 //! end removed only if it is still the daemon's own.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::Mode;
 use tokio::net::UnixListener;
 
 use super::ServeError;
@@ -12,46 +13,42 @@ use super::ServeError;
 /// A listening Unix socket and the file it was bound to.
 pub struct BoundSocket {
     pub listener: UnixListener,
-    path: PathBuf,
-    /// The socket file's identity, to tell it from one another daemon made later.
-    file: FileId,
+    pub file: SocketFile,
 }
 
 impl BoundSocket {
-    /// Listens at `path` with mode 0600. The socket is bound inside a new directory of mode
-    /// 0700 next to `path`, made private there, and only then moved to `path`: bound at `path`
-    /// directly, it would take the process's umask until its mode is set, and another user
-    /// could connect in between.
+    /// Listens at `path` with mode 0600. The mode comes from the process's umask, set for the
+    /// bind alone: set afterwards, it would leave a moment in which another user could connect.
+    /// The daemon binds its sockets before it starts anything that makes files.
     pub fn bind(path: &Path) -> Result<BoundSocket, ServeError> {
-        let failed = |source| ServeError::Listen {
+        clear_stale(path)?;
+        let previous = rustix::process::umask(Mode::from_raw_mode(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(previous);
+        let listener = bound.map_err(|source| ServeError::Listen {
             address: format!("unix:{}", path.display()),
             source,
-        };
-        clear_stale(path)?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let private = parent.join(format!(".buildstore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&private); // left by a killed run with our pid
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&private)
-            .map_err(failed)?;
-        let bound = (|| {
-            let inner = private.join("s");
-            let listener = UnixListener::bind(&inner)?;
-            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&inner, path)?;
-            Ok(listener)
-        })();
-        let _ = std::fs::remove_dir_all(&private);
-        let listener = bound.map_err(failed)?;
-        let meta = std::fs::symlink_metadata(path).map_err(failed)?;
-        Ok(BoundSocket {
-            listener,
+        })?;
+        let file = SocketFile::of(path).map_err(|source| ServeError::Listen {
+            address: format!("unix:{}", path.display()),
+            source,
+        })?;
+        Ok(BoundSocket { listener, file })
+    }
+}
+
+/// A socket file the daemon made: its path, device and inode.
+pub struct SocketFile {
+    path: PathBuf,
+    file: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> std::io::Result<SocketFile> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
             path: path.to_owned(),
-            file: FileId::of(&meta),
+            file: (meta.dev(), meta.ino()),
         })
     }
 
@@ -59,38 +56,16 @@ impl BoundSocket {
         &self.path
     }
 
-    /// The path and identity of the socket file, to remove it once the daemon is done.
-    pub fn file(&self) -> SocketFile {
-        SocketFile {
-            path: self.path.clone(),
-            file: self.file,
-        }
-    }
-}
-
-/// Device, inode and change time: a file made after another was removed may get its inode.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FileId(u64, u64, i64, i64);
-
-impl FileId {
-    fn of(meta: &std::fs::Metadata) -> FileId {
-        FileId(meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
-    }
-}
-
-/// A socket file the daemon made.
-pub struct SocketFile {
-    path: PathBuf,
-    file: FileId,
-}
-
-impl SocketFile {
-    /// Removes the file, unless another daemon has put its own socket there since.
+    /// Removes the file once the daemon no longer listens on it, unless another daemon has put
+    /// its own socket there since: a file of another inode, or one that takes connections (a
+    /// new file may get the inode of the one it replaced).
     pub fn remove(&self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if FileId::of(&meta) == self.file {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        let Ok(meta) = std::fs::symlink_metadata(&self.path) else {
+            return;
+        };
+        let ours = (meta.dev(), meta.ino()) == self.file;
+        if ours && std::os::unix::net::UnixStream::connect(&self.path).is_err() {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -126,6 +101,7 @@ fn clear_stale(path: &Path) -> Result<(), ServeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn the_socket_is_private_and_removed_only_while_it_is_the_daemons() {
@@ -134,18 +110,17 @@ mod tests {
         let first = BoundSocket::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no private directory left behind"
-        );
-        // Another daemon replaces the socket once this one stopped listening.
-        let file = first.file();
-        drop(first);
+        // Another daemon replaces the socket once this one stopped listening; it may well get
+        // the same inode.
+        let file = first.file;
+        drop(first.listener);
         let second = BoundSocket::bind(&path).unwrap();
         file.remove();
         assert!(path.exists(), "the second daemon's socket stays");
-        second.file().remove();
+        // Changing the socket's mode does not make it someone else's.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        drop(second.listener);
+        second.file.remove();
         assert!(!path.exists());
     }
 
