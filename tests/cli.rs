@@ -633,7 +633,9 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
         .spawn()
         .expect("run ingest");
     let mut pipe = ingest.stdin.take().expect("stdin");
-    writeln!(pipe, "{BUILD}\n{STEP}").expect("write");
+    // The pause comes in the middle of a line, as with a writer that buffers by blocks.
+    let finish = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    write!(pipe, "{BUILD}\n{STEP}\n{}", &finish[..20]).expect("write");
     pipe.flush().expect("flush");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -653,8 +655,41 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    writeln!(pipe, "{}", &finish[20..]).expect("write");
     drop(pipe);
     assert!(ingest.wait().expect("wait").success());
+    assert_eq!(
+        db.doc("builds", "m/1")["result"],
+        0,
+        "the line cut by the pause"
+    );
+
+    // A bad line ends the run at once, though the pipe stays open.
+    let db = Db::new();
+    let mut ingest = db
+        .cmd()
+        .args(["ingest", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ingest");
+    let mut pipe = ingest.stdin.take().expect("stdin");
+    writeln!(pipe, "{BUILD}\nnot json").expect("write");
+    pipe.flush().expect("flush");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = ingest.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(15) {
+            let _ = ingest.kill();
+            panic!("ingest waits for the pipe after a bad line");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    drop(pipe);
 }
 
 #[test]
@@ -695,12 +730,18 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
-    let out = Db::at("sqlite::memory:".into()).ingest_text("", &[]);
-    assert!(
-        stderr(&out).contains("an in-memory database would lose every document"),
-        "{}",
-        stderr(&out)
-    );
+    for memory in [
+        "sqlite::memory:",
+        "sqlite:file::memory:",
+        "sqlite:file:x.db?mode=memory",
+    ] {
+        let out = Db::at(memory.into()).ingest_text("", &[]);
+        assert!(
+            stderr(&out).contains("an in-memory database would lose every document"),
+            "{memory}: {}",
+            stderr(&out)
+        );
+    }
     assert!(
         db.ingest_text("", &[]).status.success(),
         "creates the store"

@@ -8,7 +8,6 @@ type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 use buildstore_schema::Event;
 use chrono::Utc;
-use futures::FutureExt as _;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::core::{event_key, Batch, Core, RuleError};
@@ -281,18 +280,23 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         // Input that pauses, such as a pipe from a live master, has what came so far applied
         // before the wait, not once a chunk fills: the documents follow the master, and a run
         // interrupted during a pause has applied all it read, which a rerun could not read
-        // again from a pipe.
-        if !chunk.is_empty() && input.fill_buf().now_or_never().is_none() {
-            bytes = 0;
-            if out
-                .send(Ok((std::mem::take(&mut chunk), true)))
-                .await
-                .is_err()
-            {
-                return;
+        // again from a pipe. A pause in the middle of a line counts too.
+        let read = input.read_until(b'\n', &mut buf);
+        tokio::pin!(read);
+        let read = match futures::poll!(read.as_mut()) {
+            std::task::Poll::Ready(read) => read,
+            std::task::Poll::Pending => {
+                if !chunk.is_empty() {
+                    bytes = 0;
+                    let paused = Ok((std::mem::take(&mut chunk), true));
+                    if out.send(paused).await.is_err() {
+                        return;
+                    }
+                }
+                read.await
             }
-        }
-        let n = match input.read_until(b'\n', &mut buf).await {
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 let _ = out.send(Err(e)).await;
@@ -366,7 +370,9 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
         let mut paused = false;
         loop {
             // A read error ends the run too, but only once what was read before is written.
-            let (next, unreadable) = if std::mem::take(&mut paused) {
+            // Nor is more input waited for after a chunk that ends the run.
+            let ends = folded.as_ref().is_some_and(|f| f.ends_run(keep_going));
+            let (next, unreadable) = if std::mem::take(&mut paused) || ends {
                 (Some(Folded::split(Vec::new())), None)
             } else {
                 match rx.recv().await {
@@ -423,7 +429,10 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
         }
     }
     .await;
+    // The reader may be waiting for input that comes much later, or never (a live pipe after
+    // a bad line): it is not waited for.
     drop(rx);
+    reader.abort();
     let _ = reader.await;
     result.map(|()| report)
 }

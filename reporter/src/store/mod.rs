@@ -246,7 +246,11 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
         if path.is_empty() {
             return Err(StoreError::BadLocation(location.to_owned()));
         }
-        if path == ":memory:" {
+        // SQLite takes URIs too: `file::memory:`, `file:x?mode=memory`.
+        let in_memory = path == ":memory:"
+            || (path.starts_with("file:")
+                && (path.contains(":memory:") || path.contains("mode=memory")));
+        if in_memory {
             return Err(StoreError::InMemory(location.to_owned()));
         }
         let store = SqliteStore::open(path).await?;
