@@ -30,6 +30,7 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
         r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":18446744073709551616}"#,
         r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$date":1}}"#,
         "\u{a0}{\"type\":\"builder_added\",\"master_id\":\"m\",\"builder\":\"b\"}",
+        r#"{"type":"builder_added","master_id":"m","builder":""}"#,
     ];
     let mut mixed = Vec::new();
     for (i, v) in valid.iter().enumerate() {
@@ -55,6 +56,10 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
             .is_some_and(|e| e.contains("18446744073709551616 does not fit in 64 bits")),
         "{}",
         replies[13]
+    );
+    assert_eq!(
+        replies[19]["error"], "field `builder` must not be empty",
+        "refused at the door too"
     );
     // Refused at the door, though the drain's rules would refuse it too: no ack for it.
     assert!(

@@ -501,7 +501,7 @@ fn fits(document: impl FnOnce() -> String, bytes: usize) -> Result<(), RuleError
     Ok(())
 }
 
-fn non_empty(field: &'static str, value: &str) -> Result<(), RuleError> {
+pub(crate) fn non_empty(field: &'static str, value: &str) -> Result<(), RuleError> {
     if value.is_empty() {
         Err(RuleError::Empty(field))
     } else {

@@ -19,7 +19,7 @@ pub use fold::{Core, CoreConfig, RuleError};
 pub use inline_log::{InlineLog, MIN_INLINE_LIMIT};
 pub use mutation::{Batch, InlineUpdate, Mutation};
 pub use state::{BuildSnapshot, LogSnapshot};
-pub use storable::check_storable;
+pub use storable::check_standalone;
 
 use buildstore_schema::Ident;
 

@@ -7,22 +7,30 @@
 use buildstore_schema::{Event, EventKind};
 use serde_json::Value;
 
+use crate::fold::non_empty;
 use crate::RuleError;
 
-/// Refuses an event that carries what no document can hold, whatever the store holds already:
-/// a property name or value without a BSON form. The fold refuses the same; the daemon checks
-/// this as it reads a line, so that the client gets the refusal instead of an acknowledgement
-/// for an event that the rules would then drop.
-pub fn check_storable(event: &Event) -> Result<(), RuleError> {
+/// The rules that need nothing stored: an empty builder or property name, and a property name or
+/// value without a BSON form. The fold applies them too; the daemon checks them as it reads a
+/// line, so that the client gets the refusal instead of an acknowledgement for an event that
+/// the rules would then drop.
+pub fn check_standalone(event: &Event) -> Result<(), RuleError> {
     match &event.kind {
+        EventKind::BuilderAdded(e) => non_empty("builder", &e.builder),
+        EventKind::BuilderState(e) => non_empty("builder", &e.builder),
+        EventKind::BuilderRemoved(e) => non_empty("builder", &e.builder),
         EventKind::Property(p) => {
+            non_empty("name", &p.name)?;
             check_value("value", &p.value)?;
             check_name("name", &p.name)
         }
-        EventKind::BuildStarted(b) => b.properties.iter().try_for_each(|(name, p)| {
-            check_name("properties", name)?;
-            check_value(&format!("properties.{name}.value"), &p.value)
-        }),
+        EventKind::BuildStarted(b) => {
+            non_empty("builder", &b.builder)?;
+            b.properties.iter().try_for_each(|(name, p)| {
+                check_name("properties", name)?;
+                check_value(&format!("properties.{name}.value"), &p.value)
+            })
+        }
         _ => Ok(()),
     }
 }

@@ -51,8 +51,8 @@ pub enum ReporterError {
     /// long, a `/` in an id): it gets the error the socket would give. Nothing of it was kept.
     #[error(transparent)]
     Invalid(#[from] buildstore_schema::EventError),
-    /// The event carries what no document can hold (a property value or name without a BSON
-    /// form), as the socket would say. Nothing of it was kept.
+    /// The event breaks a rule that needs nothing stored (an empty builder name, a property value
+    /// or name without a BSON form), as the socket would say. Nothing of it was kept.
     #[error(transparent)]
     Unstorable(#[from] crate::core::RuleError),
 }
@@ -91,7 +91,7 @@ impl Reporter {
     /// gets the time it was sent, not the time the store gets it.
     pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
         event.check()?;
-        crate::core::check_storable(&event)?;
+        crate::core::check_standalone(&event)?;
         event
             .time
             .get_or_insert_with(buildstore_schema::Timestamp::now);

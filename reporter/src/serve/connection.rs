@@ -567,7 +567,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         Ok(e) => e,
         Err(e) => return reject(e.to_string()),
     };
-    if let Err(e) = crate::core::check_storable(&event) {
+    if let Err(e) = crate::core::check_standalone(&event) {
         return reject(e.to_string());
     }
     // The client's own line is spooled as it came. An id or a time it lacks (the time it was
