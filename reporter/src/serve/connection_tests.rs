@@ -1,7 +1,7 @@
 //! A connection's writer: what it answers when the spool fails to write a group.
 
 use super::*;
-use crate::spool::{AppendError, Handoff, Spool};
+use crate::spool::{AppendError, Handoff, Pending, Spool};
 use tokio::io::AsyncReadExt;
 
 #[tokio::test]

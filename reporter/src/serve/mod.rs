@@ -8,6 +8,7 @@ mod drain;
 pub(crate) mod engine;
 mod lines;
 pub mod metrics;
+mod replies;
 mod unix_socket;
 
 use std::io::Write as _;
