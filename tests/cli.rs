@@ -692,6 +692,52 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
     drop(pipe);
 }
 
+/// Each writer keeps what it wrote in memory (a log's length, a build's steps): two at once on one
+/// store lost log text, both reporting every event applied. The second is refused instead.
+#[test]
+fn one_process_writes_a_store_at_a_time() {
+    let db = Db::new();
+    let mut first = db
+        .cmd()
+        .args(["ingest", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run ingest");
+    let mut pipe = first.stdin.take().expect("stdin");
+    writeln!(pipe, "{BUILD}").expect("write");
+    pipe.flush().expect("flush");
+    // The first holds the store once its build is applied.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db
+        .cmd()
+        .args(["export", "builds"])
+        .output()
+        .map_or(true, |o| o.stdout.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first ingest applies nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let second = db.ingest_text(STEP, &[]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("is written by another buildstore process"),
+        "{}",
+        stderr(&second)
+    );
+    // Reading goes on meanwhile.
+    assert_eq!(db.export("builds").len(), 1);
+    drop(pipe);
+    assert!(first.wait().expect("wait").success());
+    let out = db.ingest_text(STEP, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.export("steps").len(), 1);
+}
+
 #[test]
 fn export_prints_extended_json_sorted_by_id() {
     let db = Db::new();

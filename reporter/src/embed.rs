@@ -60,6 +60,7 @@ pub enum ReporterError {
 /// Reports a master's events into the store, durably.
 pub struct Reporter {
     engine: Engine,
+    _writer: Option<store::WriterLock>,
     boot: String,
     assigned: AtomicU64,
     last_sent: Arc<AtomicI64>,
@@ -69,6 +70,7 @@ impl Reporter {
     /// Opens the store (creating its indexes) and the spool, and starts applying; events left in
     /// the spool by an earlier run are applied first.
     pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
+        let writer = store::lock_writer(&config.store)?;
         let store = store::open(&config.store).await?;
         store.init().await?;
         let engine = Engine::start(
@@ -80,6 +82,7 @@ impl Reporter {
         )?;
         Ok(Reporter {
             engine,
+            _writer: writer,
             boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
             assigned: AtomicU64::new(0),
             last_sent: Arc::new(AtomicI64::new(0)),

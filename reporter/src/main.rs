@@ -260,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(file)
                 }
             };
+            let _writer = store::lock_writer(&location)?;
             let store = open(&location).await?;
             store.init().await.context("preparing the store")?;
             let options = IngestOptions {
@@ -296,6 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spool_max,
                 grace,
             )?;
+            let _writer = store::lock_writer(&location)?;
             let store = open(&location).await?;
             // A store that is down is what the spool is for: the daemon takes events at once
             // and prepares the store once it answers.

@@ -6,6 +6,7 @@
 mod docs;
 pub mod mongo;
 mod sqlite;
+mod writer_lock;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use mongo::MongoStore;
 #[cfg(test)]
 pub(crate) use sqlite::open_in;
 pub use sqlite::SqliteStore;
+pub use writer_lock::{lock_writer, WriterLock};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,17 @@ pub enum StoreError {
          ends, and the store needs more than one connection to it; give a file, sqlite:PATH"
     )]
     InMemory(String),
+    #[error(
+        "store {path} is written by another buildstore process (ingest, serve or an embedded \
+         Reporter); one writes it at a time"
+    )]
+    InUse { path: String },
+    #[error("cannot lock the store for writing ({path}): {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot reach MongoDB at {location} within serverSelectionTimeoutMS: {message}")]
     Unreachable { location: String, message: String },
     #[error("MongoDB at {location}: {message}")]
