@@ -25,12 +25,17 @@ pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
         path: lock.display().to_string(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock)
-        .map_err(failed)?;
+    {
+        Ok(file) => file,
+        // No directory for the store: opening the store says so, in its own words.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
     match file.try_lock() {
         Ok(()) => Ok(Some(WriterLock { _file: file })),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
