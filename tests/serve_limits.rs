@@ -2,8 +2,9 @@
 //! client that stops reading is disconnected without holding up the others and cannot make the
 //! daemon hold more than a bounded amount of replies for it, a full spool
 //! refuses new events with an error instead of dropping them, running out of file descriptors
-//! pauses accepting rather than spinning, a daemon that is stopping takes no new clients, and a
-//! MongoDB batch cut off halfway is completed by the next run.
+//! pauses accepting rather than spinning, a daemon that is stopping takes no new clients, a
+//! MongoDB batch cut off halfway is completed by the next run, and one the server did not
+//! confirm to its write concern is sent again.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
-use common::mongo::fail_point;
+use common::mongo::{fail_point, write_concern_fail_point};
 use common::*;
 use serde_json::Value;
 
@@ -424,6 +425,50 @@ fn a_client_that_does_not_read_cannot_pile_up_long_replies_in_the_daemon() {
         grown >> 20
     );
     daemon.kill();
+}
+
+/// A write the server could not confirm to its write concern is not counted as applied: the batch
+/// is sent again, which changes nothing already written, and a server that never confirms makes
+/// the run fail with a message that says why.
+#[test]
+fn a_mongodb_write_not_confirmed_to_the_write_concern_is_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "concern") else {
+        return; // the fail point is the test peer's (a real server needs test commands)
+    };
+    let file = example("fetch-head-corrected.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .expect("read")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    write_concern_fail_point(&peer, bson::doc! {"times": 2}.into(), &["update"]);
+    let db = Db::at(uri);
+    let out = db.ingest(&file, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out)
+            .matches("retrying a batch the server did not confirm")
+            .count(),
+        2,
+        "{}",
+        stderr(&out)
+    );
+    assert_same_as_one_clean_ingest(&db, &lines, dir.path());
+
+    let db = Db::at(peer.uri("never"));
+    write_concern_fail_point(&peer, "alwaysOn".into(), &["insert"]);
+    let out = db.ingest(&file, &["--batch-events", "100000"]);
+    write_concern_fail_point(&peer, "off".into(), &["insert"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "not confirmed to the write concern: waiting for replication timed out (code 64)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    peer.kill();
 }
 
 /// A MongoDB batch cut off after its documents were written (the insert of its event ids is

@@ -141,6 +141,24 @@ where
 
 /// Sets the `failCommand` fail point of `peer`: the commands named in `commands` then fail with
 /// error `code` as `mode` says (`{times: N}`, `{skip: N}`, `"alwaysOn"` or `"off"`).
+/// Makes the listed commands run and then report a write concern error (64: replication timed
+/// out), as a replica set does when its majority does not answer in time.
+pub fn write_concern_fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str]) {
+    let commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+    on_database(&peer.uri("admin"), |db| async move {
+        db.run_command(bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": mode,
+            "data": {
+                "failCommands": commands,
+                "writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"},
+            },
+        })
+        .await
+        .expect("fail point")
+    });
+}
+
 pub fn fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str], code: i32) {
     let commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
     on_database(&peer.uri("admin"), |db| async move {

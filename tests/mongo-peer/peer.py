@@ -146,9 +146,15 @@ class Peer:
         handler = COMMANDS.get(name)
         if handler is None:
             return error_doc(59, f"no such command: '{name}'")
-        failed = self.fail_point.trip(name)
-        if failed is not None:
-            return failed
+        tripped = self.fail_point.trip(name)
+        if tripped is not None and tripped[0] == "fail":
+            return tripped[1]
+        reply = self.run_handler(handler, name, body, conn)
+        if tripped is not None and reply.get("ok") == 1.0:
+            reply["writeConcernError"] = tripped[1]
+        return reply
+
+    def run_handler(self, handler, name, body, conn):
         if self.journal is not None and name in WRITE_COMMANDS:
             # Written (to the OS, which outlives a killed process) before it runs, so no reply
             # can go out for a write the journal lacks.

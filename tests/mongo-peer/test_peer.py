@@ -463,6 +463,20 @@ class PeerTest(unittest.TestCase):
         self.db.c.update_one({"_id": 1}, {"$set": {"x": 1}})
         self.assertEqual(self.db.c.find_one({"_id": 1})["x"], 1)
 
+    def test_a_write_concern_error_comes_with_the_write_done(self):
+        admin = self.client.admin
+        concern = {"code": 64, "errmsg": "waiting for replication timed out"}
+        admin.command({"configureFailPoint": "failCommand", "mode": {"times": 1},
+                       "data": {"failCommands": ["insert"], "writeConcernError": concern}})
+        try:
+            reply = self.db.command({"insert": "wc", "documents": [{"_id": 1}]})
+            self.assertEqual(reply["writeConcernError"], concern)
+            self.assertEqual(self.db.wc.count_documents({}), 1, "the insert itself ran")
+            reply = self.db.command({"insert": "wc", "documents": [{"_id": 2}]})
+            self.assertNotIn("writeConcernError", reply)
+        finally:
+            admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
     def test_stats(self):
         admin = self.client.admin
         admin.command("buildstorePeerReset")

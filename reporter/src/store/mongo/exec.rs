@@ -69,6 +69,10 @@ impl Redactor {
 /// A failure to apply a batch, before it is turned into a [`StoreError`].
 pub enum Failure {
     Transient(Error),
+    /// The server wrote the batch's commands but could not confirm them to the write concern
+    /// (a replica set's majority did not answer in time): the batch is not counted as applied,
+    /// and sending it again, which changes nothing already written, is worth a try.
+    Unconfirmed(StoreError),
     Fatal(StoreError),
 }
 
@@ -132,6 +136,7 @@ pub async fn send(
                 .run_command(doc! {"update": collection.name(), "updates": group, "ordered": true})
                 .await
                 .map_err(|e| driver_failure(e, location, redact))?;
+            unconfirmed(&reply, collection.name(), location)?;
             if let Some(err) = first_write_error(&reply) {
                 let s = usize::try_from(err.0)
                     .ok()
@@ -167,6 +172,7 @@ async fn insert_all(
             .run_command(doc! {"insert": collection, "documents": group, "ordered": false})
             .await
             .map_err(|e| driver_failure(e, location, redact))?;
+        unconfirmed(&reply, collection, location)?;
         let errors = reply.get_array("writeErrors").cloned().unwrap_or_default();
         for e in errors.iter().filter_map(Bson::as_document) {
             if e.get_i32("code").ok() == Some(11000) {
@@ -188,6 +194,21 @@ async fn insert_all(
         }
     }
     Ok(())
+}
+
+/// A reply's `writeConcernError`, if it has one, as the failure of the batch.
+fn unconfirmed(reply: &Document, collection: &str, location: &str) -> Result<(), Failure> {
+    let Ok(e) = reply.get_document("writeConcernError") else {
+        return Ok(());
+    };
+    let code = e.get_i32("code").unwrap_or(0);
+    let text = e.get_str("errmsg").unwrap_or("no message");
+    Err(Failure::Unconfirmed(StoreError::Mongo {
+        location: location.to_owned(),
+        message: format!(
+            "the writes to {collection} were not confirmed to the write concern: {text} (code {code})"
+        ),
+    }))
 }
 
 fn first_write_error(reply: &Document) -> Option<(i32, String)> {

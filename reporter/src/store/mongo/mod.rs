@@ -361,6 +361,12 @@ impl Apply for MongoStore {
             match exec::send(&self.db, &plan, &self.location, &self.redact).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Unconfirmed(e)) if attempt >= attempts => return Err(e),
+                Err(Failure::Unconfirmed(e)) => {
+                    let wait = backoff(attempt);
+                    tracing::warn!(store = %self.location, attempt, ?wait, error = %e, "retrying a batch the server did not confirm");
+                    tokio::time::sleep(wait).await;
+                }
                 Err(Failure::Transient(e)) if attempt >= attempts => return Err(self.err(e)),
                 Err(Failure::Transient(e)) => {
                     let wait = backoff(attempt);
