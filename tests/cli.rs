@@ -781,12 +781,19 @@ fn clear_errors_for_bad_commands() {
         "sqlite:file::memory:",
         "sqlite:file:x.db?mode=memory",
     ] {
-        let out = Db::at(memory.into()).ingest_text("", &[]);
+        let out = Db::at(memory.into())
+            .cmd()
+            .current_dir(dir.path())
+            .args(["ingest", "-"])
+            .output()
+            .expect("run");
         assert!(
             stderr(&out).contains("an in-memory database would lose every document"),
             "{memory}: {}",
             stderr(&out)
         );
+        let made = std::fs::read_dir(dir.path()).expect("list").count();
+        assert_eq!(made, 0, "{memory}: nothing made");
     }
     assert!(
         db.ingest_text("", &[]).status.success(),

@@ -259,17 +259,21 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
         if path.is_empty() {
             return Err(StoreError::BadLocation(location.to_owned()));
         }
-        // SQLite takes URIs too: `file::memory:`, `file:x?mode=memory`.
-        let in_memory = path == ":memory:"
-            || (path.starts_with("file:")
-                && (path.contains(":memory:") || path.contains("mode=memory")));
-        if in_memory {
+        if in_memory(path) {
             return Err(StoreError::InMemory(location.to_owned()));
         }
         let store = SqliteStore::open(path).await?;
         return Ok(Box::new(store));
     }
     Err(StoreError::BadLocation(location.to_owned()))
+}
+
+/// Whether SQLite would take `path` for an in-memory database, which no store can be. It takes
+/// URIs too: `file::memory:`, `file:x?mode=memory`.
+fn in_memory(path: &str) -> bool {
+    path == ":memory:"
+        || (path.starts_with("file:")
+            && (path.contains(":memory:") || path.contains("mode=memory")))
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
     let Some(path) = location.strip_prefix("sqlite:") else {
         return Ok(None);
     };
+    // Locations no store can be at are refused when the store is opened, with the reason.
+    if path.is_empty() || super::in_memory(path) {
+        return Ok(None);
+    }
     let lock = PathBuf::from(format!("{path}.lock"));
     let failed = |source| StoreError::Lock {
         path: lock.display().to_string(),
