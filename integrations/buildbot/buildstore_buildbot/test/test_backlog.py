@@ -1,6 +1,7 @@
 """The backlog file: what the queue can't hold, and what a stopping master leaves, is not lost."""
 
 import os
+import shutil
 import sqlite3
 import tempfile
 
@@ -32,7 +33,9 @@ def rows(path):
 class BacklogTestCase(ClientTestCase):
     def setUp(self):
         super().setUp()
-        self.path = os.path.join(tempfile.mkdtemp(), "backlog.sqlite")
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.path = os.path.join(folder, "backlog.sqlite")
 
     def backlog(self, max_bytes=1 << 30):
         b = Backlog(self.path, max_bytes)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 
 from twisted.internet import defer
@@ -178,7 +179,9 @@ class TestExchange(ClientTestCase):
 
     @defer.inlineCallbacks
     def test_unix_socket(self):
-        path = os.path.join(tempfile.mkdtemp(), "bs.sock")
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "bs.sock")
         port = reactor.listenUNIX(path, self.daemon)
         self.addCleanup(port.stopListening)
         c = self.client(address=f"unix:{path}")
