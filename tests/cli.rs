@@ -619,11 +619,8 @@ fn a_proper_changeset_pattern_can_be_configured() {
     );
 }
 
-/// A master piping its events into `ingest -` sees its documents as it goes, not when a chunk of
-/// a thousand events fills or the pipe closes.
-#[test]
-fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
-    let db = Db::new();
+/// `ingest -` running, and the pipe to its standard input.
+fn ingest_from_pipe(db: &Db) -> (std::process::Child, std::process::ChildStdin) {
     let mut ingest = db
         .cmd()
         .args(["ingest", "-"])
@@ -632,29 +629,39 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run ingest");
-    let mut pipe = ingest.stdin.take().expect("stdin");
-    // The pause comes in the middle of a line, as with a writer that buffers by blocks.
-    let finish = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
-    write!(pipe, "{BUILD}\n{STEP}\n{}", &finish[..20]).expect("write");
-    pipe.flush().expect("flush");
+    let pipe = ingest.stdin.take().expect("stdin");
+    (ingest, pipe)
+}
+
+/// Waits (up to 20 s) until `collection` holds `count` documents, as `export` sees them while
+/// another process writes the store; fails with `otherwise`.
+fn wait_for_documents(db: &Db, collection: &str, count: usize, otherwise: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let out = db
             .cmd()
-            .args(["export", "steps"])
+            .args(["export", collection])
             .output()
             .expect("run export");
-        let applied =
-            out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 1;
-        if applied {
-            break;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == count {
+            return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing applied while the pipe stays open"
-        );
+        assert!(std::time::Instant::now() < deadline, "{otherwise}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// A master piping its events into `ingest -` sees its documents as it goes, not when a chunk of
+/// a thousand events fills or the pipe closes.
+#[test]
+fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
+    let db = Db::new();
+    let (mut ingest, mut pipe) = ingest_from_pipe(&db);
+    // The pause comes in the middle of a line, as with a writer that buffers by blocks.
+    let finish = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    write!(pipe, "{BUILD}\n{STEP}\n{}", &finish[..20]).expect("write");
+    pipe.flush().expect("flush");
+    wait_for_documents(&db, "steps", 1, "nothing applied while the pipe stays open");
     writeln!(pipe, "{}", &finish[20..]).expect("write");
     drop(pipe);
     assert!(ingest.wait().expect("wait").success());
@@ -666,15 +673,7 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
 
     // A bad line ends the run at once, though the pipe stays open.
     let db = Db::new();
-    let mut ingest = db
-        .cmd()
-        .args(["ingest", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run ingest");
-    let mut pipe = ingest.stdin.take().expect("stdin");
+    let (mut ingest, mut pipe) = ingest_from_pipe(&db);
     writeln!(pipe, "{BUILD}\nnot json").expect("write");
     pipe.flush().expect("flush");
     let started = std::time::Instant::now();
@@ -697,31 +696,11 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
 #[test]
 fn one_process_writes_a_store_at_a_time() {
     let db = Db::new();
-    let mut first = db
-        .cmd()
-        .args(["ingest", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run ingest");
-    let mut pipe = first.stdin.take().expect("stdin");
+    let (mut first, mut pipe) = ingest_from_pipe(&db);
     writeln!(pipe, "{BUILD}").expect("write");
     pipe.flush().expect("flush");
     // The first holds the store once its build is applied.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while db
-        .cmd()
-        .args(["export", "builds"])
-        .output()
-        .map_or(true, |o| o.stdout.is_empty())
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first ingest applies nothing"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_documents(&db, "builds", 1, "the first ingest applies nothing");
     let second = db.ingest_text(STEP, &[]);
     assert_eq!(second.status.code(), Some(1));
     assert!(

@@ -146,6 +146,21 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
     peer.kill();
 }
 
+/// Sends `bytes` on a new connection and returns the one reply the daemon gives before it closes
+/// the connection, which says so (`closing`). A daemon that kept the connection open would leave
+/// the read waiting: it fails after `wait` instead.
+fn last_word(port: u16, bytes: &[u8], wait: Duration) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(bytes).expect("send");
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+    assert_eq!(text.lines().count(), 1, "closed after the error: {text}");
+    let reply: Value = serde_json::from_str(&text).expect("JSON reply");
+    assert_eq!(reply["closing"], true, "{reply}");
+    reply
+}
+
 #[test]
 fn a_wrong_token_is_rejected_and_the_connection_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -158,16 +173,17 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
     assert_eq!(replies[0]["hello"], "ok");
     assert!(replies[1]["ack"].is_string(), "{}", replies[1]);
 
-    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
-    s.write_all(b"{\"type\":\"hello\",\"token\":\"guess\"}\n")
-        .expect("send");
-    s.write_all(event.as_bytes()).expect("send");
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut s, &mut text);
-    assert!(text.contains("wrong token"), "{text}");
-    assert_eq!(text.lines().count(), 1, "closed after the error: {text}");
-    let reply: Value = serde_json::from_str(&text).expect("JSON reply");
-    assert_eq!(reply["closing"], true, "{reply}");
+    let reply = last_word(
+        daemon.port,
+        format!("{{\"type\":\"hello\",\"token\":\"guess\"}}\n{event}").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("wrong token")),
+        "{reply}"
+    );
     let replies = exchange(daemon.port, &[event]);
     assert!(
         replies[0]["error"]
@@ -179,19 +195,8 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
     assert_eq!(replies[0]["closing"], true, "{}", replies[0]);
     // Nor is a line that is not even an event: no service before the hello.
     for first in ["{oops", "\u{1}not json"] {
-        let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
-        // A daemon that kept the connection open would leave this read waiting: it fails instead.
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.write_all(
-            format!("{first}\n{{\"type\":\"hello\",\"token\":\"s3cret\"}}\n{event}\n").as_bytes(),
-        )
-        .expect("send");
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut s, &mut text);
-        assert_eq!(text.lines().count(), 1, "closed after the error: {text}");
-        let reply: Value = serde_json::from_str(&text).expect("JSON reply");
-        assert_eq!(reply["closing"], true, "{reply}");
+        let sent = format!("{first}\n{{\"type\":\"hello\",\"token\":\"s3cret\"}}\n{event}\n");
+        let reply = last_word(daemon.port, sent.as_bytes(), Duration::from_secs(10));
         assert!(
             reply["error"]
                 .as_str()
@@ -201,20 +206,13 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
     }
     // A client without the token holds little of the daemon, and not for long: a line before
     // the hello is read up to 4 KiB only, and the hello must come within 10 s.
-    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
     let started = std::time::Instant::now();
-    s.write_all(format!("{{\"type\":\"hello\",\"token\":\"{}", "x".repeat(1 << 20)).as_bytes())
-        .expect("send");
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut s, &mut text);
-    let reply: Value = serde_json::from_str(&text).expect("one JSON reply");
+    let unended = format!("{{\"type\":\"hello\",\"token\":\"{}", "x".repeat(1 << 20));
+    let reply = last_word(daemon.port, unended.as_bytes(), Duration::from_secs(30));
     assert_eq!(
         reply["error"], "no hello within 10 s: closing the connection",
         "{reply}"
     );
-    assert_eq!(reply["closing"], true, "{reply}");
     assert!(
         started.elapsed() >= Duration::from_secs(9),
         "{:?}",
@@ -224,21 +222,14 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
         "{{\"type\":\"hello\",\"token\":\"s3cret\",\"pad\":\"{}\"}}",
         "x".repeat(5000)
     );
-    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(format!("{hello}\n{event}\n").as_bytes())
-        .expect("send");
-    let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut s, &mut text);
-    let reply: Value = serde_json::from_str(&text).expect("one JSON reply");
+    let sent = format!("{hello}\n{event}\n");
+    let reply = last_word(daemon.port, sent.as_bytes(), Duration::from_secs(10));
     assert!(
         reply["error"].as_str().is_some_and(|e| e.contains(
             "line of 5042 bytes is longer than the 4096 bytes a line may have before the hello"
         )),
         "a hello longer than 4 KiB is not read: {reply}"
     );
-    assert_eq!(reply["closing"], true, "{reply}");
     daemon.kill();
 }
 

@@ -92,28 +92,23 @@ fn above_i64(value: &Value) -> Option<u64> {
 /// document it is, so such a key would change the value, or leave a document that cannot be read
 /// back; MongoDB reserves the prefix for operators too.
 fn dollar_key(value: &Value) -> Option<&str> {
-    match value {
-        Value::Array(items) => items.iter().find_map(dollar_key),
-        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
-            if k.starts_with('$') {
-                Some(k.as_str())
-            } else {
-                dollar_key(v)
-            }
-        }),
-        _ => None,
-    }
+    first_key(value, &|k| k.starts_with('$'))
 }
 
 /// The first object key in `value` that holds a NUL, which BSON keys cannot.
 fn nul_key(value: &Value) -> Option<&str> {
+    first_key(value, &|k| k.contains('\0'))
+}
+
+/// The first object key in `value`, at any depth, for which `wrong` holds.
+fn first_key<'v>(value: &'v Value, wrong: &dyn Fn(&str) -> bool) -> Option<&'v str> {
     match value {
-        Value::Array(items) => items.iter().find_map(nul_key),
+        Value::Array(items) => items.iter().find_map(|v| first_key(v, wrong)),
         Value::Object(fields) => fields.iter().find_map(|(k, v)| {
-            if k.contains('\0') {
+            if wrong(k) {
                 Some(k.as_str())
             } else {
-                nul_key(v)
+                first_key(v, wrong)
             }
         }),
         _ => None,

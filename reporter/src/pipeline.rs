@@ -384,8 +384,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                     None => (None, None),
                 }
             };
-            let fold_next = next.as_ref().is_some_and(|n| !n.events.is_empty())
-                && !folded.as_ref().is_some_and(|f| f.ends_run(keep_going));
+            let fold_next = next.as_ref().is_some_and(|n| !n.events.is_empty()) && !ends;
             let write = async {
                 match folded.as_mut().and_then(|f| f.prepared.as_mut()) {
                     Some(p) => store.apply(std::mem::take(&mut p.batch).into()).await,

@@ -141,31 +141,31 @@ where
 
 /// Sets the `failCommand` fail point of `peer`: the commands named in `commands` then fail with
 /// error `code` as `mode` says (`{times: N}`, `{skip: N}`, `"alwaysOn"` or `"off"`).
+pub fn fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str], code: i32) {
+    set_fail_point(peer, mode, commands, bson::doc! {"errorCode": code});
+}
+
 /// Makes the listed commands run and then report a write concern error (64: replication timed
 /// out), as a replica set does when its majority does not answer in time.
 pub fn write_concern_fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str]) {
-    let commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
-    on_database(&peer.uri("admin"), |db| async move {
-        db.run_command(bson::doc! {
-            "configureFailPoint": "failCommand",
-            "mode": mode,
-            "data": {
-                "failCommands": commands,
-                "writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"},
-            },
-        })
-        .await
-        .expect("fail point")
-    });
+    let error = bson::doc! {"code": 64, "errmsg": "waiting for replication timed out"};
+    set_fail_point(
+        peer,
+        mode,
+        commands,
+        bson::doc! {"writeConcernError": error},
+    );
 }
 
-pub fn fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str], code: i32) {
-    let commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+/// The `failCommand` fail point with `failure` (what the listed commands get) in its data.
+fn set_fail_point(peer: &Peer, mode: bson::Bson, commands: &[&str], failure: bson::Document) {
+    let mut data = bson::doc! {"failCommands": commands};
+    data.extend(failure);
     on_database(&peer.uri("admin"), |db| async move {
         db.run_command(bson::doc! {
             "configureFailPoint": "failCommand",
             "mode": mode,
-            "data": {"failCommands": commands, "errorCode": code},
+            "data": data,
         })
         .await
         .expect("fail point")

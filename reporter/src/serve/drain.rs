@@ -120,9 +120,7 @@ pub async fn run(
         if stop.has_changed().is_err() {
             return;
         }
-        if deadline.is_none() && *stop.borrow() {
-            deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
-        }
+        arm_deadline(&stop, &mut deadline, grace);
         if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(
                 "grace period over: what is left in the spool is applied at the next start"
@@ -221,6 +219,13 @@ pub async fn run(
     }
 }
 
+/// Sets `deadline`, the end of the grace period, once a stop has come.
+fn arm_deadline(stop: &watch::Receiver<bool>, deadline: &mut Option<Instant>, grace: Duration) {
+    if deadline.is_none() && *stop.borrow() {
+        *deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
+    }
+}
+
 /// Resolves once a stop has lasted the grace period, or the engine is gone; sets `deadline`
 /// when the stop comes.
 async fn grace_over(
@@ -229,9 +234,7 @@ async fn grace_over(
     grace: Duration,
 ) {
     loop {
-        if deadline.is_none() && *stop.borrow() {
-            *deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
-        }
+        arm_deadline(stop, deadline, grace);
         match *deadline {
             Some(d) => return tokio::time::sleep_until(d.into()).await,
             None => {

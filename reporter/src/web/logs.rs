@@ -117,11 +117,7 @@ async fn window(store: &dyn Store, path: &str, w: LogWindow) -> Result<Window, W
 /// offset chosen by hand); anything else that is not UTF-8 is shown replaced rather than hidden.
 fn utf8_window(bytes: Vec<u8>) -> (String, usize) {
     let end = without_cut_end(&bytes);
-    let text = match std::str::from_utf8(&bytes[..end]) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(&bytes[..end]).into_owned(),
-    };
-    (text, end)
+    (String::from_utf8_lossy(&bytes[..end]).into_owned(), end)
 }
 
 /// How many of `bytes` are left once a character cut by their end is left out; all of them when

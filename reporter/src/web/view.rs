@@ -405,7 +405,6 @@ pub struct ConsoleView {
     pub next: Option<String>,
 }
 
-/// The console of `commits`, read with one more than `limit` (see [`page`]).
 /// Most cells of the console grid (commits × builders) a page shows. With many builders that each
 /// built few of the commits, a page of 500 commits could hold millions of empty cells; such a
 /// page shows fewer commits instead, and its next page goes on from there.
@@ -423,6 +422,7 @@ fn rows_within_cells(commits: &[CommitDoc], limit: usize) -> usize {
     limit
 }
 
+/// The console of `commits`, read with one more than `limit` (see [`page`]).
 pub fn console(commits: &[CommitDoc], limit: usize) -> ConsoleView {
     let (commits, last) = page(commits, rows_within_cells(commits, limit));
     let builders: BTreeSet<&str> = commits

@@ -358,22 +358,18 @@ impl Apply for MongoStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match exec::send(&self.db, &plan, &self.location, &self.redact).await {
+            let (e, why) = match exec::send(&self.db, &plan, &self.location, &self.redact).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Unconfirmed(e)) if attempt >= attempts => return Err(e),
-                Err(Failure::Unconfirmed(e)) => {
-                    let wait = backoff(attempt);
-                    tracing::warn!(store = %self.location, attempt, ?wait, error = %e, "retrying a batch the server did not confirm");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(Failure::Transient(e)) if attempt >= attempts => return Err(self.err(e)),
-                Err(Failure::Transient(e)) => {
-                    let wait = backoff(attempt);
-                    tracing::warn!(store = %self.location, attempt, ?wait, error = %self.redact.driver(&e), "retrying a batch after a transient error");
-                    tokio::time::sleep(wait).await;
-                }
+                Err(Failure::Unconfirmed(e)) => (e, "the server did not confirm"),
+                Err(Failure::Transient(e)) => (self.err(e), "after a transient error"),
+            };
+            if attempt >= attempts {
+                return Err(e);
             }
+            let wait = backoff(attempt);
+            tracing::warn!(store = %self.location, attempt, ?wait, error = %e, "retrying a batch {why}");
+            tokio::time::sleep(wait).await;
         }
     }
 
