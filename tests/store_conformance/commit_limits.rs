@@ -151,3 +151,46 @@ fn a_commit_lists_its_most_recently_linked_builds_up_to_the_limit_in_every_store
         .count();
     assert_eq!(of_commit, MAX_COMMIT_BUILDS + 3);
 }
+
+/// A retry may reach the server while the first attempt of the same batch is still running there.
+/// Linking a build is "take its entry out, add it last": whatever the interleaving of the two
+/// attempts, the build is listed once.
+#[test]
+fn two_attempts_at_a_link_interleaved_on_the_server_list_the_build_once() {
+    use buildstore::core::{Core, CoreConfig};
+    use buildstore::store::mongo::plan::plan;
+    use buildstore_schema::{Collection, Event};
+
+    let mut core = Core::new(CoreConfig::default());
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+    let mutations: Vec<_> = builds(0, 1)
+        .lines()
+        .flat_map(|line| {
+            core.apply(&Event::parse(line).expect("an event"), at)
+                .expect("folds")
+        })
+        .collect();
+    let planned = plan(&mutations, &[], bson::DateTime::from_millis(0));
+    let (_, link) = planned
+        .updates
+        .iter()
+        .find(|(c, _)| *c == Collection::Repository)
+        .expect("the link's statements");
+    let [create, take_out, add] = &link[..] else {
+        panic!("a link is three statements: {link:?}")
+    };
+
+    let mongo = Db::at(crate::common::mongo::fresh_database("link_interleaved"));
+    on_database(&mongo.location, |d| async move {
+        for s in [create, take_out, take_out, add, add] {
+            d.run_command(bson::doc! {
+                "update": "repository",
+                "updates": [s.to_document()],
+                "ordered": true,
+            })
+            .await
+            .expect("update");
+        }
+    });
+    assert_eq!(linked(&mongo), ["m/0"]);
+}

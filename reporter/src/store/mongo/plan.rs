@@ -371,7 +371,10 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
                     .to_owned();
                 // Create the commit document if needed, take this build's entry out, add it last
                 // (dropping the first past the limit): three statements that never collide on
-                // `_id` and give the same list when the whole plan is sent again.
+                // `_id` and give the same list when the whole plan is sent again. The push only
+                // matches while the build is not listed: a retry may run while the first attempt
+                // is still on the server, and two pulls followed by two pushes would otherwise
+                // list the build twice.
                 for s in [
                     stmt(
                         hash,
@@ -389,7 +392,7 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
                     ),
                     stmt(
                         hash,
-                        doc! {"_id": hash},
+                        doc! {"_id": hash, "builds.build": {"$ne": &build}},
                         doc! {"$push": {"builds": {
                             "$each": [entry],
                             "$slice": -(MAX_COMMIT_BUILDS as i64),
