@@ -7,6 +7,8 @@ mod commit_limits;
 mod common;
 #[path = "store_conformance/listing.rs"]
 mod listing;
+#[path = "store_conformance/vanished.rs"]
+mod vanished;
 
 use std::time::{Duration, Instant};
 

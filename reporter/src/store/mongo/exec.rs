@@ -1,10 +1,14 @@
 //! Sending planned commands: size-bounded multi-statement `update`/`insert` commands, write errors
-//! mapped to the document and mutation they concern, and retries with backoff for the errors a
-//! server or network recovers from.
+//! mapped to the document and mutation they concern, statements that matched nothing looked into,
+//! and retries with backoff for the errors a server or network recovers from.
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use bson::{doc, Bson, Document};
+use buildstore_schema::Collection;
+use futures::TryStreamExt;
 use mongodb::error::{Error, ErrorKind};
 use mongodb::Database;
 
@@ -148,11 +152,86 @@ pub async fn send(
                     message: err.1,
                 }));
             }
+            let matched = reply
+                .get("n")
+                .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+                .unwrap_or(0);
+            if matched < n as i64 {
+                let group = &statements[start..start + n];
+                check_misses(db, *collection, group, location, redact).await?;
+            }
             start += n;
         }
     }
     let keys = plan.events.iter().map(|k| doc! {"_id": k}).collect();
     insert_all(db, APPLIED_EVENTS, keys, location, redact).await
+}
+
+/// Some statements of a group matched no document. A guard that finds its change already made
+/// (a batch sent again) is fine; a document that is not there, or a log that does not end where
+/// the chunk starts, means the store no longer holds what the batch was folded from (another
+/// writer, a document deleted meanwhile). Like SQLite, the store then says the batch does not
+/// fit, and its events are folded again from what the store holds, rather than their changes
+/// being dropped without a word.
+async fn check_misses(
+    db: &Database,
+    collection: Collection,
+    group: &[Statement],
+    location: &str,
+    redact: &Redactor,
+) -> Result<(), Failure> {
+    let mut ids: Vec<&str> = group
+        .iter()
+        .filter(|s| !s.upsert)
+        .map(|s| s.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut stored: HashMap<String, Document> = HashMap::new();
+    for chunk in ids.chunks(COMMAND_STATEMENTS) {
+        let mut cursor = db
+            .collection::<Document>(collection.name())
+            .find(doc! {"_id": {"$in": chunk}})
+            .projection(doc! {"log_bytes": 1})
+            .await
+            .map_err(|e| driver_failure(e, location, redact))?;
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| driver_failure(e, location, redact))?
+        {
+            if let Ok(id) = d.get_str("_id").map(str::to_owned) {
+                stored.insert(id, d);
+            }
+        }
+    }
+    for s in group.iter().filter(|s| !s.upsert) {
+        let Some(d) = stored.get(&s.id) else {
+            return Err(Failure::Fatal(StoreError::Missing {
+                collection,
+                id: s.id.clone(),
+            }));
+        };
+        if let Some(g) = s.log {
+            let len = d
+                .get_document("log_bytes")
+                .ok()
+                .and_then(|b| b.get(g.channel.field()))
+                .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0);
+            // The chunk was not written: a log at its end already holds it, any other does not.
+            if len < g.end {
+                return Err(Failure::Fatal(StoreError::LogConflict {
+                    step_id: s.id.clone(),
+                    channel: g.channel.as_str(),
+                    len,
+                    offset: g.offset,
+                }));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Inserts documents with deterministic `_id`s: a duplicate key means "already there".

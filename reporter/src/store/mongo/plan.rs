@@ -24,6 +24,17 @@ pub struct Statement {
     pub upsert: bool,
     pub id: String,
     pub what: &'static str,
+    /// For a log chunk: the log it extends, to tell a chunk applied before from a log that does
+    /// not fit when the statement matches nothing.
+    pub log: Option<LogGuard>,
+}
+
+/// The stored size a log chunk's statement requires, and the size it leaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogGuard {
+    pub channel: Channel,
+    pub offset: u64,
+    pub end: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +86,7 @@ fn stmt(id: &str, q: Document, u: Document, upsert: bool, what: &'static str) ->
         upsert,
         id: id.to_owned(),
         what,
+        log: None,
     }
 }
 
@@ -276,6 +288,11 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
                         upsert: false,
                         id: step_id.clone(),
                         what: "log",
+                        log: Some(LogGuard {
+                            channel: *channel,
+                            offset: *offset,
+                            end: end as u64,
+                        }),
                     },
                 );
                 // Past the inline limit the step document no longer holds the whole log: from the
@@ -439,6 +456,7 @@ fn set_property(build_id: &str, name: &str, property: Bson) -> Statement {
             upsert: false,
             id: build_id.to_owned(),
             what: "property",
+            log: None,
         };
     }
     stmt(
