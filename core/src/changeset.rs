@@ -3,6 +3,7 @@
 //! A build may start at FETCH_HEAD, HEAD, a branch or nothing; only a proper hash is final and only
 //! a proper hash links a build into `repository`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -35,6 +36,25 @@ impl ChangesetPolicy {
         !changeset.is_empty()
             && changeset.len() <= MAX_HASH_BYTES
             && self.proper.is_match(changeset)
+    }
+}
+
+impl ChangesetPolicy {
+    /// The form a changeset is stored in. A proper one written in hex digits is stored in lower
+    /// case, as git writes hashes, so that `0A1B…` and `0a1b…` name one commit (its document in
+    /// `repository`, and the builds found by it). Anything else is kept as sent, as is a hash the
+    /// pattern would no longer take in lower case.
+    pub fn canonical<'a>(&self, changeset: &'a str) -> Cow<'a, str> {
+        if changeset.bytes().any(|b| b.is_ascii_uppercase())
+            && changeset.bytes().all(|b| b.is_ascii_hexdigit())
+            && self.is_proper(changeset)
+        {
+            let lower = changeset.to_ascii_lowercase();
+            if self.is_proper(&lower) {
+                return Cow::Owned(lower);
+            }
+        }
+        Cow::Borrowed(changeset)
     }
 }
 
@@ -73,6 +93,23 @@ mod tests {
     use serde_json::json;
 
     const SHA1: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_proper_hash_in_upper_case_is_stored_in_lower_case_and_nothing_else_changes() {
+        let p = ChangesetPolicy::default();
+        assert_eq!(p.canonical(&SHA1.to_uppercase()), SHA1);
+        assert_eq!(p.canonical(SHA1), SHA1);
+        for kept in ["FETCH_HEAD", "HEAD", "ABCDEF", "main"] {
+            assert_eq!(p.canonical(kept), kept, "not proper: kept as sent");
+        }
+        // A pattern that takes upper case only keeps it.
+        let upper = ChangesetPolicy::new("^[0-9A-F]{40}$").unwrap();
+        let hash = SHA1.to_uppercase();
+        assert_eq!(upper.canonical(&hash), hash);
+        // Not hex digits: a pattern's own spelling is kept.
+        let svn = ChangesetPolicy::new("^[rR][0-9]+$").unwrap();
+        assert_eq!(svn.canonical("R1234"), "R1234");
+    }
 
     #[test]
     fn only_full_hashes_are_proper_by_default() {

@@ -209,7 +209,11 @@ impl Core {
             id: id.clone(),
             builder: e.builder.clone(),
             number: e.number,
-            changeset: e.changeset.clone().filter(|c| !c.is_empty()),
+            changeset: e
+                .changeset
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(|c| self.config.changesets.canonical(c).into_owned()),
             time_start: time,
             time_end: None,
             result: None,
@@ -461,13 +465,14 @@ impl Core {
         if !self.config.changesets.is_proper(&e.hash) {
             return Err(RuleError::ImproperCommitHash(e.hash.clone()));
         }
+        let hash = self.config.changesets.canonical(&e.hash).into_owned();
         let abbrev = e
             .hash_abbrev
             .clone()
-            .unwrap_or_else(|| e.hash.chars().take(7).collect());
+            .unwrap_or_else(|| hash.chars().take(7).collect());
         let doc = CommitDoc {
-            id: e.hash.clone(),
-            hash: Some(e.hash.clone()),
+            id: hash.clone(),
+            hash: Some(hash),
             hash_abbrev: Some(abbrev),
             subject: Some(e.subject.clone()),
             author_name: Some(e.author_name.clone()),
@@ -540,6 +545,7 @@ fn offer_changeset(
     candidate: &str,
     policy: &ChangesetPolicy,
 ) -> Vec<Mutation> {
+    let candidate = &*policy.canonical(candidate);
     let current = build.changeset.as_deref();
     if candidate.is_empty()
         || current == Some(candidate)

@@ -451,6 +451,45 @@ fn commits_need_a_full_hash_and_default_the_abbreviation() {
 }
 
 #[test]
+fn a_hash_in_upper_case_names_the_same_commit_as_in_lower_case() {
+    let upper = HASH.to_uppercase();
+    // As the starting changeset, as a correction, and as a commit's own hash.
+    let mut core = Core::new(CoreConfig::default());
+    let ms = start(&mut core, Some(&upper));
+    let Mutation::StartBuild(doc) = &ms[1] else {
+        panic!("{ms:?}")
+    };
+    assert_eq!(doc.changeset.as_deref(), Some(HASH));
+    assert_eq!(links(&finish(&mut core)), [HASH]);
+
+    let mut core = Core::new(CoreConfig::default());
+    start(&mut core, Some("FETCH_HEAD"));
+    let ms = apply(
+        &mut core,
+        json!({"type":"changeset","build_id":7,"changeset":upper}),
+    );
+    assert_eq!(changesets(&ms), [HASH]);
+    assert_eq!(links(&finish(&mut core)), [HASH]);
+
+    let ms = apply(
+        &mut core,
+        json!({"type":"commit","hash":upper,"repository_uri":"git://x","subject":"s","author_name":"a",
+               "author_email":"a@x","author_date":0,"commiter_name":"c","commiter_email":"c@x","commiter_date":0}),
+    );
+    let Mutation::UpsertCommit(doc) = &ms[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            doc.id.as_str(),
+            doc.hash.as_deref(),
+            doc.hash_abbrev.as_deref()
+        ),
+        (HASH, Some(HASH), Some("4f2b8c1"))
+    );
+}
+
+#[test]
 fn builder_lifecycle() {
     let core = &mut Core::new(CoreConfig::default());
     let ms = apply(
