@@ -43,7 +43,7 @@ fn a_listener_beyond_loopback_needs_a_token() {
 #[test]
 fn settings_refused_at_start_leave_no_store_or_spool_behind() {
     let long_token = "t".repeat(1025);
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--token", &long_token],
             "--token must be at most 1024 bytes",
@@ -68,6 +68,10 @@ fn settings_refused_at_start_leave_no_store_or_spool_behind() {
                 "unix:/tmp/x.sock",
             ],
             "unix:/tmp/x.sock is given twice to --listen",
+        ),
+        (
+            &["--listen", "unix:x.sock", "--listen", "unix:./x.sock"],
+            "unix:./x.sock (also as unix:x.sock) is given twice to --listen",
         ),
     ];
     for (args, message) in cases {

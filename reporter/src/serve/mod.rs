@@ -58,6 +58,34 @@ impl std::str::FromStr for Listen {
     }
 }
 
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Listen {
+    /// Where it listens, so that `unix:a.sock` and `unix:./a.sock` are one place. Without
+    /// following links: two names for one socket through a link still bind twice, and the second
+    /// bind then fails on a live socket.
+    fn place(&self) -> Listen {
+        match self {
+            Listen::Tcp(_) => self.clone(),
+            Listen::Unix(path) => {
+                let full = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                Listen::Unix(
+                    full.components()
+                        .filter(|c| *c != std::path::Component::CurDir)
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
 /// Settings of the daemon.
 pub struct ServeConfig {
     pub listen: Vec<Listen>,
@@ -149,10 +177,11 @@ pub fn check_settings(
         return Err(ServeError::TokenTooLong);
     }
     for (i, l) in listen.iter().enumerate() {
-        if listen[..i].contains(l) {
-            let name = match l {
-                Listen::Tcp(addr) => format!("tcp://{addr}"),
-                Listen::Unix(path) => format!("unix:{}", path.display()),
+        if let Some(first) = listen[..i].iter().find(|e| e.place() == l.place()) {
+            let name = if first == l {
+                l.to_string()
+            } else {
+                format!("{l} (also as {first})")
             };
             return Err(ServeError::ListenTwice(name));
         }
