@@ -175,9 +175,9 @@ mod tests {
             .unwrap();
         let mut applier =
             crate::pipeline::Applier::new(crate::core::Core::new(CoreConfig::default()));
-        let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+        let mut events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
         applier
-            .apply_chunk(other.as_ref(), &events, false)
+            .apply_chunk(other.as_ref(), &mut events, false)
             .await
             .unwrap();
         for c in Collection::ALL {

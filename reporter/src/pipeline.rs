@@ -6,11 +6,11 @@
 /// random per process.
 type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
-use buildstore_schema::Event;
+use buildstore_schema::{Event, EventKind};
 use chrono::Utc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
-use crate::core::{event_key, Batch, Core, RuleError};
+use crate::core::{event_key, Batch, Core, Mutation, RuleError};
 use crate::store::{Apply, StoreError};
 
 /// Keys remembered in memory, per generation: past this the older generation is dropped (the
@@ -76,7 +76,7 @@ impl Applier {
     pub async fn apply_chunk(
         &mut self,
         store: &dyn Apply,
-        events: &[Event],
+        events: &mut [Event],
         stop_at_error: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut prepared = self.prepare(store, events, stop_at_error).await?;
@@ -94,10 +94,14 @@ impl Applier {
     /// rejected event ends the chunk: the outcomes then stop there and nothing after it is
     /// applied. Rejected events yield no mutations. The store is only read here; a read error
     /// leaves the applier as it was.
+    ///
+    /// A log chunk sent without an offset goes where its log ends, and that offset is written
+    /// into its event: folded again after [`Applier::forget`] (a MongoDB store may hold part of
+    /// a batch it said does not fit), the chunk is then found already there, not appended twice.
     pub async fn prepare(
         &mut self,
         store: &dyn Apply,
-        events: &[Event],
+        events: &mut [Event],
         stop_at_error: bool,
     ) -> Result<Prepared, StoreError> {
         // The older generation is dropped before the keys to ask the store about are chosen:
@@ -148,7 +152,7 @@ impl Applier {
         let mut batch = Batch::default();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut builds = HashSet::default();
-        for ((event, key), build) in events.iter().zip(keys).zip(&build_ids) {
+        for ((event, key), build) in events.iter_mut().zip(keys).zip(&build_ids) {
             if let Some(key) = &key {
                 // Recent keys include those of this chunk applied so far.
                 if self.is_recent(key) || applied_before.contains(key) {
@@ -158,6 +162,7 @@ impl Applier {
             }
             match self.core.apply(event, received) {
                 Ok(mutations) => {
+                    pin_log_offset(event, &mutations);
                     batch.mutations.extend(mutations);
                     if let Some(key) = key {
                         // Counted as applied from now on: the batch is on its way to the store,
@@ -203,6 +208,18 @@ impl Applier {
         self.core.clear();
         for generation in &mut self.recent {
             generation.clear();
+        }
+    }
+}
+
+/// Gives a log chunk folded without an offset the offset it was folded at.
+fn pin_log_offset(event: &mut Event, mutations: &[Mutation]) {
+    if let EventKind::Log(log) = &mut event.kind {
+        if log.offset.is_none() {
+            log.offset = mutations.iter().find_map(|m| match m {
+                Mutation::AppendLog { offset, .. } => Some(*offset),
+                _ => None,
+            });
         }
     }
 }
@@ -372,7 +389,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
             // A read error ends the run too, but only once what was read before is written.
             // Nor is more input waited for after a chunk that ends the run.
             let ends = folded.as_ref().is_some_and(|f| f.ends_run(keep_going));
-            let (next, unreadable) = if std::mem::take(&mut paused) || ends {
+            let (mut next, unreadable) = if std::mem::take(&mut paused) || ends {
                 (Some(Folded::split(Vec::new())), None)
             } else {
                 match rx.recv().await {
@@ -392,9 +409,9 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                 }
             };
             let prepare = async {
-                match &next {
+                match &mut next {
                     Some(n) if fold_next => {
-                        Some(applier.prepare(store, &n.events, !keep_going).await)
+                        Some(applier.prepare(store, &mut n.events, !keep_going).await)
                     }
                     _ => None,
                 }

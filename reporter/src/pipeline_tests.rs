@@ -34,7 +34,7 @@ async fn a_second_copy_in_the_same_chunk_is_a_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(dir.path(), "s.db").await;
     let outcomes = applier()
-        .apply_chunk(&store, &[build("a"), build("a")], false)
+        .apply_chunk(&store, &mut [build("a"), build("a")], false)
         .await
         .unwrap();
     assert_eq!(outcomes, [Outcome::Applied, Outcome::Duplicate]);
@@ -46,7 +46,7 @@ async fn a_rejected_event_does_not_count_as_seen() {
     let store = open_in(dir.path(), "s.db").await;
     // The step comes before its build: rejected. Sent again after it, it applies.
     let outcomes = applier()
-        .apply_chunk(&store, &[step("s"), build("b"), step("s")], false)
+        .apply_chunk(&store, &mut [step("s"), build("b"), step("s")], false)
         .await
         .unwrap();
     assert!(matches!(outcomes[0], Outcome::Rejected(_)), "{outcomes:?}");
@@ -58,15 +58,24 @@ async fn a_copy_folded_while_the_first_is_being_written_is_a_duplicate_until_the
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(dir.path(), "s.db").await;
     let mut applier = applier();
-    let first = applier.prepare(&store, &[build("a")], false).await.unwrap();
+    let first = applier
+        .prepare(&store, &mut [build("a")], false)
+        .await
+        .unwrap();
     // The first batch is not in the store yet.
-    let next = applier.prepare(&store, &[build("a")], false).await.unwrap();
+    let next = applier
+        .prepare(&store, &mut [build("a")], false)
+        .await
+        .unwrap();
     assert_eq!(next.outcomes, [Outcome::Duplicate]);
 
     // The store did not take the first batch: both are folded again, from what the store holds.
     drop((first, next));
     applier.forget();
-    let again = applier.prepare(&store, &[build("a")], false).await.unwrap();
+    let again = applier
+        .prepare(&store, &mut [build("a")], false)
+        .await
+        .unwrap();
     assert_eq!(again.outcomes, [Outcome::Applied]);
 }
 
@@ -75,11 +84,11 @@ async fn after_a_restart_the_store_knows_what_was_applied() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(dir.path(), "s.db").await;
     applier()
-        .apply_chunk(&store, &[build("a")], false)
+        .apply_chunk(&store, &mut [build("a")], false)
         .await
         .unwrap();
     let outcomes = applier()
-        .apply_chunk(&store, &[build("a"), step("s")], false)
+        .apply_chunk(&store, &mut [build("a"), step("s")], false)
         .await
         .unwrap();
     assert_eq!(outcomes, [Outcome::Duplicate, Outcome::Applied]);
@@ -103,17 +112,17 @@ async fn a_copy_that_only_the_dropped_generation_of_keys_remembered_is_still_a_d
         )
     };
     applier
-        .apply_chunk(&store, &[build("b"), step("s"), log()], false)
+        .apply_chunk(&store, &mut [build("b"), step("s"), log()], false)
         .await
         .unwrap();
     // The keys of the first chunk move to the older generation...
     applier
-        .apply_chunk(&store, &[filler("f1"), filler("f2")], false)
+        .apply_chunk(&store, &mut [filler("f1"), filler("f2")], false)
         .await
         .unwrap();
     // ...which this chunk drops: the copy of the log chunk must be asked about, not re-applied.
     let outcomes = applier
-        .apply_chunk(&store, &[filler("f3"), log()], false)
+        .apply_chunk(&store, &mut [filler("f3"), log()], false)
         .await
         .unwrap();
     assert_eq!(outcomes, [Outcome::Applied, Outcome::Duplicate]);

@@ -144,8 +144,11 @@ pub async fn run(
                     queue.push_back(taken);
                 }
             }
-            if let Some(taken) = queue.pop_front() {
-                match applier.prepare(store.as_ref(), &taken.events, false).await {
+            if let Some(mut taken) = queue.pop_front() {
+                match applier
+                    .prepare(store.as_ref(), &mut taken.events, false)
+                    .await
+                {
                     Ok(prepared) => ready = Some((taken, prepared)),
                     Err(e) => {
                         queue.push_front(taken);
