@@ -165,6 +165,41 @@ fn init_creates_the_documented_indexes_and_validators_and_can_run_twice() {
     });
 }
 
+/// The URI's write concern goes with every command that writes a batch (the driver leaves it out
+/// of plain commands). On a peer of its own: it notes the concern each command last came with.
+#[test]
+fn batches_are_written_with_the_uris_write_concern() {
+    let options = "?w=majority&journal=true&wtimeoutMS=5000";
+    if real_server().is_some() {
+        // A real server takes it; only the peer shows what each command carried.
+        Db::at(format!("{}{options}", fresh_database("write_concern")))
+            .ingest_ok(&example("fetch-head-corrected.jsonl"));
+        return;
+    }
+    let peer = Peer::start(0, None);
+    Db::at(format!("{}{options}", peer.uri("write_concern")))
+        .ingest_ok(&example("fetch-head-corrected.jsonl"));
+    let stats = peer_stats(&peer.uri("admin")).expect("peer stats");
+    peer.kill();
+    let concerns = stats.get_document("writeConcerns").expect("writeConcerns");
+    let as_i64 = |b: &bson::Bson| b.as_i64().or(b.as_i32().map(i64::from));
+    for command in ["update", "insert"] {
+        let got = concerns
+            .get_document(command)
+            .unwrap_or_else(|_| panic!("{command} without a write concern: {concerns}"));
+        assert_eq!(
+            (
+                got.get_str("w").ok(),
+                got.get_bool("j").ok(),
+                got.get("wtimeout").and_then(as_i64),
+                got.len()
+            ),
+            (Some("majority"), Some(true), Some(5000), 3),
+            "{command}: {got}"
+        );
+    }
+}
+
 /// Builds start, run and finish across many batches; round trips are counted by the peer.
 #[test]
 fn ingest_takes_at_most_one_round_trip_per_hundred_events() {

@@ -92,6 +92,8 @@ class Peer:
 
     def reset_stats(self):
         self.commands, self.messages, self.bytes_received = {}, 0, 0
+        # The write concern each command last came with (None: without one).
+        self.write_concerns = {}
 
     def count(self, name, length):
         if name in STATS_COMMANDS:
@@ -120,7 +122,10 @@ class Peer:
             self.count("(unparsable)", length)
             reply = error_doc(2, f"cannot parse OP_MSG: {exc}")
         else:
-            self.count(next(iter(body), "(empty)"), length)
+            name = next(iter(body), "(empty)")
+            self.count(name, length)
+            if name not in STATS_COMMANDS:
+                self.write_concerns[name] = body.get("writeConcern")
             reply = self.run_command(body, conn)
         if flags & MORE_TO_COME:
             return None
@@ -236,7 +241,8 @@ class Peer:
 
     def cmd_peer_stats(self, body, db, conn):
         return {"commands": dict(self.commands), "messages": self.messages,
-                "bytesReceived": Int64(self.bytes_received), "ok": 1.0}
+                "bytesReceived": Int64(self.bytes_received),
+                "writeConcerns": dict(self.write_concerns), "ok": 1.0}
 
     def cmd_configure_fail_point(self, body, db, conn):
         return self.fail_point.configure(body)

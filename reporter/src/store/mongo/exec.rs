@@ -124,20 +124,29 @@ fn groups(docs: Vec<Document>) -> Vec<Vec<Document>> {
 pub async fn send(
     db: &Database,
     plan: &Plan,
+    write_concern: Option<&Document>,
     location: &str,
     redact: &Redactor,
 ) -> Result<(), Failure> {
+    let to = Target {
+        db,
+        write_concern,
+        location,
+        redact,
+    };
     // See `plan::SEND_ORDER` for why the full logs go first; a file after its chunks.
     for (part, docs) in [("chunks", &plan.chunks), ("files", &plan.files)] {
         let collection = format!("{BUCKET}.{part}");
-        insert_all(db, &collection, docs.clone(), location, redact).await?;
+        insert_all(&to, &collection, docs.clone()).await?;
     }
     for (collection, statements) in &plan.updates {
         let mut start = 0;
         for group in groups(statements.iter().map(Statement::to_document).collect()) {
             let n = group.len();
-            let reply = db
-                .run_command(doc! {"update": collection.name(), "updates": group, "ordered": true})
+            let reply =
+                db.run_command(to.command(
+                    doc! {"update": collection.name(), "updates": group, "ordered": true},
+                ))
                 .await
                 .map_err(|e| driver_failure(e, location, redact))?;
             unconfirmed(&reply, collection.name(), location)?;
@@ -164,7 +173,25 @@ pub async fn send(
         }
     }
     let keys = plan.events.iter().map(|k| doc! {"_id": k}).collect();
-    insert_all(db, APPLIED_EVENTS, keys, location, redact).await
+    insert_all(&to, APPLIED_EVENTS, keys).await
+}
+
+/// Where a batch's commands go, and how.
+struct Target<'a> {
+    db: &'a Database,
+    write_concern: Option<&'a Document>,
+    location: &'a str,
+    redact: &'a Redactor,
+}
+
+impl Target<'_> {
+    /// `command` with the write concern the URI asked for.
+    fn command(&self, mut command: Document) -> Document {
+        if let Some(w) = self.write_concern {
+            command.insert("writeConcern", w.clone());
+        }
+        command
+    }
 }
 
 /// Some statements of a group matched no document. A guard that finds its change already made
@@ -235,20 +262,17 @@ async fn check_misses(
 }
 
 /// Inserts documents with deterministic `_id`s: a duplicate key means "already there".
-async fn insert_all(
-    db: &Database,
-    collection: &str,
-    docs: Vec<Document>,
-    location: &str,
-    redact: &Redactor,
-) -> Result<(), Failure> {
+async fn insert_all(to: &Target<'_>, collection: &str, docs: Vec<Document>) -> Result<(), Failure> {
+    let (db, location, redact) = (to.db, to.location, to.redact);
     for group in groups(docs) {
         let ids: Vec<Bson> = group
             .iter()
             .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
             .collect();
         let reply = db
-            .run_command(doc! {"insert": collection, "documents": group, "ordered": false})
+            .run_command(
+                to.command(doc! {"insert": collection, "documents": group, "ordered": false}),
+            )
             .await
             .map_err(|e| driver_failure(e, location, redact))?;
         unconfirmed(&reply, collection, location)?;

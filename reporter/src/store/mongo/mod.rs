@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
 use futures::TryStreamExt;
-use mongodb::options::{ClientOptions, GridFsBucketOptions};
+use mongodb::options::{
+    ClientOptions, DatabaseOptions, GridFsBucketOptions, ReadConcern, ReadPreference,
+    SelectionCriteria,
+};
 use mongodb::{Client, Database, IndexModel};
 
 use self::exec::{backoff, Failure, Redactor};
@@ -39,6 +42,8 @@ pub struct MongoStore {
     /// Hosts and database, never credentials: what messages say.
     location: String,
     redact: Redactor,
+    /// The URI's write concern, for the commands that write batches.
+    write_concern: Option<Document>,
 }
 
 impl MongoStore {
@@ -74,6 +79,13 @@ impl MongoStore {
             .unwrap_or_else(|| "buildstore".into());
         let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
         let location = format!("mongodb://{}/{db_name}", hosts.join(","));
+        // The batches go out as plain commands, which the driver sends without the URI's write
+        // concern (`w`, `journal`, `wtimeoutMS`): each command carries it instead.
+        let write_concern = options
+            .write_concern
+            .as_ref()
+            .and_then(|w| bson::to_document(w).ok())
+            .filter(|w| !w.is_empty());
         let client = Client::with_options(options).map_err(|e| StoreError::Mongo {
             location: location.clone(),
             message: Redactor {
@@ -81,8 +93,15 @@ impl MongoStore {
             }
             .driver(&e),
         })?;
+        // What a batch is folded from must include every write before it: reads go to the
+        // primary, at its own view, whatever the URI asks for (a secondary may lag behind).
+        let reads = DatabaseOptions::builder()
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+            .read_concern(ReadConcern::local())
+            .build();
         Ok(MongoStore {
-            db: client.database(&db_name),
+            db: client.database_with_options(&db_name, reads),
+            write_concern,
             retries: AtomicBool::new(true),
             location,
             redact: Redactor { secrets },
@@ -358,7 +377,15 @@ impl Apply for MongoStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (e, why) = match exec::send(&self.db, &plan, &self.location, &self.redact).await {
+            let (e, why) = match exec::send(
+                &self.db,
+                &plan,
+                self.write_concern.as_ref(),
+                &self.location,
+                &self.redact,
+            )
+            .await
+            {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Unconfirmed(e)) => (e, "the server did not confirm"),
