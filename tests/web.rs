@@ -395,6 +395,16 @@ fn a_log_over_16_mib_streams_whole_on_both_stores() {
         ));
         assert_eq!(last["text"], &line[line.len() - 10..], "{name}");
         assert_eq!(last["next_offset"], Value::Null);
+        assert_eq!(last["length"], chunks * chunk.len(), "{name}");
+        // A window at or past the end is empty, and the log as long as it is.
+        for past in [chunks * chunk.len(), chunks * chunk.len() + 5_000_000] {
+            let window = web.json(&format!("/api/steps/big/1/0/logs/stdout?offset={past}"));
+            assert_eq!(
+                (&window["text"], &window["length"], &window["next_offset"]),
+                (&json!(""), &json!(chunks * chunk.len()), &Value::Null),
+                "{name}: offset {past}"
+            );
+        }
     }
 }
 

@@ -101,7 +101,8 @@ async fn window(store: &dyn Store, path: &str, w: LogWindow) -> Result<Window, W
     let length = store.log_len(&step, channel).await?.unwrap_or(0);
     let (text, used) = utf8_window(bytes);
     let end = w.offset + used as u64;
-    let length = length.max(end);
+    // A window at or past the end shows nothing, and says nothing about the log's length.
+    let length = if used == 0 { length } else { length.max(end) };
     Ok(Window {
         step,
         channel: channel.as_str(),
