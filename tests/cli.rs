@@ -774,6 +774,42 @@ fn clear_errors_for_bad_commands() {
         let made = std::fs::read_dir(dir.path()).expect("list").count();
         assert_eq!(made, 0, "{memory}: nothing made");
     }
+    // A URL's slashes would name a file at the root.
+    let name = format!("bs-url-{}.db", std::process::id());
+    let out = Db::at(format!("sqlite://{name}")).ingest_text("", &[]);
+    assert!(
+        stderr(&out).contains("takes a file path, not a URL with //"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!std::path::Path::new("/").join(&name).exists());
+    assert!(!std::path::Path::new("/")
+        .join(format!("{name}.lock"))
+        .exists());
+    // A directory where the store file should be leaves no lock file beside it.
+    let folder = dir.path().join("folder.db");
+    std::fs::create_dir(&folder).expect("mkdir");
+    let out = Db::at(format!("sqlite:{}", folder.display())).ingest_text("", &[]);
+    assert!(!out.status.success());
+    assert!(
+        !dir.path().join("folder.db.lock").exists(),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir(&folder).expect("rmdir");
+    // A MongoDB URI that does not parse is said to be one.
+    let out = Db::at("mongodb://us:er:pw@127.0.0.1:1/db".into())
+        .cmd()
+        .args(["export", "builds"])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("the MongoDB URI of the store is not valid")
+            && stderr(&out).contains("password must be URL encoded")
+            && !stderr(&out).contains("pw"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         db.ingest_text("", &[]).status.success(),
         "creates the store"

@@ -29,6 +29,13 @@ pub use writer_lock::{lock_writer, WriterLock};
 pub enum StoreError {
     #[error("store location {0:?} is not understood: expected sqlite:PATH or mongodb://HOST[:PORT]/DATABASE")]
     BadLocation(String),
+    #[error("the MongoDB URI of the store is not valid: {0}")]
+    BadMongoUri(String),
+    #[error(
+        "store location {0:?}: sqlite:PATH takes a file path, not a URL with //; write \
+         sqlite:NAME.db for a file in the current directory, or sqlite:/full/path/NAME.db"
+    )]
+    SqliteUrl(String),
     #[error(
         "store location {0:?}: an in-memory database would lose every document when the command \
          ends, and the store needs more than one connection to it; give a file, sqlite:PATH"
@@ -261,6 +268,10 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
         }
         if in_memory(path) {
             return Err(StoreError::InMemory(location.to_owned()));
+        }
+        // `sqlite://x.db` names /x.db here, and x.db to tools that read it as a URL.
+        if path.starts_with("//") {
+            return Err(StoreError::SqliteUrl(location.to_owned()));
         }
         let store = SqliteStore::open(path).await?;
         return Ok(Box::new(store));

@@ -21,7 +21,11 @@ pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
         return Ok(None);
     };
     // Locations no store can be at are refused when the store is opened, with the reason.
-    if path.is_empty() || super::in_memory(path) {
+    if path.is_empty()
+        || super::in_memory(path)
+        || path.starts_with("//")
+        || std::path::Path::new(path).is_dir()
+    {
         return Ok(None);
     }
     let lock = PathBuf::from(format!("{path}.lock"));

@@ -61,13 +61,31 @@ impl Redactor {
         self.text(&text)
     }
 
+    /// `e` with each secret starred out where it stands on its own, not inside a longer word:
+    /// a user named `us` leaves "must" as it is.
     pub fn text(&self, e: &impl std::fmt::Display) -> String {
         let mut s = e.to_string();
         for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
-            s = s.replace(secret.as_str(), "***");
+            s = star_out(&s, secret);
         }
         s
     }
+}
+
+fn star_out(text: &str, secret: &str) -> String {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(secret) {
+        let (before, after) = (&rest[..at], &rest[at + secret.len()..]);
+        let alone = !(word(secret.chars().next()) && word(before.chars().next_back()))
+            && !(word(secret.chars().next_back()) && word(after.chars().next()));
+        out.push_str(before);
+        out.push_str(if alone { "***" } else { secret });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A failure to apply a batch, before it is turned into a [`StoreError`].
@@ -347,5 +365,21 @@ mod tests {
             secrets: vec!["db.example.org".into()],
         };
         assert_eq!(redact.driver(&e), "I/O error: connection to *** refused");
+    }
+
+    #[test]
+    fn a_secret_is_starred_out_where_it_stands_alone_not_inside_words() {
+        let redact = Redactor {
+            secrets: vec!["us".into(), "b".into(), "p@ss".into()],
+        };
+        assert_eq!(
+            redact.text(&"user us: password must be URL encoded, by b"),
+            "user ***: password must be URL encoded, by ***"
+        );
+        assert_eq!(
+            redact.text(&"mongodb://us:p@ss@host/db"),
+            "mongodb://***:***@host/db"
+        );
+        assert_eq!(redact.text(&"xp@ssx"), "xp@ssx");
     }
 }

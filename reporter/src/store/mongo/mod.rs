@@ -51,13 +51,12 @@ impl MongoStore {
     /// server selection timeout.
     pub async fn open(uri: &str) -> Result<MongoStore, StoreError> {
         let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            StoreError::BadLocation(format!(
-                "mongodb URI: {}",
+            StoreError::BadMongoUri(
                 Redactor {
-                    secrets: uri_secrets(uri)
+                    secrets: uri_secrets(uri),
                 }
-                .driver(&e)
-            ))
+                .driver(&e),
+            )
         })?;
         let secrets: Vec<String> = options
             .credential
