@@ -78,8 +78,10 @@ fn star_out(text: &str, secret: &str) -> String {
     let mut rest = text;
     while let Some(at) = rest.find(secret) {
         let (before, after) = (&rest[..at], &rest[at + secret.len()..]);
-        let alone = !(word(secret.chars().next()) && word(before.chars().next_back()))
-            && !(word(secret.chars().next_back()) && word(after.chars().next()));
+        // Inside a word: a word character runs on into the secret at either end.
+        let joined_before = word(secret.chars().next()) && word(before.chars().next_back());
+        let joined_after = word(secret.chars().next_back()) && word(after.chars().next());
+        let alone = !(joined_before || joined_after);
         out.push_str(before);
         out.push_str(if alone { "***" } else { secret });
         rest = after;
