@@ -158,3 +158,31 @@ fn a_spool_another_daemon_uses_is_refused() {
         "{said}"
     );
 }
+
+/// A MongoDB store that does not answer does not keep the daemon from listening: it starts
+/// within moments, not after the server selection timeout, and spools what it is sent.
+#[test]
+fn the_daemon_listens_at_once_while_the_store_does_not_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "silent") else {
+        return; // needs a server this test can stop
+    };
+    peer.kill();
+    let uri = uri.replace(
+        "serverSelectionTimeoutMS=500",
+        "serverSelectionTimeoutMS=60000",
+    );
+    let started = std::time::Instant::now();
+    let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(30),
+        "ready after {waited:?}"
+    );
+    let replies = exchange(
+        daemon.port,
+        &[r#"{"type":"builder_state","master_id":"m","builder":"b","state":"idle"}"#],
+    );
+    assert!(replies[0].get("ack").is_some(), "{replies:?}");
+    daemon.kill();
+}

@@ -157,6 +157,8 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
 /// gave up on, blocked by another program's lock. What it was writing is still in the spool (or
 /// in the input of `ingest`), and applying it again changes nothing.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long `serve` waits for the store to be prepared before it starts without it.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -301,12 +303,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open(&location).await?;
             // A store that is down is what the spool is for: the daemon takes events at once
             // and prepares the store once it answers.
-            let prepared = match store.init().await {
-                Err(e @ buildstore::store::StoreError::Unreachable { .. }) => {
+            // Nor does it wait out a server selection (10 s by default) before it listens.
+            let prepared = match tokio::time::timeout(STORE_WAIT, store.init()).await {
+                Err(_) => {
+                    tracing::warn!(wait = ?STORE_WAIT, "store not answering: starting anyway; the spool keeps the events");
+                    false
+                }
+                Ok(Err(e @ buildstore::store::StoreError::Unreachable { .. })) => {
                     tracing::warn!(error = %e, "store unreachable: starting anyway; the spool keeps the events");
                     false
                 }
-                other => {
+                Ok(other) => {
                     other.context("preparing the store")?;
                     true
                 }

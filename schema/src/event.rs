@@ -337,7 +337,8 @@ impl Event {
             // An empty id would make every event that has one a duplicate of the first.
             Some("") => {
                 return Err(EventError::Field(
-                    "field `event_id` must not be empty (leave it out to have one assigned)".into(),
+                    "field `event_id` must not be empty (leave it out for an event without one)"
+                        .into(),
                 ))
             }
             Some(id) if id.len() > MAX_ID_BYTES => {
