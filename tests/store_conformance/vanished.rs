@@ -28,22 +28,29 @@ fn count(m: &HashMap<String, f64>, name: &str) -> f64 {
 }
 
 /// What the daemon counted: events applied, events rejected by the rules, store errors, and the
-/// last store error; then the step's stdout log as the store holds it.
+/// last store error; then the stdout log of the step asked for, as the store holds it.
 type Counts = (f64, f64, f64, Option<String>, Vec<u8>);
 
-/// Runs the stream on a daemon over `store`, calling `tamper` between its two halves.
-fn run(store: &str, dir: &Path, tamper: impl FnOnce()) -> Counts {
+/// Sends `before` to a daemon over `store`, calls `tamper` once those are applied, then sends
+/// `after` in one write, and reads `step`'s log once everything went through the drain.
+fn run(
+    store: &str,
+    dir: &Path,
+    (before, after): (&[&str], &[&str]),
+    step: &str,
+    tamper: impl FnOnce(),
+) -> Counts {
     let daemon = Daemon::on(store, &dir.join("spool"), free_port(), &[]);
-    let through = |n: f64| {
+    let through = |n: usize| {
         daemon.wait_until("the events through the drain", move |m| {
-            count(m, "events_applied_total") + count(m, "events_rule_rejected_total") >= n
+            count(m, "events_applied_total") + count(m, "events_rule_rejected_total") >= n as f64
         })
     };
-    exchange(daemon.port, &BEFORE);
-    through(3.0);
+    exchange(daemon.port, before);
+    through(before.len());
     tamper();
-    exchange(daemon.port, &AFTER);
-    let m = through(6.0);
+    exchange(daemon.port, after);
+    let m = through(before.len() + after.len());
     daemon.kill();
     let last_error = m.keys().find_map(|k| {
         k.strip_prefix("store_last_error_info{error=\"")
@@ -55,36 +62,65 @@ fn run(store: &str, dir: &Path, tamper: impl FnOnce()) -> Counts {
         count(&m, "events_rule_rejected_total"),
         count(&m, "store_errors_total"),
         last_error,
-        Db::at(store.to_owned()).log(STEP, "stdout").stdout,
+        Db::at(store.to_owned()).log(step, "stdout").stdout,
     )
+}
+
+/// Runs `sql` on the SQLite store file, as another program would.
+fn sqlite_tamper(file: &Path, sql: &str) {
+    rusqlite::Connection::open(file)
+        .and_then(|conn| conn.execute_batch(sql))
+        .expect("change the store file");
+}
+
+/// [`run`] on a fresh SQLite store, tampered with by running `sql` on its file.
+fn on_sqlite(stream: (&[&str], &[&str]), step: &str, sql: &str) -> Counts {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("store.db");
+    let store = format!("sqlite:{}", file.display());
+    run(&store, dir.path(), stream, step, || {
+        sqlite_tamper(&file, sql)
+    })
+}
+
+/// [`run`] on a fresh MongoDB database, tampered with by `tamper` given its URI.
+fn on_mongo(
+    name: &str,
+    stream: (&[&str], &[&str]),
+    step: &str,
+    tamper: impl FnOnce(&str),
+) -> Counts {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = fresh_database(name);
+    run(&uri, dir.path(), stream, step, || tamper(&uri))
+}
+
+/// Deletes what `filters` match, collection by collection, through the driver.
+fn mongo_delete(uri: &str, filters: Vec<(&'static str, bson::Document)>) {
+    on_database(uri, |d| async move {
+        for (c, q) in filters {
+            d.collection::<bson::Document>(c)
+                .delete_many(q)
+                .await
+                .expect("delete");
+        }
+    })
 }
 
 #[test]
 fn events_of_a_build_deleted_under_the_daemon_are_rejected_in_every_store() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("store.db");
-    let sqlite = run(&format!("sqlite:{}", file.display()), dir.path(), || {
-        let conn = rusqlite::Connection::open(&file).expect("open the store file");
-        conn.execute_batch("DELETE FROM builds; DELETE FROM steps;")
-            .expect("delete the build and its step");
-    });
+    let stream = (&BEFORE[..], &AFTER[..]);
+    let sqlite = on_sqlite(stream, STEP, "DELETE FROM builds; DELETE FROM steps;");
     assert_eq!(
         without_error(&sqlite),
         (3.0, 3.0, 1.0, vec![]),
         "{sqlite:?}"
     );
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uri = fresh_database("vanished");
-    let mongo = run(&uri, dir.path(), || {
-        on_database(&uri, |d| async move {
-            for c in ["builds", "steps"] {
-                d.collection::<bson::Document>(c)
-                    .delete_many(bson::doc! {})
-                    .await
-                    .expect("delete");
-            }
-        })
+    let mongo = on_mongo("vanished", stream, STEP, |uri| {
+        mongo_delete(
+            uri,
+            vec![("builds", bson::doc! {}), ("steps", bson::doc! {})],
+        )
     });
     assert_eq!(without_error(&mongo), without_error(&sqlite), "{mongo:?}");
     // Which of the two documents is named first depends on how the events fell into batches.
@@ -105,16 +141,12 @@ fn without_error(c: &Counts) -> (f64, f64, f64, Vec<u8>) {
 /// longer starts where the stored log ends, and every store says so rather than drop the chunk.
 #[test]
 fn a_log_extended_by_another_writer_is_a_conflict_in_every_store() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("store.db");
-    let sqlite = run(&format!("sqlite:{}", file.display()), dir.path(), || {
-        let conn = rusqlite::Connection::open(&file).expect("open the store file");
-        conn.execute(
-            "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES (?1, 'stdout', 2, ?2)",
-            rusqlite::params![STEP, b"x".to_vec()],
-        )
-        .expect("append to the log");
-    });
+    let stream = (&BEFORE[..], &AFTER[..]);
+    let sqlite = on_sqlite(
+        stream,
+        STEP,
+        "INSERT INTO log_chunks (step_id, channel, offset, data) VALUES ('m/1/0', 'stdout', 2, x'78')",
+    );
     let (_, _, errors, last, _) = &sqlite;
     assert_eq!(*errors, 1.0, "SQLite: {last:?}");
     assert!(
@@ -123,11 +155,8 @@ fn a_log_extended_by_another_writer_is_a_conflict_in_every_store() {
         )),
         "{last:?}"
     );
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uri = fresh_database("log_extended");
-    let mongo = run(&uri, dir.path(), || {
-        on_database(&uri, |d| async move {
+    let mongo = on_mongo("log_extended", stream, STEP, |uri| {
+        on_database(uri, |d| async move {
             d.collection::<bson::Document>("steps")
                 .update_one(
                     bson::doc! {"_id": STEP},
@@ -151,60 +180,26 @@ fn a_batch_folded_again_does_not_double_another_builds_log() {
         .map(|l| l.to_string())
         .chain(BEFORE.iter().map(|l| other(l).replace(",\"offset\":0", "")))
         .collect();
+    let before: Vec<&str> = before.iter().map(String::as_str).collect();
     // In one write, so that they are folded into one batch.
-    let after = [
-        other(
-            r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"b\n"}"#,
-        ),
-        AFTER[0].to_owned(),
-    ];
-    let run = |store: &str, dir: &Path, tamper: &dyn Fn()| {
-        let daemon = Daemon::on(store, &dir.join("spool"), free_port(), &[]);
-        let through = |n: f64| {
-            daemon.wait_until("the events through the drain", move |m| {
-                count(m, "events_applied_total") + count(m, "events_rule_rejected_total") >= n
-            })
-        };
-        exchange(
-            daemon.port,
-            &before.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        through(6.0);
-        tamper();
-        exchange(
-            daemon.port,
-            &after.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        through(8.0);
-        daemon.kill();
-        Db::at(store.to_owned()).log("m/2/0", "stdout").stdout
-    };
+    let chunk = other(
+        r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"b\n"}"#,
+    );
+    let after = [chunk.as_str(), AFTER[0]];
+    let stream = (&before[..], &after[..]);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("store.db");
-    let sqlite = run(&format!("sqlite:{}", file.display()), dir.path(), &|| {
-        let conn = rusqlite::Connection::open(&file).expect("open the store file");
-        conn.execute_batch(
-            "DELETE FROM builds WHERE _id = 'm/1'; DELETE FROM steps WHERE build = 'm/1';",
-        )
-        .expect("delete build 1 and its step");
+    let sqlite = on_sqlite(
+        stream,
+        "m/2/0",
+        "DELETE FROM builds WHERE _id = 'm/1'; DELETE FROM steps WHERE build = 'm/1';",
+    );
+    assert_eq!(String::from_utf8_lossy(&sqlite.4), "a\nb\n");
+    let mongo = on_mongo("refold_other", stream, "m/2/0", |uri| {
+        let build = vec![
+            ("builds", bson::doc! {"_id": "m/1"}),
+            ("steps", bson::doc! {"build": "m/1"}),
+        ];
+        mongo_delete(uri, build)
     });
-    assert_eq!(String::from_utf8_lossy(&sqlite), "a\nb\n");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let uri = fresh_database("refold_other");
-    let mongo = run(&uri, dir.path(), &|| {
-        on_database(&uri, |d| async move {
-            for (c, q) in [
-                ("builds", bson::doc! {"_id": "m/1"}),
-                ("steps", bson::doc! {"build": "m/1"}),
-            ] {
-                d.collection::<bson::Document>(c)
-                    .delete_many(q)
-                    .await
-                    .expect("delete");
-            }
-        })
-    });
-    assert_eq!(String::from_utf8_lossy(&mongo), "a\nb\n", "MongoDB");
+    assert_eq!(String::from_utf8_lossy(&mongo.4), "a\nb\n", "MongoDB");
 }
