@@ -68,15 +68,16 @@ pub struct Reporter {
 
 impl Reporter {
     /// Opens the store (creating its indexes) and the spool, and starts applying; events left in
-    /// the spool by an earlier run are applied first.
+    /// the spool by an earlier run are applied first. A store that is down does not stop it, as
+    /// it does not stop `buildstore serve`: events are spooled until the store answers.
     pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
         let writer = store::lock_writer(&config.store)?;
-        let store = store::open(&config.store).await?;
-        store.init().await?;
+        let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
+        store::prepare_or_later(&store).await?;
         let engine = Engine::start(
             &config.spool,
             config.spool_max,
-            Arc::from(store),
+            store,
             config.core,
             config.grace,
         )?;
@@ -110,6 +111,10 @@ impl Reporter {
                 id
             }
         };
+        // After a restart, or behind a backlog, the drain reads the event back from its spooled
+        // line. An event that its line does not give back (an empty id, a time past year 9999)
+        // is refused now, as the socket refuses the line, not acknowledged and lost there.
+        let event = Event::parse(&event.to_line())?;
         let spool_id = self.engine.appender.append(event).await?;
         self.last_sent.fetch_max(spool_id, Ordering::Relaxed);
         Ok(id)
@@ -199,6 +204,37 @@ mod tests {
 
     /// An event built in code is held to the rules a parsed line is: a builder name too long for
     /// a commit document is refused with the socket's message, and nothing of it is stored.
+    /// A master restarting while its MongoDB server is down still starts, and still spools.
+    #[tokio::test]
+    async fn a_store_that_does_not_answer_does_not_keep_the_reporter_from_starting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let store = format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=60000");
+        let mut config = ReporterConfig::new(store, dir.path().join("spool"));
+        config.grace = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let reporter = Reporter::start(config)
+            .await
+            .expect("starts without the store");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        let line = r#"{"type":"builder_added","master_id":"m","builder":"b"}"#;
+        reporter
+            .send(Event::parse(line).expect("a valid line"))
+            .await
+            .expect("spooled");
+        assert_eq!(reporter.applied(), 0);
+        reporter.shutdown().await;
+        let spooled = crate::spool::Spool::open(&dir.path().join("spool")).expect("the spool");
+        assert_eq!(spooled.depth().events, 1, "kept for the next start");
+    }
+
     #[tokio::test]
     async fn an_event_built_in_code_gets_the_errors_of_a_parsed_line() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -222,6 +258,19 @@ mod tests {
             .await
             .expect_err("a key BSON reads as a date");
         assert!(matches!(err, ReporterError::Unstorable(_)), "{err:?}");
+        // What its spooled line would not give back: an empty id, a time no line can write.
+        let mut unnamed = Event::parse(line).expect("a valid line");
+        unnamed.master_id = buildstore_schema::Ident::Str(String::new());
+        let mut far = Event::parse(line).expect("a valid line");
+        far.time =
+            chrono::DateTime::from_timestamp(300_000_000_000, 0).map(buildstore_schema::Timestamp);
+        for event in [unnamed, far] {
+            let err = reporter
+                .send(event)
+                .await
+                .expect_err("no line gives it back");
+            assert!(matches!(err, ReporterError::Invalid(_)), "{err:?}");
+        }
         reporter
             .send(Event::parse(line).expect("a valid line"))
             .await

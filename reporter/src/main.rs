@@ -157,8 +157,6 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
 /// gave up on, blocked by another program's lock. What it was writing is still in the spool (or
 /// in the input of `ingest`), and applying it again changes nothing.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long `serve` waits for the store to be prepared before it starts without it.
-const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -300,24 +298,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 grace,
             )?;
             let _writer = store::lock_writer(&location)?;
-            let store = open(&location).await?;
-            // A store that is down is what the spool is for: the daemon takes events at once
-            // and prepares the store once it answers.
-            // Nor does it wait out a server selection (10 s by default) before it listens.
-            let prepared = match tokio::time::timeout(STORE_WAIT, store.init()).await {
-                Err(_) => {
-                    tracing::warn!(wait = ?STORE_WAIT, "store not answering: starting anyway; the spool keeps the events");
-                    false
-                }
-                Ok(Err(e @ buildstore::store::StoreError::Unreachable { .. })) => {
-                    tracing::warn!(error = %e, "store unreachable: starting anyway; the spool keeps the events");
-                    false
-                }
-                Ok(other) => {
-                    other.context("preparing the store")?;
-                    true
-                }
-            };
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(open(&location).await?);
+            store::prepare_or_later(&store)
+                .await
+                .context("preparing the store")?;
             let spool = spool.unwrap_or_else(|| default_spool(&location));
             let web = match web {
                 None => None,
@@ -340,10 +324,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics,
                 web,
             };
-            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
-            if !prepared {
-                tokio::spawn(init_once_reachable(std::sync::Arc::clone(&store)));
-            }
             buildstore::serve::run(config, store).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -374,21 +354,6 @@ async fn open(location: &str) -> anyhow::Result<Box<dyn Store>> {
 
 /// Prepares a store that was down when the daemon started (indexes, validators), trying again
 /// after 1 s, then twice as long each time up to 30 s, until it answers.
-async fn init_once_reachable(store: std::sync::Arc<dyn Store>) {
-    let mut wait = std::time::Duration::from_secs(1);
-    loop {
-        tokio::time::sleep(wait).await;
-        match store.init().await {
-            Ok(()) => {
-                tracing::info!("store prepared");
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, ?wait, "preparing the store failed; trying again"),
-        }
-        wait = (wait * 2).min(std::time::Duration::from_secs(30));
-    }
-}
-
 /// `buildstore web`: the pages alone, until SIGTERM or SIGINT.
 async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)

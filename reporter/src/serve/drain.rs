@@ -145,10 +145,19 @@ pub async fn run(
                 }
             }
             if let Some(mut taken) = queue.pop_front() {
-                match applier
-                    .prepare(store.as_ref(), &mut taken.events, false)
-                    .await
-                {
+                // Folding reads the store: one that does not answer does not hold the stop up
+                // past the grace period either.
+                let prepared = tokio::select! {
+                    prepared = applier.prepare(store.as_ref(), &mut taken.events, false) => prepared,
+                    () = grace_over(&mut stop, &mut deadline, grace) => {
+                        tracing::warn!(
+                            "grace period over while reading the store: what is left in the \
+                             spool is applied at the next start"
+                        );
+                        return;
+                    }
+                };
+                match prepared {
                     Ok(prepared) => ready = Some((taken, prepared)),
                     Err(e) => {
                         queue.push_front(taken);

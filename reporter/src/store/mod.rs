@@ -106,6 +106,45 @@ impl StoreError {
     }
 }
 
+/// How long a process that spools what it takes waits for its store to be prepared before it
+/// starts without it.
+pub const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Prepares `store` for a process that spools what it takes (`serve`, the embedded `Reporter`).
+/// A store that is down is what the spool is for: one that cannot be reached, or does not answer
+/// within [`PREPARE_WAIT`] (rather than the whole server selection timeout), is prepared in the
+/// background once it answers, and the caller starts at once. Any other error (a refused login)
+/// is returned.
+pub async fn prepare_or_later(store: &std::sync::Arc<dyn Store>) -> Result<(), StoreError> {
+    match tokio::time::timeout(PREPARE_WAIT, store.init()).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e @ StoreError::Unreachable { .. })) => {
+            tracing::warn!(error = %e, "store unreachable: starting anyway; the spool keeps the events");
+        }
+        Err(_) => {
+            tracing::warn!(wait = ?PREPARE_WAIT, "store not answering: starting anyway; the spool keeps the events");
+        }
+        Ok(Err(e)) => return Err(e),
+    }
+    tokio::spawn(init_once_reachable(std::sync::Arc::clone(store)));
+    Ok(())
+}
+
+async fn init_once_reachable(store: std::sync::Arc<dyn Store>) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(wait).await;
+        match store.init().await {
+            Ok(()) => {
+                tracing::info!("store prepared");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, ?wait, "preparing the store failed; trying again"),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
 /// Which builds to list: newest `time_start` first, ties broken by `_id` descending, so that a
 /// [`BuildCursor`] taken from the last build of one page starts the next page exactly.
 #[derive(Debug, Clone, Default, PartialEq)]
