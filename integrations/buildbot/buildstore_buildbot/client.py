@@ -205,12 +205,11 @@ class BuildstoreClient:
             self._drop(event, "the plugin has stopped")
             return False
         try:
-            line = encode_event(event)
+            data = encode_event(event) + b"\n"
         except Exception as e:  # e.g. a dict key JSON can't hold, or a __str__ that raises
             log.msg(f"buildstore: cannot encode event {event.get('event_id')!r}: {e}; dropped")
             self.dropped += 1
             return False
-        data = line.encode("utf-8") + b"\n"
         full = self._no_room_for(len(data))
         if self.backlog is not None and (full is not None or self.backlog.waiting):
             # While events wait in the backlog, newer ones queue behind them, there.

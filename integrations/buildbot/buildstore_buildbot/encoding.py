@@ -6,8 +6,8 @@ import json
 import math
 
 
-def encode_event(event: dict) -> str:
-    """``event`` as one line of strict JSON, the only JSON the daemon takes.
+def encode_event(event: dict) -> bytes:
+    """``event`` as one line of strict JSON in UTF-8, the only JSON the daemon takes.
 
     Build properties can hold any Python value, and one the event can't carry must not cost the
     event: a ``build_started`` lost that way gets every later event of its build rejected. So a
@@ -15,11 +15,20 @@ def encode_event(event: dict) -> str:
     any other value JSON can't hold (an arbitrary object) as its ``str()``. The floats are
     replaced wherever they are in the event, not only in property values: that is simplest, and
     the plugin's own fields (times, offsets) never hold such floats.
+
+    A Python string may also hold a surrogate on its own (a name decoded with surrogateescape,
+    or a ``"\udc80"`` escape read back from Buildbot's database), which UTF-8 has no spelling
+    for: each such one goes as U+FFFD, the way the daemon shows bytes that are not UTF-8.
     """
     try:
-        return _dumps(event)
+        line = _dumps(event)
     except ValueError:  # a non-finite float somewhere: rare, so only then walk the event
-        return _dumps(_finite(event))
+        line = _dumps(_finite(event))
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # rare too: only then take the line apart
+        whole = line.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return whole.encode("utf-8")
 
 
 def _dumps(value) -> str:

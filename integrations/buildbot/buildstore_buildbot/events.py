@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from buildstore_buildbot.encoding import encode_event
+
 # Buildbot's result codes are the protocol's codes (SUCCESS=0 ... CANCELLED=6).
 EXCEPTION = 4
 RESULTS = range(7)
@@ -25,8 +27,17 @@ RESULTS = range(7)
 # Buildbot prefixes each line of a stdio log with its stream.
 STDIO_CHANNELS = {"o": "stdout", "e": "stderr", "h": "header"}
 
-# Well below the daemon's default line limit (1 MiB), leaving room for the JSON escaping.
+# Well below the daemon's default line limit (1 MiB): a chunk's text takes at most this many
+# bytes once escaped as JSON, too.
 MAX_LOG_CHUNK = 256 * 1024
+
+# The daemon refuses a line over its limit (1 MiB by default), and a refused build_started costs
+# the whole build. So a property value, or a change's comments, larger than this once encoded
+# goes as a marker that says so; a change lists at most this many files; and a build_started
+# still too long after that sends its large values as markers too.
+MAX_VALUE_BYTES = 64 * 1024
+MAX_CHANGE_FILES = 1000
+MAX_START_BYTES = 512 * 1024
 
 _FULL_HASH = re.compile(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$")
 _NAME_EMAIL = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<email>[^<>]*)>\s*$")
@@ -93,19 +104,37 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
 def storable(value: Any) -> Any:
     """A property value as the daemon can store it: a whole number outside 64 bits as its text,
-    and keys (a property's name too) as ``storable_name`` gives them.
+    keys (a property's name too) as ``storable_name`` gives them, and a value over
+    ``MAX_VALUE_BYTES`` as a marker (see ``bounded``).
 
-    The daemon refuses such numbers (no document can hold them exactly) and keys, and a refused
-    ``build_started`` would cost its whole build; Python's integers have no bound. Anything else
-    is returned as it is, and most values are a string or a small number, checked at once.
+    The daemon refuses such numbers (no document can hold them exactly), keys and lines, and a
+    refused ``build_started`` would cost its whole build; Python's integers have no bound.
+    Anything else is returned as it is, and most values are a string or a small number, checked
+    at once.
     """
+    return bounded(_storable(value))
+
+
+def _storable(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if _INT_MIN <= value <= _INT_MAX else str(value)
     if isinstance(value, dict):
-        return {storable_name(k): storable(v) for k, v in value.items()}
+        return {storable_name(k): _storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [storable(v) for v in value]
+        return [_storable(v) for v in value]
     return value
+
+
+def bounded(value: Any, limit: int = MAX_VALUE_BYTES) -> Any:
+    """``value``, or a marker naming its size if it takes more than ``limit`` bytes as JSON."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str) and len(value) * 6 <= limit:  # even escaped, it fits
+        return value
+    size = len(encode_event(value))
+    if size <= limit:
+        return value
+    return f"(left out by the Buildbot plugin: {size} bytes of JSON, too large for one event)"
 
 
 def split_property(pair: Any) -> tuple[Any, str | None]:
@@ -188,11 +217,15 @@ def pick_sourcestamp(sourcestamps: list[dict] | None) -> dict | None:
 
 
 def change_entry(change: dict) -> dict:
+    files = list(change.get("files") or [])
+    if len(files) > MAX_CHANGE_FILES:
+        left = len(files) - MAX_CHANGE_FILES
+        files = files[:MAX_CHANGE_FILES] + [f"(and {left} more files, left out by the plugin)"]
     return {
         "revision": _blank_to_none(change.get("revision")),
         "author": _blank_to_none(change.get("author")),
-        "comments": change.get("comments"),
-        "files": list(change.get("files") or []),
+        "comments": bounded(change.get("comments")),
+        "files": [bounded(f, 4096) for f in files],
         "when": epoch(change.get("when_timestamp")),
         "branch": _blank_to_none(change.get("branch")),
         "repository": _blank_to_none(change.get("repository")),
@@ -210,7 +243,7 @@ def build_started(
     changes: list[dict] | None = None,
 ) -> dict:
     ss = pick_sourcestamp(sourcestamps) or {}
-    return _event(
+    event = _event(
         "build_started",
         master_id,
         f"build-{build['buildid']}-started",
@@ -227,6 +260,16 @@ def build_started(
         properties=sourced_properties(properties),
         changes=[change_entry(c) for c in changes or []],
     )
+    if len(encode_event(event)) > MAX_START_BYTES:
+        # Many values, each within bounds, still too many for one line: the large ones go as
+        # markers, and the changes without their files.
+        for prop in event["properties"].values():
+            prop["value"] = bounded(prop["value"], 1024)
+        for change in event["changes"]:
+            if change["files"]:
+                change["files"] = [f"({len(change['files'])} files, left out by the plugin)"]
+            change["comments"] = bounded(change["comments"], 1024)
+    return event
 
 
 def build_finished(master_id, build: dict) -> dict:
@@ -313,7 +356,23 @@ def split_stdio(content: str) -> dict[str, str]:
 
 
 def chunk_text(text: str, limit: int = MAX_LOG_CHUNK) -> list[str]:
-    """``text`` cut into pieces of at most ``limit`` UTF-8 bytes, at line ends where possible."""
+    """``text`` cut into pieces of at most ``limit`` UTF-8 bytes, at line ends where possible,
+    that take at most ``limit`` bytes escaped as JSON too.
+
+    Escaping makes a control character six bytes long (``\\u0000``), so binary output dumped to a
+    log could make a line the daemon refuses, and a refused chunk costs the rest of its channel.
+    A piece that escapes too long is cut again into pieces of a sixth of the limit.
+    """
+    pieces = []
+    for piece in _byte_pieces(text, limit):
+        if len(piece) * 6 > limit and len(encode_event(piece)) - 2 > limit:
+            pieces.extend(_byte_pieces(piece, max(limit // 6, 1)))
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+def _byte_pieces(text: str, limit: int) -> list[str]:
     data = text.encode("utf-8")
     pieces = []
     start = 0

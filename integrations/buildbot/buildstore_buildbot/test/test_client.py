@@ -234,6 +234,15 @@ class TestEncoding(ClientTestCase):
         sent = yield self.send_one(event)
         self.assertEqual((sent["event_id"], sent["value"]), (event["event_id"], "1.2.0"))
 
+    @defer.inlineCallbacks
+    def test_a_lone_surrogate_goes_as_a_replacement_character_and_a_pair_as_its_character(self):
+        # "\udc80" comes back from Buildbot's database as a JSON escape; UTF-8 cannot spell it.
+        props = {"path": ("bad\udc80name", "Env"), "emoji": ("\ud83d\ude00", "Step")}
+        build = {"buildid": 43, "number": 8, "started_at": 1773324451}
+        sent = yield self.send_one(events.build_started("m1", build, "linux", properties=props))
+        self.assertEqual(sent["properties"]["path"]["value"], "bad\ufffdname")
+        self.assertEqual(sent["properties"]["emoji"]["value"], "\U0001f600")
+
 
 class TestResend(ClientTestCase):
     @defer.inlineCallbacks
@@ -322,7 +331,7 @@ class TestQueueBound(ClientTestCase):
 
     @defer.inlineCallbacks
     def test_events_that_would_pass_the_byte_bound_are_dropped_with_a_log_line(self):
-        size = len(encode_event(event(0)).encode()) + 1  # every event(n < 10) is this long
+        size = len(encode_event(event(0))) + 1  # every event(n < 10) is this long
         c = self.client(queue_size=100, queue_bytes=2 * size + size // 2)
         sent = [c.send(event(n)) for n in range(5)]  # not started: as if the daemon were down
         self.assertEqual(sent, [True, True, False, False, False])

@@ -5,6 +5,7 @@ import datetime
 from twisted.trial import unittest
 
 from buildstore_buildbot import events
+from buildstore_buildbot.encoding import encode_event
 
 UTC = datetime.timezone.utc
 HEAD = "eb57b4930f682387ca57a2506b1dbd03f5144c04"
@@ -162,6 +163,48 @@ class TestLogs(unittest.TestCase):
         pieces = events.chunk_text(text, limit=301)
         self.assertEqual("".join(pieces), text)
         self.assertTrue(all(len(p.encode()) <= 301 for p in pieces))
+
+    def test_binary_output_is_cut_so_that_each_line_stays_under_the_daemons_limit(self):
+        # Control characters escape to six bytes each: 256 KiB of them would be a 1.5 MiB line.
+        text = "\x00\x01\x02" * 100_000 + "tail\n"
+        chunks, end = events.log_events("m1", 42, 1, 17, "stdout", text, 0)
+        self.assertEqual("".join(c["text"] for c in chunks), text)
+        self.assertEqual(end, len(text.encode()))
+        lines = [encode_event(c) for c in chunks]
+        self.assertLessEqual(max(map(len, lines)), events.MAX_LOG_CHUNK + 1024)
+        # Plain text is still cut at the byte limit, not at a sixth of it.
+        plain = "x" * (3 * events.MAX_LOG_CHUNK)
+        self.assertEqual(len(events.chunk_text(plain)), 3)
+
+
+class TestTooLarge(unittest.TestCase):
+    """What would make a line the daemon refuses (1 MiB by default) goes as a marker instead: a
+    refused build_started costs the whole build."""
+
+    build = {"buildid": 42, "number": 7, "started_at": 1773324451}
+
+    def test_a_change_with_many_files_and_a_huge_property_still_start_the_build(self):
+        change = {"revision": HEAD, "files": [f"src/file{n}.c" for n in range(20_000)]}
+        props = {"dump": ("x" * 2_000_000, "Step"), "small": ("ok", "Step")}
+        event = events.build_started("m1", self.build, "linux", properties=props, changes=[change])
+        self.assertLess(len(encode_event(event)), events.MAX_START_BYTES)
+        files = event["changes"][0]["files"]
+        self.assertEqual(len(files), events.MAX_CHANGE_FILES + 1)
+        self.assertEqual(files[-1], "(and 19000 more files, left out by the plugin)")
+        self.assertIn("left out by the Buildbot plugin", event["properties"]["dump"]["value"])
+        self.assertEqual(event["properties"]["small"]["value"], "ok")
+
+    def test_many_values_each_within_bounds_are_cut_down_together(self):
+        props = {f"p{n}": ("y" * 60_000, "Step") for n in range(20)}
+        event = events.build_started("m1", self.build, "linux", properties=props)
+        self.assertLess(len(encode_event(event)), events.MAX_START_BYTES)
+        self.assertTrue(all("left out" in p["value"] for p in event["properties"].values()))
+
+    def test_a_huge_property_set_later_goes_as_a_marker_with_a_stable_id(self):
+        first = events.property_event("m1", 42, "dump", "z" * 2_000_000, "Step")
+        again = events.property_event("m1", 42, "dump", "z" * 2_000_000, "Step")
+        self.assertIn("left out", first["value"])
+        self.assertEqual(first["event_id"], again["event_id"])
 
 
 class TestCommit(unittest.TestCase):
