@@ -41,8 +41,8 @@ def parse_address(address: str) -> tuple[str, Any]:
     if address.startswith("tcp://"):
         rest = address[len("tcp://") :].rstrip("/")
         host, sep, port = rest.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{address!r}: expected tcp://HOST:PORT")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{address!r}: expected tcp://HOST:PORT, PORT from 1 to 65535")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         return "tcp", (host, int(port))

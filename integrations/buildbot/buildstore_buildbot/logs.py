@@ -18,6 +18,8 @@ from buildstore_buildbot.state import takes_log
 # Seconds to wait before each further try to read the rest of a finished step's log (3 tries in
 # all). A failed read (a locked or busy database) often succeeds a moment later.
 LOG_CATCH_UP_PAUSES = (0.5, 1.0)
+# Most log lines read from Buildbot at once.
+READ_LINES = 10_000
 
 
 def _log_progress(state: StepState) -> str:
@@ -157,24 +159,27 @@ class LogReports:
             if logdict is None:
                 return
             num_lines = logdict["num_lines"]
-        if num_lines <= state.next_line:
-            return
-        first = state.next_line
-        contents = await self.master.data.get(
-            ("logs", logid, "contents"), offset=first, limit=num_lines - first
-        )
-        state.next_line = num_lines
-        if not contents or not contents.get("content"):
-            return
-        for channel, text in events.split_stdio(contents["content"]).items():
-            chunks, state.offsets[channel] = events.log_events(
-                self.master_id,
-                state.buildid,
-                state.number,
-                logid,
-                channel,
-                text,
-                state.offsets.get(channel, 0),
+        # A slice at a time: a whole log (a step caught up after a crash, a service started in
+        # the middle of a long step) would be held in memory several times over, and turned
+        # into events in one go on the reactor's thread.
+        while state.next_line < num_lines:
+            first = state.next_line
+            last = min(num_lines, first + READ_LINES)
+            contents = await self.master.data.get(
+                ("logs", logid, "contents"), offset=first, limit=last - first
             )
-            for event in chunks:
-                self._send(event)
+            state.next_line = last
+            if not contents or not contents.get("content"):
+                continue
+            for channel, text in events.split_stdio(contents["content"]).items():
+                chunks, state.offsets[channel] = events.log_events(
+                    self.master_id,
+                    state.buildid,
+                    state.number,
+                    logid,
+                    channel,
+                    text,
+                    state.offsets.get(channel, 0),
+                )
+                for event in chunks:
+                    self._send(event)

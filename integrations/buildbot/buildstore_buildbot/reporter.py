@@ -103,12 +103,23 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
                 "BuildstoreReporter: master_id must be non-empty, contain no '/' and be "
                 "neither '.' nor '..'"
             )
+        elif isinstance(master_id, str) and len(master_id.encode("utf-8", "replace")) > 256:
+            # The daemon would refuse every event.
+            config.error("BuildstoreReporter: master_id must be at most 256 bytes")
+        elif isinstance(master_id, int) and not -(1 << 63) <= master_id < (1 << 63):
+            config.error("BuildstoreReporter: master_id must be a 64-bit integer")
         if not isinstance(queue_size, int) or queue_size < 1:
             config.error("BuildstoreReporter: queue_size must be a positive integer")
         if isinstance(queue_bytes, bool) or not isinstance(queue_bytes, int) or queue_bytes < 1:
             config.error("BuildstoreReporter: queue_bytes must be a positive integer")
         if not isinstance(max_backoff, (int, float)) or max_backoff <= 0:
             config.error("BuildstoreReporter: max_backoff must be a positive number of seconds")
+        if (
+            isinstance(stop_timeout, bool)
+            or not isinstance(stop_timeout, (int, float))
+            or not 0 <= stop_timeout < float("inf")
+        ):
+            config.error("BuildstoreReporter: stop_timeout must be a number of seconds, 0 or more")
         if backlog is not None and (not isinstance(backlog, str) or not backlog):
             config.error("BuildstoreReporter: backlog must be a file name or None")
         if (

@@ -394,6 +394,21 @@ class TestSteps(ReporterTestCase):
         self.assertEqual(by_channel["stderr"], [(0, "mesh.c:12: warning\n"), (19, "ld: done\n")])
 
     @defer.inlineCallbacks
+    def test_a_long_log_is_read_a_slice_at_a_time_and_sent_whole(self):
+        from buildstore_buildbot import logs
+
+        self.patch(logs, "READ_LINES", 3)
+        stepid, _, logid = yield self.start_build_with_step()
+        self.take()
+        offsets = self.fail_log_reads(0)
+        text = "".join(f"oline {n}\n" for n in range(10))
+        yield self.master.db.logs.appendLog(logid, text)
+        yield self.finish_step(stepid)
+        self.assertEqual(offsets, [0, 3, 6, 9])
+        sent = "".join(e["text"] for e in self.take("log"))
+        self.assertEqual(sent, "".join(f"line {n}\n" for n in range(10)))
+
+    @defer.inlineCallbacks
     def test_log_text_announced_late_is_sent_before_step_finished(self):
         stepid, _, logid = yield self.start_build_with_step()
         self.take()
@@ -597,6 +612,11 @@ class TestConfig(unittest.TestCase):
             {"address": "unix:/run/b.sock", "master_id": "m1", "backlog": ""},
             {"address": "unix:/run/b.sock", "master_id": "m1", "backlog": 5},
             {"address": "unix:/run/b.sock", "master_id": "m1", "backlog_bytes": 0},
+            {"address": "tcp://127.0.0.1:99890", "master_id": "m1"},
+            {"address": "unix:/run/b.sock", "master_id": "m" * 257},
+            {"address": "unix:/run/b.sock", "master_id": 1 << 63},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "stop_timeout": None},
+            {"address": "unix:/run/b.sock", "master_id": "m1", "stop_timeout": -1},
         ):
             with self.assertRaises(ConfigErrors, msg=kwargs):
                 with capture_config_errors(raise_on_error=True):
