@@ -79,7 +79,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     reporter.flush().await?;
     println!("{} events applied", reporter.applied());
     if let Ok(reporter) = Arc::try_unwrap(reporter) {
-        reporter.shutdown().await;
+        let left = reporter.shutdown().await;
+        if left > 0 {
+            println!("{left} events left in the spool for the next start");
+        }
     }
     Ok(())
 }

@@ -51,6 +51,12 @@ pub enum ReporterError {
     /// long, a `/` in an id): it gets the error the socket would give. Nothing of it was kept.
     #[error(transparent)]
     Invalid(#[from] buildstore_schema::EventError),
+    /// The drain that applies the spool to the store has ended (it failed, and the log says
+    /// why): what was sent stays in the spool, and is applied at the next start.
+    #[error(
+        "the drain into the store has stopped; the spool keeps what was sent for the next start"
+    )]
+    Stopped,
     /// The event breaks a rule that needs nothing stored (an empty builder name, a property value
     /// or name without a BSON form), as the socket would say. Nothing of it was kept.
     #[error(transparent)]
@@ -121,11 +127,15 @@ impl Reporter {
     }
 
     /// Waits until every event sent before this call is in the store (or was refused by the
-    /// rules, which the drain logs).
+    /// rules, which the drain logs). Fails if the drain has ended first (it failed; the log says
+    /// why): the events stay in the spool for the next start.
     pub async fn flush(&self) -> Result<(), ReporterError> {
         let target = self.last_sent.load(Ordering::Relaxed);
-        self.engine.counters.confirmed_through(target).await;
-        Ok(())
+        if self.engine.counters.confirmed_through(target).await {
+            Ok(())
+        } else {
+            Err(ReporterError::Stopped)
+        }
     }
 
     /// Events applied to the store so far.
@@ -133,9 +143,12 @@ impl Reporter {
         self.engine.counters.applied.load(Ordering::Relaxed)
     }
 
-    /// Drains the spool into the store (for up to the grace period) and stops.
-    pub async fn shutdown(self) {
+    /// Drains the spool into the store (for up to the grace period) and stops. Returns how many
+    /// events the spool still holds, to be applied at the next start: none once all was drained.
+    pub async fn shutdown(self) -> u64 {
+        let spool = self.engine.spool.clone();
         self.engine.finish(std::future::pending()).await;
+        spool.depth().events
     }
 }
 
@@ -230,9 +243,7 @@ mod tests {
             .await
             .expect("spooled");
         assert_eq!(reporter.applied(), 0);
-        reporter.shutdown().await;
-        let spooled = crate::spool::Spool::open(&dir.path().join("spool")).expect("the spool");
-        assert_eq!(spooled.depth().events, 1, "kept for the next start");
+        assert_eq!(reporter.shutdown().await, 1, "kept for the next start");
     }
 
     #[tokio::test]

@@ -40,22 +40,40 @@ pub struct DrainCounters {
     confirmed: AtomicI64,
     /// Wakes those waiting for `confirmed` to move.
     moved: tokio::sync::Notify,
+    /// The drain has ended (stopped, or failed): `confirmed` moves no further.
+    ended: std::sync::atomic::AtomicBool,
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl DrainCounters {
-    /// Returns once the store has confirmed every spooled event up to `id`.
-    pub async fn confirmed_through(&self, id: i64) {
+    /// Returns true once the store has confirmed every spooled event up to `id`, or false if
+    /// the drain ended first.
+    pub async fn confirmed_through(&self, id: i64) -> bool {
         loop {
             // Registered before the check, so a confirmation in between is not missed.
             let moved = self.moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
             if self.confirmed.load(Ordering::Acquire) >= id {
-                return;
+                return true;
+            }
+            if self.ended.load(Ordering::Acquire) {
+                return false;
             }
             moved.await;
         }
+    }
+
+    /// Marks the drain ended, however it ends (a panic too), when dropped.
+    pub fn end_guard(self: &Arc<Self>) -> impl Drop + Send + 'static {
+        struct Ended(Arc<DrainCounters>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.ended.store(true, Ordering::Release);
+                self.0.moved.notify_waiters();
+            }
+        }
+        Ended(Arc::clone(self))
     }
 }
 

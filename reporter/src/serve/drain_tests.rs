@@ -296,3 +296,31 @@ async fn with_the_store_down_retries_back_off_and_stopping_ends_at_the_grace_per
     );
     assert_eq!(spool.depth().events, events, "nothing released");
 }
+
+/// Whoever waits for the store learns that the drain ended (by a panic too) instead of waiting
+/// for good; what was confirmed before still counts.
+#[tokio::test]
+async fn waiting_for_the_store_ends_when_the_drain_does() {
+    let counters = Arc::new(DrainCounters::default());
+    counters.confirmed.store(5, Ordering::Release);
+    let guard = counters.end_guard();
+    let waiter = {
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move { counters.confirmed_through(6).await })
+    };
+    let drain = tokio::spawn(async move {
+        let _ended = guard;
+        panic!("a drain that fails");
+    });
+    assert!(drain.await.is_err());
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter).await;
+    assert_eq!(
+        waited.ok().and_then(Result::ok),
+        Some(false),
+        "not confirmed, not waiting"
+    );
+    assert!(
+        counters.confirmed_through(5).await,
+        "confirmed before the end"
+    );
+}

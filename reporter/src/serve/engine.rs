@@ -55,7 +55,10 @@ impl Engine {
         );
         let counters = Arc::new(DrainCounters::default());
         let (stop, stopped) = watch::channel(false);
-        let drain = tokio::spawn(drain::run(
+        // Whoever waits for the store (`Reporter::flush`) learns that the drain ended, even by
+        // a panic (which drops the task's future, and the guard in it), rather than wait for good.
+        let ended = counters.end_guard();
+        let run = drain::run(
             spool.clone(),
             handoff,
             store,
@@ -64,7 +67,11 @@ impl Engine {
             Arc::clone(&counters),
             stopped,
             grace,
-        ));
+        );
+        let drain = tokio::spawn(async move {
+            let _ended = ended;
+            run.await
+        });
         Ok(Engine {
             spool,
             appender,
@@ -92,7 +99,9 @@ impl Engine {
         drop(appender);
         let done = async {
             let _ = writer.await;
-            let _ = (&mut drain).await;
+            if let Err(e) = (&mut drain).await {
+                tracing::error!(error = %e, "the drain failed; the spool keeps its events for the next start");
+            }
         };
         tokio::select! {
             () = done => return,
