@@ -57,6 +57,11 @@ pub enum ReporterError {
         "the drain into the store has stopped; the spool keeps what was sent for the next start"
     )]
     Stopped,
+    /// The event's line is longer than half the spool's bound. Nothing of it was kept.
+    #[error(
+        "the event takes {bytes} bytes as a line, more than half the spool's bound ({spool_max} bytes)"
+    )]
+    TooLarge { bytes: usize, spool_max: u64 },
     /// The event breaks a rule that needs nothing stored (an empty builder name, a property value
     /// or name without a BSON form), as the socket would say. Nothing of it was kept.
     #[error(transparent)]
@@ -66,6 +71,7 @@ pub enum ReporterError {
 /// Reports a master's events into the store, durably.
 pub struct Reporter {
     engine: Engine,
+    spool_max: u64,
     _writer: Option<store::WriterLock>,
     boot: String,
     assigned: AtomicU64,
@@ -89,6 +95,7 @@ impl Reporter {
         )?;
         Ok(Reporter {
             engine,
+            spool_max: config.spool_max,
             _writer: writer,
             boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
             assigned: AtomicU64::new(0),
@@ -120,7 +127,15 @@ impl Reporter {
         // After a restart, or behind a backlog, the drain reads the event back from its spooled
         // line. An event that its line does not give back (an empty id, a time past year 9999)
         // is refused now, as the socket refuses the line, not acknowledged and lost there.
-        let event = Event::parse(&event.to_line())?;
+        let line = event.to_line();
+        // One the spool could never take would get "full, send again later" for good.
+        if line.len() as u64 > self.spool_max / 2 {
+            return Err(ReporterError::TooLarge {
+                bytes: line.len(),
+                spool_max: self.spool_max,
+            });
+        }
+        let event = Event::parse(&line)?;
         let spool_id = self.engine.appender.append(event).await?;
         self.last_sent.fetch_max(spool_id, Ordering::Relaxed);
         Ok(id)
@@ -244,6 +259,30 @@ mod tests {
             .expect("spooled");
         assert_eq!(reporter.applied(), 0);
         assert_eq!(reporter.shutdown().await, 1, "kept for the next start");
+    }
+
+    #[tokio::test]
+    async fn an_event_the_spool_could_never_hold_is_refused_not_full_for_good() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = format!("sqlite:{}", dir.path().join("s.db").display());
+        let mut config = ReporterConfig::new(store, dir.path().join("spool"));
+        config.spool_max = 1000;
+        let reporter = Reporter::start(config).await.expect("start");
+        let long = format!(
+            r#"{{"type":"builder_added","master_id":"m","builder":"{}"}}"#,
+            "b".repeat(600)
+        );
+        let err = reporter
+            .send(Event::parse(&long).expect("a valid line"))
+            .await
+            .expect_err("longer than half the spool");
+        assert!(matches!(err, ReporterError::TooLarge { .. }), "{err:?}");
+        let short = r#"{"type":"builder_added","master_id":"m","builder":"b"}"#;
+        reporter
+            .send(Event::parse(short).expect("a valid line"))
+            .await
+            .expect("fits");
+        assert_eq!(reporter.shutdown().await, 0);
     }
 
     #[tokio::test]
