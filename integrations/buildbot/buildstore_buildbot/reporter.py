@@ -518,7 +518,12 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             repeat = state.seen.get((name, key), 0)
             state.seen[(name, key)] = repeat + 1
             state.props[name] = key
-            self._send(events.property_event(self.master_id, buildid, name, value, source, repeat))
+            event = events.property_event(self.master_id, buildid, name, value, source, repeat)
+            # `repeat` counts from nothing again at each start of the service: the start's token
+            # keeps an id from passing for one of an earlier start (A, B, A, restart, B), which
+            # the daemon would skip as already applied.
+            event["event_id"] += f"-{self._boot_ids.boot}"
+            self._send(event)
 
     # -- steps and logs ---------------------------------------------------------------------
 

@@ -521,6 +521,31 @@ class TestRunningBuilds(ReporterTestCase):
         self.assertEqual(self.reporter.client.backlog.running_builds(), [])
 
     @defer.inlineCallbacks
+    def test_a_value_that_comes_back_after_a_restart_of_the_service_is_sent_again(self):
+        @defer.inlineCallbacks
+        def set_x(value):
+            yield self.master.db.builds.setBuildProperty(20, "x", value, "Step")
+            yield self.deliver(("builds", "20", "properties", "update"), {"x": (value, "Step")})
+
+        yield self.master.db.builds.setBuildProperty(20, "x", "A", "Step")
+        yield self.start_build_with_step()
+        yield set_x("B")
+        yield set_x("A")
+        [first_b, _] = [e for e in self.take() if e["type"] == "property"]
+        yield self.reporter.disownServiceParent()
+        self.master.reactor.advance(1)  # a later start has a boot token of its own
+        self.reporter = BuildstoreReporter("tcp://127.0.0.1:9989", master_id="m1")
+        self.reporter.client_class = RecordingClient
+        yield self.reporter.setServiceParent(self.master)
+        yield self.reporter.wait_idle()
+        self.take()
+        # B again: the daemon applied B before A, and must apply this one too, not skip it.
+        yield set_x("B")
+        [again] = [e for e in self.take() if e["type"] == "property"]
+        self.assertEqual(again["value"], "B")
+        self.assertNotEqual(again["event_id"], first_b["event_id"])
+
+    @defer.inlineCallbacks
     def test_a_listed_build_gone_from_the_database_is_forgotten(self):
         backlog = self.reporter.client.backlog
         backlog.build_started(999)
