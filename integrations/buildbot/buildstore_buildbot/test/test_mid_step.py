@@ -42,3 +42,17 @@ class TestStartedMidStep(ReporterTestCase):
         self.assertEqual(text, "first\nsecond\nthird\n")
         offsets = [o for o, _ in logs]
         self.assertEqual(offsets, sorted(set(offsets)), logs)
+
+    @defer.inlineCallbacks
+    def test_a_build_running_before_the_service_started_shows_its_builder_building(self):
+        stepid, _ = yield self.add_step()
+        yield self.step_message(stepid, "started")
+        yield self.reporter.wait_idle()
+        states = [e["state"] for e in self.take("builder_state")]
+        self.assertEqual(states[-1:], ["building"])
+        yield self.finish_step(stepid)
+        yield self.master.db.builds.finishBuild(buildid=20, results=0)
+        yield self.build_message("finished")
+        yield self.reporter.wait_idle()
+        states = [e["state"] for e in self.take("builder_state")]
+        self.assertNotEqual(states[-1:], ["building"])

@@ -125,10 +125,14 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
     def sent(self):
         return self.reporter.client.events
 
-    def take(self, kind=None):
-        """The events sent since the last call, optionally only those of one type."""
+    def take(self, kind=None, builders=False):
+        """The events sent since the last call, optionally only those of one type. Without a
+        type, builder events (which follow builds starting and ending) are left out unless
+        ``builders`` asks for them."""
         events, self.reporter.client.events = self.sent, []
-        return [e for e in events if kind is None or e["type"] == kind]
+        if kind is None:
+            return [e for e in events if builders or not e["type"].startswith("builder_")]
+        return [e for e in events if e["type"] == kind]
 
     @defer.inlineCallbacks
     def deliver(self, key, message):
