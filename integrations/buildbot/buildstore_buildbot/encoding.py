@@ -24,11 +24,16 @@ def encode_event(event: dict) -> bytes:
         line = _dumps(event)
     except ValueError:  # a non-finite float somewhere: rare, so only then walk the event
         line = _dumps(_finite(event))
+    return well_formed(line).encode("utf-8")
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each surrogate on its own as U+FFFD: UTF-8 has no spelling for it."""
     try:
-        return line.encode("utf-8")
-    except UnicodeEncodeError:  # rare too: only then take the line apart
-        whole = line.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return whole.encode("utf-8")
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # rare: only then take the text apart
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _dumps(value) -> str:

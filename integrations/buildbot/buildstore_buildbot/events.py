@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from buildstore_buildbot.encoding import encode_event
+from buildstore_buildbot.encoding import well_formed
 
 # Buildbot's result codes are the protocol's codes (SUCCESS=0 ... CANCELLED=6).
 EXCEPTION = 4
@@ -38,6 +39,8 @@ MAX_LOG_CHUNK = 256 * 1024
 MAX_VALUE_BYTES = 64 * 1024
 MAX_CHANGE_FILES = 1000
 MAX_START_BYTES = 512 * 1024
+# The property that says what a build_started cut to fit left out.
+LEFT_OUT = "buildstore_left_out"
 
 _FULL_HASH = re.compile(r"^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$")
 _NAME_EMAIL = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<email>[^<>]*)>\s*$")
@@ -125,16 +128,20 @@ def _storable(value: Any) -> Any:
     return value
 
 
-def bounded(value: Any, limit: int = MAX_VALUE_BYTES) -> Any:
-    """``value``, or a marker naming its size if it takes more than ``limit`` bytes as JSON."""
+def bounded(value: Any, limit: int = MAX_VALUE_BYTES, why: str = "too large for one event") -> Any:
+    """``value``, or a marker naming its size if it takes more than ``limit`` bytes as JSON (or
+    cannot be written as JSON at all)."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str) and len(value) * 6 <= limit:  # even escaped, it fits
         return value
-    size = len(encode_event(value))
+    try:
+        size = len(encode_event(value))
+    except Exception as e:  # a key JSON can't hold, a __str__ that raises
+        return f"(left out by the Buildbot plugin: cannot be written as JSON: {e!r})"
     if size <= limit:
         return value
-    return f"(left out by the Buildbot plugin: {size} bytes of JSON, too large for one event)"
+    return f"(left out by the Buildbot plugin: {size} bytes of JSON, {why})"
 
 
 def split_property(pair: Any) -> tuple[Any, str | None]:
@@ -260,16 +267,70 @@ def build_started(
         properties=sourced_properties(properties),
         changes=[change_entry(c) for c in changes or []],
     )
-    if len(encode_event(event)) > MAX_START_BYTES:
-        # Many values, each within bounds, still too many for one line: the large ones go as
-        # markers, and the changes without their files.
+    # Values each within bounds can still be too many for one line: cut further, a stage at a
+    # time, until it fits.
+    why = "left out to keep the build's first event within the daemon's line limit"
+    originals = list(changes or [])
+
+    def small_values():
         for prop in event["properties"].values():
-            prop["value"] = bounded(prop["value"], 1024)
-        for change in event["changes"]:
+            prop["value"] = bounded(prop["value"], 1024, why)
+        event["reason"] = bounded(event["reason"], 1024, why)
+
+    def changes_without_files():
+        for change, original in zip(event["changes"], originals):
             if change["files"]:
-                change["files"] = [f"({len(change['files'])} files, left out by the plugin)"]
-            change["comments"] = bounded(change["comments"], 1024)
+                count = len(original.get("files") or [])
+                change["files"] = [f"({count} files, left out by the plugin)"]
+
+    def changes_without_comments():
+        for change in event["changes"]:
+            change["comments"] = bounded(change["comments"], 256, why)
+
+    def first_changes():
+        kept = event["changes"][:100]
+        left = len(event["changes"]) - len(kept)
+        event["changes"] = kept + [_left_out_changes(left)] if left else kept
+
+    def no_values():
+        props = event["properties"]
+        for prop in props.values():
+            prop["value"] = None
+        props[LEFT_OUT] = {
+            "value": f"(the values of {len(props)} properties, {why})",
+            "source": None,
+        }
+
+    def no_properties():
+        count = len(event["properties"]) - 1
+        event["properties"] = {LEFT_OUT: {"value": f"({count} properties, {why})", "source": None}}
+
+    stages = (
+        small_values,
+        changes_without_files,
+        changes_without_comments,
+        first_changes,
+        no_values,
+        no_properties,
+    )
+    for shrink in stages:
+        if len(encode_event(event)) <= MAX_START_BYTES:
+            break
+        shrink()
     return event
+
+
+def _left_out_changes(count: int) -> dict:
+    """A change entry that says how many more were left out."""
+    return {
+        "revision": None,
+        "author": None,
+        "comments": f"({count} more changes, left out by the plugin)",
+        "files": [],
+        "when": None,
+        "branch": None,
+        "repository": None,
+    }
 
 
 def build_finished(master_id, build: dict) -> dict:
@@ -291,8 +352,11 @@ def property_event(master_id, buildid: int, name: str, value: Any, source: Any, 
     must not be mistaken for a replay.
     """
     source = source if isinstance(source, str) else None
-    blob = json.dumps([name, value, source], sort_keys=True, default=repr).encode()
-    digest = hashlib.sha1(blob).hexdigest()[:16]
+    try:
+        blob = json.dumps([name, value, source], sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # keys JSON can't hold or sort: the value's text will do
+        blob = repr([name, value, source])
+    digest = hashlib.sha1(well_formed(blob).encode()).hexdigest()[:16]
     suffix = f"-{repeat}" if repeat else ""
     return _event(
         "property",
@@ -414,7 +478,7 @@ def log_events(
     than the first chunk sent must not pass for it.
     """
     events = []
-    for piece in chunk_text(text, limit):
+    for piece in chunk_text(well_formed(text), limit):
         end = offset + len(piece.encode("utf-8"))
         events.append(
             _event(

@@ -63,7 +63,10 @@ FINISHED_BUILDS_KEPT = 500
 
 
 def _prop_key(value, source) -> str:
-    return json.dumps([value, source], sort_keys=True, default=repr)
+    try:
+        return json.dumps([value, source], sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # keys that cannot be sorted (1 and "a"): the text will do
+        return repr([value, source])
 
 
 class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
@@ -389,12 +392,13 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         self._builds[buildid] = state
         self._send(event)
         self._record("build_started", buildid)
-        if buildid not in self._running.get(build["builderid"], ()):
+        complete = build.get("complete") or build.get("complete_at") is not None
+        if not complete and buildid not in self._running.get(build["builderid"], ()):
             # Started before this service listened (or reported again after a crash): its
             # builder is building all the same.
             self._running.setdefault(build["builderid"], set()).add(buildid)
             self._jobs.add(("builder", build["builderid"]), self._refresh_state, build["builderid"])
-        if read and (build.get("complete") or build.get("complete_at") is not None):
+        if read and complete:
             # A late message about a build that ended before this service started, or that
             # _finished no longer holds: no "finished" message will come to free this state.
             self._jobs.add(("build", buildid), self._finish_complete_build, build)
@@ -410,9 +414,6 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         state = self._builds.pop(buildid, None)
         if state is None:  # finished by an earlier job
             return
-        if buildid in self._running.get(state.builderid, ()):
-            self._running[state.builderid].discard(buildid)
-            self._jobs.add(("builder", state.builderid), self._refresh_state, state.builderid)
         # Struck off the running builds only once the daemon or the backlog file has the end: a
         # master killed before that reports the build again at its next start.
         self._send(

@@ -25,7 +25,7 @@ class TestBuilders(ReporterTestCase):
 
     @defer.inlineCallbacks
     def test_state_follows_workers_and_builds(self):
-        self.take(builders=True)
+        self.take()
         yield self.master.db.workers.workerConfigured(workerid=13, masterid=MASTER, builderids=[79])
         yield self.master.db.workers.workerConnected(workerid=13, masterid=MASTER, workerinfo={})
         worker = yield self.master.data.get(("workers", 13))
@@ -49,11 +49,11 @@ class TestBuilders(ReporterTestCase):
 
     @defer.inlineCallbacks
     def test_master_shutdown_sets_offline_and_removal_from_config_removes(self):
-        self.take(builders=True)
+        self.take()
         stopped = {"builderid": 79, "masterid": MASTER, "name": "linux64"}
         self.master.config.builders[0].workernames.append("x")  # any state change will do
         yield self.build_message("new")  # building
-        self.take(builders=True)
+        self.take()
         yield self.deliver(("builders", "79", "stopped"), stopped)
         self.assertEqual([e["state"] for e in self.take("builder_state")], ["offline"])
 
@@ -88,16 +88,13 @@ class TestBuilderReconfig(ReporterTestCase):
                 workerid=workerid, masterid=MASTER, builderids=builderids
             )
         yield self.reporter.wait_idle()
-        during = self.take(builders=True)
+        during = self.take()
         self.master.initLock.release()
         yield self.reporter.wait_idle()
         return during
 
     def summary(self):
-        return [
-            (e["type"], e["builder"], e.get("slaves"), e.get("state"))
-            for e in self.take(builders=True)
-        ]
+        return [(e["type"], e["builder"], e.get("slaves"), e.get("state")) for e in self.take()]
 
     @defer.inlineCallbacks
     def connect_bld_02(self, builderids):
@@ -110,7 +107,7 @@ class TestBuilderReconfig(ReporterTestCase):
 
     @defer.inlineCallbacks
     def test_changed_workers_send_the_builder_again_and_the_same_workers_do_not(self):
-        self.take(builders=True)
+        self.take()
         during = yield self.reconfigure({"linux64": ["bld-02", "bld-03"]})
         self.assertEqual(during, [])  # sent once the reconfiguration is over
         self.assertEqual(
@@ -121,13 +118,13 @@ class TestBuilderReconfig(ReporterTestCase):
             ],
         )
         yield self.reconfigure({"linux64": ["bld-02", "bld-03"]})
-        self.assertEqual(self.take(builders=True), [])
+        self.assertEqual(self.take(), [])
 
     @defer.inlineCallbacks
     def test_a_busy_builder_sent_again_is_building_again_at_once(self):
         # builder_added resets the builder to offline in the daemon.
         yield self.build_message("new")
-        self.take(builders=True)
+        self.take()
         yield self.reconfigure({"linux64": ["bld-02"]})
         self.assertEqual(
             self.summary(),
@@ -140,7 +137,7 @@ class TestBuilderReconfig(ReporterTestCase):
     @defer.inlineCallbacks
     def test_the_state_after_a_reconfig_is_the_one_the_reconfigured_workers_give(self):
         yield self.connect_bld_02([79])
-        self.take(builders=True)
+        self.take()
         # bld-02 leaves the builder; it stays connected (for other builders, say).
         yield self.reconfigure({"linux64": ["bld-01"]}, [(13, [])])
         self.assertEqual(
@@ -168,7 +165,7 @@ class TestBuilderReconfig(ReporterTestCase):
                 fakedb.BuilderMaster(builderid=80, masterid=MASTER),
             ]
         )
-        self.take(builders=True)
+        self.take()
         started = (
             ("builders", "80", "started"),
             {"builderid": 80, "masterid": MASTER, "name": "win64"},

@@ -176,6 +176,11 @@ class TestLogs(unittest.TestCase):
         plain = "x" * (3 * events.MAX_LOG_CHUNK)
         self.assertEqual(len(events.chunk_text(plain)), 3)
 
+    def test_a_lone_surrogate_in_log_text_goes_as_a_replacement_character(self):
+        chunks, end = events.log_events("m1", 42, 1, 17, "stdout", "a\udc80b\n", 0)
+        self.assertEqual([c["text"] for c in chunks], ["a\ufffdb\n"])
+        self.assertEqual(end, len("a\ufffdb\n".encode()))
+
 
 class TestTooLarge(unittest.TestCase):
     """What would make a line the daemon refuses (1 MiB by default) goes as a marker instead: a
@@ -199,6 +204,44 @@ class TestTooLarge(unittest.TestCase):
         event = events.build_started("m1", self.build, "linux", properties=props)
         self.assertLess(len(encode_event(event)), events.MAX_START_BYTES)
         self.assertTrue(all("left out" in p["value"] for p in event["properties"].values()))
+
+    def test_whatever_the_build_carries_its_first_event_fits(self):
+        many_changes = [
+            {"revision": HEAD, "comments": "c" * 500, "files": [f"f{n}" for n in range(20_000)]}
+        ] + [{"revision": HEAD, "comments": "c" * 500, "files": ["a.c"]} for _ in range(2_000)]
+        many_props = {f"p{n}": ("v" * 900, "Step") for n in range(1_500)}
+        countless = {f"property{n}": (n, "Step") for n in range(40_000)}
+        for props, changes in (
+            (many_props, []),
+            ({}, many_changes),
+            (many_props, many_changes),
+            (countless, many_changes),
+        ):
+            event = events.build_started(
+                "m1", self.build, "linux", properties=props, changes=changes
+            )
+            self.assertLess(len(encode_event(event)), events.MAX_START_BYTES)
+            self.assertIn("left out", encode_event(event).decode())
+        # A change's files are counted from what the build had, not from the list already cut.
+        event = events.build_started(
+            "m1", self.build, "linux", properties=countless, changes=many_changes[:1]
+        )
+        self.assertEqual(event["changes"][0]["files"], ["(20000 files, left out by the plugin)"])
+        self.assertEqual(
+            event["properties"][events.LEFT_OUT]["value"],
+            "(40000 properties, left out to keep the build's first event within the daemon's "
+            "line limit)",
+        )
+
+    def test_a_value_json_cannot_hold_goes_as_a_marker_not_an_exception(self):
+        class Broken:
+            def __str__(self):
+                raise RuntimeError("no text")
+
+        event = events.property_event("m1", 42, "bad", {(1, 2): "tuple key"}, "Step")
+        self.assertIn("cannot be written as JSON", event["value"])
+        event = events.property_event("m1", 42, "bad", [Broken()], "Step")
+        self.assertIn("cannot be written as JSON", event["value"])
 
     def test_a_huge_property_set_later_goes_as_a_marker_with_a_stable_id(self):
         first = events.property_event("m1", 42, "dump", "z" * 2_000_000, "Step")

@@ -125,14 +125,10 @@ class ReporterTestCase(TestReactorMixin, unittest.TestCase):
     def sent(self):
         return self.reporter.client.events
 
-    def take(self, kind=None, builders=False):
-        """The events sent since the last call, optionally only those of one type. Without a
-        type, builder events (which follow builds starting and ending) are left out unless
-        ``builders`` asks for them."""
+    def take(self, kind=None):
+        """The events sent since the last call, optionally only those of one type."""
         events, self.reporter.client.events = self.sent, []
-        if kind is None:
-            return [e for e in events if builders or not e["type"].startswith("builder_")]
-        return [e for e in events if e["type"] == kind]
+        return [e for e in events if kind is None or e["type"] == kind]
 
     @defer.inlineCallbacks
     def deliver(self, key, message):
@@ -329,7 +325,9 @@ class TestBuilds(ReporterTestCase):
         # A property update for a build this reporter has not seen start.
         self.take()
         yield self.deliver(("builds", "20", "properties", "update"), {"owner": ("me", "Force")})
-        self.assertEqual([e["type"] for e in self.take()], ["build_started", "property"])
+        sent = self.take()
+        self.assertEqual([e["type"] for e in sent], ["build_started", "builder_state", "property"])
+        self.assertEqual(sent[1]["state"], "building")  # the build runs
 
     @defer.inlineCallbacks
     def test_change_with_full_hash_becomes_commit(self):
