@@ -72,6 +72,8 @@ pub enum ReporterError {
 pub struct Reporter {
     engine: Engine,
     spool_max: u64,
+    /// A store that was down at start, prepared once it answers; not after the reporter.
+    _preparing: Option<store::Preparing>,
     _writer: Option<store::WriterLock>,
     boot: String,
     assigned: AtomicU64,
@@ -85,7 +87,7 @@ impl Reporter {
     pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
         let writer = store::lock_writer(&config.store)?;
         let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
-        store::prepare_or_later(&store).await?;
+        let preparing = store::prepare_or_later(&store).await?;
         let engine = Engine::start(
             &config.spool,
             config.spool_max,
@@ -96,6 +98,7 @@ impl Reporter {
         Ok(Reporter {
             engine,
             spool_max: config.spool_max,
+            _preparing: preparing,
             _writer: writer,
             boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
             assigned: AtomicU64::new(0),
@@ -230,8 +233,6 @@ mod tests {
         );
     }
 
-    /// An event built in code is held to the rules a parsed line is: a builder name too long for
-    /// a commit document is refused with the socket's message, and nothing of it is stored.
     /// A master restarting while its MongoDB server is down still starts, and still spools.
     #[tokio::test]
     async fn a_store_that_does_not_answer_does_not_keep_the_reporter_from_starting() {
@@ -261,6 +262,8 @@ mod tests {
         assert_eq!(reporter.shutdown().await, 1, "kept for the next start");
     }
 
+    /// An event the spool could never take gets an error that says so, not "full, send again
+    /// later" for good.
     #[tokio::test]
     async fn an_event_the_spool_could_never_hold_is_refused_not_full_for_good() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -285,6 +288,8 @@ mod tests {
         assert_eq!(reporter.shutdown().await, 0);
     }
 
+    /// An event built in code is held to the rules a parsed line is: a builder name too long for
+    /// a commit document is refused with the socket's message, and nothing of it is stored.
     #[tokio::test]
     async fn an_event_built_in_code_gets_the_errors_of_a_parsed_line() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -299,7 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             let _writer = store::lock_writer(&location)?;
             let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(open(&location).await?);
-            store::prepare_or_later(&store)
+            let _preparing = store::prepare_or_later(&store)
                 .await
                 .context("preparing the store")?;
             let spool = spool.unwrap_or_else(|| default_spool(&location));
@@ -352,8 +352,6 @@ async fn open(location: &str) -> anyhow::Result<Box<dyn Store>> {
     store::open(location).await.context("opening the store")
 }
 
-/// Prepares a store that was down when the daemon started (indexes, validators), trying again
-/// after 1 s, then twice as long each time up to 30 s, until it answers.
 /// `buildstore web`: the pages alone, until SIGTERM or SIGINT.
 async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)

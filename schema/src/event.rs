@@ -337,8 +337,7 @@ impl Event {
             // An empty id would make every event that has one a duplicate of the first.
             Some("") => {
                 return Err(EventError::Field(
-                    "field `event_id` must not be empty (leave it out for an event without one)"
-                        .into(),
+                    "field `event_id` must not be empty (leave the field out instead)".into(),
                 ))
             }
             Some(id) if id.len() > MAX_ID_BYTES => {

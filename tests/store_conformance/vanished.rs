@@ -194,6 +194,7 @@ fn a_batch_folded_again_does_not_double_another_builds_log() {
         "DELETE FROM builds WHERE _id = 'm/1'; DELETE FROM steps WHERE build = 'm/1';",
     );
     assert_eq!(String::from_utf8_lossy(&sqlite.4), "a\nb\n");
+    assert_eq!(sqlite.2, 1.0, "one batch did not fit: {sqlite:?}");
     let mongo = on_mongo("refold_other", stream, "m/2/0", |uri| {
         let build = vec![
             ("builds", bson::doc! {"_id": "m/1"}),
@@ -202,4 +203,6 @@ fn a_batch_folded_again_does_not_double_another_builds_log() {
         mongo_delete(uri, build)
     });
     assert_eq!(String::from_utf8_lossy(&mongo.4), "a\nb\n", "MongoDB");
+    // Else the two lines fell into two batches, and nothing was folded again.
+    assert_eq!(mongo.2, 1.0, "one batch did not fit: {mongo:?}");
 }

@@ -115,9 +115,14 @@ pub const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// within [`PREPARE_WAIT`] (rather than the whole server selection timeout), is prepared in the
 /// background once it answers, and the caller starts at once. Any other error (a refused login)
 /// is returned.
-pub async fn prepare_or_later(store: &std::sync::Arc<dyn Store>) -> Result<(), StoreError> {
+///
+/// The preparing in the background goes on until it succeeds, or until what is returned is
+/// dropped.
+pub async fn prepare_or_later(
+    store: &std::sync::Arc<dyn Store>,
+) -> Result<Option<Preparing>, StoreError> {
     match tokio::time::timeout(PREPARE_WAIT, store.init()).await {
-        Ok(Ok(())) => return Ok(()),
+        Ok(Ok(())) => return Ok(None),
         Ok(Err(e @ StoreError::Unreachable { .. })) => {
             tracing::warn!(error = %e, "store unreachable: starting anyway; the spool keeps the events");
         }
@@ -126,10 +131,21 @@ pub async fn prepare_or_later(store: &std::sync::Arc<dyn Store>) -> Result<(), S
         }
         Ok(Err(e)) => return Err(e),
     }
-    tokio::spawn(init_once_reachable(std::sync::Arc::clone(store)));
-    Ok(())
+    let task = tokio::spawn(init_once_reachable(std::sync::Arc::clone(store)));
+    Ok(Some(Preparing(task.abort_handle())))
 }
 
+/// A store being prepared in the background; dropping it ends that.
+pub struct Preparing(tokio::task::AbortHandle);
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Prepares a store that was down at start (indexes, validators), trying again after 1 s, then
+/// twice as long each time up to 30 s, until it answers.
 async fn init_once_reachable(store: std::sync::Arc<dyn Store>) {
     let mut wait = std::time::Duration::from_secs(1);
     loop {
@@ -351,5 +367,29 @@ mod tests {
     fn a_hole_between_pieces_is_reported_by_its_first_byte() {
         assert_eq!(read(&[(0, "abc"), (5, "fgh")], 0, 100), Err(3));
         assert_eq!(read(&[(2, "cde")], 0, 100), Err(0));
+    }
+
+    /// A store down at start is prepared in the background, and only for as long as whoever
+    /// started it wants: an embedding program's reporter shut down leaves no task behind.
+    #[tokio::test]
+    async fn preparing_in_the_background_ends_when_dropped() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let uri = format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=60000");
+        let store: std::sync::Arc<dyn super::Store> =
+            std::sync::Arc::new(super::MongoStore::open(&uri).await.expect("a store"));
+        let preparing = super::prepare_or_later(&store).await.expect("not an error");
+        assert!(preparing.is_some(), "a store that does not answer");
+        assert_eq!(std::sync::Arc::strong_count(&store), 2, "held by the task");
+        drop(preparing);
+        for _ in 0..100 {
+            if std::sync::Arc::strong_count(&store) == 1 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the task still holds the store");
     }
 }
