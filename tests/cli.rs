@@ -774,6 +774,17 @@ fn clear_errors_for_bad_commands() {
         let made = std::fs::read_dir(dir.path()).expect("list").count();
         assert_eq!(made, 0, "{memory}: nothing made");
     }
+    // An empty location, from the environment too, is said to be empty.
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .env("BUILDSTORE_STORE", "")
+        .args(["export", "builds"])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("the store location is empty (an empty --store or BUILDSTORE_STORE)"),
+        "{}",
+        stderr(&out)
+    );
     // A URL's slashes would name a file at the root.
     let name = format!("bs-url-{}.db", std::process::id());
     let out = Db::at(format!("sqlite://{name}")).ingest_text("", &[]);

@@ -29,6 +29,11 @@ pub use writer_lock::{lock_writer, WriterLock};
 pub enum StoreError {
     #[error("store location {0:?} is not understood: expected sqlite:PATH or mongodb://HOST[:PORT]/DATABASE")]
     BadLocation(String),
+    #[error(
+        "the store location is empty (an empty --store or BUILDSTORE_STORE): expected \
+         sqlite:PATH or mongodb://HOST[:PORT]/DATABASE"
+    )]
+    EmptyLocation,
     #[error("the MongoDB URI of the store is not valid: {0}")]
     BadMongoUri(String),
     #[error(
@@ -314,6 +319,9 @@ fn take_window(
 
 /// Opens the store a location names: `sqlite:PATH` or a `mongodb://` / `mongodb+srv://` URI.
 pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if location.is_empty() {
+        return Err(StoreError::EmptyLocation);
+    }
     if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {
         return Ok(Box::new(MongoStore::open(location).await?));
     }
