@@ -612,11 +612,7 @@ fn a_proper_changeset_pattern_can_be_configured() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(db.doc("repository", "r1234")["builds"][0]["build"], "m/1");
     let out = Db::new().ingest_text("", &["--proper-changeset", "("]);
-    assert!(
-        stderr(&out).contains("--proper-changeset"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, "--proper-changeset");
 }
 
 /// `ingest -` running, and the pipe to its standard input.
@@ -740,11 +736,7 @@ fn clear_errors_for_bad_commands() {
         .args(["ingest", "/no/such/file.jsonl"])
         .output()
         .expect("run");
-    assert!(
-        stderr(&out).contains("cannot open /no/such/file.jsonl"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, "cannot open /no/such/file.jsonl");
     // A path that opens but cannot be read as a stream is named too.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().display().to_string();
@@ -780,19 +772,14 @@ fn clear_errors_for_bad_commands() {
         .args(["export", "builds"])
         .output()
         .expect("run");
-    assert!(
-        stderr(&out).contains("the store location is empty (an empty --store or BUILDSTORE_STORE)"),
-        "{}",
-        stderr(&out)
+    assert_says(
+        &out,
+        "the store location is empty (an empty --store or BUILDSTORE_STORE)",
     );
     // A URL's slashes would name a file at the root.
     let name = format!("bs-url-{}.db", std::process::id());
     let out = Db::at(format!("sqlite://{name}")).ingest_text("", &[]);
-    assert!(
-        stderr(&out).contains("takes a file path, not a URL with //"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, "takes a file path, not a URL with //");
     assert!(!std::path::Path::new("/").join(&name).exists());
     assert!(!std::path::Path::new("/")
         .join(format!("{name}.lock"))
@@ -918,11 +905,7 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
     // Nor is an empty file made into one.
     std::fs::write(&typo, b"").expect("an empty file");
     let out = db.cmd().args(["export", "builds"]).output().expect("run");
-    assert!(
-        stderr(&out).contains("is an empty file, not a store"),
-        "{}",
-        stderr(&out)
-    );
+    assert_says(&out, "is an empty file, not a store");
     assert_eq!(std::fs::metadata(&typo).expect("still there").len(), 0);
 }
 

@@ -37,9 +37,7 @@ impl ChangesetPolicy {
             && changeset.len() <= MAX_HASH_BYTES
             && self.proper.is_match(changeset)
     }
-}
 
-impl ChangesetPolicy {
     /// The form a changeset is stored in. A proper one written in hex digits is stored in lower
     /// case, as git writes hashes, so that `0A1B…` and `0a1b…` name one commit (its document in
     /// `repository`, and the builds found by it). Anything else is kept as sent, as is a hash the

@@ -110,7 +110,6 @@ impl Reporter {
     /// Events sent one after the other are applied in that order. An event without a `time`
     /// gets the time it was sent, not the time the store gets it.
     pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
-        event.check()?;
         crate::core::check_standalone(&event)?;
         event
             .time
@@ -128,8 +127,9 @@ impl Reporter {
             }
         };
         // After a restart, or behind a backlog, the drain reads the event back from its spooled
-        // line. An event that its line does not give back (an empty id, a time past year 9999)
-        // is refused now, as the socket refuses the line, not acknowledged and lost there.
+        // line. So the event is taken as its line gives it back, with the checks of parsing: one
+        // the line does not give back (an empty id, a time past year 9999) is refused now, as the
+        // socket refuses the line, not acknowledged and lost there.
         let line = event.to_line();
         // One the spool could never take would get "full, send again later" for good.
         if line.len() as u64 > self.spool_max / 2 {
@@ -139,7 +139,7 @@ impl Reporter {
             });
         }
         let event = Event::parse(&line)?;
-        let spool_id = self.engine.appender.append(event).await?;
+        let spool_id = self.engine.appender.append(event, line).await?;
         self.last_sent.fetch_max(spool_id, Ordering::Relaxed);
         Ok(id)
     }
@@ -237,11 +237,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_does_not_answer_does_not_keep_the_reporter_from_starting() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let store = format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=60000");
+        let store = crate::store::mongo::unreachable_uri(60_000);
         let mut config = ReporterConfig::new(store, dir.path().join("spool"));
         config.grace = Duration::from_millis(100);
         let started = std::time::Instant::now();

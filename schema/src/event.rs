@@ -328,8 +328,9 @@ impl Event {
     }
 
     /// The rules on ids and names that the JSON schema cannot state. Parsing checks them; an
-    /// event built in code (the embedding API) is checked with this before it is taken.
-    pub fn check(&self) -> Result<(), EventError> {
+    /// event built in code (the embedding API) is taken as its line parses back, so it is
+    /// checked too.
+    fn check(&self) -> Result<(), EventError> {
         self.master_id
             .check_in_event("master_id")
             .map_err(EventError::Field)?;

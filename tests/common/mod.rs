@@ -152,6 +152,13 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Fails the test, showing what the command said, unless its standard error contains `text`.
+#[track_caller]
+pub fn assert_says(out: &Output, text: &str) {
+    let said = stderr(out);
+    assert!(said.contains(text), "expected {text:?} in: {said}");
+}
+
 pub fn events(file: &Path) -> Vec<Value> {
     std::fs::read_to_string(file)
         .expect("read stream")

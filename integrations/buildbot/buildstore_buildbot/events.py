@@ -105,6 +105,20 @@ def storable_name(key):
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
 
 
+def fits_64_bits(n: int) -> bool:
+    """Whether a document can hold the whole number ``n`` exactly."""
+    return _INT_MIN <= n <= _INT_MAX
+
+
+def stable_text(value: Any) -> str:
+    """``value`` as text that is the same for equal values, whatever the order of dict keys: for
+    telling values apart. Keys JSON cannot hold or sort (1 and "a") fall back to ``repr``."""
+    try:
+        return json.dumps(value, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def storable(value: Any) -> Any:
     """A property value as the daemon can store it: a whole number outside 64 bits as its text,
     keys (a property's name too) as ``storable_name`` gives them, and a value over
@@ -120,7 +134,7 @@ def storable(value: Any) -> Any:
 
 def _storable(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if _INT_MIN <= value <= _INT_MAX else str(value)
+        return value if fits_64_bits(value) else str(value)
     if isinstance(value, dict):
         return {storable_name(k): _storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -352,10 +366,7 @@ def property_event(master_id, buildid: int, name: str, value: Any, source: Any, 
     must not be mistaken for a replay.
     """
     source = source if isinstance(source, str) else None
-    try:
-        blob = json.dumps([name, value, source], sort_keys=True, default=repr)
-    except (TypeError, ValueError):  # keys JSON can't hold or sort: the value's text will do
-        blob = repr([name, value, source])
+    blob = stable_text([name, value, source])
     digest = hashlib.sha1(well_formed(blob).encode()).hexdigest()[:16]
     suffix = f"-{repeat}" if repeat else ""
     return _event(

@@ -16,7 +16,6 @@ on.
 
 from __future__ import annotations
 
-import json
 import os
 
 from buildbot import config
@@ -63,10 +62,7 @@ FINISHED_BUILDS_KEPT = 500
 
 
 def _prop_key(value, source) -> str:
-    try:
-        return json.dumps([value, source], sort_keys=True, default=repr)
-    except (TypeError, ValueError):  # keys that cannot be sorted (1 and "a"): the text will do
-        return repr([value, source])
+    return events.stable_text([value, source])
 
 
 class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
@@ -109,7 +105,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         elif isinstance(master_id, str) and len(master_id.encode("utf-8", "replace")) > 256:
             # The daemon would refuse every event.
             config.error("BuildstoreReporter: master_id must be at most 256 bytes")
-        elif isinstance(master_id, int) and not -(1 << 63) <= master_id < (1 << 63):
+        elif isinstance(master_id, int) and not events.fits_64_bits(master_id):
             config.error("BuildstoreReporter: master_id must be a 64-bit integer")
         if not isinstance(queue_size, int) or queue_size < 1:
             config.error("BuildstoreReporter: queue_size must be a positive integer")

@@ -165,15 +165,10 @@ pub async fn run(
             if let Some(mut taken) = queue.pop_front() {
                 // Folding reads the store: one that does not answer does not hold the stop up
                 // past the grace period either.
-                let prepared = tokio::select! {
-                    prepared = applier.prepare(store.as_ref(), &mut taken.events, false) => prepared,
-                    () = grace_over(&mut stop, &mut deadline, grace) => {
-                        tracing::warn!(
-                            "grace period over while reading the store: what is left in the \
-                             spool is applied at the next start"
-                        );
-                        return;
-                    }
+                let folding = applier.prepare(store.as_ref(), &mut taken.events, false);
+                let Some(prepared) = within_grace(folding, &mut stop, &mut deadline, grace).await
+                else {
+                    return;
                 };
                 match prepared {
                     Ok(prepared) => ready = Some((taken, prepared)),
@@ -194,17 +189,11 @@ pub async fn run(
             // A store that hangs on a write (a lock held by another program) does not hold the
             // stop past the grace period. The write is dropped unconfirmed: its events stay in
             // the spool, and applying them again at the next start changes nothing.
-            let written = tokio::select! {
-                written = &mut write => written.unwrap_or_else(|e| Err(StoreError::Task(e.to_string()))),
-                () = grace_over(&mut stop, &mut deadline, grace) => {
-                    tracing::warn!(
-                        "grace period over during a store write: what is left in the spool is \
-                         applied at the next start"
-                    );
-                    return;
-                }
+            let Some(written) = within_grace(&mut write, &mut stop, &mut deadline, grace).await
+            else {
+                return;
             };
-            match written {
+            match written.unwrap_or_else(|e| Err(StoreError::Task(e.to_string()))) {
                 Ok(()) => {
                     counters.store_errors_in_a_row.store(0, Ordering::Relaxed);
                     let next = ready.as_ref().map(|(_, p)| p);
@@ -253,6 +242,26 @@ pub async fn run(
 fn arm_deadline(stop: &watch::Receiver<bool>, deadline: &mut Option<Instant>, grace: Duration) {
     if deadline.is_none() && *stop.borrow() {
         *deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
+    }
+}
+
+/// The result of `work`, or None (and a warning) if a stop lasts the grace period, or the engine
+/// goes, before it ends: what is left in the spool is then applied at the next start.
+async fn within_grace<T>(
+    work: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<bool>,
+    deadline: &mut Option<Instant>,
+    grace: Duration,
+) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        () = grace_over(stop, deadline, grace) => {
+            tracing::warn!(
+                "grace period over with the store still busy: what is left in the spool is \
+                 applied at the next start"
+            );
+            None
+        }
     }
 }
 

@@ -74,13 +74,9 @@ impl Listen {
     fn place(&self) -> Listen {
         match self {
             Listen::Tcp(_) => self.clone(),
+            // `absolute` drops `.` components, and leaves `..` and links as they are.
             Listen::Unix(path) => {
-                let full = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-                Listen::Unix(
-                    full.components()
-                        .filter(|c| *c != std::path::Component::CurDir)
-                        .collect(),
-                )
+                Listen::Unix(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
             }
         }
     }

@@ -110,7 +110,7 @@ async fn many_concurrent_appends_are_durable_and_handed_over_in_id_order() {
     for i in 0..500 {
         let a = appender.clone();
         tasks.push(tokio::spawn(async move {
-            (a.append(event(i)).await.unwrap(), i)
+            (a.append(event(i), event(i).to_line()).await.unwrap(), i)
         }));
     }
     let mut ids = Vec::new();
@@ -145,9 +145,12 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
     let held = Arc::new(AtomicU64::new(0));
     let one = event(0).to_line().len() as u64;
     let (appender, _task) = writer(&spool, &held, one * 2 + one / 2);
-    let first = appender.append(event(0)).await.unwrap();
-    appender.append(event(1)).await.unwrap();
-    let err = appender.append(event(2)).await.unwrap_err();
+    let first = appender.append(event(0), event(0).to_line()).await.unwrap();
+    appender.append(event(1), event(1).to_line()).await.unwrap();
+    let err = appender
+        .append(event(2), event(2).to_line())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, AppendError::Full(SpoolFull { held, .. }) if held == one * 2),
         "{err}"
@@ -159,7 +162,7 @@ async fn past_the_limit_appends_are_refused_not_dropped() {
         "the refused line is not in the spool"
     );
     held.fetch_sub(spool.release(first).unwrap(), Ordering::Relaxed);
-    appender.append(event(2)).await.unwrap();
+    appender.append(event(2), event(2).to_line()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,9 +142,8 @@ impl Appender {
         Ok(Pending(wait))
     }
 
-    /// Appends one event and returns its spool id once it is durable.
-    pub async fn append(&self, event: Event) -> Result<i64, AppendError> {
-        let line = event.to_line();
+    /// Appends one event, spooled as `line`, and returns its spool id once it is durable.
+    pub async fn append(&self, event: Event, line: String) -> Result<i64, AppendError> {
         // Nothing else is in its sequence: the caller waits for each append in turn.
         let alone = Sequence::default();
         self.submit(&mut vec![(event, line)], &alone)

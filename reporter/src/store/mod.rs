@@ -325,21 +325,29 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
     if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {
         return Ok(Box::new(MongoStore::open(location).await?));
     }
-    if let Some(path) = location.strip_prefix("sqlite:") {
-        if path.is_empty() {
-            return Err(StoreError::BadLocation(location.to_owned()));
-        }
-        if in_memory(path) {
-            return Err(StoreError::InMemory(location.to_owned()));
-        }
-        // `sqlite://x.db` names /x.db here, and x.db to tools that read it as a URL.
-        if path.starts_with("//") {
-            return Err(StoreError::SqliteUrl(location.to_owned()));
-        }
-        let store = SqliteStore::open(path).await?;
-        return Ok(Box::new(store));
+    if let Some(path) = sqlite_path(location)? {
+        return Ok(Box::new(SqliteStore::open(path).await?));
     }
     Err(StoreError::BadLocation(location.to_owned()))
+}
+
+/// The file of an SQLite location (`sqlite:PATH`), or None for any other kind; a form that can
+/// name no store file is an error that says why.
+fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
+    let Some(path) = location.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    if path.is_empty() {
+        return Err(StoreError::BadLocation(location.to_owned()));
+    }
+    if in_memory(path) {
+        return Err(StoreError::InMemory(location.to_owned()));
+    }
+    // `sqlite://x.db` names /x.db here, and x.db to tools that read it as a URL.
+    if path.starts_with("//") {
+        return Err(StoreError::SqliteUrl(location.to_owned()));
+    }
+    Ok(Some(path))
 }
 
 /// Whether SQLite would take `path` for an in-memory database, which no store can be. It takes
@@ -381,11 +389,7 @@ mod tests {
     /// started it wants: an embedding program's reporter shut down leaves no task behind.
     #[tokio::test]
     async fn preparing_in_the_background_ends_when_dropped() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let uri = format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=60000");
+        let uri = super::mongo::unreachable_uri(60_000);
         let store: std::sync::Arc<dyn super::Store> =
             std::sync::Arc::new(super::MongoStore::open(&uri).await.expect("a store"));
         let preparing = super::prepare_or_later(&store).await.expect("not an error");

@@ -17,15 +17,11 @@ pub struct WriterLock {
 /// Takes the writer's lock of the store at `location` (an SQLite store: a file `PATH.lock` next
 /// to it), or says that another process holds it. A MongoDB store gets none.
 pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
-    let Some(path) = location.strip_prefix("sqlite:") else {
+    // Locations no store can be at are refused when the store is opened, with the reason.
+    let Ok(Some(path)) = super::sqlite_path(location) else {
         return Ok(None);
     };
-    // Locations no store can be at are refused when the store is opened, with the reason.
-    if path.is_empty()
-        || super::in_memory(path)
-        || path.starts_with("//")
-        || std::path::Path::new(path).is_dir()
-    {
+    if std::path::Path::new(path).is_dir() {
         return Ok(None);
     }
     let lock = PathBuf::from(format!("{path}.lock"));

@@ -2,9 +2,8 @@
 //! mapped to the document and mutation they concern, statements that matched nothing looked into,
 //! and retries with backoff for the errors a server or network recovers from.
 
-use std::time::Duration;
-
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 use buildstore_schema::Collection;
@@ -181,13 +180,9 @@ pub async fn send(
                     message: err.1,
                 }));
             }
-            let matched = reply
-                .get("n")
-                .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-                .unwrap_or(0);
+            let matched = reply.get("n").and_then(whole).unwrap_or(0);
             if matched < n as i64 {
-                let group = &statements[start..start + n];
-                check_misses(db, *collection, group, location, redact).await?;
+                check_misses(&to, *collection, &statements[start..start + n]).await?;
             }
             start += n;
         }
@@ -221,12 +216,11 @@ impl Target<'_> {
 /// fit, and its events are folded again from what the store holds, rather than their changes
 /// being dropped without a word.
 async fn check_misses(
-    db: &Database,
+    to: &Target<'_>,
     collection: Collection,
     group: &[Statement],
-    location: &str,
-    redact: &Redactor,
 ) -> Result<(), Failure> {
+    let failure = |e| driver_failure(e, to.location, to.redact);
     let mut ids: Vec<&str> = group
         .iter()
         .filter(|s| !s.upsert)
@@ -236,17 +230,14 @@ async fn check_misses(
     ids.dedup();
     let mut stored: HashMap<String, Document> = HashMap::new();
     for chunk in ids.chunks(COMMAND_STATEMENTS) {
-        let mut cursor = db
+        let mut cursor = to
+            .db
             .collection::<Document>(collection.name())
             .find(doc! {"_id": {"$in": chunk}})
             .projection(doc! {"log_bytes": 1})
             .await
-            .map_err(|e| driver_failure(e, location, redact))?;
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .map_err(|e| driver_failure(e, location, redact))?
-        {
+            .map_err(failure)?;
+        while let Some(d) = cursor.try_next().await.map_err(failure)? {
             if let Ok(id) = d.get_str("_id").map(str::to_owned) {
                 stored.insert(id, d);
             }
@@ -264,7 +255,7 @@ async fn check_misses(
                 .get_document("log_bytes")
                 .ok()
                 .and_then(|b| b.get(g.channel.field()))
-                .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+                .and_then(whole)
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0);
             // The chunk was not written: a log at its end already holds it, any other does not.
@@ -279,6 +270,11 @@ async fn check_misses(
         }
     }
     Ok(())
+}
+
+/// A whole number as the server writes it: a 32- or 64-bit integer.
+fn whole(v: &Bson) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_i32().map(i64::from))
 }
 
 /// Inserts documents with deterministic `_id`s: a duplicate key means "already there".

@@ -566,6 +566,17 @@ impl Store for MongoStore {
     }
 }
 
+/// The URI of a server that does not answer (a port where nothing listens), waiting
+/// `selection_ms` for it at each try.
+#[cfg(test)]
+pub(crate) fn unreachable_uri(selection_ms: u64) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS={selection_ms}")
+}
+
 #[cfg(test)]
 #[path = "retry_tests.rs"]
 mod tests;

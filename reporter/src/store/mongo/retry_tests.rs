@@ -6,12 +6,7 @@ use super::*;
 
 /// A store on a port where nothing listens, each attempt waiting out a short server selection.
 async fn unreachable() -> MongoStore {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let uri = format!("mongodb://127.0.0.1:{port}/x?serverSelectionTimeoutMS=200");
-    MongoStore::open(&uri).await.unwrap()
+    MongoStore::open(&unreachable_uri(200)).await.unwrap()
 }
 
 fn batch() -> Batch {
