@@ -122,6 +122,15 @@ mod tests {
         drop(second.listener);
         second.file.remove();
         assert!(!path.exists());
+        // A file of another inode put there since stays, though nothing listens on it.
+        let third = BoundSocket::bind(&path).unwrap();
+        drop(third.listener);
+        // Made while the socket still holds its inode, so that it gets another.
+        let keep = dir.path().join("keep");
+        std::fs::write(&keep, "someone else's").unwrap();
+        std::fs::rename(&keep, &path).unwrap();
+        third.file.remove();
+        assert!(path.exists(), "another file stays");
     }
 
     #[tokio::test]

@@ -448,7 +448,7 @@ pub fn plan(mutations: &[Mutation], events: &[String], now: bson::DateTime) -> P
 
 /// `properties.NAME`, or `$setField` for names that a dotted path would misread.
 fn set_property(build_id: &str, name: &str, property: Bson) -> Statement {
-    if name.contains('.') || name.starts_with('$') {
+    if name.contains('.') {
         return Statement {
             q: doc! {"_id": build_id},
             u: Update::Pipeline(vec![doc! {"$set": {"properties": {"$setField": {
