@@ -29,6 +29,12 @@ pub fn example_files() -> Vec<PathBuf> {
     files
 }
 
+/// The smallest build the rules accept, and a step of it.
+pub const BUILD: &str =
+    r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"time":0}"#;
+pub const STEP: &str =
+    r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"s","time":1}"#;
+
 /// A fresh SQLite store in a temporary directory.
 pub struct Db {
     _dir: Option<tempfile::TempDir>,

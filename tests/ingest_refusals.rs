@@ -1,0 +1,301 @@
+//! Integration tests: what the real `buildstore ingest` refuses (bad lines, events the rules
+//! reject, ids and values no store could keep), and that what it refuses changes nothing.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn a_bad_line_is_reported_by_number_and_field_and_the_lines_before_it_stay_applied() {
+    let db = Db::new();
+    let bad = r#"{"type":"step_started","master_id":"m","build_id":1,"step":"one","name":"t"}"#;
+    let later = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    let out = db.ingest_text(&[BUILD, STEP, bad, later].join("\n"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("line 3: field `step`:"), "{err}");
+    assert_eq!(
+        db.doc("builds", "m/1")["steps"],
+        serde_json::json!(["m/1/0"])
+    );
+    assert_eq!(
+        db.doc("builds", "m/1")["result"],
+        Value::Null,
+        "nothing after the bad line was applied"
+    );
+
+    let db = Db::new();
+    let out = db.ingest_text(
+        &[BUILD, bad, "not json", "", later].join("\n"),
+        &["--keep-going"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 2: field `step`") && err.contains("line 3: not valid JSON"),
+        "{err}"
+    );
+    assert_eq!(
+        db.doc("builds", "m/1")["result"],
+        0,
+        "--keep-going applied the later line"
+    );
+}
+
+/// One event per batch: the store writes each batch while the next is folded, and a bad line or
+/// a rejected event still stops the run right there.
+#[test]
+fn with_one_event_per_batch_the_run_still_stops_at_the_first_bad_line_or_rejected_event() {
+    let finished = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    let unknown = r#"{"type":"step_finished","master_id":"m","build_id":1,"step":4,"result":0}"#;
+    for (third, message) in [
+        ("not json", "line 3: not valid JSON"),
+        (unknown, "line 3: unknown step 4 of build m/1"),
+    ] {
+        let db = Db::new();
+        let out = db.ingest_text(
+            &[BUILD, STEP, third, finished].join("\n"),
+            &["--batch-events", "1"],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains(message), "{err}");
+        assert!(err.contains("2 events applied"), "{err}");
+        assert_eq!(
+            db.doc("builds", "m/1")["steps"],
+            serde_json::json!(["m/1/0"])
+        );
+        assert_eq!(db.doc("builds", "m/1")["result"], Value::Null, "{third}");
+
+        // The step again, with the same `event_id`, right behind its first copy's batch.
+        let step = STEP.replace(r#""time":1"#, r#""time":1,"event_id":"s0""#);
+        let db = Db::new();
+        let out = db.ingest_text(
+            &[BUILD, &step, &step, third, finished].join("\n"),
+            &["--batch-events", "1", "--keep-going"],
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("3 events applied, 1 duplicates skipped"),
+            "{err}"
+        );
+        assert_eq!(db.doc("builds", "m/1")["result"], 0, "{third}");
+    }
+}
+
+#[test]
+fn events_for_unknown_builds_or_steps_are_rejected_and_change_nothing() {
+    let db = Db::new();
+    let lines = [
+        BUILD,
+        r#"{"type":"log","master_id":"m","build_id":1,"step":4,"channel":"stdout","text":"x"}"#,
+        r#"{"type":"step_finished","master_id":"m","build_id":1,"step":4,"result":0}"#,
+        r#"{"type":"property","master_id":"m","build_id":2,"name":"p","value":1}"#,
+        r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"x","offset":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(err.contains("line 2: unknown step 4 of build m/1"), "{err}");
+    assert!(err.contains("line 3: unknown step 4 of build m/1"), "{err}");
+    assert!(err.contains("line 4: unknown build m/2"), "{err}");
+    assert!(err.contains("line 5: unknown step 0"), "{err}");
+    assert!(db.export("steps").is_empty());
+    assert_eq!(db.export("builds").len(), 1);
+}
+
+#[test]
+fn a_property_that_would_outgrow_mongodbs_document_limit_is_rejected_and_the_build_carries_on() {
+    let db = Db::new();
+    let big = "x".repeat(1 << 20);
+    let mut lines = vec![BUILD.to_owned()];
+    for i in 0..16 {
+        lines.push(format!(
+            r#"{{"type":"property","master_id":"m","build_id":1,"name":"p{i}","value":"{big}"}}"#
+        ));
+    }
+    lines.push(r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#.into());
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 17: build m/1 would grow to") && err.contains("MongoDB holds at most"),
+        "{err}"
+    );
+    assert!(err.contains("1 lines rejected"), "{err}");
+    let build = db.doc("builds", "m/1");
+    let properties = build["properties"].as_object().expect("properties");
+    assert_eq!(properties.len(), 15);
+    assert!(!properties.contains_key("p15"));
+    assert_eq!(build["result"], 0, "the events after the refused one apply");
+}
+
+#[test]
+fn a_whole_number_beyond_64_bits_is_refused_rather_than_stored_rounded() {
+    let db = Db::new();
+    let wide = r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":[18446744073709551617]}"#;
+    let fits = r#"{"type":"property","master_id":"m","build_id":1,"name":"f","value":18446744073709551615e0}"#;
+    let out = db.ingest_text(&[BUILD, wide, fits].join("\n"), &["--keep-going"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 2: the whole number 18446744073709551617 does not fit in 64 bits"),
+        "{err}"
+    );
+    let properties = &db.doc("builds", "m/1")["properties"];
+    assert!(properties.get("n").is_none(), "{properties}");
+    assert_eq!(
+        properties["f"]["value"], 1.844_674_407_370_955_2e19,
+        "a double stays a double"
+    );
+}
+
+#[test]
+fn keys_that_bson_reads_as_typed_values_are_refused_and_the_build_stays_readable() {
+    let db = Db::new();
+    let lines = [
+        BUILD,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"q","value":{"a":1,"$oid":"x"}}"#,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"$date","value":"garbage"}"#,
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$numberLong":"5"}}"#,
+        r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 2: field `value`: cannot be stored (the key \"$oid\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 3: field `name`: the property name \"$date\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 4: field `value`: cannot be stored (the key \"$numberLong\""),
+        "{err}"
+    );
+    let build = db.doc("builds", "m/1");
+    assert_eq!(
+        build["properties"],
+        json!({}),
+        "nothing was stored as another type"
+    );
+    assert_eq!(
+        build["result"], 0,
+        "the build reads back and takes later events"
+    );
+}
+
+#[test]
+fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"builder_added","master_id":"m","builder":"a","event_id":""}"#,
+        r#"{"type":"builder_added","master_id":"m","builder":"b","event_id":""}"#,
+        r#"{"type":"builder_added","master_id":"m","builder":"c"}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: field `event_id` must not be empty"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: field `event_id` must not be empty"),
+        "{err}"
+    );
+    assert!(err.contains(" 0 duplicates skipped"), "{err}");
+    let names: Vec<Value> = db
+        .export("builders")
+        .into_iter()
+        .map(|b| b["name"].clone())
+        .collect();
+    assert_eq!(names, ["c"]);
+}
+
+#[test]
+fn ids_with_a_slash_are_rejected_rather_than_merged_into_another_build() {
+    // Joined with `/`, both would be the build `a/b/c`: the second would land in the first.
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"build_started","master_id":"a","build_id":"b/c","builder":"x","number":1,"time":"2026-01-01T00:00:00Z"}"#,
+        r#"{"type":"build_started","master_id":"a/b","build_id":"c","builder":"y","number":2,"time":"2026-01-01T00:00:00Z"}"#,
+        r#"{"type":"build_started","master_id":"a","build_id":"c","builder":"lin/64","number":3,"time":"2026-01-01T00:00:00Z"}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: field `build_id` must not contain `/`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: field `master_id` must not contain `/`"),
+        "{err}"
+    );
+    let builds: Vec<(Value, Value)> = db
+        .export("builds")
+        .into_iter()
+        .map(|b| (b["_id"].clone(), b["builder"].clone()))
+        .collect();
+    assert_eq!(builds, [(json!("a/c"), json!("lin/64"))]);
+}
+
+#[test]
+fn dot_and_dot_dot_are_rejected_as_ids_since_no_browser_could_reach_their_pages() {
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"build_started","master_id":"m","build_id":"..","builder":"x","number":1,"time":0}"#,
+        r#"{"type":"builder_added","master_id":".","builder":"x"}"#,
+        r#"{"type":"build_started","master_id":"m","build_id":"...","builder":"x","number":2,"time":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 1: field `build_id` must not be `..`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 2: field `master_id` must not be `.`"),
+        "{err}"
+    );
+    let builds: Vec<Value> = db
+        .export("builds")
+        .into_iter()
+        .map(|b| b["_id"].clone())
+        .collect();
+    assert_eq!(builds, [json!("m/...")]);
+    let builders: Vec<Value> = db
+        .export("builders")
+        .into_iter()
+        .map(|b| b["_id"].clone())
+        .collect();
+    assert_eq!(
+        builders,
+        [json!("m/x")],
+        "only the builder of the build accepted"
+    );
+}
+
+#[test]
+fn a_file_starting_with_a_byte_order_mark_ingests() {
+    let db = Db::new();
+    let text = format!("\u{feff}{BUILD}\r\n{STEP}\r\n");
+    let out = db.ingest_text(&text, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.export("steps").len(), 1);
+}
+
+#[test]
+fn a_proper_changeset_pattern_can_be_configured() {
+    let db = Db::new();
+    let lines = [
+        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"changeset":"trunk","time":0}"#,
+        r#"{"type":"changeset","master_id":"m","build_id":1,"changeset":"r1234"}"#,
+        r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#,
+    ];
+    let out = db.ingest_text(&lines.join("\n"), &["--proper-changeset", "^r[0-9]+$"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.doc("repository", "r1234")["builds"][0]["build"], "m/1");
+    let out = Db::new().ingest_text("", &["--proper-changeset", "("]);
+    assert_says(&out, "--proper-changeset");
+}
