@@ -14,47 +14,16 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any
 
 from twisted.internet import defer
-from twisted.internet import protocol
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import log
 
 from buildstore_buildbot.backlog import Backlog
 from buildstore_buildbot.backlog import BacklogError
+from buildstore_buildbot.connection import DaemonFactory
+from buildstore_buildbot.connection import DaemonProtocol
+from buildstore_buildbot.connection import make_endpoint
 from buildstore_buildbot.encoding import encode_event
-
-CONNECT_TIMEOUT = 10
-
-
-def parse_address(address: str) -> tuple[str, Any]:
-    """``tcp://HOST:PORT`` or ``unix:/PATH`` as ("tcp", (host, port)) or ("unix", path)."""
-    if address.startswith("unix:"):
-        path = address[len("unix:") :]
-        path = path.removeprefix("//")
-        if not path:
-            raise ValueError(f"{address!r}: no socket path")
-        return "unix", path
-    if address.startswith("tcp://"):
-        rest = address[len("tcp://") :].rstrip("/")
-        host, sep, port = rest.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{address!r}: expected tcp://HOST:PORT, PORT from 1 to 65535")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        return "tcp", (host, int(port))
-    raise ValueError(f"{address!r}: expected tcp://HOST:PORT or unix:/PATH")
-
-
-def make_endpoint(reactor, address: str):
-    kind, where = parse_address(address)
-    if kind == "unix":
-        return UNIXClientEndpoint(reactor, where, timeout=CONNECT_TIMEOUT)
-    host, port = where
-    return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
 
 
 def _summary(line: bytes, limit: int = 400) -> str:
@@ -93,34 +62,6 @@ def _run_on_safe(on_safe):
         on_safe()
     except Exception:
         log.err(None, "buildstore: while noting that an event is safe")
-
-
-class _DaemonProtocol(LineOnlyReceiver):
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 20
-
-    def __init__(self, client: BuildstoreClient):
-        self.client = client
-
-    def connectionMade(self):
-        self.client._connected(self)
-
-    def lineReceived(self, line: bytes):
-        self.client._reply(self, line)
-
-    def lineLengthExceeded(self, line):
-        self.client._drop_connection("reply line too long")
-
-    def connectionLost(self, reason=protocol.connectionDone):
-        self.client._disconnected(self, reason)
-
-
-class _Factory(protocol.Factory):
-    def __init__(self, client):
-        self.client = client
-
-    def buildProtocol(self, addr):
-        return _DaemonProtocol(self.client)
 
 
 class BuildstoreClient:
@@ -170,7 +111,7 @@ class BuildstoreClient:
         self.spilled = 0
         self.connections = 0
 
-        self._proto: _DaemonProtocol | None = None
+        self._proto: DaemonProtocol | None = None
         self._in_flight = 0
         self._in_flight_bytes = 0
         self._awaiting_hello = False
@@ -433,7 +374,7 @@ class BuildstoreClient:
         if not self._running or self._connecting or self._proto is not None:
             return
         self._connecting = True
-        d = self.endpoint.connect(_Factory(self))
+        d = self.endpoint.connect(DaemonFactory(self))
         d.addErrback(self._connect_failed)
 
     def _connect_failed(self, failure):

@@ -29,7 +29,7 @@ from buildstore_buildbot.backlog import BacklogError
 from buildstore_buildbot.backlog import open_backlog
 from buildstore_buildbot.builders import BuilderReports
 from buildstore_buildbot.client import BuildstoreClient
-from buildstore_buildbot.client import parse_address
+from buildstore_buildbot.connection import parse_address
 from buildstore_buildbot.jobs import OrderedJobs
 from buildstore_buildbot.jobs import wait_at_most
 from buildstore_buildbot.logs import LogReports

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from buildstore_buildbot import events
 from buildstore_buildbot.client import BuildstoreClient
-from buildstore_buildbot.client import parse_address
+from buildstore_buildbot.connection import parse_address
 from buildstore_buildbot.encoding import encode_event
 
 
