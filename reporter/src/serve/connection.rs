@@ -117,6 +117,13 @@ impl Conn {
         self.shared.totals.add(tally, n);
         self.me.counts.add(tally, n);
     }
+
+    /// Counts line `n` as rejected and gives the error reply after which the daemon closes the
+    /// connection (a wrong token, no hello).
+    fn refuse_and_close(&self, n: u64, message: impl std::fmt::Display) -> String {
+        self.count(Tally::Rejected);
+        error_reply(n, message, false, true)
+    }
 }
 
 /// Most lines submitted to the spool together.
@@ -247,8 +254,7 @@ async fn read_lines<R: AsyncRead + Unpin>(
                     // its next line.
                     _ = queue.queue.closed() => return Err(Ended),
                     _ = tokio::time::sleep_until(hello_by), if !authenticated => {
-                        conn.count(Tally::Rejected);
-                        let late = error_reply(line + 1, NO_HELLO_IN_TIME, false, true);
+                        let late = conn.refuse_and_close(line + 1, NO_HELLO_IN_TIME);
                         queue.push(Reply::Now(late)).await?;
                         return Err(Ended);
                     }
@@ -331,10 +337,7 @@ const NEEDS_HELLO: &str =
 /// What to do with one line.
 fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> Action {
     let shared = &conn.shared;
-    let hello_first = || {
-        conn.count(Tally::Rejected);
-        Action::Close(error_reply(n, NEEDS_HELLO, false, true))
-    };
+    let hello_first = || Action::Close(conn.refuse_and_close(n, NEEDS_HELLO));
     // Before the hello, any line but a hello ends the connection: an unauthenticated client is
     // not served, not even with error replies.
     let authed = *authenticated;
@@ -347,15 +350,12 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     };
     let bytes = match raw {
         RawLine::TooLong(len) if !authed => {
-            conn.count(Tally::Rejected);
-            return Action::Close(error_reply(
+            return Action::Close(conn.refuse_and_close(
                 n,
                 format!(
                     "line of {len} bytes is longer than the {HELLO_LIMIT} bytes a line may have \
                      before the hello: closing the connection"
                 ),
-                false,
-                true,
             ));
         }
         RawLine::TooLong(len) => {
@@ -388,13 +388,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
             (Some(_), None) => false,
         };
         if !accepted {
-            conn.count(Tally::Rejected);
-            return Action::Close(error_reply(
-                n,
-                "wrong token: closing the connection",
-                false,
-                true,
-            ));
+            return Action::Close(conn.refuse_and_close(n, "wrong token: closing the connection"));
         }
         *authenticated = true;
         return Action::Answer(json!({"hello": "ok"}).to_string());
