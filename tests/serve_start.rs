@@ -136,6 +136,28 @@ fn a_unix_socket_path_holding_a_file_or_a_live_socket_is_left_alone() {
     assert!(send_over(&sock, EVENT).contains(r#""ack":"e1""#));
 }
 
+/// Addresses are bound before the spool is opened: a start that fails on the spool removes the
+/// socket it made, as a stop does.
+#[test]
+fn the_unix_socket_goes_at_a_stop_and_after_a_failed_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("bs.sock");
+    let listen = format!("unix:{}", sock.display());
+    let _holder = Daemon::start(dir.path(), free_port(), &[]);
+    let spool = dir.path().join("spool").display().to_string();
+    let said = refused_to_start(
+        &own(dir.path(), "b"),
+        &["--listen", &listen, "--metrics", "off", "--spool", &spool],
+    );
+    assert!(said.contains("is in use"), "{said}");
+    assert!(!sock.exists(), "a failed start left its socket");
+
+    let daemon = Daemon::start(&own(dir.path(), "c"), free_port(), &["--listen", &listen]);
+    assert!(send_over(&sock, EVENT).contains(r#""ack":"e1""#));
+    assert!(daemon.stop().success());
+    assert!(!sock.exists(), "a stopped daemon left its socket");
+}
+
 #[test]
 fn a_spool_another_daemon_uses_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -212,10 +212,8 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         config.grace,
     ) {
         Ok(engine) => engine,
-        Err(e) => {
-            bound.remove_sockets();
-            return Err(e.into());
-        }
+        // The sockets made go with `bound`.
+        Err(e) => return Err(e.into()),
     };
     let shared = Arc::new(Shared::new(
         engine.appender.clone(),
@@ -297,9 +295,8 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
     } else {
         engine.finish(second).await;
     }
-    for file in &socket_files {
-        file.remove();
-    }
+    // The listeners are gone: each socket file goes with its `SocketFile`.
+    drop(socket_files);
     Ok(())
 }
 
@@ -320,13 +317,8 @@ impl Bound {
             metrics: None,
             web: None,
         };
-        match bound.bind(config).await {
-            Ok(()) => Ok(bound),
-            Err(e) => {
-                bound.remove_sockets();
-                Err(e)
-            }
-        }
+        // On a failure, the sockets already made go with `bound`.
+        bound.bind(config).await.map(|()| bound)
     }
 
     async fn bind(&mut self, config: &ServeConfig) -> Result<(), ServeError> {
@@ -364,13 +356,6 @@ impl Bound {
             tracing::info!(address = %addr, "serving the web pages");
         }
         Ok(())
-    }
-
-    fn remove_sockets(self) {
-        for (socket, _) in self.unix {
-            drop(socket.listener);
-            socket.file.remove();
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! a stale one from an earlier run replaced, a live one or anything else left alone, and at the
 //! end removed only if it is still the daemon's own.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::Mode;
@@ -37,7 +37,9 @@ impl BoundSocket {
     }
 }
 
-/// A socket file the daemon made: its path, device and inode.
+/// A socket file the daemon made: its path, device and inode. Dropped, it removes the file
+/// (see [`SocketFile::remove`]), so that every way out of the daemon, a failed start included,
+/// leaves no socket behind; the listener must be dropped first.
 pub struct SocketFile {
     path: PathBuf,
     file: (u64, u64),
@@ -56,17 +58,23 @@ impl SocketFile {
         &self.path
     }
 
-    /// Removes the file once the daemon no longer listens on it, unless another daemon has put
-    /// its own socket there since: a file of another inode, or one that takes connections (a
-    /// new file may get the inode of the one it replaced).
-    pub fn remove(&self) {
+    /// Removes the file once the daemon no longer listens on it, unless something else has
+    /// been put there since: a file of another inode, one that is not a socket, or a socket that
+    /// takes connections (a new file may get the inode of the one it replaced).
+    fn remove(&self) {
         let Ok(meta) = std::fs::symlink_metadata(&self.path) else {
             return;
         };
-        let ours = (meta.dev(), meta.ino()) == self.file;
+        let ours = meta.file_type().is_socket() && (meta.dev(), meta.ino()) == self.file;
         if ours && std::os::unix::net::UnixStream::connect(&self.path).is_err() {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -115,12 +123,12 @@ mod tests {
         let file = first.file;
         drop(first.listener);
         let second = BoundSocket::bind(&path).unwrap();
-        file.remove();
+        drop(file);
         assert!(path.exists(), "the second daemon's socket stays");
         // Changing the socket's mode does not make it someone else's.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
         drop(second.listener);
-        second.file.remove();
+        drop(second.file);
         assert!(!path.exists());
         // A file of another inode put there since stays, though nothing listens on it.
         let third = BoundSocket::bind(&path).unwrap();
@@ -129,8 +137,13 @@ mod tests {
         let keep = dir.path().join("keep");
         std::fs::write(&keep, "someone else's").unwrap();
         std::fs::rename(&keep, &path).unwrap();
-        third.file.remove();
+        drop(third.file);
         assert!(path.exists(), "another file stays");
+        // So does a file that is not a socket, though it has the inode the daemon's socket had.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        drop(SocketFile::of(&path).unwrap());
+        assert!(path.exists(), "a regular file stays");
     }
 
     #[tokio::test]
