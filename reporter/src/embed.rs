@@ -3,14 +3,14 @@
 //! the daemon would acknowledge it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use buildstore_schema::Event;
 
 use crate::core::CoreConfig;
-use crate::serve::engine::Engine;
+use crate::serve::engine::{Engine, EventIds};
 use crate::spool::{AppendError, SpoolError};
 use crate::store::{self, StoreError};
 
@@ -75,8 +75,7 @@ pub struct Reporter {
     /// A store that was down at start, prepared once it answers; not after the reporter.
     _preparing: Option<store::Preparing>,
     _writer: Option<store::WriterLock>,
-    boot: String,
-    assigned: AtomicU64,
+    ids: EventIds,
     last_sent: Arc<AtomicI64>,
 }
 
@@ -100,8 +99,7 @@ impl Reporter {
             spool_max: config.spool_max,
             _preparing: preparing,
             _writer: writer,
-            boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
-            assigned: AtomicU64::new(0),
+            ids: EventIds::new(),
             last_sent: Arc::new(AtomicI64::new(0)),
         })
     }
@@ -117,11 +115,7 @@ impl Reporter {
         let id = match &event.event_id {
             Some(id) => id.clone(),
             None => {
-                let id = format!(
-                    "bs-{}-{}",
-                    self.boot,
-                    self.assigned.fetch_add(1, Ordering::Relaxed)
-                );
+                let id = self.ids.next();
                 event.event_id = Some(id.clone());
                 id
             }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::watch;
 
+use super::engine::EventIds;
 use super::lines::{buffered_line, next_line, RawLine};
 use super::replies::{write_replies, Replies, Reply, Submitted};
 use crate::spool::{Appender, Sequence};
@@ -35,9 +36,7 @@ pub struct Shared {
     pub token: Option<String>,
     /// A client that does not take a reply within this long is disconnected.
     pub reply_timeout: Duration,
-    /// Makes assigned event ids unique across restarts of the daemon.
-    pub boot: String,
-    pub assigned: AtomicU64,
+    pub ids: EventIds,
     /// Counts over all connections since the start.
     pub totals: LineCounts,
     /// The open connections by number, for per-connection metrics; closed ones leave.
@@ -57,8 +56,7 @@ impl Shared {
             line_limit,
             token,
             reply_timeout,
-            boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
-            assigned: AtomicU64::new(0),
+            ids: EventIds::new(),
             totals: LineCounts::default(),
             open: Mutex::new(BTreeMap::new()),
             connections_total: AtomicU64::new(0),
@@ -410,8 +408,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     // make it many times as long.
     let mut added = String::new();
     if event.event_id.is_none() {
-        let seq = shared.assigned.fetch_add(1, Ordering::Relaxed);
-        let id = format!("bs-{}-{seq}", shared.boot);
+        let id = shared.ids.next();
         added.push_str(&format!(",\"event_id\":\"{id}\""));
         event.event_id = Some(id);
     }

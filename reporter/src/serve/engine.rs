@@ -3,7 +3,7 @@
 //! ([`crate::Reporter`]) hands it events directly.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,27 @@ const HANDOFF_BYTES: usize = 64 << 20;
 /// How long a stop that cannot wait lets the store write under way end: one cut off may leave a
 /// MongoDB batch in part, which the next start folds again from.
 const NOW_WAIT: Duration = Duration::from_secs(15);
+
+/// The ids given to events that come without an `event_id`: numbered within one start, and
+/// unique across starts through the time of the start, so that an id never names two events.
+pub struct EventIds {
+    boot: String,
+    next: AtomicU64,
+}
+
+impl EventIds {
+    pub fn new() -> EventIds {
+        EventIds {
+            boot: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("bs-{}-{seq}", self.boot)
+    }
+}
 
 pub struct Engine {
     pub spool: Spool,
