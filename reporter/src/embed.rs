@@ -84,8 +84,8 @@ impl Reporter {
     /// the spool by an earlier run are applied first. A store that is down does not stop it, as
     /// it does not stop `buildstore serve`: events are spooled until the store answers.
     pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
-        let writer = store::lock_writer(&config.store)?;
-        let store: Arc<dyn store::Store> = Arc::from(store::open(&config.store).await?);
+        let (store, writer) = store::open_for_writing(&config.store).await?;
+        let store: Arc<dyn store::Store> = Arc::from(store);
         let preparing = store::prepare_or_later(&store).await?;
         let engine = Engine::start(
             &config.spool,

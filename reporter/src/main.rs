@@ -260,8 +260,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(file)
                 }
             };
-            let _writer = store::lock_writer(&location)?;
-            let store = open(&location).await?;
+            let (store, _writer) = store::open_for_writing(&location)
+                .await
+                .context("opening the store")?;
             store.init().await.context("preparing the store")?;
             let options = IngestOptions {
                 keep_going,
@@ -297,8 +298,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spool_max,
                 grace,
             )?;
-            let _writer = store::lock_writer(&location)?;
-            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(open(&location).await?);
+            let (store, _writer) = store::open_for_writing(&location)
+                .await
+                .context("opening the store")?;
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
             let _preparing = store::prepare_or_later(&store)
                 .await
                 .context("preparing the store")?;

@@ -331,6 +331,16 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
     Err(StoreError::BadLocation(location.to_owned()))
 }
 
+/// Opens the store a location names for writing. An SQLite store is locked first, against a
+/// second process writing it at once (see [`lock_writer`]); the lock holds while the returned
+/// guard lives, which must be as long as the store is written.
+pub async fn open_for_writing(
+    location: &str,
+) -> Result<(Box<dyn Store>, Option<WriterLock>), StoreError> {
+    let lock = lock_writer(location)?;
+    Ok((open(location).await?, lock))
+}
+
 /// The file of an SQLite location (`sqlite:PATH`), or None for any other kind; a form that can
 /// name no store file is an error that says why.
 fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
