@@ -204,19 +204,46 @@ impl Spool {
         let inserted = conn
             .prepare_cached("INSERT INTO groups (last, first, lines) VALUES (?1, ?2, ?3)")
             .and_then(|mut st| st.execute(params![last, first, joined(lines)]));
+        let added: usize = lines.iter().map(String::len).sum();
         if let Err(e) = inserted {
             // A failed commit may still have reached the file; the next group must not reuse
             // the ids it may hold.
             if let Ok(seq) = conn.query_row(NEXT_ID, [], |r| r.get::<_, i64>(0)) {
                 self.next.fetch_max(seq, Ordering::AcqRel);
             }
+            if self.undo_failed_group(&conn, last) {
+                // It stays, and the drain will apply it: counted, it is released like any other.
+                self.count(lines.len(), added);
+            }
             return Err(self.err()(e));
         }
         self.next.store(last + 1, Ordering::Release);
-        self.events.fetch_add(lines.len() as u64, Ordering::Relaxed);
-        let added: usize = lines.iter().map(String::len).sum();
-        self.bytes.fetch_add(added as u64, Ordering::Relaxed);
+        self.count(lines.len(), added);
         Ok(first)
+    }
+
+    fn count(&self, events: usize, bytes: usize) {
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Removes the group ending at `last` after its append failed: the sender is told that
+    /// nothing of it was kept, and one that finds it there anyway would be applied and then sent
+    /// again. Returns whether the group is still there (it could not be removed), or may be.
+    fn undo_failed_group(&self, conn: &Connection, last: i64) -> bool {
+        match conn.execute("DELETE FROM groups WHERE last = ?1", [last]) {
+            Ok(_) => false,
+            Err(e) => {
+                let there = conn
+                    .query_row("SELECT 1 FROM groups WHERE last = ?1", [last], |_| Ok(()))
+                    .optional();
+                let stays = !matches!(there, Ok(None));
+                if stays {
+                    tracing::error!(error = %e, last, "a group whose spool write failed may stay in the spool and be applied");
+                }
+                stays
+            }
+        }
     }
 
     /// The id the next appended event gets; every event below it is durable.
@@ -273,9 +300,8 @@ impl Spool {
             .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
         let bytes = u64::try_from(bytes).unwrap_or(0);
-        self.events
-            .fetch_sub(u64::try_from(events).unwrap_or(0), Ordering::Relaxed);
-        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        subtract(&self.events, u64::try_from(events).unwrap_or(0));
+        subtract(&self.bytes, bytes);
         Ok(bytes)
     }
 
@@ -295,6 +321,14 @@ impl Spool {
             .map(Option::flatten)
             .map_err(self.err())
     }
+}
+
+/// Takes `n` from a count without going below zero: a count that had missed a group (one whose
+/// failed append could not be told apart) must not wrap to 2^64 when that group is released.
+fn subtract(count: &AtomicU64, n: u64) {
+    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+        Some(c.saturating_sub(n))
+    });
 }
 
 /// Spools of earlier versions kept one row per event in `events`: their events become groups

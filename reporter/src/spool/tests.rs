@@ -338,3 +338,41 @@ async fn once_a_write_fails_the_later_submissions_of_its_sequence_fail_unwritten
     let sent = vec![event(0).to_line(), event(1).to_line()];
     assert_eq!(text(&spool.read(first, 10).unwrap()), sent);
 }
+
+/// A commit may report a failure and still have reached the file. The sender is told nothing
+/// of the group was kept, so a group found there is taken out again rather than applied.
+#[test]
+fn a_group_found_in_the_spool_after_its_append_failed_is_taken_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let first = spool.append(&lines(2)).unwrap();
+    // The group a failed append left behind, not counted in the depth.
+    let conn = spool.lock();
+    conn.execute(
+        "INSERT INTO groups (last, first, lines) VALUES (?1, ?2, ?3)",
+        params![first + 4, first + 2, joined(&lines(3))],
+    )
+    .unwrap();
+    assert!(!spool.undo_failed_group(&conn, first + 4), "taken out");
+    drop(conn);
+    assert_eq!(text(&spool.read(first, 10).unwrap()), lines(2));
+    assert_eq!(spool.depth().events, 2);
+}
+
+#[test]
+fn releasing_a_group_the_depth_missed_does_not_wrap_the_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let first = spool.append(&lines(2)).unwrap();
+    // As if an append had failed after reaching the file, and the group could not be removed.
+    spool.events.store(0, Ordering::Relaxed);
+    spool.bytes.store(0, Ordering::Relaxed);
+    spool.release(first + 1).unwrap();
+    assert_eq!(
+        spool.depth(),
+        Depth {
+            events: 0,
+            bytes: 0
+        }
+    );
+}
