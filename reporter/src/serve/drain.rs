@@ -21,6 +21,10 @@ use crate::store::{Apply, StoreError};
 /// Most events per batch. Big enough that a store write carries a backlog away in few
 /// transactions (a document touched by many events of a batch is written once).
 const BATCH_EVENTS: usize = 4000;
+/// Most bytes of lines per batch read back from the spool file. A spool may hold a gigabyte
+/// after an outage, and each line is held several times over while it is folded and written
+/// (as its event, its mutations, the store's statements), two batches at once.
+const BATCH_BYTES: usize = 32 << 20;
 /// The longest wait between tries at a store that keeps failing.
 const MAX_BACK_OFF: Duration = Duration::from_secs(30);
 /// How long a batch may wait for more events when the spool is idle.
@@ -382,14 +386,15 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
         return None;
     }
     let s = spool.clone();
-    let spooled = match tokio::task::spawn_blocking(move || s.read(next, BATCH_EVENTS)).await {
-        Ok(Ok(p)) => p,
-        other => {
-            tracing::error!(?other, "reading the spool failed");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return None;
-        }
-    };
+    let spooled =
+        match tokio::task::spawn_blocking(move || s.read(next, BATCH_EVENTS, BATCH_BYTES)).await {
+            Ok(Ok(p)) => p,
+            other => {
+                tracing::error!(?other, "reading the spool failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return None;
+            }
+        };
     let through = spooled.last()?.id;
     // Lines were validated before they were spooled; one that no longer parses is reported and
     // skipped rather than blocking everything behind it. They are read without the check on

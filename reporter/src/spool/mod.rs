@@ -251,15 +251,22 @@ impl Spool {
         self.next.load(Ordering::Acquire)
     }
 
-    /// Up to `limit` events with ids from `from` on, oldest first.
-    pub fn read(&self, from: i64, limit: usize) -> Result<Vec<Spooled>, SpoolError> {
+    /// Up to `limit` events with ids from `from` on, oldest first, and no more than `max_bytes`
+    /// of lines, though always the first event, however long.
+    pub fn read(
+        &self,
+        from: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached("SELECT first, lines FROM groups WHERE last >= ?1 ORDER BY last")
             .map_err(self.err())?;
         let mut rows = st.query([from]).map_err(self.err())?;
         let mut out = Vec::new();
-        while out.len() < limit {
+        let mut bytes = 0;
+        'rows: while out.len() < limit {
             let Some(row) = rows.next().map_err(self.err())? else {
                 break;
             };
@@ -274,6 +281,10 @@ impl Spool {
                 }
                 if out.len() == limit {
                     break;
+                }
+                bytes += line.len();
+                if bytes > max_bytes && !out.is_empty() {
+                    break 'rows;
                 }
                 out.push(Spooled {
                     id,

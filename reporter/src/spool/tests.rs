@@ -43,7 +43,7 @@ fn events_come_out_in_order_and_survive_reopening() {
     assert_eq!(second, first + 3, "ids run on from group to group");
     drop(spool);
     let spool = Spool::open(dir.path()).unwrap();
-    let got = spool.read(first, 100).unwrap();
+    let got = spool.read(first, 100, usize::MAX).unwrap();
     assert_eq!(text(&got), lines(5));
     assert_eq!(
         got.iter().map(|s| s.id).collect::<Vec<_>>(),
@@ -64,7 +64,7 @@ fn a_read_may_start_and_end_inside_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let first = spool.append(&lines(6)).unwrap();
-    let got = spool.read(first + 2, 3).unwrap();
+    let got = spool.read(first + 2, 3, usize::MAX).unwrap();
     assert_eq!(text(&got), lines(6)[2..5].to_vec());
     assert_eq!(got[0].id, first + 2);
 }
@@ -82,7 +82,7 @@ fn release_forgets_only_whole_groups_confirmed_and_ids_never_repeat() {
         "the first group only: the second is confirmed in part"
     );
     assert_eq!(spool.oldest().unwrap(), Some(second));
-    assert_eq!(text(&spool.read(first, 10).unwrap()), lines(2));
+    assert_eq!(text(&spool.read(first, 10, usize::MAX).unwrap()), lines(2));
     spool.release(second + 1).unwrap();
     assert_eq!(spool.oldest().unwrap(), None);
     assert_eq!(spool.depth(), Depth::default());
@@ -132,7 +132,7 @@ async fn many_concurrent_appends_are_durable_and_handed_over_in_id_order() {
         assert_eq!((id, e), (spooled, &event(*i)));
     }
     // And the file holds the same events, as the drain would read them after a restart.
-    let read = spool.read(ids[0].0, 1000).unwrap();
+    let read = spool.read(ids[0].0, 1000, usize::MAX).unwrap();
     for (s, (id, e)) in read.iter().zip(&handed) {
         assert_eq!((&s.id, &Event::parse(&s.line).unwrap()), (id, e));
     }
@@ -193,7 +193,7 @@ async fn a_submitted_run_gets_consecutive_ids_as_far_as_it_fits() {
     }
     for t in tasks {
         let (first, r) = t.await.unwrap();
-        let read = spool.read(first, 10).unwrap();
+        let read = spool.read(first, 10, usize::MAX).unwrap();
         let got: Vec<Event> = read
             .iter()
             .map(|s| Event::parse(&s.line).unwrap())
@@ -298,7 +298,10 @@ fn a_spool_of_the_one_row_per_event_layout_is_converted_in_order() {
     let spool = Spool::open(dir.path()).unwrap();
     let first = spool.oldest().unwrap().unwrap();
     assert!(first > 5000, "converted ids come after every old one");
-    assert_eq!(text(&spool.read(0, 10_000).unwrap()), lines(5000)[10..]);
+    assert_eq!(
+        text(&spool.read(0, 10_000, usize::MAX).unwrap()),
+        lines(5000)[10..]
+    );
     assert_eq!(spool.depth().events, 4990);
     assert_eq!(spool.next_id(), first + 4990);
 }
@@ -336,7 +339,7 @@ async fn once_a_write_fails_the_later_submissions_of_its_sequence_fail_unwritten
         .await
         .unwrap();
     let sent = vec![event(0).to_line(), event(1).to_line()];
-    assert_eq!(text(&spool.read(first, 10).unwrap()), sent);
+    assert_eq!(text(&spool.read(first, 10, usize::MAX).unwrap()), sent);
 }
 
 /// A commit may report a failure and still have reached the file. The sender is told nothing
@@ -355,7 +358,7 @@ fn a_group_found_in_the_spool_after_its_append_failed_is_taken_out() {
     .unwrap();
     assert!(!spool.undo_failed_group(&conn, first + 4), "taken out");
     drop(conn);
-    assert_eq!(text(&spool.read(first, 10).unwrap()), lines(2));
+    assert_eq!(text(&spool.read(first, 10, usize::MAX).unwrap()), lines(2));
     assert_eq!(spool.depth().events, 2);
 }
 
@@ -375,4 +378,19 @@ fn releasing_a_group_the_depth_missed_does_not_wrap_the_depth() {
             bytes: 0
         }
     );
+}
+
+/// After an outage the spool may hold a gigabyte: the drain reads it back a bounded slice at a
+/// time, and a line longer than the bound on its own still comes out.
+#[test]
+fn a_read_stops_at_its_byte_budget_but_always_takes_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let long: Vec<String> = (0..5).map(|i| format!("{i}{}", "x".repeat(99))).collect();
+    let first = spool.append(&long[..2]).unwrap();
+    spool.append(&long[2..]).unwrap();
+    assert_eq!(text(&spool.read(first, 10, 250).unwrap()), long[..2]);
+    assert_eq!(text(&spool.read(first + 1, 10, 300).unwrap()), long[1..4]);
+    assert_eq!(text(&spool.read(first, 10, 10).unwrap()), long[..1]);
+    assert_eq!(text(&spool.read(first, 10, usize::MAX).unwrap()), long);
 }
