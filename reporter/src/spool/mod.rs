@@ -146,7 +146,13 @@ impl Spool {
             source,
         };
         let mut conn = Connection::open(&file).map_err(err)?;
+        // Pages freed by releases can be given back to the file system (see `shrink`); it must
+        // be said before the first table is made, or turned on by a VACUUM.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEPT)
             .map_err(err)?;
         // FULL: the fsync at commit is what an acknowledgement promises.
         conn.pragma_update(None, "synchronous", "FULL")
@@ -159,6 +165,7 @@ impl Spool {
         )
         .map_err(err)?;
         convert_one_row_per_event(&mut conn).map_err(err)?;
+        vacuum_older_spool_if_empty(&conn).map_err(err)?;
         let next: i64 = conn.query_row(NEXT_ID, [], |r| r.get(0)).map_err(err)?;
         let (events, bytes): (i64, i64) = conn
             .query_row(&format!("SELECT {COUNTS} FROM groups"), [], |r| {
@@ -313,6 +320,11 @@ impl Spool {
         let bytes = u64::try_from(bytes).unwrap_or(0);
         subtract(&self.events, u64::try_from(events).unwrap_or(0));
         subtract(&self.bytes, bytes);
+        if self.events.load(Ordering::Relaxed) == 0 {
+            if let Err(e) = shrink(&conn) {
+                tracing::warn!(error = %e, spool = %self.path, "could not shrink the spool file");
+            }
+        }
         Ok(bytes)
     }
 
@@ -332,6 +344,39 @@ impl Spool {
             .map(Option::flatten)
             .map_err(self.err())
     }
+}
+
+/// Free pages past which an empty spool gives its space back: a spool that grew to a gigabyte
+/// through an outage does not keep that gigabyte once drained.
+const FREE_PAGES_KEPT: i64 = 1024;
+/// Bytes of write-ahead log kept after a checkpoint.
+const WAL_KEPT: i64 = 16 << 20;
+
+/// Gives the spool's free pages back to the file system, once there are many of them. Called
+/// only when the spool is empty, so that no page of a waiting event has to move.
+fn shrink(conn: &Connection) -> rusqlite::Result<()> {
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    if free < FREE_PAGES_KEPT {
+        return Ok(());
+    }
+    // Each step frees some pages: stepped to the end, it frees them all.
+    let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut steps = vacuum.query([])?;
+    while steps.next()?.is_some() {}
+    // The main file is cut at the checkpoint; TRUNCATE empties the log too.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
+/// A spool made by an earlier version has no `auto_vacuum`: turned on while it is empty, its
+/// free pages can be given back from then on.
+fn vacuum_older_spool_if_empty(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    let empty: bool =
+        conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM groups)", [], |r| r.get(0))?;
+    if mode == 0 && empty {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+    }
+    Ok(())
 }
 
 /// Takes `n` from a count without going below zero: a count that had missed a group (one whose

@@ -394,3 +394,48 @@ fn a_read_stops_at_its_byte_budget_but_always_takes_one_line() {
     assert_eq!(text(&spool.read(first, 10, 10).unwrap()), long[..1]);
     assert_eq!(text(&spool.read(first, 10, usize::MAX).unwrap()), long);
 }
+
+/// A spool that grew through an outage gives the space back once it is drained.
+#[test]
+fn a_drained_spool_gives_its_disk_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let size = || {
+        ["spool.db", "spool.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    };
+    let line = "x".repeat(1 << 20);
+    let mut last = 0;
+    for _ in 0..20 {
+        last = spool.append(std::slice::from_ref(&line)).unwrap();
+    }
+    assert!(size() > 20 << 20, "{} bytes", size());
+    spool.release(last - 1).unwrap();
+    assert!(size() > 1 << 20, "one event still waits: {} bytes", size());
+    spool.release(last).unwrap();
+    assert!(size() < 1 << 20, "{} bytes after the spool emptied", size());
+    let again = spool.append(&lines(3)).unwrap();
+    assert_eq!(text(&spool.read(again, 10, usize::MAX).unwrap()), lines(3));
+}
+
+/// A spool file of an earlier version, made without `auto_vacuum`, gets it when found empty.
+#[test]
+fn an_older_spool_found_empty_can_give_space_back_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+    old.execute_batch(
+        "CREATE TABLE groups (last INTEGER PRIMARY KEY AUTOINCREMENT, first INTEGER NOT NULL,
+                              lines BLOB NOT NULL);",
+    )
+    .unwrap();
+    drop(old);
+    let spool = Spool::open(dir.path()).unwrap();
+    let mode: i64 = spool
+        .lock()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 2, "incremental");
+}
