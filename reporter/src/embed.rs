@@ -107,6 +107,11 @@ impl Reporter {
     /// Sends one event and returns its `event_id` (assigned if it had none) once it is durable.
     /// Events sent one after the other are applied in that order. An event without a `time`
     /// gets the time it was sent, not the time the store gets it.
+    ///
+    /// A `send` given up before it returns (dropped, or under a timeout) may still have spooled
+    /// the event, which is then applied. Sending it again is safe when the event carries an
+    /// `event_id` of its own: the store skips it. One without an id would get another id and be
+    /// applied twice.
     pub async fn send(&self, mut event: Event) -> Result<String, ReporterError> {
         crate::core::check_standalone(&event)?;
         event
