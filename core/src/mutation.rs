@@ -101,6 +101,11 @@ pub enum InlineUpdate {
 pub struct Batch {
     pub mutations: Vec<Mutation>,
     pub events: Vec<String>,
+    /// The keys of log chunks folded without an offset, each with the offset it was folded at.
+    /// A store that may keep part of a batch (MongoDB) records them before anything else: folded
+    /// again after a crash, such a chunk goes where it went the first time, rather than after
+    /// itself.
+    pub pins: Vec<(String, u64)>,
 }
 
 impl Batch {

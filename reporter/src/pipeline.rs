@@ -124,7 +124,7 @@ impl Applier {
                 .cloned()
                 .collect()
         };
-        let applied_before = if unknown.is_empty() {
+        let known = if unknown.is_empty() {
             Default::default()
         } else {
             store.applied_events(&unknown).await?
@@ -153,18 +153,27 @@ impl Applier {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut builds = HashSet::default();
         for ((event, key), build) in events.iter_mut().zip(keys).zip(&build_ids) {
+            // A chunk pinned by a batch the store began to write goes where it went then.
+            let mut pinned = None;
             if let Some(key) = &key {
                 // Recent keys include those of this chunk applied so far.
-                if self.is_recent(key) || applied_before.contains(key) {
+                if self.is_recent(key) || known.applied.contains(key) {
                     outcomes.push(Outcome::Duplicate);
                     continue;
+                }
+                pinned = known.pinned.get(key).copied();
+                if let (Some(offset), EventKind::Log(log)) = (pinned, &mut event.kind) {
+                    log.offset.get_or_insert(offset);
                 }
             }
             match self.core.apply(event, received) {
                 Ok(mutations) => {
-                    pin_log_offset(event, &mutations);
+                    let pinned = pin_log_offset(event, &mutations).or(pinned);
                     batch.mutations.extend(mutations);
                     if let Some(key) = key {
+                        if let Some(offset) = pinned {
+                            batch.pins.push((key.clone(), offset));
+                        }
                         // Counted as applied from now on: the batch is on its way to the store,
                         // and if the store does not take it, `forget` clears this.
                         self.recent[0].insert(key.clone());
@@ -212,16 +221,19 @@ impl Applier {
     }
 }
 
-/// Gives a log chunk folded without an offset the offset it was folded at.
-fn pin_log_offset(event: &mut Event, mutations: &[Mutation]) {
-    if let EventKind::Log(log) = &mut event.kind {
-        if log.offset.is_none() {
-            log.offset = mutations.iter().find_map(|m| match m {
-                Mutation::AppendLog { offset, .. } => Some(*offset),
-                _ => None,
-            });
-        }
+/// Gives a log chunk folded without an offset the offset it was folded at, and returns it.
+fn pin_log_offset(event: &mut Event, mutations: &[Mutation]) -> Option<u64> {
+    let EventKind::Log(log) = &mut event.kind else {
+        return None;
+    };
+    if log.offset.is_some() {
+        return None;
     }
+    log.offset = mutations.iter().find_map(|m| match m {
+        Mutation::AppendLog { offset, .. } => Some(*offset),
+        _ => None,
+    });
+    log.offset
 }
 
 /// Options of [`ingest`].

@@ -1,7 +1,6 @@
 //! The drain's rules: spool order whatever the way events come, and no event lost or doubled
 //! when a store write fails while the next batch is being folded.
 
-use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
 
 use async_trait::async_trait;
@@ -10,7 +9,7 @@ use buildstore_schema::Collection;
 
 use super::*;
 use crate::core::{Batch, BuildSnapshot, Core, CoreConfig};
-use crate::store::{open_in, SqliteStore, Store};
+use crate::store::{open_in, KnownEvents, SqliteStore, Store};
 
 #[tokio::test]
 async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
@@ -91,7 +90,7 @@ impl Apply for FailingWrite {
                     self.inner
                         .apply(Arc::new(Batch {
                             mutations: half,
-                            events: Vec::new(),
+                            ..Batch::default()
                         }))
                         .await?;
                 }
@@ -106,7 +105,7 @@ impl Apply for FailingWrite {
         }
         self.inner.apply(batch).await
     }
-    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+    async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {
         self.inner.applied_events(keys).await
     }
     async fn load_builds(
@@ -208,8 +207,8 @@ impl Apply for Down {
     async fn apply(&self, _: Arc<Batch>) -> Result<(), StoreError> {
         Err(StoreError::Task("the store is down".into()))
     }
-    async fn applied_events(&self, _: &[String]) -> Result<HashSet<String>, StoreError> {
-        Ok(HashSet::new())
+    async fn applied_events(&self, _: &[String]) -> Result<KnownEvents, StoreError> {
+        Ok(KnownEvents::default())
     }
     async fn load_builds(&self, _: &[String], _: usize) -> Result<Vec<BuildSnapshot>, StoreError> {
         Ok(Vec::new())

@@ -8,7 +8,7 @@ pub mod mongo;
 mod sqlite;
 mod writer_lock;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -222,6 +222,16 @@ pub struct CommitCursor {
 
 /// The part of a store that folding events into it needs: writing a batch, and reading back
 /// what the next batch builds on.
+/// What a store knows of some event keys (see [`Apply::applied_events`]).
+#[derive(Debug, Default)]
+pub struct KnownEvents {
+    /// Events applied: skipped when they come again.
+    pub applied: HashSet<String>,
+    /// Log chunks sent without an offset, with the offset a batch that began to be written gave
+    /// them (see [`Batch::pins`]). Only a store without transactions has any.
+    pub pinned: HashMap<String, u64>,
+}
+
 #[async_trait]
 pub trait Apply: Send + Sync {
     /// The caller retries failed batches itself and counts each failure, as the daemon's drain
@@ -236,8 +246,9 @@ pub trait Apply: Send + Sync {
     /// keeps it to send again.
     async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError>;
 
-    /// Which of these event keys are already applied.
-    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError>;
+    /// What the store knows of these event keys: which are applied, and which log chunks were
+    /// pinned to an offset by a batch that may not have been written whole.
+    async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError>;
 
     /// The builds among `ids` that exist, with their steps and the first and last `log_window`
     /// bytes of every log: what the core needs to carry on folding events into them.

@@ -14,7 +14,7 @@ use rusqlite::{
     params, params_from_iter, Connection, OptionalExtension, Transaction, TransactionBehavior,
 };
 
-use super::{Apply, BuildQuery, CommitQuery, Store, StoreError};
+use super::{Apply, BuildQuery, CommitQuery, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 #[path = "sqlite_queries.rs"]
@@ -419,17 +419,23 @@ impl Apply for SqliteStore {
         .await
     }
 
-    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+    async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {
         let keys = keys.to_vec();
         let err = self.sql_error();
-        self.read(move |conn| {
-            // One statement for all of them, the keys bound as one array.
-            let keys: Array = std::rc::Rc::new(keys.into_iter().map(SqlValue::Text).collect());
-            conn.prepare_cached("SELECT key FROM applied_events WHERE key IN rarray(?1)")
-                .and_then(|mut st| st.query_map([keys], |r| r.get(0))?.collect())
-                .map_err(&err)
+        let applied: HashSet<String> = self
+            .read(move |conn| {
+                // One statement for all of them, the keys bound as one array.
+                let keys: Array = std::rc::Rc::new(keys.into_iter().map(SqlValue::Text).collect());
+                conn.prepare_cached("SELECT key FROM applied_events WHERE key IN rarray(?1)")
+                    .and_then(|mut st| st.query_map([keys], |r| r.get(0))?.collect())
+                    .map_err(&err)
+            })
+            .await?;
+        // A batch is written whole or not at all: no chunk is ever left pinned.
+        Ok(KnownEvents {
+            applied,
+            pinned: Default::default(),
         })
-        .await
     }
 
     async fn load_builds(

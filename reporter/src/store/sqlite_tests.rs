@@ -119,7 +119,7 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
     store
         .apply(Arc::new(Batch {
             mutations: rest,
-            events: vec![],
+            ..Batch::default()
         }))
         .await
         .unwrap();
@@ -128,6 +128,7 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
         .apply(Arc::new(Batch {
             mutations: logs,
             events: vec!["k".into()],
+            ..Batch::default()
         }))
         .await
         .unwrap_err();
@@ -137,6 +138,7 @@ async fn a_log_chunk_that_would_leave_a_gap_is_refused_and_nothing_of_its_batch_
         .applied_events(&["k".into()])
         .await
         .unwrap()
+        .applied
         .is_empty());
 }
 

@@ -2,7 +2,7 @@
 //! mapped to the document and mutation they concern, statements that matched nothing looked into,
 //! and retries with backoff for the errors a server or network recovers from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
@@ -11,13 +11,15 @@ use futures::TryStreamExt;
 use mongodb::error::{Error, ErrorKind};
 use mongodb::Database;
 
-use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET};
+use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET, PIN_OFFSET};
 use crate::store::StoreError;
 
 /// Most bytes of statements per command, well under MongoDB's 16 MiB document limit.
 const COMMAND_BYTES: usize = 8 << 20;
 /// Most statements per command (MongoDB's maxWriteBatchSize is 100 000).
 const COMMAND_STATEMENTS: usize = 10_000;
+/// Most keys in the one statement that unpins them: an event key may be a few KiB long.
+const KEYS_PER_UNPIN: usize = 1000;
 
 /// Server error codes that mean "try again": network, elections, shutdowns, timeouts.
 const TRANSIENT_CODES: &[i32] = &[
@@ -137,12 +139,15 @@ fn groups(docs: Vec<Document>) -> Vec<Vec<Document>> {
     out
 }
 
-/// Sends the whole plan: the GridFS pieces, the updates, then the event keys. A failure leaves
-/// part of it applied; sending the same plan again, or folding the events again from what the
-/// store then holds, completes it.
+/// Sends the whole plan: the pins of log chunks folded without an offset, the GridFS pieces,
+/// the updates, then the event keys. A failure leaves part of it applied; sending the same plan
+/// again, or folding the events again from what the store then holds, completes it. The pins
+/// make that true of a chunk without an offset too, even folded again by another process (after
+/// a crash): it is folded at its pinned offset, and found already there.
 pub async fn send(
     db: &Database,
     plan: &Plan,
+    pins: &[(String, u64)],
     write_concern: Option<&Document>,
     location: &str,
     redact: &Redactor,
@@ -153,6 +158,11 @@ pub async fn send(
         location,
         redact,
     };
+    let pin_docs = pins
+        .iter()
+        .map(|(key, offset)| doc! {"_id": key, PIN_OFFSET: i64::try_from(*offset).unwrap_or(i64::MAX)})
+        .collect();
+    insert_all(&to, APPLIED_EVENTS, pin_docs).await?;
     // See `plan::SEND_ORDER` for why the full logs go first; a file after its chunks.
     for (part, docs) in [("chunks", &plan.chunks), ("files", &plan.files)] {
         let collection = format!("{BUCKET}.{part}");
@@ -187,8 +197,39 @@ pub async fn send(
             start += n;
         }
     }
-    let keys = plan.events.iter().map(|k| doc! {"_id": k}).collect();
-    insert_all(&to, APPLIED_EVENTS, keys).await
+    let pinned: HashSet<&str> = pins.iter().map(|(k, _)| k.as_str()).collect();
+    let keys = plan
+        .events
+        .iter()
+        .filter(|k| !pinned.contains(k.as_str()))
+        .map(|k| doc! {"_id": k})
+        .collect();
+    insert_all(&to, APPLIED_EVENTS, keys).await?;
+    // The pinned keys become keys of applied events once everything else is written.
+    let pinned: Vec<&str> = pins.iter().map(|(k, _)| k.as_str()).collect();
+    for chunk in pinned.chunks(KEYS_PER_UNPIN) {
+        let unpin = doc! {
+            "q": {"_id": {"$in": chunk}},
+            "u": {"$unset": {PIN_OFFSET: ""}},
+            "multi": true,
+        };
+        let reply = db
+            .run_command(
+                to.command(doc! {"update": APPLIED_EVENTS, "updates": [unpin], "ordered": true}),
+            )
+            .await
+            .map_err(|e| driver_failure(e, location, redact))?;
+        unconfirmed(&reply, APPLIED_EVENTS, location)?;
+        if let Some(err) = first_write_error(&reply) {
+            return Err(Failure::Fatal(StoreError::WriteRejected {
+                collection: APPLIED_EVENTS.to_owned(),
+                id: String::new(),
+                mutation: "unpin",
+                message: err.1,
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// Where a batch's commands go, and how.
@@ -273,7 +314,7 @@ async fn check_misses(
 }
 
 /// A whole number as the server writes it: a 32- or 64-bit integer.
-fn whole(v: &Bson) -> Option<i64> {
+pub fn whole(v: &Bson) -> Option<i64> {
     v.as_i64().or_else(|| v.as_i32().map(i64::from))
 }
 

@@ -9,7 +9,6 @@ mod exec;
 mod filters;
 pub mod plan;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -25,8 +24,8 @@ use mongodb::{Client, Database, IndexModel};
 
 use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
-use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET};
-use super::{Apply, BuildQuery, CommitQuery, Store, StoreError};
+use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIN_OFFSET};
+use super::{Apply, BuildQuery, CommitQuery, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 /// Server selection timeout when the URI does not set `serverSelectionTimeoutMS`.
@@ -305,6 +304,7 @@ impl Apply for MongoStore {
             let (e, why) = match exec::send(
                 &self.db,
                 &plan,
+                &batch.pins,
                 self.write_concern.as_ref(),
                 &self.location,
                 &self.redact,
@@ -325,7 +325,7 @@ impl Apply for MongoStore {
         }
     }
 
-    async fn applied_events(&self, keys: &[String]) -> Result<HashSet<String>, StoreError> {
+    async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {
         let found: Vec<Document> = self
             .db
             .collection::<Document>(APPLIED_EVENTS)
@@ -335,10 +335,23 @@ impl Apply for MongoStore {
             .try_collect()
             .await
             .map_err(|e| self.err(e))?;
-        Ok(found
-            .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-            .collect())
+        let mut known = KnownEvents::default();
+        for d in &found {
+            let Ok(key) = d.get_str("_id") else { continue };
+            // A key written with its chunk's offset, before the rest of its batch, stands for a
+            // pin; the batch's last command takes the offset away (see `exec::send`).
+            match d.get(PIN_OFFSET).and_then(exec::whole) {
+                Some(offset) => {
+                    known
+                        .pinned
+                        .insert(key.to_owned(), u64::try_from(offset).unwrap_or(0));
+                }
+                None => {
+                    known.applied.insert(key.to_owned());
+                }
+            }
+        }
+        Ok(known)
     }
 
     async fn load_builds(

@@ -15,6 +15,9 @@ pub const CHUNK_SIZE: usize = 255 * 1024;
 pub const BUCKET: &str = "logs";
 /// Applied event keys.
 pub const APPLIED_EVENTS: &str = "applied_events";
+/// The field of a key in [`APPLIED_EVENTS`] that holds a pinned log chunk's offset while its
+/// batch is being written (see `Batch::pins`).
+pub const PIN_OFFSET: &str = "offset";
 
 /// One update statement and what it is for (named in errors).
 #[derive(Debug, Clone, PartialEq)]
