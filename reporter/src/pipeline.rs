@@ -98,6 +98,8 @@ impl Applier {
     /// A log chunk sent without an offset goes where its log ends, and that offset is written
     /// into its event: folded again after [`Applier::forget`] (a MongoDB store may hold part of
     /// a batch it said does not fit), the chunk is then found already there, not appended twice.
+    /// The batch carries it as a pin too, which such a store records first; folded again by
+    /// another process, the chunk goes to the offset the store has pinned for it.
     pub async fn prepare(
         &mut self,
         store: &dyn Apply,
