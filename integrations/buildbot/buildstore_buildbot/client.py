@@ -33,26 +33,22 @@ def _summary(line: bytes, limit: int = 400) -> str:
 
 class _Pending:
     # ``seq`` is the event's row in the backlog, for an event taken from there; ``on_safe`` what
-    # to run once it is answered: the sender's, and those of events spilled behind it.
+    # to run once it is answered, in order: the sender's, and those of events spilled behind it.
+    # A list, not callbacks wrapped in one another: hours of an outage may put thousands behind
+    # one event, and nested they would overflow the stack when run.
     __slots__ = ("event_id", "line", "seq", "on_safe")
 
     def __init__(self, event_id: str | None, line: bytes, seq: int | None = None, on_safe=None):
         self.event_id = event_id
         self.line = line
         self.seq = seq
-        self.on_safe = on_safe
+        self.on_safe = [] if on_safe is None else [on_safe]
 
-
-def _then(first, second):
-    """One callback running ``first``, then ``second`` (either may be None)."""
-    if first is None or second is None:
-        return first or second
-
-    def both():
-        _run_on_safe(first)
-        _run_on_safe(second)
-
-    return both
+    def safe(self):
+        """Runs what waited for this event to be answered."""
+        callbacks, self.on_safe = self.on_safe, []
+        for on_safe in callbacks:
+            _run_on_safe(on_safe)
 
 
 def _run_on_safe(on_safe):
@@ -211,8 +207,8 @@ class BuildstoreClient:
         if self.queue:
             # Safe only once every event before it is too: those in the file are, those in the
             # queue once the last of them is answered (answers come in order).
-            tail = self.queue[-1]
-            tail.on_safe = _then(tail.on_safe, on_safe)
+            if on_safe is not None:
+                self.queue[-1].on_safe.append(on_safe)
         else:
             _run_on_safe(on_safe)
         self._refill()
@@ -320,7 +316,7 @@ class BuildstoreClient:
             )
             return
         for pending in self.queue:
-            _run_on_safe(pending.on_safe)
+            pending.safe()
         log.msg(
             f"buildstore: stopping with {queued + earlier} events not acknowledged by "
             f"{self.address}; they are kept in the backlog {backlog.path}{there} and sent at "
@@ -498,6 +494,11 @@ class BuildstoreClient:
             self._awaiting_hello = False
             if "error" in reply:
                 self._drop_connection(f"token refused: {reply['error']}")
+                return
+            # Armed for the hello: now only for events in flight, if any. Left armed, an idle
+            # connection would be dropped as silent once the reply timeout passed.
+            self._arm_watchdog()
+            self._backoff = self.initial_backoff
             return
 
         if self._in_flight == 0:
@@ -521,7 +522,7 @@ class BuildstoreClient:
             self.acknowledged += 1
             self._backoff = self.initial_backoff
         self.queue.popleft()
-        _run_on_safe(head.on_safe)
+        head.safe()
         self.queued_bytes -= len(head.line)
         self._in_flight -= 1
         self._in_flight_bytes -= len(head.line)

@@ -277,6 +277,19 @@ class TestOnSafe(BacklogTestCase):
         self.assertEqual(safe, ["e1"])
         self.assertEqual(rows(self.path), self.ids(0, 2))
 
+    @defer.inlineCallbacks
+    def test_thousands_of_events_in_the_file_behind_one_are_all_safe_once_it_is(self):
+        # Hours of an outage: every event after the queue filled waits on the queue's last one.
+        safe = []
+        c, _ = self.spilling(1, 1)
+        for i in range(1, 3001):
+            c.send(event(i), on_safe=lambda i=i: safe.append(i))
+        self.assertEqual(safe, [])
+        c.start()
+        yield c.wait_drained(timeout=30)
+        self.assertEqual(safe, list(range(1, 3001)))
+        self.assertEqual(self.logs.matching("while noting"), [])
+
     def test_an_event_in_the_file_behind_an_empty_queue_is_safe_at_once(self):
         safe = []
         c = self.client(queue_bytes=1000)

@@ -154,6 +154,17 @@ class TestExchange(ClientTestCase):
         self.assertEqual(c.acknowledged, 1)
 
     @defer.inlineCallbacks
+    def test_an_idle_connection_with_a_token_stays_open(self):
+        self.daemon.token = "s3cret"
+        c = self.client(token="s3cret", reply_timeout=0.2)
+        c.start()
+        yield until(lambda: c.connected)
+        yield task.deferLater(reactor, 0.6, lambda: None)
+        self.assertTrue(c.connected)
+        self.assertEqual(len(self.daemon.connections), 1)
+        self.assertEqual(self.logs.matching("no reply"), [])
+
+    @defer.inlineCallbacks
     def test_rejected_event_is_logged_and_dropped(self):
         self.daemon.answer = lambda e, n: (
             {"error": "missing field `builder`", "line": n}
