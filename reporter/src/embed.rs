@@ -210,9 +210,9 @@ mod tests {
             .unwrap();
         let mut applier =
             crate::pipeline::Applier::new(crate::core::Core::new(CoreConfig::default()));
-        let mut events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+        let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
         applier
-            .apply_chunk(other.as_ref(), &mut events, false)
+            .apply_chunk(other.as_ref(), &events, false)
             .await
             .unwrap();
         for c in Collection::ALL {

@@ -76,7 +76,7 @@ impl Applier {
     pub async fn apply_chunk(
         &mut self,
         store: &dyn Apply,
-        events: &mut [Event],
+        events: &[Event],
         stop_at_error: bool,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut prepared = self.prepare(store, events, stop_at_error).await?;
@@ -95,15 +95,16 @@ impl Applier {
     /// applied. Rejected events yield no mutations. The store is only read here; a read error
     /// leaves the applier as it was.
     ///
-    /// A log chunk sent without an offset goes where its log ends, and that offset is written
-    /// into its event: folded again after [`Applier::forget`] (a MongoDB store may hold part of
-    /// a batch it said does not fit), the chunk is then found already there, not appended twice.
-    /// The batch carries it as a pin too, which such a store records first; folded again by
-    /// another process, the chunk goes to the offset the store has pinned for it.
+    /// A log chunk sent without an offset goes where its log ends, and the batch carries that
+    /// offset as a pin ([`Batch::pins`]), which a store that may keep part of a batch (MongoDB)
+    /// records before anything else. Folded again, after [`Applier::forget`] or by another
+    /// process after a crash, the chunk goes to its pinned offset and is found already there,
+    /// not appended twice. A chunk whose batch was never sent has no pin and goes where its log
+    /// ends then.
     pub async fn prepare(
         &mut self,
         store: &dyn Apply,
-        events: &mut [Event],
+        events: &[Event],
         stop_at_error: bool,
     ) -> Result<Prepared, StoreError> {
         // The older generation is dropped before the keys to ask the store about are chosen:
@@ -154,8 +155,7 @@ impl Applier {
         let mut batch = Batch::default();
         let mut outcomes = Vec::with_capacity(events.len());
         let mut builds = HashSet::default();
-        for ((event, key), build) in events.iter_mut().zip(keys).zip(&build_ids) {
-            // A chunk pinned by a batch the store began to write goes where it went then.
+        for ((event, key), build) in events.iter().zip(keys).zip(&build_ids) {
             let mut pinned = None;
             if let Some(key) = &key {
                 // Recent keys include those of this chunk applied so far.
@@ -164,13 +164,14 @@ impl Applier {
                     continue;
                 }
                 pinned = known.pinned.get(key).copied();
-                if let (Some(offset), EventKind::Log(log)) = (pinned, &mut event.kind) {
-                    log.offset.get_or_insert(offset);
-                }
             }
-            match self.core.apply(event, received) {
+            // A chunk without an offset that the store pinned, when a batch holding it began to
+            // be written, goes where it went then. The event itself is left as it came: folded
+            // again, it is pinned again from what the store then holds.
+            let at_pin = pinned.and_then(|offset| at_offset(event, offset));
+            match self.core.apply(at_pin.as_ref().unwrap_or(event), received) {
                 Ok(mutations) => {
-                    let pinned = pin_log_offset(event, &mutations).or(pinned);
+                    let pinned = pinned.or_else(|| folded_offset(event, &mutations));
                     batch.mutations.extend(mutations);
                     if let Some(key) = key {
                         if let Some(offset) = pinned {
@@ -223,19 +224,29 @@ impl Applier {
     }
 }
 
-/// Gives a log chunk folded without an offset the offset it was folded at, and returns it.
-fn pin_log_offset(event: &mut Event, mutations: &[Mutation]) -> Option<u64> {
-    let EventKind::Log(log) = &mut event.kind else {
-        return None;
-    };
-    if log.offset.is_some() {
-        return None;
-    }
-    log.offset = mutations.iter().find_map(|m| match m {
-        Mutation::AppendLog { offset, .. } => Some(*offset),
+/// A log chunk sent without an offset, as if it had been sent with `offset`.
+fn at_offset(event: &Event, offset: u64) -> Option<Event> {
+    match &event.kind {
+        EventKind::Log(log) if log.offset.is_none() => {
+            let mut pinned = event.clone();
+            if let EventKind::Log(log) = &mut pinned.kind {
+                log.offset = Some(offset);
+            }
+            Some(pinned)
+        }
         _ => None,
-    });
-    log.offset
+    }
+}
+
+/// The offset a log chunk sent without one was folded at.
+fn folded_offset(event: &Event, mutations: &[Mutation]) -> Option<u64> {
+    match &event.kind {
+        EventKind::Log(log) if log.offset.is_none() => mutations.iter().find_map(|m| match m {
+            Mutation::AppendLog { offset, .. } => Some(*offset),
+            _ => None,
+        }),
+        _ => None,
+    }
 }
 
 /// Options of [`ingest`].
@@ -431,7 +442,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
             let prepare = async {
                 match &mut next {
                     Some(n) if fold_next => {
-                        Some(applier.prepare(store, &mut n.events, !keep_going).await)
+                        Some(applier.prepare(store, &n.events, !keep_going).await)
                     }
                     _ => None,
                 }

@@ -166,10 +166,10 @@ pub async fn run(
                     queue.push_back(taken);
                 }
             }
-            if let Some(mut taken) = queue.pop_front() {
+            if let Some(taken) = queue.pop_front() {
                 // Folding reads the store: one that does not answer does not hold the stop up
                 // past the grace period either.
-                let folding = applier.prepare(store.as_ref(), &mut taken.events, false);
+                let folding = applier.prepare(store.as_ref(), &taken.events, false);
                 let Some(prepared) = within_grace(folding, &mut stop, &mut deadline, grace).await
                 else {
                     return;

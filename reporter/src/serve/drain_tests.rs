@@ -130,7 +130,7 @@ async fn export(store: &dyn Store) -> Vec<Document> {
 /// the store ends up as one clean fold of the events would leave it.
 async fn drain_through_a_failed_write(lines: &[String], failure: Failure) {
     let dir = tempfile::tempdir().unwrap();
-    let mut events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     let handoff = Arc::new(Handoff::new(usize::MAX));
     let first = spool.append(lines).unwrap();
@@ -165,10 +165,7 @@ async fn drain_through_a_failed_write(lines: &[String], failure: Failure) {
 
     let clean = open_in(dir.path(), "clean.db").await;
     let mut applier = Applier::new(Core::new(CoreConfig::default()));
-    applier
-        .apply_chunk(&clean, &mut events, false)
-        .await
-        .unwrap();
+    applier.apply_chunk(&clean, &events, false).await.unwrap();
     assert_eq!(export(&store.inner).await, export(&clean).await);
 }
 
