@@ -496,9 +496,10 @@ class BuildstoreClient:
                 self._drop_connection(f"token refused: {reply['error']}")
                 return
             # Armed for the hello: now only for events in flight, if any. Left armed, an idle
-            # connection would be dropped as silent once the reply timeout passed.
+            # connection would be dropped as silent once the reply timeout passed. The delay
+            # before reconnecting is reset by an ack only: a daemon whose spool is full says
+            # hello too, and then refuses every event.
             self._arm_watchdog()
-            self._backoff = self.initial_backoff
             return
 
         if self._in_flight == 0:

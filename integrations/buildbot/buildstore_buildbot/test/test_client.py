@@ -309,6 +309,19 @@ class TestResend(ClientTestCase):
         self.assertEqual(self.daemon.ids(0)[:2], ["e0", "e1"])
 
     @defer.inlineCallbacks
+    def test_a_daemon_that_says_hello_but_takes_nothing_is_tried_less_and_less_often(self):
+        # A full spool: the hello is answered, every event refused for now.
+        self.daemon.token = "s3cret"
+        self.daemon.answer = lambda e, n: {"error": "full", "line": n, "retry": True}
+        c = self.client(token="s3cret", initial_backoff=0.05, max_backoff=0.4)
+        c.start()
+        c.send(event(0))
+        yield task.deferLater(reactor, 1.2, lambda: None)
+        # 0.05 + 0.1 + 0.2 + 0.4 + 0.4 s between tries: six connections, not one every 0.05 s.
+        self.assertLessEqual(len(self.daemon.connections), 8)
+        self.assertEqual(c.acknowledged, 0)
+
+    @defer.inlineCallbacks
     def test_silent_daemon_is_dropped_and_events_resent(self):
         c = self.client(reply_timeout=0.3)
         c.start()
