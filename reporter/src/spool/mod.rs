@@ -359,10 +359,17 @@ fn shrink(conn: &Connection) -> rusqlite::Result<()> {
     if free < FREE_PAGES_KEPT {
         return Ok(());
     }
-    // Each step frees some pages: stepped to the end, it frees them all.
-    let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
-    let mut steps = vacuum.query([])?;
-    while steps.next()?.is_some() {}
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == 0 {
+        // A spool of an earlier version, not empty at start: `incremental_vacuum` does nothing
+        // there, and this would run at every release. Empty now, it is cheap to convert.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+    } else {
+        // Each step frees some pages: stepped to the end, it frees them all.
+        let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut steps = vacuum.query([])?;
+        while steps.next()?.is_some() {}
+    }
     // The main file is cut at the checkpoint; TRUNCATE empties the log too.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }

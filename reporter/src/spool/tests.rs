@@ -439,3 +439,39 @@ fn an_older_spool_found_empty_can_give_space_back_from_then_on() {
         .unwrap();
     assert_eq!(mode, 2, "incremental");
 }
+
+/// Not empty at start, a spool of an earlier version gets `auto_vacuum` the first time it
+/// empties, and gives its space back then.
+#[test]
+fn an_older_spool_not_empty_at_start_gives_space_back_once_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+    old.execute_batch(
+        "CREATE TABLE groups (last INTEGER PRIMARY KEY AUTOINCREMENT, first INTEGER NOT NULL,
+                              lines BLOB NOT NULL);",
+    )
+    .unwrap();
+    let line = "x".repeat(1 << 20);
+    for id in 1..=8 {
+        old.execute(
+            "INSERT INTO groups (last, first, lines) VALUES (?1, ?1, ?2)",
+            params![id, joined(std::slice::from_ref(&line))],
+        )
+        .unwrap();
+    }
+    drop(old);
+    let spool = Spool::open(dir.path()).unwrap();
+    spool.release(8).unwrap();
+    let conn = spool.lock();
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 2, "incremental");
+    drop(conn);
+    let size: u64 = ["spool.db", "spool.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(size < 1 << 20, "{size} bytes after the spool emptied");
+}
