@@ -497,11 +497,22 @@ fn a_mongodb_batch_cut_off_after_its_documents_is_completed_without_doubling_log
     };
     assert_eq!(client(daemon.port, first.to_vec(), deadline).0, first.len());
     daemon.wait_until("the first half applied", applied(first.len()));
+    let store = Db::at(peer.uri("cutoff"));
+    let log_bytes = || -> f64 {
+        let steps = store.export("steps");
+        let sizes = steps.iter().flat_map(|s| {
+            ["stdout", "stderr", "headers"].map(|c| s["log_bytes"][c].as_f64().unwrap_or(0.0))
+        });
+        sizes.sum()
+    };
+    let before = log_bytes();
     // The second half, in the middle of its builds' logs, fails after its documents are written,
-    // a few times over.
-    fail_inserts("alwaysOn".into());
+    // a few times over: the first insert (the pins of its log chunks sent without an offset)
+    // and the updates run, the insert of its event keys fails, and so does every insert after.
+    fail_inserts(bson::doc! {"skip": 1}.into());
     assert_eq!(client(daemon.port, rest.to_vec(), deadline).0, rest.len());
     daemon.wait_until("failed writes", |s| s["store_errors_in_a_row"] >= 2.0);
+    assert!(log_bytes() > before, "no log text written before the cut");
     fail_inserts("off".into());
     daemon.wait_until("everything applied", applied(lines.len()));
     assert_eq!(daemon.status()["store_errors_in_a_row"], 0.0);
