@@ -106,10 +106,17 @@ pub struct Batch {
     /// again after a crash, such a chunk goes where it went the first time, rather than after
     /// itself.
     pub pins: Vec<(String, u64)>,
+    /// Keys pinned by an earlier attempt whose events were rejected when folded again (their
+    /// build was deleted meanwhile): their pins go, or a corrected event sent again under the
+    /// same id would be held to the old offset.
+    pub dropped_pins: Vec<String>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.mutations.is_empty() && self.events.is_empty()
+        self.mutations.is_empty()
+            && self.events.is_empty()
+            && self.pins.is_empty()
+            && self.dropped_pins.is_empty()
     }
 }

@@ -189,6 +189,9 @@ impl Applier {
                 }
                 Err(e) => {
                     // A rejected event does not count as seen: a corrected resend has to apply.
+                    if let (Some(key), Some(_)) = (key, pinned) {
+                        batch.dropped_pins.push(key);
+                    }
                     outcomes.push(Outcome::Rejected(e));
                     if stop_at_error {
                         break;

@@ -206,3 +206,44 @@ fn a_batch_folded_again_does_not_double_another_builds_log() {
     // Else the two lines fell into two batches, and nothing was folded again.
     assert_eq!(mongo.2, 1.0, "one batch did not fit: {mongo:?}");
 }
+
+/// A log chunk sent without an offset is pinned to its offset before its batch is written. Its
+/// build deleted meanwhile, the chunk is rejected when folded again, and its pin goes: a
+/// corrected chunk sent again under its id must not be held to the old offset.
+#[test]
+fn the_pin_of_a_chunk_whose_build_vanished_goes_with_it() {
+    let other = |line: &str| line.replace("\"build_id\":1", "\"build_id\":2");
+    let before: Vec<String> = BEFORE
+        .iter()
+        .map(|l| l.to_string())
+        .chain(BEFORE.iter().map(|l| other(l).replace(",\"offset\":0", "")))
+        .collect();
+    let before: Vec<&str> = before.iter().map(String::as_str).collect();
+    let unplaced =
+        r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"b\n"}"#;
+    let theirs = other(unplaced);
+    let after = [theirs.as_str(), unplaced];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = fresh_database("dropped_pin");
+    let counts = run(&uri, dir.path(), (&before, &after), "m/2/0", || {
+        mongo_delete(
+            &uri,
+            vec![
+                ("builds", bson::doc! {"_id": "m/1"}),
+                ("steps", bson::doc! {"build": "m/1"}),
+            ],
+        )
+    });
+    assert_eq!(String::from_utf8_lossy(&counts.4), "a\nb\n");
+    assert_eq!(
+        counts.1, 1.0,
+        "the chunk of the deleted build rejected: {counts:?}"
+    );
+    let pins = on_database(&uri, |d| async move {
+        d.collection::<bson::Document>("applied_events")
+            .count_documents(bson::doc! {"offset": {"$exists": true}})
+            .await
+            .expect("count")
+    });
+    assert_eq!(pins, 0, "pins left");
+}

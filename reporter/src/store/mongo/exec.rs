@@ -148,6 +148,7 @@ pub async fn send(
     db: &Database,
     plan: &Plan,
     pins: &[(String, u64)],
+    dropped_pins: &[String],
     write_concern: Option<&Document>,
     location: &str,
     redact: &Redactor,
@@ -163,6 +164,7 @@ pub async fn send(
         .map(|(key, offset)| doc! {"_id": key, PIN_OFFSET: i64::try_from(*offset).unwrap_or(i64::MAX)})
         .collect();
     insert_all(&to, APPLIED_EVENTS, pin_docs).await?;
+    drop_pins(&to, dropped_pins).await?;
     // See `plan::SEND_ORDER` for why the full logs go first; a file after its chunks.
     for (part, docs) in [("chunks", &plan.chunks), ("files", &plan.files)] {
         let collection = format!("{BUCKET}.{part}");
@@ -225,6 +227,29 @@ pub async fn send(
                 collection: APPLIED_EVENTS.to_owned(),
                 id: String::new(),
                 mutation: "unpin",
+                message: err.1,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the pins of `keys`, whose events were rejected (see `Batch::dropped_pins`); a key
+/// recorded as applied meanwhile stays.
+async fn drop_pins(to: &Target<'_>, keys: &[String]) -> Result<(), Failure> {
+    for chunk in keys.chunks(KEYS_PER_UNPIN) {
+        let delete = doc! {"q": {"_id": {"$in": chunk}, PIN_OFFSET: {"$exists": true}}, "limit": 0};
+        let reply = to
+            .db
+            .run_command(to.command(doc! {"delete": APPLIED_EVENTS, "deletes": [delete]}))
+            .await
+            .map_err(|e| driver_failure(e, to.location, to.redact))?;
+        unconfirmed(&reply, APPLIED_EVENTS, to.location)?;
+        if let Some(err) = first_write_error(&reply) {
+            return Err(Failure::Fatal(StoreError::WriteRejected {
+                collection: APPLIED_EVENTS.to_owned(),
+                id: String::new(),
+                mutation: "drop pin",
                 message: err.1,
             }));
         }

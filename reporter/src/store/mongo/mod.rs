@@ -305,6 +305,7 @@ impl Apply for MongoStore {
                 &self.db,
                 &plan,
                 &batch.pins,
+                &batch.dropped_pins,
                 self.write_concern.as_ref(),
                 &self.location,
                 &self.redact,
