@@ -172,14 +172,22 @@ fn a_log_extended_by_another_writer_is_a_conflict_in_every_store() {
 /// A MongoDB store holds part of a batch it says does not fit: the rest was written. Folded
 /// again, a chunk of another build sent without an offset is found already there rather than
 /// appended a second time.
+/// Build 2 beside build 1 of [`BEFORE`]: the same, with its log sent without offsets.
+fn two_builds() -> Vec<String> {
+    let lines = BEFORE.iter().map(|l| l.to_string());
+    lines
+        .clone()
+        .chain(lines.map(|l| other(&l).replace(",\"offset\":0", "")))
+        .collect()
+}
+
+fn other(line: &str) -> String {
+    line.replace("\"build_id\":1", "\"build_id\":2")
+}
+
 #[test]
 fn a_batch_folded_again_does_not_double_another_builds_log() {
-    let other = |line: &str| line.replace("\"build_id\":1", "\"build_id\":2");
-    let before: Vec<String> = BEFORE
-        .iter()
-        .map(|l| l.to_string())
-        .chain(BEFORE.iter().map(|l| other(l).replace(",\"offset\":0", "")))
-        .collect();
+    let before = two_builds();
     let before: Vec<&str> = before.iter().map(String::as_str).collect();
     // In one write, so that they are folded into one batch.
     let chunk = other(
@@ -212,12 +220,7 @@ fn a_batch_folded_again_does_not_double_another_builds_log() {
 /// corrected chunk sent again under its id must not be held to the old offset.
 #[test]
 fn the_pin_of_a_chunk_whose_build_vanished_goes_with_it() {
-    let other = |line: &str| line.replace("\"build_id\":1", "\"build_id\":2");
-    let before: Vec<String> = BEFORE
-        .iter()
-        .map(|l| l.to_string())
-        .chain(BEFORE.iter().map(|l| other(l).replace(",\"offset\":0", "")))
-        .collect();
+    let before = two_builds();
     let before: Vec<&str> = before.iter().map(String::as_str).collect();
     let unplaced =
         r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"b\n"}"#;

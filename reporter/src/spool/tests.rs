@@ -400,13 +400,7 @@ fn a_read_stops_at_its_byte_budget_but_always_takes_one_line() {
 fn a_drained_spool_gives_its_disk_space_back() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
-    let size = || {
-        ["spool.db", "spool.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
-            .map(|m| m.len())
-            .sum::<u64>()
-    };
+    let size = || spool_size(dir.path());
     let line = "x".repeat(1 << 20);
     let mut last = 0;
     for _ in 0..20 {
@@ -421,23 +415,41 @@ fn a_drained_spool_gives_its_disk_space_back() {
     assert_eq!(text(&spool.read(again, 10, usize::MAX).unwrap()), lines(3));
 }
 
-/// A spool file of an earlier version, made without `auto_vacuum`, gets it when found empty.
-#[test]
-fn an_older_spool_found_empty_can_give_space_back_from_then_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let old = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+/// A spool file as an earlier version made it: without `auto_vacuum`.
+fn older_spool(dir: &std::path::Path) -> rusqlite::Connection {
+    let old = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
     old.execute_batch(
         "CREATE TABLE groups (last INTEGER PRIMARY KEY AUTOINCREMENT, first INTEGER NOT NULL,
                               lines BLOB NOT NULL);",
     )
     .unwrap();
-    drop(old);
-    let spool = Spool::open(dir.path()).unwrap();
-    let mode: i64 = spool
+    old
+}
+
+/// The bytes the spool in `dir` takes on disk, its write-ahead log included.
+fn spool_size(dir: &std::path::Path) -> u64 {
+    ["spool.db", "spool.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn auto_vacuum(spool: &Spool) -> i64 {
+    spool
         .lock()
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(mode, 2, "incremental");
+        .unwrap()
+}
+
+/// A spool file of an earlier version, made without `auto_vacuum`, gets it when found empty.
+#[test]
+fn an_older_spool_found_empty_can_give_space_back_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = older_spool(dir.path());
+    drop(old);
+    let spool = Spool::open(dir.path()).unwrap();
+    assert_eq!(auto_vacuum(&spool), 2, "incremental");
 }
 
 /// Not empty at start, a spool of an earlier version gets `auto_vacuum` the first time it
@@ -445,12 +457,7 @@ fn an_older_spool_found_empty_can_give_space_back_from_then_on() {
 #[test]
 fn an_older_spool_not_empty_at_start_gives_space_back_once_drained() {
     let dir = tempfile::tempdir().unwrap();
-    let old = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
-    old.execute_batch(
-        "CREATE TABLE groups (last INTEGER PRIMARY KEY AUTOINCREMENT, first INTEGER NOT NULL,
-                              lines BLOB NOT NULL);",
-    )
-    .unwrap();
+    let old = older_spool(dir.path());
     let line = "x".repeat(1 << 20);
     for id in 1..=8 {
         old.execute(
@@ -462,16 +469,7 @@ fn an_older_spool_not_empty_at_start_gives_space_back_once_drained() {
     drop(old);
     let spool = Spool::open(dir.path()).unwrap();
     spool.release(8).unwrap();
-    let conn = spool.lock();
-    let mode: i64 = conn
-        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(mode, 2, "incremental");
-    drop(conn);
-    let size: u64 = ["spool.db", "spool.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
-        .map(|m| m.len())
-        .sum();
+    assert_eq!(auto_vacuum(&spool), 2, "incremental");
+    let size = spool_size(dir.path());
     assert!(size < 1 << 20, "{size} bytes after the spool emptied");
 }

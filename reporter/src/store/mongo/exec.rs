@@ -215,21 +215,8 @@ pub async fn send(
             "u": {"$unset": {PIN_OFFSET: ""}},
             "multi": true,
         };
-        let reply = db
-            .run_command(
-                to.command(doc! {"update": APPLIED_EVENTS, "updates": [unpin], "ordered": true}),
-            )
-            .await
-            .map_err(|e| driver_failure(e, location, redact))?;
-        unconfirmed(&reply, APPLIED_EVENTS, location)?;
-        if let Some(err) = first_write_error(&reply) {
-            return Err(Failure::Fatal(StoreError::WriteRejected {
-                collection: APPLIED_EVENTS.to_owned(),
-                id: String::new(),
-                mutation: "unpin",
-                message: err.1,
-            }));
-        }
+        let command = doc! {"update": APPLIED_EVENTS, "updates": [unpin], "ordered": true};
+        on_keys(&to, command, "unpin").await?;
     }
     Ok(())
 }
@@ -239,22 +226,29 @@ pub async fn send(
 async fn drop_pins(to: &Target<'_>, keys: &[String]) -> Result<(), Failure> {
     for chunk in keys.chunks(KEYS_PER_UNPIN) {
         let delete = doc! {"q": {"_id": {"$in": chunk}, PIN_OFFSET: {"$exists": true}}, "limit": 0};
-        let reply = to
-            .db
-            .run_command(to.command(doc! {"delete": APPLIED_EVENTS, "deletes": [delete]}))
-            .await
-            .map_err(|e| driver_failure(e, to.location, to.redact))?;
-        unconfirmed(&reply, APPLIED_EVENTS, to.location)?;
-        if let Some(err) = first_write_error(&reply) {
-            return Err(Failure::Fatal(StoreError::WriteRejected {
-                collection: APPLIED_EVENTS.to_owned(),
-                id: String::new(),
-                mutation: "drop pin",
-                message: err.1,
-            }));
-        }
+        let command = doc! {"delete": APPLIED_EVENTS, "deletes": [delete]};
+        on_keys(to, command, "drop pin").await?;
     }
     Ok(())
+}
+
+/// Runs one write `command` on the event keys; `what` names it in errors.
+async fn on_keys(to: &Target<'_>, command: Document, what: &'static str) -> Result<(), Failure> {
+    let reply = to
+        .db
+        .run_command(to.command(command))
+        .await
+        .map_err(|e| driver_failure(e, to.location, to.redact))?;
+    unconfirmed(&reply, APPLIED_EVENTS, to.location)?;
+    match first_write_error(&reply) {
+        Some(err) => Err(Failure::Fatal(StoreError::WriteRejected {
+            collection: APPLIED_EVENTS.to_owned(),
+            id: String::new(),
+            mutation: what,
+            message: err.1,
+        })),
+        None => Ok(()),
+    }
 }
 
 /// Where a batch's commands go, and how.
