@@ -69,16 +69,21 @@ impl Default for ChangesetPolicy {
 /// The revision a `got_revision` value names for a build of `codebase`.
 ///
 /// Buildbot sets it to a string for single-codebase builds and to `{codebase: revision}` for
-/// multi-codebase ones. From a map we take the build's own codebase, else the only entry, else the
-/// default ("") codebase; anything else names nothing.
+/// multi-codebase ones. From a map we take the build's own codebase. A build that names none
+/// takes the only entry, else the default ("") codebase. Anything else names nothing: Buildbot
+/// fills the map a checkout at a time, and a build of `app` must not take `lib`'s revision, which
+/// would be final, before its own arrives.
 pub fn got_revision(value: &Value, codebase: Option<&str>) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Object(map) => {
-            let pick = codebase
-                .and_then(|cb| map.get(cb))
-                .or_else(|| (map.len() == 1).then(|| map.values().next()).flatten())
-                .or_else(|| map.get(""));
+            let pick = match codebase {
+                Some(cb) => map.get(cb),
+                None => (map.len() == 1)
+                    .then(|| map.values().next())
+                    .flatten()
+                    .or_else(|| map.get("")),
+            };
             pick.and_then(Value::as_str).map(str::to_owned)
         }
         _ => None,
@@ -136,15 +141,18 @@ mod tests {
     }
 
     #[test]
-    fn got_revision_maps_pick_the_builds_codebase_then_the_only_then_the_default() {
+    fn got_revision_maps_pick_the_builds_codebase_or_without_one_the_only_then_the_default() {
         assert_eq!(got_revision(&json!("abc"), None).as_deref(), Some("abc"));
         let multi = json!({"app": "aaa", "lib": "bbb"});
         assert_eq!(got_revision(&multi, Some("lib")).as_deref(), Some("bbb"));
         assert_eq!(got_revision(&multi, None), None);
         assert_eq!(
-            got_revision(&json!({"app": "aaa"}), Some("other")).as_deref(),
+            got_revision(&json!({"app": "aaa"}), None).as_deref(),
             Some("aaa")
         );
+        // Another codebase's revision is not the build's, not even the only one there is yet.
+        assert_eq!(got_revision(&json!({"app": "aaa"}), Some("lib")), None);
+        assert_eq!(got_revision(&json!({"": "ddd"}), Some("lib")), None);
         assert_eq!(
             got_revision(&json!({"": "ddd", "x": "eee"}), None).as_deref(),
             Some("ddd")

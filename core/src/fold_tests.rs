@@ -188,6 +188,26 @@ fn got_revision_in_the_initial_properties_counts_too() {
     assert_eq!(changesets(&ms), [HASH]);
 }
 
+/// Buildbot fills a multi-codebase `got_revision` a checkout at a time.
+#[test]
+fn a_build_takes_only_its_own_codebases_revision_from_got_revision() {
+    let mut core = Core::new(CoreConfig::default());
+    apply(
+        &mut core,
+        json!({"type":"build_started","builder":"b","build_id":7,"number":1,"codebase":"app"}),
+    );
+    let got = |map: Value| json!({"type":"property","build_id":7,"name":"got_revision","value":map,"source":"Git"});
+    let lib_first = apply(&mut core, got(json!({"lib": OTHER})));
+    assert_eq!(
+        changesets(&lib_first),
+        [""; 0],
+        "lib's revision is not the build's"
+    );
+    let both = apply(&mut core, got(json!({"lib": OTHER, "app": HASH})));
+    assert_eq!(changesets(&both), [HASH]);
+    assert_eq!(links(&finish(&mut core)), [HASH]);
+}
+
 #[test]
 fn a_repeated_build_or_step_start_changes_nothing() {
     let mut core = Core::new(CoreConfig::default());
