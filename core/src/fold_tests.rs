@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::{InlineUpdate, Mutation};
+use buildstore_schema::RepoBuildEntry;
 use serde_json::{json, Value};
 
 #[path = "fold_log_tests.rs"]
@@ -188,6 +189,48 @@ fn got_revision_in_the_initial_properties_counts_too() {
     assert_eq!(changesets(&ms), [HASH]);
 }
 
+fn entry(ms: &[Mutation]) -> &RepoBuildEntry {
+    ms.iter()
+        .find_map(|m| match m {
+            Mutation::LinkBuildToCommit { entry, .. } => Some(entry),
+            _ => None,
+        })
+        .expect("a link")
+}
+
+/// A build finished again (a master that reports it twice, a result changed by hand) is linked
+/// again, and its entry in `repository` says how it ended the last time.
+#[test]
+fn a_repeated_finish_links_the_build_again_with_its_new_result_and_end() {
+    let mut core = Core::new(CoreConfig::default());
+    apply(
+        &mut core,
+        json!({"type":"build_started","builder":"linux","build_id":7,"number":3,"changeset":HASH,
+               "time":"2026-03-12T10:00:00Z"}),
+    );
+    let first = apply(
+        &mut core,
+        json!({"type":"build_finished","build_id":7,"result":2,"time":"2026-03-12T10:05:00Z"}),
+    );
+    let again = apply(
+        &mut core,
+        json!({"type":"build_finished","build_id":7,"result":0,"time":"2026-03-12T10:09:00Z"}),
+    );
+    let date = |t: &str| DateTime::from_chrono(t.parse::<chrono::DateTime<Utc>>().unwrap());
+    let expected = |result, end| RepoBuildEntry {
+        build: "m1/7".into(),
+        builder: "linux".into(),
+        number: 3,
+        result: Some(result),
+        time_start: date("2026-03-12T10:00:00Z"),
+        time_end: Some(date(end)),
+    };
+    assert_eq!(links(&first), [HASH]);
+    assert_eq!(*entry(&first), expected(2, "2026-03-12T10:05:00Z"));
+    assert_eq!(links(&again), [HASH]);
+    assert_eq!(*entry(&again), expected(0, "2026-03-12T10:09:00Z"));
+}
+
 /// Buildbot fills a multi-codebase `got_revision` a checkout at a time.
 #[test]
 fn a_build_takes_only_its_own_codebases_revision_from_got_revision() {
@@ -268,7 +311,7 @@ fn events_for_unknown_builds_and_steps_are_errors() {
 }
 
 #[test]
-fn step_results_set_successful_only_for_success() {
+fn a_finished_step_carries_its_result_and_text() {
     let mut core = Core::new(CoreConfig::default());
     start(&mut core, None);
     apply(
