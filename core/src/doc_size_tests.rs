@@ -96,6 +96,22 @@ fn a_changeset_that_would_outgrow_the_build_document_is_refused() {
     assert_eq!(changesets(&ms), [HASH]);
 }
 
+/// Nearly full, a build whose changeset is final still takes a changeset or `got_revision` sent
+/// again: they change nothing, so they take no room.
+#[test]
+fn an_offer_of_a_changeset_that_changes_nothing_takes_no_room() {
+    let mut core = with_15_mib_of_properties(Some(HASH));
+    let long = "y".repeat(MIB);
+    let again = json!({"type":"changeset","build_id":7,"changeset":long});
+    assert_eq!(apply(&mut core, again), []);
+    // About 150 KiB are left. A got_revision of 100 KiB that names no revision of this build
+    // is stored as a property, without room for a copy as its changeset.
+    property(&mut core, "filler", 858 * 1024).expect("room for one more property");
+    let names_none = json!({"x": "z".repeat(100 * 1024), "y": HASH});
+    let got = json!({"type":"property","build_id":7,"name":"got_revision","value":names_none});
+    assert!(changesets(&apply(&mut core, got)).is_empty());
+}
+
 #[test]
 fn a_step_text_that_would_outgrow_the_step_document_is_refused() {
     let mut core = with_step(MAX_INLINE_LIMIT);

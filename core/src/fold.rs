@@ -408,7 +408,10 @@ impl Core {
             .saturating_sub(earlier)
             .saturating_add(bytes);
         // A got_revision may become the changeset too.
-        let copies = if e.name == "got_revision" { bytes } else { 0 };
+        let taken = e.name == "got_revision"
+            && got_revision(&e.value, build.codebase.as_deref())
+                .is_some_and(|rev| takes_changeset(build, &rev, &policy));
+        let copies = if taken { bytes } else { 0 };
         fits(
             || format!("build {}", build.id),
             with_it.saturating_add(copies),
@@ -431,6 +434,10 @@ impl Core {
     fn changeset(&mut self, master: &Ident, e: &Changeset) -> Result<Vec<Mutation>, RuleError> {
         let policy = self.config.changesets.clone();
         let build = self.build_mut(master, &e.build_id)?;
+        // An offer that changes nothing takes no room, however long it is.
+        if !takes_changeset(build, &e.changeset, &policy) {
+            return Ok(vec![]);
+        }
         let earlier = build.changeset.as_ref().map_or(0, String::len);
         fits(
             || format!("build {}", build.id),
@@ -545,15 +552,11 @@ fn offer_changeset(
     candidate: &str,
     policy: &ChangesetPolicy,
 ) -> Vec<Mutation> {
-    let candidate = &*policy.canonical(candidate);
-    let current = build.changeset.as_deref();
-    if candidate.is_empty()
-        || current == Some(candidate)
-        || current.is_some_and(|c| policy.is_proper(c))
-    {
+    if !takes_changeset(build, candidate, policy) {
         return vec![];
     }
-    let earlier = current.map_or(0, str::len);
+    let candidate = &*policy.canonical(candidate);
+    let earlier = build.changeset.as_deref().map_or(0, str::len);
     build.doc_bytes = build
         .doc_bytes
         .saturating_add(candidate.len())
@@ -565,6 +568,15 @@ fn offer_changeset(
     }];
     out.extend(link_if_proper(build, policy));
     out
+}
+
+/// Whether `candidate` would replace the build's changeset (see [`offer_changeset`]).
+fn takes_changeset(build: &BuildState, candidate: &str, policy: &ChangesetPolicy) -> bool {
+    let candidate = policy.canonical(candidate);
+    let current = build.changeset.as_deref();
+    !(candidate.is_empty()
+        || current == Some(&*candidate)
+        || current.is_some_and(|c| policy.is_proper(c)))
 }
 
 /// FETCH_HEAD filtering: only a finished build with a proper changeset goes into `repository`.
