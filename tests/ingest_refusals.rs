@@ -186,6 +186,39 @@ fn keys_that_bson_reads_as_typed_values_are_refused_and_the_build_stays_readable
     );
 }
 
+/// Every reader of a build descends its property values, some of them recursively: a value
+/// nested deeper than 64 arrays or objects is refused, and one at the limit reads back whole.
+#[test]
+fn property_values_nested_deeper_than_64_levels_are_refused_and_64_read_back() {
+    let db = Db::new();
+    let nested = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+    let property = |name: &str, depth: usize| {
+        format!(
+            r#"{{"type":"property","master_id":"m","build_id":1,"name":"{name}","value":{}}}"#,
+            nested(depth)
+        )
+    };
+    let (deep, too_deep) = (property("deep", 64), property("too_deep", 65));
+    let text = [BUILD, deep.as_str(), too_deep.as_str()].join("\n");
+    let out = db.ingest_text(&text, &["--keep-going"]);
+    assert!(
+        stderr(&out).contains("line 3: field `value`: cannot be stored (nested more than 64"),
+        "{}",
+        stderr(&out)
+    );
+    // Read back by export, and by a later run that reloads the build to finish it.
+    let finish = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    assert!(db.ingest_text(finish, &[]).status.success());
+    let build = db.doc("builds", "m/1");
+    let mut value = &build["properties"]["deep"]["value"];
+    for _ in 0..64 {
+        value = &value["a"];
+    }
+    assert_eq!(*value, json!(1));
+    assert_eq!(build["result"], 0);
+    assert!(build["properties"].get("too_deep").is_none());
+}
+
 #[test]
 fn an_empty_event_id_is_rejected_rather_than_taken_as_a_duplicate() {
     let db = Db::new();

@@ -61,7 +61,26 @@ pub(crate) fn check_value(field: &str, value: &Value) -> Result<(), RuleError> {
             i64::MAX
         ));
     }
+    if deeper_than(value, MAX_VALUE_DEPTH) {
+        return refuse(format!(
+            "cannot be stored (nested more than {MAX_VALUE_DEPTH} arrays or objects deep)"
+        ));
+    }
     Ok(())
+}
+
+/// How deep a property value may nest arrays and objects. Every reader of the build descends it
+/// (BSON, the web pages, reloading the build), some of them recursively: a value nested about
+/// twice as deep overflowed the stack of a debug build's threads.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Whether `value` nests arrays and objects more than `depth` deep (a scalar is at depth 0).
+fn deeper_than(value: &Value, depth: usize) -> bool {
+    match value {
+        Value::Array(items) => depth == 0 || items.iter().any(|v| deeper_than(v, depth - 1)),
+        Value::Object(fields) => depth == 0 || fields.values().any(|v| deeper_than(v, depth - 1)),
+        _ => false,
+    }
 }
 
 /// Refuses a property name (at `field`) that cannot be a field of `properties`.
@@ -117,7 +136,9 @@ fn first_key<'v>(value: &'v Value, wrong: &dyn Fn(&str) -> bool) -> Option<&'v s
 
 /// Why a property name cannot be stored, if it cannot.
 fn unstorable_name(name: &str) -> Option<String> {
-    if name.contains('\0') {
+    if name.is_empty() {
+        Some("a property name must not be empty".to_owned())
+    } else if name.contains('\0') {
         Some(format!("the property name {name:?} holds a NUL character"))
     } else if name.starts_with('$') {
         Some(format!(
@@ -160,6 +181,36 @@ mod tests {
         assert_eq!(dollar_key(&json!({"a$": ["$oid", {"b": "$date"}]})), None);
         assert_eq!(unstorable_name("a$b"), None);
         assert!(unstorable_name("$oid").is_some() && unstorable_name("a\0").is_some());
+    }
+
+    #[test]
+    fn values_may_nest_64_arrays_or_objects_deep_and_no_more() {
+        let nested = |depth: usize| {
+            (0..depth).fold(json!(1), |v, i| {
+                if i % 2 == 0 {
+                    json!([v])
+                } else {
+                    json!({"a": v})
+                }
+            })
+        };
+        assert!(check_value("value", &nested(MAX_VALUE_DEPTH)).is_ok());
+        let refused = check_value("value", &nested(MAX_VALUE_DEPTH + 1)).unwrap_err();
+        assert!(
+            refused.to_string().contains("nested more than 64"),
+            "{refused}"
+        );
+        assert!(check_value("value", &json!({"a": [], "b": {}})).is_ok());
+    }
+
+    #[test]
+    fn empty_property_names_are_refused_in_build_started_too() {
+        let line = r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"properties":{"":{"value":1}}}"#;
+        let refused = check_standalone(&Event::parse(line).unwrap()).unwrap_err();
+        assert!(
+            refused.to_string().contains("must not be empty"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -159,7 +159,11 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    // The stack of the main thread for every thread: folding and reading documents descend
+    // property values, nested up to 64 deep, some of it recursively, and a debug build's frames
+    // are large.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(8 << 20)
         .enable_all()
         .build()
     {
