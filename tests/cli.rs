@@ -178,6 +178,15 @@ fn clear_errors_for_bad_commands() {
     assert!(!std::path::Path::new("/")
         .join(format!("{name}.lock"))
         .exists());
+    // Commands that only read say so too, rather than that no store is at "//NAME".
+    for command in [&["export", "builds"][..], &["log", "m/1/0", "stdout"]] {
+        let out = Db::at(format!("sqlite://{name}"))
+            .cmd()
+            .args(command)
+            .output()
+            .expect("run");
+        assert_says(&out, "takes a file path, not a URL with //");
+    }
     // A directory where the store file should be leaves no lock file beside it.
     let folder = dir.path().join("folder.db");
     std::fs::create_dir(&folder).expect("mkdir");

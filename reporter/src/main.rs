@@ -224,7 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log { .. } => Some("log"),
         _ => None,
     };
-    if let (Some(command), Some(path)) = (reader, cli.store.strip_prefix("sqlite:")) {
+    // A form of location that names no store file is said to be one first (`sqlite://x.db`).
+    let sqlite = match reader {
+        Some(_) => store::sqlite_path(&cli.store)?,
+        None => None,
+    };
+    if let (Some(command), Some(path)) = (reader, sqlite) {
         // Only reading: a mistyped path should be an error, not a new empty store; nor should
         // an empty file (SQLite would take it for a new database and make a store of it).
         match std::fs::metadata(path) {

@@ -354,7 +354,7 @@ pub async fn open_for_writing(
 
 /// The file of an SQLite location (`sqlite:PATH`), or None for any other kind; a form that can
 /// name no store file is an error that says why.
-fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
+pub fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
     let Some(path) = location.strip_prefix("sqlite:") else {
         return Ok(None);
     };
