@@ -1,20 +1,25 @@
-"""Feed `buildstore serve`: python3 socket_client.py EVENTS.jsonl [HOST PORT]"""
+"""Feed `buildstore serve`: python3 socket_client.py EVENTS.jsonl [HOST PORT]; exit 1 if any is refused"""
 import json, socket, sys, time
 
-events = open(sys.argv[1]).read().splitlines()
+# Lines end at "\n" only: JSON strings may hold U+2028 and friends, which splitlines() cuts at.
+events = [e for e in open(sys.argv[1], "rb").read().split(b"\n") if e.strip()]
 host, port = (sys.argv[2], int(sys.argv[3])) if len(sys.argv) > 3 else ("127.0.0.1", 9989)
-acked = 0
+acked = refused = 0
 while acked < len(events):
     try:
         with socket.create_connection((host, port)) as s, s.makefile("rb") as replies:
-            s.sendall("".join(e + "\n" for e in events[acked:]).encode())  # resend the unacknowledged
+            s.sendall(b"".join(e + b"\n" for e in events[acked:]))  # resend the unacknowledged
             for line in replies:
                 print(line.decode().rstrip())  # {"ack": ...} or {"error": ..., "line": N}, in order
-                if json.loads(line).get("retry"):
+                reply = json.loads(line)
+                if reply.get("retry"):
                     raise OSError("the daemon cannot take events now")  # it closes; resend later
-                acked += 1
+                if reply.get("closing"):
+                    sys.exit(f"the daemon closed the connection: {reply['error']}")  # e.g. a token
+                acked, refused = acked + 1, refused + ("error" in reply)
                 if acked == len(events):
                     break
     except OSError as e:
         print(f"daemon unreachable ({e}); retrying", file=sys.stderr)
         time.sleep(1)
+sys.exit(1 if refused else 0)
