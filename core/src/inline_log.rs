@@ -6,6 +6,10 @@
 
 use super::mutation::InlineUpdate;
 
+/// How the marker between the head and the tail of a cut inline field ends: what follows it is
+/// the end of the log.
+pub const MARKER_END: &str = " bytes truncated by buildstore ...]\n";
+
 /// Room kept for the marker: "\n[... N bytes truncated by buildstore ...]\n" with N up to 20 digits.
 const MARKER_RESERVE: usize = 64;
 
@@ -101,10 +105,7 @@ impl InlineLog {
             return self.head.clone();
         }
         let omitted = self.len - self.head.len() as u64 - self.tail.len() as u64;
-        format!(
-            "{}\n[... {omitted} bytes truncated by buildstore ...]\n{}",
-            self.head, self.tail
-        )
+        format!("{}\n[... {omitted}{MARKER_END}{}", self.head, self.tail)
     }
 }
 
@@ -178,10 +179,7 @@ mod tests {
         let head = &full[..half(LIMIT)];
         let tail = &full[full.len() - half(LIMIT)..];
         let omitted = full.len() - head.len() - tail.len();
-        assert_eq!(
-            inline,
-            format!("{head}\n[... {omitted} bytes truncated by buildstore ...]\n{tail}")
-        );
+        assert_eq!(inline, format!("{head}\n[... {omitted}{MARKER_END}{tail}"));
     }
 
     #[test]

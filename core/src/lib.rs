@@ -16,7 +16,7 @@ pub use doc_size::{
     MAX_COMMIT_BUILDS, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
 };
 pub use fold::{Core, CoreConfig, RuleError};
-pub use inline_log::{InlineLog, MIN_INLINE_LIMIT};
+pub use inline_log::{InlineLog, MARKER_END, MIN_INLINE_LIMIT};
 pub use mutation::{Batch, InlineUpdate, Mutation};
 pub use state::{BuildSnapshot, LogSnapshot};
 pub use storable::check_standalone;

@@ -11,6 +11,19 @@ pub const TAIL_BYTES: usize = 4 * 1024;
 /// Most bytes of log ends a build page carries in all.
 pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
 
+/// The end of a log whose inline field is `inline` and whose full length is `len`. A cut field is
+/// its head, a marker and its tail: only what follows the marker is the end of the log. The last
+/// marker is taken: one that the log's own text holds can only come later, and what follows it
+/// is still the end of the log.
+pub fn log_end(inline: &str, len: i64) -> &str {
+    if i64::try_from(inline.len()).is_ok_and(|n| n < len) {
+        if let Some(i) = inline.rfind(crate::core::MARKER_END) {
+            return &inline[i + crate::core::MARKER_END.len()..];
+        }
+    }
+    inline
+}
+
 /// The end of `text`: at most `max` bytes, from the start of a line when one begins within
 /// them, and never from inside a character.
 pub fn tail(text: &str, max: usize) -> &str {
@@ -63,6 +76,16 @@ mod tests {
         assert_eq!(tail(text, 20), "error: it broke\n");
         // The window begins right after a line break: that whole line is kept.
         assert_eq!(tail(text, 28), "second line\nerror: it broke\n");
+    }
+
+    #[test]
+    fn the_end_of_a_cut_log_is_what_follows_its_marker() {
+        let cut = "first\n\n[... 900 bytes truncated by buildstore ...]\nlast\n";
+        assert_eq!(log_end(cut, 1000), "last\n");
+        assert_eq!(log_end("whole\n", 6), "whole\n");
+        // A log that quotes the marker: the end is still a suffix of the log.
+        let quoting = "a\n[... 5 bytes truncated by buildstore ...]\nb 1 bytes truncated by buildstore ...]\nc\n";
+        assert_eq!(log_end(quoting, 5000), "c\n");
     }
 
     #[test]

@@ -338,7 +338,11 @@ pub fn build_view(
                         bytes: s.log_bytes.get(c),
                         url: log_url("", &s.id, c),
                         api_url: log_url("/api", &s.id, c),
-                        tail: log_tail::tail(s.log(c), log_tail::TAIL_BYTES).to_owned(),
+                        tail: log_tail::tail(
+                            log_tail::log_end(s.log(c), s.log_bytes.get(c)),
+                            log_tail::TAIL_BYTES,
+                        )
+                        .to_owned(),
                     })
                     .collect(),
             }

@@ -164,6 +164,19 @@ fn a_build_page_carries_the_end_of_each_log_within_a_bound_the_failed_step_draws
     assert!(v.steps[998].logs[0].tail.is_empty(), "past the budget");
 }
 
+/// With a small inline limit the tail of a cut field is under 4 KiB: the page shows it, not the
+/// head and the marker before it.
+#[test]
+fn the_end_of_a_cut_log_shown_is_what_follows_its_marker() {
+    let b = build("m1/1", "linux", None);
+    let mut s = step(0, 0, Some(1), Some(2));
+    s.stdout = "line 0\n\n[... 18608 bytes truncated by buildstore ...]\nline 49\n".into();
+    s.log_bytes.stdout = 18_800;
+    s.log_truncated = true;
+    let v = build_view(&b, None, &[s], false, at(10));
+    assert_eq!(v.steps[0].logs[0].tail, "line 49\n");
+}
+
 #[test]
 fn step_bars_show_where_in_the_build_each_step_ran() {
     let b = build("m1/1", "linux", None);
