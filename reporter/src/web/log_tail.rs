@@ -14,11 +14,16 @@ pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
 /// The end of a log whose inline field is `inline` and whose full length is `len`. A cut field is
 /// its head, a marker and its tail: only what follows the marker is the end of the log. The last
 /// marker is taken: one that the log's own text holds can only come later, and what follows it
-/// is still the end of the log.
+/// is still the end of the log. The tail was cut at any byte, so it starts at its first whole
+/// line when it has one.
 pub fn log_end(inline: &str, len: i64) -> &str {
     if i64::try_from(inline.len()).is_ok_and(|n| n < len) {
         if let Some(i) = inline.rfind(crate::core::MARKER_END) {
-            return &inline[i + crate::core::MARKER_END.len()..];
+            let end = &inline[i + crate::core::MARKER_END.len()..];
+            return match end.find('\n') {
+                Some(i) if i + 1 < end.len() => &end[i + 1..],
+                _ => end,
+            };
         }
     }
     inline
@@ -80,8 +85,14 @@ mod tests {
 
     #[test]
     fn the_end_of_a_cut_log_is_what_follows_its_marker() {
-        let cut = "first\n\n[... 900 bytes truncated by buildstore ...]\nlast\n";
-        assert_eq!(log_end(cut, 1000), "last\n");
+        let cut = "first\n\n[... 900 bytes truncated by buildstore ...]\nput 17\nlast\n";
+        assert_eq!(log_end(cut, 1000), "last\n", "from its first whole line");
+        let one_line = "first\n\n[... 900 bytes truncated by buildstore ...]\nrt of the last\n";
+        assert_eq!(
+            log_end(one_line, 1000),
+            "rt of the last\n",
+            "a part rather than nothing"
+        );
         assert_eq!(log_end("whole\n", 6), "whole\n");
         // A log that quotes the marker: the end is still a suffix of the log.
         let quoting = "a\n[... 5 bytes truncated by buildstore ...]\nb 1 bytes truncated by buildstore ...]\nc\n";
