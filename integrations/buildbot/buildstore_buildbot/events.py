@@ -88,7 +88,7 @@ def sourced_properties(props: dict | None) -> dict:
     out = {}
     for name, pair in (props or {}).items():
         value, source = split_property(pair)
-        out[storable_name(name)] = {"value": storable(value), "source": source}
+        out[property_name(name)] = {"value": storable(value), "source": source}
     return out
 
 
@@ -100,6 +100,16 @@ def storable_name(key):
     key = key.replace("\x00", "\ufffd")
     return "\uff04" + key[1:] if key.startswith("$") else key
 
+
+def property_name(name):
+    """A property's name as the daemon takes it: as ``storable_name`` gives it, and an empty one
+    (which the daemon refuses) as U+FFFD."""
+    name = storable_name(name)
+    return "\ufffd" if name == "" else name
+
+
+# How deep the daemon lets a property value nest arrays and objects.
+MAX_VALUE_DEPTH = 64
 
 # The whole numbers a document can hold (BSON's 64-bit integer).
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
@@ -121,8 +131,9 @@ def stable_text(value: Any) -> str:
 
 def storable(value: Any) -> Any:
     """A property value as the daemon can store it: a whole number outside 64 bits as its text,
-    keys (a property's name too) as ``storable_name`` gives them, and a value over
-    ``MAX_VALUE_BYTES`` as a marker (see ``bounded``).
+    keys (a property's name too) as ``storable_name`` gives them, what nests deeper than
+    ``MAX_VALUE_DEPTH`` arrays or objects as a marker, and a value over ``MAX_VALUE_BYTES`` as a
+    marker (see ``bounded``).
 
     The daemon refuses such numbers (no document can hold them exactly), keys and lines, and a
     refused ``build_started`` would cost its whole build; Python's integers have no bound.
@@ -132,13 +143,15 @@ def storable(value: Any) -> Any:
     return bounded(_storable(value))
 
 
-def _storable(value: Any) -> Any:
+def _storable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if fits_64_bits(value) else str(value)
+    if isinstance(value, (dict, list, tuple)) and depth == MAX_VALUE_DEPTH:
+        return f"(left out by the Buildbot plugin: nested more than {MAX_VALUE_DEPTH} deep)"
     if isinstance(value, dict):
-        return {storable_name(k): _storable(v) for k, v in value.items()}
+        return {storable_name(k): _storable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_storable(v) for v in value]
+        return [_storable(v, depth + 1) for v in value]
     return value
 
 
@@ -374,7 +387,7 @@ def property_event(master_id, buildid: int, name: str, value: Any, source: Any, 
         master_id,
         f"build-{buildid}-property-{digest}{suffix}",
         build_id=buildid,
-        name=storable_name(name),
+        name=property_name(name),
         value=storable(value),
         source=source,
     )

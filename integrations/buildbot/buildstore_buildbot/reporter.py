@@ -516,7 +516,7 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         for name, pair in props.items():
             value, source = events.split_property(pair)
             # As in build_started, whose names and values were made storable.
-            name = events.storable_name(name)
+            name = events.property_name(name)
             key = _prop_key(events.storable(value), source)
             if state.props.get(name) == key:
                 continue

@@ -43,6 +43,19 @@ class TestValues(unittest.TestCase):
         )
         self.assertEqual(events.property_event("m1", 42, "$oid", 1, None)["name"], "\uff04oid")
 
+    def test_an_empty_name_and_values_nested_past_64_deep_are_sent_as_the_daemon_takes_them(self):
+        props = events.sourced_properties({"": (1, "Set")})
+        self.assertEqual(props, {"\ufffd": {"value": 1, "source": "Set"}})
+        self.assertEqual(events.property_event("m1", 42, "", 1, None)["name"], "\ufffd")
+        deep = 1
+        for i in range(70):
+            deep = [deep] if i % 2 else {"a": deep}
+        sent = events.storable(deep)
+        for _ in range(64):  # 64 arrays or objects are kept
+            sent = sent["a"] if isinstance(sent, dict) else sent[0]
+        self.assertIn("nested more than 64 deep", sent)
+        self.assertEqual(events.storable({"a": [[{}]]}), {"a": [[{}]]})
+
     def test_results_pass_through_and_unknown_is_exception(self):
         self.assertEqual([events.result_code(r) for r in range(7)], list(range(7)))
         for odd in (None, 7, -1, True, "0"):
