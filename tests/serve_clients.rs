@@ -40,6 +40,16 @@ fn the_python_example_feeds_every_event_and_says_when_one_is_refused() {
             .count(),
         3
     );
+    // Many more lines than its window: it sends more as the replies come.
+    let many = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 3_000,
+        ..Default::default()
+    });
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let out = python_client(&write_lines(dir.path(), "many.jsonl", &many), daemon.port);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let replies = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(replies, many.len());
     let bad = write_lines(dir.path(), "bad.jsonl", &["{not json"]);
     let out = python_client(&bad, daemon.port);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
