@@ -231,6 +231,22 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
         "a hello longer than 4 KiB is not read: {reply}"
     );
     daemon.kill();
+
+    // A hello is read up to 4 KiB whatever the line limit: the longest token fits under the
+    // smallest limit.
+    let token = "t".repeat(1024);
+    let small_dir = dir.path().join("small");
+    std::fs::create_dir(&small_dir).expect("mkdir");
+    let small = Daemon::start(
+        &small_dir,
+        free_port(),
+        &["--token", &token, "--line-limit", "1024"],
+    );
+    let hello = format!(r#"{{"type":"hello","token":"{token}"}}"#);
+    let replies = exchange(small.port, &[&hello, event]);
+    assert_eq!(replies[0]["hello"], "ok", "{}", replies[0]);
+    assert!(replies[1]["ack"].is_string(), "{}", replies[1]);
+    small.kill();
 }
 
 #[test]

@@ -235,10 +235,12 @@ async fn read_lines<R: AsyncRead + Unpin>(
     let mut run = Run::default();
     let mut line = 0u64;
     loop {
+        // Before the hello, HELLO_LIMIT whatever --line-limit is: a hello is never spooled, and a
+        // token of up to 1 KiB must fit under the smallest line limit too.
         let limit = if authenticated {
             conn.shared.line_limit
         } else {
-            conn.shared.line_limit.min(HELLO_LIMIT)
+            HELLO_LIMIT
         };
         let raw = match buffered_line(read, limit) {
             Some(bytes) => RawLine::Line(bytes),
