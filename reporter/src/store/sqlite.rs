@@ -10,15 +10,15 @@ use bson::{Bson, Document, RawBsonRef, RawDocument};
 use buildstore_schema::{BuildDoc, Channel, Collection, IndexSpec, StepDoc, INDEXES};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::vtab::array::Array;
-use rusqlite::{
-    params, params_from_iter, Connection, OptionalExtension, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{Apply, BuildQuery, CommitQuery, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 #[path = "sqlite_queries.rs"]
 mod queries;
+#[path = "sqlite_upgrade.rs"]
+mod upgrade;
 #[path = "sqlite_write.rs"]
 mod write;
 
@@ -142,107 +142,9 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
     })
 }
 
-/// Brings a store file of any earlier layout to this one. `CREATE TABLE IF NOT EXISTS` leaves an
-/// old table as it is, so the columns added since are added here and filled from the documents
-/// before any index needs them. The write lock is taken first: two processes opening an old file
-/// at once must not both add a column.
-/// Brings a file whose layout is `version` (its `user_version`) up to this one.
-fn upgrade(
-    conn: &mut Connection,
-    version: i64,
-    err: &impl Fn(rusqlite::Error) -> StoreError,
-) -> Result<(), StoreError> {
-    // A file at this layout, with every index, is not written at all. Every open would
-    // otherwise commit (the version, at least), and such a commit by `export` or the web view,
-    // between the reads and the writes of the daemon's batch, made that batch fail with
-    // "database is locked". The indexes are looked at too: some were added without a new
-    // layout version, and a query naming a missing one fails.
-    if version == LAYOUT_VERSION && has_every_index(conn).map_err(err)? {
-        return Ok(());
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(err)?;
-    tx.execute_batch(&tables()).map_err(err)?;
-    for collection in Collection::ALL {
-        let present: HashSet<String> = tx
-            .prepare(&format!(
-                "SELECT name FROM pragma_table_info('{collection}')"
-            ))
-            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-            .map_err(err)?;
-        let missing: Vec<&str> = columns(collection)
-            .iter()
-            .copied()
-            .filter(|c| !present.contains(*c))
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        for c in &missing {
-            tx.execute_batch(&format!("ALTER TABLE {collection} ADD COLUMN {c}"))
-                .map_err(err)?;
-        }
-        backfill(&tx, collection, &missing, err)?;
-    }
-    tx.execute_batch(&indexes()).map_err(err)?;
-    tx.pragma_update(None, "user_version", LAYOUT_VERSION)
-        .map_err(err)?;
-    tx.commit().map_err(err)
-}
-
 /// The SQLite name of an index of the schema.
 fn index_name(spec: &IndexSpec) -> String {
     format!("{}_{}", spec.collection, spec.name)
-}
-
-fn has_every_index(conn: &Connection) -> rusqlite::Result<bool> {
-    let present: HashSet<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(INDEXES
-        .iter()
-        .all(|spec| present.contains(&index_name(spec))))
-}
-
-/// Sets `cols` of every row of `collection` from its stored document, as a write would have.
-fn backfill(
-    tx: &Transaction,
-    collection: Collection,
-    cols: &[&str],
-    err: &impl Fn(rusqlite::Error) -> StoreError,
-) -> Result<(), StoreError> {
-    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = ?")).collect();
-    let mut update = tx
-        .prepare(&format!(
-            "UPDATE {collection} SET {} WHERE _id = ?",
-            sets.join(", ")
-        ))
-        .map_err(err)?;
-    let mut page = tx
-        .prepare(&format!(
-            "SELECT _id, doc FROM {collection} WHERE ?1 IS NULL OR _id > ?1 ORDER BY _id LIMIT ?2"
-        ))
-        .map_err(err)?;
-    let mut after: Option<String> = None;
-    loop {
-        let rows: Vec<(String, Vec<u8>)> = page
-            .query_map(params![after, BACKFILL_PAGE], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(err)?;
-        let Some((last, _)) = rows.last() else {
-            return Ok(());
-        };
-        after = Some(last.clone());
-        for (id, bytes) in rows {
-            let mut values = column_values(collection, cols, &id, &bytes)?;
-            values.push(SqlValue::Text(id));
-            update.execute(params_from_iter(values)).map_err(err)?;
-        }
-    }
 }
 
 impl SqliteStore {
@@ -278,7 +180,7 @@ impl SqliteStore {
             // FULL: a batch the store confirmed survives a power cut, not only a crash.
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(&err)?;
-            upgrade(&mut conn, version, &err)?;
+            upgrade::upgrade(&mut conn, version, &err)?;
             let reader = open()?;
             rusqlite::vtab::array::load_module(&reader).map_err(&err)?;
             Ok::<_, StoreError>((conn, reader))

@@ -5,6 +5,7 @@ use super::*;
 use crate::core::{Core, CoreConfig, Mutation};
 use crate::synth::{lines, Shape};
 use buildstore_schema::Event;
+use rusqlite::params_from_iter;
 
 async fn export_all(store: &SqliteStore) -> Vec<Document> {
     let mut all = Vec::new();
