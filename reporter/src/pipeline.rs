@@ -307,12 +307,12 @@ enum Line {
     Bad(LineError),
 }
 
-/// Reads and parses lines into chunks of at most `chunk_events` events or `chunk_bytes` bytes; a
-/// bad line ends its chunk, and so does a pause of the input, which the chunk says (`true`).
-/// Runs as its own task so that parsing overlaps the store's writes.
 /// How long input may be silent before what came so far is applied.
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Reads and parses lines into chunks of at most `chunk_events` events or `chunk_bytes` bytes; a
+/// bad line ends its chunk, and so does a pause of the input, which the chunk says (`true`).
+/// Runs as its own task so that parsing overlaps the store's writes.
 async fn read_chunks<R: AsyncBufRead + Unpin>(
     mut input: R,
     chunk_events: usize,
@@ -331,21 +331,24 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         // again from a pipe. A pause in the middle of a line counts too.
         let read = input.read_until(b'\n', &mut buf);
         tokio::pin!(read);
-        // A reader that only refills its buffer (a file, read on a blocking thread) answers
-        // within moments: only input still silent after `PAUSE` is a pause, or a file would be
-        // cut into a chunk at every refill.
-        let read = match tokio::time::timeout(PAUSE, read.as_mut()).await {
-            Ok(read) => read,
-            Err(_) => {
-                if !chunk.is_empty() {
-                    bytes = 0;
-                    let paused = Ok((std::mem::take(&mut chunk), true));
-                    if out.send(paused).await.is_err() {
-                        return;
+        // A line already buffered needs no timer. A reader that only refills its buffer (a
+        // file, read on a blocking thread) answers within moments: only input still silent
+        // after `PAUSE` is a pause, or a file would be cut into a chunk at every refill.
+        let read = match futures::poll!(read.as_mut()) {
+            std::task::Poll::Ready(read) => read,
+            std::task::Poll::Pending => match tokio::time::timeout(PAUSE, read.as_mut()).await {
+                Ok(read) => read,
+                Err(_) => {
+                    if !chunk.is_empty() {
+                        bytes = 0;
+                        let paused = Ok((std::mem::take(&mut chunk), true));
+                        if out.send(paused).await.is_err() {
+                            return;
+                        }
                     }
+                    read.await
                 }
-                read.await
-            }
+            },
         };
         let n = match read {
             Ok(n) => n,

@@ -359,11 +359,10 @@ fn shrink(conn: &Connection) -> rusqlite::Result<()> {
     if free < FREE_PAGES_KEPT {
         return Ok(());
     }
-    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-    if mode == 0 {
+    if !has_auto_vacuum(conn)? {
         // A spool of an earlier version, not empty at start: `incremental_vacuum` does nothing
         // there, and this would run at every release. Empty now, it is cheap to convert.
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+        turn_on_auto_vacuum(conn)?;
     } else {
         // Each step frees some pages: stepped to the end, it frees them all.
         let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
@@ -377,13 +376,23 @@ fn shrink(conn: &Connection) -> rusqlite::Result<()> {
 /// A spool made by an earlier version has no `auto_vacuum`: turned on while it is empty, its
 /// free pages can be given back from then on.
 fn vacuum_older_spool_if_empty(conn: &Connection) -> rusqlite::Result<()> {
-    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
     let empty: bool =
         conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM groups)", [], |r| r.get(0))?;
-    if mode == 0 && empty {
-        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+    if empty && !has_auto_vacuum(conn)? {
+        turn_on_auto_vacuum(conn)?;
     }
     Ok(())
+}
+
+fn has_auto_vacuum(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0))
+        .map(|mode| mode != 0)
+}
+
+/// Turns `auto_vacuum` on in a spool file made without it; the VACUUM rewrites the whole file,
+/// so only an empty spool is converted.
+fn turn_on_auto_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
 }
 
 /// Takes `n` from a count without going below zero: a count that had missed a group (one whose

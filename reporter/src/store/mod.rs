@@ -220,8 +220,6 @@ pub struct CommitCursor {
     pub id: String,
 }
 
-/// The part of a store that folding events into it needs: writing a batch, and reading back
-/// what the next batch builds on.
 /// What a store knows of some event keys (see [`Apply::applied_events`]).
 #[derive(Debug, Default)]
 pub struct KnownEvents {
@@ -232,6 +230,8 @@ pub struct KnownEvents {
     pub pinned: HashMap<String, u64>,
 }
 
+/// The part of a store that folding events into it needs: writing a batch, and reading back
+/// what the next batch builds on.
 #[async_trait]
 pub trait Apply: Send + Sync {
     /// The caller retries failed batches itself and counts each failure, as the daemon's drain

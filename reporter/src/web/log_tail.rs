@@ -11,22 +11,20 @@ pub const TAIL_BYTES: usize = 4 * 1024;
 /// Most bytes of log ends a build page carries in all.
 pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
 
-/// The end of a log whose inline field is `inline` and whose full length is `len`. A cut field is
-/// its head, a marker and its tail: only what follows the marker is the end of the log. The last
-/// marker is taken: one that the log's own text holds can only come later, and what follows it
-/// is still the end of the log. The tail was cut at any byte, so it starts at its first whole
-/// line when it has one.
-pub fn log_end(inline: &str, len: i64) -> &str {
-    if i64::try_from(inline.len()).is_ok_and(|n| n < len) {
-        if let Some(i) = inline.rfind(crate::core::MARKER_END) {
-            let end = &inline[i + crate::core::MARKER_END.len()..];
-            return match end.find('\n') {
-                Some(i) if i + 1 < end.len() => &end[i + 1..],
-                _ => end,
-            };
-        }
+/// The end of a log whose inline field `cut` does not hold it whole. A cut field is its head, a
+/// marker and its tail: only what follows the marker is the end of the log. The last marker is
+/// taken: one that the log's own text holds can only come later, and what follows it is still
+/// the end of the log. The tail was cut at any byte, so it starts at its first whole line when
+/// it has one.
+pub fn after_marker(cut: &str) -> &str {
+    let Some(i) = cut.rfind(crate::core::MARKER_END) else {
+        return cut;
+    };
+    let end = &cut[i + crate::core::MARKER_END.len()..];
+    match end.find('\n') {
+        Some(i) if i + 1 < end.len() => &end[i + 1..],
+        _ => end,
     }
-    inline
 }
 
 /// The end of `text`: at most `max` bytes, from the start of a line when one begins within
@@ -86,17 +84,17 @@ mod tests {
     #[test]
     fn the_end_of_a_cut_log_is_what_follows_its_marker() {
         let cut = "first\n\n[... 900 bytes truncated by buildstore ...]\nput 17\nlast\n";
-        assert_eq!(log_end(cut, 1000), "last\n", "from its first whole line");
+        assert_eq!(after_marker(cut), "last\n", "from its first whole line");
         let one_line = "first\n\n[... 900 bytes truncated by buildstore ...]\nrt of the last\n";
         assert_eq!(
-            log_end(one_line, 1000),
+            after_marker(one_line),
             "rt of the last\n",
             "a part rather than nothing"
         );
-        assert_eq!(log_end("whole\n", 6), "whole\n");
+        assert_eq!(after_marker("no marker\n"), "no marker\n");
         // A log that quotes the marker: the end is still a suffix of the log.
         let quoting = "a\n[... 5 bytes truncated by buildstore ...]\nb 1 bytes truncated by buildstore ...]\nc\n";
-        assert_eq!(log_end(quoting, 5000), "c\n");
+        assert_eq!(after_marker(quoting), "c\n");
     }
 
     #[test]

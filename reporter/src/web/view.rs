@@ -339,7 +339,8 @@ pub fn build_view(
                         url: log_url("", &s.id, c),
                         api_url: log_url("/api", &s.id, c),
                         tail: log_tail::tail(
-                            log_tail::log_end(s.log(c), s.log_bytes.get(c)),
+                            s.whole_log(c)
+                                .unwrap_or_else(|| log_tail::after_marker(s.log(c))),
                             log_tail::TAIL_BYTES,
                         )
                         .to_owned(),

@@ -208,10 +208,10 @@ pub async fn send(
         .collect();
     insert_all(&to, APPLIED_EVENTS, keys).await?;
     // The pinned keys become keys of applied events once everything else is written.
-    let pinned: Vec<&str> = pins.iter().map(|(k, _)| k.as_str()).collect();
-    for chunk in pinned.chunks(KEYS_PER_UNPIN) {
+    for chunk in pins.chunks(KEYS_PER_UNPIN) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
         let unpin = doc! {
-            "q": {"_id": {"$in": chunk}},
+            "q": {"_id": {"$in": keys}},
             "u": {"$unset": {PIN_OFFSET: ""}},
             "multi": true,
         };
