@@ -488,18 +488,16 @@ class BuildstoreClient:
         except ValueError:
             self._drop_connection(f"unexpected reply {_summary(raw)!r}")
             return
+        # A reply is a sign of life: the timer starts again, for the lines still in flight. The
+        # hello's own is answered first, so that an idle connection is not dropped as silent.
+        # (The delay before reconnecting is reset by an ack only: a daemon whose spool is full
+        # says hello too, and then refuses every event.)
+        awaiting_hello, self._awaiting_hello = self._awaiting_hello, False
         self._arm_watchdog()
 
-        if self._awaiting_hello:
-            self._awaiting_hello = False
+        if awaiting_hello:
             if "error" in reply:
                 self._drop_connection(f"token refused: {reply['error']}")
-                return
-            # Armed for the hello: now only for events in flight, if any. Left armed, an idle
-            # connection would be dropped as silent once the reply timeout passed. The delay
-            # before reconnecting is reset by an ack only: a daemon whose spool is full says
-            # hello too, and then refuses every event.
-            self._arm_watchdog()
             return
 
         if self._in_flight == 0:

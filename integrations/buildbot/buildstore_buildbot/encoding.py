@@ -24,7 +24,10 @@ def encode_event(event: dict) -> bytes:
         line = _dumps(event)
     except ValueError:  # a non-finite float somewhere: rare, so only then walk the event
         line = _dumps(_finite(event))
-    return well_formed(line).encode("utf-8")
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: rare, so only then take the text apart
+        return well_formed(line).encode("utf-8")
 
 
 def well_formed(text: str) -> str:

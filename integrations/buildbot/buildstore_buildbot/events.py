@@ -317,7 +317,8 @@ def build_started(
     def first_changes():
         kept = event["changes"][:100]
         left = len(event["changes"]) - len(kept)
-        event["changes"] = kept + [_left_out_changes(left)] if left else kept
+        more = change_entry({"comments": f"({left} more changes, left out by the plugin)"})
+        event["changes"] = kept + [more] if left else kept
 
     def no_values():
         props = event["properties"]
@@ -345,19 +346,6 @@ def build_started(
             break
         shrink()
     return event
-
-
-def _left_out_changes(count: int) -> dict:
-    """A change entry that says how many more were left out."""
-    return {
-        "revision": None,
-        "author": None,
-        "comments": f"({count} more changes, left out by the plugin)",
-        "files": [],
-        "when": None,
-        "branch": None,
-        "repository": None,
-    }
 
 
 def build_finished(master_id, build: dict) -> dict:
@@ -461,7 +449,10 @@ def chunk_text(text: str, limit: int = MAX_LOG_CHUNK) -> list[str]:
 
 
 def _byte_pieces(text: str, limit: int) -> list[str]:
-    data = text.encode("utf-8")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot spell: as U+FFFD
+        data = well_formed(text).encode("utf-8")
     pieces = []
     start = 0
     while start < len(data):
@@ -502,7 +493,7 @@ def log_events(
     than the first chunk sent must not pass for it.
     """
     events = []
-    for piece in chunk_text(well_formed(text), limit):
+    for piece in chunk_text(text, limit):
         end = offset + len(piece.encode("utf-8"))
         events.append(
             _event(
