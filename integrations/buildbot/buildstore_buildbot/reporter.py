@@ -30,6 +30,7 @@ from buildstore_buildbot.backlog import open_backlog
 from buildstore_buildbot.builders import BuilderReports
 from buildstore_buildbot.client import BuildstoreClient
 from buildstore_buildbot.connection import parse_address
+from buildstore_buildbot.encoding import well_formed
 from buildstore_buildbot.jobs import OrderedJobs
 from buildstore_buildbot.jobs import wait_at_most
 from buildstore_buildbot.logs import LogReports
@@ -102,8 +103,9 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
                 "BuildstoreReporter: master_id must be non-empty, contain no '/' and be "
                 "neither '.' nor '..'"
             )
-        elif isinstance(master_id, str) and len(master_id.encode("utf-8", "replace")) > 256:
-            # The daemon would refuse every event.
+        elif isinstance(master_id, str) and len(well_formed(master_id).encode("utf-8")) > 256:
+            # The daemon would refuse every event. Measured as sent: a lone surrogate goes as
+            # U+FFFD, three bytes.
             config.error("BuildstoreReporter: master_id must be at most 256 bytes")
         elif isinstance(master_id, int) and not events.fits_64_bits(master_id):
             config.error("BuildstoreReporter: master_id must be a 64-bit integer")

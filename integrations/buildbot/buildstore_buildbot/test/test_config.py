@@ -23,6 +23,7 @@ class TestConfig(unittest.TestCase):
             {"address": "unix:/run/b.sock", "master_id": "m1", "backlog_bytes": 0},
             {"address": "tcp://127.0.0.1:99890", "master_id": "m1"},
             {"address": "unix:/run/b.sock", "master_id": "m" * 257},
+            {"address": "unix:/run/b.sock", "master_id": "m" * 255 + "\udc80"},
             {"address": "unix:/run/b.sock", "master_id": 1 << 63},
             {"address": "unix:/run/b.sock", "master_id": "m1", "stop_timeout": None},
             {"address": "unix:/run/b.sock", "master_id": "m1", "stop_timeout": -1},
