@@ -45,12 +45,9 @@ fn a_mongodb_write_not_confirmed_to_the_write_concern_is_sent_again() {
     let out = db.ingest(&file, &["--batch-events", "100000"]);
     write_concern_fail_point(&peer, "off".into(), &["insert"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(
-            "not confirmed to the write concern: waiting for replication timed out (code 64)"
-        ),
-        "{}",
-        stderr(&out)
+    assert_says(
+        &out,
+        "not confirmed to the write concern: waiting for replication timed out (code 64)",
     );
     peer.kill();
 }
@@ -146,11 +143,10 @@ fn a_mongodb_batch_cut_off_after_any_command_is_completed_by_a_rerun() {
             r#"{{"type":"property","master_id":"m","event_id":"e7","build_id":1,"name":"got_revision","value":"{hash}","source":"Git"}}"#
         ),
     ];
-    let write = |name: &str, lines: &[String]| {
-        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        write_lines(dir.path(), name, &lines)
-    };
-    let (start_file, rest_file) = (write("start.jsonl", &start), write("rest.jsonl", &rest));
+    let (start_file, rest_file) = (
+        write_lines(dir.path(), "start.jsonl", &start),
+        write_lines(dir.path(), "rest.jsonl", &rest),
+    );
     let limit = ["--inline-log-limit", "256"];
     let expected = Db::new();
     for file in [&start_file, &rest_file] {

@@ -45,7 +45,6 @@ fn the_python_example_feeds_every_event_and_says_when_one_is_refused() {
         events: 3_000,
         ..Default::default()
     });
-    let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let out = python_client(&write_lines(dir.path(), "many.jsonl", &many), daemon.port);
     assert!(out.status.success(), "{}", stderr(&out));
     let replies = String::from_utf8_lossy(&out.stdout).lines().count();

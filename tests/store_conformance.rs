@@ -108,7 +108,6 @@ fn a_generated_stream_of_concurrent_builds_matches_across_stores() {
         log_chunk_bytes: 2_000,
         ..Default::default()
     });
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let file = write_lines(dir.path(), "gen.jsonl", &lines);
     let sqlite = Db::new();
     let mongo = mongo("generated");
@@ -202,7 +201,6 @@ fn a_server_killed_mid_ingest_then_restarted_is_fixed_by_running_the_ingest_agai
         events: 30_000,
         ..Default::default()
     });
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let file = write_lines(dir.path(), "gen.jsonl", &lines);
     let expected = Db::new();
     expected.ingest_ok(&file);

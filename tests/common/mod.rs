@@ -179,9 +179,13 @@ pub fn build_doc_id(e: &Value) -> String {
     format!("{}/{}", part(&e["master_id"]), part(&e["build_id"]))
 }
 
-pub fn write_lines(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+pub fn write_lines(dir: &Path, name: &str, lines: &[impl AsRef<str>]) -> PathBuf {
     let path = dir.join(name);
-    let mut text = lines.join("\n");
+    let mut text = lines
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join("\n");
     text.push('\n');
     std::fs::write(&path, text).expect("write stream");
     path

@@ -51,7 +51,6 @@ fn ingest_takes_at_most_one_round_trip_per_hundred_events() {
         events: 20_000,
         ..Default::default()
     });
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let file = write_lines(dir.path(), "gen.jsonl", &lines);
     let db = Db::at(peer.uri("roundtrips"));
     db.ingest_ok(&file);
