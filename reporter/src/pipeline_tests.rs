@@ -184,9 +184,15 @@ async fn a_chunk_without_offset_is_pinned_each_time_it_is_folded() {
     let first = applier.prepare(&store, &chunk, false).await.unwrap();
     assert_eq!(first.batch.pins, [("m/l2".to_owned(), 6)]);
     assert_eq!(appended(&first.batch), [6]);
+    // Its batch was never sent (the one before it failed); meanwhile another chunk went first.
     applier.forget();
+    applier
+        .apply_chunk(&store, &[unplaced_log("l3")], false)
+        .await
+        .unwrap();
     let again = applier.prepare(&store, &chunk, false).await.unwrap();
-    assert_eq!(again.batch.pins, first.batch.pins);
+    assert_eq!(again.batch.pins, [("m/l2".to_owned(), 12)]);
+    assert_eq!(appended(&again.batch), [12]);
 }
 
 /// After a crash in the middle of a batch, its chunk's text is in the log but its key is not

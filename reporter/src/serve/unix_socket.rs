@@ -130,15 +130,16 @@ mod tests {
         drop(second.listener);
         drop(second.file);
         assert!(!path.exists());
-        // A file of another inode put there since stays, though nothing listens on it.
+        // A socket of another inode put there since stays, though nothing listens on it: only
+        // the inode tells it from the daemon's own.
         let third = BoundSocket::bind(&path).unwrap();
         drop(third.listener);
         // Made while the socket still holds its inode, so that it gets another.
         let keep = dir.path().join("keep");
-        std::fs::write(&keep, "someone else's").unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&keep).unwrap());
         std::fs::rename(&keep, &path).unwrap();
         drop(third.file);
-        assert!(path.exists(), "another file stays");
+        assert!(path.exists(), "another socket stays");
         // So does a file that is not a socket, though it has the inode the daemon's socket had.
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "someone else's").unwrap();
