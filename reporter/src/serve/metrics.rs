@@ -188,7 +188,7 @@ impl Metrics {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
@@ -205,15 +205,14 @@ pub async fn serve(
             }
         }),
     );
-    let shutdown = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "metrics endpoint failed");
-    }
+    crate::http::serve(
+        listener,
+        app,
+        crate::http::Limits::default(),
+        stop,
+        "metrics",
+    )
+    .await;
 }
 
 /// How long `buildstore status` waits for the metrics page.

@@ -16,7 +16,6 @@ mod routes;
 pub mod view;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -100,39 +99,15 @@ fn with_safety_headers(mut response: Response) -> Response {
     response
 }
 
-/// How long requests still being answered (a slow client reading a big log) may hold up a stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Resolves once `stop` is true.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            break;
-        }
-    }
-}
-
 /// Serves the pages on `listener` until `stop` turns true, then lets the requests under way finish
-/// for a few seconds and drops the rest: a reader of a big log must not hold up the daemon's stop.
+/// for a few seconds and drops the rest.
 pub async fn serve(listener: TcpListener, store: Arc<dyn Store>, stop: watch::Receiver<bool>) {
-    use axum::serve::ListenerExt;
-    // A page streamed in pieces would otherwise wait on the client's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router(store)).with_graceful_shutdown(stopped(stop.clone()));
-    let deadline = async {
-        stopped(stop).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        result = server => {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "web server failed");
-            }
-        }
-        () = deadline => {
-            tracing::warn!("web requests still open {SHUTDOWN_GRACE:?} after the stop: closing them");
-        }
-    }
+    crate::http::serve(
+        listener,
+        router(store),
+        crate::http::Limits::default(),
+        stop,
+        "web pages",
+    )
+    .await;
 }

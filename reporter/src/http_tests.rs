@@ -1,0 +1,106 @@
+//! The limits of the HTTP server, over real sockets, with short timeouts.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::{serve, Limits};
+
+/// A server answering `GET /` with "hello", and the sender that stops it.
+async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(serve(listener, router, limits, stopped, "test server"));
+    (addr, stop)
+}
+
+fn limits(max_connections: usize, head_timeout_ms: u64) -> Limits {
+    Limits {
+        max_connections,
+        head_timeout: Duration::from_millis(head_timeout_ms),
+        grace: Duration::from_secs(1),
+    }
+}
+
+/// Reads until the server closes the connection; what it sent, and how long that took.
+async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("the server should close the connection")
+        .expect("reading");
+    (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
+    let (addr, _stop) = start(limits(8, 300)).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let (got, after) = read_until_closed(&mut silent).await;
+    assert!(
+        after >= Duration::from_millis(250),
+        "closed after {after:?}"
+    );
+    assert!(!got.contains("hello"), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_request_head_sent_in_part_is_not_waited_for_past_the_timeout() {
+    let (addr, _stop) = start(limits(8, 300)).await;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: te").await.unwrap();
+    let (got, _) = read_until_closed(&mut slow).await;
+    assert!(!got.contains("hello"), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_is_answered_then_closed_once_idle() {
+    let (addr, _stop) = start(limits(8, 300)).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(REQUEST).await.unwrap();
+    let (got, _) = read_until_closed(&mut client).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(got.ends_with("hello"), "{got:?}");
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_a_client_waits_for_a_free_slot() {
+    let (addr, _stop) = start(limits(1, 30_000)).await;
+    let first = TcpStream::connect(addr).await.unwrap();
+    // The kernel completes the second connection, but the server does not take it yet.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(REQUEST).await.unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(early.is_err(), "answered while the only slot was taken");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("answered once the slot is free")
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_stop_finishes_the_request_under_way_and_refuses_new_connections() {
+    let (addr, stop) = start(limits(8, 30_000)).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(REQUEST).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
+    stop.send(true).unwrap();
+    // The kept-alive connection is closed at once rather than at the grace period's end.
+    let (_, after) = read_until_closed(&mut idle).await;
+    assert!(after < Duration::from_millis(900), "closed after {after:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
