@@ -200,9 +200,12 @@ pub struct RepoBuildEntry {
     pub build: String,
     pub builder: String,
     pub number: i64,
+    // Only a finished build is linked, so its result and end are always there: the schema says
+    // so (the types stay optional to read what a build's state holds).
+    #[schemars(with = "i32")]
     pub result: Option<i32>,
     #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     pub time_start: DateTime,
-    #[schemars(with = "Option<chrono::DateTime<chrono::Utc>>")]
+    #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     pub time_end: Option<DateTime>,
 }

@@ -154,5 +154,23 @@ mod tests {
             repo["properties"]["commiter_date"]["bsonType"],
             json!(["date", "null"])
         );
+        // Only a finished build is linked: how it ended is always there.
+        let entry = &repo["properties"]["builds"]["items"];
+        assert_eq!(
+            entry["required"],
+            json!([
+                "build",
+                "builder",
+                "number",
+                "result",
+                "time_start",
+                "time_end"
+            ])
+        );
+        assert_eq!(
+            entry["properties"]["result"]["bsonType"],
+            json!(["int", "long"])
+        );
+        assert_eq!(entry["properties"]["time_end"]["bsonType"], "date");
     }
 }
