@@ -99,13 +99,14 @@ impl Reader {
             })
     }
 
-    fn time(&self, name: &str) -> Result<Option<bson::DateTime>, ParamError> {
+    fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ParamError> {
         self.get(name).map(|v| parse_time(name, v)).transpose()
     }
 }
 
-/// A date (`2026-11-23`, midnight UTC) or an RFC 3339 date-time.
-fn parse_time(name: &str, v: &str) -> Result<bson::DateTime, ParamError> {
+/// A date (`2026-11-23`, midnight UTC) or an RFC 3339 date-time, within what the pages can write
+/// back into their links (years 0000 to 9999 in UTC, to the millisecond).
+fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ParamError> {
     let t = DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {
@@ -116,7 +117,20 @@ fn parse_time(name: &str, v: &str) -> Result<bson::DateTime, ParamError> {
                 "{name} must be a date like 2026-11-23 or a date-time like 2026-11-23T14:00:00Z, not {v:?}"
             ))
         })?;
-    Ok(bson::DateTime::from_millis(t.timestamp_millis()))
+    if to_millis(t).try_to_rfc3339_string().is_err() {
+        return Err(ParamError(format!(
+            "{name} must fall within the years 0000 to 9999 in UTC, not {v:?}"
+        )));
+    }
+    Ok(t)
+}
+
+/// `t` as the stored times are kept, to the millisecond, rounded up: builds start at whole
+/// milliseconds, so "at or after" and "before" a time between two of them mean the same as the
+/// next one.
+fn to_millis(t: DateTime<Utc>) -> bson::DateTime {
+    let part_of_a_milli = !t.timestamp_subsec_nanos().is_multiple_of(1_000_000);
+    bson::DateTime::from_millis(t.timestamp_millis() + i64::from(part_of_a_milli))
 }
 
 /// `success`, `failure`, ... (Buildbot's names), `running`, or the numeric code.
@@ -196,6 +210,13 @@ impl ActivityParams {
 
     pub fn parse(query: Option<&str>) -> Result<ActivityParams, ParamError> {
         let r = Reader::new(query, Self::NAMES)?;
+        // Compared as given: two times within one millisecond are still in order.
+        let (since, until) = (r.time("since")?, r.time("until")?);
+        if let (Some(s), Some(u)) = (since, until) {
+            if s >= u {
+                return Err(ParamError("since must be earlier than until".into()));
+            }
+        }
         let before = match r.get("before") {
             None => None,
             Some(v) => {
@@ -212,16 +233,11 @@ impl ActivityParams {
             branch: r.text("branch"),
             result: r.get("result").map(parse_result).transpose()?,
             changeset: r.text("changeset"),
-            since: r.time("since")?,
-            until: r.time("until")?,
+            since: since.map(to_millis),
+            until: until.map(to_millis),
             before,
             limit: r.limit()?,
         };
-        if let (Some(s), Some(u)) = (query.since, query.until) {
-            if s >= u {
-                return Err(ParamError("since must be earlier than until".into()));
-            }
-        }
         Ok(ActivityParams { query })
     }
 

@@ -72,6 +72,41 @@ fn dates_and_date_times_are_accepted_and_ordered() {
     assert!(error("since=2026-11-02&until=2026-11-01").contains("earlier than until"));
 }
 
+/// The pages write `since` and `until` back into their links: a time they could not write, once
+/// in UTC, is refused rather than lost from the links (or written in a form refused there).
+#[test]
+fn times_outside_years_0000_to_9999_in_utc_are_refused() {
+    for q in [
+        "until=9999-12-31T23:00:00-05:00",
+        "since=0000-01-01T00:00:00%2B01:00",
+    ] {
+        assert!(
+            error(q).contains("within the years 0000 to 9999 in UTC"),
+            "{q}: {}",
+            error(q)
+        );
+    }
+    let last = activity("until=9999-12-31T23:59:59.999Z").unwrap();
+    let link = ActivityParams { query: last }.link(|_| {});
+    assert_eq!(link, "?until=9999-12-31T23:59:59.999Z");
+}
+
+/// Builds start at whole milliseconds: a time between two of them is compared as given, and
+/// filters as the next millisecond (a build at .000 started before .0009, and not after .0001).
+#[test]
+fn times_finer_than_a_millisecond_keep_their_order_and_meaning() {
+    let q = activity("since=2026-04-01T00:00:00.0001Z&until=2026-04-01T00:00:00.0009Z").unwrap();
+    let next = |q: Option<bson::DateTime>| q.unwrap().try_to_rfc3339_string().unwrap();
+    assert_eq!(next(q.since), "2026-04-01T00:00:00.001Z");
+    assert_eq!(next(q.until), "2026-04-01T00:00:00.001Z");
+    let q = activity("until=2026-04-01T00:00:00.123Z").unwrap();
+    assert_eq!(next(q.until), "2026-04-01T00:00:00.123Z");
+    assert!(
+        error("since=2026-04-01T00:00:00.0009Z&until=2026-04-01T00:00:00.0001Z")
+            .contains("earlier than until")
+    );
+}
+
 #[test]
 fn unknown_repeated_and_malformed_parameters_are_named() {
     assert!(error("bulder=x").contains("unknown parameter \"bulder\""));
