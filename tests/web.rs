@@ -531,3 +531,33 @@ fn ids_with_any_characters_are_linked_and_found_again() {
         .expect("log url");
     assert_eq!(web.get(log_url).body, b"ok\n");
 }
+
+const HASH: &str = "4f2b8c1e9a7d3b5c6f0e1d2c3b4a59687f6e5d4c";
+
+#[test]
+fn an_empty_branch_or_abbreviation_leaves_no_link_without_text() {
+    let db = Db::new();
+    let build = json!({"type":"build_started","master_id":"m","builder":"linux","build_id":1,
+                       "number":1,"branch":"","changeset":HASH,"time":"2026-11-20T10:00:00Z"});
+    let commit = json!({"type":"commit","master_id":"m","hash":HASH,"hash_abbrev":"",
+                        "repository_uri":"r","subject":"s","author_name":"a","author_email":"e",
+                        "author_date":"2026-11-20T09:00:00Z","commiter_name":"c",
+                        "commiter_email":"e","commiter_date":"2026-11-20T09:00:00Z"});
+    let finished = json!({"type":"build_finished","master_id":"m","build_id":1,"result":0,
+                          "time":"2026-11-20T10:01:00Z"});
+    let out = db.ingest_text(&format!("{build}\n{commit}\n{finished}\n"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let web = WebServer::start(&db);
+    let index = web.html("/");
+    assert!(index.contains("linux"), "{index}");
+    assert!(
+        !index.contains("branch="),
+        "a link to an empty branch: {index}"
+    );
+    let console = web.html("/changesets");
+    assert!(
+        console.contains(&format!("<code>{}</code>", &HASH[..7])),
+        "{console}"
+    );
+    assert!(!console.contains("<code></code>"), "{console}");
+}

@@ -476,6 +476,7 @@ impl Core {
         let abbrev = e
             .hash_abbrev
             .clone()
+            .filter(|a| !a.is_empty())
             .unwrap_or_else(|| hash.chars().take(7).collect());
         let doc = CommitDoc {
             id: hash.clone(),

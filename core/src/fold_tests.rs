@@ -386,6 +386,14 @@ fn commits_need_a_full_hash_and_default_the_abbreviation() {
     };
     assert_eq!(doc.hash_abbrev.as_deref(), Some("4f2b8c1"));
     assert!(doc.builds.is_empty());
+    // An empty abbreviation would leave the commit nothing to be shown or clicked by.
+    let mut empty = commit(HASH);
+    empty["hash_abbrev"] = json!("");
+    let ms = apply(core, empty);
+    let Mutation::UpsertCommit(doc) = &ms[0] else {
+        panic!()
+    };
+    assert_eq!(doc.hash_abbrev.as_deref(), Some("4f2b8c1"));
     assert_eq!(
         fail(core, commit("FETCH_HEAD")).to_string(),
         "field `hash`: \"FETCH_HEAD\" is not a full commit hash"

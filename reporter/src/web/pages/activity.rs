@@ -121,7 +121,8 @@ fn active_filters(params: &ActivityParams) -> Markup {
 fn sourcestamp(params: &ActivityParams, s: &SourceStamp) -> Markup {
     html! {
         @if let Some(repo) = &s.repository { div.repository { (repo) } }
-        @if let Some(branch) = &s.branch {
+        // An empty branch would be a link with no text that widens the view (an empty filter is none).
+        @if let Some(branch) = s.branch.as_ref().filter(|b| !b.is_empty()) {
             div { "branch " a href=(params.link(|q| { q.branch = Some(branch.clone()); q.before = None; })) { (branch) } }
         }
         @match &s.changeset {
