@@ -33,6 +33,13 @@ impl Outcome {
         Outcome { code: result, name }
     }
 
+    /// A step the master never finished, in a build that did (a master that died mid-step and
+    /// finished the build on its restart): it is not running.
+    pub const UNFINISHED: Outcome = Outcome {
+        code: None,
+        name: "unfinished",
+    };
+
     /// Failed steps are the ones a reader looks for first.
     pub fn is_failure(self) -> bool {
         matches!(self.code, Some(2) | Some(4))
@@ -306,10 +313,14 @@ pub fn build_view(
     let mut steps: Vec<StepView> = steps
         .iter()
         .map(|s| {
-            let duration_ms = millis(s.time_start, s.time_end.unwrap_or(now));
+            // A step never finished ended with its build at the latest, not now.
+            let duration_ms = millis(s.time_start, s.time_end.or(build.time_end).unwrap_or(now));
             let offset_ms = millis(build.time_start, s.time_start);
             let offset_pct = pct(offset_ms);
-            let result = Outcome::of(s.result);
+            let result = match (s.result, build.result) {
+                (None, Some(_)) => Outcome::UNFINISHED,
+                _ => Outcome::of(s.result),
+            };
             // Highlighted: a step that failed, or the step that gave a build that did not succeed
             // its result (a test step ending in WARNINGS is why its build warns).
             let failed = result.is_failure()

@@ -177,6 +177,27 @@ fn the_end_of_a_cut_log_shown_is_what_follows_its_marker() {
     assert_eq!(v.steps[0].logs[0].tail, "line 49\n");
 }
 
+/// A master that died mid-step finishes the build on its restart, never the step: the step is
+/// shown as unfinished, lasting until its build ended, not as running to this day.
+#[test]
+fn a_step_never_finished_in_a_finished_build_is_unfinished_until_the_builds_end() {
+    let mut b = build("m1/1", "linux", None);
+    b.result = Some(4);
+    b.time_end = Some(at(100));
+    let steps = [step(0, 0, Some(10), Some(0)), step(1, 10, None, None)];
+    let v = build_view(&b, None, &steps, false, at(1_000_000));
+    assert_eq!(v.steps[1].result.name, "unfinished");
+    assert_eq!(v.steps[1].result.code, None);
+    assert_eq!(v.steps[1].duration_ms, 90_000);
+    assert_eq!(v.steps[1].bar.width_pct, 90.0);
+    // While the build runs, so does the step.
+    b.result = None;
+    b.time_end = None;
+    let v = build_view(&b, None, &steps, false, at(1000));
+    assert_eq!(v.steps[1].result.name, "running");
+    assert_eq!(v.steps[1].duration_ms, 990_000);
+}
+
 #[test]
 fn step_bars_show_where_in_the_build_each_step_ran() {
     let b = build("m1/1", "linux", None);
