@@ -312,6 +312,44 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
     assert_eq!(std::fs::metadata(&typo).expect("still there").len(), 0);
 }
 
+/// A database of another program named by mistake is refused by every command, readers and
+/// writers alike, and left byte for byte as it was (not turned to WAL, given no tables).
+#[test]
+fn a_database_of_another_program_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("accounts.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE accounts (id INTEGER, name TEXT); INSERT INTO accounts VALUES (1, 'x');",
+        )
+        .expect("a table of its own");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let db = Db::at(format!("sqlite:{}", path.display()));
+    let nightly = example("nightly.jsonl");
+    let ingest = ["ingest", nightly.to_str().expect("utf-8 path")];
+    for args in [
+        &["export", "builds"][..],
+        &["log", "m/1/0", "stdout"],
+        &ingest,
+    ] {
+        let out = db.cmd().args(args).output().expect("run");
+        assert_says(&out, "the file holds tables, but not a buildstore store's");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "{args:?} changed it"
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(names, ["accounts.db"], "no journal files were made");
+}
+
 #[test]
 fn the_store_can_be_chosen_through_the_environment() {
     let db = Db::new();

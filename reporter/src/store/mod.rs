@@ -95,6 +95,8 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    #[error("sqlite store {0}: the file holds tables, but not a buildstore store's; it is left as it is")]
+    NotAStore(String),
     #[error("store task failed: {0}")]
     Task(String),
 }

@@ -142,6 +142,16 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
     })
 }
 
+/// Whether the file holds something, but no `builds` table: a database of another program.
+fn is_foreign(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master)
+           AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// The SQLite name of an index of the schema.
 fn index_name(spec: &IndexSpec) -> String {
     format!("{}_{}", spec.collection, spec.name)
@@ -170,6 +180,10 @@ impl SqliteStore {
                     found: version,
                     known: LAYOUT_VERSION,
                 });
+            }
+            // Another program's database gets no tables added, nor its journal changed.
+            if is_foreign(&conn).map_err(&err)? {
+                return Err(StoreError::NotAStore(p.clone()));
             }
             // For a new file only (an existing one keeps its own): documents of a kilobyte or
             // two and their log chunks take fewer pages, and a batch fewer page writes.
