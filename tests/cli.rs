@@ -7,6 +7,7 @@ mod common;
 use std::io::Write as _;
 use std::process::Command;
 
+use common::daemon::{free_port, Daemon};
 use common::*;
 
 /// `ingest -` running, and the pipe to its standard input.
@@ -424,4 +425,56 @@ fn help_teaches_the_commands() {
     ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
+}
+
+/// `status` pointed at another web server (any port answering 200) fails, rather than print that
+/// page as the daemon's metrics and pass a health check.
+#[test]
+fn status_refuses_a_page_without_buildstore_metrics() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &addr.to_string()])
+        .output()
+        .expect("status");
+    assert_says(&out, "with no buildstore metrics in the page");
+    assert!(out.stdout.is_empty());
+}
+
+/// Output that cannot be written is an error (a full disk) or the end of it (a closed pipe), as
+/// for `export`, never a panic.
+#[test]
+fn status_reports_an_output_it_cannot_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let metrics = format!("127.0.0.1:{}", daemon.metrics);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &metrics])
+        .stdout(full)
+        .output()
+        .expect("status");
+    assert_says(&out, "writing to standard output");
+    assert_eq!(out.status.code(), Some(1));
+    let mut status = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &metrics])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("status");
+    drop(status.stdout.take());
+    let out = status.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.kill();
 }

@@ -398,7 +398,10 @@ async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     let text = buildstore::serve::metrics::fetch(metrics)
         .await
         .with_context(|| format!("no buildstore serve answers on {metrics}"))?;
-    print!("{text}");
+    let mut out = std::io::stdout().lock();
+    if emit(&mut out, text.as_bytes())? {
+        flush(&mut out)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -495,6 +498,11 @@ async fn export(store: &dyn Store, collection: Collection) -> anyhow::Result<()>
             break;
         }
     }
+    flush(&mut out)
+}
+
+/// Flushes stdout; a closed pipe ends the output quietly, as in [`emit`].
+fn flush(out: &mut impl Write) -> anyhow::Result<()> {
     match out.flush() {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(e).context("writing to standard output")

@@ -254,5 +254,11 @@ pub async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
             head.lines().next().unwrap_or("nothing")
         )));
     }
+    // Any web server answers 200: only the daemon's page holds its metrics.
+    if !body.lines().any(|l| l.starts_with("buildstore_")) {
+        return Err(std::io::Error::other(format!(
+            "{addr} answered, but with no buildstore metrics in the page"
+        )));
+    }
     Ok(body.to_owned())
 }
