@@ -206,6 +206,8 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
     }
     // A client without the token holds little of the daemon, and not for long: a line before
     // the hello is read up to 4 KiB only, and the hello must come within 10 s.
+    let port = daemon.port;
+    let silent = std::thread::spawn(move || last_word(port, b"", Duration::from_secs(30)));
     let started = std::time::Instant::now();
     let unended = format!("{{\"type\":\"hello\",\"token\":\"{}", "x".repeat(1 << 20));
     let reply = last_word(daemon.port, unended.as_bytes(), Duration::from_secs(30));
@@ -218,6 +220,11 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
         "{:?}",
         started.elapsed()
     );
+    let reply = silent.join().expect("the silent client");
+    assert_eq!(
+        reply["error"], "no hello within 10 s: closing the connection",
+        "{reply}"
+    );
     let hello = format!(
         "{{\"type\":\"hello\",\"token\":\"s3cret\",\"pad\":\"{}\"}}",
         "x".repeat(5000)
@@ -229,6 +236,14 @@ fn a_wrong_token_is_rejected_and_the_connection_closed() {
             "line of 5042 bytes is longer than the 4096 bytes a line may have before the hello"
         )),
         "a hello longer than 4 KiB is not read: {reply}"
+    );
+    // Every line answered counts as received, the two hellos that never came included: each
+    // was acknowledged, rejected, or was the one hello answered "ok".
+    let m = daemon.status();
+    assert_eq!(
+        m["events_received_total"],
+        m["events_acknowledged_total"] + m["events_rejected_total"] + 1.0,
+        "{m:?}"
     );
     daemon.kill();
 

@@ -254,6 +254,8 @@ async fn read_lines<R: AsyncRead + Unpin>(
                     // its next line.
                     _ = queue.queue.closed() => return Err(Ended),
                     _ = tokio::time::sleep_until(hello_by), if !authenticated => {
+                        // The hello that never came is answered as a line: it counts as one.
+                        conn.count(Tally::Received);
                         let late = conn.refuse_and_close(line + 1, NO_HELLO_IN_TIME);
                         queue.push(Reply::Now(late)).await?;
                         return Err(Ended);
