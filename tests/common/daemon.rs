@@ -23,6 +23,8 @@ pub struct Daemon {
     pub child: Child,
     pub port: u16,
     pub metrics: u16,
+    /// What the daemon logs, whole once it has exited.
+    log: Option<std::thread::JoinHandle<String>>,
 }
 
 /// A test that fails midway must not leave its daemon running.
@@ -88,6 +90,7 @@ impl Daemon {
             child,
             port,
             metrics,
+            log: Some(log),
         }
     }
 
@@ -142,6 +145,14 @@ impl Daemon {
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate();
         self.child.wait().expect("wait")
+    }
+
+    /// SIGTERM, then the exit status and what the daemon logged.
+    pub fn stop_and_log(mut self) -> (std::process::ExitStatus, String) {
+        self.terminate();
+        let status = self.child.wait().expect("wait");
+        let log = self.log.take().map(|l| l.join().unwrap_or_default());
+        (status, log.unwrap_or_default())
     }
 
     /// SIGTERM, without waiting for the daemon to exit.

@@ -144,9 +144,13 @@ pub async fn run(
         }
         arm_deadline(&stop, &mut deadline, grace);
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            tracing::warn!(
-                "grace period over: what is left in the spool is applied at the next start"
-            );
+            let left = spool.depth().events;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "grace period over: what is left in the spool is applied at the next start"
+                );
+            }
             return;
         }
         // The store is free: it writes what failed before, or else what is folded.
