@@ -94,6 +94,7 @@ impl Reporter {
             config.core,
             config.grace,
         )?;
+        engine.count_errors_of(preparing.as_ref());
         Ok(Reporter {
             engine,
             spool_max: config.spool_max,

@@ -311,7 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("opening the store")?;
             let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
-            let _preparing = store::prepare_or_later(&store)
+            let preparing = store::prepare_or_later(&store)
                 .await
                 .context("preparing the store")?;
             let spool = spool.unwrap_or_else(|| default_spool(&location));
@@ -336,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics,
                 web,
             };
-            buildstore::serve::run(config, store).await?;
+            buildstore::serve::run(config, store, preparing).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { metrics } => status(metrics).await,

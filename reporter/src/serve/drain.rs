@@ -50,6 +50,15 @@ pub struct DrainCounters {
 }
 
 impl DrainCounters {
+    /// Counts a failed store command, and returns how many failed in a row.
+    pub fn store_failed(&self, e: &StoreError) -> u64 {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(e.to_string());
+        }
+        self.store_errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Returns true once the store has confirmed every spooled event up to `id`, or false if
     /// the drain ended first.
     pub async fn confirmed_through(&self, id: i64) -> bool {
@@ -320,14 +329,7 @@ async fn back_off(
     stop: &mut watch::Receiver<bool>,
     deadline: Option<Instant>,
 ) {
-    counters.store_errors.fetch_add(1, Ordering::Relaxed);
-    let failures = counters
-        .store_errors_in_a_row
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
-    if let Ok(mut last) = counters.last_error.lock() {
-        *last = Some(e.to_string());
-    }
+    let failures = counters.store_failed(e);
     let mut wait = Duration::from_millis(100u64 << failures.min(9)).min(MAX_BACK_OFF);
     // Once stopping, `stop` does not change again: the deadline bounds the wait instead.
     if let Some(d) = deadline {

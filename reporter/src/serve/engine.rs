@@ -103,6 +103,16 @@ impl Engine {
         })
     }
 
+    /// Counts the failures of the store's preparing in the background with the drain's own.
+    pub fn count_errors_of(&self, preparing: Option<&crate::store::Preparing>) {
+        if let Some(preparing) = preparing {
+            let counters = Arc::clone(&self.counters);
+            preparing.report_errors_to(move |e| {
+                counters.store_failed(e);
+            });
+        }
+    }
+
     /// Stops: the writer once it has committed what was submitted, then the drain after it has
     /// emptied the spool into the store (or the grace period is over), unless `now` completes
     /// first: then the drain ends once the write under way is done (for at most `NOW_WAIT`),

@@ -191,8 +191,13 @@ pub fn check_settings(
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then answers what was received, drains the spool for
-/// up to the grace period and returns.
-pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), ServeError> {
+/// up to the grace period and returns. `preparing` is the store's preparing in the background,
+/// if it was down at start: its failures count in the metrics.
+pub async fn run(
+    config: ServeConfig,
+    store: Arc<dyn Store>,
+    preparing: Option<crate::store::Preparing>,
+) -> Result<(), ServeError> {
     let mut signals = StopSignals::install().map_err(ServeError::Signals)?;
     check_settings(
         &config.listen,
@@ -215,6 +220,7 @@ pub async fn run(config: ServeConfig, store: Arc<dyn Store>) -> Result<(), Serve
         // The sockets made go with `bound`.
         Err(e) => return Err(e.into()),
     };
+    engine.count_errors_of(preparing.as_ref());
     let shared = Arc::new(Shared::new(
         engine.appender.clone(),
         config.line_limit,

@@ -138,31 +138,63 @@ pub async fn prepare_or_later(
         }
         Ok(Err(e)) => return Err(e),
     }
-    let task = tokio::spawn(init_once_reachable(std::sync::Arc::clone(store)));
-    Ok(Some(Preparing(task.abort_handle())))
+    let report = std::sync::Arc::new(std::sync::OnceLock::new());
+    let store = std::sync::Arc::clone(store);
+    let init = move || {
+        let store = std::sync::Arc::clone(&store);
+        async move { store.init().await }
+    };
+    let task = tokio::spawn(init_once_reachable(init, std::sync::Arc::clone(&report)));
+    Ok(Some(Preparing {
+        task: task.abort_handle(),
+        report,
+    }))
 }
 
+/// Who hears of each failed attempt to prepare a store in the background.
+type ErrorReport = std::sync::OnceLock<Box<dyn Fn(&StoreError) + Send + Sync>>;
+
 /// A store being prepared in the background; dropping it ends that.
-pub struct Preparing(tokio::task::AbortHandle);
+pub struct Preparing {
+    task: tokio::task::AbortHandle,
+    report: std::sync::Arc<ErrorReport>,
+}
+
+impl Preparing {
+    /// Hands each failed attempt from now on to `report` too (the daemon counts them in its
+    /// metrics: a store that takes writes but not its indexes shows nowhere else but the log).
+    pub fn report_errors_to(&self, report: impl Fn(&StoreError) + Send + Sync + 'static) {
+        let _ = self.report.set(Box::new(report));
+    }
+}
 
 impl Drop for Preparing {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Prepares a store that was down at start (indexes, validators), trying again after 1 s, then
 /// twice as long each time up to 30 s, until it answers.
-async fn init_once_reachable(store: std::sync::Arc<dyn Store>) {
+async fn init_once_reachable<F, Fut>(init: F, report: std::sync::Arc<ErrorReport>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
     let mut wait = std::time::Duration::from_secs(1);
     loop {
         tokio::time::sleep(wait).await;
-        match store.init().await {
+        match init().await {
             Ok(()) => {
                 tracing::info!("store prepared");
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, ?wait, "preparing the store failed; trying again"),
+            Err(e) => {
+                tracing::warn!(error = %e, ?wait, "preparing the store failed; trying again");
+                if let Some(report) = report.get() {
+                    report(&e);
+                }
+            }
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
@@ -384,6 +416,50 @@ fn in_memory(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::take_window;
+
+    /// A store down at start is prepared in the background, and each failed attempt reaches
+    /// whoever asked to hear of them (the daemon's metrics), until one succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn each_failed_attempt_to_prepare_in_the_background_is_reported() {
+        use super::{init_once_reachable, StoreError};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex, OnceLock};
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let init = {
+            let attempts = Arc::clone(&attempts);
+            move || {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match n {
+                        0..=2 => Err(StoreError::Mongo {
+                            location: "m".into(),
+                            message: format!("not authorized to create indexes ({n})"),
+                        }),
+                        _ => Ok(()),
+                    }
+                }
+            }
+        };
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let report = Arc::new(OnceLock::new());
+        let sink = Arc::clone(&heard);
+        let _ = report.set(
+            Box::new(move |e: &StoreError| sink.lock().unwrap().push(e.to_string()))
+                as Box<dyn Fn(&StoreError) + Send + Sync>,
+        );
+        init_once_reachable(init, report).await;
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            4,
+            "it stops at the first success"
+        );
+        assert_eq!(
+            *heard.lock().unwrap(),
+            (0..3)
+                .map(|n| format!("MongoDB at m: not authorized to create indexes ({n})"))
+                .collect::<Vec<_>>()
+        );
+    }
 
     /// Reads `max` bytes from `from` through `pieces` (offset, text), as the stores do.
     fn read(pieces: &[(u64, &str)], from: u64, max: usize) -> Result<String, u64> {
