@@ -359,7 +359,8 @@ async fn confirm(
             });
         }
         // Not released: those events are applied again later, which changes nothing.
-        other => tracing::error!(?other, "releasing spooled events failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "releasing spooled events failed"),
+        Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
     }
     // Counted once the spool is released, so that whoever sees an event counted as applied also
     // sees it gone from the spool's depth.
