@@ -1,13 +1,16 @@
-//! `buildstore serve` as its clients see it: the example client in Python, and what the daemon
-//! adds to an event sent without an id or a time.
+//! `buildstore serve` as its clients see it: the example client in Python, what the daemon adds
+//! to an event sent without an id or a time, and the token a client must say hello with.
 
 mod common;
 
+use std::io::Write as _;
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use common::daemon::*;
 use common::*;
+use serde_json::Value;
 
 /// `examples/socket_client.py`, run against the daemon at `port` on `file`.
 fn python_client(file: &std::path::Path, port: u16) -> std::process::Output {
@@ -108,4 +111,122 @@ fn events_without_a_time_keep_the_time_they_were_received() {
         late < chrono::Duration::seconds(2),
         "stored as {started}, sent at {sent}: {late:?} later"
     );
+}
+
+/// Sends `bytes` on a new connection and returns the one reply the daemon gives before it closes
+/// the connection, which says so (`closing`). A daemon that kept the connection open would leave
+/// the read waiting: it fails after `wait` instead.
+fn last_word(port: u16, bytes: &[u8], wait: Duration) -> Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(bytes).expect("send");
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+    assert_eq!(text.lines().count(), 1, "closed after the error: {text}");
+    let reply: Value = serde_json::from_str(&text).expect("JSON reply");
+    assert_eq!(reply["closing"], true, "{reply}");
+    reply
+}
+
+#[test]
+fn a_wrong_token_is_rejected_and_the_connection_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &["--token", "s3cret"]);
+    let event = r#"{"type":"builder_state","master_id":"m","builder":"b","state":"idle"}"#;
+    let replies = exchange(
+        daemon.port,
+        &[r#"{"type":"hello","token":"s3cret"}"#, event],
+    );
+    assert_eq!(replies[0]["hello"], "ok");
+    assert!(replies[1]["ack"].is_string(), "{}", replies[1]);
+
+    let reply = last_word(
+        daemon.port,
+        format!("{{\"type\":\"hello\",\"token\":\"guess\"}}\n{event}").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("wrong token")),
+        "{reply}"
+    );
+    let replies = exchange(daemon.port, &[event]);
+    assert!(
+        replies[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("needs {\"type\":\"hello\"")),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(replies[0]["closing"], true, "{}", replies[0]);
+    // Nor is a line that is not even an event: no service before the hello.
+    for first in ["{oops", "\u{1}not json"] {
+        let sent = format!("{first}\n{{\"type\":\"hello\",\"token\":\"s3cret\"}}\n{event}\n");
+        let reply = last_word(daemon.port, sent.as_bytes(), Duration::from_secs(10));
+        assert!(
+            reply["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("needs {\"type\":\"hello\"")),
+            "{reply}"
+        );
+    }
+    // A client without the token holds little of the daemon, and not for long: a line before
+    // the hello is read up to 4 KiB only, and the hello must come within 10 s.
+    let port = daemon.port;
+    let silent = std::thread::spawn(move || last_word(port, b"", Duration::from_secs(30)));
+    let started = std::time::Instant::now();
+    let unended = format!("{{\"type\":\"hello\",\"token\":\"{}", "x".repeat(1 << 20));
+    let reply = last_word(daemon.port, unended.as_bytes(), Duration::from_secs(30));
+    assert_eq!(
+        reply["error"], "no hello within 10 s: closing the connection",
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    let reply = silent.join().expect("the silent client");
+    assert_eq!(
+        reply["error"], "no hello within 10 s: closing the connection",
+        "{reply}"
+    );
+    let hello = format!(
+        "{{\"type\":\"hello\",\"token\":\"s3cret\",\"pad\":\"{}\"}}",
+        "x".repeat(5000)
+    );
+    let sent = format!("{hello}\n{event}\n");
+    let reply = last_word(daemon.port, sent.as_bytes(), Duration::from_secs(10));
+    assert!(
+        reply["error"].as_str().is_some_and(|e| e.contains(
+            "line of 5042 bytes is longer than the 4096 bytes a line may have before the hello"
+        )),
+        "a hello longer than 4 KiB is not read: {reply}"
+    );
+    // Every line answered counts as received, the two hellos that never came included: each
+    // was acknowledged, rejected, or was the one hello answered "ok".
+    let m = daemon.status();
+    assert_eq!(
+        m["events_received_total"],
+        m["events_acknowledged_total"] + m["events_rejected_total"] + 1.0,
+        "{m:?}"
+    );
+    daemon.kill();
+
+    // A hello is read up to 4 KiB whatever the line limit: the longest token fits under the
+    // smallest limit.
+    let token = "t".repeat(1024);
+    let small_dir = dir.path().join("small");
+    std::fs::create_dir(&small_dir).expect("mkdir");
+    let small = Daemon::start(
+        &small_dir,
+        free_port(),
+        &["--token", &token, "--line-limit", "1024"],
+    );
+    let hello = format!(r#"{{"type":"hello","token":"{token}"}}"#);
+    let replies = exchange(small.port, &[&hello, event]);
+    assert_eq!(replies[0]["hello"], "ok", "{}", replies[0]);
+    assert!(replies[1]["ack"].is_string(), "{}", replies[1]);
+    small.kill();
 }
