@@ -34,13 +34,13 @@ from datetime import datetime, timezone
 import bson
 import mongomock
 import pymongo.errors
-from bson.errors import BSONError
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 
 import id_lookup  # noqa: F401  (importing it installs the _id lookup)
 from failpoint import FailPoint
+from persistence import Persistence
 from replies import CommandError, classify, error_doc, not_implemented
 from statements import (collection_options, create_index, index_doc, insert_document,
                         is_replacement, run_statements, update_statement, uses_positional,
@@ -58,7 +58,6 @@ MAX_MESSAGE_BYTES = 48_000_000
 # MongoDB fills a batch up to the document size limit; leave room for the reply around it.
 BATCH_BYTES = MAX_BSON_BYTES - 16 * 1024
 FIRST_BATCH = 101
-STATE_FORMAT = {"peer": "buildstore mongo-peer state", "version": 1}
 # The commands that change data, and so go to the journal.
 WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify", "createIndexes", "create",
                   "collMod", "drop", "dropDatabase"}
@@ -77,7 +76,7 @@ class Connection:
         self.id = next(_connection_ids)
 
 
-class Peer:
+class Peer(Persistence):
     """The shared state: one mongomock client, kept options, open cursors and the counters."""
 
     def __init__(self):
@@ -430,66 +429,6 @@ class Peer:
             del self.options[key]
         return {"ok": 1.0}
 
-    # ---- state ----
-
-    def save_state(self, path):
-        """Writes every collection as a header document followed by its documents, as BSON."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(bson.encode(STATE_FORMAT))
-            for db_name in self.client.list_database_names():
-                for name in self.collection_names(db_name):
-                    coll = self.client[db_name][name]
-                    docs = list(coll.find())
-                    indexes = [index_doc(n, info) for n, info in coll.index_information().items()
-                               if n != "_id_"]
-                    header = {"db": db_name, "collection": name, "indexes": indexes,
-                              "options": self.options.get((db_name, name), {}),
-                              "count": len(docs)}
-                    out.write(bson.encode(header, codec_options=OPTS))
-                    for doc in docs:
-                        out.write(bson.encode(doc, codec_options=OPTS))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)  # a crash mid-write leaves the previous state whole
-
-    def open_journal(self, path):
-        """Replays the journal's whole records, drops a torn tail, then appends to it."""
-        good = 0
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                data = f.read()
-            while good + 4 <= len(data):
-                (size,) = struct.unpack_from("<i", data, good)
-                if size < 5 or good + size > len(data):
-                    break
-                try:
-                    body = bson.decode(data[good:good + size], codec_options=OPTS)
-                except BSONError:
-                    break
-                self.run_command(body, Connection())
-                good += size
-        self.journal = open(path, "ab")
-        self.journal.truncate(good)
-
-    def load_state(self, path):
-        with open(path, "rb") as f:
-            items = bson.decode_file_iter(f, codec_options=OPTS)
-            if next(items, None) != STATE_FORMAT:
-                raise SystemExit(f"{path} is not a mongo-peer state file")
-            for header in items:
-                db, name = header["db"], header["collection"]
-                self.client[db].create_collection(name)
-                docs = [next(items) for _ in range(header["count"])]
-                coll = self.client[db][name]
-                if docs:
-                    coll.insert_many(docs)
-                # After the documents: checking a unique index once is cheaper than per insert.
-                for spec in header["indexes"]:
-                    create_index(coll, spec)
-                if header["options"]:
-                    self.options[(db, name)] = header["options"]
-
 
 def encode(reply):
     """The reply as BSON; one that cannot be encoded becomes an error reply, so that the
@@ -584,7 +523,7 @@ def main():
     if args.state and os.path.exists(args.state):
         peer.load_state(args.state)
     if args.journal:
-        peer.open_journal(args.journal)
+        peer.open_journal(args.journal, Connection())
     server = Server((args.host, args.port), Handler)
     server.peer = peer
     threading.Thread(target=server.serve_forever, daemon=True).start()
