@@ -158,6 +158,33 @@ fn the_unix_socket_goes_at_a_stop_and_after_a_failed_start() {
     assert!(!sock.exists(), "a stopped daemon left its socket");
 }
 
+/// Every address is taken before anything is made on disk: an address in use (the usual failed
+/// start) leaves no empty store, and no spool, behind.
+#[test]
+fn an_address_in_use_leaves_no_store_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (tcp, http) = (
+        format!("tcp://127.0.0.1:{port}"),
+        format!("127.0.0.1:{port}"),
+    );
+    let free = "tcp://127.0.0.1:0";
+    for args in [
+        ["--listen", &tcp, "--metrics", "off", "--web", "127.0.0.1:0"],
+        ["--listen", free, "--metrics", "off", "--web", &http],
+        ["--listen", free, "--metrics", &http, "--web", "127.0.0.1:0"],
+    ] {
+        let said = refused_to_start(dir.path(), &args);
+        assert!(said.contains("listening on"), "{args:?}: {said}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
+
 #[test]
 fn a_spool_another_daemon_uses_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -300,33 +300,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let token = token.filter(|t| !t.is_empty());
             let grace = std::time::Duration::from_secs(grace);
-            buildstore::serve::check_settings(
-                &listen,
-                token.as_deref(),
-                line_limit,
-                spool_max,
-                grace,
-            )?;
-            let (store, _writer) = store::open_for_writing(&location)
-                .await
-                .context("opening the store")?;
-            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
-            let preparing = store::prepare_or_later(&store)
-                .await
-                .context("preparing the store")?;
-            let spool = spool.unwrap_or_else(|| default_spool(&location));
-            let web = match web {
-                None => None,
-                Some(addr) => {
-                    let reader = store::open(&location)
-                        .await
-                        .context("opening the store for the web pages")?;
-                    Some((addr, std::sync::Arc::from(reader)))
-                }
-            };
             let config = buildstore::serve::ServeConfig {
                 listen,
-                spool,
+                spool: spool.unwrap_or_else(|| default_spool(&location)),
                 spool_max,
                 line_limit,
                 token,
@@ -336,7 +312,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics,
                 web,
             };
-            buildstore::serve::run(config, store, preparing).await?;
+            // Addresses first: one in use leaves no store behind.
+            let bound = buildstore::serve::bind(&config).await?;
+            let (store, _writer) = store::open_for_writing(&location)
+                .await
+                .context("opening the store")?;
+            let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);
+            let preparing = store::prepare_or_later(&store)
+                .await
+                .context("preparing the store")?;
+            let web = match web {
+                None => None,
+                Some(_) => Some(std::sync::Arc::from(
+                    store::open(&location)
+                        .await
+                        .context("opening the store for the web pages")?,
+                )),
+            };
+            let stores = buildstore::serve::Stores {
+                store,
+                web,
+                preparing,
+            };
+            buildstore::serve::run(config, bound, stores).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { metrics } => status(metrics).await,

@@ -95,9 +95,8 @@ pub struct ServeConfig {
     pub core: CoreConfig,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
-    /// Where the web pages are served, if anywhere, and the store they read (a handle of its
-    /// own, so that readers do not queue behind the drain's writes).
-    pub web: Option<(SocketAddr, Arc<dyn Store>)>,
+    /// Where the web pages are served, if anywhere.
+    pub web: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +149,7 @@ pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Checks the settings that need nothing opened, so that a daemon refused on its flags leaves
 /// no store or spool behind.
-pub fn check_settings(
+fn check_settings(
     listen: &[Listen],
     token: Option<&str>,
     line_limit: usize,
@@ -190,15 +189,11 @@ pub fn check_settings(
     Ok(())
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then answers what was received, drains the spool for
-/// up to the grace period and returns. `preparing` is the store's preparing in the background,
-/// if it was down at start: its failures count in the metrics.
-pub async fn run(
-    config: ServeConfig,
-    store: Arc<dyn Store>,
-    preparing: Option<crate::store::Preparing>,
-) -> Result<(), ServeError> {
-    let mut signals = StopSignals::install().map_err(ServeError::Signals)?;
+/// Checks the settings and takes every address of `config`, and the stop signals, before
+/// anything is made on disk: a start that fails here (an address in use) leaves no store or
+/// spool behind.
+pub async fn bind(config: &ServeConfig) -> Result<Bound, ServeError> {
+    let signals = StopSignals::install().map_err(ServeError::Signals)?;
     check_settings(
         &config.listen,
         config.token.as_deref(),
@@ -206,9 +201,31 @@ pub async fn run(
         config.spool_max,
         config.grace,
     )?;
-    // Every address is taken before the spool is opened: an address in use leaves nothing made
-    // behind but the store, and no other file is being made while a socket's umask is set.
-    let bound = Bound::all(&config).await?;
+    Bound::all(config, signals).await
+}
+
+/// What the daemon writes and reads.
+pub struct Stores {
+    pub store: Arc<dyn Store>,
+    /// A handle of its own for the web pages, so that their reads do not queue behind the
+    /// drain's writes (the store's own handle serves them otherwise).
+    pub web: Option<Arc<dyn Store>>,
+    /// The store's preparing in the background, if it was down at start: its failures count in
+    /// the metrics.
+    pub preparing: Option<crate::store::Preparing>,
+}
+
+/// Runs the daemon on the addresses `bind` took until SIGTERM or SIGINT, then answers what was
+/// received, drains the spool for up to the grace period and returns.
+pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<(), ServeError> {
+    let Stores {
+        store,
+        web: web_store,
+        preparing,
+    } = stores;
+    let web_store = web_store.unwrap_or_else(|| Arc::clone(&store));
+    // The spool is opened after every address is taken: no other file is being made while a
+    // socket's umask is set.
     let engine = match Engine::start(
         &config.spool,
         config.spool_max,
@@ -261,7 +278,7 @@ pub async fn run(
         });
         listeners.spawn(metrics::serve(listener, m, stop.clone()));
     }
-    if let Some((listener, web_store)) = bound.web {
+    if let Some(listener) = bound.web {
         listeners.spawn(crate::web::serve(listener, web_store, stop.clone()));
     }
     // Whoever started the daemon may not read what it prints: that is no reason to stop.
@@ -269,6 +286,7 @@ pub async fn run(
         tracing::warn!(error = %e, "could not print that the daemon is ready");
     }
 
+    let mut signals = bound.signals;
     signals.recv().await;
     tracing::info!("stopping: no new connections; answering what was received");
     let _ = engine.stop.send(true);
@@ -306,22 +324,25 @@ pub async fn run(
     Ok(())
 }
 
-/// The daemon's listening sockets, each with whether it needs a hello with the token.
-struct Bound {
+/// The daemon's listening sockets, each with whether it needs a hello with the token, and the
+/// stop signals, caught from the moment the first socket is made.
+pub struct Bound {
     tcp: Vec<(TcpListener, bool)>,
     unix: Vec<(unix_socket::BoundSocket, bool)>,
     metrics: Option<TcpListener>,
-    web: Option<(TcpListener, Arc<dyn Store>)>,
+    web: Option<TcpListener>,
+    signals: StopSignals,
 }
 
 impl Bound {
     /// Binds every address of `config`; on a failure, the sockets already made are removed.
-    async fn all(config: &ServeConfig) -> Result<Bound, ServeError> {
+    async fn all(config: &ServeConfig, signals: StopSignals) -> Result<Bound, ServeError> {
         let mut bound = Bound {
             tcp: Vec::new(),
             unix: Vec::new(),
             metrics: None,
             web: None,
+            signals,
         };
         // On a failure, the sockets already made go with `bound`.
         bound.bind(config).await.map(|()| bound)
@@ -357,8 +378,8 @@ impl Bound {
         if let Some(addr) = config.metrics {
             self.metrics = Some(tcp("metrics http://", addr).await?);
         }
-        if let Some((addr, web_store)) = config.web.clone() {
-            self.web = Some((tcp("web http://", addr).await?, web_store));
+        if let Some(addr) = config.web {
+            self.web = Some(tcp("web http://", addr).await?);
             tracing::info!(address = %addr, "serving the web pages");
         }
         Ok(())
