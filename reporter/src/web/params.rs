@@ -117,7 +117,10 @@ fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ParamError> {
                 "{name} must be a date like 2026-11-23 or a date-time like 2026-11-23T14:00:00Z, not {v:?}"
             ))
         })?;
-    if to_millis(t).try_to_rfc3339_string().is_err() {
+    if bson::DateTime::from_millis(t.timestamp_millis())
+        .try_to_rfc3339_string()
+        .is_err()
+    {
         return Err(ParamError(format!(
             "{name} must fall within the years 0000 to 9999 in UTC, not {v:?}"
         )));
@@ -128,9 +131,13 @@ fn parse_time(name: &str, v: &str) -> Result<DateTime<Utc>, ParamError> {
 /// `t` as the stored times are kept, to the millisecond, rounded up: builds start at whole
 /// milliseconds, so "at or after" and "before" a time between two of them mean the same as the
 /// next one.
+/// Within the last millisecond of year 9999, the one it is in: the next would be past what the
+/// links can hold.
 fn to_millis(t: DateTime<Utc>) -> bson::DateTime {
+    /// 9999-12-31T23:59:59.999Z.
+    const LAST: i64 = 253_402_300_799_999;
     let part_of_a_milli = !t.timestamp_subsec_nanos().is_multiple_of(1_000_000);
-    bson::DateTime::from_millis(t.timestamp_millis() + i64::from(part_of_a_milli))
+    bson::DateTime::from_millis((t.timestamp_millis() + i64::from(part_of_a_milli)).min(LAST))
 }
 
 /// `success`, `failure`, ... (Buildbot's names), `running`, or the numeric code.
@@ -238,6 +245,16 @@ impl ActivityParams {
             before,
             limit: r.limit()?,
         };
+        // Both within one millisecond: the links could not say so (they would read since = until).
+        if let (Some(s), Some(u)) = (query.since, query.until) {
+            if s >= u {
+                return Err(ParamError(
+                    "since and until fall within one millisecond, and builds start at whole \
+                     milliseconds: no build can have started between them"
+                        .into(),
+                ));
+            }
+        }
         Ok(ActivityParams { query })
     }
 

@@ -89,16 +89,28 @@ fn times_outside_years_0000_to_9999_in_utc_are_refused() {
     let last = activity("until=9999-12-31T23:59:59.999Z").unwrap();
     let link = ActivityParams { query: last }.link(|_| {});
     assert_eq!(link, "?until=9999-12-31T23:59:59.999Z");
+    // Within year 9999's last millisecond, past what a link holds to the millisecond.
+    let later = activity("until=9999-12-31T23:59:59.9995Z").unwrap();
+    let link = ActivityParams { query: later }.link(|_| {});
+    assert_eq!(link, "?until=9999-12-31T23:59:59.999Z");
 }
 
 /// Builds start at whole milliseconds: a time between two of them is compared as given, and
 /// filters as the next millisecond (a build at .000 started before .0009, and not after .0001).
 #[test]
 fn times_finer_than_a_millisecond_keep_their_order_and_meaning() {
-    let q = activity("since=2026-04-01T00:00:00.0001Z&until=2026-04-01T00:00:00.0009Z").unwrap();
+    let q = activity("since=2026-04-01T00:00:00.0001Z&until=2026-04-01T00:00:00.0019Z").unwrap();
     let next = |q: Option<bson::DateTime>| q.unwrap().try_to_rfc3339_string().unwrap();
     assert_eq!(next(q.since), "2026-04-01T00:00:00.001Z");
-    assert_eq!(next(q.until), "2026-04-01T00:00:00.001Z");
+    assert_eq!(next(q.until), "2026-04-01T00:00:00.002Z");
+    // The page's links carry the filters as they take effect, and the page takes them again.
+    let link = ActivityParams { query: q.clone() }.link(|_| {});
+    assert_eq!(activity(&link[1..]).unwrap(), q);
+    // A range within one millisecond holds no start time, and the links could not write it.
+    assert!(
+        error("since=2026-04-01T00:00:00.0001Z&until=2026-04-01T00:00:00.0009Z")
+            .contains("within one millisecond"),
+    );
     let q = activity("until=2026-04-01T00:00:00.123Z").unwrap();
     assert_eq!(next(q.until), "2026-04-01T00:00:00.123Z");
     assert!(
