@@ -382,6 +382,13 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
 pub async fn open_for_writing(
     location: &str,
 ) -> Result<(Box<dyn Store>, Option<WriterLock>), StoreError> {
+    // Before the lock, whose file would be left next to another program's database.
+    if let Some(path) = sqlite_path(location)? {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || sqlite::refuse_foreign(&path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+    }
     let lock = lock_writer(location)?;
     Ok((open(location).await?, lock))
 }

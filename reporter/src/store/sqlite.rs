@@ -142,14 +142,29 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
     })
 }
 
-/// Whether the file holds something, but no `builds` table: a database of another program.
-fn is_foreign(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master)
-           AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')",
-        [],
-        |r| r.get(0),
-    )
+/// Refuses a file that holds something, but no `builds` table: a database of another program.
+/// It is looked at read-only, so that it is left as it was: a read-write connection would
+/// checkpoint its write-ahead log when it closes, for one.
+pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
+    let p = std::path::Path::new(path);
+    if !p.is_file() || p.metadata().is_ok_and(|m| m.len() == 0) {
+        return Ok(());
+    }
+    let err = sql_error(path);
+    let conn =
+        Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
+    let foreign: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master)
+               AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(&err)?;
+    if foreign {
+        return Err(StoreError::NotAStore(path.to_owned()));
+    }
+    Ok(())
 }
 
 /// The SQLite name of an index of the schema.
@@ -169,6 +184,8 @@ impl SqliteStore {
                     .map_err(&err)?;
                 Ok(conn)
             };
+            // Another program's database gets no tables added, nor its journal changed.
+            refuse_foreign(&p)?;
             let mut conn = open()?;
             // Before any setting could change it: a newer buildstore's file is left as it is.
             let version: i64 = conn
@@ -180,10 +197,6 @@ impl SqliteStore {
                     found: version,
                     known: LAYOUT_VERSION,
                 });
-            }
-            // Another program's database gets no tables added, nor its journal changed.
-            if is_foreign(&conn).map_err(&err)? {
-                return Err(StoreError::NotAStore(p.clone()));
             }
             // For a new file only (an existing one keeps its own): documents of a kilobyte or
             // two and their log chunks take fewer pages, and a batch fewer page writes.
