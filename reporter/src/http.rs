@@ -2,14 +2,20 @@
 //! anyone needs. Each connection is a file descriptor of the whole process: without limits, a
 //! client that opens connections and sends nothing would use them all up, and the daemon could
 //! then accept no build master either. So at most [`Limits::max_connections`] are open at once
-//! (the rest wait in the kernel's queue), and a connection that does not send a whole request
-//! head within [`Limits::head_timeout`] is closed, an idle kept-alive one included.
+//! (the rest wait in the kernel's queue), a connection that does not send a whole request head
+//! within [`Limits::head_timeout`] is closed, an idle kept-alive one included, and so is one whose
+//! client takes nothing of its answer for [`Limits::write_timeout`].
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -20,6 +26,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// From a connection's start, or the end of its last answer, to the end of a request head.
     pub head_timeout: Duration,
+    /// How long an answer may wait for its client to take any of it (a client that asks for a
+    /// big log and never reads would otherwise hold its connection for good).
+    pub write_timeout: Duration,
     /// How long requests still being answered at a stop may finish (a slow reader of a big log
     /// must not hold the stop up).
     pub grace: Duration,
@@ -30,6 +39,7 @@ impl Default for Limits {
         Limits {
             max_connections: 256,
             head_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(5),
         }
     }
@@ -110,6 +120,11 @@ async fn serve_one(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout);
+    let stream = WriteDeadline {
+        inner: stream,
+        limit: limits.write_timeout,
+        stalled: None,
+    };
     let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let mut connection = std::pin::pin!(connection);
     let mut stopping = false;
@@ -129,6 +144,86 @@ async fn serve_one(
                 }
             }
         }
+    }
+}
+
+/// A connection whose writes fail once none has made progress for `limit`.
+struct WriteDeadline {
+    inner: tokio::net::TcpStream,
+    limit: Duration,
+    /// Running while a write waits for the client.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    /// What a write that `progress` gave becomes: any progress stops the clock, and a write that
+    /// waits past the limit is an error, which ends the connection.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if progress.is_ready() {
+            self.stalled = None;
+            return progress;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing of the answer for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let progress = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, progress)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let progress = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, progress)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let progress = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, progress)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -12,7 +12,26 @@ use super::{serve, Limits};
 async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    let router = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "hello" }))
+        .route(
+            "/big",
+            axum::routing::get(|| async { vec![b'x'; 64 << 20] }),
+        )
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/slower",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "done"
+            }),
+        );
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(serve(listener, router, limits, stopped, "test server"));
     (addr, stop)
@@ -22,6 +41,7 @@ fn limits(max_connections: usize, head_timeout_ms: u64) -> Limits {
     Limits {
         max_connections,
         head_timeout: Duration::from_millis(head_timeout_ms),
+        write_timeout: Duration::from_millis(500),
         grace: Duration::from_secs(1),
     }
 }
@@ -38,6 +58,29 @@ async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
 }
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
+fn request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+}
+
+/// Reads until what was read ends with `end`.
+async fn read_through(stream: &mut TcpStream, end: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end.as_bytes()) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("reading");
+        assert!(
+            n > 0,
+            "closed before {end:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
@@ -94,13 +137,46 @@ async fn a_stop_finishes_the_request_under_way_and_refuses_new_connections() {
     let (addr, stop) = start(limits(8, 30_000)).await;
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(REQUEST).await.unwrap();
-    let mut buf = [0u8; 256];
-    let n = idle.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
+    read_through(&mut idle, "hello").await;
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(&request("/slow")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.send(true).unwrap();
+    // The answer under way is finished, within the grace period.
+    let answer = read_through(&mut busy, "done").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     // The kept-alive connection is closed at once rather than at the grace period's end.
     let (_, after) = read_until_closed(&mut idle).await;
     assert!(after < Duration::from_millis(900), "closed after {after:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn at_a_stop_an_answer_not_done_within_the_grace_period_is_dropped() {
+    let (addr, stop) = start(limits(8, 30_000)).await;
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(&request("/slower")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(true).unwrap();
+    let (got, after) = read_until_closed(&mut busy).await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(5),
+        "closed after {after:?} with a grace of 1 s"
+    );
+}
+
+/// A client that asks for a big answer and never reads it loses its connection once the answer
+/// has waited past the write timeout, and its slot goes to the next client.
+#[tokio::test]
+async fn a_client_that_takes_nothing_of_its_answer_gives_up_its_slot() {
+    let (addr, _stop) = start(limits(1, 30_000)).await;
+    let mut hoarder = TcpStream::connect(addr).await.unwrap();
+    hoarder.write_all(&request("/big")).await.unwrap();
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(REQUEST).await.unwrap();
+    let answer = read_through(&mut next, "hello").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    drop(hoarder);
 }
