@@ -84,6 +84,10 @@ fn every_page_and_its_json_twin_answer_with_the_same_data_on_both_stores() {
                 html.contains("class=\"legend\""),
                 "{name} {path}: no legend"
             );
+            assert!(
+                html.contains("<span class=\"badge result-unfinished\">unfinished</span>"),
+                "{name} {path}: the legend lacks the steps never finished"
+            );
         }
         // The failed build: its failed step is marked, its log linked, its facts shown.
         let page = web.html(&format!("/builds/{build}"));

@@ -66,7 +66,7 @@ fn layout(title: &str, section: Section, api: &str, body: Markup) -> Markup {
 fn legend() -> Markup {
     html! {
         ul.legend aria-label="Result colours" {
-            @for name in result_names() {
+            @for name in result_names().chain([Outcome::UNFINISHED.name]) {
                 li { span class={ "badge result-" (name) } { (name) } }
             }
         }
