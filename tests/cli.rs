@@ -452,7 +452,10 @@ fn status_refuses_a_page_without_buildstore_metrics() {
         .args(["status", "--metrics", &addr.to_string()])
         .output()
         .expect("status");
-    assert_says(&out, "with no buildstore metrics in the page");
+    assert_says(
+        &out,
+        "something else answers there: its page holds no buildstore metrics",
+    );
     assert!(out.stdout.is_empty());
 }
 

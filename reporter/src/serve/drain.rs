@@ -50,13 +50,19 @@ pub struct DrainCounters {
 }
 
 impl DrainCounters {
-    /// Counts a failed store command, and returns how many failed in a row.
+    /// Counts a failed write of the drain, and returns how many failed in a row.
     pub fn store_failed(&self, e: &StoreError) -> u64 {
+        self.store_error(e);
+        self.store_errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a store error and keeps it as the last one. Only the drain's own writes count in a
+    /// row: they set its back-off, and say whether the store takes writes.
+    pub fn store_error(&self, e: &StoreError) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(e.to_string());
         }
-        self.store_errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Returns true once the store has confirmed every spooled event up to `id`, or false if

@@ -320,3 +320,25 @@ async fn waiting_for_the_store_ends_when_the_drain_does() {
         "confirmed before the end"
     );
 }
+
+/// A store that fails to be prepared in the background while it takes writes shows in the
+/// errors and the last error, not in the drain's errors in a row: that count sets the drain's
+/// back-off, and an alert on it says the store takes no writes.
+#[test]
+fn errors_in_a_row_are_the_drains_own_writes_only() {
+    let counters = DrainCounters::default();
+    let e = |m: &str| StoreError::Mongo {
+        location: "m".into(),
+        message: m.into(),
+    };
+    counters.store_error(&e("not authorized to create indexes"));
+    assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.store_errors_in_a_row.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        counters.last_error.lock().unwrap().as_deref(),
+        Some("MongoDB at m: not authorized to create indexes")
+    );
+    assert_eq!(counters.store_failed(&e("down")), 1);
+    assert_eq!(counters.store_failed(&e("down")), 2);
+    assert_eq!(counters.store_errors.load(Ordering::Relaxed), 3);
+}

@@ -107,9 +107,7 @@ impl Engine {
     pub fn count_errors_of(&self, preparing: Option<&crate::store::Preparing>) {
         if let Some(preparing) = preparing {
             let counters = Arc::clone(&self.counters);
-            preparing.report_errors_to(move |e| {
-                counters.store_failed(e);
-            });
+            preparing.report_errors_to(move |e| counters.store_error(e));
         }
     }
 
