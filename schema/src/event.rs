@@ -281,10 +281,11 @@ impl Event {
 
     /// Builds an event from an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Event, EventError> {
-        let obj = match value {
+        let mut obj = match value {
             Value::Object(o) => o,
             other => return Err(EventError::NotObject(json_kind(&other))),
         };
+        whole_numbers_as_integers(&mut obj);
         let ty = match obj.get("type") {
             None => return Err(EventError::MissingType),
             Some(Value::String(s)) => s.clone(),
@@ -481,6 +482,25 @@ fn body<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<T, EventError> {
             EventError::Field(format!("field `{path}`: {inner}"))
         }
     })
+}
+
+/// JSON Schema counts `1.0` and `-0` as integers, and so the published schema does: a whole
+/// number written as a double, in a field of the event itself, is taken as that integer (the
+/// parser reads it as a double, which an integer field refuses). A property's `value` keeps its
+/// form, where `2.0` is a double.
+fn whole_numbers_as_integers(obj: &mut Map<String, Value>) {
+    const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+    for (name, v) in obj.iter_mut() {
+        let Value::Number(n) = v else { continue };
+        if name == "value" || n.is_i64() || n.is_u64() {
+            continue;
+        }
+        if let Some(f) = n.as_f64() {
+            if f.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&f) {
+                *v = Value::from(f as i64);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

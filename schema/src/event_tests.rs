@@ -174,3 +174,34 @@ fn unknown_fields_are_ignored_for_forward_compatibility() {
             .unwrap();
     assert_eq!(e.type_name(), "builder_removed");
 }
+
+/// The schema says `integer`, which in JSON Schema takes `1.0` and `-0`: so does the parser, for
+/// the event's own fields. A property's value keeps its form.
+#[test]
+fn whole_numbers_written_as_doubles_are_taken_as_integers() {
+    let e = Event::parse(
+        r#"{"type":"build_started","master_id":7.0,"builder":"b","build_id":-0,"number":1.0,
+            "time":1773391277.0}"#,
+    )
+    .unwrap();
+    assert_eq!(e.master_id, Ident::Int(7));
+    assert_eq!(e.build_id(), Some(&Ident::Int(0)));
+    let EventKind::BuildStarted(b) = &e.kind else {
+        panic!("wrong kind")
+    };
+    assert_eq!(b.number, 1);
+    let line = r#"{"type":"step_started","master_id":"m","build_id":1,"step":2e0,"name":"s"}"#;
+    let EventKind::StepStarted(s) = Event::parse(line).unwrap().kind else {
+        panic!("wrong kind")
+    };
+    assert_eq!(s.step, 2);
+    let line = r#"{"type":"property","master_id":"m","build_id":1,"name":"p","value":2.0}"#;
+    let EventKind::Property(p) = Event::parse(line).unwrap().kind else {
+        panic!("wrong kind")
+    };
+    assert!(p.value.is_f64(), "{:?}", p.value);
+    // Not whole, or past 64 bits: still refused where an integer is due.
+    let start = r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":"#;
+    assert!(err(&format!("{start}1.5}}")).contains("number"));
+    assert!(err(&format!("{start}1e19}}")).contains("number"));
+}
