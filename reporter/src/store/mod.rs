@@ -138,7 +138,7 @@ pub async fn prepare_or_later(
         }
         Ok(Err(e)) => return Err(e),
     }
-    let report = std::sync::Arc::new(std::sync::OnceLock::new());
+    let report = std::sync::Arc::new(ErrorReport::default());
     let store = std::sync::Arc::clone(store);
     let init = move || {
         let store = std::sync::Arc::clone(&store);
@@ -151,8 +151,46 @@ pub async fn prepare_or_later(
     }))
 }
 
-/// Who hears of each failed attempt to prepare a store in the background.
-type ErrorReport = std::sync::OnceLock<Box<dyn Fn(&StoreError) + Send + Sync>>;
+/// Who hears of each failed attempt to prepare a store in the background. The failures before
+/// anyone asked (the engine that counts them starts after the preparing) are kept, the first
+/// few, and told when someone does.
+#[derive(Default)]
+struct ErrorReport(std::sync::Mutex<ReportState>);
+
+/// Whoever hears of a failure.
+type ErrorSink = Box<dyn Fn(&StoreError) + Send + Sync>;
+
+#[derive(Default)]
+struct ReportState {
+    sink: Option<ErrorSink>,
+    missed: Vec<StoreError>,
+}
+
+impl ErrorReport {
+    /// Most failures kept for a sink that does not come.
+    const MISSED_KEPT: usize = 16;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReportState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, e: StoreError) {
+        let mut state = self.lock();
+        match &state.sink {
+            Some(sink) => sink(&e),
+            None if state.missed.len() < Self::MISSED_KEPT => state.missed.push(e),
+            None => {}
+        }
+    }
+
+    fn to(&self, sink: ErrorSink) {
+        let mut state = self.lock();
+        for e in std::mem::take(&mut state.missed) {
+            sink(&e);
+        }
+        state.sink = Some(sink);
+    }
+}
 
 /// A store being prepared in the background; dropping it ends that.
 pub struct Preparing {
@@ -161,10 +199,11 @@ pub struct Preparing {
 }
 
 impl Preparing {
-    /// Hands each failed attempt from now on to `report` too (the daemon counts them in its
-    /// metrics: a store that takes writes but not its indexes shows nowhere else but the log).
+    /// Hands each failed attempt, those so far included, to `report` too (the daemon counts
+    /// them in its metrics: a store that takes writes but not its indexes shows nowhere else
+    /// but the log).
     pub fn report_errors_to(&self, report: impl Fn(&StoreError) + Send + Sync + 'static) {
-        let _ = self.report.set(Box::new(report));
+        self.report.to(Box::new(report));
     }
 }
 
@@ -191,9 +230,7 @@ where
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?wait, "preparing the store failed; trying again");
-                if let Some(report) = report.get() {
-                    report(&e);
-                }
+                report.failed(e);
             }
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
@@ -425,12 +462,13 @@ mod tests {
     use super::take_window;
 
     /// A store down at start is prepared in the background, and each failed attempt reaches
-    /// whoever asked to hear of them (the daemon's metrics), until one succeeds.
+    /// whoever asked to hear of them (the daemon's metrics), those before they asked included,
+    /// until one succeeds.
     #[tokio::test(start_paused = true)]
     async fn each_failed_attempt_to_prepare_in_the_background_is_reported() {
-        use super::{init_once_reachable, StoreError};
+        use super::{init_once_reachable, ErrorReport, StoreError};
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::{Arc, Mutex, OnceLock};
+        use std::sync::{Arc, Mutex};
         let attempts = Arc::new(AtomicUsize::new(0));
         let init = {
             let attempts = Arc::clone(&attempts);
@@ -448,13 +486,16 @@ mod tests {
             }
         };
         let heard = Arc::new(Mutex::new(Vec::new()));
-        let report = Arc::new(OnceLock::new());
+        let report = Arc::new(ErrorReport::default());
+        let preparing = tokio::spawn(init_once_reachable(init, Arc::clone(&report)));
+        // Two attempts (at 1 s and 3 s) fail before anyone listens.
+        tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
         let sink = Arc::clone(&heard);
-        let _ = report.set(
-            Box::new(move |e: &StoreError| sink.lock().unwrap().push(e.to_string()))
-                as Box<dyn Fn(&StoreError) + Send + Sync>,
-        );
-        init_once_reachable(init, report).await;
+        report.to(Box::new(move |e: &StoreError| {
+            sink.lock().unwrap().push(e.to_string())
+        }));
+        preparing.await.unwrap();
         assert_eq!(
             attempts.load(Ordering::SeqCst),
             4,
