@@ -128,17 +128,19 @@ pub const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn prepare_or_later(
     store: &std::sync::Arc<dyn Store>,
 ) -> Result<Option<Preparing>, StoreError> {
+    // The first attempt counts with the others, once someone listens.
+    let report = std::sync::Arc::new(ErrorReport::default());
     match tokio::time::timeout(PREPARE_WAIT, store.init()).await {
         Ok(Ok(())) => return Ok(None),
         Ok(Err(e @ StoreError::Unreachable { .. })) => {
             tracing::warn!(error = %e, "store unreachable: starting anyway; the spool keeps the events");
+            report.failed(e);
         }
         Err(_) => {
             tracing::warn!(wait = ?PREPARE_WAIT, "store not answering: starting anyway; the spool keeps the events");
         }
         Ok(Err(e)) => return Err(e),
     }
-    let report = std::sync::Arc::new(ErrorReport::default());
     let store = std::sync::Arc::clone(store);
     let init = move || {
         let store = std::sync::Arc::clone(&store);
