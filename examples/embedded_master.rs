@@ -77,12 +77,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         b.await??;
     }
     reporter.flush().await?;
-    println!("{} events applied", reporter.applied());
-    if let Ok(reporter) = Arc::try_unwrap(reporter) {
-        let left = reporter.shutdown().await;
-        if left > 0 {
-            println!("{left} events left in the spool for the next start");
-        }
+    let stats = reporter.stats();
+    // Run again on the same store, every event is a duplicate: its ids are the same.
+    println!(
+        "{} events applied, {} duplicates skipped, {} refused by the rules",
+        stats.applied, stats.duplicates, stats.rejected
+    );
+    // Every build task has ended, and with it its handle: this one is the last.
+    let reporter = Arc::into_inner(reporter).ok_or("a build still holds the reporter")?;
+    let left = reporter.shutdown().await;
+    if left > 0 {
+        println!("{left} events left in the spool for the next start");
     }
     Ok(())
 }

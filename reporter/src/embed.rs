@@ -57,6 +57,14 @@ pub enum ReporterError {
         "the drain into the store has stopped; the spool keeps what was sent for the next start"
     )]
     Stopped,
+    /// `start` was not called on a Tokio runtime, which the spool's writer and the drain run on.
+    #[error(
+        "a Reporter runs on a Tokio runtime (multi-thread or current-thread): start it on one"
+    )]
+    NoRuntime,
+    /// The grace period is longer than `buildstore serve` allows.
+    #[error("the grace period must be at most {max} seconds (one day)", max = crate::serve::MAX_GRACE.as_secs())]
+    GraceTooLong,
     /// The event's line is longer than half the spool's bound. Nothing of it was kept.
     #[error(
         "the event takes {bytes} bytes as a line, more than half the spool's bound ({spool_max} bytes)"
@@ -66,6 +74,26 @@ pub enum ReporterError {
     /// or name without a BSON form), as the socket would say. Nothing of it was kept.
     #[error(transparent)]
     Unstorable(#[from] crate::core::RuleError),
+}
+
+/// What a [`Reporter`] has done since it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReporterStats {
+    /// Events applied to the store.
+    pub applied: u64,
+    /// Events the store already had (sent again), skipped.
+    pub duplicates: u64,
+    /// Events the rules refused when they were applied (a step of a build never started); the
+    /// log says why.
+    pub rejected: u64,
+    /// Failed attempts to write or prepare the store.
+    pub store_errors: u64,
+    /// Failed writes since the store last took one: more than 0 while it is down.
+    pub store_errors_in_a_row: u64,
+    pub last_store_error: Option<String>,
+    /// What the spool holds, not yet in the store.
+    pub spool_events: u64,
+    pub spool_bytes: u64,
 }
 
 /// Reports a master's events into the store, durably.
@@ -84,6 +112,12 @@ impl Reporter {
     /// the spool by an earlier run are applied first. A store that is down does not stop it, as
     /// it does not stop `buildstore serve`: events are spooled until the store answers.
     pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ReporterError::NoRuntime);
+        }
+        if config.grace > crate::serve::MAX_GRACE {
+            return Err(ReporterError::GraceTooLong);
+        }
         let (store, writer) = store::open_for_writing(&config.store).await?;
         let store: Arc<dyn store::Store> = Arc::from(store);
         let preparing = store::prepare_or_later(&store).await?;
@@ -95,13 +129,15 @@ impl Reporter {
             config.grace,
         )?;
         engine.count_errors_of(preparing.as_ref());
+        // What an earlier run spooled and did not apply counts as sent: `flush` waits for it.
+        let last_sent = Arc::new(AtomicI64::new(engine.spool.next_id() - 1));
         Ok(Reporter {
             engine,
             spool_max: config.spool_max,
             _preparing: preparing,
             _writer: writer,
             ids: EventIds::new(),
-            last_sent: Arc::new(AtomicI64::new(0)),
+            last_sent,
         })
     }
 
@@ -144,9 +180,11 @@ impl Reporter {
         Ok(id)
     }
 
-    /// Waits until every event sent before this call is in the store (or was refused by the
-    /// rules, which the drain logs). Fails if the drain has ended first (it failed; the log says
-    /// why): the events stay in the spool for the next start.
+    /// Waits until every event sent before this call, and every event an earlier run left in the
+    /// spool, is in the store (or was refused by the rules, which the drain logs and
+    /// [`Reporter::stats`] counts). While the store is down this waits for it, the events being
+    /// safe in the spool: put the call under a timeout to bound the wait. Fails if the drain has
+    /// ended first (it failed; the log says why): the events stay in the spool for the next start.
     pub async fn flush(&self) -> Result<(), ReporterError> {
         let target = self.last_sent.load(Ordering::Relaxed);
         if self.engine.counters.confirmed_through(target).await {
@@ -159,6 +197,24 @@ impl Reporter {
     /// Events applied to the store so far.
     pub fn applied(&self) -> u64 {
         self.engine.counters.applied.load(Ordering::Relaxed)
+    }
+
+    /// What has happened so far, as `buildstore serve`'s metrics say it: an outage of the store
+    /// shows here, and events the rules refused, which `send` could not know of.
+    pub fn stats(&self) -> ReporterStats {
+        let c = &self.engine.counters;
+        let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        let depth = self.engine.spool.depth();
+        ReporterStats {
+            applied: get(&c.applied),
+            duplicates: get(&c.duplicates),
+            rejected: get(&c.rejected),
+            store_errors: get(&c.store_errors),
+            store_errors_in_a_row: get(&c.store_errors_in_a_row),
+            last_store_error: c.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            spool_events: depth.events,
+            spool_bytes: depth.bytes,
+        }
     }
 
     /// Drains the spool into the store (for up to the grace period) and stops. Returns how many
@@ -328,5 +384,76 @@ mod tests {
             .expect("a valid event");
         reporter.flush().await.expect("flush");
         reporter.shutdown().await;
+    }
+
+    /// A restarted Reporter's `flush` waits for what the last run spooled and could not apply
+    /// (its store was locked by another program), not only for what it sent itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_after_a_restart_waits_for_what_the_last_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut config = ReporterConfig::new(
+            format!("sqlite:{}", path.display()),
+            dir.path().join("spool"),
+        );
+        config.grace = Duration::from_millis(500);
+        let first = Reporter::start(config.clone()).await.unwrap();
+        let lock = rusqlite::Connection::open(&path).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        for n in 0..20 {
+            let line = format!(
+                r#"{{"type":"builder_added","master_id":"m","builder":"b{n}","event_id":"e{n}"}}"#
+            );
+            first.send(Event::parse(&line).unwrap()).await.unwrap();
+        }
+        assert_eq!(first.shutdown().await, 20, "the store was locked");
+        lock.execute_batch("ROLLBACK").unwrap();
+        let second = Reporter::start(config.clone()).await.unwrap();
+        second.flush().await.unwrap();
+        let stats = second.stats();
+        assert_eq!((stats.applied, stats.spool_events), (20, 0), "{stats:?}");
+        second.shutdown().await;
+        // Nothing left, nothing sent: nothing to wait for.
+        let third = Reporter::start(config).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), third.flush())
+            .await
+            .expect("flush returns")
+            .unwrap();
+        third.shutdown().await;
+    }
+
+    /// What `send` cannot know shows in the stats: an event the rules refuse once applied.
+    #[tokio::test]
+    async fn events_the_rules_refuse_when_applied_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite:{}", dir.path().join("s.db").display());
+        let reporter = Reporter::start(ReporterConfig::new(store, dir.path().join("spool")))
+            .await
+            .unwrap();
+        let orphan = r#"{"type":"step_started","master_id":"m","build_id":9,"step":0,"name":"s"}"#;
+        reporter.send(Event::parse(orphan).unwrap()).await.unwrap();
+        reporter.flush().await.unwrap();
+        let stats = reporter.stats();
+        assert_eq!((stats.applied, stats.rejected), (0, 1), "{stats:?}");
+        assert_eq!(stats.store_errors, 0);
+        reporter.shutdown().await;
+    }
+
+    /// Settings a Reporter cannot run with are errors, not a panic or a silent change.
+    #[test]
+    fn a_reporter_needs_a_runtime_and_a_grace_period_of_a_day_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite:{}", dir.path().join("s.db").display());
+        let mut config = ReporterConfig::new(store, dir.path().join("spool"));
+        let outside = futures::executor::block_on(Reporter::start(config.clone()));
+        assert!(matches!(outside, Err(ReporterError::NoRuntime)));
+        config.grace = Duration::from_secs(25 * 3600);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let long = runtime.block_on(Reporter::start(config));
+        assert!(matches!(long, Err(ReporterError::GraceTooLong)));
+        assert!(!dir.path().join("s.db").exists(), "nothing made");
     }
 }

@@ -20,4 +20,4 @@ pub mod store;
 pub mod synth;
 pub mod web;
 
-pub use embed::{Reporter, ReporterConfig, ReporterError};
+pub use embed::{Reporter, ReporterConfig, ReporterError, ReporterStats};

@@ -50,6 +50,12 @@ pub struct DrainCounters {
 }
 
 impl DrainCounters {
+    /// The store has every spooled event through `through`.
+    fn confirm(&self, through: i64) {
+        self.confirmed.fetch_max(through, Ordering::Release);
+        self.moved.notify_waiters();
+    }
+
     /// Counts a failed write of the drain, and returns how many failed in a row.
     pub fn store_failed(&self, e: &StoreError) -> u64 {
         self.store_error(e);
@@ -148,6 +154,8 @@ pub async fn run(
             0
         }
     };
+    // What an earlier run left is what `flush` waits for first: everything before it is in.
+    counters.confirm(next - 1);
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
     // A batch whose write failed, to be sent again as it is.
@@ -381,8 +389,7 @@ async fn confirm(
             }
         };
     }
-    counters.confirmed.store(through, Ordering::Release);
-    counters.moved.notify_waiters();
+    counters.confirm(through);
 }
 
 /// The next events from id `next` on: from memory when the writer handed them over, else from
