@@ -488,3 +488,14 @@ fn status_reports_an_output_it_cannot_write() {
     assert!(out.status.success(), "{}", stderr(&out));
     daemon.kill();
 }
+
+/// A mongodb+srv URI whose DNS records cannot be found is said to be that, not a bad URI.
+#[test]
+fn a_mongodb_srv_uri_without_its_dns_records_says_so() {
+    let db = Db::at("mongodb+srv://cluster0.example.invalid/builds".to_owned());
+    let out = db.cmd().args(["export", "builds"]).output().expect("run");
+    assert_says(
+        &out,
+        "cannot look up the DNS records of the mongodb+srv URI",
+    );
+}

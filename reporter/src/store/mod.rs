@@ -57,6 +57,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot look up the DNS records of the mongodb+srv URI: {0}; such a URI needs them at \
+         start (a mongodb:// URI naming the hosts does not)"
+    )]
+    SrvLookup(String),
     #[error("cannot reach MongoDB at {location} within serverSelectionTimeoutMS: {message}")]
     Unreachable { location: String, message: String },
     #[error("MongoDB at {location}: {message}")]

@@ -50,12 +50,15 @@ impl MongoStore {
     /// server selection timeout.
     pub async fn open(uri: &str) -> Result<MongoStore, StoreError> {
         let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            StoreError::BadMongoUri(
-                Redactor {
-                    secrets: uri_secrets(uri),
-                }
-                .driver(&e),
-            )
+            let message = Redactor {
+                secrets: uri_secrets(uri),
+            }
+            .driver(&e);
+            // A mongodb+srv URI is looked up as it is parsed: a failed lookup is no bad URI.
+            match e.kind.as_ref() {
+                mongodb::error::ErrorKind::DnsResolve { .. } => StoreError::SrvLookup(message),
+                _ => StoreError::BadMongoUri(message),
+            }
         })?;
         let secrets: Vec<String> = options
             .credential
