@@ -411,7 +411,13 @@ mod tests {
         let second = Reporter::start(config.clone()).await.unwrap();
         second.flush().await.unwrap();
         let stats = second.stats();
-        assert_eq!((stats.applied, stats.spool_events), (20, 0), "{stats:?}");
+        // A write of the first run cut off by its grace period may have gone through once the
+        // lock went: those events are duplicates now.
+        assert_eq!(
+            (stats.applied + stats.duplicates, stats.spool_events),
+            (20, 0),
+            "{stats:?}"
+        );
         second.shutdown().await;
         // Nothing left, nothing sent: nothing to wait for.
         let third = Reporter::start(config).await.unwrap();
