@@ -408,10 +408,11 @@ impl Core {
             .saturating_sub(earlier)
             .saturating_add(bytes);
         // A got_revision may become the changeset too.
-        let taken = e.name == "got_revision"
-            && got_revision(&e.value, build.codebase.as_deref())
-                .is_some_and(|rev| takes_changeset(build, &rev, &policy));
-        let copies = if taken { bytes } else { 0 };
+        let revision = (e.name == "got_revision")
+            .then(|| got_revision(&e.value, build.codebase.as_deref()))
+            .flatten()
+            .filter(|rev| takes_changeset(build, rev, &policy));
+        let copies = if revision.is_some() { bytes } else { 0 };
         fits(
             || format!("build {}", build.id),
             with_it.saturating_add(copies),
@@ -423,10 +424,8 @@ impl Core {
             name: e.name.clone(),
             property,
         }];
-        if e.name == "got_revision" {
-            if let Some(rev) = got_revision(&e.value, build.codebase.as_deref()) {
-                out.extend(offer_changeset(build, &rev, &policy));
-            }
+        if let Some(rev) = revision {
+            out.extend(offer_changeset(build, &rev, &policy));
         }
         Ok(out)
     }
