@@ -489,7 +489,7 @@ fn body<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<T, EventError> {
 /// parser reads it as a double, which an integer field refuses). A property's `value` keeps its
 /// form, where `2.0` is a double.
 fn whole_numbers_as_integers(obj: &mut Map<String, Value>) {
-    const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+    use crate::json_line::TWO_TO_63;
     for (name, v) in obj.iter_mut() {
         let Value::Number(n) = v else { continue };
         if name == "value" || n.is_i64() || n.is_u64() {

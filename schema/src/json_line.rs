@@ -28,8 +28,10 @@ pub fn trim(line: &str) -> &str {
     line.trim_matches([' ', '\t', '\r', '\n'])
 }
 
+/// 2^63: a double this large in magnitude is past what `i64` holds.
+pub(crate) const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
+
 fn has_huge_whole_double(value: &Value) -> bool {
-    const TWO_TO_63: f64 = 9_223_372_036_854_775_808.0;
     match value {
         Value::Number(n) => n.as_f64().is_some_and(|f| {
             !n.is_i64() && !n.is_u64() && f.abs() >= TWO_TO_63 && f.fract() == 0.0
