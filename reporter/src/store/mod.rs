@@ -426,15 +426,16 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
 pub async fn open_for_writing(
     location: &str,
 ) -> Result<(Box<dyn Store>, Option<WriterLock>), StoreError> {
+    let Some(path) = sqlite_path(location)? else {
+        return Ok((open(location).await?, None));
+    };
     // Before the lock, whose file would be left next to another program's database.
-    if let Some(path) = sqlite_path(location)? {
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || sqlite::refuse_foreign(&path))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-    }
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || sqlite::refuse_foreign(&owned))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
     let lock = lock_writer(location)?;
-    Ok((open(location).await?, lock))
+    Ok((Box::new(SqliteStore::open_file(path, false).await?), lock))
 }
 
 /// The file of an SQLite location (`sqlite:PATH`), or None for any other kind; a form that can

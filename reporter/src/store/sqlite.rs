@@ -174,7 +174,17 @@ fn index_name(spec: &IndexSpec) -> String {
 
 impl SqliteStore {
     /// Opens (creating if needed) the store file at `path`, upgrading a file of an older layout.
+    /// Another program's database is refused and left as it was (see [`refuse_foreign`]).
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_file(path, true).await
+    }
+
+    /// [`SqliteStore::open`], for a caller that has already refused another program's database
+    /// (`check_foreign` false): a writer does it before it takes its lock.
+    pub(crate) async fn open_file(
+        path: &str,
+        check_foreign: bool,
+    ) -> Result<SqliteStore, StoreError> {
         let p = path.to_owned();
         let err = sql_error(path);
         let (conn, reader) = tokio::task::spawn_blocking(move || {
@@ -185,7 +195,9 @@ impl SqliteStore {
                 Ok(conn)
             };
             // Another program's database gets no tables added, nor its journal changed.
-            refuse_foreign(&p)?;
+            if check_foreign {
+                refuse_foreign(&p)?;
+            }
             let mut conn = open()?;
             // Before any setting could change it: a newer buildstore's file is left as it is.
             let version: i64 = conn
