@@ -458,7 +458,8 @@ pub fn console(commits: &[CommitDoc], limit: usize) -> ConsoleView {
             .iter()
             .map(|c| CommitRow {
                 hash: c.id.clone(),
-                hash_abbrev: c.hash_abbrev.clone(),
+                // An empty one, as an earlier version stored it, names nothing to show.
+                hash_abbrev: c.hash_abbrev.clone().filter(|a| !a.is_empty()),
                 subject: c.subject.clone(),
                 author: c.author_name.clone(),
                 commiter_date: c.commiter_date.map(time),

@@ -321,6 +321,10 @@ fn the_console_has_a_column_per_builder_and_a_cursor_when_full() {
     );
     // However many builders one commit has, a page shows it.
     assert_eq!(console(&sparse[..1], 500).commits.len(), 1);
+    // An empty abbreviation, as an earlier version stored it, is none: the page shows the hash.
+    let mut old = commit("d", vec![]);
+    old.hash_abbrev = Some(String::new());
+    assert_eq!(console(&[old], 1).commits[0].hash_abbrev, None);
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub fn console(v: &ConsoleView, limit_param: Option<usize>, api: &str) -> Markup
                             tr {
                                 td.commit {
                                     a href=(changeset_url(&c.hash)) {
-                                        code { (c.hash_abbrev.as_deref().filter(|a| !a.is_empty()).unwrap_or(&c.hash)) }
+                                        code { (c.hash_abbrev.as_deref().unwrap_or(&c.hash)) }
                                     }
                                     " " (maybe(&c.subject))
                                 }
