@@ -353,6 +353,7 @@ fn a_database_of_another_program_is_refused_and_left_as_it_was() {
     ] {
         let out = db.cmd().args(args).output().expect("run");
         assert_says(&out, "the file holds tables, but not a buildstore store's");
+        assert!(!out.status.success(), "{args:?}");
         assert!(files() == before, "{args:?} changed the files");
     }
     drop(owner);
@@ -456,6 +457,7 @@ fn status_refuses_a_page_without_buildstore_metrics() {
         &out,
         "something else answers there: its page holds no buildstore metrics",
     );
+    assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
 }
 

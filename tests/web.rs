@@ -554,6 +554,7 @@ fn an_empty_branch_or_abbreviation_leaves_no_link_without_text() {
     let web = WebServer::start(&db);
     let index = web.html("/");
     assert!(index.contains("linux"), "{index}");
+    assert!(index.contains(&format!("<code>{HASH}</code>")), "{index}");
     assert!(
         !index.contains("branch="),
         "a link to an empty branch: {index}"

@@ -110,6 +110,10 @@ fn an_offer_of_a_changeset_that_changes_nothing_takes_no_room() {
     let names_none = json!({"x": "z".repeat(100 * 1024), "y": HASH});
     let got = json!({"type":"property","build_id":7,"name":"got_revision","value":names_none});
     assert!(changesets(&apply(&mut core, got)).is_empty());
+    // Nor one that names the build's own changeset again (through the default codebase).
+    let names_it = json!({"": HASH, "x": "z".repeat(100 * 1024)});
+    let got = json!({"type":"property","build_id":7,"name":"got_revision","value":names_it});
+    assert!(changesets(&apply(&mut core, got)).is_empty());
 }
 
 #[test]

@@ -1,17 +1,21 @@
 //! The limits of the HTTP server, over real sockets, with short timeouts.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{serve, Limits};
 
-/// A server answering `GET /` with "hello", and the sender that stops it.
-async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+/// A server answering `GET /` with "hello", the sender that stops it, and what tells that a slow
+/// answer (`/slow`, `/slower`) has begun.
+async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>, Arc<Notify>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let begun = Arc::new(Notify::new());
+    let (slow, slower) = (Arc::clone(&begun), Arc::clone(&begun));
     let router = axum::Router::new()
         .route("/", axum::routing::get(|| async { "hello" }))
         .route(
@@ -20,21 +24,23 @@ async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
         )
         .route(
             "/slow",
-            axum::routing::get(|| async {
+            axum::routing::get(|| async move {
+                slow.notify_one();
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 "done"
             }),
         )
         .route(
             "/slower",
-            axum::routing::get(|| async {
+            axum::routing::get(|| async move {
+                slower.notify_one();
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 "done"
             }),
         );
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(serve(listener, router, limits, stopped, "test server"));
-    (addr, stop)
+    (addr, stop, begun)
 }
 
 fn limits(max_connections: usize, head_timeout_ms: u64) -> Limits {
@@ -84,7 +90,7 @@ async fn read_through(stream: &mut TcpStream, end: &str) -> String {
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
-    let (addr, _stop) = start(limits(8, 300)).await;
+    let (addr, _stop, _) = start(limits(8, 300)).await;
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let (got, after) = read_until_closed(&mut silent).await;
     assert!(
@@ -96,7 +102,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_head_timeout() {
 
 #[tokio::test]
 async fn a_request_head_sent_in_part_is_not_waited_for_past_the_timeout() {
-    let (addr, _stop) = start(limits(8, 300)).await;
+    let (addr, _stop, _) = start(limits(8, 300)).await;
     let mut slow = TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: te").await.unwrap();
     let (got, _) = read_until_closed(&mut slow).await;
@@ -105,7 +111,7 @@ async fn a_request_head_sent_in_part_is_not_waited_for_past_the_timeout() {
 
 #[tokio::test]
 async fn a_kept_alive_connection_is_answered_then_closed_once_idle() {
-    let (addr, _stop) = start(limits(8, 300)).await;
+    let (addr, _stop, _) = start(limits(8, 300)).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(REQUEST).await.unwrap();
     let (got, _) = read_until_closed(&mut client).await;
@@ -115,7 +121,7 @@ async fn a_kept_alive_connection_is_answered_then_closed_once_idle() {
 
 #[tokio::test]
 async fn past_the_connection_limit_a_client_waits_for_a_free_slot() {
-    let (addr, _stop) = start(limits(1, 30_000)).await;
+    let (addr, _stop, _) = start(limits(1, 30_000)).await;
     let first = TcpStream::connect(addr).await.unwrap();
     // The kernel completes the second connection, but the server does not take it yet.
     let mut second = TcpStream::connect(addr).await.unwrap();
@@ -124,23 +130,19 @@ async fn past_the_connection_limit_a_client_waits_for_a_free_slot() {
     let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
     assert!(early.is_err(), "answered while the only slot was taken");
     drop(first);
-    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
-        .await
-        .expect("answered once the slot is free")
-        .unwrap();
-    let got = String::from_utf8_lossy(&buf[..n]);
+    let got = read_through(&mut second, "hello").await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
 }
 
 #[tokio::test]
 async fn a_stop_finishes_the_request_under_way_and_refuses_new_connections() {
-    let (addr, stop) = start(limits(8, 30_000)).await;
+    let (addr, stop, begun) = start(limits(8, 30_000)).await;
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(REQUEST).await.unwrap();
     read_through(&mut idle, "hello").await;
     let mut busy = TcpStream::connect(addr).await.unwrap();
     busy.write_all(&request("/slow")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    begun.notified().await;
     stop.send(true).unwrap();
     // The answer under way is finished, within the grace period.
     let answer = read_through(&mut busy, "done").await;
@@ -154,10 +156,10 @@ async fn a_stop_finishes_the_request_under_way_and_refuses_new_connections() {
 
 #[tokio::test]
 async fn at_a_stop_an_answer_not_done_within_the_grace_period_is_dropped() {
-    let (addr, stop) = start(limits(8, 30_000)).await;
+    let (addr, stop, begun) = start(limits(8, 30_000)).await;
     let mut busy = TcpStream::connect(addr).await.unwrap();
     busy.write_all(&request("/slower")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    begun.notified().await;
     stop.send(true).unwrap();
     let (got, after) = read_until_closed(&mut busy).await;
     assert!(got.is_empty(), "{got:?}");
@@ -171,7 +173,7 @@ async fn at_a_stop_an_answer_not_done_within_the_grace_period_is_dropped() {
 /// has waited past the write timeout, and its slot goes to the next client.
 #[tokio::test]
 async fn a_client_that_takes_nothing_of_its_answer_gives_up_its_slot() {
-    let (addr, _stop) = start(limits(1, 30_000)).await;
+    let (addr, _stop, _) = start(limits(1, 30_000)).await;
     let mut hoarder = TcpStream::connect(addr).await.unwrap();
     hoarder.write_all(&request("/big")).await.unwrap();
     let mut next = TcpStream::connect(addr).await.unwrap();

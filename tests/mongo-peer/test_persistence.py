@@ -86,9 +86,6 @@ class StateTest(unittest.TestCase):
             self.assertEqual(peer.stop(), 0)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class JournalTest(unittest.TestCase):
     def test_writes_survive_sigkill_and_a_torn_record_is_dropped(self):
@@ -117,3 +114,7 @@ class JournalTest(unittest.TestCase):
             self.addCleanup(peer2.kill)
             with peer2.client() as client:
                 self.assertEqual(client.keep.c.count_documents({}), 5)
+
+
+if __name__ == "__main__":
+    unittest.main()

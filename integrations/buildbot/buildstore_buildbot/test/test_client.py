@@ -108,7 +108,11 @@ class LogCapture:
         testcase.addCleanup(log.removeObserver, self._observe)
 
     def _observe(self, event):
-        self.messages.append(" ".join(str(m) for m in event.get("message", ())))
+        # `log.err(failure, why)` leaves `message` empty and says what it was doing in `why`.
+        parts = [str(m) for m in event.get("message", ())]
+        if event.get("why"):
+            parts.append(str(event["why"]))
+        self.messages.append(" ".join(parts))
 
     def matching(self, text):
         return [m for m in self.messages if text in m]
