@@ -7,17 +7,26 @@ mod common;
 use std::io::Write as _;
 use std::process::Command;
 
-use common::daemon::{free_port, Daemon};
 use common::*;
 
 /// `ingest -` running, and the pipe to its standard input.
 fn ingest_from_pipe(db: &Db) -> (std::process::Child, std::process::ChildStdin) {
+    ingest_from_pipe_with(db, &[])
+}
+
+/// `ingest ARGS -` running, and the pipe to its standard input; its standard error is kept.
+fn ingest_from_pipe_with(
+    db: &Db,
+    args: &[&str],
+) -> (std::process::Child, std::process::ChildStdin) {
     let mut ingest = db
         .cmd()
-        .args(["ingest", "-"])
+        .arg("ingest")
+        .args(args)
+        .arg("-")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run ingest");
     let pipe = ingest.stdin.take().expect("stdin");
@@ -61,6 +70,34 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
         0,
         "the line cut by the pause"
     );
+
+    // Input that pauses right after a whole chunk: that chunk is applied before the wait too,
+    // or a stop during the pause would lose what was read from the pipe.
+    let db = Db::new();
+    let (mut ingest, mut pipe) = ingest_from_pipe_with(&db, &["--batch-events", "2"]);
+    writeln!(pipe, "{BUILD}\n{STEP}").expect("write");
+    pipe.flush().expect("flush");
+    wait_for_documents(&db, "steps", 1, "a whole chunk waits for more input");
+    drop(pipe);
+    assert!(ingest.wait().expect("wait").success());
+
+    // So is a chunk ended by a bad line that `--keep-going` reports, and the report comes then.
+    let db = Db::new();
+    let (mut ingest, mut pipe) = ingest_from_pipe_with(&db, &["--keep-going"]);
+    writeln!(pipe, "{BUILD}\nnot json").expect("write");
+    pipe.flush().expect("flush");
+    wait_for_documents(
+        &db,
+        "builds",
+        1,
+        "the lines before a bad one wait for more input",
+    );
+    let mut errors = std::io::BufReader::new(ingest.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut errors, &mut first).expect("read stderr");
+    assert!(first.contains("line 2: not valid JSON"), "{first}");
+    drop(pipe);
+    assert_eq!(ingest.wait().expect("wait").code(), Some(1));
 
     // A bad line ends the run at once, though the pipe stays open.
     let db = Db::new();
@@ -373,20 +410,6 @@ fn the_store_can_be_chosen_through_the_environment() {
 }
 
 #[test]
-fn logs_written_to_a_pipe_carry_no_colour_codes() {
-    let db = Db::new();
-    let mut cmd = db.cmd();
-    cmd.env("BUILDSTORE_LOG", "debug");
-    let out = cmd
-        .args(["ingest", &example_files()[0].display().to_string()])
-        .output()
-        .expect("run ingest");
-    let err = stderr(&out);
-    assert!(err.contains("DEBUG"), "{err}");
-    assert!(!err.contains('\u{1b}'), "{err}");
-}
-
-#[test]
 fn status_gives_up_on_an_address_that_never_answers() {
     // Something that accepts connections but never speaks HTTP, like the socket feed's port.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -459,36 +482,6 @@ fn status_refuses_a_page_without_buildstore_metrics() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-}
-
-/// Output that cannot be written is an error (a full disk) or the end of it (a closed pipe), as
-/// for `export`, never a panic.
-#[test]
-fn status_reports_an_output_it_cannot_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(dir.path(), free_port(), &[]);
-    let metrics = format!("127.0.0.1:{}", daemon.metrics);
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
-        .args(["status", "--metrics", &metrics])
-        .stdout(full)
-        .output()
-        .expect("status");
-    assert_says(&out, "writing to standard output");
-    assert_eq!(out.status.code(), Some(1));
-    let mut status = Command::new(env!("CARGO_BIN_EXE_buildstore"))
-        .args(["status", "--metrics", &metrics])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("status");
-    drop(status.stdout.take());
-    let out = status.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{}", stderr(&out));
-    daemon.kill();
 }
 
 /// A mongodb+srv URI whose DNS records cannot be found is said to be that, not a bad URI.

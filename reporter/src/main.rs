@@ -11,6 +11,14 @@ use buildstore_schema::{Channel, Collection};
 use clap::{Parser, Subcommand};
 use tokio::io::BufReader;
 
+/// Prints a line to standard error. Standard error closed or full is no reason to stop, nor to
+/// panic: `ingest 2>&1 | head -1` still applies every event, and nothing else could report it.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "buildstore",
@@ -169,7 +177,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("buildstore: cannot start: {e}");
+            note!("buildstore: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -193,7 +201,7 @@ async fn cli_main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("buildstore: {}", describe(&e));
+            note!("buildstore: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -372,7 +380,13 @@ async fn web(listen: std::net::SocketAddr, store: std::sync::Arc<dyn Store>) -> 
         buildstore::serve::StopSignals::install().context("cannot catch SIGTERM and SIGINT")?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(buildstore::web::serve(listener, store, stopped));
-    println!("buildstore web: serving http://{address}/");
+    // Whoever started the pages may not read what this prints: that is no reason to stop.
+    if let Err(e) = writeln!(
+        std::io::stdout(),
+        "buildstore web: serving http://{address}/"
+    ) {
+        tracing::warn!(error = %e, "could not print the address of the pages");
+    }
     signals.recv().await;
     let _ = stop.send(true);
     server.await.context("the web server stopped abnormally")?;
@@ -436,7 +450,7 @@ async fn run_ingest(
     options: &IngestOptions,
 ) -> anyhow::Result<ExitCode> {
     let mut applier = Applier::new(Core::new(config));
-    let mut on_error = |e: &buildstore::pipeline::LineError| eprintln!("buildstore: {file}: {e}");
+    let mut on_error = |e: &buildstore::pipeline::LineError| note!("buildstore: {file}: {e}");
     let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input {
         Some(f) => Box::new(f),
         None => Box::new(tokio::io::stdin()),
@@ -450,7 +464,7 @@ async fn run_ingest(
     )
     .await
     .with_context(|| file.to_owned())?;
-    eprintln!(
+    note!(
         "buildstore: {file}: {} events applied, {} duplicates skipped, {} lines rejected{}",
         report.applied,
         report.duplicates,

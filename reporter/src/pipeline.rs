@@ -311,7 +311,8 @@ enum Line {
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Reads and parses lines into chunks of at most `chunk_events` events or `chunk_bytes` bytes; a
-/// bad line ends its chunk, and so does a pause of the input, which the chunk says (`true`).
+/// bad line ends its chunk, and so does a pause of the input, which the chunk says (`true`; an
+/// empty chunk says a pause after a chunk that went out whole).
 /// Runs as its own task so that parsing overlaps the store's writes.
 async fn read_chunks<R: AsyncBufRead + Unpin>(
     mut input: R,
@@ -323,6 +324,9 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
     let mut chunk = Vec::new();
     let mut bytes = 0usize;
     let mut number = 0u64;
+    // A chunk went out whole (full, or ended by a bad line) with no pause after it: the
+    // ingest loop folds it and waits for the next one, so a pause must still be told.
+    let mut untold = false;
     loop {
         buf.clear();
         // Input that pauses, such as a pipe from a live master, has what came so far applied
@@ -339,8 +343,9 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
             std::task::Poll::Pending => match tokio::time::timeout(PAUSE, read.as_mut()).await {
                 Ok(read) => read,
                 Err(_) => {
-                    if !chunk.is_empty() {
+                    if !chunk.is_empty() || untold {
                         bytes = 0;
+                        untold = false;
                         let paused = Ok((std::mem::take(&mut chunk), true));
                         if out.send(paused).await.is_err() {
                             return;
@@ -383,6 +388,7 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         }
         if (close || chunk.len() >= chunk_events || bytes >= chunk_bytes) && !chunk.is_empty() {
             bytes = 0;
+            untold = true;
             if out
                 .send(Ok((std::mem::take(&mut chunk), false)))
                 .await
