@@ -145,6 +145,13 @@ impl Spool {
             path: path.clone(),
             source,
         };
+        // SQLite reads a name that starts with `file:` as a URI, whatever the flags say; a
+        // directory of that name is a directory.
+        let file = if file.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+            Path::new(".").join(&file)
+        } else {
+            file
+        };
         let mut conn = Connection::open(&file).map_err(err)?;
         // Pages freed by releases can be given back to the file system (see `shrink`); it must
         // be said before the first table is made, or turned on by a VACUUM.

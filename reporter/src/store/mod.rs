@@ -42,6 +42,11 @@ pub enum StoreError {
     )]
     SqliteUrl(String),
     #[error(
+        "store location {0:?}: sqlite:PATH takes a file path, not an SQLite URI (file:...); \
+         write sqlite:NAME.db"
+    )]
+    SqliteUri(String),
+    #[error(
         "store location {0:?}: an in-memory database would lose every document when the command \
          ends, and the store needs more than one connection to it; give a file, sqlite:PATH"
     )]
@@ -453,6 +458,11 @@ pub fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
     // `sqlite://x.db` names /x.db here, and x.db to tools that read it as a URL.
     if path.starts_with("//") {
         return Err(StoreError::SqliteUrl(location.to_owned()));
+    }
+    // SQLite would take the rest as a URI, whose file is not the path the writer's lock, the
+    // check for another program's database and the readers look at.
+    if path.starts_with("file:") {
+        return Err(StoreError::SqliteUri(location.to_owned()));
     }
     Ok(Some(path))
 }
