@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
-use common::mongo::{fail_point, write_concern_fail_point};
+use common::mongo::{fail_point, on_database, write_concern_fail_point};
 use common::*;
 
 /// A write the server could not confirm to its write concern is not counted as applied: the batch
@@ -191,5 +191,67 @@ fn a_mongodb_batch_cut_off_after_any_command_is_completed_by_a_rerun() {
             break; // every write of the batch ran: each cut-off point was tried
         }
     }
+    peer.kill();
+}
+
+/// A batch whose log went to GridFS, sent again and again while the bucket's unique index on
+/// (files_id, n) does not exist (a daemon started while its store was down creates it in the
+/// background, while it writes): each chunk is stored once, and the log reads back as sent.
+/// Chunks got a new id at each attempt, and each attempt stored them again.
+#[test]
+fn log_chunks_sent_again_before_the_bucket_has_its_indexes_are_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "chunkids") else {
+        return; // the fail point is the test peer's (a real server needs test commands)
+    };
+    let daemon = Daemon::on(
+        &uri,
+        &dir.path().join("spool"),
+        free_port(),
+        &["--inline-log-limit", "256"],
+    );
+    // Without its collection, the bucket has no index but `_id` until the next start.
+    on_database(&peer.uri("chunkids"), |db| async move {
+        db.collection::<bson::Document>("logs.chunks")
+            .drop()
+            .await
+            .expect("drop");
+    });
+    let text = "x".repeat(299_999) + "\n";
+    let lines = [
+        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1}"#
+            .to_owned(),
+        r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"s"}"#.to_owned(),
+        serde_json::json!({"type":"log","master_id":"m","build_id":1,"step":0,
+                           "channel":"stdout","offset":0,"text":text})
+        .to_string(),
+    ];
+    let acked = |lines: &[String]| {
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        exchange(daemon.port, &refs)
+            .iter()
+            .all(|r| r.get("ack").is_some())
+    };
+    assert!(acked(&lines[..2]));
+    daemon.wait_until("the step applied", |s| s["events_applied_total"] >= 2.0);
+    // The log's batch: the step's update fails after its GridFS inserts ran, three times at
+    // least.
+    fail_point(&peer, "alwaysOn".into(), &["update"], 91);
+    assert!(acked(&lines[2..]));
+    daemon.wait_until("three failed attempts", |s| s["store_errors_total"] >= 3.0);
+    fail_point(&peer, "off".into(), &["update"], 91);
+    daemon.wait_until("every event applied", |s| s["events_applied_total"] >= 3.0);
+    assert!(daemon.stop().success());
+
+    let db = Db::at(peer.uri("chunkids"));
+    let chunks = on_database(&db.location, |db| async move {
+        db.collection::<bson::Document>("logs.chunks")
+            .count_documents(bson::doc! {})
+            .await
+            .expect("count")
+    });
+    assert_eq!(chunks, 2, "300,000 bytes make two chunks of 255 KiB");
+    let log = db.log("m/1/0", "stdout");
+    assert!(log.stdout == text.as_bytes(), "{} bytes", log.stdout.len());
     peer.kill();
 }

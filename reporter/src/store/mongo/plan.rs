@@ -494,10 +494,8 @@ fn gridfs_piece(
     // already there. Readers take overlapping pieces byte by byte.
     let file_id = format!("{filename}/{offset}-{}", offset + bytes.len() as u64);
     for (n, part) in bytes.chunks(CHUNK_SIZE).enumerate() {
-        // GridFS readers expect ObjectId chunk ids. A re-sent chunk gets a new one, and the unique
-        // (files_id, n) index of the bucket turns it into a duplicate key, i.e. "already there".
         chunks.push(doc! {
-            "_id": bson::oid::ObjectId::new(),
+            "_id": chunk_id(&file_id, n),
             "files_id": &file_id,
             "n": n as i32,
             "data": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: part.to_vec() },
@@ -511,6 +509,24 @@ fn gridfs_piece(
         "filename": filename,
         "metadata": {"step": step_id, "channel": channel.as_str(), "offset": offset as i64},
     });
+}
+
+/// The id of chunk `n` of the piece `file_id`: an ObjectId, as GridFS readers expect, and the
+/// same at every attempt of a batch. A re-sent chunk is then refused by `_id` as already there,
+/// also before the bucket's unique (files_id, n) index exists: a store down at start gets its
+/// indexes in the background while batches are written, and a chunk with a new id at each
+/// attempt was stored once per attempt then, which doubled the log's text and made the index
+/// impossible to create.
+fn chunk_id(file_id: &str, n: usize) -> bson::oid::ObjectId {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(file_id.as_bytes())
+        .chain_update([0])
+        .chain_update((n as u64).to_be_bytes())
+        .finalize();
+    let mut id = [0u8; 12];
+    id.copy_from_slice(&digest[..12]);
+    bson::oid::ObjectId::from_bytes(id)
 }
 
 #[cfg(test)]

@@ -115,6 +115,19 @@ fn a_log_past_the_limit_goes_whole_to_gridfs_from_the_crossing_on() {
         "300 100 bytes make two 255 KiB chunks"
     );
     assert_eq!(p.files[1].get_str("filename").unwrap(), "m/1/0/stdout");
+    // A batch sent again writes the same chunks, not new ones beside them.
+    let ids = |p: &Plan| -> Vec<bson::oid::ObjectId> {
+        p.chunks
+            .iter()
+            .map(|c| c.get_object_id("_id").unwrap())
+            .collect()
+    };
+    let again = plan(&crossing, &[], now());
+    assert_eq!(ids(&again), ids(&p));
+    let mut distinct = ids(&p);
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "each chunk its own id");
     let Update::Operators(set) = &p.updates[0].1[0].u else {
         panic!()
     };
