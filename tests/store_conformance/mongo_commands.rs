@@ -1,8 +1,11 @@
 //! What the MongoDB store sends, as the test peer counts it: how many round trips a stream
-//! takes, and the write concern its commands carry.
+//! takes, the write concern its commands carry, and the commands that need more than the
+//! `readWrite` role.
 
-use crate::common::mongo::{fresh_database, peer_stats, real_server, Peer};
-use crate::common::{example, write_lines, Db};
+use crate::common::mongo::{
+    fail_point, fresh_database, on_database, peer_stats, real_server, Peer,
+};
+use crate::common::{assert_says, example, stderr, write_lines, Db};
 
 /// The URI's write concern goes with every command that writes a batch (the driver leaves it out
 /// of plain commands). On a peer of its own: it notes the concern each command last came with.
@@ -70,6 +73,74 @@ fn ingest_takes_at_most_one_round_trip_per_hundred_events() {
         per_event <= 0.01,
         "{writes_and_reads} round trips for {} events: {commands}",
         lines.len()
+    );
+    peer.kill();
+}
+
+/// A database prepared before is prepared again without `collMod`, which an application's user
+/// with the `readWrite` role may not run (it needs `dbAdmin`): every `ingest` and every start of
+/// the daemon prepares the store. A validator that differs from this version's is changed when
+/// the user may, and left with a warning when not: the documents are written all the same.
+#[test]
+fn a_prepared_database_is_prepared_again_without_the_dbadmin_role() {
+    if real_server().is_some() {
+        return; // the refusal is the peer's fail point
+    }
+    let peer = Peer::start(0, None);
+    let db = Db::at(peer.uri("again"));
+    let init = || db.cmd().arg("init").output().expect("run init");
+    assert!(init().status.success());
+    // Error 13 (Unauthorized) is what a user without the dbAdmin role gets for collMod.
+    let refuse_coll_mod = |mode: &str| fail_point(&peer, mode.into(), &["collMod"], 13);
+    refuse_coll_mod("alwaysOn");
+    let out = init();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("collMod"), "{}", stderr(&out));
+    db.ingest_ok(&example("nightly.jsonl"));
+
+    // The validator of an older version.
+    refuse_coll_mod("off");
+    let builds_validator = || {
+        on_database(&db.location, |database| async move {
+            let reply = database
+                .run_command(bson::doc! {"listCollections": 1, "filter": {"name": "builds"}})
+                .await
+                .expect("listCollections");
+            let batch = reply
+                .get_document("cursor")
+                .and_then(|c| c.get_array("firstBatch"))
+                .expect("firstBatch")
+                .clone();
+            batch[0]
+                .as_document()
+                .and_then(|spec| spec.get_document("options").ok())
+                .and_then(|o| o.get_document("validator").ok())
+                .cloned()
+                .expect("a validator")
+        })
+    };
+    let schemas = builds_validator();
+    on_database(&db.location, |database| async move {
+        database
+            .run_command(bson::doc! {
+                "collMod": "builds",
+                "validator": {"$jsonSchema": {"bsonType": "object"}},
+            })
+            .await
+            .expect("collMod")
+    });
+    refuse_coll_mod("alwaysOn");
+    let out = init();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_says(&out, "collMod needs the dbAdmin role");
+    db.ingest_ok(&example("fetch-head-corrected.jsonl"));
+    refuse_coll_mod("off");
+    let out = init();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        builds_validator(),
+        schemas,
+        "the validator of this version again"
     );
     peer.kill();
 }

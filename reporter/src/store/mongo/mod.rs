@@ -8,19 +8,20 @@
 mod exec;
 mod filters;
 pub mod plan;
+mod prepare;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bson::{doc, Bson, Document};
-use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc, INDEXES};
+use bson::{doc, Document};
+use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc};
 use futures::TryStreamExt;
 use mongodb::options::{
     ClientOptions, DatabaseOptions, GridFsBucketOptions, ReadConcern, ReadPreference,
     SelectionCriteria,
 };
-use mongodb::{Client, Database, IndexModel};
+use mongodb::{Client, Database};
 
 use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
@@ -441,72 +442,7 @@ impl Apply for MongoStore {
 #[async_trait]
 impl Store for MongoStore {
     async fn init(&self) -> Result<(), StoreError> {
-        for (collection, validator) in buildstore_schema::validator::validators() {
-            let schema =
-                bson::to_document(&validator).map_err(|e| corrupt(collection, "$jsonSchema", e))?;
-            let options = doc! {"validator": {"$jsonSchema": schema}, "validationLevel": "moderate", "validationAction": "error"};
-            let mut create = doc! {"create": collection.name()};
-            create.extend(options.clone());
-            if let Err(e) = self.db.run_command(create).await {
-                let exists = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 48);
-                if !exists {
-                    return Err(self.err(e));
-                }
-                let mut modify = doc! {"collMod": collection.name()};
-                modify.extend(options);
-                self.db.run_command(modify).await.map_err(|e| self.err(e))?;
-            }
-        }
-        for c in Collection::ALL {
-            let models: Vec<IndexModel> = INDEXES
-                .iter()
-                .filter(|s| s.collection == c)
-                .map(|s| {
-                    let keys: Document = s
-                        .keys
-                        .iter()
-                        .map(|(f, d)| ((*f).to_owned(), Bson::Int32(*d)))
-                        .collect();
-                    IndexModel::builder()
-                        .keys(keys)
-                        .options(
-                            mongodb::options::IndexOptions::builder()
-                                .name(s.name.to_owned())
-                                .build(),
-                        )
-                        .build()
-                })
-                .collect();
-            self.coll(c)
-                .create_indexes(models)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        // The indexes the GridFS specification asks of a bucket.
-        let files = self.db.collection::<Document>(&format!("{BUCKET}.files"));
-        files
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"filename": 1, "uploadDate": 1})
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        let chunks = self.db.collection::<Document>(&format!("{BUCKET}.chunks"));
-        chunks
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! {"files_id": 1, "n": 1})
-                    .options(
-                        mongodb::options::IndexOptions::builder()
-                            .unique(true)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        prepare::prepare(self).await
     }
 
     async fn get(&self, collection: Collection, id: &str) -> Result<Option<Document>, StoreError> {
