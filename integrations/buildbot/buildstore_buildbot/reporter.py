@@ -243,8 +243,12 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
             await defer.maybeDeferred(qref.stopConsuming)
         self._consumers = []
         reactor = self.master.reactor
+        # One stop_timeout for the whole stop. A job still reading then sends its events to a
+        # closed client; a build it was reporting is listed in the backlog file as running,
+        # and reported again at the next start.
+        deadline = reactor.seconds() + self._stop_timeout
         await wait_at_most(reactor, self._jobs.wait(), self._stop_timeout)
-        await self.client.stop(self._stop_timeout)
+        await self.client.stop(max(0.0, deadline - reactor.seconds()))
         if self._backlog is not None:
             self._backlog.close()
             self._backlog = None
@@ -412,6 +416,12 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         state = self._builds.pop(buildid, None)
         if state is None:  # finished by an earlier job
             return
+        # Its "finished" message took it off the builder's running builds already, unless the
+        # build was first read meanwhile and put back from what was read before it ended.
+        running = self._running.get(state.builderid, set())
+        if buildid in running:
+            running.discard(buildid)
+            self._jobs.add(("builder", state.builderid), self._refresh_state, state.builderid)
         # Struck off the running builds only once the daemon or the backlog file has the end: a
         # master killed before that reports the build again at its next start.
         self._send(

@@ -39,6 +39,50 @@ class TestBuilders(ReporterTestCase):
         self.assertEqual([e["state"] for e in self.take("builder_state")], ["idle"])
 
     @defer.inlineCallbacks
+    def test_a_build_that_ends_while_it_is_first_read_leaves_its_builder_idle(self):
+        # Buildbot sends a step's messages before the build's "new" (worker_preparation), and
+        # none at all for a build that do_build_if skips: a build is often first read from the
+        # data API on a later message, and it may end during those reads.
+        self.take()
+        yield self.master.db.workers.workerConfigured(workerid=13, masterid=MASTER, builderids=[79])
+        yield self.master.db.workers.workerConnected(workerid=13, masterid=MASTER, workerinfo={})
+        worker = yield self.master.data.get(("workers", 13))
+        yield self.deliver(("workers", "13", "connected"), worker)
+        stepid, _ = yield self.add_step(name="worker_preparation")
+        held = defer.Deferred()
+        read = self.master.data.get
+
+        def get(path, *args, **kwargs):
+            if path[0] == "buildrequests" and not held.called:
+                answer = defer.Deferred()
+                held.addCallback(lambda _: read(path, *args, **kwargs).addCallback(answer.callback))
+                return answer
+            return read(path, *args, **kwargs)
+
+        self.patch(self.master.data, "get", get)
+        step = yield read(("steps", stepid))
+        self.master.mq.callConsumer(("steps", str(stepid), "started"), step)
+        build = yield read(("builds", 20))
+        self.master.mq.callConsumer(("builds", "20", "new"), build)
+        yield self.master.db.steps.finishStep(stepid=stepid, results=0, hidden=False)
+        yield self.master.db.builds.finishBuild(buildid=20, results=0)
+        build = yield read(("builds", 20))
+        self.master.mq.callConsumer(("builds", "20", "finished"), build)
+        held.callback(None)
+        yield self.reporter.wait_idle()
+        sent = self.take()
+        self.assertIn("build_finished", [e["type"] for e in sent])
+        states = [e["state"] for e in sent if e["type"] == "builder_state"]
+        self.assertEqual(states[-1], "idle", states)
+        # The next build's end finds the builder idle again too: no build is left counted.
+        yield self.master.db.insert_test_data([self.build_row(21, 2)])
+        yield self.build_message("new", buildid=21)
+        yield self.master.db.builds.finishBuild(buildid=21, results=0)
+        yield self.build_message("finished", buildid=21)
+        states = [e["state"] for e in self.take("builder_state")]
+        self.assertEqual(states, ["building", "idle"])
+
+    @defer.inlineCallbacks
     def test_event_ids_of_builder_events_never_repeat(self):
         yield self.build_message("new")
         yield self.master.db.builds.finishBuild(buildid=20, results=0)

@@ -1,8 +1,11 @@
-"""The options of the reporter: what the configuration refuses, and what it takes."""
+"""The options of the reporter: what the configuration refuses, what it takes, and how long a
+stop waits."""
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from buildstore_buildbot import BuildstoreReporter
+from buildstore_buildbot.test.test_reporter import ReporterTestCase
 
 
 class TestConfig(unittest.TestCase):
@@ -36,3 +39,28 @@ class TestConfig(unittest.TestCase):
         BuildstoreReporter(
             "unix:/run/buildstore.sock", master_id=1, token="s3cret", queue_size=5, queue_bytes=1
         )
+
+
+class TestStopTimeout(ReporterTestCase):
+    @defer.inlineCallbacks
+    def test_a_stop_waits_stop_timeout_in_all(self):
+        # A message whose data API reads never answer: its job runs past the stop.
+        build = yield self.master.data.get(("builds", 20))
+        reads = []
+
+        def get(*args, **kwargs):
+            reads.append(defer.Deferred())
+            return reads[-1]
+
+        self.patch(self.master.data, "get", get)
+        self.master.mq.callConsumer(("builds", "20", "new"), build)
+        self.assertTrue(reads)
+        stopping = self.reporter.disownServiceParent()
+        self.reactor.advance(5)  # the default stop_timeout
+        self.assertTrue(stopping.called)
+        # The client got what was left of the 5 s, not 5 s more.
+        self.assertEqual(self.reporter.client.stop_timeout, 0)
+        for read in reads:
+            read.cancel()
+        self.flushLoggedErrors(defer.CancelledError)
+        yield stopping

@@ -71,6 +71,7 @@ class RecordingClient:
 
     def stop(self, timeout=5.0):
         self.stopped = True
+        self.stop_timeout = timeout
         return defer.succeed(None)
 
 
