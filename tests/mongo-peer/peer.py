@@ -45,8 +45,8 @@ from replies import CommandError, classify, error_doc, not_implemented
 from statements import (collection_options, create_index, index_doc, insert_document,
                         is_replacement, run_statements, update_statement, uses_positional,
                         with_write_errors)
-from wire import (MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS, frame, parse_op_msg,
-                  parse_op_query, recv_exact)
+from wire import (MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS, CommandTooLarge, frame,
+                  parse_op_msg, parse_op_query, recv_exact)
 
 SERVER_VERSION = "6.0.0"
 # mongomock changes some behaviour with the server version it pretends to be; make it the one
@@ -117,6 +117,9 @@ class Peer(Persistence):
         (flags,) = struct.unpack_from("<I", payload, 0)
         try:
             body = parse_op_msg(payload, flags)
+        except CommandTooLarge as exc:
+            self.count("(too large)", length)
+            reply = error_doc(10334, str(exc))
         except Exception as exc:  # a malformed message still gets an answer
             self.count("(unparsable)", length)
             reply = error_doc(2, f"cannot parse OP_MSG: {exc}")

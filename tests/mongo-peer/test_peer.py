@@ -161,6 +161,21 @@ class PeerTest(unittest.TestCase):
         self.assertEqual(self.db.raw.count_documents({}), 3)
         self.assertEqual(self.db.raw.find_one({"_id": 1})["b"], b"\x00\x01\xff")
 
+    def test_a_command_past_the_size_limit_is_refused(self):
+        with socket.create_connection(("127.0.0.1", self.peer.port), timeout=10) as sock:
+            keys = ["k" * 500 + str(i) for i in range(33_000)]  # about 17 MiB as BSON
+            raw_message(sock, 2013, op_msg({"find": "big", "filter": {"_id": {"$in": keys}},
+                                            "$db": self.db.name}))
+            reply = op_msg_reply(sock)
+            self.assertEqual((reply["ok"], reply["code"]), (0.0, 10334))
+            self.assertIn("BSONObj size", reply["errmsg"])
+            # Document sequences are no part of the command document: only the message limits
+            # them.
+            docs = [{"_id": i, "k": keys[i]} for i in range(33_000)]
+            raw_message(sock, 2013, op_msg({"insert": "big", "$db": self.db.name},
+                                           [("documents", docs)]))
+            self.assertEqual(op_msg_reply(sock)["n"], 33_000)
+
     def test_broken_client_does_not_disturb_others(self):
         for junk in (b"\x05\x00", struct.pack("<iiii", 5, 1, 0, 2013), b"\x20\x00\x00\x00"):
             with socket.create_connection(("127.0.0.1", self.peer.port), timeout=10) as sock:

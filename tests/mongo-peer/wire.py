@@ -10,6 +10,12 @@ from bson.codec_options import CodecOptions
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 CHECKSUM_PRESENT, MORE_TO_COME = 1 << 0, 1 << 1
+# A command document may pass the 16 MiB of a stored document by 16 KiB, for its own fields.
+MAX_COMMAND_BYTES = 16 * 1024 * 1024 + 16 * 1024
+
+
+class CommandTooLarge(ValueError):
+    """A body section past MAX_COMMAND_BYTES, which MongoDB refuses with BSONObjectTooLarge."""
 # dict keeps field order; datetimes come back timezone-aware UTC; the default (unspecified) UUID
 # representation keeps every binary subtype as it came, so binary data round-trips.
 OPTS = CodecOptions(document_class=dict, tz_aware=True, tzinfo=timezone.utc)
@@ -26,6 +32,10 @@ def parse_op_msg(payload, flags):
         pos += 1
         (size,) = struct.unpack_from("<i", payload, pos)
         if kind == 0:
+            if size > MAX_COMMAND_BYTES:
+                raise CommandTooLarge(
+                    f"BSONObj size: {size} (0x{size:X}) is invalid. "
+                    f"Size must be between 0 and {MAX_COMMAND_BYTES}")
             body = bson.decode(payload[pos:pos + size], codec_options=OPTS)
         elif kind == 1:
             name_end = payload.index(b"\x00", pos + 4)
