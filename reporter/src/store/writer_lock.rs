@@ -5,7 +5,7 @@
 //! lock while they run; readers (`export`, `log`, `web`) take none. A MongoDB database has no
 //! such guard: give each writer its own database.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::StoreError;
 
@@ -24,7 +24,9 @@ pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
     if std::path::Path::new(path).is_dir() {
         return Ok(None);
     }
-    let lock = PathBuf::from(format!("{path}.lock"));
+    let mut lock = real_path(Path::new(path)).into_os_string();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
     let failed = |source| StoreError::Lock {
         path: lock.display().to_string(),
         source,
@@ -49,6 +51,35 @@ pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
     }
 }
 
+/// Where `path` really is, symbolic links and `.`/`..` resolved, so that every name of one
+/// store file (a link to it, `./x.db`, a path through a linked directory) takes the same lock;
+/// a second writer reaching the store by another name lost log text as two writers did. A file
+/// not made yet is its directory's real path and its name (after the link, if the name is a
+/// link to a file not made yet). A hard link is another file to this: don't write through one.
+fn real_path(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    // A link to a link to ..., as far as the system would follow it.
+    for _ in 0..40 {
+        if let Ok(real) = std::fs::canonicalize(&path) {
+            return real;
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::read_link(&path) {
+            Ok(target) => path = dir.join(target),
+            Err(_) => {
+                let (Ok(dir), Some(name)) = (std::fs::canonicalize(&dir), path.file_name()) else {
+                    return path;
+                };
+                return dir.join(name);
+            }
+        }
+    }
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +98,38 @@ mod tests {
         drop(first);
         assert!(lock_writer(&location).unwrap().is_some());
         assert!(lock_writer("mongodb://localhost/x").unwrap().is_none());
+    }
+
+    /// Another name of the same store is the same store.
+    #[test]
+    fn a_second_writer_through_another_name_of_the_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &Path| format!("sqlite:{}", p.display());
+        let store = dir.path().join("s.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink("s.db", &link).unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let linked_dir = dir.path().join("linked");
+        std::os::unix::fs::symlink(&sub, &linked_dir).unwrap();
+        // The store file not made yet, as at a first run, and made.
+        for made in [false, true] {
+            if made {
+                std::fs::write(&store, b"").unwrap();
+            }
+            let first = lock_writer(&at(&store)).unwrap();
+            for other in [link.clone(), dir.path().join("sub/../s.db")] {
+                assert!(
+                    lock_writer(&at(&other)).is_err(),
+                    "{} while {} is written (made: {made})",
+                    other.display(),
+                    store.display()
+                );
+            }
+            drop(first);
+        }
+        let first = lock_writer(&at(&sub.join("t.db"))).unwrap();
+        assert!(lock_writer(&at(&linked_dir.join("t.db"))).is_err());
+        drop(first);
     }
 }
