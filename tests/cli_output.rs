@@ -87,6 +87,39 @@ fn web_serves_when_its_standard_output_is_closed() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A `BUILDSTORE_LOG` that would log nothing by mistake is refused: `warning` was read as the
+/// name of a module to log, and a filter that did not parse as unset, so a typo in a service
+/// file hid the store's errors. Unset or empty, it logs warnings.
+#[test]
+fn a_log_level_that_would_hide_the_warnings_is_refused() {
+    let db = Db::new();
+    db.ingest_ok(&example_files()[0]);
+    for (value, says) in [
+        ("warning", "\"warning\" is not a log level"),
+        ("verbose", "\"verbose\" is not a log level"),
+        ("debug,bogus=[", "is not a log filter"),
+    ] {
+        let out = db
+            .cmd()
+            .env("BUILDSTORE_LOG", value)
+            .args(["export", "builds"])
+            .output()
+            .expect("run export");
+        assert_eq!(out.status.code(), Some(1), "{value}");
+        assert_says(&out, says);
+        assert_says(&out, "use error, warn, info, debug or trace");
+    }
+    for value in ["", "WARN", "info", "warn,buildstore::serve=debug"] {
+        let out = db
+            .cmd()
+            .env("BUILDSTORE_LOG", value)
+            .args(["export", "builds"])
+            .output()
+            .expect("run export");
+        assert!(out.status.success(), "{value:?}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn logs_written_to_a_pipe_carry_no_colour_codes() {
     let db = Db::new();

@@ -188,14 +188,18 @@ fn main() -> ExitCode {
 
 async fn cli_main() -> ExitCode {
     use std::io::IsTerminal;
+    let filter = match log_filter(std::env::var_os("BUILDSTORE_LOG")) {
+        Ok(filter) => filter,
+        Err(e) => {
+            note!("buildstore: {}", describe(&e));
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colours for a person at a terminal; plain text for a log file or the journal.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BUILDSTORE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .init();
     let cli = Cli::parse();
     match run(cli).await {
@@ -205,6 +209,34 @@ async fn cli_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to log, from `BUILDSTORE_LOG`: warnings when it is unset or empty. A value that would
+/// log nothing by mistake is refused: `warning` or `verbose` reads as the name of a module to
+/// log, and a filter that does not parse was taken as unset, so a typo in a service file hid the
+/// store's errors.
+fn log_filter(value: Option<std::ffi::OsString>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let Some(value) = value else {
+        return Ok("warn".into());
+    };
+    let Some(text) = value.to_str() else {
+        bail!("BUILDSTORE_LOG is not UTF-8 text");
+    };
+    if text.trim().is_empty() {
+        return Ok("warn".into());
+    }
+    let explain = "use error, warn, info, debug or trace, or a filter such as \
+                   warn,buildstore::serve=debug";
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = !directive.contains(['=', '[', ':']);
+        if level && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            bail!("BUILDSTORE_LOG={text:?}: {directive:?} is not a log level; {explain}");
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .with_context(|| format!("BUILDSTORE_LOG={text:?} is not a log filter; {explain}"))
 }
 
 /// The error and its causes, each said once: several layers end their message with the error
