@@ -42,6 +42,34 @@ fn a_bad_line_is_reported_by_number_and_field_and_the_lines_before_it_stay_appli
     );
 }
 
+/// A line longer than `--line-limit` (16 MiB by default) is a bad line, read to its end and not
+/// kept: input without newlines, such as /dev/zero named by mistake, took all the memory there
+/// was. The line after it is a line of its own.
+#[test]
+fn a_line_past_the_line_limit_is_a_bad_line_and_the_next_line_is_read() {
+    let db = Db::new();
+    let long = format!(
+        r#"{{"type":"builder_added","builder":"{}"}}"#,
+        "b".repeat(5000)
+    );
+    let finished = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    let out = db.ingest_text(
+        &[BUILD, &long, finished].join("\n"),
+        &["--keep-going", "--line-limit", "1024"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_says(
+        &out,
+        &format!(
+            "line 2: line of {} bytes is longer than the line limit of 1024 bytes",
+            long.len()
+        ),
+    );
+    assert_eq!(db.doc("builds", "m/1")["result"], 0, "the line after it");
+    let out = db.ingest_text(BUILD, &["--line-limit", "100"]);
+    assert_says(&out, "--line-limit must be at least 1024 bytes");
+}
+
 /// One event per batch: the store writes each batch while the next is folded, and a bad line or
 /// a rejected event still stops the run right there.
 #[test]

@@ -72,6 +72,9 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1000,
               value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_events: u32,
+        /// Longest line taken, in bytes (at least 1024); a longer one is a bad line.
+        #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+        line_limit: usize,
     },
     /// Serve the socket feed: events as JSON lines over TCP or a Unix socket, each acknowledged
     /// once it is durably spooled, applied to the store in batches.
@@ -293,8 +296,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inline_log_limit,
             proper_changeset,
             batch_events,
+            line_limit,
         } => {
             let config = core_config(inline_log_limit, &proper_changeset)?;
+            if line_limit < MIN_LINE_LIMIT {
+                bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
+            }
             let input = match file.as_str() {
                 "-" => None,
                 path => {
@@ -316,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = IngestOptions {
                 keep_going,
                 chunk_events: batch_events as usize,
+                line_limit,
                 ..IngestOptions::default()
             };
             run_ingest(store.as_ref(), &file, input, config, &options).await

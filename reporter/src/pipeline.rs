@@ -8,9 +8,10 @@ type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 use buildstore_schema::{Event, EventKind};
 use chrono::Utc;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::AsyncBufRead;
 
 use crate::core::{event_key, Batch, Core, Mutation, RuleError};
+use crate::serve::lines::{next_line, RawLine};
 use crate::store::{Apply, StoreError};
 
 /// Keys remembered in memory, per generation: past this the older generation is dropped (the
@@ -261,6 +262,9 @@ pub struct IngestOptions {
     pub chunk_events: usize,
     /// Most bytes of event text per batch.
     pub chunk_bytes: usize,
+    /// Longest line taken: a longer one is a bad line, read to its end and not kept (a file
+    /// with no newline, such as /dev/zero by mistake, took all the memory there was).
+    pub line_limit: usize,
 }
 
 impl Default for IngestOptions {
@@ -269,6 +273,7 @@ impl Default for IngestOptions {
             keep_going: false,
             chunk_events: 1000,
             chunk_bytes: 16 << 20,
+            line_limit: 16 << 20,
         }
     }
 }
@@ -316,11 +321,10 @@ const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// Runs as its own task so that parsing overlaps the store's writes.
 async fn read_chunks<R: AsyncBufRead + Unpin>(
     mut input: R,
-    chunk_events: usize,
-    chunk_bytes: usize,
+    options: IngestOptions,
     out: tokio::sync::mpsc::Sender<std::io::Result<(Vec<Line>, bool)>>,
 ) {
-    let mut buf = Vec::new();
+    let chunk_events = options.chunk_events.max(1);
     let mut chunk = Vec::new();
     let mut bytes = 0usize;
     let mut number = 0u64;
@@ -328,12 +332,11 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
     // ingest loop folds it and waits for the next one, so a pause must still be told.
     let mut untold = false;
     loop {
-        buf.clear();
         // Input that pauses, such as a pipe from a live master, has what came so far applied
         // before the wait, not once a chunk fills: the documents follow the master, and a run
         // interrupted during a pause has applied all it read, which a rerun could not read
         // again from a pipe. A pause in the middle of a line counts too.
-        let read = input.read_until(b'\n', &mut buf);
+        let read = next_line(&mut input, options.line_limit);
         tokio::pin!(read);
         // A line already buffered needs no timer. A reader that only refills its buffer (a
         // file, read on a blocking thread) answers within moments: only input still silent
@@ -355,28 +358,35 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
                 }
             },
         };
-        let n = match read {
-            Ok(n) => n,
+        let raw = match read {
+            Ok(raw) => raw,
             Err(e) => {
                 let _ = out.send(Err(e)).await;
                 return;
             }
         };
-        let eof = n == 0;
+        let eof = raw.is_none();
         let mut close = eof;
-        if !eof {
+        if let Some(raw) = raw {
             number += 1;
-            // Editors on some systems start a text file with a UTF-8 byte-order mark.
-            let line = match buf.strip_prefix(UTF8_BOM) {
-                Some(rest) if number == 1 => rest,
-                _ => &buf[..],
-            };
-            match parse_line(line) {
-                Ok(None) => {}
-                Ok(Some(event)) => {
-                    bytes += buf.len();
-                    chunk.push(Line::Event(number, Box::new(event)));
+            let parsed = match &raw {
+                RawLine::Line(buf) => {
+                    // Editors on some systems start a text file with a UTF-8 byte-order mark.
+                    let line = match buf.strip_prefix(UTF8_BOM) {
+                        Some(rest) if number == 1 => rest,
+                        _ => &buf[..],
+                    };
+                    bytes += buf.len() + 1;
+                    parse_line(line)
                 }
+                RawLine::TooLong(len) => Err(format!(
+                    "line of {len} bytes is longer than the line limit of {} bytes",
+                    options.line_limit
+                )),
+            };
+            match parsed {
+                Ok(None) => {}
+                Ok(Some(event)) => chunk.push(Line::Event(number, Box::new(event))),
                 Err(message) => {
                     chunk.push(Line::Bad(LineError {
                         line: number,
@@ -386,7 +396,9 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
                 }
             }
         }
-        if (close || chunk.len() >= chunk_events || bytes >= chunk_bytes) && !chunk.is_empty() {
+        if (close || chunk.len() >= chunk_events || bytes >= options.chunk_bytes)
+            && !chunk.is_empty()
+        {
             bytes = 0;
             untold = true;
             if out
@@ -414,12 +426,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
     on_error: &mut (dyn FnMut(&LineError) + Send),
 ) -> Result<IngestReport, IngestError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-    let reader = tokio::spawn(read_chunks(
-        input,
-        options.chunk_events.max(1),
-        options.chunk_bytes,
-        tx,
-    ));
+    let reader = tokio::spawn(read_chunks(input, options.clone(), tx));
     let mut report = IngestReport::default();
     let keep_going = options.keep_going;
     let result = async {

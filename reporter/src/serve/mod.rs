@@ -6,7 +6,7 @@
 mod connection;
 mod drain;
 pub(crate) mod engine;
-mod lines;
+pub(crate) mod lines;
 pub mod metrics;
 mod replies;
 mod unix_socket;
