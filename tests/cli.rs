@@ -359,6 +359,23 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
     let out = db.cmd().args(["export", "builds"]).output().expect("run");
     assert_says(&out, "is an empty file, not a store");
     assert_eq!(std::fs::metadata(&typo).expect("still there").len(), 0);
+    // Nor an SQLite database with nothing in it, as a tool makes one.
+    std::fs::remove_file(&typo).expect("remove");
+    let made = rusqlite::Connection::open(&typo).expect("open");
+    made.execute_batch("PRAGMA user_version = 0; VACUUM;")
+        .expect("write its header");
+    drop(made);
+    let before = std::fs::read(&typo).expect("read");
+    assert!(!before.is_empty());
+    for args in [&["export", "builds"][..], &["log", "m/1/0", "stdout"]] {
+        let out = db.cmd().args(args).output().expect("run");
+        assert_says(&out, "is an empty SQLite database, not a store");
+    }
+    assert_eq!(
+        std::fs::read(&typo).expect("read"),
+        before,
+        "left as it was"
+    );
 }
 
 /// A database of another program named by mistake is refused by every command, readers and

@@ -283,6 +283,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{path:?} is an empty file, not a store: `buildstore {command}` only reads; \
                  ingest or serve creates one"
             ),
+            Ok(_) if store::is_empty_database(path)? => bail!(
+                "{path:?} is an empty SQLite database, not a store: `buildstore {command}` \
+                 only reads; ingest or serve creates one"
+            ),
             Ok(_) => {}
         }
     }

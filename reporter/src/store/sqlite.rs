@@ -167,6 +167,23 @@ pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether the file at `path` is an SQLite database with nothing in it, such as one a tool made
+/// and never wrote: a reader takes it for no store, rather than make one of it. Looked at
+/// read-only.
+pub fn is_empty_database(path: &str) -> Result<bool, StoreError> {
+    let p = std::path::Path::new(path);
+    if !p.is_file() || p.metadata().is_ok_and(|m| m.len() == 0) {
+        return Ok(false);
+    }
+    let err = sql_error(path);
+    let conn =
+        Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
+    conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)", [], |r| {
+        r.get(0)
+    })
+    .map_err(&err)
+}
+
 /// The SQLite name of an index of the schema.
 fn index_name(spec: &IndexSpec) -> String {
     format!("{}_{}", spec.collection, spec.name)
