@@ -285,14 +285,19 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
-    // Each cause is said once, though several layers quote the one they wrap.
+    // Each cause is said once, though several layers quote the one they wrap; and in words
+    // that say what is wrong, where SQLite says "unable to open database file".
     let out = Db::at("sqlite:/no/such/dir/store.db".into()).ingest_text("", &[]);
     assert_eq!(
-        stderr(&out).matches("unable to open database file").count(),
+        stderr(&out)
+            .matches("its directory /no/such/dir does not exist")
+            .count(),
         1,
         "{}",
         stderr(&out)
     );
+    let out = Db::at(format!("sqlite:{}", dir.path().display())).ingest_text("", &[]);
+    assert_says(&out, "it is a directory, not a store file");
     for limit in ["10", "3000000"] {
         let out = db.ingest_text("", &["--inline-log-limit", limit]);
         assert!(

@@ -61,6 +61,10 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
         replies[19]["error"], "field `builder` must not be empty",
         "refused at the door too"
     );
+    assert_eq!(
+        replies[11]["error"],
+        "empty line: an event is one JSON object per line"
+    );
     // Refused at the door, though the drain's rules would refuse it too: no ack for it.
     assert!(
         replies[15]["error"]

@@ -43,7 +43,7 @@ fn a_listener_beyond_loopback_needs_a_token() {
 #[test]
 fn settings_refused_at_start_leave_no_store_or_spool_behind() {
     let long_token = "t".repeat(1025);
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["--token", &long_token],
             "--token must be at most 1024 bytes",
@@ -72,6 +72,30 @@ fn settings_refused_at_start_leave_no_store_or_spool_behind() {
         (
             &["--listen", "unix:x.sock", "--listen", "unix:./x.sock"],
             "unix:./x.sock (also as unix:x.sock) is given twice to --listen",
+        ),
+        (
+            &[
+                "--listen",
+                "unix:/tmp/x.sock",
+                "--listen",
+                "unix:/tmp/../tmp/x.sock",
+            ],
+            "unix:/tmp/../tmp/x.sock (also as unix:/tmp/x.sock) is given twice to --listen",
+        ),
+        // The daemon would find the port taken by itself, and say another process has it.
+        (
+            &[
+                "--listen",
+                "tcp://127.0.0.1:45999",
+                "--metrics",
+                "127.0.0.1:45999",
+            ],
+            "--listen tcp://127.0.0.1:45999 and --metrics 127.0.0.1:45999 would take the same \
+             port",
+        ),
+        (
+            &["--metrics", "0.0.0.0:45998", "--web", "127.0.0.1:45998"],
+            "--metrics 0.0.0.0:45998 and --web 127.0.0.1:45998 would take the same port",
         ),
     ];
     for (args, message) in cases {
@@ -183,6 +207,30 @@ fn an_address_in_use_leaves_no_store_behind() {
             .collect();
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
+}
+
+#[test]
+fn a_spool_path_holding_a_file_is_refused_in_those_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("spool");
+    std::fs::write(&file, b"notes").expect("write");
+    let spool_arg = file.display().to_string();
+    let said = refused_to_start(
+        dir.path(),
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--metrics",
+            "off",
+            "--spool",
+            &spool_arg,
+        ],
+    );
+    assert!(
+        said.contains("a file of that name is there, and the spool is a directory"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), b"notes");
 }
 
 #[test]

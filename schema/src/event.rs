@@ -256,6 +256,8 @@ pub struct Commit {
 pub enum EventError {
     #[error("not valid JSON: {0}")]
     Json(String),
+    #[error("empty line: an event is one JSON object per line")]
+    EmptyLine,
     #[error("an event must be a JSON object, got {0}")]
     NotObject(&'static str),
     #[error("missing field `type`")]

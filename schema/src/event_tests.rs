@@ -28,6 +28,10 @@ fn parses_a_build_start_with_properties_and_changes() {
 #[test]
 fn errors_name_the_field_at_fault() {
     assert!(err("{").starts_with("not valid JSON"));
+    assert_eq!(
+        err(" \r"),
+        "empty line: an event is one JSON object per line"
+    );
     assert_eq!(err("[1]"), "an event must be a JSON object, got an array");
     assert_eq!(err(r#"{"master_id":1}"#), "missing field `type`");
     assert!(err(r#"{"type":"bogus","master_id":1}"#).contains("unknown event type \"bogus\""));

@@ -11,6 +11,9 @@ use crate::EventError;
 
 /// Parses one line as JSON, refusing whole numbers beyond 64 bits.
 pub fn parse(line: &str) -> Result<Value, EventError> {
+    if trim(line).is_empty() {
+        return Err(EventError::EmptyLine);
+    }
     let value: Value = serde_json::from_str(line).map_err(EventError::from_json)?;
     // Only a double as large as 2^63 can have come from such a number, so the line itself is read
     // again only then: a line without one costs one walk of its values.

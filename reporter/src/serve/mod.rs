@@ -68,15 +68,19 @@ impl std::fmt::Display for Listen {
 }
 
 impl Listen {
-    /// Where it listens, so that `unix:a.sock` and `unix:./a.sock` are one place. Without
-    /// following links: two names for one socket through a link still bind twice, and the second
-    /// bind then fails on a live socket.
+    /// Where it listens, so that `unix:a.sock`, `unix:./a.sock` and `unix:../dir/a.sock` are one
+    /// place: the socket's directory with its links and `..` resolved, and its name. (The
+    /// socket's own name is not followed: it may be a stale socket the daemon replaces.)
     fn place(&self) -> Listen {
         match self {
             Listen::Tcp(_) => self.clone(),
-            // `absolute` drops `.` components, and leaves `..` and links as they are.
             Listen::Unix(path) => {
-                Listen::Unix(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                let real = match (absolute.parent(), absolute.file_name()) {
+                    (Some(dir), Some(name)) => std::fs::canonicalize(dir).map(|d| d.join(name)),
+                    _ => Ok(absolute.clone()),
+                };
+                Listen::Unix(real.unwrap_or(absolute))
             }
         }
     }
@@ -132,6 +136,8 @@ pub enum ServeError {
     },
     #[error("{0} is given twice to --listen")]
     ListenTwice(String),
+    #[error("{first} and {second} would take the same port: give each one of its own")]
+    AddressTwice { first: String, second: String },
     #[error("--grace must be at most {max} seconds (one day)", max = MAX_GRACE.as_secs())]
     GraceTooLong,
     #[error("--token must be at most {MAX_TOKEN_BYTES} bytes")]
@@ -149,13 +155,16 @@ pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Checks the settings that need nothing opened, so that a daemon refused on its flags leaves
 /// no store or spool behind.
-fn check_settings(
-    listen: &[Listen],
-    token: Option<&str>,
-    line_limit: usize,
-    spool_max: u64,
-    grace: Duration,
-) -> Result<(), ServeError> {
+fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
+    let ServeConfig {
+        listen,
+        line_limit,
+        spool_max,
+        grace,
+        ..
+    } = config;
+    let (line_limit, spool_max, grace) = (*line_limit, *spool_max, *grace);
+    let token = config.token.as_deref();
     // Twice, since the line spooled may be longer than the one read, by the event id and time
     // added.
     if line_limit as u64 > spool_max / 2 {
@@ -186,7 +195,33 @@ fn check_settings(
             }
         }
     }
+    // Each would find the address taken by the daemon itself, and say another process has it.
+    let feeds = listen.iter().filter_map(|l| match l {
+        Listen::Tcp(addr) => Some((format!("--listen {l}"), *addr)),
+        Listen::Unix(_) => None,
+    });
+    let pages = [("--metrics", config.metrics), ("--web", config.web)]
+        .into_iter()
+        .filter_map(|(flag, addr)| addr.map(|a| (format!("{flag} {a}"), a)));
+    let tcp: Vec<(String, SocketAddr)> = feeds.chain(pages).collect();
+    for (i, (second, b)) in tcp.iter().enumerate() {
+        if let Some((first, _)) = tcp[..i].iter().find(|(_, a)| same_port(*a, *b)) {
+            return Err(ServeError::AddressTwice {
+                first: first.clone(),
+                second: second.clone(),
+            });
+        }
+    }
     Ok(())
+}
+
+/// Whether two TCP addresses cannot both be bound: one port (not 0, which picks a free one) on
+/// one IP, or on any IP and another of its family.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Checks the settings and takes every address of `config`, and the stop signals, before
@@ -194,13 +229,7 @@ fn check_settings(
 /// spool behind.
 pub async fn bind(config: &ServeConfig) -> Result<Bound, ServeError> {
     let signals = StopSignals::install().map_err(ServeError::Signals)?;
-    check_settings(
-        &config.listen,
-        config.token.as_deref(),
-        config.line_limit,
-        config.spool_max,
-        config.grace,
-    )?;
+    check_settings(config)?;
     Bound::all(config, signals).await
 }
 

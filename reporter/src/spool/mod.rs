@@ -136,7 +136,13 @@ impl Spool {
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|source| SpoolError::Directory {
             path: dir.display().to_string(),
-            source,
+            source: match source.kind() {
+                // EEXIST names the file in the way, not that it is one.
+                std::io::ErrorKind::AlreadyExists => std::io::Error::other(
+                    "a file of that name is there, and the spool is a directory",
+                ),
+                _ => source,
+            },
         })?;
         let file: PathBuf = dir.join("spool.db");
         let path = file.display().to_string();

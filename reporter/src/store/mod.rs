@@ -67,6 +67,8 @@ pub enum StoreError {
          start (a mongodb:// URI naming the hosts does not)"
     )]
     SrvLookup(String),
+    #[error("sqlite store {path}: {why}")]
+    NoPlace { path: String, why: String },
     #[error("cannot reach MongoDB at {location} within serverSelectionTimeoutMS: {message}")]
     Unreachable { location: String, message: String },
     #[error("MongoDB at {location}: {message}")]

@@ -167,6 +167,26 @@ pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses a store path that is a directory, or whose directory does not exist, in those words:
+/// SQLite says "unable to open database file" to both.
+fn check_place(path: &str) -> Result<(), StoreError> {
+    let p = std::path::Path::new(path);
+    let why = if p.is_dir() {
+        "it is a directory, not a store file".to_owned()
+    } else {
+        match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                format!("its directory {} does not exist", dir.display())
+            }
+            _ => return Ok(()),
+        }
+    };
+    Err(StoreError::NoPlace {
+        path: path.to_owned(),
+        why,
+    })
+}
+
 /// Whether the file at `path` is an SQLite database with nothing in it, such as one a tool made
 /// and never wrote: a reader takes it for no store, rather than make one of it. Looked at
 /// read-only.
@@ -202,6 +222,7 @@ impl SqliteStore {
         path: &str,
         check_foreign: bool,
     ) -> Result<SqliteStore, StoreError> {
+        check_place(path)?;
         let p = path.to_owned();
         let err = sql_error(path);
         let (conn, reader) = tokio::task::spawn_blocking(move || {
