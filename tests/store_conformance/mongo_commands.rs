@@ -144,3 +144,63 @@ fn a_prepared_database_is_prepared_again_without_the_dbadmin_role() {
     );
     peer.kill();
 }
+
+/// A live build adds a GridFS piece per batch to a log past the inline limit: reading the log
+/// takes a query for the pieces and one for their chunks whatever their number. It took a query
+/// per piece, over every piece before the window too, and the tail of a long build's log was
+/// quadratic to read.
+#[test]
+fn a_log_in_many_gridfs_pieces_is_read_in_a_few_queries() {
+    if real_server().is_some() {
+        return; // only the peer counts queries
+    }
+    let peer = Peer::start(0, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lines = vec![
+        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1}"#
+            .to_owned(),
+        r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"s"}"#.to_owned(),
+    ];
+    let mut text = String::new();
+    for i in 0..300 {
+        let chunk = format!("line {i:04} of the build's output\n");
+        lines.push(
+            serde_json::json!({"type":"log","master_id":"m","build_id":1,"step":0,
+                "channel":"stdout","offset":text.len(),"text":chunk})
+            .to_string(),
+        );
+        text.push_str(&chunk);
+    }
+    let file = write_lines(dir.path(), "pieces.jsonl", &lines);
+    let db = Db::at(peer.uri("pieces"));
+    let out = db.ingest(&file, &["--batch-events", "1", "--inline-log-limit", "256"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let finds = || {
+        let stats = peer_stats(&peer.uri("admin")).expect("peer stats");
+        let commands = stats.get_document("commands").expect("commands").clone();
+        // Queries, not the batches of their answers (getMore).
+        commands
+            .get("find")
+            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
+            .unwrap_or(0)
+    };
+    let before = finds();
+    let log = db.log("m/1/0", "stdout");
+    let read = finds() - before;
+    assert_eq!(String::from_utf8_lossy(&log.stdout), text);
+    // The step (for the log's length, then for each window), its pieces, their chunks.
+    assert!(read <= 6, "{read} queries to read a log of 300 pieces");
+    // Pieces written before their end was kept are read all the same.
+    on_database(&db.location, |database| async move {
+        database
+            .collection::<bson::Document>("logs.files")
+            .update_many(bson::doc! {}, bson::doc! {"$unset": {"metadata.end": ""}})
+            .await
+            .expect("unset")
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&db.log("m/1/0", "stdout").stdout),
+        text
+    );
+    peer.kill();
+}

@@ -10,11 +10,12 @@ mod filters;
 pub mod plan;
 mod prepare;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bson::{doc, Document};
+use bson::{doc, Bson, Document};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc};
 use futures::TryStreamExt;
 use mongodb::options::{
@@ -25,7 +26,7 @@ use mongodb::{Client, Database};
 
 use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
-use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIN_OFFSET};
+use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIECE_END, PIN_OFFSET};
 use super::{Apply, BuildQuery, CommitQuery, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
@@ -150,8 +151,11 @@ impl MongoStore {
         cursor.try_collect().await.map_err(|e| self.err(e))
     }
 
-    /// Up to `max` bytes from byte `from` of a log kept in GridFS. Only the chunks in the window
-    /// are read, so streaming a log of any size in windows reads each chunk about once.
+    /// Up to `max` bytes from byte `from` of a log kept in GridFS, in two queries whatever the
+    /// number of pieces: the pieces that overlap the window (by their end, an indexed field of
+    /// each piece; pieces written before it was kept are all read), then their chunks in the
+    /// window. A live build adds a piece per batch, tens of thousands in a long one; a query per
+    /// piece, over every piece before the window, made reading its tail quadratic.
     async fn gridfs_log(
         &self,
         step_id: &str,
@@ -160,71 +164,88 @@ impl MongoStore {
         max: usize,
     ) -> Result<Vec<u8>, StoreError> {
         let until = from.saturating_add(max as u64);
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let bucket = self.db.gridfs_bucket(
             GridFsBucketOptions::builder()
                 .bucket_name(BUCKET.to_owned())
                 .build(),
         );
         let files: Vec<_> = bucket
-            .find(doc! {"filename": log_file_name(step_id, channel),
-            "metadata.offset": {"$lt": i64::try_from(until).unwrap_or(i64::MAX)}})
+            .find(doc! {
+                "filename": log_file_name(step_id, channel),
+                "metadata.offset": {"$lt": as_i64(until)},
+                "$or": [{PIECE_END: {"$gt": as_i64(from)}}, {PIECE_END: Bson::Null}],
+            })
             .sort(doc! {"metadata.offset": 1})
             .await
             .map_err(|e| self.err(e))?
             .try_collect()
             .await
             .map_err(|e| self.err(e))?;
-        let chunks = self.db.collection::<Document>(&format!("{BUCKET}.chunks"));
-        let mut out = Vec::new();
-        for f in files {
+        // Each piece in the window, with the chunks of it the window needs.
+        let mut pieces = Vec::new();
+        for f in &files {
             let offset = f
                 .metadata
                 .as_ref()
                 .and_then(|m| m.get_i64("offset").ok())
                 .and_then(|o| u64::try_from(o).ok())
                 .unwrap_or(0);
-            let end = offset + f.length;
             let size = u64::from(f.chunk_size_bytes.max(1));
-            // Pieces may overlap (see `take_window`): read only what the earlier ones lacked.
-            let (lo, hi) = ((from + out.len() as u64).max(offset), end.min(until));
-            if out.len() >= max {
-                break;
-            }
+            let (lo, hi) = (from.max(offset), (offset + f.length).min(until));
             if lo >= hi {
                 continue;
             }
             let (first, last) = ((lo - offset) / size, (hi - 1 - offset) / size);
-            let mut bytes = Vec::new();
-            let mut cursor = chunks
-                .find(doc! {"files_id": f.id.clone(), "n": {"$gte": first as i64, "$lte": last as i64}})
-                .sort(doc! {"n": 1})
-                .await
-                .map_err(|e| self.err(e))?;
-            while let Some(chunk) = cursor.try_next().await.map_err(|e| self.err(e))? {
-                let data = chunk.get_binary_generic("data").map_err(|e| {
-                    corrupt(
-                        Collection::Steps,
-                        step_id,
-                        format!(
-                            "GridFS chunk of {}: {e}",
-                            f.filename.clone().unwrap_or_default()
-                        ),
-                    )
-                })?;
-                bytes.extend_from_slice(data);
-            }
-            super::take_window(&mut out, offset + first * size, &bytes, from, max).map_err(
-                |missing| {
-                    corrupt(
-                        Collection::Steps,
-                        step_id,
-                        format!(
-                            "the {} log has no GridFS piece holding byte {missing}",
-                            channel.as_str()
-                        ),
-                    )
-                },
-            )?;
+            pieces.push((f, offset + first * size, first, last));
+        }
+        if pieces.is_empty() {
+            return Ok(vec![]);
+        }
+        let wanted: Vec<Document> = pieces
+            .iter()
+            .map(|(f, _, first, last)| {
+                doc! {"files_id": f.id.clone(), "n": {"$gte": as_i64(*first), "$lte": as_i64(*last)}}
+            })
+            .collect();
+        let chunks: Vec<Document> = self
+            .db
+            .collection::<Document>(&format!("{BUCKET}.chunks"))
+            .find(doc! {"$or": wanted})
+            .sort(doc! {"files_id": 1, "n": 1})
+            .await
+            .map_err(|e| self.err(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
+        for chunk in &chunks {
+            let id = chunk
+                .get("files_id")
+                .map(Bson::to_string)
+                .unwrap_or_default();
+            let data = chunk.get_binary_generic("data").map_err(|e| {
+                corrupt(
+                    Collection::Steps,
+                    step_id,
+                    format!("GridFS chunk of {id}: {e}"),
+                )
+            })?;
+            bytes.entry(id).or_default().extend_from_slice(data);
+        }
+        let mut out = Vec::new();
+        for (f, start, _, _) in pieces {
+            let piece = bytes.get(&f.id.to_string()).map_or(&[][..], Vec::as_slice);
+            super::take_window(&mut out, start, piece, from, max).map_err(|missing| {
+                corrupt(
+                    Collection::Steps,
+                    step_id,
+                    format!(
+                        "the {} log has no GridFS piece holding byte {missing}",
+                        channel.as_str()
+                    ),
+                )
+            })?;
         }
         Ok(out)
     }

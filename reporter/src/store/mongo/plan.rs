@@ -471,6 +471,10 @@ fn set_property(build_id: &str, name: &str, property: Bson) -> Statement {
     )
 }
 
+/// The field of a GridFS piece that says where it ends in its log (its offset plus its length),
+/// indexed with the file name: a read finds the pieces of its window without the ones before.
+pub const PIECE_END: &str = "metadata.end";
+
 /// The GridFS file name of one channel of one step; a log is the files of that name by offset.
 pub fn log_file_name(step_id: &str, channel: Channel) -> String {
     format!("{step_id}/{}", channel.as_str())
@@ -507,7 +511,12 @@ fn gridfs_piece(
         "chunkSize": CHUNK_SIZE as i32,
         "uploadDate": now,
         "filename": filename,
-        "metadata": {"step": step_id, "channel": channel.as_str(), "offset": offset as i64},
+        "metadata": {
+            "step": step_id,
+            "channel": channel.as_str(),
+            "offset": offset as i64,
+            "end": (offset + bytes.len() as u64) as i64,
+        },
     });
 }
 

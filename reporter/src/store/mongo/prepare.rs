@@ -7,7 +7,7 @@ use bson::{doc, Bson, Document};
 use buildstore_schema::{Collection, INDEXES};
 use mongodb::IndexModel;
 
-use super::plan::BUCKET;
+use super::plan::{BUCKET, PIECE_END};
 use super::{corrupt, MongoStore};
 use crate::store::StoreError;
 
@@ -52,14 +52,17 @@ pub(super) async fn prepare(store: &MongoStore) -> Result<(), StoreError> {
             .await
             .map_err(|e| store.err(e))?;
     }
-    // The indexes the GridFS specification asks of a bucket.
+    // The indexes the GridFS specification asks of a bucket, and the one reads use.
     let files = store.db.collection::<Document>(&format!("{BUCKET}.files"));
     files
-        .create_index(
+        .create_indexes([
             IndexModel::builder()
                 .keys(doc! {"filename": 1, "uploadDate": 1})
                 .build(),
-        )
+            IndexModel::builder()
+                .keys(doc! {"filename": 1, PIECE_END: 1})
+                .build(),
+        ])
         .await
         .map_err(|e| store.err(e))?;
     let chunks = store.db.collection::<Document>(&format!("{BUCKET}.chunks"));
