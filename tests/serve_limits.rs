@@ -107,14 +107,20 @@ fn a_client_that_stops_reading_is_disconnected_and_does_not_hold_up_others() {
     let daemon = Daemon::start(dir.path(), free_port(), &["--reply-timeout", "5"]);
 
     // A client that only writes: once its replies fill the socket buffers and the daemon's
-    // bounded queue, the daemon stops reading it, and its writes stall.
+    // bounded queue, the daemon stops reading it, and its writes stall. Good events and bad
+    // lines, whose replies wait in different ways (for the spool, or not at all).
     let stalled = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
     let _ = stalled.set_write_timeout(Some(Duration::from_secs(1)));
-    let chunk = "{oops\n".repeat(10_000);
     let mut sent = 0usize;
-    for _ in 0..2_000 {
+    for i in 0..2_000 {
+        let chunk: String = (0..1_000)
+            .map(|j| match j % 2 {
+                0 => state(&format!("s{i}-{j}")) + "\n",
+                _ => "{oops\n".to_owned(),
+            })
+            .collect();
         match (&stalled).write_all(chunk.as_bytes()) {
-            Ok(()) => sent += 10_000,
+            Ok(()) => sent += 1_000,
             Err(_) => break,
         }
     }
@@ -138,6 +144,15 @@ fn a_client_that_stops_reading_is_disconnected_and_does_not_hold_up_others() {
     assert!(
         answered < sent,
         "{answered} replies to {sent} lines: it was not cut off"
+    );
+    // Every line received is accounted for: answered, or counted as unanswered (its client
+    // sends it again).
+    let s = daemon.status();
+    assert!(s["events_unanswered_total"] > 0.0, "{s:?}");
+    assert_eq!(
+        s["events_received_total"],
+        s["events_acknowledged_total"] + s["events_rejected_total"] + s["events_unanswered_total"],
+        "{s:?}"
     );
 
     let replies = exchange(daemon.port, &[&state("after")]);

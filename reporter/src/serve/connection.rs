@@ -70,6 +70,8 @@ pub struct LineCounts {
     pub received: AtomicU64,
     pub acknowledged: AtomicU64,
     pub rejected: AtomicU64,
+    /// Received, and neither acknowledged nor rejected: the connection ended first.
+    pub unanswered: AtomicU64,
 }
 
 /// An open connection, as the metrics show it.
@@ -84,6 +86,7 @@ pub(super) enum Tally {
     Received,
     Acknowledged,
     Rejected,
+    Unanswered,
 }
 
 impl LineCounts {
@@ -92,6 +95,7 @@ impl LineCounts {
             Tally::Received => &self.received,
             Tally::Acknowledged => &self.acknowledged,
             Tally::Rejected => &self.rejected,
+            Tally::Unanswered => &self.unanswered,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -326,7 +330,14 @@ async fn submit(conn: &Conn, run: &mut Run, queue: &Replies) -> Result<(), Ended
                 (Reply::Now(refused), Err(Ended))
             }
         };
-        queue.push(reply).await?;
+        let lines = match &reply {
+            Reply::Later { run, .. } => run.len() as u64,
+            Reply::Now(_) => 0,
+        };
+        if queue.push(reply).await.is_err() {
+            conn.count_many(Tally::Unanswered, lines);
+            return Err(Ended);
+        }
         outcome?;
     }
     Ok(())

@@ -63,4 +63,9 @@ async fn a_failed_spool_write_refuses_its_first_line_and_nothing_after_it_is_ack
         1,
         "only the line answered with the error"
     );
+    assert_eq!(
+        counts.unanswered.load(Ordering::SeqCst),
+        3,
+        "line 4 and the run behind it, which the client sends again"
+    );
 }

@@ -61,6 +61,13 @@ impl Metrics {
         );
         metric(
             &mut out,
+            "events_unanswered_total",
+            "counter",
+            "Lines received whose connection ended before they were acknowledged or rejected.",
+            get(&s.totals.unanswered),
+        );
+        metric(
+            &mut out,
             "events_applied_total",
             "counter",
             "Events applied to the store.",

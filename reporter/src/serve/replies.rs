@@ -87,10 +87,28 @@ pub(super) struct Submitted {
 
 /// Writes the replies in order. Every reply that is ready goes into one buffer and one write, so
 /// a window of events acknowledged by one group commit costs one system call, not one each.
+/// The lines of runs it never answers (the connection ends first: a failed spool write, a client
+/// gone or not reading) count as unanswered.
 pub(super) async fn write_replies<W: AsyncWrite>(
     write: W,
     mut replies: mpsc::Receiver<Queued>,
     conn: Conn,
+    timeout: Duration,
+) {
+    answer(write, &mut replies, &conn, timeout).await;
+    // What was queued behind: the reader's next push fails, and counts its own run.
+    replies.close();
+    while let Ok(Queued { reply, .. }) = replies.try_recv() {
+        if let Reply::Later { run, .. } = reply {
+            conn.count_many(Tally::Unanswered, run.len() as u64);
+        }
+    }
+}
+
+async fn answer<W: AsyncWrite>(
+    write: W,
+    replies: &mut mpsc::Receiver<Queued>,
+    conn: &Conn,
     timeout: Duration,
 ) {
     let mut write = std::pin::pin!(write);
@@ -122,6 +140,7 @@ pub(super) async fn write_replies<W: AsyncWrite>(
                     None => {
                         // Not durable yet: what is ready goes out before the wait.
                         if !out.is_empty() && !send(&mut write, &mut out, timeout).await {
+                            conn.count_many(Tally::Unanswered, run.len() as u64);
                             return;
                         }
                         pending.durable().await
@@ -138,9 +157,10 @@ pub(super) async fn write_replies<W: AsyncWrite>(
                         // The spool failed to write the group. As when it is full, the first
                         // refused line is answered and the connection closes, so that no later
                         // line is acknowledged ahead of it: the client resends from that line.
-                        // The lines after it go unanswered, as if unread: only the answered one
-                        // counts as rejected.
+                        // The lines after it go unanswered: only the answered one counts as
+                        // rejected.
                         conn.count(Tally::Rejected);
+                        conn.count_many(Tally::Unanswered, run.len().saturating_sub(1) as u64);
                         let first = run.first().map_or(0, |r| r.line);
                         out.extend_from_slice(error_reply(first, e, true, true).as_bytes());
                         out.push(b'\n');
