@@ -94,28 +94,25 @@ fn web_serves_when_its_standard_output_is_closed() {
 fn a_log_level_that_would_hide_the_warnings_is_refused() {
     let db = Db::new();
     db.ingest_ok(&example_files()[0]);
+    let export_with = |value: &str| {
+        db.cmd()
+            .env("BUILDSTORE_LOG", value)
+            .args(["export", "builds"])
+            .output()
+            .expect("run export")
+    };
     for (value, says) in [
         ("warning", "\"warning\" is not a log level"),
         ("verbose", "\"verbose\" is not a log level"),
         ("debug,bogus=[", "is not a log filter"),
     ] {
-        let out = db
-            .cmd()
-            .env("BUILDSTORE_LOG", value)
-            .args(["export", "builds"])
-            .output()
-            .expect("run export");
+        let out = export_with(value);
         assert_eq!(out.status.code(), Some(1), "{value}");
         assert_says(&out, says);
         assert_says(&out, "use error, warn, info, debug or trace");
     }
     for value in ["", "WARN", "info", "warn,buildstore::serve=debug"] {
-        let out = db
-            .cmd()
-            .env("BUILDSTORE_LOG", value)
-            .args(["export", "builds"])
-            .output()
-            .expect("run export");
+        let out = export_with(value);
         assert!(out.status.success(), "{value:?}: {}", stderr(&out));
     }
 }

@@ -209,23 +209,26 @@ fn an_address_in_use_leaves_no_store_behind() {
     }
 }
 
+/// What a daemon with its store in `dir` and its spool at `spool` says as it refuses to start.
+fn refused_with_spool(dir: &Path, spool: &Path) -> String {
+    let spool = spool.display().to_string();
+    let args = [
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--metrics",
+        "off",
+        "--spool",
+        &spool,
+    ];
+    refused_to_start(dir, &args)
+}
+
 #[test]
 fn a_spool_path_holding_a_file_is_refused_in_those_words() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("spool");
     std::fs::write(&file, b"notes").expect("write");
-    let spool_arg = file.display().to_string();
-    let said = refused_to_start(
-        dir.path(),
-        &[
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--metrics",
-            "off",
-            "--spool",
-            &spool_arg,
-        ],
-    );
+    let said = refused_with_spool(dir.path(), &file);
     assert!(
         said.contains("a file of that name is there, and the spool is a directory"),
         "{said}"
@@ -238,18 +241,7 @@ fn a_spool_another_daemon_uses_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = dir.path().join("spool");
     let _first = Daemon::start(dir.path(), free_port(), &[]);
-    let spool_arg = spool.display().to_string();
-    let said = refused_to_start(
-        &own(dir.path(), "other"),
-        &[
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--metrics",
-            "off",
-            "--spool",
-            &spool_arg,
-        ],
-    );
+    let said = refused_with_spool(&own(dir.path(), "other"), &spool);
     assert!(
         said.contains("is in use by another buildstore serve"),
         "{said}"
