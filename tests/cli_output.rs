@@ -111,7 +111,15 @@ fn a_log_level_that_would_hide_the_warnings_is_refused() {
         assert_says(&out, says);
         assert_says(&out, "use error, warn, info, debug or trace");
     }
-    for value in ["", "WARN", "info", "warn,buildstore::serve=debug"] {
+    // Help and the version answer all the same.
+    let version = db
+        .cmd()
+        .env("BUILDSTORE_LOG", "warning")
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(version.status.success(), "{}", stderr(&version));
+    for value in ["", "WARN", "info", "3", "warn,buildstore::serve=debug"] {
         let out = export_with(value);
         assert!(out.status.success(), "{value:?}: {}", stderr(&out));
     }

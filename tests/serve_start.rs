@@ -43,7 +43,7 @@ fn a_listener_beyond_loopback_needs_a_token() {
 #[test]
 fn settings_refused_at_start_leave_no_store_or_spool_behind() {
     let long_token = "t".repeat(1025);
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["--token", &long_token],
             "--token must be at most 1024 bytes",
@@ -96,6 +96,10 @@ fn settings_refused_at_start_leave_no_store_or_spool_behind() {
         (
             &["--metrics", "0.0.0.0:45998", "--web", "127.0.0.1:45998"],
             "--metrics 0.0.0.0:45998 and --web 127.0.0.1:45998 would take the same port",
+        ),
+        (
+            &["--metrics", "[::]:45997", "--web", "127.0.0.1:45997"],
+            "--metrics [::]:45997 and --web 127.0.0.1:45997 would take the same port",
         ),
     ];
     for (args, message) in cases {

@@ -191,6 +191,8 @@ fn main() -> ExitCode {
 
 async fn cli_main() -> ExitCode {
     use std::io::IsTerminal;
+    // First, so that --help and --version answer whatever BUILDSTORE_LOG says.
+    let cli = Cli::parse();
     let filter = match log_filter(std::env::var_os("BUILDSTORE_LOG")) {
         Ok(filter) => filter,
         Err(e) => {
@@ -204,7 +206,6 @@ async fn cli_main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();
-    let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -217,9 +218,13 @@ async fn cli_main() -> ExitCode {
 /// What to log, from `BUILDSTORE_LOG`: warnings when it is unset or empty. A value that would
 /// log nothing by mistake is refused: `warning` or `verbose` reads as the name of a module to
 /// log, and a filter that does not parse was taken as unset, so a typo in a service file hid the
-/// store's errors.
+/// store's errors. So a bare word must be a level; a module is named with its level
+/// (`buildstore=debug`).
 fn log_filter(value: Option<std::ffi::OsString>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    // The names, and the numbers 0 (off) to 5 (trace) the filter takes for them.
+    const LEVELS: [&str; 12] = [
+        "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
+    ];
     let Some(value) = value else {
         return Ok("warn".into());
     };

@@ -244,8 +244,8 @@ class BuildstoreReporter(BuilderReports, LogReports, service.BuildbotService):
         self._consumers = []
         reactor = self.master.reactor
         # One stop_timeout for the whole stop. A job still reading then sends its events to a
-        # closed client; a build it was reporting is listed in the backlog file as running,
-        # and reported again at the next start.
+        # closed client; a build it was reporting, if already reported as started, is listed in
+        # the backlog file as running, and reported again at the next start.
         deadline = reactor.seconds() + self._stop_timeout
         await wait_at_most(reactor, self._jobs.wait(), self._stop_timeout)
         await self.client.stop(max(0.0, deadline - reactor.seconds()))

@@ -142,6 +142,8 @@ struct Run {
 /// What to do with one line.
 enum Action {
     Answer(String),
+    /// Answer a hello that was accepted: no event, and no line counted.
+    Welcome(String),
     /// Answer, then close the connection.
     Close(String),
     /// Spool this event and its line; acknowledge `id` once it is durable.
@@ -273,6 +275,11 @@ async fn read_lines<R: AsyncRead + Unpin>(
         };
         line += 1;
         let (reply, close) = match handle_line(raw, line, conn, &mut authenticated) {
+            Action::Welcome(text) => {
+                submit(conn, &mut run, queue).await?;
+                queue.push(Reply::Now(text)).await?;
+                continue;
+            }
             Action::Answer(text) => (text, false),
             Action::Close(text) => (text, true),
             Action::Spool { event, text, id } => {
@@ -404,7 +411,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
             return Action::Close(conn.refuse_and_close(n, "wrong token: closing the connection"));
         }
         *authenticated = true;
-        return Action::Answer(json!({"hello": "ok"}).to_string());
+        return Action::Welcome(json!({"hello": "ok"}).to_string());
     }
     if !*authenticated {
         return hello_first();

@@ -216,12 +216,16 @@ fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
 }
 
 /// Whether two TCP addresses cannot both be bound: one port (not 0, which picks a free one) on
-/// one IP, or on any IP and another of its family.
+/// one IP, or on any IP and another of its family, or on any IPv6 address, which takes the
+/// IPv4 ones too where the system is dual-stack (Linux by default).
 fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let any_v6 = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    let overlap = if a.is_ipv4() == b.is_ipv4() {
+        a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+    } else {
+        any_v6(a) || any_v6(b)
+    };
+    a.port() != 0 && a.port() == b.port() && overlap
 }
 
 /// Checks the settings and takes every address of `config`, and the stop signals, before

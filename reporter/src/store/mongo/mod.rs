@@ -34,6 +34,9 @@ use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 pub const DEFAULT_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a batch that keeps failing with transient errors, before giving up.
 const ATTEMPTS: u32 = 8;
+/// Most GridFS pieces whose chunks one query asks for: each takes a clause of its id (up to
+/// some 600 bytes) and its chunk numbers.
+const PIECES_PER_QUERY: usize = 1000;
 
 pub struct MongoStore {
     db: Database,
@@ -208,16 +211,21 @@ impl MongoStore {
                 doc! {"files_id": f.id.clone(), "n": {"$gte": as_i64(*first), "$lte": as_i64(*last)}}
             })
             .collect();
-        let chunks: Vec<Document> = self
-            .db
-            .collection::<Document>(&format!("{BUCKET}.chunks"))
-            .find(doc! {"$or": wanted})
-            .sort(doc! {"files_id": 1, "n": 1})
-            .await
-            .map_err(|e| self.err(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        // A window of many tiny pieces is asked for in parts: a command holds at most 16 MiB.
+        let mut chunks: Vec<Document> = Vec::new();
+        for some in wanted.chunks(PIECES_PER_QUERY) {
+            let more: Vec<Document> = self
+                .db
+                .collection::<Document>(&format!("{BUCKET}.chunks"))
+                .find(doc! {"$or": some})
+                .sort(doc! {"files_id": 1, "n": 1})
+                .await
+                .map_err(|e| self.err(e))?
+                .try_collect()
+                .await
+                .map_err(|e| self.err(e))?;
+            chunks.extend(more);
+        }
         let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
         for chunk in &chunks {
             let id = chunk
