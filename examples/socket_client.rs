@@ -32,20 +32,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut writer = stream.try_clone()?;
         let mut replies = BufReader::new(stream);
         let mut sent = acked; // resend from the first unacknowledged event
-        loop {
+        'connected: loop {
             while sent < events.len() && sent - acked < WINDOW {
-                writeln!(writer, "{}", events[sent])?;
+                if writeln!(writer, "{}", events[sent]).is_err() {
+                    break 'connected; // connection lost: reconnect and resend
+                }
                 sent += 1;
             }
-            let mut reply = String::new();
-            if replies.read_line(&mut reply)? == 0 {
-                break; // connection lost: reconnect and resend
+            let mut line = String::new();
+            // A daemon killed mid-reply may reset the connection, or leave half a line: either
+            // way the connection is lost, and what it did not acknowledge whole is sent again.
+            match replies.read_line(&mut line) {
+                Ok(_) if line.ends_with('\n') => {}
+                _ => break,
             }
-            println!("{}", reply.trim_end());
-            if reply.contains(r#""retry":true"#) {
+            println!("{}", line.trim_end());
+            let reply: serde_json::Value = serde_json::from_str(&line)?;
+            if reply["retry"] == true {
                 // The spool is full: the daemon closes; resend from this event after a pause.
                 std::thread::sleep(Duration::from_secs(1));
                 break;
+            }
+            if reply["closing"] == true {
+                // Not for want of room (a wrong token, or a hello this listener needs): sending
+                // again would be refused again.
+                return Err(format!("the daemon closed the connection: {}", reply["error"]).into());
             }
             acked += 1; // one reply per line, in order: an ack or an error for that line
             if acked == events.len() {

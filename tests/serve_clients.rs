@@ -1,5 +1,6 @@
-//! `buildstore serve` as its clients see it: the example client in Python, what the daemon adds
-//! to an event sent without an id or a time, and the token a client must say hello with.
+//! `buildstore serve` as its clients see it: the example clients in Python and Rust, what the
+//! daemon adds to an event sent without an id or a time, and the token a client must say hello
+//! with.
 
 mod common;
 
@@ -22,6 +23,161 @@ fn python_client(file: &std::path::Path, port: u16) -> std::process::Output {
         .args(["127.0.0.1", &port.to_string()])
         .output()
         .expect("run python3")
+}
+
+/// A running example client, killed if the test ends before it does: it would retry forever.
+struct Client(Option<std::process::Child>);
+
+impl Client {
+    fn finish(mut self) -> std::process::Output {
+        let child = self.0.take().expect("running");
+        child.wait_with_output().expect("wait")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `examples/socket_client.rs`, built with the workspace's examples (`cargo test --workspace`
+/// builds them before it runs the tests), started against the daemon at `port` on `file`.
+fn rust_client(file: &std::path::Path, port: u16) -> Client {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_buildstore"))
+        .parent()
+        .expect("target directory")
+        .join("examples/socket_client");
+    assert!(
+        bin.exists(),
+        "{} is not built: run cargo test --workspace, which builds the examples",
+        bin.display()
+    );
+    let child = Command::new(bin)
+        .arg(file)
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the Rust example client");
+    Client(Some(child))
+}
+
+/// Both example clients reconnect and send again what was not acknowledged when the daemon is
+/// killed in the middle of their stream and started again: the store ends as one clean ingest
+/// of the stream.
+#[test]
+fn the_example_clients_resend_across_a_daemon_killed_mid_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let daemon = Daemon::start(dir.path(), port, &[]);
+    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 20_000,
+        ..Default::default()
+    });
+    let file = write_lines(dir.path(), "stream.jsonl", &lines);
+    let rust = rust_client(&file, port);
+    let python = {
+        let file = file.clone();
+        std::thread::spawn(move || python_client(&file, port))
+    };
+    daemon.wait_until("part of the stream received", |s| {
+        s["events_received_total"] > 4_000.0
+    });
+    daemon.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let daemon = Daemon::start(dir.path(), port, &[]);
+    let out = rust.finish();
+    assert!(out.status.success(), "Rust client: {}", stderr(&out));
+    let out = python.join().expect("the Python client");
+    assert!(out.status.success(), "Python client: {}", stderr(&out));
+    assert!(daemon.stop().success());
+    assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());
+}
+
+/// How a connection ends that the daemon could not end on purpose: a reset, half a reply. A
+/// listener in the test stands in for a daemon killed at such a moment, and checks what the Rust
+/// example sends on the next connection. It gave up at a reset, losing the rest of its stream,
+/// and took half an ack for a whole one, never sending that event again.
+#[test]
+fn the_rust_example_sends_again_after_a_reset_or_half_a_reply() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"type":"builder_state","master_id":"m","event_id":"e{i}","builder":"b","state":"idle"}}"#))
+        .collect();
+    let file = write_lines(dir.path(), "five.jsonl", &lines);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("address").port();
+    // The next connection, within 30 s; reads on it fail after 30 s rather than hang.
+    let accept = || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    conn.set_nonblocking(false).expect("blocking");
+                    conn.set_read_timeout(Some(Duration::from_secs(30)))
+                        .expect("timeout");
+                    return conn;
+                }
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("the client did not connect: {e}"),
+            }
+        }
+    };
+    let next_line = |reader: &mut BufReader<TcpStream>| {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read");
+        line.trim_end().to_owned()
+    };
+    // Every line the client sent on `conn`, then its close, once this side has ended writing.
+    let until_closed = |conn: TcpStream, mut reader: BufReader<TcpStream>| {
+        conn.shutdown(std::net::Shutdown::Write).expect("end");
+        let _ = reader.read_to_end(&mut Vec::new());
+    };
+    let client = rust_client(&file, port);
+    // A reset: one byte read, and the socket closed with the rest unread.
+    let mut conn = accept();
+    conn.read_exact(&mut [0u8]).expect("read");
+    std::thread::sleep(Duration::from_millis(200)); // the rest arrives
+    drop(conn);
+    // Half a reply: e0 acknowledged, and the ack of e1 cut short.
+    let mut conn = accept();
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    assert_eq!(next_line(&mut reader), lines[0], "sent again from e0");
+    conn.write_all(b"{\"ack\":\"e0\"}\n{\"ack\":\"e")
+        .expect("reply");
+    until_closed(conn, reader);
+    // Every reply, in order.
+    let mut conn = accept();
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        assert_eq!(&next_line(&mut reader), line, "from e1 on");
+        writeln!(conn, r#"{{"ack":"e{i}"}}"#).expect("ack");
+    }
+    let out = client.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // An error that closes the connection for good (here, a hello the listener wants) ends the
+    // client with an error, rather than count the line as sent and go on.
+    let client = rust_client(&file, port);
+    let mut conn = accept();
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    for line in &lines {
+        assert_eq!(&next_line(&mut reader), line);
+    }
+    conn.write_all(b"{\"error\":\"this listener needs a hello\",\"line\":1,\"closing\":true}\n")
+        .expect("reply");
+    until_closed(conn, reader);
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_says(&out, "this listener needs a hello");
 }
 
 /// The Python example splits its file at newlines only: a log line may hold U+2028 or U+0085,
