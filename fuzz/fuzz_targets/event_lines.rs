@@ -1,11 +1,11 @@
 //! Any bytes as a stream of event lines. Parsing must never panic; an event that parses must
-//! come back unchanged from the line the spool stores for it (the daemon spools `to_line` and
-//! parses it again); and folding the stream through the core must never panic, whatever the
-//! events say.
+//! come back unchanged from the lines the spool stores for it (the embedding API spools
+//! `to_line`; the daemon spools the client's own line, with the id and time it lacked added);
+//! and folding the stream through the core must never panic, whatever the events say.
 #![no_main]
 
 use buildstore_core::{Core, CoreConfig, MIN_INLINE_LIMIT};
-use buildstore_schema::Event;
+use buildstore_schema::{json_line, Event};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,6 +24,24 @@ fuzz_target!(|data: &[u8]| {
         };
         let again = Event::parse(&event.to_line());
         assert_eq!(again.as_ref().ok(), Some(&event), "{text}");
+        // As the daemon spools it: an event without an id or a time gets them at the end.
+        let mut stamped = event.clone();
+        let mut added = String::new();
+        if stamped.event_id.is_none() {
+            added.push_str(r#","event_id":"d-1""#);
+            stamped.event_id = Some("d-1".to_owned());
+        }
+        if stamped.time.is_none() {
+            added.push_str(r#","time":"2026-03-12T10:00:00.123Z""#);
+            stamped.time = Event::parse(&format!(
+                r#"{{"type":"builder_added","master_id":"m","builder":"b","time":"2026-03-12T10:00:00.123Z"}}"#
+            ))
+            .ok()
+            .and_then(|e| e.time);
+        }
+        let spooled = json_line::with_fields(json_line::trim(text), &added);
+        let again = Event::parse(&spooled);
+        assert_eq!(again.as_ref().ok(), Some(&stamped), "{text} spooled as {spooled}");
         let _ = core.apply(&event, received);
     }
 });

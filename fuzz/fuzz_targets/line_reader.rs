@@ -1,7 +1,8 @@
 //! The socket's line reader against a plain model of it, for any input, line limit and read
-//! buffer size: lines split at `\n`, one `\r` before it dropped, a line longer than the limit
-//! (counted without that `\r`) reported with its length and skipped, and a last line without
-//! `\n` still a line.
+//! buffer size, read as the daemon reads (the lines whole in the buffer first) and without
+//! that: lines split at `\n`, one `\r` before it dropped, a line longer than the limit (counted
+//! without that `\r`) reported with its length and skipped, and a last line without `\n` still
+//! a line.
 #![no_main]
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use tokio::io::BufReader;
 #[path = "../../reporter/src/serve/lines.rs"]
 #[allow(dead_code)]
 mod lines;
-use lines::{next_line, RawLine};
+use lines::{buffered_line, next_line, RawLine};
 
 /// Runs a future that never waits: reading from a byte slice is always ready.
 fn ready<F: Future>(f: F) -> F::Output {
@@ -58,5 +59,20 @@ fuzz_target!(|data: &[u8]| {
     while let Some(line) = ready(next_line(&mut reader, limit)).expect("reading a slice") {
         got.push(line);
     }
-    assert_eq!(got, model(input, limit));
+    let expected = model(input, limit);
+    assert_eq!(got, expected);
+    // As the daemon reads: the lines already in the buffer first, the reader for the rest.
+    let mut reader = BufReader::with_capacity(buffer, input);
+    let mut got = Vec::new();
+    loop {
+        if let Some(line) = buffered_line(&mut reader, limit) {
+            got.push(RawLine::Line(line));
+            continue;
+        }
+        match ready(next_line(&mut reader, limit)).expect("reading a slice") {
+            Some(line) => got.push(line),
+            None => break,
+        }
+    }
+    assert_eq!(got, expected, "buffered lines first");
 });

@@ -440,9 +440,10 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
         added.push_str(&format!(",\"time\":{written}"));
         event.time = Some(now);
     }
-    let text = match text.strip_suffix('}') {
-        Some(open) if !added.is_empty() => format!("{open}{added}}}"),
-        _ => text,
+    let text = if added.is_empty() {
+        text
+    } else {
+        buildstore_schema::json_line::with_fields(&text, &added)
     };
     let id = event.event_id.clone().unwrap_or_default();
     Action::Spool {
