@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
         }
         let spooled = json_line::with_fields(json_line::trim(text), &added);
         let again = Event::parse(&spooled);
-        assert_eq!(again.as_ref().ok(), Some(&stamped), "{text} spooled as {spooled}");
+        assert_eq!(
+            again.as_ref().ok(),
+            Some(&stamped),
+            "{text} spooled as {spooled}"
+        );
         let _ = core.apply(&event, received);
     }
 });
