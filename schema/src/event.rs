@@ -498,8 +498,14 @@ fn whole_numbers_as_integers(obj: &mut Map<String, Value>) {
             continue;
         }
         if let Some(f) = n.as_f64() {
-            if f.fract() == 0.0 && (-TWO_TO_63..TWO_TO_63).contains(&f) {
+            if f.fract() != 0.0 {
+                continue;
+            }
+            if (-TWO_TO_63..TWO_TO_63).contains(&f) {
                 *v = Value::from(f as i64);
+            } else if (TWO_TO_63..2.0 * TWO_TO_63).contains(&f) {
+                // Only `offset` takes so large a number, as `u64`.
+                *v = Value::from(f as u64);
             }
         }
     }

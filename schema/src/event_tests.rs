@@ -204,8 +204,15 @@ fn whole_numbers_written_as_doubles_are_taken_as_integers() {
         panic!("wrong kind")
     };
     assert!(p.value.is_f64(), "{:?}", p.value);
-    // Not whole, or past 64 bits: still refused where an integer is due.
+    // Up to 2^64 for an offset, as when written as an integer.
+    let line = r#"{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","text":"x","offset":1e19}"#;
+    let EventKind::Log(l) = Event::parse(line).unwrap().kind else {
+        panic!("wrong kind")
+    };
+    assert_eq!(l.offset, Some(10_000_000_000_000_000_000));
+    // Not whole, or past what the field holds: still refused where an integer is due.
     let start = r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":"#;
     assert!(err(&format!("{start}1.5}}")).contains("number"));
     assert!(err(&format!("{start}1e19}}")).contains("number"));
+    assert!(err(&line.replace("1e19", "2e19")).contains("offset"));
 }
