@@ -46,8 +46,9 @@ impl Default for Limits {
 }
 
 /// How long accepting pauses after a failed accept (out of file descriptors, typically: the
-/// listener stays ready, and accepting again at once would fail again at once, in a loop).
-const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+/// listener stays ready, and accepting again at once would fail again at once, in a loop). The
+/// daemon's feed pauses as long.
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Serves `router` on `listener` until `stop` turns true; then lets the requests under way finish
 /// for `limits.grace` and drops the rest. `what` names the server in the log.

@@ -274,14 +274,11 @@ async fn read_lines<R: AsyncRead + Unpin>(
             }
         };
         line += 1;
-        let (reply, close) = match handle_line(raw, line, conn, &mut authenticated) {
-            Action::Welcome(text) => {
-                submit(conn, &mut run, queue).await?;
-                queue.push(Reply::Now(text)).await?;
-                continue;
-            }
-            Action::Answer(text) => (text, false),
-            Action::Close(text) => (text, true),
+        // The answer, whether the connection closes after it, and whether its line counts.
+        let (reply, close, counted) = match handle_line(raw, line, conn, &mut authenticated) {
+            Action::Welcome(text) => (text, false, false),
+            Action::Answer(text) => (text, false, true),
+            Action::Close(text) => (text, true, true),
             Action::Spool { event, text, id } => {
                 run.events.push((*event, text));
                 run.replies.push(Submitted { id, line });
@@ -291,7 +288,9 @@ async fn read_lines<R: AsyncRead + Unpin>(
                 continue;
             }
         };
-        conn.count(Tally::Received);
+        if counted {
+            conn.count(Tally::Received);
+        }
         // An answer goes after the replies to the lines before it.
         submit(conn, &mut run, queue).await?;
         queue.push(Reply::Now(reply)).await?;

@@ -156,14 +156,7 @@ pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Checks the settings that need nothing opened, so that a daemon refused on its flags leaves
 /// no store or spool behind.
 fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
-    let ServeConfig {
-        listen,
-        line_limit,
-        spool_max,
-        grace,
-        ..
-    } = config;
-    let (line_limit, spool_max, grace) = (*line_limit, *spool_max, *grace);
+    let (listen, line_limit, spool_max) = (&config.listen, config.line_limit, config.spool_max);
     let token = config.token.as_deref();
     // Twice, since the line spooled may be longer than the one read, by the event id and time
     // added.
@@ -173,7 +166,7 @@ fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
             line_limit,
         });
     }
-    if grace > MAX_GRACE {
+    if config.grace > MAX_GRACE {
         return Err(ServeError::GraceTooLong);
     }
     // The hello that carries the token must fit in a line read before the hello.
@@ -508,7 +501,7 @@ async fn accept_loop<L: Accept>(
                     // again at once would fail again at once, in a loop.
                     tracing::warn!(error = %e, "accept failed; pausing before accepting again");
                     tokio::select! {
-                        _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                        _ = tokio::time::sleep(crate::http::ACCEPT_PAUSE) => {}
                         _ = stop.changed() => break,
                     }
                 }
@@ -526,6 +519,3 @@ async fn accept_loop<L: Accept>(
 
 /// A second signal stops at once only if it comes this long after the first.
 const SIGNAL_QUIET: Duration = Duration::from_secs(1);
-
-/// How long accepting pauses after a failed accept.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(200);

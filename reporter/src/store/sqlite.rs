@@ -142,26 +142,47 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
     })
 }
 
-/// Refuses a file that holds something, but no `builds` table: a database of another program.
-/// It is looked at read-only, so that it is left as it was: a read-write connection would
-/// checkpoint its write-ahead log when it closes, for one.
-pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
+/// What an SQLite file holds, looked at read-only, so that it is left as it was: a read-write
+/// connection would checkpoint its write-ahead log when it closes, for one.
+#[derive(PartialEq)]
+enum Holds {
+    /// No file, or an empty one: a store is made there.
+    Nothing,
+    /// A database with no tables, such as one a tool made and never wrote.
+    NoTables,
+    /// A store's `builds` table.
+    Store,
+    /// Tables, but no `builds`: a database of another program.
+    Other,
+}
+
+fn holds(path: &str) -> Result<Holds, StoreError> {
     let p = std::path::Path::new(path);
     if !p.is_file() || p.metadata().is_ok_and(|m| m.len() == 0) {
-        return Ok(());
+        return Ok(Holds::Nothing);
     }
     let err = sql_error(path);
     let conn =
         Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
-    let foreign: bool = conn
+    let (any, builds): (bool, bool) = conn
         .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master)
-               AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')",
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master),
+                    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(&err)?;
-    if foreign {
+    Ok(match (any, builds) {
+        (false, _) => Holds::NoTables,
+        (true, true) => Holds::Store,
+        (true, false) => Holds::Other,
+    })
+}
+
+/// Refuses a file that holds something, but no `builds` table: a database of another program,
+/// left as it was.
+pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
+    if holds(path)? == Holds::Other {
         return Err(StoreError::NotAStore(path.to_owned()));
     }
     Ok(())
@@ -188,20 +209,9 @@ fn check_place(path: &str) -> Result<(), StoreError> {
 }
 
 /// Whether the file at `path` is an SQLite database with nothing in it, such as one a tool made
-/// and never wrote: a reader takes it for no store, rather than make one of it. Looked at
-/// read-only.
+/// and never wrote: a reader takes it for no store, rather than make one of it.
 pub fn is_empty_database(path: &str) -> Result<bool, StoreError> {
-    let p = std::path::Path::new(path);
-    if !p.is_file() || p.metadata().is_ok_and(|m| m.len() == 0) {
-        return Ok(false);
-    }
-    let err = sql_error(path);
-    let conn =
-        Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
-    conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)", [], |r| {
-        r.get(0)
-    })
-    .map_err(&err)
+    Ok(holds(path)? == Holds::NoTables)
 }
 
 /// The SQLite name of an index of the schema.

@@ -21,7 +21,7 @@ pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
     let Ok(Some(path)) = super::sqlite_path(location) else {
         return Ok(None);
     };
-    if std::path::Path::new(path).is_dir() {
+    if Path::new(path).is_dir() {
         return Ok(None);
     }
     let mut lock = real_path(Path::new(path)).into_os_string();

@@ -154,11 +154,12 @@ impl MongoStore {
         cursor.try_collect().await.map_err(|e| self.err(e))
     }
 
-    /// Up to `max` bytes from byte `from` of a log kept in GridFS, in two queries whatever the
+    /// Up to `max` bytes from byte `from` of a log kept in GridFS, in a few queries whatever the
     /// number of pieces: the pieces that overlap the window (by their end, an indexed field of
     /// each piece; pieces written before it was kept are all read), then their chunks in the
-    /// window. A live build adds a piece per batch, tens of thousands in a long one; a query per
-    /// piece, over every piece before the window, made reading its tail quadratic.
+    /// window, for up to [`PIECES_PER_QUERY`] pieces a query. A live build adds a piece per
+    /// batch, tens of thousands in a long one; a query per piece, over every piece before the
+    /// window, made reading its tail quadratic.
     async fn gridfs_log(
         &self,
         step_id: &str,
