@@ -179,36 +179,28 @@ fn clear_errors_for_bad_commands() {
         "{}",
         stderr(&out)
     );
-    for memory in [
-        "sqlite::memory:",
-        "sqlite:file::memory:",
-        "sqlite:file:x.db?mode=memory",
+    // An in-memory database, or an SQLite URI (SQLite would open another file than the one
+    // buildstore locks and checks), is refused, and nothing is made.
+    let memory = "an in-memory database would lose every document";
+    for (location, says) in [
+        ("sqlite::memory:", memory),
+        ("sqlite:file::memory:", memory),
+        ("sqlite:file:x.db?mode=memory", memory),
+        (
+            "sqlite:file:x.db",
+            "takes a file path, not an SQLite URI (file:...)",
+        ),
     ] {
-        let out = Db::at(memory.into())
+        let out = Db::at(location.into())
             .cmd()
             .current_dir(dir.path())
             .args(["ingest", "-"])
             .output()
             .expect("run");
-        assert!(
-            stderr(&out).contains("an in-memory database would lose every document"),
-            "{memory}: {}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(says), "{location}: {}", stderr(&out));
         let made = std::fs::read_dir(dir.path()).expect("list").count();
-        assert_eq!(made, 0, "{memory}: nothing made");
+        assert_eq!(made, 0, "{location}: nothing made");
     }
-    // Nor is an SQLite URI taken: SQLite would open another file than the one buildstore
-    // locks and checks.
-    let out = Db::at("sqlite:file:x.db".into())
-        .cmd()
-        .current_dir(dir.path())
-        .args(["ingest", "-"])
-        .output()
-        .expect("run");
-    assert_says(&out, "takes a file path, not an SQLite URI (file:...)");
-    let made = std::fs::read_dir(dir.path()).expect("list").count();
-    assert_eq!(made, 0, "sqlite:file:x.db: nothing made");
     // An empty location, from the environment too, is said to be empty.
     let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
         .env("BUILDSTORE_STORE", "")

@@ -112,13 +112,15 @@ fn a_log_level_that_would_hide_the_warnings_is_refused() {
         assert_says(&out, "use error, warn, info, debug or trace");
     }
     // Help and the version answer all the same.
-    let version = db
-        .cmd()
-        .env("BUILDSTORE_LOG", "warning")
-        .arg("--version")
-        .output()
-        .expect("run");
-    assert!(version.status.success(), "{}", stderr(&version));
+    for flag in ["--version", "--help"] {
+        let out = db
+            .cmd()
+            .env("BUILDSTORE_LOG", "warning")
+            .arg(flag)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{flag}: {}", stderr(&out));
+    }
     for value in ["", "WARN", "info", "3", "warn,buildstore::serve=debug"] {
         let out = export_with(value);
         assert!(out.status.success(), "{value:?}: {}", stderr(&out));

@@ -219,9 +219,8 @@ fn log_chunks_sent_again_before_the_bucket_has_its_indexes_are_stored_once() {
     });
     let text = "x".repeat(299_999) + "\n";
     let lines = [
-        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1}"#
-            .to_owned(),
-        r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"s"}"#.to_owned(),
+        BUILD.to_owned(),
+        STEP.to_owned(),
         serde_json::json!({"type":"log","master_id":"m","build_id":1,"step":0,
                            "channel":"stdout","offset":0,"text":text})
         .to_string(),

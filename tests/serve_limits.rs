@@ -111,21 +111,22 @@ fn a_client_that_stops_reading_is_disconnected_and_does_not_hold_up_others() {
     // lines, whose replies wait in different ways (for the spool, or not at all).
     let stalled = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
     let _ = stalled.set_write_timeout(Some(Duration::from_secs(1)));
+    let (writes, lines_per_write) = (2_000, 1_000);
     let mut sent = 0usize;
-    for i in 0..2_000 {
-        let chunk: String = (0..1_000)
+    for i in 0..writes {
+        let chunk: String = (0..lines_per_write)
             .map(|j| match j % 2 {
                 0 => state(&format!("s{i}-{j}")) + "\n",
                 _ => "{oops\n".to_owned(),
             })
             .collect();
         match (&stalled).write_all(chunk.as_bytes()) {
-            Ok(()) => sent += 1_000,
+            Ok(()) => sent += lines_per_write,
             Err(_) => break,
         }
     }
     assert!(
-        sent < 2_000 * 10_000,
+        sent < writes * lines_per_write,
         "the daemon kept reading a client that never reads"
     );
 

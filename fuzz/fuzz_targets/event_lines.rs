@@ -5,7 +5,7 @@
 #![no_main]
 
 use buildstore_core::{Core, CoreConfig, MIN_INLINE_LIMIT};
-use buildstore_schema::{json_line, Event};
+use buildstore_schema::{json_line, Event, Timestamp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,20 +26,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.as_ref().ok(), Some(&event), "{text}");
         // As the daemon spools it: an event without an id or a time gets them at the end.
         let mut stamped = event.clone();
-        let mut added = String::new();
-        if stamped.event_id.is_none() {
-            added.push_str(r#","event_id":"d-1""#);
-            stamped.event_id = Some("d-1".to_owned());
-        }
-        if stamped.time.is_none() {
-            added.push_str(r#","time":"2026-03-12T10:00:00.123Z""#);
-            stamped.time = Event::parse(&format!(
-                r#"{{"type":"builder_added","master_id":"m","builder":"b","time":"2026-03-12T10:00:00.123Z"}}"#
-            ))
-            .ok()
-            .and_then(|e| e.time);
-        }
-        let spooled = json_line::with_fields(json_line::trim(text), &added);
+        let spooled = stamped.stamp(
+            json_line::trim(text).to_owned(),
+            || "d-1".to_owned(),
+            Timestamp::now(),
+        );
         let again = Event::parse(&spooled);
         assert_eq!(
             again.as_ref().ok(),

@@ -276,6 +276,30 @@ pub enum EventError {
 }
 
 impl Event {
+    /// The line a spool keeps for this event, read from `line` (its text as sent, without
+    /// whitespace around it): an id or a time the event lacks is given to it and added at the
+    /// end of the line's object, where it wins over a `null` given before it. The line is not
+    /// written out again, which would change how its numbers are spelled or spell out every
+    /// default, and could make it many times as long.
+    pub fn stamp(&mut self, line: String, id: impl FnOnce() -> String, now: Timestamp) -> String {
+        let mut added = String::new();
+        if self.event_id.is_none() {
+            let id = id();
+            let written = serde_json::to_string(&id).unwrap_or_default();
+            added.push_str(&format!(",\"event_id\":{written}"));
+            self.event_id = Some(id);
+        }
+        if self.time.is_none() {
+            let written = serde_json::to_string(&now).unwrap_or_default();
+            added.push_str(&format!(",\"time\":{written}"));
+            self.time = Some(now);
+        }
+        if added.is_empty() {
+            return line;
+        }
+        crate::json_line::with_fields(&line, &added)
+    }
+
     /// Parses one line of the protocol.
     pub fn parse(line: &str) -> Result<Event, EventError> {
         Event::from_value(crate::json_line::parse(line)?)

@@ -26,10 +26,9 @@ pub fn parse(line: &str) -> Result<Value, EventError> {
 }
 
 /// `object`, the text of a JSON object without whitespace around it, with `fields` (`,"name":
-/// value` pairs) added before its closing brace: the daemon spools a client's own line with the
-/// id and time it lacked, rather than write the event out again, which would change how its
-/// numbers are spelled. A field added wins over one of the same name in the line (a `null`).
-pub fn with_fields(object: &str, fields: &str) -> String {
+/// value` pairs) added before its closing brace (see [`crate::Event::stamp`]). A field added
+/// wins over one of the same name in the line (a `null`).
+pub(crate) fn with_fields(object: &str, fields: &str) -> String {
     match object.strip_suffix('}') {
         Some(open) if !fields.is_empty() => format!("{open}{fields}}}"),
         _ => object.to_owned(),

@@ -47,6 +47,8 @@ impl Daemon {
         let metrics = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_buildstore"))
             .env_remove("BUILDSTORE_STORE")
+            // Tests read the warnings in its log.
+            .env_remove("BUILDSTORE_LOG")
             .args([
                 "--store",
                 store,
@@ -142,9 +144,8 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        self.terminate();
-        self.child.wait().expect("wait")
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_and_log().0
     }
 
     /// SIGTERM, then the exit status and what the daemon logged.

@@ -45,15 +45,14 @@ from replies import CommandError, classify, error_doc, not_implemented
 from statements import (collection_options, create_index, index_doc, insert_document,
                         is_replacement, run_statements, update_statement, uses_positional,
                         with_write_errors)
-from wire import (MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS, CommandTooLarge, frame,
-                  parse_op_msg, parse_op_query, recv_exact)
+from wire import (MAX_BSON_BYTES, MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS,
+                  CommandTooLarge, frame, parse_op_msg, parse_op_query, recv_exact)
 
 SERVER_VERSION = "6.0.0"
 # mongomock changes some behaviour with the server version it pretends to be; make it the one
 # the handshake advertises.
 mongomock.SERVER_VERSION = SERVER_VERSION
 
-MAX_BSON_BYTES = 16 * 1024 * 1024
 MAX_MESSAGE_BYTES = 48_000_000
 # MongoDB fills a batch up to the document size limit; leave room for the reply around it.
 BATCH_BYTES = MAX_BSON_BYTES - 16 * 1024

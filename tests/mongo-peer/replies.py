@@ -6,7 +6,8 @@ from bson.errors import BSONError
 CODE_NAMES = {
     1: "InternalError", 2: "BadValue", 9: "FailedToParse", 26: "NamespaceNotFound",
     43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound", 73: "InvalidNamespace",
-    238: "NotImplemented", 352: "UnsupportedOpQueryCommand", 11000: "DuplicateKey",
+    238: "NotImplemented", 352: "UnsupportedOpQueryCommand", 10334: "BSONObjectTooLarge",
+    11000: "DuplicateKey",
 }
 
 

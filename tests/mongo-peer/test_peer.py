@@ -512,3 +512,7 @@ class PeerTest(unittest.TestCase):
         admin.command("buildstorePeerReset")
         again = admin.command("buildstorePeerStats")
         self.assertLessEqual(again["messages"], 1)  # at most a heartbeat
+
+
+if __name__ == "__main__":
+    unittest.main()

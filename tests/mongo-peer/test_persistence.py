@@ -86,7 +86,6 @@ class StateTest(unittest.TestCase):
             self.assertEqual(peer.stop(), 0)
 
 
-
 class JournalTest(unittest.TestCase):
     def test_writes_survive_sigkill_and_a_torn_record_is_dropped(self):
         with tempfile.TemporaryDirectory() as tmp:

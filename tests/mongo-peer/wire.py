@@ -10,17 +10,18 @@ from bson.codec_options import CodecOptions
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 CHECKSUM_PRESENT, MORE_TO_COME = 1 << 0, 1 << 1
-# A command document may pass the 16 MiB of a stored document by 16 KiB, for its own fields.
-MAX_COMMAND_BYTES = 16 * 1024 * 1024 + 16 * 1024
-
-
-class CommandTooLarge(ValueError):
-    """A body section past MAX_COMMAND_BYTES, which MongoDB refuses with BSONObjectTooLarge."""
+MAX_BSON_BYTES = 16 * 1024 * 1024
+# A command document may pass the size of a stored document by 16 KiB, for its own fields.
+MAX_COMMAND_BYTES = MAX_BSON_BYTES + 16 * 1024
 # dict keeps field order; datetimes come back timezone-aware UTC; the default (unspecified) UUID
 # representation keeps every binary subtype as it came, so binary data round-trips.
 OPTS = CodecOptions(document_class=dict, tz_aware=True, tzinfo=timezone.utc)
 
 _request_ids = itertools.count(1)
+
+
+class CommandTooLarge(ValueError):
+    """A body section past MAX_COMMAND_BYTES, which MongoDB refuses with BSONObjectTooLarge."""
 
 
 def parse_op_msg(payload, flags):

@@ -5,7 +5,7 @@
 use crate::common::mongo::{
     fail_point, fresh_database, on_database, peer_stats, real_server, Peer,
 };
-use crate::common::{assert_says, example, stderr, write_lines, Db};
+use crate::common::{assert_says, example, stderr, write_lines, Db, BUILD, STEP};
 
 /// The URI's write concern goes with every command that writes a batch (the driver leaves it out
 /// of plain commands). On a peer of its own: it notes the concern each command last came with.
@@ -156,11 +156,7 @@ fn a_log_in_many_gridfs_pieces_is_read_in_a_few_queries() {
     }
     let peer = Peer::start(0, None);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut lines = vec![
-        r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1}"#
-            .to_owned(),
-        r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"s"}"#.to_owned(),
-    ];
+    let mut lines = vec![BUILD.to_owned(), STEP.to_owned()];
     let mut text = String::new();
     for i in 0..300 {
         let chunk = format!("line {i:04} of the build's output\n");

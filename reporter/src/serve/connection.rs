@@ -422,28 +422,9 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
     if let Err(e) = crate::core::check_standalone(&event) {
         return reject(e.to_string());
     }
-    // The client's own line is spooled as it came. An id or a time it lacks (the time it was
-    // received, not the time the store gets it, maybe hours later) is added at the end of its
-    // object, where it wins over a `null` given before it. The line is not written out again,
-    // which would change how its numbers are spelled or spell out every default, and could
-    // make it many times as long.
-    let mut added = String::new();
-    if event.event_id.is_none() {
-        let id = shared.ids.next();
-        added.push_str(&format!(",\"event_id\":\"{id}\""));
-        event.event_id = Some(id);
-    }
-    if event.time.is_none() {
-        let now = Timestamp::now();
-        let written = serde_json::to_string(&now).unwrap_or_default();
-        added.push_str(&format!(",\"time\":{written}"));
-        event.time = Some(now);
-    }
-    let text = if added.is_empty() {
-        text
-    } else {
-        buildstore_schema::json_line::with_fields(&text, &added)
-    };
+    // The client's own line is spooled as it came, with the id and time it lacks (the time
+    // it was received, not the time the store gets it, maybe hours later).
+    let text = event.stamp(text, || shared.ids.next(), Timestamp::now());
     let id = event.event_id.clone().unwrap_or_default();
     Action::Spool {
         event: Box::new(event),
