@@ -372,7 +372,8 @@ async fn confirm(
                 Some(h.saturating_sub(freed))
             });
         }
-        // Not released: those events are applied again later, which changes nothing.
+        // Not released: the next start folds them again. Those the store has are skipped as
+        // applied; one the rules refused is judged again (see `Spool::release`).
         Ok(Err(e)) => tracing::error!(error = %e, "releasing spooled events failed"),
         Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
     }

@@ -342,3 +342,109 @@ fn errors_in_a_row_are_the_drains_own_writes_only() {
     assert_eq!(counters.store_failed(&e("down")), 2);
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 3);
 }
+
+/// Takes the first `ok` writes, then is down.
+struct DownAfter {
+    inner: SqliteStore,
+    ok: usize,
+    writes: AtomicUsize,
+}
+
+#[async_trait]
+impl Apply for DownAfter {
+    async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.ok {
+            return Err(StoreError::Task("the store is down".into()));
+        }
+        self.inner.apply(batch).await
+    }
+    async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {
+        self.inner.applied_events(keys).await
+    }
+    async fn load_builds(
+        &self,
+        ids: &[String],
+        log_window: usize,
+    ) -> Result<Vec<BuildSnapshot>, StoreError> {
+        self.inner.load_builds(ids, log_window).await
+    }
+}
+
+/// Drains `spool` (nothing in memory) into `store` until it is empty or `grace` is over.
+async fn drain_once(spool: &Spool, store: Arc<dyn Apply>, grace: Duration) {
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    handoff.close();
+    let (_stop, stopped) = watch::channel(true);
+    run(
+        spool.clone(),
+        handoff,
+        store,
+        Applier::new(Core::new(CoreConfig::default())),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(DrainCounters::default()),
+        stopped,
+        grace,
+    )
+    .await;
+}
+
+/// A group of the spool can straddle two batches. When the store confirmed the first and the
+/// daemon stopped before the second, the next start goes on after what was confirmed: folding
+/// the group again from its start would take an event the rules refused the first time (a
+/// step's end sent before its build started) now that its build exists, and skip the events
+/// that came after it as applied.
+#[tokio::test]
+async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = crate::synth::lines(&crate::synth::Shape {
+        events: BATCH_EVENTS + 300,
+        ..Default::default()
+    });
+    let late = [
+        r#"{"type":"step_finished","master_id":"mx","event_id":"x1","time":1767323045,"build_id":1,"step":0,"result":2,"text":"refused: no such build yet"}"#,
+        r#"{"type":"builder_added","master_id":"mx","event_id":"x2","time":1767323045,"builder":"bx"}"#,
+        r#"{"type":"build_started","master_id":"mx","event_id":"x3","time":1767323045,"builder":"bx","build_id":1,"number":1}"#,
+        r#"{"type":"step_started","master_id":"mx","event_id":"x4","time":1767323046,"build_id":1,"step":0,"name":"compile"}"#,
+        r#"{"type":"step_finished","master_id":"mx","event_id":"x5","time":1767323047,"build_id":1,"step":0,"result":0,"text":"ok"}"#,
+    ];
+    // All in the first batch, which the store takes.
+    let at = BATCH_EVENTS - late.len() - 10;
+    lines.splice(at..at, late.iter().map(|l| l.to_string()));
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let first = spool.append(&lines).unwrap();
+
+    let down = Arc::new(DownAfter {
+        inner: open_in(dir.path(), "s.db").await,
+        ok: 1,
+        writes: AtomicUsize::new(0),
+    });
+    drain_once(&spool, Arc::clone(&down) as _, Duration::from_millis(500)).await;
+    assert!(
+        spool.oldest().unwrap() > Some(first),
+        "the first batch was confirmed"
+    );
+    assert_eq!(
+        spool.depth().events,
+        lines.len() as u64,
+        "the group stays whole"
+    );
+    drop(down);
+    drop(spool);
+
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let store = Arc::new(open_in(dir.path(), "s.db").await);
+    drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert_eq!(spool.depth().events, 0, "everything released");
+
+    let clean = open_in(dir.path(), "clean.db").await;
+    let mut applier = Applier::new(Core::new(CoreConfig::default()));
+    applier.apply_chunk(&clean, &events, false).await.unwrap();
+    let step = |docs: Vec<Document>| {
+        docs.into_iter()
+            .find(|d| d.get_str("_id") == Ok("mx/1/0"))
+            .expect("the step")
+    };
+    assert_eq!(step(export(&*store).await).get_i32("result"), Ok(0));
+    assert_eq!(export(&*store).await, export(&clean).await);
+}

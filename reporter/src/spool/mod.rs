@@ -174,7 +174,9 @@ impl Spool {
         // even once every group was released.
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS groups (last INTEGER PRIMARY KEY AUTOINCREMENT,
-                                                first INTEGER NOT NULL, lines BLOB NOT NULL);",
+                                                first INTEGER NOT NULL, lines BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS released (one INTEGER PRIMARY KEY CHECK (one = 1),
+                                                  through INTEGER NOT NULL);",
         )
         .map_err(err)?;
         convert_one_row_per_event(&mut conn).map_err(err)?;
@@ -315,8 +317,12 @@ impl Spool {
         Ok(out)
     }
 
-    /// Forgets every group whose events are all at or below `id` and returns the bytes that
-    /// frees: call only once the store confirmed them.
+    /// Forgets every event at or below `id` and returns the bytes of the groups that frees: call
+    /// only once the store confirmed them. A group is deleted once all its events are released;
+    /// until then the spool remembers how far into it the store has them, and the next start
+    /// goes on from there. Applying them again would not be harmless: an event the rules refused
+    /// is not recorded as applied, and folded again after the events that followed it, it could
+    /// be taken (a step's end before its build started, then again once the build exists).
     pub fn release(&self, id: i64) -> Result<u64, SpoolError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
@@ -329,6 +335,12 @@ impl Spool {
             .map_err(self.err())?;
         tx.execute("DELETE FROM groups WHERE last <= ?1", [id])
             .map_err(self.err())?;
+        tx.execute(
+            "INSERT INTO released (one, through) VALUES (1, ?1)
+             ON CONFLICT (one) DO UPDATE SET through = max(through, excluded.through)",
+            [id],
+        )
+        .map_err(self.err())?;
         tx.commit().map_err(self.err())?;
         let bytes = u64::try_from(bytes).unwrap_or(0);
         subtract(&self.events, u64::try_from(events).unwrap_or(0));
@@ -349,13 +361,17 @@ impl Spool {
         }
     }
 
-    /// The id of the oldest event still held, if any.
+    /// The id of the oldest event still held and not released, if any.
     pub fn oldest(&self) -> Result<Option<i64>, SpoolError> {
         let conn = self.lock();
-        conn.query_row("SELECT min(first) FROM groups", [], |r| r.get(0))
-            .optional()
-            .map(Option::flatten)
-            .map_err(self.err())
+        conn.query_row(
+            "SELECT max(min(first), coalesce((SELECT through + 1 FROM released), 0))
+             FROM groups HAVING count(*) > 0",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(self.err())
     }
 }
 
