@@ -206,6 +206,13 @@ fn filters_narrow_the_view_and_paging_visits_every_build_once() {
             html.contains("href=\"?result=failure\""),
             "{name}: drop master"
         );
+        // The filter form keeps a page size given in the URL, and adds none otherwise.
+        let hidden = "<input type=\"hidden\" name=\"limit\" value=\"3\">";
+        assert!(web.html("/?limit=3&master=bm03").contains(hidden), "{name}");
+        assert!(
+            !web.html("/?master=bm03").contains("name=\"limit\""),
+            "{name}"
+        );
     }
 }
 
@@ -241,7 +248,7 @@ fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
         (
             "/?builder=%FF",
             400,
-            "\"%FF\" is not UTF-8 once percent-decoded",
+            "`builder`: value \"%FF\" is not UTF-8 once percent-decoded",
         ),
         (
             "/builds/bm03/18391?x=1",
@@ -262,6 +269,11 @@ fn bad_parameters_and_unknown_ids_get_clear_errors_not_500s() {
         };
         let answer = web.get(&api);
         assert_eq!(answer.status, status, "{api}");
+        assert_eq!(
+            answer.header("x-content-type-options"),
+            Some("nosniff"),
+            "{api}"
+        );
         let error = answer.json()["error"].as_str().unwrap_or("").to_owned();
         assert!(error.contains(message), "{api}: {error}");
     }
@@ -356,10 +368,23 @@ fn text_from_events_is_escaped_on_every_page() {
             "{path}: no CSP"
         );
     }
-    // The log is plain text, never sniffed as HTML.
+    // The log is plain text, and the JSON twins JSON, never sniffed as HTML.
     let log = web.get(&step);
     assert_eq!(log.content_type, "text/plain; charset=utf-8");
     assert_eq!(log.header("x-content-type-options"), Some("nosniff"));
+    for api in [
+        "/api".to_owned(),
+        format!("/api{build}"),
+        "/api/builders".into(),
+    ] {
+        let answer = web.get(&api);
+        assert_eq!(answer.content_type, "application/json", "{api}");
+        assert_eq!(
+            answer.header("x-content-type-options"),
+            Some("nosniff"),
+            "{api}"
+        );
+    }
 }
 
 #[test]

@@ -79,12 +79,13 @@ impl WebError {
     /// The error as the JSON twins give it: `{"error": "..."}`.
     pub fn json(&self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
-        (self.status(), axum::Json(body)).into_response()
+        with_safety_headers((self.status(), axum::Json(body)).into_response())
     }
 }
 
 /// Headers that keep a page inert even if some text slipped through unescaped: no scripts, no
-/// content sniffing, no framing. The pages need none of those. Style attributes are allowed:
+/// content sniffing, no framing. The pages need none of those, nor the JSON twins, whose strings
+/// come from the events: a browser that sniffed one as HTML would run them. Style attributes are allowed:
 /// the step bars are placed with them, and they are only ever written by the pages themselves.
 fn with_safety_headers(mut response: Response) -> Response {
     let h = response.headers_mut();

@@ -26,11 +26,7 @@ fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ParamError> {
         percent_encoding::percent_decode_str(&spaced)
             .decode_utf8()
             .map(|text| text.into_owned())
-            .map_err(|_| {
-                ParamError(format!(
-                    "{part:?} is not UTF-8 once percent-decoded; encode text as UTF-8"
-                ))
-            })
+            .ok()
     };
     query
         .unwrap_or("")
@@ -38,7 +34,15 @@ fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ParamError> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Ok((decode(name)?, decode(value)?))
+            let not_utf8 = |what: String| {
+                ParamError(format!(
+                    "{what} is not UTF-8 once percent-decoded; encode text as UTF-8"
+                ))
+            };
+            let name = decode(name).ok_or_else(|| not_utf8(format!("parameter name {name:?}")))?;
+            let value =
+                decode(value).ok_or_else(|| not_utf8(format!("`{name}`: value {value:?}")))?;
+            Ok((name, value))
         })
         .collect()
 }

@@ -128,8 +128,10 @@ fn unknown_repeated_and_malformed_parameters_are_named() {
     assert!(error("limit=ten").contains("not \"ten\""));
     assert!(error("before=yesterday").contains("not a cursor"));
     assert!(error("before=-:m1/4").contains("needs a time"));
-    assert!(error("builder=%FF").contains("\"%FF\" is not UTF-8 once percent-decoded"));
-    assert!(error("bu%FFilder=x").contains("\"bu%FFilder\" is not UTF-8"));
+    assert!(
+        error("builder=%FF").contains("`builder`: value \"%FF\" is not UTF-8 once percent-decoded")
+    );
+    assert!(error("bu%FFilder=x").contains("parameter name \"bu%FFilder\" is not UTF-8"));
 }
 
 #[test]

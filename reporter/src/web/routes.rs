@@ -53,7 +53,7 @@ fn html(result: Result<maud::Markup, WebError>) -> Response {
 
 fn json<T: serde::Serialize>(result: Result<T, WebError>) -> Response {
     match result {
-        Ok(value) => Json(value).into_response(),
+        Ok(value) => with_safety_headers(Json(value).into_response()),
         Err(e) => e.json(),
     }
 }

@@ -5,7 +5,7 @@ use maud::{html, Markup};
 
 use super::{badge, changes, layout, Section};
 use crate::store::{BuildCursor, BuildQuery};
-use crate::web::params::{result_param, ActivityParams};
+use crate::web::params::{result_param, ActivityParams, DEFAULT_LIMIT};
 use crate::web::view::{changeset_url, result_names, ActivityRow, BuildSummary, SourceStamp};
 
 pub fn activity(
@@ -78,6 +78,10 @@ fn filter_form(q: &BuildQuery) -> Markup {
             }
             (time("since", q.since))
             (time("until", q.until))
+            // The page size chosen in the URL stays when the filters change.
+            @if q.limit != DEFAULT_LIMIT {
+                input type="hidden" name="limit" value=(q.limit);
+            }
             button type="submit" { "Filter" }
         }
     }

@@ -1,11 +1,13 @@
 //! `/changesets`: commits of `repository`, newest first, against the builders that built them —
 //! a console view. Each cell holds that builder's builds of the commit.
 
+use std::collections::HashMap;
+
 use maud::{html, Markup};
 
 use super::{badge, layout, limit_suffix, maybe, when, Section};
 use crate::web::params::encode;
-use crate::web::view::{changeset_url, ConsoleView};
+use crate::web::view::{changeset_url, ConsoleBuild, ConsoleView};
 
 pub fn console(v: &ConsoleView, limit_param: Option<usize>, api: &str) -> Markup {
     let limit = limit_suffix(limit_param);
@@ -27,6 +29,7 @@ pub fn console(v: &ConsoleView, limit_param: Option<usize>, api: &str) -> Markup
                     }
                     tbody {
                         @for c in &v.commits {
+                            @let cells = by_builder(&c.builds);
                             tr {
                                 td.commit {
                                     a href=(changeset_url(&c.hash)) {
@@ -38,7 +41,7 @@ pub fn console(v: &ConsoleView, limit_param: Option<usize>, api: &str) -> Markup
                                 td { @match &c.commiter_date { Some(t) => (when(t)), None => span.none { "—" } } }
                                 @for builder in &v.builders {
                                     td.cell {
-                                        @for b in c.builds.iter().filter(|b| &b.builder == builder) {
+                                        @for b in cells.get(builder.as_str()).into_iter().flatten() {
                                             a href=(b.url) title={ (b.builder) " #" (b.number) } { (badge(b.result)) }
                                             " "
                                         }
@@ -54,4 +57,14 @@ pub fn console(v: &ConsoleView, limit_param: Option<usize>, api: &str) -> Markup
             }
         },
     )
+}
+
+/// A commit's builds by builder, found once per commit: looking for each cell's builds among all
+/// of them made a commit built by thousands of builders take seconds to draw.
+fn by_builder(builds: &[ConsoleBuild]) -> HashMap<&str, Vec<&ConsoleBuild>> {
+    let mut cells: HashMap<&str, Vec<&ConsoleBuild>> = HashMap::new();
+    for b in builds {
+        cells.entry(b.builder.as_str()).or_default().push(b);
+    }
+    cells
 }
