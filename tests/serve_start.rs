@@ -37,6 +37,21 @@ fn a_listener_beyond_loopback_needs_a_token() {
         said.contains("is not a loopback address: a token is required"),
         "{said}"
     );
+    // An IPv4 address written as IPv6 is that address: 10.0.0.1 needs a token, 127.0.0.1 not.
+    let said = refused_to_start(dir.path(), &["--listen", "tcp://[::ffff:10.0.0.1]:0"]);
+    assert!(said.contains("is not a loopback address"), "{said}");
+    let mapped = free_port();
+    let daemon = Daemon::start(
+        dir.path(),
+        free_port(),
+        &["--listen", &format!("tcp://[::ffff:127.0.0.1]:{mapped}")],
+    );
+    let replies = exchange(
+        mapped,
+        &[r#"{"type":"builder_added","master_id":"m","builder":"b"}"#],
+    );
+    assert!(replies[0].get("ack").is_some(), "{replies:?}");
+    assert!(daemon.stop().success());
 }
 
 /// Settings refused on their own are refused before the store or the spool is made.

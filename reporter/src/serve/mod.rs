@@ -31,6 +31,11 @@ use self::engine::Engine;
 pub use connection::Shared;
 pub use drain::DrainCounters;
 
+/// Whether only this machine can reach `addr`: `[::ffff:127.0.0.1]` is 127.0.0.1 too.
+fn loopback(addr: &SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
@@ -111,7 +116,10 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} is not a loopback address: a token is required (--token or BUILDSTORE_TOKEN)")]
+    #[error(
+        "{0} is not a loopback address: a token is required (--token or BUILDSTORE_TOKEN; an \
+         empty one counts as none)"
+    )]
     TokenRequired(SocketAddr),
     #[error(
         "--spool-max ({spool_max} bytes) must be at least twice --line-limit ({line_limit} \
@@ -183,7 +191,7 @@ fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
             return Err(ServeError::ListenTwice(name));
         }
         if let Listen::Tcp(addr) = l {
-            if !addr.ip().is_loopback() && token.is_none() {
+            if !loopback(addr) && token.is_none() {
                 return Err(ServeError::TokenRequired(*addr));
             }
         }
@@ -391,7 +399,7 @@ impl Bound {
                         .local_addr()
                         .map_or(addr.to_string(), |a| a.to_string());
                     tracing::info!(address = %shown, "listening");
-                    let needs_token = !addr.ip().is_loopback() || config.token.is_some();
+                    let needs_token = !loopback(addr) || config.token.is_some();
                     self.tcp.push((listener, needs_token));
                 }
                 Listen::Unix(path) => {
