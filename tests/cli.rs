@@ -509,6 +509,34 @@ fn status_refuses_a_page_without_buildstore_metrics() {
     assert!(out.stdout.is_empty());
 }
 
+/// `status` pointed at the socket feed, which answers a request line with a JSON error and keeps
+/// the connection open, says so at once rather than wait for the end of the answer.
+#[test]
+fn status_refuses_an_answer_that_is_not_http_at_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut request = [0u8; 1024];
+        let _ = std::io::Read::read(&mut stream, &mut request);
+        let _ = stream.write_all(b"{\"error\":\"not valid JSON\",\"line\":1}\n");
+        // Open until the client goes.
+        let _ = std::io::Read::read(&mut stream, &mut request);
+    });
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .args(["status", "--metrics", &addr.to_string()])
+        .output()
+        .expect("status");
+    assert_says(&out, &format!("{addr} answered {{\"error\""));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "waited {:?}, as for an address that never answers",
+        started.elapsed()
+    );
+    let _ = held.join();
+}
+
 /// A mongodb+srv URI whose DNS records cannot be found is said to be that, not a bad URI.
 #[test]
 fn a_mongodb_srv_uri_without_its_dns_records_says_so() {

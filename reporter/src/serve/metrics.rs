@@ -236,10 +236,18 @@ pub async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
             .await?;
         let mut response = Vec::new();
         // More than any metrics page: something else is listening there.
-        (&mut stream)
-            .take(FETCH_MAX_BYTES)
-            .read_to_end(&mut response)
-            .await?;
+        let mut limited = (&mut stream).take(FETCH_MAX_BYTES);
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = limited.read(&mut buf).await?;
+            response.extend_from_slice(&buf[..n]);
+            // What does not answer in HTTP (the daemon's feed answers a line of JSON and waits
+            // for more) is told at once, not after the timeout.
+            let not_http = response.len() >= 5 && !response.starts_with(b"HTTP/");
+            if n == 0 || not_http {
+                break;
+            }
+        }
         Ok::<_, std::io::Error>(response)
     };
     let response = tokio::time::timeout(FETCH_TIMEOUT, exchange)
