@@ -477,3 +477,12 @@ fn an_older_spool_not_empty_at_start_gives_space_back_once_drained() {
     let size = spool_size(dir.path());
     assert!(size < 1 << 20, "{size} bytes after the spool emptied");
 }
+
+/// Bytes given back twice (a failed group that stayed in the spool, released later) leave the
+/// count at zero, not wrapped around to a spool that looks full for good.
+#[test]
+fn bytes_given_back_twice_do_not_wrap_the_count_around() {
+    let held = AtomicU64::new(3);
+    super::writer::unreserve(&held, 5);
+    assert_eq!(held.load(Ordering::Relaxed), 0);
+}

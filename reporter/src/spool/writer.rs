@@ -228,7 +228,7 @@ async fn write_loop(
         let (group, after_failure): (Vec<_>, Vec<_>) =
             group.into_iter().partition(|r| !r.sequence.failed());
         for r in after_failure {
-            held.fetch_sub(r.bytes as u64, Ordering::Relaxed); // reserved by `submit`
+            unreserve(&held, r.bytes);
             let _ = r.done.send(Err(AppendError::AfterFailure));
         }
         if group.is_empty() {
@@ -259,7 +259,7 @@ async fn write_loop(
                 }
             }
             Err(e) => {
-                held.fetch_sub(bytes as u64, Ordering::Relaxed); // reserved by `submit`
+                unreserve(&held, bytes);
                 let message = e.to_string();
                 tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
                 for (done, _, sequence) in waiting {
@@ -270,4 +270,13 @@ async fn write_loop(
         }
     }
     handoff.close();
+}
+
+/// Gives back bytes `submit` reserved for lines that were not written. Saturating: a group whose
+/// failed write stayed in the spool is subtracted again when the drain releases it, and a count
+/// that wrapped around would refuse every event as "spool full" until a restart.
+pub(super) fn unreserve(held: &AtomicU64, bytes: usize) {
+    let _ = held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+        Some(h.saturating_sub(bytes as u64))
+    });
 }
