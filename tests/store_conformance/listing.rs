@@ -106,7 +106,9 @@ impl Opened {
     }
 
     fn steps(&self, build: &str, limit: usize) -> Vec<i64> {
-        let found = self.rt.block_on(self.store.build_steps(build, limit));
+        let found = self
+            .rt
+            .block_on(self.store.build_steps(build, limit, |_| {}));
         found
             .expect("build_steps")
             .iter()
@@ -279,6 +281,16 @@ fn a_builds_steps_come_in_step_order_up_to_the_limit() {
         assert_eq!(s.steps("7/4", 100), [0], "{}", s.location);
         assert!(s.steps("7/2", 100).is_empty(), "{}", s.location);
         assert!(s.steps("7/1", 0).is_empty(), "{}", s.location);
+        // What the reader does to each document as it is read is in what it gets, for each one.
+        let marked =
+            s.rt.block_on(s.store.build_steps("7/1", 100, |d| {
+                d.insert("name", "seen as read");
+            }))
+            .expect("build_steps");
+        assert_eq!(marked.len(), 5, "{}", s.location);
+        for d in &marked {
+            assert_eq!(d.get_str("name"), Ok("seen as read"), "{}", s.location);
+        }
     }
 }
 

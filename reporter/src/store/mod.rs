@@ -344,6 +344,9 @@ pub trait Apply: Send + Sync {
     ) -> Result<Vec<BuildSnapshot>, StoreError>;
 }
 
+/// What a reader does to each document as it is read (see [`Store::build_steps`]).
+pub type EachDoc = for<'a> fn(&'a mut Document);
+
 /// A store: what the applier writes, and the reads of the commands, the web view and the tests.
 #[async_trait]
 pub trait Store: Apply {
@@ -366,8 +369,15 @@ pub trait Store: Apply {
     /// Up to `query.limit` builds matching `query`, in its order.
     async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError>;
 
-    /// Up to `limit` steps of the build `build_id`, in step order.
-    async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError>;
+    /// Up to `limit` steps of the build `build_id`, in step order, each passed through `each` as
+    /// it is read: a step document may hold megabytes of inline logs, and a build a thousand
+    /// steps, so a reader that needs less of each (a build page) keeps only that.
+    async fn build_steps(
+        &self,
+        build_id: &str,
+        limit: usize,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError>;
 
     /// Up to `query.limit` commits of `repository`, in its order.
     async fn find_commits(&self, query: &CommitQuery) -> Result<Vec<Document>, StoreError>;

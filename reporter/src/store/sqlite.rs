@@ -12,7 +12,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::vtab::array::Array;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Apply, BuildQuery, CommitQuery, KnownEvents, Store, StoreError};
+use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 #[path = "sqlite_queries.rs"]
@@ -537,10 +537,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn build_steps(&self, build_id: &str, limit: usize) -> Result<Vec<Document>, StoreError> {
+    async fn build_steps(
+        &self,
+        build_id: &str,
+        limit: usize,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError> {
         let select = queries::steps(build_id, limit);
         let err = self.sql_error();
-        self.read(move |conn| select.run(conn, Collection::Steps, &err))
+        self.read(move |conn| select.run_each(conn, Collection::Steps, &err, each))
             .await
     }
 

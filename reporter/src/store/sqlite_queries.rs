@@ -9,7 +9,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection};
 
 use super::super::{
-    integer_master, BuildQuery, CommitCursor, CommitQuery, ResultFilter, StoreError,
+    integer_master, BuildQuery, CommitCursor, CommitQuery, EachDoc, ResultFilter, StoreError,
 };
 use super::decode;
 
@@ -61,16 +61,29 @@ impl Select {
         collection: Collection,
         err: &impl Fn(rusqlite::Error) -> StoreError,
     ) -> Result<Vec<Document>, StoreError> {
+        self.run_each(conn, collection, err, |_| {})
+    }
+
+    /// Like [`Select::run`], with `each` applied to every document as it is read, so that only
+    /// what it leaves of each is held.
+    pub fn run_each(
+        &self,
+        conn: &Connection,
+        collection: Collection,
+        err: &impl Fn(rusqlite::Error) -> StoreError,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError> {
         let mut st = conn.prepare_cached(&self.sql).map_err(err)?;
-        let rows: Vec<(String, Vec<u8>)> = st
-            .query_map(params_from_iter(&self.values), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(err)?;
-        rows.iter()
-            .map(|(id, bytes)| decode(collection, id, bytes))
-            .collect()
+        let mut rows = st.query(params_from_iter(&self.values)).map_err(err)?;
+        let mut docs = Vec::new();
+        while let Some(row) = rows.next().map_err(err)? {
+            let id: String = row.get(0).map_err(err)?;
+            let bytes = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
+            let mut doc = decode(collection, &id, bytes)?;
+            each(&mut doc);
+            docs.push(doc);
+        }
+        Ok(docs)
     }
 }
 

@@ -4,12 +4,49 @@
 //! failing step says why, within a budget for the whole page that the failed steps draw on
 //! first; the full log is a link away.
 
+use bson::{Bson, Document};
+use buildstore_schema::Channel;
+
 use super::view::StepView;
 
 /// Most bytes of the end of one log a build page carries.
 pub const TAIL_BYTES: usize = 4 * 1024;
 /// Most bytes of log ends a build page carries in all.
 pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
+
+/// What a build page shows of a log whose inline field is `field` and whose full length is
+/// `full_len`: at most [`TAIL_BYTES`] of the end of the log.
+pub fn page_tail(field: &str, full_len: u64) -> &str {
+    // A field cut to the inline limit is always shorter than the log.
+    let end = if field.len() as u64 == full_len {
+        field
+    } else {
+        after_marker(field)
+    };
+    tail(end, TAIL_BYTES)
+}
+
+/// Cuts each inline log of a step document, as the store reads it, to what a build page shows of
+/// it ([`page_tail`]): a page of a thousand steps then holds kilobytes of each, not the megabytes
+/// each document may hold. A field that is missing or of another type is left for the reading
+/// of the document to report.
+pub fn keep_page_tails(doc: &mut Document) {
+    for c in Channel::ALL {
+        let full = match doc
+            .get_document("log_bytes")
+            .ok()
+            .and_then(|b| b.get(c.field()))
+        {
+            Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        if let Ok(text) = doc.get_str(c.field()) {
+            let kept = page_tail(text, full).to_owned();
+            doc.insert(c.field(), kept);
+        }
+    }
+}
 
 /// The end of a log whose inline field `cut` does not hold it whole. A cut field is its head, a
 /// marker and its tail: only what follows the marker is the end of the log. The last marker is
@@ -67,6 +104,34 @@ pub fn fit_page(steps: &mut [StepView]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step document as read for a build page keeps only what the page shows of each log,
+    /// whatever the log's size: the end of a whole one, what follows the marker of a cut one.
+    #[test]
+    fn a_step_read_for_a_page_keeps_the_end_of_each_log_only() {
+        let whole = "x".repeat(99) + "\n";
+        let whole = whole.repeat(10_000) + "error: it broke\n";
+        let cut = format!(
+            "head\n{}\n[... 9000 bytes truncated by buildstore ...]\nrest\ntail end\n",
+            "y".repeat(5000)
+        );
+        let mut doc = bson::doc! {
+            "stdout": whole.clone(),
+            "stderr": cut.clone(),
+            "headers": "",
+            "log_bytes": {"stdout": whole.len() as i64, "stderr": 20_000_i64, "headers": 0_i64},
+        };
+        keep_page_tails(&mut doc);
+        let out = doc.get_str("stdout").unwrap();
+        assert!(out.len() <= TAIL_BYTES && out.ends_with("error: it broke\n"));
+        assert_eq!(out, tail(&whole, TAIL_BYTES));
+        assert_eq!(doc.get_str("stderr").unwrap(), "tail end\n");
+        assert_eq!(doc.get_str("headers").unwrap(), "");
+        assert_eq!(
+            doc.get_document("log_bytes").unwrap().get_i64("stderr"),
+            Ok(20_000)
+        );
+    }
 
     #[test]
     fn a_short_log_is_its_own_tail() {

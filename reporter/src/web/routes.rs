@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::params::{self, ActivityParams, BuilderParams};
 use super::view::{self, ActivityRow, BuildView, BuildersView, ConsoleView};
-use super::{logs, pages, path_text, with_safety_headers, PathText, WebError};
+use super::{log_tail, logs, pages, path_text, with_safety_headers, PathText, WebError};
 use crate::store::{BuildCursor, BuildQuery, CommitQuery, Store};
 
 /// Most steps a build page lists.
@@ -152,7 +152,9 @@ async fn build(
     };
     let mut steps: Vec<StepDoc> = typed_all(
         Collection::Steps,
-        store.build_steps(id, MAX_STEPS + 1).await?,
+        store
+            .build_steps(id, MAX_STEPS + 1, log_tail::keep_page_tails)
+            .await?,
     )?;
     let more = steps.len() > MAX_STEPS;
     steps.truncate(MAX_STEPS);

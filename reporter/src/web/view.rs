@@ -290,7 +290,8 @@ fn millis(from: bson::DateTime, to: bson::DateTime) -> i64 {
 }
 
 /// The build page's data. `now` ends what is still running; `more_steps` says the step list was
-/// cut at the page's bound.
+/// cut at the page's bound. `steps` are as [`log_tail::keep_page_tails`] leaves them as they are
+/// read: each inline log cut to what the page shows of it.
 pub fn build_view(
     build: &BuildDoc,
     builder: Option<&BuilderDoc>,
@@ -349,12 +350,8 @@ pub fn build_view(
                         bytes: s.log_bytes.get(c),
                         url: log_url("", &s.id, c),
                         api_url: log_url("/api", &s.id, c),
-                        tail: log_tail::tail(
-                            s.whole_log(c)
-                                .unwrap_or_else(|| log_tail::after_marker(s.log(c))),
-                            log_tail::TAIL_BYTES,
-                        )
-                        .to_owned(),
+                        // Cut to its tail as it was read (`log_tail::keep_page_tails`).
+                        tail: s.log(c).to_owned(),
                     })
                     .collect(),
             }

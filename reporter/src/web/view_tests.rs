@@ -1,6 +1,18 @@
 use super::*;
 use buildstore_schema::{Ident, LogBytes};
 
+/// Steps as a build page reads them from the store: each log cut to what the page shows.
+fn as_read(steps: &[StepDoc]) -> Vec<StepDoc> {
+    steps
+        .iter()
+        .map(|s| {
+            let mut doc = bson::to_document(s).unwrap();
+            super::log_tail::keep_page_tails(&mut doc);
+            bson::from_document(doc).unwrap()
+        })
+        .collect()
+}
+
 fn at(secs: i64) -> bson::DateTime {
     bson::DateTime::from_millis(1_763_900_000_000 + secs * 1000)
 }
@@ -145,7 +157,7 @@ fn a_build_page_carries_the_end_of_each_log_within_a_bound_the_failed_step_draws
             s
         })
         .collect();
-    let v = build_view(&b, None, &steps, false, at(1000));
+    let v = build_view(&b, None, &as_read(&steps), false, at(1000));
     let tails: Vec<&LogView> = v.steps.iter().flat_map(|s| &s.logs).collect();
     assert_eq!(
         tails.len(),
@@ -173,7 +185,7 @@ fn the_end_of_a_cut_log_shown_is_what_follows_its_marker() {
     s.stdout = "line 0\n\n[... 18608 bytes truncated by buildstore ...]\nline 49\n".into();
     s.log_bytes.stdout = 18_800;
     s.log_truncated = true;
-    let v = build_view(&b, None, &[s], false, at(10));
+    let v = build_view(&b, None, &as_read(&[s]), false, at(10));
     assert_eq!(v.steps[0].logs[0].tail, "line 49\n");
 }
 
@@ -185,7 +197,7 @@ fn a_step_never_finished_in_a_finished_build_is_unfinished_until_the_builds_end(
     b.result = Some(4);
     b.time_end = Some(at(100));
     let steps = [step(0, 0, Some(10), Some(0)), step(1, 10, None, None)];
-    let v = build_view(&b, None, &steps, false, at(1_000_000));
+    let v = build_view(&b, None, &as_read(&steps), false, at(1_000_000));
     assert_eq!(v.steps[1].result.name, "unfinished");
     assert_eq!(v.steps[1].result.code, None);
     assert_eq!(v.steps[1].duration_ms, 90_000);
@@ -193,7 +205,7 @@ fn a_step_never_finished_in_a_finished_build_is_unfinished_until_the_builds_end(
     // While the build runs, so does the step.
     b.result = None;
     b.time_end = None;
-    let v = build_view(&b, None, &steps, false, at(1000));
+    let v = build_view(&b, None, &as_read(&steps), false, at(1000));
     assert_eq!(v.steps[1].result.name, "running");
     assert_eq!(v.steps[1].duration_ms, 990_000);
 }
@@ -206,7 +218,7 @@ fn step_bars_show_where_in_the_build_each_step_ran() {
         step(1, 10, Some(90), Some(2)),
         step(2, 90, Some(100), Some(3)),
     ];
-    let v = build_view(&b, None, &steps, false, at(1000));
+    let v = build_view(&b, None, &as_read(&steps), false, at(1000));
     let bars: Vec<(f64, f64)> = v
         .steps
         .iter()
@@ -230,11 +242,11 @@ fn the_step_that_gave_a_bad_build_its_result_is_highlighted() {
         step(1, 50, Some(60), Some(3)),
         step(2, 60, Some(100), Some(1)),
     ];
-    let v = build_view(&b, None, &steps, false, at(1000));
+    let v = build_view(&b, None, &as_read(&steps), false, at(1000));
     let failed: Vec<bool> = v.steps.iter().map(|s| s.failed).collect();
     assert_eq!(failed, [false, false, true]);
     b.result = Some(0);
-    let v = build_view(&b, None, &steps, false, at(1000));
+    let v = build_view(&b, None, &as_read(&steps), false, at(1000));
     assert!(v.steps.iter().all(|s| !s.failed), "a build that succeeded");
 }
 
@@ -244,7 +256,7 @@ fn a_running_build_is_measured_until_now() {
     b.time_end = None;
     b.result = None;
     let steps = [step(0, 0, Some(20), Some(0)), step(1, 20, None, None)];
-    let v = build_view(&b, None, &steps, false, at(40));
+    let v = build_view(&b, None, &as_read(&steps), false, at(40));
     assert_eq!(v.duration_ms, 40_000);
     assert_eq!(v.steps[1].duration_ms, 20_000);
     assert_eq!(v.steps[1].bar.offset_pct, 50.0);
@@ -257,11 +269,23 @@ fn bars_never_leave_the_track() {
     let mut b = build("m1/1", "linux", None);
     b.time_end = Some(at(10));
     // A step clock ahead of the build's, and a build of zero length.
-    let v = build_view(&b, None, &[step(0, 5, Some(50), Some(0))], false, at(60));
+    let v = build_view(
+        &b,
+        None,
+        &as_read(&[step(0, 5, Some(50), Some(0))]),
+        false,
+        at(60),
+    );
     assert_eq!(v.steps[0].bar.offset_pct, 50.0);
     assert_eq!(v.steps[0].bar.width_pct, 50.0);
     b.time_end = Some(at(0));
-    let v = build_view(&b, None, &[step(0, 0, Some(0), Some(0))], false, at(60));
+    let v = build_view(
+        &b,
+        None,
+        &as_read(&[step(0, 0, Some(0), Some(0))]),
+        false,
+        at(60),
+    );
     assert_eq!(v.steps[0].bar.width_pct, 0.0);
 }
 

@@ -27,7 +27,7 @@ use mongodb::{Client, Database};
 use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
 use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIECE_END, PIN_OFFSET};
-use super::{Apply, BuildQuery, CommitQuery, KnownEvents, Store, StoreError};
+use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
 /// Server selection timeout when the URI does not set `serverSelectionTimeoutMS`.
@@ -503,14 +503,29 @@ impl Store for MongoStore {
         .await
     }
 
-    async fn build_steps(&self, build_id: &str, n: usize) -> Result<Vec<Document>, StoreError> {
-        self.find_docs(
-            Collection::Steps,
-            doc! {"build": build_id},
-            doc! {"step": 1},
-            limit(n),
-        )
-        .await
+    async fn build_steps(
+        &self,
+        build_id: &str,
+        n: usize,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError> {
+        // One batch of the cursor at a time is held whole (16 MiB at most), not every step.
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let mut cursor = self
+            .coll(Collection::Steps)
+            .find(doc! {"build": build_id})
+            .sort(doc! {"step": 1})
+            .limit(i64::try_from(n).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut docs = Vec::new();
+        while let Some(mut doc) = cursor.try_next().await.map_err(|e| self.err(e))? {
+            each(&mut doc);
+            docs.push(doc);
+        }
+        Ok(docs)
     }
 
     async fn find_commits(&self, q: &CommitQuery) -> Result<Vec<Document>, StoreError> {
