@@ -59,10 +59,13 @@ fn main() {
     });
 
     let have = runtime
-        .block_on(store.find_builds(&store::BuildQuery {
-            limit: builds,
-            ..Default::default()
-        }))
+        .block_on(store.find_builds(
+            &store::BuildQuery {
+                limit: builds,
+                ..Default::default()
+            },
+            |_| {},
+        ))
         .map(|b| b.len())
         .unwrap_or(0);
     if have < builds {
@@ -94,10 +97,13 @@ fn main() {
     }
     let (sample, sample_start, sample_changeset) = runtime.block_on(async {
         let latest = store
-            .find_builds(&store::BuildQuery {
-                limit: 1,
-                ..Default::default()
-            })
+            .find_builds(
+                &store::BuildQuery {
+                    limit: 1,
+                    ..Default::default()
+                },
+                |_| {},
+            )
             .await
             .expect("a build");
         let build = latest.first().expect("a build");
@@ -120,10 +126,13 @@ fn main() {
         sample_start.format("%Y-%m-%dT%H:%M:%SZ")
     );
     let count = runtime
-        .block_on(store.find_builds(&store::BuildQuery {
-            limit: usize::MAX,
-            ..Default::default()
-        }))
+        .block_on(store.find_builds(
+            &store::BuildQuery {
+                limit: usize::MAX,
+                ..Default::default()
+            },
+            |_| {},
+        ))
         .map(|b| b.len())
         .unwrap_or(0);
 

@@ -101,7 +101,7 @@ struct Opened {
 
 impl Opened {
     fn builds(&self, q: &BuildQuery) -> Vec<String> {
-        let found = self.rt.block_on(self.store.find_builds(q));
+        let found = self.rt.block_on(self.store.find_builds(q, |_| {}));
         ids(&found.expect("find_builds"))
     }
 
@@ -168,7 +168,9 @@ fn at(seconds: i64) -> bson::DateTime {
 fn build_pages(s: &Opened, mut q: BuildQuery) -> Vec<String> {
     let mut seen = Vec::new();
     for _ in 0..=NEWEST_FIRST.len() {
-        let found = s.rt.block_on(s.store.find_builds(&q)).expect("find_builds");
+        let found =
+            s.rt.block_on(s.store.find_builds(&q, |_| {}))
+                .expect("find_builds");
         assert!(found.len() <= q.limit, "{}: a page too long", s.location);
         seen.extend(ids(&found));
         let Some(last) = found.last().filter(|_| found.len() == q.limit) else {

@@ -344,7 +344,8 @@ pub trait Apply: Send + Sync {
     ) -> Result<Vec<BuildSnapshot>, StoreError>;
 }
 
-/// What a reader does to each document as it is read (see [`Store::build_steps`]).
+/// What a reader does to each document as it is read (see [`Store::build_steps`]); `|_| {}` to
+/// keep them whole.
 pub type EachDoc = for<'a> fn(&'a mut Document);
 
 /// A store: what the applier writes, and the reads of the commands, the web view and the tests.
@@ -366,8 +367,13 @@ pub trait Store: Apply {
         limit: usize,
     ) -> Result<Vec<Document>, StoreError>;
 
-    /// Up to `query.limit` builds matching `query`, in its order.
-    async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError>;
+    /// Up to `query.limit` builds matching `query`, in its order, each passed through `each` as
+    /// it is read (a list that shows a few fields of each need not hold whole documents).
+    async fn find_builds(
+        &self,
+        query: &BuildQuery,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError>;
 
     /// Up to `limit` steps of the build `build_id`, in step order, each passed through `each` as
     /// it is read: a step document may hold megabytes of inline logs, and a build a thousand

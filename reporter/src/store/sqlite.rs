@@ -530,10 +530,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn find_builds(&self, query: &BuildQuery) -> Result<Vec<Document>, StoreError> {
+    async fn find_builds(
+        &self,
+        query: &BuildQuery,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError> {
         let select = queries::builds(query);
         let err = self.sql_error();
-        self.read(move |conn| select.run(conn, Collection::Builds, &err))
+        self.read(move |conn| select.run_each(conn, Collection::Builds, &err, each))
             .await
     }
 

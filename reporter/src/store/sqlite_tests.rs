@@ -164,7 +164,7 @@ async fn reads_page_by_id_and_filter_builds() {
         limit: 3,
         ..BuildQuery::default()
     };
-    let found = store.find_builds(&q).await.unwrap();
+    let found = store.find_builds(&q, |_| {}).await.unwrap();
     assert!(!found.is_empty() && found.len() <= 3);
     assert!(found.iter().all(|b| b.get_str("builder") == Ok("docs")));
     let times: Vec<_> = found
@@ -209,7 +209,7 @@ async fn found(store: &SqliteStore, f: impl FnOnce(&mut BuildQuery)) -> Vec<Stri
         ..BuildQuery::default()
     };
     f(&mut q);
-    let docs = store.find_builds(&q).await.unwrap();
+    let docs = store.find_builds(&q, |_| {}).await.unwrap();
     docs.iter()
         .map(|d| d.get_str("_id").unwrap().to_owned())
         .collect()
@@ -457,7 +457,7 @@ async fn a_missing_index_is_made_at_the_open_of_a_file_at_this_layout() {
         ..BuildQuery::default()
     };
     assert_eq!(
-        store.find_builds(&query).await.unwrap(),
+        store.find_builds(&query, |_| {}).await.unwrap(),
         Vec::<Document>::new()
     );
     let count: i64 = conn

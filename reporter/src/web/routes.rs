@@ -108,7 +108,10 @@ async fn activity(
         limit: p.query.limit + 1,
         ..p.query.clone()
     };
-    let builds: Vec<BuildDoc> = typed_all(Collection::Builds, store.find_builds(&one_more).await?)?;
+    let builds: Vec<BuildDoc> = typed_all(
+        Collection::Builds,
+        store.find_builds(&one_more, view::keep_list_fields).await?,
+    )?;
     let (shown, last) = view::page(&builds, p.query.limit);
     let next = last.map(view::build_cursor);
     Ok((p, view::activity_rows(shown), next))
@@ -242,7 +245,9 @@ async fn builders(
             ..BuildQuery::default()
         })
         .collect();
-    let latest = queries.iter().map(|q| store.find_builds(q));
+    let latest = queries
+        .iter()
+        .map(|q| store.find_builds(q, view::keep_badge_fields));
     let latest = futures::future::try_join_all(latest).await?;
     let mut rows = Vec::with_capacity(shown.len());
     for (b, builds) in shown.iter().cloned().zip(latest) {

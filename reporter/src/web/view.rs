@@ -115,6 +115,31 @@ pub fn summary(b: &BuildDoc) -> BuildSummary {
     }
 }
 
+/// Cuts a build document, as the store reads it for a list of builds, to what the list shows of
+/// it: of its properties only `platform` (see [`summary`]), none of its step ids. A build may
+/// hold megabytes of properties, and a page lists up to 500 builds.
+pub fn keep_list_fields(doc: &mut bson::Document) {
+    if let Ok(properties) = doc.get_document_mut("properties") {
+        let platform = properties.remove("platform");
+        properties.clear();
+        if let Some(p) = platform {
+            properties.insert("platform", p);
+        }
+    }
+    if doc.contains_key("steps") {
+        doc.insert("steps", Bson::Array(Vec::new()));
+    }
+}
+
+/// Like [`keep_list_fields`], without the build's changes either: the latest builds of a builder
+/// show as badges.
+pub fn keep_badge_fields(doc: &mut bson::Document) {
+    keep_list_fields(doc);
+    if doc.contains_key("changes") {
+        doc.insert("changes", Bson::Array(Vec::new()));
+    }
+}
+
 /// A change that went into a build.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChangeView {

@@ -398,3 +398,47 @@ fn durations_read_like_a_person_would_say_them() {
     assert_eq!(human_duration(185_000), "3 min 05 s");
     assert_eq!(human_duration(7_620_000), "2 h 07 min");
 }
+
+/// A build read for a list keeps what the list shows: its summary (the platform property
+/// included) is the whole document's, while other properties and its step ids are left out, and
+/// a badge's build leaves out its changes too.
+#[test]
+fn a_build_read_for_a_list_keeps_what_the_list_shows() {
+    let mut b = build("m1/1", "linux", Some("abc"));
+    b.steps = vec!["m1/1/0".into(), "m1/1/1".into()];
+    for (name, value) in [("platform", "solaris"), ("big", &"x".repeat(100_000)[..])] {
+        b.properties.insert(
+            name.into(),
+            PropertyDoc {
+                value: Bson::String(value.into()),
+                source: Some("test".into()),
+            },
+        );
+    }
+    b.changes = vec![ChangeDoc {
+        revision: Some("abc".into()),
+        author: None,
+        comments: Some("fix".into()),
+        files: vec!["a.c".into()],
+        when: None,
+        branch: None,
+        repository: None,
+    }];
+    let read = |each: fn(&mut bson::Document)| -> BuildDoc {
+        let mut doc = bson::to_document(&b).unwrap();
+        each(&mut doc);
+        bson::from_document(doc).unwrap()
+    };
+    let listed = read(keep_list_fields);
+    assert_eq!(summary(&listed), summary(&b));
+    assert_eq!(summary(&listed).platform, "solaris");
+    assert_eq!(listed.properties.keys().collect::<Vec<_>>(), ["platform"]);
+    assert!(listed.steps.is_empty());
+    assert_eq!(
+        activity_rows(std::slice::from_ref(&listed)),
+        activity_rows(std::slice::from_ref(&b))
+    );
+    let badge = read(keep_badge_fields);
+    assert_eq!(summary(&badge), summary(&b));
+    assert!(badge.changes.is_empty());
+}

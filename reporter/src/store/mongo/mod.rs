@@ -141,6 +141,19 @@ impl MongoStore {
         sort: Document,
         limit: Option<i64>,
     ) -> Result<Vec<Document>, StoreError> {
+        self.find_each(c, filter, sort, limit, |_| {}).await
+    }
+
+    /// Like [`MongoStore::find_docs`], with `each` applied to every document as it comes: one
+    /// batch of the cursor at a time is held whole (16 MiB at most), not every document.
+    async fn find_each(
+        &self,
+        c: Collection,
+        filter: Document,
+        sort: Document,
+        limit: Option<i64>,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError> {
         // To MongoDB a limit of 0 means none at all.
         if limit == Some(0) {
             return Ok(vec![]);
@@ -150,8 +163,13 @@ impl MongoStore {
         if let Some(n) = limit {
             find = find.limit(n);
         }
-        let cursor = find.await.map_err(|e| self.err(e))?;
-        cursor.try_collect().await.map_err(|e| self.err(e))
+        let mut cursor = find.await.map_err(|e| self.err(e))?;
+        let mut docs = Vec::new();
+        while let Some(mut doc) = cursor.try_next().await.map_err(|e| self.err(e))? {
+            each(&mut doc);
+            docs.push(doc);
+        }
+        Ok(docs)
     }
 
     /// Up to `max` bytes from byte `from` of a log kept in GridFS, in a few queries whatever the
@@ -493,12 +511,17 @@ impl Store for MongoStore {
             .await
     }
 
-    async fn find_builds(&self, q: &BuildQuery) -> Result<Vec<Document>, StoreError> {
-        self.find_docs(
+    async fn find_builds(
+        &self,
+        q: &BuildQuery,
+        each: EachDoc,
+    ) -> Result<Vec<Document>, StoreError> {
+        self.find_each(
             Collection::Builds,
             builds_filter(q),
             doc! {"time_start": -1, "_id": -1},
             limit(q.limit),
+            each,
         )
         .await
     }
@@ -509,23 +532,14 @@ impl Store for MongoStore {
         n: usize,
         each: EachDoc,
     ) -> Result<Vec<Document>, StoreError> {
-        // One batch of the cursor at a time is held whole (16 MiB at most), not every step.
-        if n == 0 {
-            return Ok(vec![]);
-        }
-        let mut cursor = self
-            .coll(Collection::Steps)
-            .find(doc! {"build": build_id})
-            .sort(doc! {"step": 1})
-            .limit(i64::try_from(n).unwrap_or(i64::MAX))
-            .await
-            .map_err(|e| self.err(e))?;
-        let mut docs = Vec::new();
-        while let Some(mut doc) = cursor.try_next().await.map_err(|e| self.err(e))? {
-            each(&mut doc);
-            docs.push(doc);
-        }
-        Ok(docs)
+        self.find_each(
+            Collection::Steps,
+            doc! {"build": build_id},
+            doc! {"step": 1},
+            limit(n),
+            each,
+        )
+        .await
     }
 
     async fn find_commits(&self, q: &CommitQuery) -> Result<Vec<Document>, StoreError> {
