@@ -63,13 +63,23 @@ pub fn platform(properties: &BTreeMap<String, PropertyDoc>, builder: &str) -> St
             return p.clone();
         }
     }
-    const FAMILIES: [&str; 12] = [
-        "linux", "win", "mac", "osx", "darwin", "android", "ios", "freebsd", "openbsd", "netbsd",
-        "solaris", "wasm",
+    // Families, and the distributions and versions old builder names go by ("WINNT 5.2",
+    // "Rev3 Fedora 12x64", "Ubuntu VM 12.04").
+    const FAMILIES: [&str; 18] = [
+        "linux", "win", "winnt", "mac", "osx", "darwin", "android", "ios", "freebsd", "openbsd",
+        "netbsd", "solaris", "wasm", "fedora", "ubuntu", "debian", "centos", "rhel",
     ];
-    builder
+    let words: Vec<String> = builder
         .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase)
+        .collect();
+    // "OS X 10.6": the two words of one platform.
+    if words.windows(2).any(|w| w[0] == "os" && w[1] == "x") {
+        return "osx".into();
+    }
+    words
+        .into_iter()
         .find(|word| {
             FAMILIES.iter().any(|f| {
                 word.strip_prefix(f).is_some_and(|rest| {

@@ -93,6 +93,15 @@ fn the_platform_comes_from_the_property_then_the_builder_name() {
     assert_eq!(platform(&props, "windows"), "windows");
     assert_eq!(platform(&props, "docs"), "unknown");
     assert_eq!(platform(&props, "window-manager"), "unknown");
+    // Names of the old Mozilla builders.
+    assert_eq!(platform(&props, "WINNT 5.2 mozilla-central build"), "winnt");
+    assert_eq!(platform(&props, "OS X 10.6.2 mozilla-central build"), "osx");
+    assert_eq!(
+        platform(&props, "Rev3 Fedora 12x64 mozilla-central opt test"),
+        "fedora"
+    );
+    assert_eq!(platform(&props, "Ubuntu VM 12.04 x64 try"), "ubuntu");
+    assert_eq!(platform(&props, "costs-x"), "unknown");
     props.insert(
         "platform".into(),
         PropertyDoc {
