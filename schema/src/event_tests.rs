@@ -29,6 +29,10 @@ fn parses_a_build_start_with_properties_and_changes() {
 fn errors_name_the_field_at_fault() {
     assert!(err("{").starts_with("not valid JSON"));
     assert_eq!(
+        err("\u{feff}{\"type\":\"builder_added\"}"),
+        "not valid JSON: the line starts with a byte-order mark (U+FEFF): send UTF-8 without one"
+    );
+    assert_eq!(
         err(" \r"),
         "empty line: an event is one JSON object per line"
     );

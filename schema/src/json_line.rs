@@ -14,7 +14,16 @@ pub fn parse(line: &str) -> Result<Value, EventError> {
     if trim(line).is_empty() {
         return Err(EventError::EmptyLine);
     }
-    let value: Value = serde_json::from_str(line).map_err(EventError::from_json)?;
+    let value: Value = serde_json::from_str(line).map_err(|e| {
+        // Editors on Windows start a file with one; the parser calls it just "expected value".
+        if line.starts_with('\u{feff}') {
+            EventError::Json(
+                "the line starts with a byte-order mark (U+FEFF): send UTF-8 without one".into(),
+            )
+        } else {
+            EventError::from_json(e)
+        }
+    })?;
     // Only a double as large as 2^63 can have come from such a number, so the line itself is read
     // again only then: a line without one costs one walk of its values.
     if has_huge_whole_double(&value) {
