@@ -58,9 +58,12 @@ enum Failure {
     Halfway,
     /// Nothing is written, and the store says the batch does not fit what it holds.
     DoesNotFit,
+    /// Nothing of it or of any later batch is written: the store is down from then on.
+    ForGood,
 }
 
-/// Writes to `inner`, but fails the write of batch number `fail_at` (counting from 0) once.
+/// Writes to `inner`, but fails the write of batch number `fail_at` (counting from 0) once, or
+/// from then on.
 struct FailingWrite {
     inner: SqliteStore,
     fail_at: usize,
@@ -82,9 +85,10 @@ impl FailingWrite {
 #[async_trait]
 impl Apply for FailingWrite {
     async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
-        if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
+        let n = self.writes.fetch_add(1, Ordering::SeqCst);
+        if n == self.fail_at || (n > self.fail_at && matches!(self.failure, Failure::ForGood)) {
             match self.failure {
-                Failure::Whole => {}
+                Failure::Whole | Failure::ForGood => {}
                 Failure::Halfway => {
                     let half = batch.mutations[..batch.mutations.len() / 2].to_vec();
                     self.inner
@@ -343,33 +347,6 @@ fn errors_in_a_row_are_the_drains_own_writes_only() {
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 3);
 }
 
-/// Takes the first `ok` writes, then is down.
-struct DownAfter {
-    inner: SqliteStore,
-    ok: usize,
-    writes: AtomicUsize,
-}
-
-#[async_trait]
-impl Apply for DownAfter {
-    async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
-        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.ok {
-            return Err(StoreError::Task("the store is down".into()));
-        }
-        self.inner.apply(batch).await
-    }
-    async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {
-        self.inner.applied_events(keys).await
-    }
-    async fn load_builds(
-        &self,
-        ids: &[String],
-        log_window: usize,
-    ) -> Result<Vec<BuildSnapshot>, StoreError> {
-        self.inner.load_builds(ids, log_window).await
-    }
-}
-
 /// Drains `spool` (nothing in memory) into `store` until it is empty or `grace` is over.
 async fn drain_once(spool: &Spool, store: Arc<dyn Apply>, grace: Duration) {
     let handoff = Arc::new(Handoff::new(usize::MAX));
@@ -414,11 +391,7 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     let first = spool.append(&lines).unwrap();
 
-    let down = Arc::new(DownAfter {
-        inner: open_in(dir.path(), "s.db").await,
-        ok: 1,
-        writes: AtomicUsize::new(0),
-    });
+    let down = Arc::new(FailingWrite::at(dir.path(), 1, Failure::ForGood).await);
     drain_once(&spool, Arc::clone(&down) as _, Duration::from_millis(500)).await;
     assert!(
         spool.oldest().unwrap() > Some(first),
