@@ -221,10 +221,6 @@ async fn cli_main() -> ExitCode {
 /// store's errors. So a bare word must be a level; a module is named with its level
 /// (`buildstore=debug`).
 fn log_filter(value: Option<std::ffi::OsString>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
-    // The names, and the numbers 0 (off) to 5 (trace) the filter takes for them.
-    const LEVELS: [&str; 12] = [
-        "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
-    ];
     let Some(value) = value else {
         return Ok("warn".into());
     };
@@ -238,7 +234,11 @@ fn log_filter(value: Option<std::ffi::OsString>) -> anyhow::Result<tracing_subsc
                    warn,buildstore::serve=debug";
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let level = !directive.contains(['=', '[', ':']);
-        if level && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+        // A level as the filter reads one: a name, or a number from 0 (off) to 5 (trace).
+        let known = directive
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok();
+        if level && !known {
             bail!("BUILDSTORE_LOG={text:?}: {directive:?} is not a log level; {explain}");
         }
     }

@@ -39,8 +39,8 @@ pub fn parse(line: &str) -> Result<Value, EventError> {
 /// wins over one of the same name in the line (a `null`).
 pub(crate) fn with_fields(object: &str, fields: &str) -> String {
     match object.strip_suffix('}') {
-        Some(open) if !fields.is_empty() => format!("{open}{fields}}}"),
-        _ => object.to_owned(),
+        Some(open) => format!("{open}{fields}}}"),
+        None => object.to_owned(),
     }
 }
 

@@ -344,6 +344,23 @@ pub trait Apply: Send + Sync {
     ) -> Result<Vec<BuildSnapshot>, StoreError>;
 }
 
+/// A whole number as a store hands it back: a 32- or 64-bit integer (a server may give a small
+/// `long` back as an `int`).
+pub fn whole(v: &bson::Bson) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_i32().map(i64::from))
+}
+
+/// How long `channel`'s log is in all, as a step document read raw counts it (`log_bytes`); 0 if
+/// it counts none.
+pub fn raw_log_len(step: &Document, channel: Channel) -> u64 {
+    step.get_document("log_bytes")
+        .ok()
+        .and_then(|b| b.get(channel.field()))
+        .and_then(whole)
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
+}
+
 /// What a reader does to each document as it is read (see [`Store::build_steps`]); `|_| {}` to
 /// keep them whole.
 pub type EachDoc = for<'a> fn(&'a mut Document);

@@ -14,8 +14,9 @@ pub struct WriterLock {
     _file: std::fs::File,
 }
 
-/// Takes the writer's lock of the store at `location` (an SQLite store: a file `PATH.lock` next
-/// to it), or says that another process holds it. A MongoDB store gets none.
+/// Takes the writer's lock of the store at `location` (an SQLite store: a file `REAL.lock` next to
+/// the file PATH leads to, links followed), or says that another process holds it. A MongoDB
+/// store gets none.
 pub fn lock_writer(location: &str) -> Result<Option<WriterLock>, StoreError> {
     // Locations no store can be at are refused when the store is opened, with the reason.
     let Ok(Some(path)) = super::sqlite_path(location) else {

@@ -4,7 +4,7 @@
 //! failing step says why, within a budget for the whole page that the failed steps draw on
 //! first; the full log is a link away.
 
-use bson::{Bson, Document};
+use bson::Document;
 use buildstore_schema::Channel;
 
 use super::view::StepView;
@@ -17,7 +17,7 @@ pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
 /// What a build page shows of a log whose inline field is `field` and whose full length is
 /// `full_len`: at most [`TAIL_BYTES`] of the end of the log.
 pub fn page_tail(field: &str, full_len: u64) -> &str {
-    // A field cut to the inline limit is always shorter than the log.
+    // Whole when as long as the log, as `StepDoc::whole_log` decides.
     let end = if field.len() as u64 == full_len {
         field
     } else {
@@ -32,15 +32,7 @@ pub fn page_tail(field: &str, full_len: u64) -> &str {
 /// of the document to report.
 pub fn keep_page_tails(doc: &mut Document) {
     for c in Channel::ALL {
-        let full = match doc
-            .get_document("log_bytes")
-            .ok()
-            .and_then(|b| b.get(c.field()))
-        {
-            Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
-            Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
-            _ => 0,
-        };
+        let full = crate::store::raw_log_len(doc, c);
         if let Ok(text) = doc.get_str(c.field()) {
             let kept = page_tail(text, full).to_owned();
             doc.insert(c.field(), kept);

@@ -85,8 +85,8 @@ impl WebError {
 
 /// Headers that keep a page inert even if some text slipped through unescaped: no scripts, no
 /// content sniffing, no framing. The pages need none of those, nor the JSON twins, whose strings
-/// come from the events: a browser that sniffed one as HTML would run them. Style attributes are allowed:
-/// the step bars are placed with them, and they are only ever written by the pages themselves.
+/// come from the events: a browser that sniffed one as HTML would run them. Style attributes are
+/// allowed: the step bars are placed with them, and only the pages themselves write them.
 fn with_safety_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
     h.insert(

@@ -12,7 +12,7 @@ use mongodb::error::{Error, ErrorKind};
 use mongodb::Database;
 
 use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET, PIN_OFFSET};
-use crate::store::StoreError;
+use crate::store::{raw_log_len, whole, StoreError};
 
 /// Most bytes of statements per command, well under MongoDB's 16 MiB document limit.
 const COMMAND_BYTES: usize = 8 << 20;
@@ -311,13 +311,7 @@ async fn check_misses(
             }));
         };
         if let Some(g) = s.log {
-            let len = d
-                .get_document("log_bytes")
-                .ok()
-                .and_then(|b| b.get(g.channel.field()))
-                .and_then(whole)
-                .and_then(|n| u64::try_from(n).ok())
-                .unwrap_or(0);
+            let len = raw_log_len(d, g.channel);
             // The chunk was not written: a log at its end already holds it, any other does not.
             if len < g.end {
                 return Err(Failure::Fatal(StoreError::LogConflict {
@@ -330,11 +324,6 @@ async fn check_misses(
         }
     }
     Ok(())
-}
-
-/// A whole number as the server writes it: a 32- or 64-bit integer.
-pub fn whole(v: &Bson) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_i32().map(i64::from))
 }
 
 /// Inserts documents with deterministic `_id`s: a duplicate key means "already there".

@@ -393,7 +393,7 @@ impl Apply for MongoStore {
             let Ok(key) = d.get_str("_id") else { continue };
             // A key written with its chunk's offset, before the rest of its batch, stands for a
             // pin; the batch's last command takes the offset away (see `exec::send`).
-            match d.get(PIN_OFFSET).and_then(exec::whole) {
+            match d.get(PIN_OFFSET).and_then(super::whole) {
                 Some(offset) => {
                     known
                         .pinned
