@@ -92,10 +92,19 @@ fn events_from_a_pipe_are_applied_when_the_pipe_pauses() {
         1,
         "the lines before a bad one wait for more input",
     );
-    let mut errors = std::io::BufReader::new(ingest.stderr.take().expect("stderr"));
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut errors, &mut first).expect("read stderr");
-    assert!(first.contains("line 2: not valid JSON"), "{first}");
+    // Read on a thread: a report held back until the end would never come while the pipe is
+    // open, and the test must fail rather than wait for it.
+    let errors = ingest.stderr.take().expect("stderr");
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(errors), &mut first);
+        let _ = said.send(first);
+    });
+    let first = heard
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_default();
+    assert!(first.contains("line 2: not valid JSON"), "{first:?}");
     drop(pipe);
     assert_eq!(ingest.wait().expect("wait").code(), Some(1));
 
@@ -355,6 +364,7 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
     std::fs::write(&typo, b"").expect("an empty file");
     let out = db.cmd().args(["export", "builds"]).output().expect("run");
     assert_says(&out, "is an empty file, not a store");
+    assert!(!out.status.success());
     assert_eq!(std::fs::metadata(&typo).expect("still there").len(), 0);
     // Nor an SQLite database with nothing in it, as a tool makes one.
     std::fs::remove_file(&typo).expect("remove");
@@ -367,6 +377,7 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
     for args in [&["export", "builds"][..], &["log", "m/1/0", "stdout"]] {
         let out = db.cmd().args(args).output().expect("run");
         assert_says(&out, "is an empty SQLite database, not a store");
+        assert!(!out.status.success(), "{args:?}");
     }
     assert_eq!(
         std::fs::read(&typo).expect("read"),

@@ -13,16 +13,25 @@ use common::daemon::*;
 use common::*;
 use serde_json::Value;
 
-/// `examples/socket_client.py`, run against the daemon at `port` on `file`.
-fn python_client(file: &std::path::Path, port: u16) -> std::process::Output {
+/// `examples/socket_client.py`, started against the daemon at `port` on `file`; it prints each
+/// reply to `replies`.
+fn python_client(file: &std::path::Path, port: u16, replies: std::process::Stdio) -> Client {
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/socket_client.py");
-    Command::new("python3")
+    let child = Command::new("python3")
         .arg(example)
         .arg(file)
         .args(["127.0.0.1", &port.to_string()])
-        .output()
-        .expect("run python3")
+        .stdout(replies)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    Client(Some(child))
+}
+
+/// The Python example's run to its end, with the replies it printed.
+fn python_run(file: &std::path::Path, port: u16) -> std::process::Output {
+    python_client(file, port, std::process::Stdio::piped()).finish()
 }
 
 /// A running example client, killed if the test ends before it does: it would retry forever.
@@ -80,10 +89,7 @@ fn the_example_clients_resend_across_a_daemon_killed_mid_stream() {
     });
     let file = write_lines(dir.path(), "stream.jsonl", &lines);
     let rust = rust_client(&file, port);
-    let python = {
-        let file = file.clone();
-        std::thread::spawn(move || python_client(&file, port))
-    };
+    let python = python_client(&file, port, std::process::Stdio::null());
     daemon.wait_until("part of the stream received", |s| {
         s["events_received_total"] > 2_000.0
     });
@@ -91,7 +97,7 @@ fn the_example_clients_resend_across_a_daemon_killed_mid_stream() {
     let daemon = Daemon::start(dir.path(), port, &[]);
     let out = rust.finish();
     assert!(out.status.success(), "Rust client: {}", stderr(&out));
-    let out = python.join().expect("the Python client");
+    let out = python.finish();
     assert!(out.status.success(), "Python client: {}", stderr(&out));
     // Each came back to the daemon started again: neither was done before the kill.
     assert!(daemon.status()["connections_total"] >= 2.0);
@@ -191,7 +197,7 @@ fn the_python_example_feeds_every_event_and_says_when_one_is_refused() {
         r#"{{"type":"log","master_id":"m","build_id":1,"step":0,"channel":"stdout","offset":0,"text":"{text}"}}"#
     );
     let file = write_lines(dir.path(), "events.jsonl", &[BUILD, STEP, &log]);
-    let out = python_client(&file, daemon.port);
+    let out = python_run(&file, daemon.port);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
@@ -204,12 +210,12 @@ fn the_python_example_feeds_every_event_and_says_when_one_is_refused() {
         events: 3_000,
         ..Default::default()
     });
-    let out = python_client(&write_lines(dir.path(), "many.jsonl", &many), daemon.port);
+    let out = python_run(&write_lines(dir.path(), "many.jsonl", &many), daemon.port);
     assert!(out.status.success(), "{}", stderr(&out));
     let replies = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(replies, many.len());
     let bad = write_lines(dir.path(), "bad.jsonl", &["{not json"]);
-    let out = python_client(&bad, daemon.port);
+    let out = python_run(&bad, daemon.port);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(daemon.stop().success());
     assert_eq!(

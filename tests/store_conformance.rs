@@ -14,7 +14,7 @@ mod vanished;
 
 use std::time::{Duration, Instant};
 
-use common::mongo::{fresh_database, on_database, peer_stats, real_server, Peer};
+use common::mongo::{fresh_database, on_database, peer_command_count, real_server, Peer};
 use common::*;
 use serde_json::Value;
 
@@ -223,14 +223,7 @@ fn a_server_killed_mid_ingest_then_restarted_is_fixed_by_running_the_ingest_agai
     let admin = format!("mongodb://127.0.0.1:{port}/admin");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let updates = peer_stats(&admin)
-            .and_then(|s| {
-                s.get_document("commands")
-                    .ok()
-                    .and_then(|c| c.get("update").cloned())
-            })
-            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
-            .unwrap_or(0);
+        let updates = peer_command_count(&admin, "update").unwrap_or(0);
         if updates >= 20 {
             break;
         }

@@ -127,6 +127,18 @@ pub fn peer_stats(uri: &str) -> Option<bson::Document> {
     })
 }
 
+/// How many `command` commands the peer at `uri` has taken so far (0 for one it never took), or
+/// None when it cannot say (a real server).
+pub fn peer_command_count(uri: &str, command: &str) -> Option<i64> {
+    let stats = peer_stats(uri)?;
+    let taken = stats.get_document("commands").ok()?.get(command);
+    Some(
+        taken
+            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
+            .unwrap_or(0),
+    )
+}
+
 /// Runs `f` on the database that a test store's URI names, through the official driver.
 pub fn on_database<T, F>(uri: &str, f: impl FnOnce(mongodb::Database) -> F) -> T
 where

@@ -3,7 +3,7 @@
 //! `readWrite` role.
 
 use crate::common::mongo::{
-    fail_point, fresh_database, on_database, peer_stats, real_server, Peer,
+    fail_point, fresh_database, on_database, peer_command_count, peer_stats, real_server, Peer,
 };
 use crate::common::{assert_says, example, stderr, write_lines, Db, BUILD, STEP};
 
@@ -171,15 +171,8 @@ fn a_log_in_many_gridfs_pieces_is_read_in_a_few_queries() {
     let db = Db::at(peer.uri("pieces"));
     let out = db.ingest(&file, &["--batch-events", "1", "--inline-log-limit", "256"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let finds = || {
-        let stats = peer_stats(&peer.uri("admin")).expect("peer stats");
-        let commands = stats.get_document("commands").expect("commands").clone();
-        // Queries, not the batches of their answers (getMore).
-        commands
-            .get("find")
-            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-    };
+    // Queries, not the batches of their answers (getMore).
+    let finds = || peer_command_count(&peer.uri("admin"), "find").expect("peer stats");
     let before = finds();
     let log = db.log("m/1/0", "stdout");
     let read = finds() - before;

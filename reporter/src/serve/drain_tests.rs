@@ -129,6 +129,28 @@ async fn export(store: &dyn Store) -> Vec<Document> {
     all
 }
 
+/// The drain of `spool`, and of what `handoff` holds, into `store` with a fold of its own,
+/// counting in `counters`.
+fn drain(
+    spool: &Spool,
+    handoff: Arc<Handoff>,
+    store: Arc<dyn Apply>,
+    counters: Arc<DrainCounters>,
+    stopped: watch::Receiver<bool>,
+    grace: Duration,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    run(
+        spool.clone(),
+        handoff,
+        store,
+        Applier::new(Core::new(CoreConfig::default())),
+        Arc::new(AtomicU64::new(0)),
+        counters,
+        stopped,
+        grace,
+    )
+}
+
 /// Drains `lines` through a store whose write of the second batch fails once (its builds were
 /// written by the first, and the third is folded on top of it when it fails), and checks that
 /// the store ends up as one clean fold of the events would leave it.
@@ -150,12 +172,10 @@ async fn drain_through_a_failed_write(lines: &[String], failure: Failure) {
     let store = Arc::new(FailingWrite::at(dir.path(), 1, failure).await);
     let counters = Arc::new(DrainCounters::default());
     let (_stop, stopped) = watch::channel(true); // drain what there is, then return
-    run(
-        spool.clone(),
+    drain(
+        &spool,
         handoff,
         Arc::clone(&store) as Arc<dyn Apply>,
-        Applier::new(Core::new(CoreConfig::default())),
-        Arc::new(AtomicU64::new(0)),
         Arc::clone(&counters),
         stopped,
         Duration::from_secs(60),
@@ -232,12 +252,10 @@ fn drain_into_a_store_that_is_down(
     spool.append(&lines).unwrap();
     let handoff = Arc::new(Handoff::new(usize::MAX));
     handoff.close();
-    let drain = tokio::spawn(run(
-        spool.clone(),
+    let drain = tokio::spawn(drain(
+        &spool,
         handoff,
         Arc::new(Down),
-        Applier::new(Core::new(CoreConfig::default())),
-        Arc::new(AtomicU64::new(0)),
         counters,
         stopped,
         grace,
@@ -347,22 +365,15 @@ fn errors_in_a_row_are_the_drains_own_writes_only() {
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 3);
 }
 
-/// Drains `spool` (nothing in memory) into `store` until it is empty or `grace` is over.
-async fn drain_once(spool: &Spool, store: Arc<dyn Apply>, grace: Duration) {
+/// Drains `spool` (nothing in memory) into `store` until it is empty or `grace` is over, as one
+/// start of the daemon would; what it counted.
+async fn drain_once(spool: &Spool, store: Arc<dyn Apply>, grace: Duration) -> Arc<DrainCounters> {
     let handoff = Arc::new(Handoff::new(usize::MAX));
     handoff.close();
     let (_stop, stopped) = watch::channel(true);
-    run(
-        spool.clone(),
-        handoff,
-        store,
-        Applier::new(Core::new(CoreConfig::default())),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(DrainCounters::default()),
-        stopped,
-        grace,
-    )
-    .await;
+    let counters = Arc::new(DrainCounters::default());
+    drain(spool, handoff, store, Arc::clone(&counters), stopped, grace).await;
+    counters
 }
 
 /// A group of the spool can straddle two batches. When the store confirmed the first and the
@@ -392,7 +403,8 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
     let first = spool.append(&lines).unwrap();
 
     let down = Arc::new(FailingWrite::at(dir.path(), 1, Failure::ForGood).await);
-    drain_once(&spool, Arc::clone(&down) as _, Duration::from_millis(500)).await;
+    let counted = drain_once(&spool, Arc::clone(&down) as _, Duration::from_millis(500)).await;
+    assert!(counted.store_errors.load(Ordering::SeqCst) >= 1);
     assert!(
         spool.oldest().unwrap() > Some(first),
         "the first batch was confirmed"
@@ -407,8 +419,13 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
 
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     let store = Arc::new(open_in(dir.path(), "s.db").await);
-    drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    let counted = drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
     assert_eq!(spool.depth().events, 0, "everything released");
+    assert_eq!(
+        counted.duplicates.load(Ordering::SeqCst),
+        0,
+        "nothing the store had confirmed was folded again"
+    );
 
     let clean = open_in(dir.path(), "clean.db").await;
     let mut applier = Applier::new(Core::new(CoreConfig::default()));

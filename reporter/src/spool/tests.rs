@@ -478,10 +478,11 @@ fn an_older_spool_not_empty_at_start_gives_space_back_once_drained() {
     assert!(size < 1 << 20, "{size} bytes after the spool emptied");
 }
 
-/// Bytes given back twice (a failed group that stayed in the spool, released later) leave the
-/// count at zero, not wrapped around to a spool that looks full for good.
+/// Giving back more bytes than are held (as when a failed group that stayed in the spool is
+/// released later, after its bytes were given back) leaves the count at zero, not wrapped around
+/// to a spool that looks full for good.
 #[test]
-fn bytes_given_back_twice_do_not_wrap_the_count_around() {
+fn giving_back_more_than_is_held_leaves_zero() {
     let held = AtomicU64::new(3);
     super::writer::unreserve(&held, 5);
     assert_eq!(held.load(Ordering::Relaxed), 0);
