@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use common::daemon::{free_port, Daemon};
@@ -75,13 +74,8 @@ fn web_serves_when_its_standard_output_is_closed() {
         assert!(std::time::Instant::now() < deadline, "web never listened");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("ask");
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut answer).expect("answer");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let page = common::web::get(&format!("{}/", common::web::WebServer::at(port)));
+    assert_eq!(page.status, 200, "{}", page.text());
     send_signal(&web, "TERM");
     let out = web.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", stderr(&out));
