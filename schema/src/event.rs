@@ -317,6 +317,11 @@ impl Event {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(EventError::TypeNotString),
         };
+        // An unknown type is the line's first fault: naming a field that type lacks would send
+        // its author after the wrong one.
+        if !EVENT_TYPES.contains(&ty.as_str()) {
+            return Err(EventError::UnknownType(ty));
+        }
         let master_id = obj
             .get("master_id")
             .ok_or_else(|| EventError::Field("missing field `master_id`".into()))

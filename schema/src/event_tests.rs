@@ -39,6 +39,8 @@ fn errors_name_the_field_at_fault() {
     assert_eq!(err("[1]"), "an event must be a JSON object, got an array");
     assert_eq!(err(r#"{"master_id":1}"#), "missing field `type`");
     assert!(err(r#"{"type":"bogus","master_id":1}"#).contains("unknown event type \"bogus\""));
+    // Named before any field the line lacks: no type has a `master_id` to miss.
+    assert!(err(r#"{"type":"bogus"}"#).contains("unknown event type \"bogus\""));
     assert_eq!(
         err(r#"{"type":"builder_removed"}"#),
         "missing field `master_id`"
