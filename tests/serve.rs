@@ -49,7 +49,7 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
     }
     assert!(replies[9]["error"]
         .as_str()
-        .is_some_and(|e| e.contains("longer than the limit")));
+        .is_some_and(|e| e.contains("longer than the line limit")));
     assert!(
         replies[13]["error"]
             .as_str()

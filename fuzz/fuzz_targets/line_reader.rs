@@ -14,7 +14,7 @@ use tokio::io::BufReader;
 
 // The reader is one file that needs only tokio: compiling it here spares the fuzz build the
 // whole daemon and its dependencies.
-#[path = "../../reporter/src/serve/lines.rs"]
+#[path = "../../reporter/src/lines.rs"]
 #[allow(dead_code)]
 mod lines;
 use lines::{buffered_line, next_line, RawLine};

@@ -7,12 +7,14 @@
 //! - [`spool`] and [`serve`]: the durable spool and the socket daemon in front of it.
 //! - [`web`]: the pages and JSON API that show builds from any store.
 //! - `http`: the HTTP server under the pages and the metrics, with its connection limits.
+//! - `lines`: protocol lines read with a length limit, for `ingest` and the socket alike.
 //! - [`Reporter`]: the same durable path for a build master written in Rust.
 
 pub use buildstore_core as core;
 mod embed;
 pub mod export;
 mod http;
+mod lines;
 pub mod pipeline;
 pub mod serve;
 pub mod spool;

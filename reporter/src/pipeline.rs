@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio::io::AsyncBufRead;
 
 use crate::core::{event_key, Batch, Core, Mutation, RuleError};
-use crate::serve::lines::{next_line, RawLine};
+use crate::lines::{next_line, too_long, RawLine};
 use crate::store::{Apply, StoreError};
 
 /// Keys remembered in memory, per generation: past this the older generation is dropped (the
@@ -379,10 +379,7 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
                     bytes += buf.len() + 1;
                     parse_line(line)
                 }
-                RawLine::TooLong(len) => Err(format!(
-                    "line of {len} bytes is longer than the line limit of {} bytes",
-                    options.line_limit
-                )),
+                RawLine::TooLong(len) => Err(too_long(*len, options.line_limit)),
             };
             match parsed {
                 Ok(None) => {}

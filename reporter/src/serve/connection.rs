@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::watch;
 
 use super::engine::EventIds;
-use super::lines::{buffered_line, next_line, RawLine};
 use super::replies::{write_replies, Replies, Reply, Submitted};
+use crate::lines::{buffered_line, next_line, too_long, RawLine};
 use crate::spool::{Appender, Sequence};
 
 /// Before the hello, on a listener that needs one: the longest line read, and how long a client
@@ -377,12 +377,7 @@ fn handle_line(raw: RawLine, n: u64, conn: &Conn, authenticated: &mut bool) -> A
                 ),
             ));
         }
-        RawLine::TooLong(len) => {
-            return reject(format!(
-                "line of {len} bytes is longer than the limit of {} bytes",
-                shared.line_limit
-            ))
-        }
+        RawLine::TooLong(len) => return reject(too_long(len, shared.line_limit)),
         RawLine::Line(bytes) => bytes,
     };
     let Ok(mut text) = String::from_utf8(bytes) else {

@@ -6,7 +6,6 @@
 mod connection;
 mod drain;
 pub(crate) mod engine;
-pub(crate) mod lines;
 pub mod metrics;
 mod replies;
 mod unix_socket;

@@ -1,6 +1,7 @@
-//! Reading protocol lines from a socket with a length limit. An overlong line is reported and
-//! skipped to its end, and the connection carries on: one bad line never costs the good ones
-//! after it (the framing codecs we could use instead end the stream at the first error).
+//! Reading protocol lines with a length limit, from a socket or an ingested file. An overlong
+//! line is reported and skipped to its end, and the reading carries on: one bad line never costs
+//! the good ones after it (the framing codecs we could use instead end the stream at the first
+//! error).
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -11,6 +12,12 @@ pub enum RawLine {
     Line(Vec<u8>),
     /// The line was longer than the limit; its bytes were skipped.
     TooLong(usize),
+}
+
+/// The refusal of a line longer than `limit`, `len` bytes long: the same words from `ingest`
+/// and from the socket.
+pub fn too_long(len: usize, limit: usize) -> String {
+    format!("line of {len} bytes is longer than the line limit of {limit} bytes")
 }
 
 /// Reads the next line, or `None` at the end of the stream. A last line without a newline
