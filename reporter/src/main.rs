@@ -308,9 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             line_limit,
         } => {
             let config = core_config(inline_log_limit, &proper_changeset)?;
-            if line_limit < MIN_LINE_LIMIT {
-                bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
-            }
+            let line_limit = checked_line_limit(line_limit)?;
             let input = match file.as_str() {
                 "-" => None,
                 path => {
@@ -352,9 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
             let metrics = metrics_address(&metrics)?;
-            if line_limit < MIN_LINE_LIMIT {
-                bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
-            }
+            let line_limit = checked_line_limit(line_limit)?;
             let token = token.filter(|t| !t.is_empty());
             let grace = std::time::Duration::from_secs(grace);
             let config = buildstore::serve::ServeConfig {
@@ -454,6 +450,15 @@ fn metrics_address(metrics: &str) -> anyhow::Result<Option<std::net::SocketAddr>
 
 /// The shortest `--line-limit`: an event with a few fields takes a few hundred bytes.
 const MIN_LINE_LIMIT: usize = 1024;
+
+/// `--line-limit`, refused below [`MIN_LINE_LIMIT`]. Checked here rather than by clap, so that a
+/// refused value exits with status 1 like the other refused settings.
+fn checked_line_limit(bytes: usize) -> anyhow::Result<usize> {
+    if bytes < MIN_LINE_LIMIT {
+        bail!("--line-limit must be at least {MIN_LINE_LIMIT} bytes");
+    }
+    Ok(bytes)
+}
 
 async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     let text = buildstore::serve::metrics::fetch(metrics)
