@@ -558,34 +558,3 @@ fn a_mongodb_srv_uri_without_its_dns_records_says_so() {
         "cannot look up the DNS records of the mongodb+srv URI",
     );
 }
-
-/// A spool directory whose name starts with `file:` is that directory: SQLite, reading the spool's
-/// path as a URI, opened `sp/spool.db` instead, and the daemon could not start.
-#[test]
-fn a_spool_directory_named_like_an_sqlite_uri_is_a_directory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = common::daemon::free_port();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_buildstore"))
-        .current_dir(dir.path())
-        .env_remove("BUILDSTORE_STORE")
-        .args(["--store", "sqlite:store.db", "serve", "--spool", "file:sp"])
-        .args([
-            "--listen",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--metrics",
-            "off",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let mut ready = String::new();
-    let _ = std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(serve.stdout.take().expect("stdout")),
-        &mut ready,
-    );
-    send_signal(&serve, "TERM");
-    let out = serve.wait_with_output().expect("wait");
-    assert_eq!(ready.trim(), "buildstore serve: ready", "{}", stderr(&out));
-    assert!(dir.path().join("file:sp").join("spool.db").is_file());
-}

@@ -1,11 +1,13 @@
 //! What `buildstore serve` refuses at start: settings that cannot work, and places that belong
-//! to someone else (a file where its socket would go, a socket or a spool another daemon uses).
+//! to someone else (a file where its socket would go, a socket or a spool another daemon uses);
+//! and places that look odd but are the user's to choose, which it takes.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::Command;
 
 use common::daemon::*;
 
@@ -293,4 +295,40 @@ fn the_daemon_listens_at_once_while_the_store_does_not_answer() {
     );
     assert!(replies[0].get("ack").is_some(), "{replies:?}");
     daemon.kill();
+}
+
+/// A spool directory whose name starts with `file:` is that directory: SQLite, reading the spool's
+/// path as a URI, opened `sp/spool.db` instead, and the daemon could not start.
+#[test]
+fn a_spool_directory_named_like_an_sqlite_uri_is_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .current_dir(dir.path())
+        .env_remove("BUILDSTORE_STORE")
+        .args(["--store", "sqlite:store.db", "serve", "--spool", "file:sp"])
+        .args([
+            "--listen",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--metrics",
+            "off",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let mut ready = String::new();
+    let _ = BufRead::read_line(
+        &mut BufReader::new(serve.stdout.take().expect("stdout")),
+        &mut ready,
+    );
+    common::send_signal(&serve, "TERM");
+    let out = serve.wait_with_output().expect("wait");
+    assert_eq!(
+        ready.trim(),
+        "buildstore serve: ready",
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(dir.path().join("file:sp").join("spool.db").is_file());
 }
