@@ -45,7 +45,7 @@ from replies import CommandError, classify, error_doc, not_implemented
 from statements import (collection_options, create_index, index_doc, insert_document,
                         is_replacement, run_statements, update_statement, uses_positional,
                         with_write_errors)
-from wire import (MAX_BSON_BYTES, MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS,
+from wire import (ENVELOPE_BYTES, MAX_BSON_BYTES, MORE_TO_COME, OP_MSG, OP_QUERY, OP_REPLY, OPTS,
                   CommandTooLarge, frame, parse_op_msg, parse_op_query, recv_exact)
 
 SERVER_VERSION = "6.0.0"
@@ -55,7 +55,7 @@ mongomock.SERVER_VERSION = SERVER_VERSION
 
 MAX_MESSAGE_BYTES = 48_000_000
 # MongoDB fills a batch up to the document size limit; leave room for the reply around it.
-BATCH_BYTES = MAX_BSON_BYTES - 16 * 1024
+BATCH_BYTES = MAX_BSON_BYTES - ENVELOPE_BYTES
 FIRST_BATCH = 101
 # The commands that change data, and so go to the journal.
 WRITE_COMMANDS = {"insert", "update", "delete", "findAndModify", "createIndexes", "create",

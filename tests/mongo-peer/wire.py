@@ -11,8 +11,10 @@ from bson.codec_options import CodecOptions
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 CHECKSUM_PRESENT, MORE_TO_COME = 1 << 0, 1 << 1
 MAX_BSON_BYTES = 16 * 1024 * 1024
-# A command document may pass the size of a stored document by 16 KiB, for its own fields.
-MAX_COMMAND_BYTES = MAX_BSON_BYTES + 16 * 1024
+# Room a message takes around the documents it holds: a command's own fields, a reply's.
+ENVELOPE_BYTES = 16 * 1024
+# A command document may pass the size of a stored document by that much.
+MAX_COMMAND_BYTES = MAX_BSON_BYTES + ENVELOPE_BYTES
 # dict keeps field order; datetimes come back timezone-aware UTC; the default (unspecified) UUID
 # representation keeps every binary subtype as it came, so binary data round-trips.
 OPTS = CodecOptions(document_class=dict, tz_aware=True, tzinfo=timezone.utc)
