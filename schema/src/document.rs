@@ -116,12 +116,17 @@ impl StepDoc {
         u64::try_from(self.log_bytes.get(channel)).unwrap_or(0)
     }
 
-    /// The inline field of `channel` when it holds the whole log, i.e. is as long as the full
-    /// log. A field cut to an inline limit is always shorter: it leaves out more bytes than its
-    /// marker takes.
+    /// The inline field of `channel` when it holds the whole log (see [`StepDoc::holds_whole`]).
     pub fn whole_log(&self, channel: crate::Channel) -> Option<&str> {
         let text = self.log(channel);
-        (text.len() as u64 == self.log_len(channel)).then_some(text)
+        StepDoc::holds_whole(text, self.log_len(channel)).then_some(text)
+    }
+
+    /// Whether an inline log field holds the whole of a log `full_len` bytes long: whether it
+    /// is as long. A field cut to an inline limit is always shorter: it leaves out more bytes
+    /// than its marker takes. For readers of a raw document too.
+    pub fn holds_whole(field: &str, full_len: u64) -> bool {
+        field.len() as u64 == full_len
     }
 
     /// The inline field of `channel`'s log, to change it.

@@ -17,8 +17,7 @@ pub const PAGE_TAIL_BYTES: usize = 256 * 1024;
 /// What a build page shows of a log whose inline field is `field` and whose full length is
 /// `full_len`: at most [`TAIL_BYTES`] of the end of the log.
 pub fn page_tail(field: &str, full_len: u64) -> &str {
-    // Whole when as long as the log, as `StepDoc::whole_log` decides.
-    let end = if field.len() as u64 == full_len {
+    let end = if buildstore_schema::StepDoc::holds_whole(field, full_len) {
         field
     } else {
         after_marker(field)
