@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::daemon::*;
 use common::*;
@@ -37,11 +37,53 @@ fn python_run(file: &std::path::Path, port: u16) -> std::process::Output {
 /// A running example client, killed if the test ends before it does: it would retry forever.
 struct Client(Option<std::process::Child>);
 
+/// How long an example client may take to finish its stream.
+const FINISH_WITHIN: Duration = Duration::from_secs(180);
+
 impl Client {
+    /// Waits for the client to end, and fails the test if it has not within [`FINISH_WITHIN`]:
+    /// a client that regressed into retrying forever fails the test rather than hang it.
     fn finish(mut self) -> std::process::Output {
-        let child = self.0.take().expect("running");
-        child.wait_with_output().expect("wait")
+        let mut child = self.0.take().expect("running");
+        // Read while waiting: a client that fills a pipe nobody reads would never end.
+        let stdout = read_all(child.stdout.take());
+        let stderr = read_all(child.stderr.take());
+        let deadline = Instant::now() + FINISH_WITHIN;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the example client did not finish within {FINISH_WITHIN:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        std::process::Output {
+            status,
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        }
     }
+
+    /// Whether the client is still running.
+    fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Everything `pipe` gives until it closes, read on a thread of its own.
+fn read_all<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 impl Drop for Client {
@@ -88,18 +130,20 @@ fn the_example_clients_resend_across_a_daemon_killed_mid_stream() {
         ..Default::default()
     });
     let file = write_lines(dir.path(), "stream.jsonl", &lines);
-    let rust = rust_client(&file, port);
-    let python = python_client(&file, port, std::process::Stdio::null());
+    let mut rust = rust_client(&file, port);
+    let mut python = python_client(&file, port, std::process::Stdio::null());
     daemon.wait_until("part of the stream received", |s| {
         s["events_received_total"] > 2_000.0
     });
+    // Neither is done before the kill, so that both have to come back.
+    assert!(rust.running() && python.running(), "a client ended early");
     daemon.kill();
     let daemon = Daemon::start(dir.path(), port, &[]);
     let out = rust.finish();
     assert!(out.status.success(), "Rust client: {}", stderr(&out));
     let out = python.finish();
     assert!(out.status.success(), "Python client: {}", stderr(&out));
-    // Each came back to the daemon started again: neither was done before the kill.
+    // Each came back to the daemon started again.
     assert!(daemon.status()["connections_total"] >= 2.0);
     assert!(daemon.stop().success());
     assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());

@@ -131,12 +131,18 @@ pub fn peer_stats(uri: &str) -> Option<bson::Document> {
 /// None when it cannot say (a real server).
 pub fn peer_command_count(uri: &str, command: &str) -> Option<i64> {
     let stats = peer_stats(uri)?;
-    let taken = stats.get_document("commands").ok()?.get(command);
-    Some(
-        taken
-            .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
-            .unwrap_or(0),
-    )
+    stats.get_document("commands").ok()?;
+    Some(command_count(&stats, command))
+}
+
+/// How many times `command` was taken, as the peer's statistics `stats` count it (0 if never).
+pub fn command_count(stats: &bson::Document, command: &str) -> i64 {
+    stats
+        .get_document("commands")
+        .ok()
+        .and_then(|c| c.get(command))
+        .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
+        .unwrap_or(0)
 }
 
 /// Runs `f` on the database that a test store's URI names, through the official driver.

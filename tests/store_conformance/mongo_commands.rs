@@ -3,7 +3,8 @@
 //! `readWrite` role.
 
 use crate::common::mongo::{
-    fail_point, fresh_database, on_database, peer_command_count, peer_stats, real_server, Peer,
+    command_count, fail_point, fresh_database, on_database, peer_command_count, peer_stats,
+    real_server, Peer,
 };
 use crate::common::{assert_says, example, stderr, write_lines, Db, BUILD, STEP};
 
@@ -61,12 +62,7 @@ fn ingest_takes_at_most_one_round_trip_per_hundred_events() {
     let commands = stats.get_document("commands").expect("commands");
     let writes_and_reads: i64 = ["update", "insert", "find", "getMore", "aggregate"]
         .iter()
-        .map(|c| {
-            commands
-                .get(*c)
-                .and_then(|v| v.as_i64().or(v.as_i32().map(i64::from)))
-                .unwrap_or(0)
-        })
+        .map(|c| command_count(&stats, c))
         .sum();
     let per_event = writes_and_reads as f64 / lines.len() as f64;
     assert!(

@@ -430,11 +430,15 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
     let clean = open_in(dir.path(), "clean.db").await;
     let mut applier = Applier::new(Core::new(CoreConfig::default()));
     applier.apply_chunk(&clean, &events, false).await.unwrap();
-    let step = |docs: Vec<Document>| {
-        docs.into_iter()
-            .find(|d| d.get_str("_id") == Ok("mx/1/0"))
-            .expect("the step")
-    };
-    assert_eq!(step(export(&*store).await).get_i32("result"), Ok(0));
-    assert_eq!(export(&*store).await, export(&clean).await);
+    let got = export(&*store).await;
+    let step = got
+        .iter()
+        .find(|d| d.get_str("_id") == Ok("mx/1/0"))
+        .expect("the step");
+    assert_eq!(
+        step.get_i32("result"),
+        Ok(0),
+        "the step's real end was taken"
+    );
+    assert_eq!(got, export(&clean).await);
 }
