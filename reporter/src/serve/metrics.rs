@@ -135,7 +135,7 @@ impl Metrics {
             &mut out,
             "spool_bytes",
             "gauge",
-            "Bytes waiting in the spool.",
+            "Bytes of lines the spool holds (a group until all its events are applied).",
             depth.bytes,
         );
         let last = d.last_error.lock().map(|e| e.clone()).unwrap_or_default();

@@ -94,9 +94,11 @@ const SEPARATOR: &str = "\n";
 const NEXT_ID: &str =
     "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'groups'), 0) + 1";
 
-/// Events and line bytes of the groups a query selects (separators not counted).
-const COUNTS: &str =
-    "coalesce(sum(last - first + 1), 0), coalesce(sum(length(lines) - (last - first)), 0)";
+/// The id through which events were released, 0 before any.
+const RELEASED: &str = "coalesce((SELECT through FROM released), 0)";
+
+/// Line bytes of the groups selected (separators not counted).
+const BYTES: &str = "coalesce(sum(length(lines) - (last - first)), 0)";
 
 /// A group's lines as the spool stores them.
 fn joined(lines: &[impl std::borrow::Borrow<str>]) -> Vec<u8> {
@@ -182,10 +184,20 @@ impl Spool {
         convert_one_row_per_event(&mut conn).map_err(err)?;
         vacuum_older_spool_if_empty(&conn).map_err(err)?;
         let next: i64 = conn.query_row(NEXT_ID, [], |r| r.get(0)).map_err(err)?;
+        let released: i64 = conn
+            .query_row(&format!("SELECT {RELEASED}"), [], |r| r.get(0))
+            .map_err(err)?;
+        // A group's bytes stay on disk until all of it is released; its released events no
+        // longer wait.
         let (events, bytes): (i64, i64) = conn
-            .query_row(&format!("SELECT {COUNTS} FROM groups"), [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                &format!(
+                    "SELECT coalesce(sum(last - max(first, ?1 + 1) + 1), 0), {BYTES}
+                     FROM groups WHERE last > ?1"
+                ),
+                [released],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(err)?;
         Ok(Spool {
             path,
@@ -326,11 +338,23 @@ impl Spool {
     pub fn release(&self, id: i64) -> Result<u64, SpoolError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
-        let (events, bytes): (i64, i64) = tx
+        let before: i64 = tx
+            .query_row(&format!("SELECT {RELEASED}"), [], |r| r.get(0))
+            .map_err(self.err())?;
+        // Events between the last release and `id`, whole groups or not.
+        let events: i64 = tx
             .query_row(
-                &format!("SELECT {COUNTS} FROM groups WHERE last <= ?1"),
+                "SELECT coalesce(sum(min(last, ?2) - max(first, ?1 + 1) + 1), 0)
+                 FROM groups WHERE last > ?1 AND first <= ?2",
+                [before, id],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        let bytes: i64 = tx
+            .query_row(
+                &format!("SELECT {BYTES} FROM groups WHERE last <= ?1"),
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .map_err(self.err())?;
         tx.execute("DELETE FROM groups WHERE last <= ?1", [id])

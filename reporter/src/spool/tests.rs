@@ -284,6 +284,24 @@ fn the_depth_kept_while_running_equals_what_a_reopened_spool_counts() {
 }
 
 #[test]
+fn a_group_released_in_part_counts_only_its_waiting_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let first = spool.append(&lines(10)).unwrap();
+    let whole = spool.depth();
+    spool.release(first + 3).unwrap();
+    spool.release(first + 5).unwrap();
+    let kept = spool.depth();
+    assert_eq!(kept.events, 4, "six of the ten were released");
+    assert_eq!(kept.bytes, whole.bytes, "the group is still on disk");
+    drop(spool);
+    let spool = Spool::open(dir.path()).unwrap();
+    assert_eq!(spool.depth(), kept);
+    spool.release(first + 9).unwrap();
+    assert_eq!(spool.depth(), Depth::default());
+}
+
+#[test]
 fn a_spool_of_the_one_row_per_event_layout_is_converted_in_order() {
     let dir = tempfile::tempdir().unwrap();
     {
