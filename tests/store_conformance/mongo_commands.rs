@@ -73,6 +73,32 @@ fn ingest_takes_at_most_one_round_trip_per_hundred_events() {
     peer.kill();
 }
 
+/// Every `ingest` and every start of the daemon prepares the store: on a prepared database that
+/// is one look at its collections, not a `create` and a look for each.
+#[test]
+fn a_prepared_database_is_looked_at_once() {
+    if real_server().is_some() {
+        return; // only the peer counts commands
+    }
+    let peer = Peer::start(0, None);
+    let db = Db::at(peer.uri("looked_at_once"));
+    let init = || {
+        let out = db.cmd().arg("init").output().expect("run init");
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    init();
+    let counts = || {
+        let stats = peer_stats(&peer.uri("admin")).expect("peer stats");
+        ["listCollections", "create", "collMod"].map(|c| command_count(&stats, c))
+    };
+    let before = counts();
+    init();
+    let after = counts();
+    peer.kill();
+    let sent: Vec<i64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(sent, [1, 0, 0], "listCollections, create, collMod");
+}
+
 /// A database prepared before is prepared again without `collMod`, which an application's user
 /// with the `readWrite` role may not run (it needs `dbAdmin`): every `ingest` and every start of
 /// the daemon prepares the store. A validator that differs from this version's is changed when

@@ -3,8 +3,11 @@
 //! prepared database changes nothing, and needs no more than the `readWrite` role: `collMod`,
 //! which only `dbAdmin` may run, is sent only when a validator differs from the schema's.
 
+use std::collections::HashMap;
+
 use bson::{doc, Bson, Document};
 use buildstore_schema::{Collection, INDEXES};
+use futures::TryStreamExt;
 use mongodb::IndexModel;
 
 use super::plan::{BUCKET, PIECE_END};
@@ -16,6 +19,9 @@ const UNAUTHORIZED: i32 = 13;
 const NAMESPACE_EXISTS: i32 = 48;
 
 pub(super) async fn prepare(store: &MongoStore) -> Result<(), StoreError> {
+    // One look at what exists, rather than one per collection: every start prepares the store.
+    let names: Vec<&str> = Collection::ALL.iter().map(|c| c.name()).collect();
+    let mut existing = collection_options(store, doc! {"name": {"$in": names}}).await?;
     for (collection, validator) in buildstore_schema::validator::validators() {
         let schema =
             bson::to_document(&validator).map_err(|e| corrupt(collection, "$jsonSchema", e))?;
@@ -24,7 +30,8 @@ pub(super) async fn prepare(store: &MongoStore) -> Result<(), StoreError> {
             "validationLevel": "moderate",
             "validationAction": "error",
         };
-        set_validator(store, collection, options).await?;
+        let current = existing.remove(collection.name());
+        set_validator(store, collection, options, current).await?;
     }
     for c in Collection::ALL {
         let models: Vec<IndexModel> = INDEXES
@@ -83,21 +90,31 @@ pub(super) async fn prepare(store: &MongoStore) -> Result<(), StoreError> {
 }
 
 /// Creates `collection` with `options` (its validator), or brings the options of the existing
-/// collection to these.
+/// collection (`current`, if it existed) to these.
 async fn set_validator(
     store: &MongoStore,
     collection: Collection,
     options: Document,
+    current: Option<Document>,
 ) -> Result<(), StoreError> {
     let name = collection.name();
-    let mut create = doc! {"create": name};
-    create.extend(options.clone());
-    match store.db.run_command(create).await {
-        Ok(_) => return Ok(()),
-        Err(e) if code(&e) == Some(NAMESPACE_EXISTS) => {}
-        Err(e) => return Err(store.err(e)),
-    }
-    let current = current_options(store, name).await?;
+    let current = match current {
+        Some(current) => current,
+        None => {
+            let mut create = doc! {"create": name};
+            create.extend(options.clone());
+            match store.db.run_command(create).await {
+                Ok(_) => return Ok(()),
+                // Another writer made it since the look.
+                Err(e) if code(&e) == Some(NAMESPACE_EXISTS) => {}
+                Err(e) => return Err(store.err(e)),
+            }
+            collection_options(store, doc! {"name": name})
+                .await?
+                .remove(name)
+                .unwrap_or_default()
+        }
+    };
     if options
         .iter()
         .all(|(k, v)| current.get(k).is_some_and(|c| same(c, v)))
@@ -124,23 +141,30 @@ async fn set_validator(
     }
 }
 
-/// The options the collection was created or last modified with.
-async fn current_options(store: &MongoStore, name: &str) -> Result<Document, StoreError> {
-    let reply = store
+/// The collections `filter` selects, by name, with the options each was created or last
+/// modified with.
+async fn collection_options(
+    store: &MongoStore,
+    filter: Document,
+) -> Result<HashMap<String, Document>, StoreError> {
+    let specs: Vec<Document> = store
         .db
-        .run_command(doc! {"listCollections": 1, "filter": {"name": name}})
+        .list_collections()
+        .filter(filter)
+        .await
+        .map_err(|e| store.err(e))?
+        .with_type::<Document>()
+        .try_collect()
         .await
         .map_err(|e| store.err(e))?;
-    let first = reply
-        .get_document("cursor")
-        .and_then(|c| c.get_array("firstBatch"))
-        .ok()
-        .and_then(|batch| batch.first())
-        .and_then(Bson::as_document);
-    Ok(first
-        .and_then(|spec| spec.get_document("options").ok())
-        .cloned()
-        .unwrap_or_default())
+    Ok(specs
+        .into_iter()
+        .filter_map(|spec| {
+            let name = spec.get_str("name").ok()?.to_owned();
+            let options = spec.get_document("options").cloned().unwrap_or_default();
+            Some((name, options))
+        })
+        .collect())
 }
 
 fn code(e: &mongodb::error::Error) -> Option<i32> {
