@@ -4,7 +4,8 @@
 //! then accept no build master either. So at most [`Limits::max_connections`] are open at once
 //! (the rest wait in the kernel's queue), a connection that does not send a whole request head
 //! within [`Limits::head_timeout`] is closed, an idle kept-alive one included, and so is one whose
-//! client takes nothing of its answer for [`Limits::write_timeout`].
+//! client takes nothing of its answer for [`Limits::write_timeout`], or takes a long answer so
+//! slowly (a trickle, under [`Limits::min_write_rate`]) that it would hold its slot for hours.
 
 use std::future::Future;
 use std::io;
@@ -27,8 +28,14 @@ pub struct Limits {
     /// From a connection's start, or the end of its last answer, to the end of a request head.
     pub head_timeout: Duration,
     /// How long an answer may wait for its client to take any of it (a client that asks for a
-    /// big log and never reads would otherwise hold its connection for good).
+    /// big log and never reads would otherwise hold its connection for good); also the most
+    /// waiting a slow client may fall behind by, in all, under `min_write_rate`.
     pub write_timeout: Duration,
+    /// Bytes per second below which a client taking an answer loses its connection: waiting for
+    /// it uses up `write_timeout`, and what it takes earns that time back at this rate. Reading a
+    /// trickle of a big log would otherwise keep a connection for hours, and a few hundred such
+    /// clients would leave no slot for anyone else.
+    pub min_write_rate: u64,
     /// How long requests still being answered at a stop may finish (a slow reader of a big log
     /// must not hold the stop up).
     pub grace: Duration,
@@ -40,6 +47,7 @@ impl Default for Limits {
             max_connections: 256,
             head_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            min_write_rate: 1024,
             grace: Duration::from_secs(5),
         }
     }
@@ -121,11 +129,7 @@ async fn serve_one(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.head_timeout);
-    let stream = WriteDeadline {
-        inner: stream,
-        limit: limits.write_timeout,
-        stalled: None,
-    };
+    let stream = WriteDeadline::new(stream, limits.write_timeout, limits.min_write_rate);
     let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let mut connection = std::pin::pin!(connection);
     let mut stopping = false;
@@ -148,41 +152,73 @@ async fn serve_one(
     }
 }
 
-/// A connection whose writes fail once none has made progress for `limit`.
-struct WriteDeadline {
-    inner: tokio::net::TcpStream,
+/// A connection whose writes fail once its client has kept them waiting for longer than it has
+/// earned: it starts with `limit` of waiting, each byte it takes earns `1 / min_rate` s back (at
+/// most up to `limit` again), and each moment a write waits for it spends that time. A client
+/// that takes nothing is cut off after `limit`; one that keeps taking at `min_rate` or faster
+/// never is.
+struct WriteDeadline<S> {
+    inner: S,
     limit: Duration,
-    /// Running while a write waits for the client.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    min_rate: u64,
+    /// Waiting the client may still cause.
+    allowance: Duration,
+    /// Since when a write has been waiting for the client, and the alarm for the end of its
+    /// allowance.
+    stalled: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
 }
 
-impl WriteDeadline {
-    /// What a write that `progress` gave becomes: any progress stops the clock, and a write that
-    /// waits past the limit is an error, which ends the connection.
-    fn watch<T>(
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration, min_rate: u64) -> WriteDeadline<S> {
+        WriteDeadline {
+            inner,
+            limit,
+            min_rate: min_rate.max(1),
+            allowance: limit,
+            stalled: None,
+        }
+    }
+
+    /// What a write that `progress` gave becomes: the wait it ended is spent, the bytes it took
+    /// are earned, and a write that waits past the allowance is an error, which ends the
+    /// connection.
+    fn watch(
         &mut self,
         cx: &mut Context<'_>,
-        progress: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if progress.is_ready() {
-            self.stalled = None;
+        progress: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(result) = &progress {
+            if let Some((since, _)) = self.stalled.take() {
+                self.allowance = self.allowance.saturating_sub(since.elapsed());
+            }
+            if let Ok(n) = result {
+                let earned = Duration::from_secs_f64(*n as f64 / self.min_rate as f64);
+                self.allowance = (self.allowance + earned).min(self.limit);
+            }
             return progress;
         }
-        let limit = self.limit;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stalled.as_mut().poll(cx) {
+        let allowance = self.allowance;
+        let (_, alarm) = self.stalled.get_or_insert_with(|| {
+            (
+                tokio::time::Instant::now(),
+                Box::pin(tokio::time::sleep(allowance)),
+            )
+        });
+        match alarm.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the client took nothing of the answer for {limit:?}"),
+                format!(
+                    "the client takes the answer too slowly (under {} bytes/s, or nothing for \
+                     {:?})",
+                    self.min_rate, self.limit
+                ),
             ))),
             Poll::Pending => Poll::Pending,
         }
     }
 }
 
-impl AsyncRead for WriteDeadline {
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -192,7 +228,7 @@ impl AsyncRead for WriteDeadline {
     }
 }
 
-impl AsyncWrite for WriteDeadline {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,8 +255,8 @@ impl AsyncWrite for WriteDeadline {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let progress = Pin::new(&mut this.inner).poll_flush(cx);
-        this.watch(cx, progress)
+        let progress = Pin::new(&mut this.inner).poll_flush(cx).map_ok(|()| 0);
+        this.watch(cx, progress).map_ok(|_| ())
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

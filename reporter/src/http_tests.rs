@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
-use super::{serve, Limits};
+use super::{serve, Limits, WriteDeadline};
 
 /// A server answering `GET /` with "hello", the sender that stops it, and what tells that a slow
 /// answer (`/slow`, `/slower`) has begun.
@@ -48,6 +48,7 @@ fn limits(max_connections: usize, head_timeout_ms: u64) -> Limits {
         max_connections,
         head_timeout: Duration::from_millis(head_timeout_ms),
         write_timeout: Duration::from_millis(500),
+        min_write_rate: 1,
         grace: Duration::from_secs(1),
     }
 }
@@ -179,4 +180,72 @@ async fn a_client_that_takes_nothing_of_its_answer_gives_up_its_slot() {
     let answer = read_through(&mut next, "hello").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     drop(hoarder);
+}
+
+/// Writes `total` bytes through a [`WriteDeadline`] (a write timeout of 500 ms, a minimum rate of
+/// 1 MiB/s) into a pipe of 64 KiB, whose other end takes `chunk` bytes every `pause` ms. Returns
+/// how much was written before the deadline cut the writer off, or None if all of it went.
+async fn trickle(total: usize, chunk: usize, pause: u64) -> Option<usize> {
+    let (server, mut client) = tokio::io::duplex(64 << 10);
+    let mut writer = WriteDeadline::new(server, Duration::from_millis(500), 1 << 20);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; chunk];
+        while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    });
+    let mut written = 0;
+    let piece = vec![b'x'; 4096];
+    while written < total {
+        match writer.write(&piece).await {
+            Ok(n) => written += n,
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+                return Some(written);
+            }
+        }
+    }
+    None
+}
+
+/// A client taking an answer a trickle at a time (1 KiB every 50 ms: each write waits far less
+/// than the write timeout) is cut off once it kept the writes waiting for longer than it earned
+/// at the minimum rate; one taking 64 KiB every 20 ms (3.2 MiB/s) never is.
+#[tokio::test(start_paused = true)]
+async fn a_client_taking_its_answer_under_the_minimum_rate_is_cut_off() {
+    let cut = trickle(1 << 20, 1024, 50).await;
+    assert!(
+        cut.is_some_and(|n| n < 256 << 10),
+        "cut off after {cut:?} bytes"
+    );
+    assert_eq!(trickle(8 << 20, 64 << 10, 20).await, None);
+}
+
+/// A client that keeps taking its answer faster than the minimum rate gets all of it, however
+/// often the server's writes wait for it.
+#[tokio::test]
+async fn a_client_taking_its_answer_fast_enough_gets_all_of_it() {
+    let (addr, _stop, _) = start(Limits {
+        min_write_rate: 4 << 20,
+        write_timeout: Duration::from_secs(2),
+        ..limits(1, 30_000)
+    })
+    .await;
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    reader.write_all(&request("/big")).await.unwrap();
+    let mut got = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = vec![0u8; 1 << 20];
+        // Well over the minimum rate, with pauses the writes wait through.
+        while got < 64 << 20 {
+            let n = reader.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {got} bytes");
+            got += n;
+            if got % (8 << 20) < n {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await
+    .expect("the whole answer");
 }
