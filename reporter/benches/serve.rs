@@ -211,10 +211,7 @@ fn main() {
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let parse_best = [parse_before, parse(), parse()]
-        .into_iter()
-        .min()
-        .unwrap_or(parse_before);
+    let parse_best = parse_before.min(parse()).min(parse());
     let parse_rate = stream.len() as f64 / parse_best.as_secs_f64();
 
     let rate = stream.len() as f64 / applied.as_secs_f64();
