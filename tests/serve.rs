@@ -205,7 +205,7 @@ fn status_prints_what_the_daemon_received_acknowledged_and_applied() {
     let lines = [
         r#"{"type":"builder_state","master_id":"m","builder":"b","state":"idle"}"#,
         "oops",
-        r#"{"type":"log","master_id":"m","build_id":9,"step":0,"channel":"stdout","text":"x"}"#,
+        r#"{"type":"log","master_id":"m","event_id":"lost-1","build_id":9,"step":0,"channel":"stdout","text":"x"}"#,
     ];
     exchange(daemon.port, &lines);
     let m = daemon.wait_until("both events through the drain", |m| {
@@ -223,7 +223,20 @@ fn status_prints_what_the_daemon_received_acknowledged_and_applied() {
     );
     assert_eq!(m["spool_events"], 0.0, "{m:?}");
     assert!(m["connections_total"] >= 1.0);
-    daemon.kill();
+    // Acknowledged long before the rules refused it: the log says which event it was.
+    let (_, log) = daemon.stop_and_log();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("event rejected by the rules"))
+        .unwrap_or_else(|| panic!("no warning of the refused event: {log}"));
+    for part in [
+        "master_id=m",
+        "event_id=\"lost-1\"",
+        "type=\"log\"",
+        "unknown build m/9",
+    ] {
+        assert!(refused.contains(part), "{part} not in {refused}");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
         .args(["status", "--metrics", &format!("127.0.0.1:{}", free_port())])
         .output()

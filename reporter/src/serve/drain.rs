@@ -233,8 +233,8 @@ pub async fn run(
                     // Freeing thousands of events and mutations takes a while: not on the
                     // drain's path.
                     let events = taken.events;
+                    confirm(&spool, &held, &counters, through, outcomes, &events).await;
                     tokio::task::spawn_blocking(move || drop((batch, events)));
-                    confirm(&spool, &held, &counters, through, outcomes).await;
                 }
                 Err(e) if !e.batch_does_not_fit() => {
                     again = Some((taken, prepared, batch));
@@ -357,13 +357,14 @@ async fn back_off(
 }
 
 /// The store confirmed the events through spool id `through`: they leave the spool, and then
-/// they count.
+/// they count. `outcomes` are those of `events`, in order.
 async fn confirm(
     spool: &Spool,
     held: &AtomicU64,
     counters: &DrainCounters,
     through: i64,
     outcomes: Vec<Outcome>,
+    events: &[Event],
 ) {
     let s = spool.clone();
     match tokio::task::spawn_blocking(move || s.release(through)).await {
@@ -380,12 +381,20 @@ async fn confirm(
     // Counted once the spool is released, so that whoever sees an event counted as applied also
     // sees it gone from the spool's depth.
     counters.batches.fetch_add(1, Ordering::Relaxed);
-    for o in outcomes {
+    for (o, event) in outcomes.into_iter().zip(events) {
         match o {
             Outcome::Applied => counters.applied.fetch_add(1, Ordering::Relaxed),
             Outcome::Duplicate => counters.duplicates.fetch_add(1, Ordering::Relaxed),
             Outcome::Rejected(e) => {
-                tracing::warn!(error = %e, "event rejected by the rules");
+                // It was acknowledged long before, often under an id the daemon gave it: the
+                // sender needs these to find it.
+                tracing::warn!(
+                    error = %e,
+                    master_id = %event.master_id,
+                    event_id = event.event_id.as_deref().unwrap_or(""),
+                    r#type = event.type_name(),
+                    "event rejected by the rules"
+                );
                 counters.rejected.fetch_add(1, Ordering::Relaxed)
             }
         };
