@@ -32,9 +32,10 @@ pub struct Limits {
     /// waiting a slow client may fall behind by, in all, under `min_write_rate`.
     pub write_timeout: Duration,
     /// Bytes per second below which a client taking an answer loses its connection: waiting for
-    /// it uses up `write_timeout`, and what it takes earns that time back at this rate. Reading a
-    /// trickle of a big log would otherwise keep a connection for hours, and a few hundred such
-    /// clients would leave no slot for anyone else.
+    /// it uses up `write_timeout`, and what is written to it earns that time back at this rate
+    /// (see `WriteDeadline` for faster clients that may still be cut off). Reading a trickle of a
+    /// big log would otherwise keep a connection for hours, and a few hundred such clients would
+    /// leave no slot for anyone else.
     pub min_write_rate: u64,
     /// How long requests still being answered at a stop may finish (a slow reader of a big log
     /// must not hold the stop up).
@@ -153,10 +154,16 @@ async fn serve_one(
 }
 
 /// A connection whose writes fail once its client has kept them waiting for longer than it has
-/// earned: it starts with `limit` of waiting, each byte it takes earns `1 / min_rate` s back (at
-/// most up to `limit` again), and each moment a write waits for it spends that time. A client
-/// that takes nothing is cut off after `limit`; one that keeps taking at `min_rate` or faster
-/// never is.
+/// earned: it starts with `limit` of waiting, each byte written earns `1 / min_rate` s back (at
+/// most up to `limit` again), and each moment a write waits spends that time. A client that takes
+/// nothing is cut off after `limit`, and so is one that takes a trickle under `min_rate`.
+///
+/// The kernel lets a waiting write go on only once a good part of the socket's send buffer (a
+/// third, on Linux) has drained, so a single wait lasts about that much over the client's rate,
+/// and the cap means no wait may outlast `limit`. A client reading a big answer faster than
+/// `min_rate` can still be cut off if it reads slower than about a third of its send buffer per
+/// `limit`. Earning on what the client has acknowledged during a wait, rather than on what was
+/// written, would mend that.
 struct WriteDeadline<S> {
     inner: S,
     limit: Duration,

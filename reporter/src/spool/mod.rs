@@ -9,8 +9,9 @@
 //! lines joined by newlines, which no protocol line contains) holding the consecutive ids
 //! `first..=last`. One row per group rather than per event keeps the cost of spooling close to the
 //! cost of writing the bytes. A group is deleted whole, once the store confirmed its last event;
-//! events of a group the store confirmed only in part are applied again after a restart, which
-//! the store's de-duplication makes harmless.
+//! of a group the store confirmed only in part, the spool remembers how far (`released`), and a
+//! restart goes on from there (see [`Spool::release`] for why applying them again would not be
+//! harmless).
 //!
 //! Events also travel from the writer to the applier in memory ([`Handoff`]), so the applier
 //! reads the file only after a restart or when it fell too far behind.
