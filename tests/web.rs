@@ -376,6 +376,7 @@ fn text_from_events_is_escaped_on_every_page() {
         "/api".to_owned(),
         format!("/api{build}"),
         "/api/builders".into(),
+        format!("/api{step}"),
     ] {
         let answer = web.get(&api);
         assert_eq!(answer.content_type, "application/json", "{api}");

@@ -11,7 +11,7 @@ use axum::Json;
 use buildstore_schema::{Channel, Collection};
 
 use super::params::{self, LogWindow};
-use super::{path_text, with_safety_headers, PathText, WebError};
+use super::{path_text, PathText, WebError};
 use crate::store::Store;
 
 /// Bytes read from the store per window of a streamed log.
@@ -70,13 +70,11 @@ pub async fn full_log(
             Ok(Some((bytes, next)))
         }
     });
-    with_safety_headers(
-        (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            Body::from_stream(chunks),
-        )
-            .into_response(),
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(chunks),
     )
+        .into_response()
 }
 
 /// One window of a log, cut back to a whole UTF-8 character so `text` is exact and the next

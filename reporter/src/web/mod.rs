@@ -73,13 +73,13 @@ impl WebError {
     pub fn page(&self) -> Response {
         let status = self.status();
         let body = pages::error(status.as_u16(), &self.to_string());
-        with_safety_headers((status, body).into_response())
+        (status, body).into_response()
     }
 
     /// The error as the JSON twins give it: `{"error": "..."}`.
     pub fn json(&self) -> Response {
         let body = serde_json::json!({ "error": self.to_string() });
-        with_safety_headers((self.status(), axum::Json(body)).into_response())
+        (self.status(), axum::Json(body)).into_response()
     }
 }
 
@@ -87,7 +87,7 @@ impl WebError {
 /// content sniffing, no framing. The pages need none of those, nor the JSON twins, whose strings
 /// come from the events: a browser that sniffed one as HTML would run them. Style attributes are
 /// allowed: the step bars are placed with them, and only the pages themselves write them.
-fn with_safety_headers(mut response: Response) -> Response {
+async fn with_safety_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

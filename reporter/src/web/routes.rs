@@ -41,19 +41,22 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/style.css", get(style))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
+        // On every answer, whichever route or error made it: one missed is a page a browser
+        // might sniff as HTML.
+        .layer(axum::middleware::map_response(with_safety_headers))
         .with_state(store)
 }
 
 fn html(result: Result<maud::Markup, WebError>) -> Response {
     match result {
-        Ok(markup) => with_safety_headers(markup.into_response()),
+        Ok(markup) => markup.into_response(),
         Err(e) => e.page(),
     }
 }
 
 fn json<T: serde::Serialize>(result: Result<T, WebError>) -> Response {
     match result {
-        Ok(value) => with_safety_headers(Json(value).into_response()),
+        Ok(value) => Json(value).into_response(),
         Err(e) => e.json(),
     }
 }
