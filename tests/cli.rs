@@ -539,6 +539,7 @@ fn status_refuses_an_answer_that_is_not_http_at_once() {
         .args(["status", "--metrics", &addr.to_string()])
         .output()
         .expect("status");
+    assert_eq!(out.status.code(), Some(1));
     assert_says(&out, &format!("{addr} answered {{\"error\""));
     assert!(
         started.elapsed() < std::time::Duration::from_secs(4),

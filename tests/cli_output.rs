@@ -83,7 +83,8 @@ fn web_serves_when_its_standard_output_is_closed() {
 
 /// A `BUILDSTORE_LOG` that would log nothing by mistake is refused: `warning` was read as the
 /// name of a module to log, and a filter that did not parse as unset, so a typo in a service
-/// file hid the store's errors. Empty, it is taken as unset.
+/// file hid the store's errors. Empty, it is accepted (that it then logs warnings, as unset, is
+/// checked beside `log_filter`).
 #[test]
 fn a_log_level_that_would_hide_the_warnings_is_refused() {
     let db = Db::new();

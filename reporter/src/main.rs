@@ -597,3 +597,15 @@ async fn print_log(store: &dyn Store, step_id: &str, channel: Channel) -> anyhow
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    /// An empty `BUILDSTORE_LOG` (as a service file may leave it) logs warnings, as unset does.
+    #[test]
+    fn an_empty_log_filter_is_read_as_unset() {
+        for empty in ["", "  "] {
+            let filter = super::log_filter(Some(empty.into())).expect("accepted");
+            assert_eq!(filter.to_string(), "warn", "{empty:?}");
+        }
+    }
+}
