@@ -219,7 +219,9 @@ pub async fn run(
             } = f;
             // A store that hangs on a write (a lock held by another program) does not hold the
             // stop past the grace period. The write is dropped unconfirmed: its events stay in
-            // the spool, and applying them again at the next start changes nothing.
+            // the spool and are folded again at the next start, where those the store has are
+            // skipped as applied and one the rules refused is judged again (see
+            // `Spool::release`).
             let Some(written) = within_grace(&mut write, &mut stop, &mut deadline, grace).await
             else {
                 return;
@@ -368,11 +370,7 @@ async fn confirm(
 ) {
     let s = spool.clone();
     match tokio::task::spawn_blocking(move || s.release(through)).await {
-        Ok(Ok(freed)) => {
-            let _ = held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
-                Some(h.saturating_sub(freed))
-            });
-        }
+        Ok(Ok(freed)) => crate::spool::subtract(held, freed),
         // Not released: the next start folds them again. Those the store has are skipped as
         // applied; one the rules refused is judged again (see `Spool::release`).
         Ok(Err(e)) => tracing::error!(error = %e, "releasing spooled events failed"),

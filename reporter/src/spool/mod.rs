@@ -56,6 +56,10 @@ pub enum SpoolError {
          give each its own --spool"
     )]
     InUse { path: String },
+    /// An append failed, but its group may still be in the file: it then counts in the spool's
+    /// depth and is applied and released like any other.
+    #[error("{0}; the group may stay in the spool and be applied")]
+    AppendKept(Box<SpoolError>),
 }
 
 /// One spooled event: its spool id and its protocol line.
@@ -100,6 +104,16 @@ const RELEASED: &str = "coalesce((SELECT through FROM released), 0)";
 
 /// Line bytes of the groups selected (separators not counted).
 const BYTES: &str = "coalesce(sum(length(lines) - (last - first)), 0)";
+
+/// How many held events have ids in `after + 1..=through`, whole groups or not.
+fn events_between(conn: &Connection, after: i64, through: i64) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce(sum(min(last, ?2) - max(first, ?1 + 1) + 1), 0)
+         FROM groups WHERE last > ?1 AND first <= ?2",
+        [after, through],
+        |r| r.get(0),
+    )
+}
 
 /// A group's lines as the spool stores them.
 fn joined(lines: &[impl std::borrow::Borrow<str>]) -> Vec<u8> {
@@ -190,15 +204,9 @@ impl Spool {
             .map_err(err)?;
         // A group's bytes stay on disk until all of it is released; its released events no
         // longer wait.
-        let (events, bytes): (i64, i64) = conn
-            .query_row(
-                &format!(
-                    "SELECT coalesce(sum(last - max(first, ?1 + 1) + 1), 0), {BYTES}
-                     FROM groups WHERE last > ?1"
-                ),
-                [released],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let events = events_between(&conn, released, i64::MAX).map_err(err)?;
+        let bytes: i64 = conn
+            .query_row(&format!("SELECT {BYTES} FROM groups"), [], |r| r.get(0))
             .map_err(err)?;
         Ok(Spool {
             path,
@@ -249,6 +257,7 @@ impl Spool {
             if self.undo_failed_group(&conn, last) {
                 // It stays, and the drain will apply it: counted, it is released like any other.
                 self.count(lines.len(), added);
+                return Err(SpoolError::AppendKept(Box::new(self.err()(e))));
             }
             return Err(self.err()(e));
         }
@@ -342,15 +351,7 @@ impl Spool {
         let before: i64 = tx
             .query_row(&format!("SELECT {RELEASED}"), [], |r| r.get(0))
             .map_err(self.err())?;
-        // Events between the last release and `id`, whole groups or not.
-        let events: i64 = tx
-            .query_row(
-                "SELECT coalesce(sum(min(last, ?2) - max(first, ?1 + 1) + 1), 0)
-                 FROM groups WHERE last > ?1 AND first <= ?2",
-                [before, id],
-                |r| r.get(0),
-            )
-            .map_err(self.err())?;
+        let events = events_between(&tx, before, id.max(before)).map_err(self.err())?;
         let bytes: i64 = tx
             .query_row(
                 &format!("SELECT {BYTES} FROM groups WHERE last <= ?1"),
@@ -390,8 +391,7 @@ impl Spool {
     pub fn oldest(&self) -> Result<Option<i64>, SpoolError> {
         let conn = self.lock();
         conn.query_row(
-            "SELECT max(min(first), coalesce((SELECT through + 1 FROM released), 0))
-             FROM groups HAVING count(*) > 0",
+            &format!("SELECT max(min(first), {RELEASED} + 1) FROM groups HAVING count(*) > 0"),
             [],
             |r| r.get(0),
         )
@@ -451,7 +451,7 @@ fn turn_on_auto_vacuum(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Takes `n` from a count without going below zero: a count that had missed a group (one whose
 /// failed append could not be told apart) must not wrap to 2^64 when that group is released.
-fn subtract(count: &AtomicU64, n: u64) {
+pub(crate) fn subtract(count: &AtomicU64, n: u64) {
     let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
         Some(c.saturating_sub(n))
     });

@@ -502,6 +502,6 @@ fn an_older_spool_not_empty_at_start_gives_space_back_once_drained() {
 #[test]
 fn giving_back_more_than_is_held_leaves_zero() {
     let held = AtomicU64::new(3);
-    super::writer::unreserve(&held, 5);
+    super::subtract(&held, 5);
     assert_eq!(held.load(Ordering::Relaxed), 0);
 }

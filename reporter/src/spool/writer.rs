@@ -8,7 +8,7 @@ use std::sync::Arc;
 use buildstore_schema::Event;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{Handoff, Spool, SpoolError};
+use super::{subtract, Handoff, Spool, SpoolError};
 
 /// A group commit takes no more submissions once it holds this many lines, or bytes.
 pub(super) const GROUP_LINES: usize = 4096;
@@ -228,7 +228,7 @@ async fn write_loop(
         let (group, after_failure): (Vec<_>, Vec<_>) =
             group.into_iter().partition(|r| !r.sequence.failed());
         for r in after_failure {
-            unreserve(&held, r.bytes);
+            subtract(&held, r.bytes as u64);
             let _ = r.done.send(Err(AppendError::AfterFailure));
         }
         if group.is_empty() {
@@ -259,7 +259,10 @@ async fn write_loop(
                 }
             }
             Err(e) => {
-                unreserve(&held, bytes);
+                // A group that stayed keeps its bytes until the drain releases it.
+                if !matches!(e, SpoolError::AppendKept(_)) {
+                    subtract(&held, bytes as u64);
+                }
                 let message = e.to_string();
                 tracing::error!(error = %message, "spool write failed; nothing of the group is acknowledged");
                 for (done, _, sequence) in waiting {
@@ -270,13 +273,4 @@ async fn write_loop(
         }
     }
     handoff.close();
-}
-
-/// Gives back bytes `submit` reserved for lines that were not written. Saturating: a group whose
-/// failed write stayed in the spool is subtracted again when the drain releases it, and a count
-/// that wrapped around would refuse every event as "spool full" until a restart.
-pub(super) fn unreserve(held: &AtomicU64, bytes: usize) {
-    let _ = held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
-        Some(h.saturating_sub(bytes as u64))
-    });
 }
