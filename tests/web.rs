@@ -368,6 +368,12 @@ fn text_from_events_is_escaped_on_every_page() {
             "{path}: no CSP"
         );
     }
+    // A builder's state is free text: shown, it adds no class of its own to the page.
+    let builders = web.get("/builders").text();
+    assert!(
+        builders.contains("<span class=\"status\">s&lt;script"),
+        "{builders}"
+    );
     // The log is plain text, and the JSON twins JSON, never sniffed as HTML.
     let log = web.get(&step);
     assert_eq!(log.content_type, "text/plain; charset=utf-8");

@@ -25,7 +25,7 @@ pub fn builders(v: &BuildersView, limit_param: Option<usize>, api: &str) -> Mark
                         @for b in &m.builders {
                             tr {
                                 td { a href=(b.url) { (b.name) } }
-                                td { span class={ "status status-" (status_class(&b.status)) } { (b.status) } }
+                                td { span.status { (b.status) } }
                                 td { (maybe(&b.category)) }
                                 td { (b.slaves.join(", ")) }
                                 td {
@@ -43,16 +43,4 @@ pub fn builders(v: &BuildersView, limit_param: Option<usize>, api: &str) -> Mark
             }
         },
     )
-}
-
-/// The class of a builder's status: a state sent as free text must not add classes of its own
-/// (`idle badge result-failure` would style it as a failed build).
-fn status_class(status: &str) -> &'static str {
-    match status {
-        "idle" => "idle",
-        "building" => "building",
-        "offline" => "offline",
-        "removed" => "removed",
-        _ => "other",
-    }
 }
