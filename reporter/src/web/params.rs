@@ -13,6 +13,12 @@ use crate::store::{BuildCursor, BuildQuery, CommitCursor, CommitQuery, ResultFil
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
 
+/// The `limit` a page's links and forms carry on: only one that is not the default, so that the
+/// usual links stay short.
+pub fn explicit_limit(limit: usize) -> Option<usize> {
+    (limit != DEFAULT_LIMIT).then_some(limit)
+}
+
 /// A parameter the page cannot use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -284,10 +290,7 @@ impl ActivityParams {
             ("changeset", q.changeset.clone()),
             ("since", q.since.map(time)),
             ("until", q.until.map(time)),
-            (
-                "limit",
-                (q.limit != DEFAULT_LIMIT).then(|| q.limit.to_string()),
-            ),
+            ("limit", explicit_limit(q.limit).map(|l| l.to_string())),
             (
                 "before",
                 q.before

@@ -199,11 +199,6 @@ async fn console(
     Ok((view::console(&commits, q.limit), q))
 }
 
-/// The `limit` to carry into "older" links: only when it is not the default.
-fn explicit_limit(limit: usize) -> Option<usize> {
-    (limit != params::DEFAULT_LIMIT).then_some(limit)
-}
-
 /// The JSON twin of a page: the same path under `/api`, with the same query.
 fn api_twin(path: &str, query: Option<&str>) -> String {
     match query.filter(|q| !q.is_empty()) {
@@ -217,7 +212,7 @@ async fn console_page(State(store): State<Shared>, RawQuery(q): RawQuery) -> Res
     html(
         console(store.as_ref(), q.as_deref())
             .await
-            .map(|(v, q)| pages::console(&v, explicit_limit(q.limit), &api)),
+            .map(|(v, q)| pages::console(&v, params::explicit_limit(q.limit), &api)),
     )
 }
 
@@ -264,7 +259,7 @@ async fn builders_page(State(store): State<Shared>, RawQuery(q): RawQuery) -> Re
     html(
         builders(store.as_ref(), q.as_deref())
             .await
-            .map(|(v, p)| pages::builders(&v, explicit_limit(p.limit), &api)),
+            .map(|(v, p)| pages::builders(&v, params::explicit_limit(p.limit), &api)),
     )
 }
 

@@ -5,7 +5,7 @@ use maud::{html, Markup};
 
 use super::{badge, changes, layout, Section};
 use crate::store::{BuildCursor, BuildQuery};
-use crate::web::params::{result_param, ActivityParams, DEFAULT_LIMIT};
+use crate::web::params::{explicit_limit, result_param, ActivityParams};
 use crate::web::view::{changeset_url, result_names, ActivityRow, BuildSummary, SourceStamp};
 
 pub fn activity(
@@ -79,8 +79,8 @@ fn filter_form(q: &BuildQuery) -> Markup {
             (time("since", q.since))
             (time("until", q.until))
             // The page size chosen in the URL stays when the filters change.
-            @if q.limit != DEFAULT_LIMIT {
-                input type="hidden" name="limit" value=(q.limit);
+            @if let Some(limit) = explicit_limit(q.limit) {
+                input type="hidden" name="limit" value=(limit);
             }
             button type="submit" { "Filter" }
         }
