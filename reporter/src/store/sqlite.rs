@@ -268,6 +268,8 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(&err)?;
             upgrade::upgrade(&mut conn, version, &err)?;
+            // Both connections bind lists of keys as one array (`rarray`).
+            rusqlite::vtab::array::load_module(&conn).map_err(&err)?;
             let reader = open()?;
             rusqlite::vtab::array::load_module(&reader).map_err(&err)?;
             Ok::<_, StoreError>((conn, reader))
