@@ -183,6 +183,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let applied = start.elapsed();
+    let batches = metric(metrics, "store_batches_total");
     let daemon_cpu = cpu_time(daemon.id()).saturating_sub(cpu_before);
 
     // Ack latency: one event at a time at about 1 000 events/s.
@@ -234,6 +235,10 @@ fn main() {
         "daemon CPU per event:         {:>10.1} µs (parsing one: {:.1} µs)",
         daemon_cpu.as_secs_f64() * 1e6 / stream.len() as f64,
         1e6 / parse_rate
+    );
+    println!(
+        "store batches:                {batches:>10.0} ({:.0} events each)",
+        stream.len() as f64 / batches
     );
     println!(
         "clients' CPU per event:       {:>10.1} µs",
