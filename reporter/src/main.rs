@@ -377,7 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let web = match web {
                 None => None,
                 Some(_) => Some(std::sync::Arc::from(
-                    store::open(&location)
+                    store::open_read_only(&location)
                         .await
                         .context("opening the store for the web pages")?,
                 )),
@@ -392,7 +392,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { metrics } => status(metrics).await,
         Command::Web { listen } => {
-            web(listen, std::sync::Arc::from(open(&location).await?)).await?;
+            web(
+                listen,
+                std::sync::Arc::from(open_read_only(&location).await?),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init => {
@@ -401,11 +405,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { collection } => {
-            export(open(&location).await?.as_ref(), collection).await?;
+            export(open_read_only(&location).await?.as_ref(), collection).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Log { step_id, channel } => {
-            print_log(open(&location).await?.as_ref(), &step_id, channel).await
+            print_log(open_read_only(&location).await?.as_ref(), &step_id, channel).await
         }
     }
 }
@@ -413,6 +417,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The store at `location`, opened (and for SQLite, created) once a command's arguments check out.
 async fn open(location: &str) -> anyhow::Result<Box<dyn Store>> {
     store::open(location).await.context("opening the store")
+}
+
+/// Like [`open`], for the commands that only read: a MongoDB store's reads follow the URI's
+/// `readPreference`.
+async fn open_read_only(location: &str) -> anyhow::Result<Box<dyn Store>> {
+    store::open_read_only(location)
+        .await
+        .context("opening the store")
 }
 
 /// `buildstore web`: the pages alone, until SIGTERM or SIGINT.

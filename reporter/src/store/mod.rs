@@ -460,6 +460,15 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
     Err(StoreError::BadLocation(location.to_owned()))
 }
 
+/// Opens the store a location names for a program that only reads it: the reads of a MongoDB
+/// store then follow the URI's `readPreference` (see [`MongoStore::open_read_only`]).
+pub async fn open_read_only(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {
+        return Ok(Box::new(MongoStore::open_read_only(location).await?));
+    }
+    open(location).await
+}
+
 /// Opens the store a location names for writing. An SQLite store is locked first, against a
 /// second process writing it at once (see [`lock_writer`]); the lock holds while the returned
 /// guard lives, which must be as long as the store is written.

@@ -5,6 +5,7 @@
 //! idempotent and a batch that failed halfway is completed by the retry of the same batch: the
 //! applied event keys are written last.
 
+mod connect;
 mod exec;
 mod filters;
 pub mod plan;
@@ -12,26 +13,22 @@ mod prepare;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use buildstore_schema::{BuildDoc, Channel, Collection, StepDoc};
 use futures::TryStreamExt;
-use mongodb::options::{
-    ClientOptions, DatabaseOptions, GridFsBucketOptions, ReadConcern, ReadPreference,
-    SelectionCriteria,
-};
-use mongodb::{Client, Database};
+use mongodb::options::GridFsBucketOptions;
+use mongodb::Database;
 
+use self::connect::selection_summary;
+pub use self::connect::DEFAULT_SELECTION_TIMEOUT;
 use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
 use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIECE_END, PIN_OFFSET};
 use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
-/// Server selection timeout when the URI does not set `serverSelectionTimeoutMS`.
-pub const DEFAULT_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a batch that keeps failing with transient errors, before giving up.
 const ATTEMPTS: u32 = 8;
 /// Most GridFS pieces whose chunks one query asks for: each takes a clause of its id (up to
@@ -51,69 +48,6 @@ pub struct MongoStore {
 }
 
 impl MongoStore {
-    /// Connects lazily: an unreachable server is reported by the first operation, after the
-    /// server selection timeout.
-    pub async fn open(uri: &str) -> Result<MongoStore, StoreError> {
-        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            let message = Redactor {
-                secrets: uri_secrets(uri),
-            }
-            .driver(&e);
-            // A mongodb+srv URI is looked up as it is parsed: a failed lookup is no bad URI.
-            match e.kind.as_ref() {
-                mongodb::error::ErrorKind::DnsResolve { .. } => StoreError::SrvLookup(message),
-                _ => StoreError::BadMongoUri(message),
-            }
-        })?;
-        let secrets: Vec<String> = options
-            .credential
-            .as_ref()
-            .map(|c| {
-                [c.username.clone(), c.password.clone()]
-                    .into_iter()
-                    .flatten()
-                    .collect()
-            })
-            .unwrap_or_default();
-        options
-            .server_selection_timeout
-            .get_or_insert(DEFAULT_SELECTION_TIMEOUT);
-        options.app_name.get_or_insert_with(|| "buildstore".into());
-        let db_name = options
-            .default_database
-            .clone()
-            .unwrap_or_else(|| "buildstore".into());
-        let hosts: Vec<String> = options.hosts.iter().map(ToString::to_string).collect();
-        let location = format!("mongodb://{}/{db_name}", hosts.join(","));
-        // The batches go out as plain commands, which the driver sends without the URI's write
-        // concern (`w`, `journal`, `wtimeoutMS`): each command carries it instead.
-        let write_concern = options
-            .write_concern
-            .as_ref()
-            .and_then(|w| bson::to_document(w).ok())
-            .filter(|w| !w.is_empty());
-        let client = Client::with_options(options).map_err(|e| StoreError::Mongo {
-            location: location.clone(),
-            message: Redactor {
-                secrets: secrets.clone(),
-            }
-            .driver(&e),
-        })?;
-        // What a batch is folded from must include every write before it: reads go to the
-        // primary, at its own view, whatever the URI asks for (a secondary may lag behind).
-        let reads = DatabaseOptions::builder()
-            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
-            .read_concern(ReadConcern::local())
-            .build();
-        Ok(MongoStore {
-            db: client.database_with_options(&db_name, reads),
-            write_concern,
-            retries: AtomicBool::new(true),
-            location,
-            redact: Redactor { secrets },
-        })
-    }
-
     fn err(&self, e: mongodb::error::Error) -> StoreError {
         if matches!(
             e.kind.as_ref(),
@@ -292,38 +226,8 @@ fn step_doc(raw: Document, step_id: &str) -> Result<StepDoc, StoreError> {
     bson::from_document(raw).map_err(|e| corrupt(Collection::Steps, step_id, e))
 }
 
-/// The user name and password written in a URI, to keep them out of messages even when the URI
-/// itself cannot be parsed.
-fn uri_secrets(uri: &str) -> Vec<String> {
-    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
-    let Some((userinfo, _)) = rest.split_once('@') else {
-        return vec![];
-    };
-    userinfo.split(':').map(str::to_owned).collect()
-}
-
 fn limit(n: usize) -> Option<i64> {
     Some(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-/// What each server said, out of the driver's description of a failed server selection (which
-/// dumps its whole view of the topology): `host:port: error` for each, or the text as it was.
-fn selection_summary(text: &str) -> String {
-    let servers: Vec<String> = text
-        .split("Address: ")
-        .skip(1)
-        .filter_map(|server| {
-            let (address, rest) = server.split_once(',')?;
-            let error = rest.split_once("Error: Kind: ")?.1;
-            let error = error.split_once(", labels:").map_or(error, |(e, _)| e);
-            Some(format!("{address}: {error}"))
-        })
-        .collect();
-    if servers.is_empty() {
-        text.to_owned()
-    } else {
-        servers.join("; ")
-    }
 }
 
 fn corrupt(c: Collection, id: &str, e: impl std::fmt::Display) -> StoreError {
@@ -592,3 +496,7 @@ pub(crate) fn unreachable_uri(selection_ms: u64) -> String {
 #[cfg(test)]
 #[path = "retry_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "reads_tests.rs"]
+mod reads_tests;
