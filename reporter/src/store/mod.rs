@@ -446,12 +446,17 @@ fn take_window(
     Ok(())
 }
 
+/// Whether a store location names a MongoDB server rather than an SQLite file.
+fn is_mongodb_uri(location: &str) -> bool {
+    location.starts_with("mongodb://") || location.starts_with("mongodb+srv://")
+}
+
 /// Opens the store a location names: `sqlite:PATH` or a `mongodb://` / `mongodb+srv://` URI.
 pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
     if location.is_empty() {
         return Err(StoreError::EmptyLocation);
     }
-    if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {
+    if is_mongodb_uri(location) {
         return Ok(Box::new(MongoStore::open(location).await?));
     }
     if let Some(path) = sqlite_path(location)? {
@@ -463,7 +468,7 @@ pub async fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
 /// Opens the store a location names for a program that only reads it: the reads of a MongoDB
 /// store then follow the URI's `readPreference` (see [`MongoStore::open_read_only`]).
 pub async fn open_read_only(location: &str) -> Result<Box<dyn Store>, StoreError> {
-    if location.starts_with("mongodb://") || location.starts_with("mongodb+srv://") {
+    if is_mongodb_uri(location) {
         return Ok(Box::new(MongoStore::open_read_only(location).await?));
     }
     open(location).await

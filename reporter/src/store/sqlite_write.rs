@@ -107,8 +107,8 @@ pub(super) fn apply_batch(
             .and_then(|mut st| st.execute(params_from_iter(row)))
             .map_err(err)?;
     }
-    // One statement for all the keys, bound as one array: a statement per key cost more in
-    // binding and stepping than SQLite took to insert the key.
+    // One statement for all the keys, bound as one array: it saves binding and stepping a
+    // statement per key (about an eighth of what recording a key took).
     let keys: Array = std::rc::Rc::new(batch.events.iter().cloned().map(SqlValue::Text).collect());
     tx.prepare_cached("INSERT OR IGNORE INTO applied_events (key) SELECT value FROM rarray(?1)")
         .and_then(|mut st| st.execute([keys]))
