@@ -391,15 +391,29 @@ fn commands_that_only_read_refuse_a_store_that_does_not_exist() {
 /// tables added, no lock file made beside it, its own `user_version` not taken for a layout.
 #[test]
 fn a_database_of_another_program_is_refused_and_left_as_it_was() {
+    refused_and_left_as_it_was(
+        "CREATE TABLE accounts (id INTEGER, name TEXT); INSERT INTO accounts VALUES (1, 'x');",
+    );
+}
+
+/// A table of its own named `builds` does not make another program's database a store.
+#[test]
+fn a_database_of_another_program_with_a_builds_table_is_refused_too() {
+    refused_and_left_as_it_was(
+        "CREATE TABLE builds (id INTEGER, name TEXT); INSERT INTO builds VALUES (1, 'x');",
+    );
+}
+
+fn refused_and_left_as_it_was(tables: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("accounts.db");
     // Held open, so that its last write stays in the write-ahead log.
     let owner = rusqlite::Connection::open(&path).expect("open");
     owner
-        .execute_batch(
+        .execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; PRAGMA user_version = 7;
-             CREATE TABLE accounts (id INTEGER, name TEXT); INSERT INTO accounts VALUES (1, 'x');",
-        )
+             {tables}"
+        ))
         .expect("a table of its own");
     let files = || {
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
@@ -422,6 +436,7 @@ fn a_database_of_another_program_is_refused_and_left_as_it_was() {
     for args in [
         &["export", "builds"][..],
         &["log", "m/1/0", "stdout"],
+        &["init"],
         &ingest,
     ] {
         let out = db.cmd().args(args).output().expect("run");

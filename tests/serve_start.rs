@@ -257,6 +257,45 @@ fn a_spool_path_holding_a_file_is_refused_in_those_words() {
     assert_eq!(std::fs::read(&file).expect("read"), b"notes");
 }
 
+/// A spool file damaged in the middle holds acknowledged events that could never be applied:
+/// the daemon refuses to start on it, rather than acknowledge new events behind them, and leaves
+/// it as it is for its events to be salvaged.
+#[test]
+fn a_damaged_spool_is_refused_at_start_and_left_as_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).expect("mkdir");
+    let file = spool.join("spool.db");
+    let conn = rusqlite::Connection::open(&file).expect("open");
+    conn.execute_batch(
+        "CREATE TABLE groups (last INTEGER PRIMARY KEY AUTOINCREMENT, first INTEGER NOT NULL,
+                              lines BLOB NOT NULL);",
+    )
+    .expect("the spool's table");
+    let line = r#"{"type":"builder_state","master_id":"m","builder":"b","state":"idle"}"#;
+    for i in 0..500 {
+        conn.execute(
+            "INSERT INTO groups (last, first, lines) VALUES (?1, ?2, ?3)",
+            rusqlite::params![i * 10 + 10, i * 10 + 1, [line; 10].join("\n")],
+        )
+        .expect("a group");
+    }
+    drop(conn);
+    let mut bytes = std::fs::read(&file).expect("read");
+    let page = 4096;
+    assert!(bytes.len() > 60 * page, "a spool of many pages");
+    bytes[30 * page..40 * page].fill(0xAB);
+    std::fs::write(&file, &bytes).expect("damage");
+
+    let said = refused_with_spool(dir.path(), &spool);
+    assert!(said.contains("spool.db is damaged"), "{said}");
+    assert!(said.contains("may hold acknowledged events"), "{said}");
+    assert!(
+        std::fs::read(&file).expect("read") == bytes,
+        "the file was changed"
+    );
+}
+
 #[test]
 fn a_spool_another_daemon_uses_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::core::Batch;
 use crate::pipeline::{Applier, Outcome, Prepared};
-use crate::spool::{Handoff, Spool};
+use crate::spool::{Handoff, Spool, SpoolError};
 use crate::store::{Apply, StoreError};
 
 /// Most events per batch. Big enough that a store write carries a backlog away in few
@@ -144,13 +144,10 @@ pub async fn run(
     // drain start past that group.
     let start = spool.next_id();
     let s = spool.clone();
-    let mut next = match tokio::task::spawn_blocking(move || s.oldest()).await {
-        Ok(Ok(oldest)) => oldest.unwrap_or(start),
-        other => {
-            tracing::error!(
-                ?other,
-                "reading the spool failed; starting from its first id"
-            );
+    let mut next = match blocking(move || s.oldest()).await {
+        Ok(oldest) => oldest.unwrap_or(start),
+        Err(e) => {
+            tracing::error!("reading the spool failed; starting from its first id: {e}");
             0
         }
     };
@@ -414,15 +411,14 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
         return None;
     }
     let s = spool.clone();
-    let spooled =
-        match tokio::task::spawn_blocking(move || s.read(next, BATCH_EVENTS, BATCH_BYTES)).await {
-            Ok(Ok(p)) => p,
-            other => {
-                tracing::error!(?other, "reading the spool failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return None;
-            }
-        };
+    let spooled = match blocking(move || s.read(next, BATCH_EVENTS, BATCH_BYTES)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("reading the spool failed, trying again in a second: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return None;
+        }
+    };
     let through = spooled.last()?.id;
     // Lines were validated before they were spooled; one that no longer parses is reported and
     // skipped rather than blocking everything behind it. They are read without the check on
@@ -438,6 +434,15 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
         })
         .collect();
     Some(Unconfirmed { through, events })
+}
+
+/// Runs a read of the spool off the async threads.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))
 }
 
 fn read_spooled(line: &str) -> Result<Event, buildstore_schema::EventError> {

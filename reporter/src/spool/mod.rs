@@ -43,6 +43,13 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "spool {path} is damaged ({detail}); it is left as it is. It may hold acknowledged \
+         events not yet in the store: move it aside, keep it to salvage them, and start again"
+    )]
+    Damaged { path: String, detail: String },
+    #[error("spool {path}: the file holds tables, but not a spool's; it is left as it is")]
+    NotASpool { path: String },
     #[error("spool task failed: {0}")]
     Task(String),
     #[error("spool {path}: cannot lock it: {source}")]
@@ -145,6 +152,42 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
     }
 }
 
+/// Refuses, before anything is written to it, a spool file that is damaged or that belongs to
+/// another program. A page damaged in the middle of a spool would otherwise show only when the
+/// drain reaches it, after the daemon had started to acknowledge new events it could never apply
+/// behind it. The check reads the whole file: a few seconds per gigabyte not in the page cache.
+fn check_file(conn: &Connection, path: &str) -> Result<(), SpoolError> {
+    let damaged = |detail: String| SpoolError::Damaged {
+        path: path.to_owned(),
+        detail,
+    };
+    let findings: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    if findings.first().map(String::as_str) != Some("ok") {
+        return Err(damaged(findings.join("; ")));
+    }
+    // A spool's file has its groups (or, from an older version, its events), or no table yet.
+    let spool_tables: bool = conn
+        .query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)
+                 OR (SELECT count(*) FROM pragma_table_info('groups')
+                     WHERE name IN ('last', 'first', 'lines')) = 3
+                 OR (SELECT count(*) FROM pragma_table_info('events')
+                     WHERE name IN ('id', 'line')) = 2",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| damaged(e.to_string()))?;
+    if !spool_tables {
+        return Err(SpoolError::NotASpool {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Most lines per group when an old spool is converted.
 const CONVERT_GROUP: usize = 4096;
 
@@ -176,6 +219,7 @@ impl Spool {
             file
         };
         let mut conn = Connection::open(&file).map_err(err)?;
+        check_file(&conn, &path)?;
         // Pages freed by releases can be given back to the file system (see `shrink`); it must
         // be said before the first table is made, or turned on by a VACUUM.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")

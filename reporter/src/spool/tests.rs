@@ -505,3 +505,72 @@ fn giving_back_more_than_is_held_leaves_zero() {
     super::subtract(&held, 5);
     assert_eq!(held.load(Ordering::Relaxed), 0);
 }
+
+/// The files in `dir` with their bytes, the lock file aside (a spool's own doing).
+fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("lock"))
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_spool_damaged_in_the_middle_is_refused_at_open_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let line = "x".repeat(200);
+    for _ in 0..200 {
+        spool.append(&vec![line.clone(); 10]).unwrap();
+    }
+    drop(spool);
+    // Whole pages in the middle of the file, where neither opening nor counting what waits
+    // would read them.
+    let file = dir.path().join("spool.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 40 * page, "a spool of many pages");
+    bytes[20 * page..30 * page].fill(0xAB);
+    std::fs::write(&file, &bytes).unwrap();
+    let before = files(dir.path());
+
+    let refused = Spool::open(dir.path()).map(|_| ()).unwrap_err();
+    assert!(matches!(refused, SpoolError::Damaged { .. }), "{refused}");
+    let said = refused.to_string();
+    assert!(said.contains("spool.db is damaged"), "{said}");
+    assert!(said.contains("may hold acknowledged events"), "{said}");
+    assert!(files(dir.path()) == before, "the damaged file was changed");
+}
+
+#[test]
+fn a_spool_file_of_another_program_is_refused_and_left_as_it_is() {
+    for tables in [
+        "CREATE TABLE accounts (id INTEGER, name TEXT)",
+        // The spool's own table names, not its tables.
+        "CREATE TABLE groups (x); CREATE TABLE released (y)",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let other = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
+        other.execute_batch(tables).unwrap();
+        drop(other);
+        let before = files(dir.path());
+        let refused = Spool::open(dir.path()).map(|_| ()).unwrap_err();
+        assert!(
+            matches!(refused, SpoolError::NotASpool { .. }),
+            "{tables}: {refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("holds tables, but not a spool's"),
+            "{refused}"
+        );
+        assert!(
+            files(dir.path()) == before,
+            "{tables}: the file was changed"
+        );
+    }
+}

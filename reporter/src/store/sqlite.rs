@@ -152,7 +152,7 @@ enum Holds {
     NoTables,
     /// A store's `builds` table.
     Store,
-    /// Tables, but no `builds`: a database of another program.
+    /// Tables, but no store's `builds`: a database of another program.
     Other,
 }
 
@@ -164,10 +164,14 @@ fn holds(path: &str) -> Result<Holds, StoreError> {
     let err = sql_error(path);
     let conn =
         Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
+    // Every layout has kept a document per row, `_id` and `doc`: a `builds` table of another
+    // program's own does not make its file a store.
     let (any, builds): (bool, bool) = conn
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master),
-                    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')",
+                    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')
+                    AND (SELECT count(*) FROM pragma_table_info('builds')
+                         WHERE name IN ('_id', 'doc')) = 2",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -179,8 +183,8 @@ fn holds(path: &str) -> Result<Holds, StoreError> {
     })
 }
 
-/// Refuses a file that holds something, but no `builds` table: a database of another program,
-/// left as it was.
+/// Refuses a file that holds something, but no store's `builds` table: a database of another
+/// program, left as it was.
 pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
     if holds(path)? == Holds::Other {
         return Err(StoreError::NotAStore(path.to_owned()));
