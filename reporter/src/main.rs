@@ -57,6 +57,7 @@ enum Command {
     /// ingested again safely. Exits 1 if any line was rejected.
     Ingest {
         /// File of events, or - for standard input.
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         file: String,
         /// Report bad lines and carry on with the rest instead of stopping at the first.
         #[arg(long)]

@@ -34,6 +34,8 @@ pub enum StoreError {
          sqlite:PATH or mongodb://HOST[:PORT]/DATABASE"
     )]
     EmptyLocation,
+    #[error("store location {0:?} names no file: write sqlite:PATH, such as sqlite:buildstore.db")]
+    NoSqlitePath(String),
     #[error("the MongoDB URI of the store is not valid: {0}")]
     BadMongoUri(String),
     #[error(
@@ -499,7 +501,7 @@ pub fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
         return Ok(None);
     };
     if path.is_empty() {
-        return Err(StoreError::BadLocation(location.to_owned()));
+        return Err(StoreError::NoSqlitePath(location.to_owned()));
     }
     if in_memory(path) {
         return Err(StoreError::InMemory(location.to_owned()));

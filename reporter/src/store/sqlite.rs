@@ -15,12 +15,18 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
+#[path = "sqlite_place.rs"]
+mod place;
 #[path = "sqlite_queries.rs"]
 mod queries;
 #[path = "sqlite_upgrade.rs"]
 mod upgrade;
 #[path = "sqlite_write.rs"]
 mod write;
+
+use place::check_place;
+pub use place::is_empty_database;
+pub(crate) use place::refuse_foreign;
 
 /// Bumped when the table layout changes. 2: builds keep `master_id`, `branch` and `result`.
 const LAYOUT_VERSION: i64 = 2;
@@ -140,82 +146,6 @@ fn decode(collection: Collection, id: &str, bytes: &[u8]) -> Result<Document, St
         id: id.to_owned(),
         message: e.to_string(),
     })
-}
-
-/// What an SQLite file holds, looked at read-only, so that it is left as it was: a read-write
-/// connection would checkpoint its write-ahead log when it closes, for one.
-#[derive(PartialEq)]
-enum Holds {
-    /// No file, or an empty one: a store is made there.
-    Nothing,
-    /// A database with no tables, such as one a tool made and never wrote.
-    NoTables,
-    /// A store's `builds` table.
-    Store,
-    /// Tables, but no store's `builds`: a database of another program.
-    Other,
-}
-
-fn holds(path: &str) -> Result<Holds, StoreError> {
-    let p = std::path::Path::new(path);
-    if !p.is_file() || p.metadata().is_ok_and(|m| m.len() == 0) {
-        return Ok(Holds::Nothing);
-    }
-    let err = sql_error(path);
-    let conn =
-        Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
-    // Every layout has kept a document per row, `_id` and `doc`: a `builds` table of another
-    // program's own does not make its file a store.
-    let (any, builds): (bool, bool) = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master),
-                    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'builds')
-                    AND (SELECT count(*) FROM pragma_table_info('builds')
-                         WHERE name IN ('_id', 'doc')) = 2",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map_err(&err)?;
-    Ok(match (any, builds) {
-        (false, _) => Holds::NoTables,
-        (true, true) => Holds::Store,
-        (true, false) => Holds::Other,
-    })
-}
-
-/// Refuses a file that holds something, but no store's `builds` table: a database of another
-/// program, left as it was.
-pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
-    if holds(path)? == Holds::Other {
-        return Err(StoreError::NotAStore(path.to_owned()));
-    }
-    Ok(())
-}
-
-/// Refuses a store path that is a directory, or whose directory does not exist, in those words:
-/// SQLite says "unable to open database file" to both.
-fn check_place(path: &str) -> Result<(), StoreError> {
-    let p = std::path::Path::new(path);
-    let why = if p.is_dir() {
-        "it is a directory, not a store file".to_owned()
-    } else {
-        match p.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
-                format!("its directory {} does not exist", dir.display())
-            }
-            _ => return Ok(()),
-        }
-    };
-    Err(StoreError::NoPlace {
-        path: path.to_owned(),
-        why,
-    })
-}
-
-/// Whether the file at `path` is an SQLite database with nothing in it, such as one a tool made
-/// and never wrote: a reader takes it for no store, rather than make one of it.
-pub fn is_empty_database(path: &str) -> Result<bool, StoreError> {
-    Ok(holds(path)? == Holds::NoTables)
 }
 
 /// The SQLite name of an index of the schema.
