@@ -514,3 +514,58 @@ fn a_mongodb_srv_uri_without_its_dns_records_says_so() {
         "cannot look up the DNS records of the mongodb+srv URI",
     );
 }
+
+/// A commit event of its own for each `i`: each makes one document in `repository`.
+fn commit_line(i: u64) -> String {
+    format!(
+        r#"{{"type":"commit","master_id":"m","event_id":"c{i}","hash":"{i:040x}","repository_uri":"https://example.org/r.git","subject":"change {i}","author_name":"Dev","author_email":"dev@example.org","author_date":"2026-01-01T00:00:00Z","commiter_name":"Dev","commiter_email":"dev@example.org","commiter_date":"2026-01-01T00:00:00Z"}}"#
+    )
+}
+
+/// SIGINT or SIGTERM while `ingest -` reads a live pipe stops the reading after the last whole
+/// line and applies every line read, which could not be read from the pipe again. The command
+/// says after which line it stopped, and ends with the status of a process that signal ended.
+#[test]
+fn a_signal_during_ingest_applies_every_line_read_and_says_where_it_stopped() {
+    for (signal, status) in [("INT", 130), ("TERM", 143)] {
+        let db = Db::new();
+        let (mut ingest, mut pipe) = ingest_from_pipe(&db);
+        // As fast as the pipe takes them: no pause, so lines are always on their way in.
+        let feeder = std::thread::spawn(move || {
+            for i in 0.. {
+                if writeln!(pipe, "{}", commit_line(i)).is_err() {
+                    return i;
+                }
+            }
+            unreachable!()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        send_signal(&ingest, signal);
+        let mut said = String::new();
+        let mut err = ingest.stderr.take().expect("stderr");
+        std::io::Read::read_to_string(&mut err, &mut said).expect("read stderr");
+        let exit = ingest.wait().expect("wait");
+        let sent = feeder.join().expect("feeder");
+        assert_eq!(exit.code(), Some(status), "SIG{signal}: {said}");
+        let lines: usize = said
+            .split_once(&format!("stopped by SIG{signal} after line "))
+            .and_then(|(_, rest)| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("SIG{signal}: no line number in: {said}"));
+        assert!(
+            lines > 0 && (lines as u64) < sent,
+            "{lines} of {sent}: {said}"
+        );
+        assert!(
+            said.contains(&format!(
+                "{lines} events applied, 0 duplicates skipped, 0 lines rejected"
+            )),
+            "{said}"
+        );
+        assert_eq!(
+            db.export("repository").len(),
+            lines,
+            "SIG{signal}: every line read is in the store, and nothing after it"
+        );
+    }
+}

@@ -4,12 +4,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use buildstore::core::{ChangesetPolicy, Core, CoreConfig, MAX_INLINE_LIMIT, MIN_INLINE_LIMIT};
-use buildstore::pipeline::{ingest, Applier, IngestOptions};
+use buildstore::core::{ChangesetPolicy, CoreConfig, MAX_INLINE_LIMIT, MIN_INLINE_LIMIT};
+use buildstore::pipeline::IngestOptions;
 use buildstore::store::{self, Store};
 use buildstore_schema::{Channel, Collection};
 use clap::{Parser, Subcommand};
-use tokio::io::BufReader;
 
 /// Prints a line to standard error. Standard error closed or full is no reason to stop, nor to
 /// panic: `ingest 2>&1 | head -1` still applies every event, and nothing else could report it.
@@ -18,6 +17,9 @@ macro_rules! note {
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
+
+#[path = "main/ingest.rs"]
+mod ingest_command;
 
 #[derive(Parser)]
 #[command(
@@ -334,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 line_limit,
                 ..IngestOptions::default()
             };
-            run_ingest(store.as_ref(), &file, input, config, &options).await
+            ingest_command::run(store.as_ref(), &file, input, config, options).await
         }
         Command::Serve {
             listen,
@@ -506,47 +508,6 @@ fn default_spool(store: &str) -> std::path::PathBuf {
         Some(path) => format!("{path}.spool").into(),
         None => "buildstore.spool".into(),
     }
-}
-
-/// Ingests `input` (the opened `file`, or standard input for `None`) into `store`.
-async fn run_ingest(
-    store: &dyn Store,
-    file: &str,
-    input: Option<tokio::fs::File>,
-    config: CoreConfig,
-    options: &IngestOptions,
-) -> anyhow::Result<ExitCode> {
-    let mut applier = Applier::new(Core::new(config));
-    let mut on_error = |e: &buildstore::pipeline::LineError| note!("buildstore: {file}: {e}");
-    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input {
-        Some(f) => Box::new(f),
-        None => Box::new(tokio::io::stdin()),
-    };
-    let report = ingest(
-        store,
-        &mut applier,
-        BufReader::with_capacity(1 << 20, input),
-        options,
-        &mut on_error,
-    )
-    .await
-    .with_context(|| file.to_owned())?;
-    note!(
-        "buildstore: {file}: {} events applied, {} duplicates skipped, {} lines rejected{}",
-        report.applied,
-        report.duplicates,
-        report.rejected,
-        if report.stopped_early {
-            " (stopped at the first bad line; --keep-going carries on)"
-        } else {
-            ""
-        }
-    );
-    Ok(if report.rejected > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// Writes to stdout; a closed pipe (`| head`) ends the output quietly.

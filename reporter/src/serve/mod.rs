@@ -419,6 +419,30 @@ impl Bound {
     }
 }
 
+/// The stop signal that came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caught {
+    Term,
+    Int,
+}
+
+impl Caught {
+    pub fn name(self) -> &'static str {
+        match self {
+            Caught::Term => "SIGTERM",
+            Caught::Int => "SIGINT",
+        }
+    }
+
+    /// The status a shell gives a process this signal ended: 128 and the signal's number.
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Caught::Term => 128 + 15,
+            Caught::Int => 128 + 2,
+        }
+    }
+}
+
 /// SIGTERM and SIGINT, caught from the moment this is made. Made before a daemon says it is
 /// ready, so that a stop sent right after that is graceful rather than the default exit, which
 /// would drop what was read but not yet answered.
@@ -446,11 +470,11 @@ impl StopSignals {
         self.recv().await;
     }
 
-    /// Waits for either signal.
-    pub async fn recv(&mut self) {
+    /// Waits for either signal, and says which came.
+    pub async fn recv(&mut self) -> Caught {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Caught::Term,
+            _ = self.int.recv() => Caught::Int,
         }
     }
 }

@@ -1,257 +1,13 @@
-//! The shell around the core: events → de-duplication → recovery of builds from the store → fold →
-//! one batch per chunk → store. `ingest` reads a JSONL stream through it; the socket daemon feeds
-//! it from its spool.
+//! `ingest`: a stream of JSON lines through the applier. Lines are read and parsed on a task of
+//! their own, in chunks, while the store writes the chunk folded before; a bad line, a pause of
+//! the input or a stop ends a chunk.
 
-/// Sets of event keys and build ids, which come from clients: hashed with aHash, fast and keyed at
-/// random per process.
-type HashSet<T> = std::collections::HashSet<T, ahash::RandomState>;
-
-use buildstore_schema::{Event, EventKind};
-use chrono::Utc;
+use buildstore_schema::Event;
 use tokio::io::AsyncBufRead;
 
-use crate::core::{event_key, Batch, Core, Mutation, RuleError};
+use super::{Applier, Outcome, Prepared};
 use crate::lines::{next_line, too_long, RawLine};
 use crate::store::{Apply, StoreError};
-
-/// Keys remembered in memory, per generation: past this the older generation is dropped (the
-/// store still knows them all).
-const RECENT_KEYS_MAX: usize = 500_000;
-
-/// What became of one event of a chunk.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Applied,
-    /// Its `event_id` was applied before (or earlier in the same chunk).
-    Duplicate,
-    Rejected(RuleError),
-}
-
-/// A chunk folded into one batch, not yet confirmed by the store.
-#[derive(Debug)]
-pub struct Prepared {
-    pub batch: Batch,
-    pub outcomes: Vec<Outcome>,
-    /// The builds its events belong to.
-    builds: HashSet<String>,
-}
-
-/// Folds chunks of events through the core into a store.
-///
-/// A chunk is applied in two halves, [`Applier::prepare`] and, once the store took its batch,
-/// [`Applier::confirmed`], so that the next chunk can be folded while the store writes this
-/// one. Meanwhile the events of the batch on its way count as applied (a resent copy in the next
-/// chunk is a duplicate), and its builds stay in memory, since the store does not hold them yet.
-pub struct Applier {
-    core: Core,
-    /// Keys of events applied (or on their way to the store), newest generation first.
-    recent: [HashSet<String>; 2],
-    /// Keys a generation holds before the older one is dropped.
-    generation_max: usize,
-}
-
-impl Applier {
-    pub fn new(core: Core) -> Applier {
-        Applier {
-            core,
-            recent: Default::default(),
-            generation_max: RECENT_KEYS_MAX,
-        }
-    }
-
-    /// An applier that remembers `keys` event keys per generation, to test the turn of one.
-    #[cfg(test)]
-    fn with_key_memory(core: Core, keys: usize) -> Applier {
-        Applier {
-            generation_max: keys,
-            ..Applier::new(core)
-        }
-    }
-
-    fn is_recent(&self, key: &str) -> bool {
-        self.recent.iter().any(|g| g.contains(key))
-    }
-
-    /// Applies `events` in order as one batch: [`Applier::prepare`], the store's write, then
-    /// [`Applier::confirmed`] or [`Applier::forget`].
-    pub async fn apply_chunk(
-        &mut self,
-        store: &dyn Apply,
-        events: &[Event],
-        stop_at_error: bool,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let mut prepared = self.prepare(store, events, stop_at_error).await?;
-        if let Err(e) = store
-            .apply(std::mem::take(&mut prepared.batch).into())
-            .await
-        {
-            self.forget();
-            return Err(e);
-        }
-        Ok(self.confirmed(prepared, None))
-    }
-
-    /// Folds `events` in order into one batch for the store. With `stop_at_error`, the first
-    /// rejected event ends the chunk: the outcomes then stop there and nothing after it is
-    /// applied. Rejected events yield no mutations. The store is only read here; a read error
-    /// leaves the applier as it was.
-    ///
-    /// A log chunk sent without an offset goes where its log ends, and the batch carries that
-    /// offset as a pin ([`Batch::pins`]), which a store that may keep part of a batch (MongoDB)
-    /// records before anything else. Folded again, after [`Applier::forget`] or by another
-    /// process after a crash, the chunk goes to its pinned offset and is found already there,
-    /// not appended twice. A chunk whose batch was never sent has no pin and goes where its log
-    /// ends then.
-    pub async fn prepare(
-        &mut self,
-        store: &dyn Apply,
-        events: &[Event],
-        stop_at_error: bool,
-    ) -> Result<Prepared, StoreError> {
-        // The older generation is dropped before the keys to ask the store about are chosen:
-        // a key only it held must be asked about, not taken as new. (The keys of a batch still
-        // on its way to the store are in the newer one, which stays.)
-        if self.recent[0].len() + events.len() > self.generation_max {
-            self.recent.swap(0, 1);
-            self.recent[0].clear();
-        }
-        let keys: Vec<Option<String>> = events
-            .iter()
-            .map(|e| e.event_id.as_deref().map(|id| event_key(&e.master_id, id)))
-            .collect();
-        let unknown: Vec<String> = {
-            let mut distinct: HashSet<&str> =
-                HashSet::with_capacity_and_hasher(keys.len(), Default::default());
-            keys.iter()
-                .flatten()
-                .filter(|k| !self.is_recent(k) && distinct.insert(k.as_str()))
-                .cloned()
-                .collect()
-        };
-        let known = if unknown.is_empty() {
-            Default::default()
-        } else {
-            store.applied_events(&unknown).await?
-        };
-
-        let build_ids: Vec<Option<String>> = events.iter().map(Core::build_of).collect();
-        let mut missing: Vec<String> = build_ids
-            .iter()
-            .flatten()
-            .filter(|id| !self.core.has_build(id))
-            .cloned()
-            .collect();
-        missing.sort();
-        missing.dedup();
-        if !missing.is_empty() {
-            for snapshot in store
-                .load_builds(&missing, self.core.config().inline_limit)
-                .await?
-            {
-                self.core.restore(&snapshot);
-            }
-        }
-
-        let received = Utc::now();
-        let mut batch = Batch::default();
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut builds = HashSet::default();
-        for ((event, key), build) in events.iter().zip(keys).zip(&build_ids) {
-            let mut pinned = None;
-            if let Some(key) = &key {
-                // Recent keys include those of this chunk applied so far.
-                if self.is_recent(key) || known.applied.contains(key) {
-                    outcomes.push(Outcome::Duplicate);
-                    continue;
-                }
-                pinned = known.pinned.get(key).copied();
-            }
-            // A chunk without an offset that the store pinned, when a batch holding it began to
-            // be written, goes where it went then. The event itself is left as it came: folded
-            // again, it is pinned again from what the store then holds.
-            let at_pin = pinned.and_then(|offset| at_offset(event, offset));
-            match self.core.apply(at_pin.as_ref().unwrap_or(event), received) {
-                Ok(mutations) => {
-                    let pinned = pinned.or_else(|| folded_offset(event, &mutations));
-                    batch.mutations.extend(mutations);
-                    if let Some(key) = key {
-                        if let Some(offset) = pinned {
-                            batch.pins.push((key.clone(), offset));
-                        }
-                        // Counted as applied from now on: the batch is on its way to the store,
-                        // and if the store does not take it, `forget` clears this.
-                        self.recent[0].insert(key.clone());
-                        batch.events.push(key);
-                    }
-                    if let Some(b) = build.as_ref().filter(|b| !builds.contains(*b)) {
-                        builds.insert(b.clone());
-                    }
-                    outcomes.push(Outcome::Applied);
-                }
-                Err(e) => {
-                    // A rejected event does not count as seen: a corrected resend has to apply.
-                    if let (Some(key), Some(_)) = (key, pinned) {
-                        batch.dropped_pins.push(key);
-                    }
-                    outcomes.push(Outcome::Rejected(e));
-                    if stop_at_error {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(Prepared {
-            batch,
-            outcomes,
-            builds,
-        })
-    }
-
-    /// The store confirmed `prepared`'s batch: its finished builds may leave memory, except those
-    /// that `next` (the batch prepared since, not yet confirmed) still needs.
-    pub fn confirmed(&mut self, prepared: Prepared, next: Option<&Prepared>) -> Vec<Outcome> {
-        self.core
-            .evict_finished(|id| next.is_some_and(|n| n.builds.contains(id)));
-        tracing::debug!(events = prepared.outcomes.len(), "batch applied");
-        prepared.outcomes
-    }
-
-    /// The store did not take a batch: memory may be ahead of the store, so the applier forgets
-    /// what it holds and every batch prepared since must be prepared again, from what the store
-    /// holds. (SQLite applies a batch atomically: nothing of the failed one is there. A MongoDB
-    /// store may hold part of it, which the next fold starts from.)
-    pub fn forget(&mut self) {
-        self.core.clear();
-        for generation in &mut self.recent {
-            generation.clear();
-        }
-    }
-}
-
-/// A log chunk sent without an offset, as if it had been sent with `offset`.
-fn at_offset(event: &Event, offset: u64) -> Option<Event> {
-    match &event.kind {
-        EventKind::Log(log) if log.offset.is_none() => {
-            let mut pinned = event.clone();
-            if let EventKind::Log(log) = &mut pinned.kind {
-                log.offset = Some(offset);
-            }
-            Some(pinned)
-        }
-        _ => None,
-    }
-}
-
-/// The offset a log chunk sent without one was folded at.
-fn folded_offset(event: &Event, mutations: &[Mutation]) -> Option<u64> {
-    match &event.kind {
-        EventKind::Log(log) if log.offset.is_none() => mutations.iter().find_map(|m| match m {
-            Mutation::AppendLog { offset, .. } => Some(*offset),
-            _ => None,
-        }),
-        _ => None,
-    }
-}
 
 /// Options of [`ingest`].
 #[derive(Debug, Clone)]
@@ -265,6 +21,10 @@ pub struct IngestOptions {
     /// Longest line taken: a longer one is a bad line, read to its end and not kept (a file
     /// with no newline, such as /dev/zero by mistake, took all the memory there was).
     pub line_limit: usize,
+    /// Once this turns true (a signal), reading stops at the end of the last whole line: what
+    /// was read is applied, and the run ends (see [`IngestReport::interrupted_after`]). Lines
+    /// taken from a pipe would otherwise be lost with the process.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for IngestOptions {
@@ -274,6 +34,7 @@ impl Default for IngestOptions {
             chunk_events: 1000,
             chunk_bytes: 16 << 20,
             line_limit: 16 << 20,
+            stop: None,
         }
     }
 }
@@ -294,6 +55,9 @@ pub struct IngestReport {
     pub rejected: u64,
     /// True when a bad line stopped the run (without `keep_going`).
     pub stopped_early: bool,
+    /// Set when [`IngestOptions::stop`] ended the run: the number of lines read whole, which
+    /// were applied (or reported); nothing after them was.
+    pub interrupted_after: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +76,15 @@ enum Line {
     Bad(LineError),
 }
 
+/// Lines handed from the reader to the ingest loop.
+struct Chunk {
+    lines: Vec<Line>,
+    /// The input paused after them.
+    paused: bool,
+    /// The stop came: the last chunk, after this many lines read whole.
+    stopped_after: Option<u64>,
+}
+
 /// How long input may be silent before what came so far is applied.
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -322,8 +95,9 @@ const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 async fn read_chunks<R: AsyncBufRead + Unpin>(
     mut input: R,
     options: IngestOptions,
-    out: tokio::sync::mpsc::Sender<std::io::Result<(Vec<Line>, bool)>>,
+    out: tokio::sync::mpsc::Sender<std::io::Result<Chunk>>,
 ) {
+    let mut stop = options.stop.clone();
     let chunk_events = options.chunk_events.max(1);
     let mut chunk = Vec::new();
     let mut bytes = 0usize;
@@ -341,22 +115,40 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         // A line already buffered needs no timer. A reader that only refills its buffer (a
         // file, read on a blocking thread) answers within moments: only input still silent
         // after `PAUSE` is a pause, or a file would be cut into a chunk at every refill.
+        // Only the waits for input give way to a stop: a chunk being handed over is not
+        // dropped halfway, and a line half read is not taken.
         let read = match futures::poll!(read.as_mut()) {
-            std::task::Poll::Ready(read) => read,
-            std::task::Poll::Pending => match tokio::time::timeout(PAUSE, read.as_mut()).await {
-                Ok(read) => read,
-                Err(_) => {
-                    if !chunk.is_empty() || untold {
-                        bytes = 0;
-                        untold = false;
-                        let paused = Ok((std::mem::take(&mut chunk), true));
-                        if out.send(paused).await.is_err() {
-                            return;
+            std::task::Poll::Ready(read) => Some(read),
+            std::task::Poll::Pending => {
+                match until_stopped(&mut stop, tokio::time::timeout(PAUSE, read.as_mut())).await {
+                    Some(Ok(read)) => Some(read),
+                    Some(Err(_)) => {
+                        if !chunk.is_empty() || untold {
+                            bytes = 0;
+                            untold = false;
+                            let paused = Chunk {
+                                lines: std::mem::take(&mut chunk),
+                                paused: true,
+                                stopped_after: None,
+                            };
+                            if out.send(Ok(paused)).await.is_err() {
+                                return;
+                            }
                         }
+                        until_stopped(&mut stop, read.as_mut()).await
                     }
-                    read.await
+                    None => None,
                 }
-            },
+            }
+        };
+        let Some(read) = read else {
+            let last = Chunk {
+                lines: chunk,
+                paused: false,
+                stopped_after: Some(number),
+            };
+            let _ = out.send(Ok(last)).await;
+            return;
         };
         let raw = match read {
             Ok(raw) => raw,
@@ -398,17 +190,33 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         {
             bytes = 0;
             untold = true;
-            if out
-                .send(Ok((std::mem::take(&mut chunk), false)))
-                .await
-                .is_err()
-            {
+            let full = Chunk {
+                lines: std::mem::take(&mut chunk),
+                paused: false,
+                stopped_after: None,
+            };
+            if out.send(Ok(full)).await.is_err() {
                 return; // the consumer stopped early
             }
         }
         if eof {
             return;
         }
+    }
+}
+
+/// `work`'s output, or None if `stop` turns true first.
+async fn until_stopped<F: std::future::Future>(
+    stop: &mut Option<tokio::sync::watch::Receiver<bool>>,
+    work: F,
+) -> Option<F::Output> {
+    let Some(stop) = stop else {
+        return Some(work.await);
+    };
+    tokio::select! {
+        biased;
+        Ok(_) = stop.wait_for(|stopped| *stopped) => None,
+        done = work => Some(done),
     }
 }
 
@@ -440,9 +248,12 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                 (Some(Folded::split(Vec::new())), None)
             } else {
                 match rx.recv().await {
-                    Some(Ok((chunk, pause))) => {
-                        paused = pause;
-                        (Some(Folded::split(chunk)), None)
+                    Some(Ok(chunk)) => {
+                        paused = chunk.paused;
+                        if chunk.stopped_after.is_some() {
+                            report.interrupted_after = chunk.stopped_after;
+                        }
+                        (Some(Folded::split(chunk.lines)), None)
                     }
                     Some(Err(e)) => (None, Some(e)),
                     None => (None, None),
@@ -585,5 +396,57 @@ fn parse_line(raw: &[u8]) -> Result<Option<Event>, String> {
 }
 
 #[cfg(test)]
-#[path = "pipeline_tests.rs"]
-mod tests;
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::core::{Core, CoreConfig};
+    use crate::store::open_in;
+
+    const BUILDER: &str = r#"{"type":"builder_added","master_id":"m","builder":"b"}"#;
+
+    /// A stop ends the run at the last whole line of an input that is still open: the whole
+    /// lines are applied, the half line after them is neither applied nor reported as bad.
+    #[tokio::test]
+    async fn a_stop_applies_the_whole_lines_read_and_leaves_a_half_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(dir.path(), "s.db").await;
+        let (mut writer, reader) = tokio::io::duplex(1 << 16);
+        let whole: String = (0..3)
+            .map(|i| BUILDER.replace(r#""b""#, &format!(r#""b{i}""#)) + "\n")
+            .collect();
+        writer.write_all(whole.as_bytes()).await.unwrap();
+        writer
+            .write_all(br#"{"type":"builder_added","mas"#)
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let options = IngestOptions {
+            stop: Some(stopped),
+            ..IngestOptions::default()
+        };
+        let mut applier = Applier::new(Core::new(CoreConfig::default()));
+        let mut errors = Vec::new();
+        let mut on_error = |e: &LineError| errors.push(e.clone());
+        let run = ingest(
+            &store,
+            &mut applier,
+            tokio::io::BufReader::new(reader),
+            &options,
+            &mut on_error,
+        );
+        let stopping = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            stop.send(true).unwrap();
+        };
+        let both = async { tokio::join!(run, stopping) };
+        let (report, ()) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+            .await
+            .expect("the stop ends a run whose input is still open");
+        let report = report.unwrap();
+        assert_eq!(report.interrupted_after, Some(3));
+        assert_eq!((report.applied, report.rejected), (3, 0));
+        assert!(errors.is_empty(), "{errors:?}");
+        drop(writer);
+    }
+}
