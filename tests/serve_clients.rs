@@ -230,6 +230,61 @@ fn the_rust_example_sends_again_after_a_reset_or_half_a_reply() {
     assert_says(&out, "this listener needs a hello");
 }
 
+/// The Python example stops when its own output closes (`| head`), rather than take that for
+/// the daemon gone and send again forever; and it says how to run it when its arguments are not
+/// a file and an optional host and port.
+#[test]
+fn the_python_example_stops_when_its_output_closes_and_says_how_to_run_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let many = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 50_000,
+        ..Default::default()
+    });
+    let file = write_lines(dir.path(), "many.jsonl", &many);
+    let mut client = python_client(&file, daemon.port, std::process::Stdio::piped());
+    let mut stdout = client
+        .0
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("stdout");
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).expect("the first replies");
+    drop(stdout);
+    let out = client.finish();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_says(&out, "standard output closed; stopping");
+    assert!(!stderr(&out).contains("retrying"), "{}", stderr(&out));
+    assert!(daemon.stop().success());
+
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/socket_client.py");
+    let name = file.display().to_string();
+    for args in [
+        &[][..],
+        &[name.as_str(), "127.0.0.1"],
+        &[name.as_str(), "h", "port"],
+    ] {
+        let out = Command::new("python3")
+            .arg(&example)
+            .args(args)
+            .output()
+            .expect("run python3");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_says(
+            &out,
+            "usage: python3 socket_client.py EVENTS.jsonl [HOST PORT]",
+        );
+    }
+    let out = Command::new("python3")
+        .arg(&example)
+        .arg(dir.path().join("missing.jsonl"))
+        .output()
+        .expect("run python3");
+    assert_eq!(out.status.code(), Some(1));
+    assert_says(&out, "cannot read the events");
+}
+
 /// The Python example splits its file at newlines only: a log line may hold U+2028 or U+0085,
 /// which JSON leaves unescaped. It exits 1 when the daemon refuses a line.
 #[test]
