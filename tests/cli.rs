@@ -447,6 +447,36 @@ fn help_teaches_the_commands() {
     ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
+    // `--store` is offered after the commands that open the store, not after `status`.
+    let help = |command: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+            .args([command, "--help"])
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for command in ["ingest", "serve", "web", "init", "export", "log"] {
+        assert!(help(command).contains("--store <STORE>"), "{command}");
+    }
+    assert!(!help("status").contains("--store"), "{}", help("status"));
+}
+
+/// `--store` after the command names the store as well as before it, and wins over one given
+/// before it (the later word on the line).
+#[test]
+fn the_store_may_be_named_after_the_command() {
+    let db = Db::new();
+    let nightly = example("nightly.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_buildstore"))
+        .env_remove("BUILDSTORE_STORE")
+        .arg("--store")
+        .arg("sqlite:/no/such/dir/x.db")
+        .args(["ingest", "--store", &db.location])
+        .arg(&nightly)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(db.export("builds").len(), 1);
 }
 
 /// `status` pointed at another web server (any port answering 200) fails, rather than print that

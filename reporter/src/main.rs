@@ -36,18 +36,27 @@ buildstore --store sqlite:/var/lib/buildstore/builds.db export repository\n  \
 BUILDSTORE_STORE=mongodb://localhost:27017/builds buildstore ingest events.jsonl"
 )]
 struct Cli {
-    /// Where documents are kept: sqlite:PATH (the embedded store) or a MongoDB URI,
-    /// mongodb://HOST[:PORT]/DATABASE?OPTIONS (database `buildstore` if none is given; the server
-    /// selection timeout is 10 s unless serverSelectionTimeoutMS says otherwise).
     #[arg(
         long,
-        global = true,
+        help = STORE_HELP,
         env = "BUILDSTORE_STORE",
         default_value = "sqlite:buildstore.db"
     )]
     store: String,
     #[command(subcommand)]
     command: Command,
+}
+
+const STORE_HELP: &str = "Where documents are kept: sqlite:PATH (the embedded store) or a MongoDB \
+    URI, mongodb://HOST[:PORT]/DATABASE?OPTIONS (database `buildstore` if none is given; the \
+    server selection timeout is 10 s unless serverSelectionTimeoutMS says otherwise)";
+
+/// `--store` given after the command, as the commands that open the store take it (the one
+/// before the command goes for every command; `status` opens no store, and takes no other).
+#[derive(clap::Args)]
+struct StoreArg {
+    #[arg(long = "store", value_name = "STORE", help = STORE_HELP)]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +67,8 @@ enum Command {
     /// stay applied. Events whose event_id was applied before are skipped, so a stream can be
     /// ingested again safely. Exits 1 if any line was rejected.
     Ingest {
+        #[command(flatten)]
+        at: StoreArg,
         /// File of events, or - for standard input.
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         file: String,
@@ -87,6 +98,8 @@ enum Command {
     /// SIGTERM or SIGINT stops it: it answers what it received, drains the spool into the store
     /// for up to --grace, and exits 0; what is left is applied at the next start.
     Serve {
+        #[command(flatten)]
+        at: StoreArg,
         /// tcp://IP:PORT or unix:/PATH (mode 0600); may be given several times.
         #[arg(long, value_name = "ADDRESS", default_value = "tcp://127.0.0.1:9989")]
         listen: Vec<buildstore::serve::Listen>,
@@ -134,6 +147,8 @@ enum Command {
     /// Pages: / (builds by sourcestamp, with filters), /builds/ID, /steps/ID/logs/CHANNEL,
     /// /changesets, /builders; the same data as JSON under /api. SIGTERM or SIGINT stops it.
     Web {
+        #[command(flatten)]
+        at: StoreArg,
         /// Address to listen on.
         #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8010")]
         listen: std::net::SocketAddr,
@@ -146,14 +161,21 @@ enum Command {
     },
     /// Create the indexes and document validators the store needs. Harmless to run again;
     /// ingest runs it too.
-    Init,
+    Init {
+        #[command(flatten)]
+        at: StoreArg,
+    },
     /// Print a collection as MongoDB Extended JSON (relaxed), one document per line, by _id.
     Export {
+        #[command(flatten)]
+        at: StoreArg,
         /// builders, builds, steps or repository.
         collection: Collection,
     },
     /// Print the full text of one log of a step.
     Log {
+        #[command(flatten)]
+        at: StoreArg,
         /// The step _id, e.g. m1/7/2.
         step_id: String,
         /// stdout, stderr or header.
@@ -264,10 +286,29 @@ fn describe(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+impl Command {
+    /// The `--store` given after the command, if any, and None for `status`, which has none.
+    fn store(&self) -> Option<&str> {
+        match self {
+            Command::Ingest { at, .. }
+            | Command::Serve { at, .. }
+            | Command::Web { at, .. }
+            | Command::Init { at }
+            | Command::Export { at, .. }
+            | Command::Log { at, .. } => at.store.as_deref(),
+            Command::Status { .. } => None,
+        }
+    }
+}
+
+async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     // The one command that needs no store.
     if let Command::Status { metrics } = cli.command {
         return status(metrics).await;
+    }
+    // Given after the command, it is the later word: it wins over one given before.
+    if let Some(store) = cli.command.store() {
+        cli.store = store.to_owned();
     }
     let reader = match cli.command {
         Command::Web { .. } => Some("web"),
@@ -309,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             proper_changeset,
             batch_events,
             line_limit,
+            ..
         } => {
             let config = core_config(inline_log_limit, &proper_changeset)?;
             let line_limit = checked_line_limit(line_limit)?;
@@ -350,6 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             proper_changeset,
             metrics,
             web,
+            ..
         } => {
             let core = core_config(inline_log_limit, &proper_changeset)?;
             let metrics = metrics_address(&metrics)?;
@@ -394,7 +437,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { metrics } => status(metrics).await,
-        Command::Web { listen } => {
+        Command::Web { listen, .. } => {
             web(
                 listen,
                 std::sync::Arc::from(open_read_only(&location).await?),
@@ -402,18 +445,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init => {
+        Command::Init { .. } => {
             let store = open(&location).await?;
             store.init().await.context("preparing the store")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { collection } => {
+        Command::Export { collection, .. } => {
             export(open_read_only(&location).await?.as_ref(), collection).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Log { step_id, channel } => {
-            print_log(open_read_only(&location).await?.as_ref(), &step_id, channel).await
-        }
+        Command::Log {
+            step_id, channel, ..
+        } => print_log(open_read_only(&location).await?.as_ref(), &step_id, channel).await,
     }
 }
 
