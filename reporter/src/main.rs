@@ -20,6 +20,8 @@ macro_rules! note {
 
 #[path = "main/ingest.rs"]
 mod ingest_command;
+#[path = "main/output.rs"]
+mod output;
 
 #[derive(Parser)]
 #[command(
@@ -451,12 +453,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { collection, .. } => {
-            export(open_read_only(&location).await?.as_ref(), collection).await?;
+            output::export(open_read_only(&location).await?.as_ref(), collection).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Log {
             step_id, channel, ..
-        } => print_log(open_read_only(&location).await?.as_ref(), &step_id, channel).await,
+        } => output::print_log(open_read_only(&location).await?.as_ref(), &step_id, channel).await,
     }
 }
 
@@ -523,8 +525,8 @@ async fn status(metrics: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("no buildstore serve answers on {metrics}"))?;
     let mut out = std::io::stdout().lock();
-    if emit(&mut out, text.as_bytes())? {
-        flush(&mut out)?;
+    if output::emit(&mut out, text.as_bytes())? {
+        output::flush(&mut out)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -551,68 +553,6 @@ fn default_spool(store: &str) -> std::path::PathBuf {
         Some(path) => format!("{path}.spool").into(),
         None => "buildstore.spool".into(),
     }
-}
-
-/// Writes to stdout; a closed pipe (`| head`) ends the output quietly.
-fn emit(out: &mut impl Write, bytes: &[u8]) -> anyhow::Result<bool> {
-    match out.write_all(bytes) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(e).context("writing to standard output"),
-    }
-}
-
-async fn export(store: &dyn Store, collection: Collection) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list(collection, after.as_deref(), 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.get_str("_id").ok().map(str::to_owned);
-        for doc in &page {
-            let mut line = buildstore::export::to_line(doc);
-            line.push('\n');
-            if !emit(&mut out, line.as_bytes())? {
-                return Ok(());
-            }
-        }
-        if after.is_none() {
-            break;
-        }
-    }
-    flush(&mut out)
-}
-
-/// Flushes stdout; a closed pipe ends the output quietly, as in [`emit`].
-fn flush(out: &mut impl Write) -> anyhow::Result<()> {
-    match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("writing to standard output")
-        }
-        _ => Ok(()),
-    }
-}
-
-async fn print_log(store: &dyn Store, step_id: &str, channel: Channel) -> anyhow::Result<ExitCode> {
-    if store.get(Collection::Steps, step_id).await?.is_none() {
-        bail!("no step {step_id:?} in the store");
-    }
-    let len = store.log_len(step_id, channel).await?.unwrap_or(0);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut offset = 0u64;
-    while offset < len {
-        let piece = store.read_log(step_id, channel, offset, 1 << 20).await?;
-        if piece.is_empty() {
-            break;
-        }
-        offset += piece.len() as u64;
-        if !emit(&mut out, &piece)? {
-            break;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
