@@ -314,12 +314,16 @@ fn commands_that_fail_on_their_arguments_leave_no_new_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fresh.db");
     let db = Db::at(format!("sqlite:{}", path.display()));
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["ingest", "/no/such/file.jsonl"],
             "cannot open /no/such/file.jsonl",
         ),
         (&["ingest", ""], "a value is required for '<FILE>'"),
+        (
+            &["serve", "--reply-timeout", "0"],
+            "--reply-timeout <SECONDS>': must be at least 1 second",
+        ),
         (&["ingest", "/"], "cannot read /: it is a directory"),
         (
             &["ingest", "--inline-log-limit", "5", "-"],

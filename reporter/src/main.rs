@@ -102,7 +102,7 @@ enum Command {
     Serve {
         #[command(flatten)]
         at: StoreArg,
-        /// tcp://IP:PORT or unix:/PATH (mode 0600); may be given several times.
+        /// tcp://IP:PORT or unix:PATH (mode 0600); may be given several times.
         #[arg(long, value_name = "ADDRESS", default_value = "tcp://127.0.0.1:9989")]
         listen: Vec<buildstore::serve::Listen>,
         /// Directory of the spool [default: next to an embedded store, else ./buildstore.spool].
@@ -121,8 +121,7 @@ enum Command {
         token: Option<String>,
         /// Seconds a client may leave its replies unread (with the buffers full) before it is
         /// disconnected, so that it holds no memory of the daemon's.
-        #[arg(long, value_name = "SECONDS", default_value_t = 30,
-              value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = whole_seconds)]
         reply_timeout: u64,
         /// Seconds (at most 86400) to answer what was received and keep draining the spool into
         /// the store after SIGTERM; connections still open then are closed. A second SIGTERM or
@@ -184,6 +183,15 @@ enum Command {
         #[arg(value_parser = parse_channel)]
         channel: Channel,
     },
+}
+
+/// A number of seconds, at least one, said in those words rather than as a range of integers.
+fn whole_seconds(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 second".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number of seconds")),
+    }
 }
 
 fn parse_channel(s: &str) -> Result<Channel, String> {

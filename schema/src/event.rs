@@ -486,6 +486,19 @@ impl EventError {
         let what = text
             .rsplit_once(" at line ")
             .map_or(text.as_str(), |(what, _)| what);
+        // The parser's words for a few common mistakes say little to a sender (its "lone
+        // leading surrogate" is said of a trailing one too).
+        let what = match what {
+            "expected ident" | "expected value" => {
+                "expected a JSON value (an object, an array, a string, a number, true, false or \
+                 null)"
+            }
+            "unexpected end of hex escape" | "lone leading surrogate in hex escape" => {
+                "a \\u escape holds half of a UTF-16 surrogate pair without the other half, which \
+                 is no character"
+            }
+            other => other,
+        };
         EventError::Json(format!("{what} at column {}", e.column()))
     }
 }

@@ -71,6 +71,22 @@ fn errors_name_the_field_at_fault() {
         err("{\"type\":"),
         "not valid JSON: EOF while parsing a value at column 8"
     );
+    assert_eq!(
+        err("not json"),
+        "not valid JSON: expected a JSON value (an object, an array, a string, a number, true, \
+         false or null) at column 2"
+    );
+    for lone in [
+        r#"{"type":"\ud800"}"#,
+        r#"{"type":"\udc00"}"#,
+        r#"{"type":"\ud800\u0041"}"#,
+    ] {
+        let e = err(lone);
+        assert!(
+            e.starts_with("not valid JSON: a \\u escape holds half of a UTF-16 surrogate pair"),
+            "{lone}: {e}"
+        );
+    }
     let e = err(
         r#"{"type":"changeset","master_id":1,"build_id":1,"changeset":"x","time":"2026-03-12T14:07:31"}"#,
     );
