@@ -85,6 +85,17 @@ struct Chunk {
     stopped_after: Option<u64>,
 }
 
+impl Chunk {
+    /// The lines read so far, which leave `lines` empty for the next chunk.
+    fn take(lines: &mut Vec<Line>, paused: bool) -> Chunk {
+        Chunk {
+            lines: std::mem::take(lines),
+            paused,
+            stopped_after: None,
+        }
+    }
+}
+
 /// How long input may be silent before what came so far is applied.
 const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -126,12 +137,7 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
                         if !chunk.is_empty() || untold {
                             bytes = 0;
                             untold = false;
-                            let paused = Chunk {
-                                lines: std::mem::take(&mut chunk),
-                                paused: true,
-                                stopped_after: None,
-                            };
-                            if out.send(Ok(paused)).await.is_err() {
+                            if out.send(Ok(Chunk::take(&mut chunk, true))).await.is_err() {
                                 return;
                             }
                         }
@@ -190,12 +196,7 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         {
             bytes = 0;
             untold = true;
-            let full = Chunk {
-                lines: std::mem::take(&mut chunk),
-                paused: false,
-                stopped_after: None,
-            };
-            if out.send(Ok(full)).await.is_err() {
+            if out.send(Ok(Chunk::take(&mut chunk, false))).await.is_err() {
                 return; // the consumer stopped early
             }
         }
