@@ -573,12 +573,42 @@ fn a_signal_during_ingest_applies_every_line_read_and_says_where_it_stopped() {
             }
             unreachable!()
         });
-        std::thread::sleep(std::time::Duration::from_millis(800));
+        // Once documents arrive, ingest has taken the signals over: it took them before it
+        // read a line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // (Looked at in the file: `export` of a collection growing at its end would not end.)
+        let path = db.location.trim_start_matches("sqlite:").to_owned();
+        let applied = || {
+            rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| {
+                    c.query_row("SELECT EXISTS (SELECT 1 FROM repository)", [], |r| {
+                        r.get::<_, bool>(0)
+                    })
+                })
+                .unwrap_or(false)
+        };
+        while !applied() {
+            assert!(std::time::Instant::now() < deadline, "nothing applied");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         send_signal(&ingest, signal);
-        let mut said = String::new();
         let mut err = ingest.stderr.take().expect("stderr");
-        std::io::Read::read_to_string(&mut err, &mut said).expect("read stderr");
-        let exit = ingest.wait().expect("wait");
+        let said = std::thread::spawn(move || {
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut said);
+            said
+        });
+        let exit = loop {
+            if let Some(exit) = ingest.try_wait().expect("wait") {
+                break exit;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = ingest.kill();
+                panic!("SIG{signal}: ingest did not stop");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let said = said.join().expect("stderr");
         let sent = feeder.join().expect("feeder");
         assert_eq!(exit.code(), Some(status), "SIG{signal}: {said}");
         let lines: usize = said

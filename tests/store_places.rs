@@ -40,6 +40,7 @@ fn a_store_path_that_cannot_hold_a_store_is_refused_in_words() {
         assert_says(&out, says);
         assert!(!out.status.success(), "{location}");
         let out = db.cmd().args(["export", "builds"]).output().expect("run");
+        assert_says(&out, says);
         assert!(!out.status.success(), "{location}: export");
     }
     let mut left: Vec<_> = std::fs::read_dir(dir.path())

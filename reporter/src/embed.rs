@@ -127,7 +127,8 @@ impl Reporter {
             store,
             config.core,
             config.grace,
-        )?;
+        )
+        .await?;
         engine.count_errors_of(preparing.as_ref());
         // What an earlier run spooled and did not apply counts as sent: `flush` waits for it.
         let last_sent = Arc::new(AtomicI64::new(engine.spool.next_id() - 1));

@@ -57,9 +57,13 @@ const STORE_HELP: &str = "Where documents are kept: sqlite:PATH (the embedded st
 /// before the command goes for every command; `status` opens no store, and takes no other).
 #[derive(clap::Args)]
 struct StoreArg {
-    #[arg(long = "store", value_name = "STORE", help = STORE_HELP)]
+    #[arg(long = "store", value_name = "STORE", help = STORE_AFTER_HELP)]
     store: Option<String>,
 }
+
+const STORE_AFTER_HELP: &str = "Where documents are kept: sqlite:PATH (the embedded store) or a \
+    MongoDB URI, mongodb://HOST[:PORT]/DATABASE?OPTIONS. Given here, it wins over --store before \
+    the command and BUILDSTORE_STORE; without either, sqlite:buildstore.db";
 
 #[derive(Subcommand)]
 enum Command {
@@ -67,7 +71,8 @@ enum Command {
     ///
     /// Each line is one event. A bad line is reported with its line number; the lines before it
     /// stay applied. Events whose event_id was applied before are skipped, so a stream can be
-    /// ingested again safely. Exits 1 if any line was rejected.
+    /// ingested again safely. Exits 1 if any line was rejected. SIGINT or SIGTERM stops the
+    /// reading after the last whole line, applies what was read, and exits 130 or 143.
     Ingest {
         #[command(flatten)]
         at: StoreArg,
@@ -333,7 +338,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     };
     if let (Some(command), Some(path)) = (reader, sqlite) {
         // Only reading: a mistyped path should be an error, not a new empty store; nor should
-        // an empty file (SQLite would take it for a new database and make a store of it).
+        // an empty file (SQLite would take it for a new database and make a store of it). A
+        // place that cannot hold a store is said to be one first, with the reason.
+        store::check_sqlite_place(path)?;
         match std::fs::metadata(path) {
             Err(_) => bail!(
                 "no store at {path:?}: `buildstore {command}` only reads; ingest or serve creates it"

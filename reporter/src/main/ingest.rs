@@ -6,7 +6,6 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::Context;
 use buildstore::core::{Core, CoreConfig};
@@ -14,10 +13,6 @@ use buildstore::pipeline::{ingest, Applier, IngestOptions, LineError};
 use buildstore::serve::{Caught, StopSignals};
 use buildstore::store::Store;
 use tokio::io::BufReader;
-
-/// A signal that comes this soon after the first is taken for the same stop (a terminal's
-/// SIGINT and a wrapper's SIGTERM sent together), not for "stop at once".
-const SAME_STOP: Duration = Duration::from_millis(200);
 
 /// Ingests `input` (the opened `file`, or standard input for `None`) into `store`.
 pub async fn run(
@@ -43,7 +38,7 @@ pub async fn run(
                  stops at once)",
                 first.name()
             );
-            signals.recv_later(SAME_STOP).await;
+            signals.recv_later(StopSignals::SAME_STOP).await;
             note!(
                 "buildstore: {file}: stopped at once; what was being written is not applied: \
                  ingest the input again (events already applied are skipped)"
@@ -55,7 +50,7 @@ pub async fn run(
     let mut on_error = |e: &LineError| note!("buildstore: {file}: {e}");
     let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input {
         Some(f) => Box::new(f),
-        None => Box::new(tokio::io::stdin()),
+        None => Box::new(ThreadStdin::start()),
     };
     let report = ingest(
         store,
@@ -81,8 +76,8 @@ pub async fn run(
     if let (Some(lines), Some(signal)) = (report.interrupted_after, caught.get()) {
         note!(
             "buildstore: {file}: stopped by {} after line {lines}: the lines up to it are \
-             applied, those after it were not read (events already applied are skipped if they \
-             are ingested again)",
+             applied, those after it are not (events already applied are skipped if they are \
+             ingested again)",
             signal.name()
         );
         return Ok(ExitCode::from(signal.exit_status()));
@@ -92,4 +87,67 @@ pub async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Standard input, read on a thread of its own rather than on the runtime's blocking threads,
+/// which the end of the program waits for: after a stop, a read still waiting on a silent pipe
+/// would hold the exit up, and swallow the signals sent meanwhile.
+struct ThreadStdin {
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl ThreadStdin {
+    fn start() -> ThreadStdin {
+        let (tx, chunks) = tokio::sync::mpsc::channel(4);
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let mut chunk = vec![0; 64 << 10];
+                let read = match std::io::Read::read(&mut stdin, &mut chunk) {
+                    Ok(0) => return, // the end: the channel closes
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        Ok(chunk)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = read.is_err();
+                if tx.blocking_send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        ThreadStdin {
+            chunks,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ThreadStdin {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at == this.chunk.len() {
+            match std::task::ready!(this.chunks.poll_recv(cx)) {
+                None => return std::task::Poll::Ready(Ok(())), // the end of the input
+                Some(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Some(Ok(chunk)) => {
+                    this.chunk = chunk;
+                    this.at = 0;
+                }
+            }
+        }
+        let n = out.remaining().min(this.chunk.len() - this.at);
+        out.put_slice(&this.chunk[this.at..this.at + n]);
+        this.at += n;
+        std::task::Poll::Ready(Ok(()))
+    }
 }

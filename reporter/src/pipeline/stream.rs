@@ -121,29 +121,36 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
         // before the wait, not once a chunk fills: the documents follow the master, and a run
         // interrupted during a pause has applied all it read, which a rerun could not read
         // again from a pipe. A pause in the middle of a line counts too.
+        // A stop is looked at before each line (input that never pauses never makes a read
+        // wait) and while a read waits, never while a chunk is handed over, which would drop it
+        // halfway. A line half read when the stop comes is not taken.
+        let stopped = stop.as_ref().is_some_and(|s| *s.borrow());
         let read = next_line(&mut input, options.line_limit);
         tokio::pin!(read);
         // A line already buffered needs no timer. A reader that only refills its buffer (a
         // file, read on a blocking thread) answers within moments: only input still silent
         // after `PAUSE` is a pause, or a file would be cut into a chunk at every refill.
-        // Only the waits for input give way to a stop: a chunk being handed over is not
-        // dropped halfway, and a line half read is not taken.
-        let read = match futures::poll!(read.as_mut()) {
-            std::task::Poll::Ready(read) => Some(read),
-            std::task::Poll::Pending => {
-                match until_stopped(&mut stop, tokio::time::timeout(PAUSE, read.as_mut())).await {
-                    Some(Ok(read)) => Some(read),
-                    Some(Err(_)) => {
-                        if !chunk.is_empty() || untold {
-                            bytes = 0;
-                            untold = false;
-                            if out.send(Ok(Chunk::take(&mut chunk, true))).await.is_err() {
-                                return;
+        let read = if stopped {
+            None
+        } else {
+            match futures::poll!(read.as_mut()) {
+                std::task::Poll::Ready(read) => Some(read),
+                std::task::Poll::Pending => {
+                    match until_stopped(&mut stop, tokio::time::timeout(PAUSE, read.as_mut())).await
+                    {
+                        Some(Ok(read)) => Some(read),
+                        Some(Err(_)) => {
+                            if !chunk.is_empty() || untold {
+                                bytes = 0;
+                                untold = false;
+                                if out.send(Ok(Chunk::take(&mut chunk, true))).await.is_err() {
+                                    return;
+                                }
                             }
+                            until_stopped(&mut stop, read.as_mut()).await
                         }
-                        until_stopped(&mut stop, read.as_mut()).await
+                        None => None,
                     }
-                    None => None,
                 }
             }
         };
@@ -449,5 +456,34 @@ mod tests {
         assert_eq!((report.applied, report.rejected), (3, 0));
         assert!(errors.is_empty(), "{errors:?}");
         drop(writer);
+    }
+
+    /// Input that is always ready never makes a read wait: the stop is seen before the next
+    /// line all the same.
+    #[tokio::test]
+    async fn a_stop_is_seen_while_lines_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(dir.path(), "s.db").await;
+        let lines: String = (0..5000)
+            .map(|i| BUILDER.replace(r#""b""#, &format!(r#""b{i}""#)) + "\n")
+            .collect();
+        let (stop, stopped) = tokio::sync::watch::channel(true);
+        let options = IngestOptions {
+            stop: Some(stopped),
+            ..IngestOptions::default()
+        };
+        let mut applier = Applier::new(Core::new(CoreConfig::default()));
+        let report = ingest(
+            &store,
+            &mut applier,
+            std::io::Cursor::new(lines.into_bytes()),
+            &options,
+            &mut |_: &LineError| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.interrupted_after, Some(0));
+        assert_eq!(report.applied, 0);
+        drop(stop);
     }
 }

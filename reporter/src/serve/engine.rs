@@ -56,14 +56,18 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the spool in `dir` and starts its writer and its drain into `store`.
-    pub fn start(
+    pub async fn start(
         dir: &Path,
         spool_max: u64,
         store: Arc<dyn Store>,
         core: CoreConfig,
         grace: Duration,
     ) -> Result<Engine, SpoolError> {
-        let spool = Spool::open(dir)?;
+        // Off the async threads: opening reads the whole file through (see `Spool::open`).
+        let owned = dir.to_owned();
+        let spool = tokio::task::spawn_blocking(move || Spool::open(&owned))
+            .await
+            .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))?;
         // The drain retries, with backoff, and counts every failure for the metrics.
         store.leave_retries_to_caller();
         let held = Arc::new(AtomicU64::new(spool.depth().bytes));

@@ -265,7 +265,9 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
         store,
         config.core,
         config.grace,
-    ) {
+    )
+    .await
+    {
         Ok(engine) => engine,
         // The sockets made go with `bound`.
         Err(e) => return Err(e.into()),
@@ -326,7 +328,7 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
     // A store that is down would keep the drain going for the whole grace period: a second
     // signal ends it now. Nothing acknowledged is lost; the spool keeps what was not applied.
     let second = async {
-        signals.recv_later(SIGNAL_QUIET).await;
+        signals.recv_later(StopSignals::SAME_STOP).await;
         tracing::warn!(
             "stopping now, at a second signal: what the spool holds is applied at the next start"
         );
@@ -452,6 +454,10 @@ pub struct StopSignals {
 }
 
 impl StopSignals {
+    /// A second signal stops at once only if it comes this long after the first: one that
+    /// comes with it (a terminal's SIGINT and a wrapper's SIGTERM) is the same stop.
+    pub const SAME_STOP: Duration = Duration::from_secs(1);
+
     pub fn install() -> std::io::Result<Self> {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
@@ -547,6 +553,3 @@ async fn accept_loop<L: Accept>(
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
-
-/// A second signal stops at once only if it comes this long after the first.
-const SIGNAL_QUIET: Duration = Duration::from_secs(1);

@@ -48,8 +48,8 @@ pub enum SpoolError {
          events not yet in the store: move it aside, keep it to salvage them, and start again"
     )]
     Damaged { path: String, detail: String },
-    #[error("spool {path}: the file holds tables, but not a spool's; it is left as it is")]
-    NotASpool { path: String },
+    #[error("spool {path}: the file {what}; it is left as it is")]
+    NotASpool { path: String, what: &'static str },
     #[error("spool task failed: {0}")]
     Task(String),
     #[error("spool {path}: cannot lock it: {source}")]
@@ -156,17 +156,33 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
 /// another program. A page damaged in the middle of a spool would otherwise show only when the
 /// drain reaches it, after the daemon had started to acknowledge new events it could never apply
 /// behind it. The check reads the whole file: a few seconds per gigabyte not in the page cache.
-fn check_file(conn: &Connection, path: &str) -> Result<(), SpoolError> {
-    let damaged = |detail: String| SpoolError::Damaged {
-        path: path.to_owned(),
-        detail,
+/// It reads through a read-only connection, which leaves the file as it is: closing a read-write
+/// one would checkpoint another program's write-ahead log into its file.
+fn check_file(file: &Path, path: &str) -> Result<(), SpoolError> {
+    if !file.is_file() || file.metadata().is_ok_and(|m| m.len() == 0) {
+        return Ok(()); // nothing there yet: the spool is made here
+    }
+    let damaged = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => SpoolError::NotASpool {
+            path: path.to_owned(),
+            what: "is not an SQLite database",
+        },
+        _ => SpoolError::Damaged {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
     };
+    let conn = Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(damaged)?;
     let findings: Vec<String> = conn
         .prepare("PRAGMA quick_check(5)")
         .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(damaged)?;
     if findings.first().map(String::as_str) != Some("ok") {
-        return Err(damaged(findings.join("; ")));
+        return Err(SpoolError::Damaged {
+            path: path.to_owned(),
+            detail: findings.join("; "),
+        });
     }
     // A spool's file has its groups (or, from an older version, its events), or no table yet.
     let spool_tables: bool = conn
@@ -179,10 +195,11 @@ fn check_file(conn: &Connection, path: &str) -> Result<(), SpoolError> {
             [],
             |r| r.get(0),
         )
-        .map_err(|e| damaged(e.to_string()))?;
+        .map_err(damaged)?;
     if !spool_tables {
         return Err(SpoolError::NotASpool {
             path: path.to_owned(),
+            what: "holds tables, but not a spool's",
         });
     }
     Ok(())
@@ -206,11 +223,6 @@ impl Spool {
         })?;
         let file: PathBuf = dir.join("spool.db");
         let path = file.display().to_string();
-        let lock = lock_dir(dir)?;
-        let err = |source| SpoolError::Sqlite {
-            path: path.clone(),
-            source,
-        };
         // SQLite reads a name that starts with `file:` as a URI, whatever the flags say; a
         // directory of that name is a directory.
         let file = if file.as_os_str().as_encoded_bytes().starts_with(b"file:") {
@@ -218,8 +230,14 @@ impl Spool {
         } else {
             file
         };
+        // Before the lock, whose file would be left beside a file that is not ours.
+        check_file(&file, &path)?;
+        let lock = lock_dir(dir)?;
+        let err = |source| SpoolError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let mut conn = Connection::open(&file).map_err(err)?;
-        check_file(&conn, &path)?;
         // Pages freed by releases can be given back to the file system (see `shrink`); it must
         // be said before the first table is made, or turned on by a VACUUM.
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")

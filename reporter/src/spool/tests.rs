@@ -506,13 +506,15 @@ fn giving_back_more_than_is_held_leaves_zero() {
     assert_eq!(held.load(Ordering::Relaxed), 0);
 }
 
-/// The files in `dir` with their bytes, the lock file aside (a spool's own doing).
+/// The files in `dir` with their bytes, but for what SQLite makes for any reader of a database
+/// in write-ahead-log mode: the log's shared-memory index, and an empty log where there was none.
 fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut all: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| !p.ends_with("lock"))
+        .filter(|p| !p.to_string_lossy().ends_with("-shm"))
         .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .filter(|(p, bytes)| !(p.to_string_lossy().ends_with("-wal") && bytes.is_empty()))
         .collect();
     all.sort();
     all
@@ -542,35 +544,66 @@ fn a_spool_damaged_in_the_middle_is_refused_at_open_and_left_as_it_is() {
     let said = refused.to_string();
     assert!(said.contains("spool.db is damaged"), "{said}");
     assert!(said.contains("may hold acknowledged events"), "{said}");
-    assert!(files(dir.path()) == before, "the damaged file was changed");
+    let after = files(dir.path());
+    let names = |f: &[(std::path::PathBuf, Vec<u8>)]| {
+        f.iter()
+            .map(|(p, b)| (p.clone(), b.len()))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        after == before,
+        "the damaged file was changed: {:?} -> {:?}",
+        names(&before),
+        names(&after)
+    );
 }
 
+/// Another program's file named `spool.db` is refused and left byte for byte as it was: its
+/// write-ahead log not checkpointed, no lock file made beside it.
 #[test]
 fn a_spool_file_of_another_program_is_refused_and_left_as_it_is() {
-    for tables in [
-        "CREATE TABLE accounts (id INTEGER, name TEXT)",
+    for (tables, says) in [
+        (
+            "CREATE TABLE accounts (id INTEGER, name TEXT); INSERT INTO accounts VALUES (1, 'x')",
+            "holds tables, but not a spool's",
+        ),
         // The spool's own table names, not its tables.
-        "CREATE TABLE groups (x); CREATE TABLE released (y)",
+        (
+            "CREATE TABLE groups (x); CREATE TABLE released (y); INSERT INTO groups VALUES (1)",
+            "holds tables, but not a spool's",
+        ),
+        ("", "is not an SQLite database"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let other = rusqlite::Connection::open(dir.path().join("spool.db")).unwrap();
-        other.execute_batch(tables).unwrap();
-        drop(other);
+        let file = dir.path().join("spool.db");
+        if tables.is_empty() {
+            std::fs::write(&file, "notes of another program, not SQLite\n").unwrap();
+        } else {
+            // As a program that died with its last write still in the write-ahead log left it:
+            // copied while its owner holds it open.
+            let elsewhere = tempfile::tempdir().unwrap();
+            let owned = elsewhere.path().join("theirs.db");
+            let owner = rusqlite::Connection::open(&owned).unwrap();
+            owner
+                .execute_batch(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; {tables};"
+                ))
+                .unwrap_or_else(|e| panic!("{tables}: {e}"));
+            std::fs::copy(&owned, &file).unwrap();
+            let log = elsewhere.path().join("theirs.db-wal");
+            assert!(std::fs::metadata(&log).unwrap().len() > 0, "a log to keep");
+            std::fs::copy(&log, dir.path().join("spool.db-wal")).unwrap();
+        }
         let before = files(dir.path());
         let refused = Spool::open(dir.path()).map(|_| ()).unwrap_err();
         assert!(
             matches!(refused, SpoolError::NotASpool { .. }),
             "{tables}: {refused}"
         );
-        assert!(
-            refused
-                .to_string()
-                .contains("holds tables, but not a spool's"),
-            "{refused}"
-        );
+        assert!(refused.to_string().contains(says), "{refused}");
         assert!(
             files(dir.path()) == before,
-            "{tables}: the file was changed"
+            "{tables}: the files were changed"
         );
     }
 }

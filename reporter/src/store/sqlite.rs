@@ -24,9 +24,8 @@ mod upgrade;
 #[path = "sqlite_write.rs"]
 mod write;
 
-use place::check_place;
-pub use place::is_empty_database;
 pub(crate) use place::refuse_foreign;
+pub use place::{check_place, is_empty_database};
 
 /// Bumped when the table layout changes. 2: builds keep `master_id`, `branch` and `result`.
 const LAYOUT_VERSION: i64 = 2;
@@ -166,7 +165,6 @@ impl SqliteStore {
         path: &str,
         check_foreign: bool,
     ) -> Result<SqliteStore, StoreError> {
-        check_place(path)?;
         let p = path.to_owned();
         let err = sql_error(path);
         let (conn, reader) = tokio::task::spawn_blocking(move || {

@@ -62,7 +62,7 @@ pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
 /// links, or whose directory does not exist (that of the file a link leads to, for a link to a
 /// store not made yet), in those words: SQLite says "unable to open database file" or "disk I/O
 /// error" to them.
-pub(super) fn check_place(path: &str) -> Result<(), StoreError> {
+pub fn check_place(path: &str) -> Result<(), StoreError> {
     let p = std::path::Path::new(path);
     let refuse = |why: String| {
         Err(StoreError::NoPlace {
