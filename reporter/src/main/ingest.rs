@@ -50,7 +50,7 @@ pub async fn run(
     let mut on_error = |e: &LineError| note!("buildstore: {file}: {e}");
     let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match input {
         Some(f) => Box::new(f),
-        None => Box::new(ThreadStdin::start()),
+        None => Box::new(stdin_on_its_own_thread()),
     };
     let report = ingest(
         store,
@@ -92,62 +92,29 @@ pub async fn run(
 /// Standard input, read on a thread of its own rather than on the runtime's blocking threads,
 /// which the end of the program waits for: after a stop, a read still waiting on a silent pipe
 /// would hold the exit up, and swallow the signals sent meanwhile.
-struct ThreadStdin {
-    chunks: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl ThreadStdin {
-    fn start() -> ThreadStdin {
-        let (tx, chunks) = tokio::sync::mpsc::channel(4);
-        std::thread::spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                let mut chunk = vec![0; 64 << 10];
-                let read = match std::io::Read::read(&mut stdin, &mut chunk) {
-                    Ok(0) => return, // the end: the channel closes
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        Ok(chunk)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => Err(e),
-                };
-                let failed = read.is_err();
-                if tx.blocking_send(read).is_err() || failed {
-                    return;
+fn stdin_on_its_own_thread() -> impl tokio::io::AsyncRead + Unpin + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<std::io::Cursor<Vec<u8>>>>(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut chunk = vec![0; 64 << 10];
+            let read = match std::io::Read::read(&mut stdin, &mut chunk) {
+                Ok(0) => return, // the end: the channel closes
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Ok(std::io::Cursor::new(chunk))
                 }
-            }
-        });
-        ThreadStdin {
-            chunks,
-            chunk: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for ThreadStdin {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.at == this.chunk.len() {
-            match std::task::ready!(this.chunks.poll_recv(cx)) {
-                None => return std::task::Poll::Ready(Ok(())), // the end of the input
-                Some(Err(e)) => return std::task::Poll::Ready(Err(e)),
-                Some(Ok(chunk)) => {
-                    this.chunk = chunk;
-                    this.at = 0;
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = read.is_err();
+            if tx.blocking_send(read).is_err() || failed {
+                return;
             }
         }
-        let n = out.remaining().min(this.chunk.len() - this.at);
-        out.put_slice(&this.chunk[this.at..this.at + n]);
-        this.at += n;
-        std::task::Poll::Ready(Ok(()))
-    }
+    });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    tokio_util::io::StreamReader::new(Box::pin(chunks))
 }

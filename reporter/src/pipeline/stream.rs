@@ -411,7 +411,24 @@ mod tests {
     use crate::core::{Core, CoreConfig};
     use crate::store::open_in;
 
-    const BUILDER: &str = r#"{"type":"builder_added","master_id":"m","builder":"b"}"#;
+    /// `n` lines, each adding a builder of its own.
+    fn builder_lines(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(r#"{{"type":"builder_added","master_id":"m","builder":"b{i}"}}"#) + "\n"
+            })
+            .collect()
+    }
+
+    /// Options whose stop is the returned sender's, set from the start to `stopped`.
+    fn stoppable(stopped: bool) -> (tokio::sync::watch::Sender<bool>, IngestOptions) {
+        let (stop, receiver) = tokio::sync::watch::channel(stopped);
+        let options = IngestOptions {
+            stop: Some(receiver),
+            ..IngestOptions::default()
+        };
+        (stop, options)
+    }
 
     /// A stop ends the run at the last whole line of an input that is still open: the whole
     /// lines are applied, the half line after them is neither applied nor reported as bad.
@@ -420,19 +437,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_in(dir.path(), "s.db").await;
         let (mut writer, reader) = tokio::io::duplex(1 << 16);
-        let whole: String = (0..3)
-            .map(|i| BUILDER.replace(r#""b""#, &format!(r#""b{i}""#)) + "\n")
-            .collect();
-        writer.write_all(whole.as_bytes()).await.unwrap();
+        writer.write_all(builder_lines(3).as_bytes()).await.unwrap();
         writer
             .write_all(br#"{"type":"builder_added","mas"#)
             .await
             .unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let options = IngestOptions {
-            stop: Some(stopped),
-            ..IngestOptions::default()
-        };
+        let (stop, options) = stoppable(false);
         let mut applier = Applier::new(Core::new(CoreConfig::default()));
         let mut errors = Vec::new();
         let mut on_error = |e: &LineError| errors.push(e.clone());
@@ -464,19 +474,12 @@ mod tests {
     async fn a_stop_is_seen_while_lines_keep_coming() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_in(dir.path(), "s.db").await;
-        let lines: String = (0..5000)
-            .map(|i| BUILDER.replace(r#""b""#, &format!(r#""b{i}""#)) + "\n")
-            .collect();
-        let (stop, stopped) = tokio::sync::watch::channel(true);
-        let options = IngestOptions {
-            stop: Some(stopped),
-            ..IngestOptions::default()
-        };
+        let (stop, options) = stoppable(true);
         let mut applier = Applier::new(Core::new(CoreConfig::default()));
         let report = ingest(
             &store,
             &mut applier,
-            std::io::Cursor::new(lines.into_bytes()),
+            std::io::Cursor::new(builder_lines(5000).into_bytes()),
             &options,
             &mut |_: &LineError| {},
         )

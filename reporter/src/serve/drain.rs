@@ -436,11 +436,11 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
     Some(Unconfirmed { through, events })
 }
 
-/// Runs a read of the spool off the async threads.
-async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+/// Runs work on the spool off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
 ) -> Result<T, SpoolError> {
-    tokio::task::spawn_blocking(read)
+    tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))
 }

@@ -65,9 +65,7 @@ impl Engine {
     ) -> Result<Engine, SpoolError> {
         // Off the async threads: opening reads the whole file through (see `Spool::open`).
         let owned = dir.to_owned();
-        let spool = tokio::task::spawn_blocking(move || Spool::open(&owned))
-            .await
-            .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))?;
+        let spool = super::drain::blocking(move || Spool::open(&owned)).await?;
         // The drain retries, with backoff, and counts every failure for the metrics.
         store.leave_retries_to_caller();
         let held = Arc::new(AtomicU64::new(spool.depth().bytes));

@@ -82,22 +82,20 @@ pub fn check_place(path: &str) -> Result<(), StoreError> {
         }
         return Ok(());
     }
-    if let Ok(target) = std::fs::read_link(p) {
-        // A link to nowhere yet: the store is made where it leads, if that place can hold one.
-        if let Err(std::io::ErrorKind::NotFound) = p.metadata().map_err(|e| e.kind()) {
-            let target = p.parent().unwrap_or(p).join(&target);
-            return match check_place(&target.to_string_lossy()) {
-                Err(StoreError::NoPlace { why, .. }) => refuse(format!(
-                    "it is a symbolic link to {}, and {why}",
-                    target.display()
-                )),
-                other => other,
-            };
+    // `exists` is false for a link that leads nowhere (yet) and for a loop of links.
+    if let (Ok(target), Err(e)) = (std::fs::read_link(p), p.metadata()) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return refuse(format!("it is a symbolic link that leads to no file ({e})"));
         }
-        return refuse(match p.metadata() {
-            Err(e) => format!("it is a symbolic link that leads to no file ({e})"),
-            Ok(_) => "it is a symbolic link that cannot be followed".to_owned(),
-        });
+        // A link to nowhere yet: the store is made where it leads, if that place can hold one.
+        let target = p.parent().unwrap_or(p).join(&target);
+        return match check_place(&target.to_string_lossy()) {
+            Err(StoreError::NoPlace { why, .. }) => refuse(format!(
+                "it is a symbolic link to {}, and {why}",
+                target.display()
+            )),
+            other => other,
+        };
     }
     match p.parent() {
         Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
