@@ -150,6 +150,80 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
     peer.kill();
 }
 
+/// A daemon killed between the store's commit of a batch and the spool's release leaves a spool
+/// that still holds events the store has. A copy of a spool taken before it drained is such a
+/// spool: started on it, the daemon releases what the store recorded as taken and folds none of
+/// it again, so the step's end the rules refused (it came before its build) stays refused.
+#[test]
+fn a_spool_holding_what_the_store_already_has_is_released_without_folding_it_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((peer, uri)) = stoppable_peer(dir.path(), "progress") else {
+        return; // needs a server this test can stop
+    };
+    let peer_port = peer.port;
+    peer.kill();
+    let spool = dir.path().join("spool");
+    let daemon = Daemon::on(&uri, &spool, free_port(), &["--grace", "1"]);
+    let mut lines = buildstore::synth::lines(&buildstore::synth::Shape {
+        events: 300,
+        ..Default::default()
+    });
+    lines.extend(
+        [
+            r#"{"type":"step_finished","master_id":"mx","event_id":"x1","build_id":1,"step":0,"result":2}"#,
+            r#"{"type":"builder_added","master_id":"mx","event_id":"x2","builder":"bx"}"#,
+            r#"{"type":"build_started","master_id":"mx","event_id":"x3","builder":"bx","build_id":1,"number":1}"#,
+            r#"{"type":"step_started","master_id":"mx","event_id":"x4","build_id":1,"step":0,"name":"compile"}"#,
+        ]
+        .map(String::from),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
+    assert!(daemon.stop().success(), "stopped after its grace period");
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).expect("mkdir");
+    for file in std::fs::read_dir(&spool).expect("spool dir") {
+        let file = file.expect("entry").path();
+        std::fs::copy(&file, copy.join(file.file_name().expect("name"))).expect("copy");
+    }
+
+    let peer = restart_peer(dir.path(), peer_port);
+    let daemon = Daemon::on(&uri, &spool, free_port(), &[]);
+    let drained = daemon.wait_until("the spool drains", |s| {
+        s["spool_events"] == 0.0 && s["events_rule_rejected_total"] == 1.0
+    });
+    assert_eq!(
+        drained["events_applied_total"],
+        (lines.len() - 1) as f64,
+        "{drained:?}"
+    );
+    assert!(daemon.stop().success());
+    let db = Db::at(peer.uri("progress"));
+    let exported = |db: &Db| ["builders", "builds", "steps", "repository"].map(|c| db.export(c));
+    let before = exported(&db);
+    let step = before[2]
+        .iter()
+        .find(|s| s["_id"] == "mx/1/0")
+        .expect("the step");
+    assert!(
+        step["result"].is_null(),
+        "the early end was refused: {step}"
+    );
+
+    let daemon = Daemon::on(&uri, &copy, free_port(), &[]);
+    let resumed = daemon.wait_until("the copy is released", |s| s["spool_events"] == 0.0);
+    for counted in [
+        "events_applied_total",
+        "events_duplicate_total",
+        "events_rule_rejected_total",
+    ] {
+        assert_eq!(resumed[counted], 0.0, "{counted}: {resumed:?}");
+    }
+    assert!(daemon.stop().success());
+    assert_eq!(exported(&db), before, "nothing folded again");
+    peer.kill();
+}
+
 #[test]
 fn a_killed_daemon_loses_no_acknowledged_event_and_doubles_none() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -17,7 +17,7 @@ pub use doc_size::{
 };
 pub use fold::{Core, CoreConfig, RuleError};
 pub use inline_log::{InlineLog, MARKER_END, MIN_INLINE_LIMIT};
-pub use mutation::{Batch, InlineUpdate, Mutation};
+pub use mutation::{Batch, InlineUpdate, Mutation, SpoolProgress};
 pub use state::{BuildSnapshot, LogSnapshot};
 pub use storable::check_standalone;
 

@@ -110,6 +110,19 @@ pub struct Batch {
     /// build was deleted meanwhile): their pins go, or a corrected event sent again under the
     /// same id would be held to the old offset.
     pub dropped_pins: Vec<String>,
+    /// How far into a spool the batch's events go, recorded with the batch: a batch the store
+    /// took but whose events were never released from the spool (the process killed in between)
+    /// is then known to be in the store, and is not folded again.
+    pub progress: Option<SpoolProgress>,
+}
+
+/// A position in a spool: every event of spool `spool` with an id up to `through` is in the
+/// store. `spool` names one spool file for good, so that a new spool, whose ids start again,
+/// is never taken for an old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolProgress {
+    pub spool: String,
+    pub through: i64,
 }
 
 impl Batch {
@@ -118,5 +131,6 @@ impl Batch {
             && self.events.is_empty()
             && self.pins.is_empty()
             && self.dropped_pins.is_empty()
+            && self.progress.is_none()
     }
 }

@@ -155,6 +155,9 @@ impl Apply for Pinned<'_> {
     ) -> Result<Vec<crate::core::BuildSnapshot>, StoreError> {
         self.store.load_builds(ids, log_window).await
     }
+    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+        self.store.spool_progress(spool).await
+    }
 }
 
 fn appended(batch: &Batch) -> Vec<u64> {

@@ -13,7 +13,7 @@ use buildstore_schema::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::core::Batch;
+use crate::core::{Batch, SpoolProgress};
 use crate::pipeline::{Applier, Outcome, Prepared};
 use crate::spool::{Handoff, Spool, SpoolError};
 use crate::store::{Apply, StoreError};
@@ -153,6 +153,9 @@ pub async fn run(
     };
     // What an earlier run left is what `flush` waits for first: everything before it is in.
     counters.confirm(next - 1);
+    // Whether the store was asked how far it has this spool's events, and the spool's name.
+    let mut resumed = false;
+    let mut uid = spool.uid();
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
     // A batch whose write failed, to be sent again as it is.
@@ -172,6 +175,47 @@ pub async fn run(
                 );
             }
             return;
+        }
+        if !resumed {
+            let asked = store.spool_progress(&uid);
+            let Some(asked) = within_grace(asked, &mut stop, &mut deadline, grace).await else {
+                return;
+            };
+            match asked {
+                Ok(Some(through)) if through >= spool.opened_next() => {
+                    // Ids this file gave out are not the events the store had under them.
+                    let s = spool.clone();
+                    match blocking(move || s.rename()).await {
+                        Ok(renamed) => {
+                            tracing::warn!(
+                                through,
+                                spool = %uid,
+                                renamed = %renamed,
+                                "the store has this spool's events past any id the spool gave \
+                                 out: it is an older copy, and takes a new name; its events are \
+                                 folded, those the store has skipped as applied"
+                            );
+                            uid = renamed;
+                            resumed = true;
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "renaming the spool failed, trying again in a second: {e}"
+                            );
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Ok(progress) => {
+                    if let Some(through) = progress.filter(|&t| t >= next) {
+                        resume(&spool, &held, &counters, through).await;
+                        next = through + 1;
+                    }
+                    resumed = true;
+                }
+                Err(e) => back_off(&counters, &e, &mut stop, deadline).await,
+            }
+            continue;
         }
         // The store is free: it writes what failed before, or else what is folded.
         let flight = match again.take() {
@@ -199,7 +243,15 @@ pub async fn run(
                     return;
                 };
                 match prepared {
-                    Ok(prepared) => ready = Some((taken, prepared)),
+                    Ok(mut prepared) => {
+                        // Recorded with the batch: if the process stops before the spool is
+                        // released, the next start knows the store has these events.
+                        prepared.batch.progress = Some(SpoolProgress {
+                            spool: uid.clone(),
+                            through: taken.through,
+                        });
+                        ready = Some((taken, prepared));
+                    }
                     Err(e) => {
                         queue.push_front(taken);
                         failed = Some(e);
@@ -216,9 +268,8 @@ pub async fn run(
             } = f;
             // A store that hangs on a write (a lock held by another program) does not hold the
             // stop past the grace period. The write is dropped unconfirmed: its events stay in
-            // the spool and are folded again at the next start, where those the store has are
-            // skipped as applied and one the rules refused is judged again (see
-            // `Spool::release`).
+            // the spool. If the store takes it after all, the next start finds the batch's
+            // progress there and releases them; if not, it folds them again.
             let Some(written) = within_grace(&mut write, &mut stop, &mut deadline, grace).await
             else {
                 return;
@@ -368,8 +419,8 @@ async fn confirm(
     let s = spool.clone();
     match tokio::task::spawn_blocking(move || s.release(through)).await {
         Ok(Ok(freed)) => crate::spool::subtract(held, freed),
-        // Not released: the next start folds them again. Those the store has are skipped as
-        // applied; one the rules refused is judged again (see `Spool::release`).
+        // Not released: the next start finds the batch's progress in the store and releases
+        // them then, without folding them again.
         Ok(Err(e)) => tracing::error!(error = %e, "releasing spooled events failed"),
         Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
     }
@@ -393,6 +444,24 @@ async fn confirm(
                 counters.rejected.fetch_add(1, Ordering::Relaxed)
             }
         };
+    }
+    counters.confirm(through);
+}
+
+/// The store has this spool's events through `through`, though the spool still holds some of
+/// them: an earlier run stopped between the store's commit of a batch and the spool's release.
+/// They are released now rather than folded again, which could judge an event the rules refused
+/// a second time, and differently (see `Spool::release`).
+async fn resume(spool: &Spool, held: &AtomicU64, counters: &DrainCounters, through: i64) {
+    tracing::info!(
+        through,
+        "the store already has the spool's events through this id: released without folding them again"
+    );
+    let s = spool.clone();
+    match blocking(move || s.release(through)).await {
+        Ok(freed) => crate::spool::subtract(held, freed),
+        // Released with the next batch instead, which covers every id below its own.
+        Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
     }
     counters.confirm(through);
 }

@@ -61,6 +61,9 @@ enum Failure {
     DoesNotFit,
     /// Nothing of it or of any later batch is written: the store is down from then on.
     ForGood,
+    /// All of it is written, but the drain never hears so, as when the process is killed between
+    /// the store's commit and the spool's release; nothing later is written.
+    UnheardThenDown,
 }
 
 /// Writes to `inner`, but fails the write of batch number `fail_at` (counting from 0) once, or
@@ -87,9 +90,12 @@ impl FailingWrite {
 impl Apply for FailingWrite {
     async fn apply(&self, batch: Arc<Batch>) -> Result<(), StoreError> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst);
-        if n == self.fail_at || (n > self.fail_at && matches!(self.failure, Failure::ForGood)) {
+        let down_after = matches!(self.failure, Failure::ForGood | Failure::UnheardThenDown);
+        if n == self.fail_at || (n > self.fail_at && down_after) {
             match self.failure {
                 Failure::Whole | Failure::ForGood => {}
+                Failure::UnheardThenDown if n == self.fail_at => self.inner.apply(batch).await?,
+                Failure::UnheardThenDown => {}
                 Failure::Halfway => {
                     let half = batch.mutations[..batch.mutations.len() / 2].to_vec();
                     self.inner
@@ -119,6 +125,9 @@ impl Apply for FailingWrite {
         log_window: usize,
     ) -> Result<Vec<BuildSnapshot>, StoreError> {
         self.inner.load_builds(ids, log_window).await
+    }
+    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+        self.inner.spool_progress(spool).await
     }
 }
 
@@ -234,6 +243,9 @@ impl Apply for Down {
     }
     async fn load_builds(&self, _: &[String], _: usize) -> Result<Vec<BuildSnapshot>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn spool_progress(&self, _: &str) -> Result<Option<i64>, StoreError> {
+        Ok(None)
     }
 }
 
@@ -446,4 +458,162 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
         "the step's real end was taken"
     );
     assert_eq!(got, export(&clean).await);
+}
+
+/// The late events of a build, the first of which the rules refuse (its step's end comes before
+/// the build started); a second fold, once the build exists, would take it.
+const REFUSED_THEN_TAKEN: [&str; 5] = [
+    r#"{"type":"step_finished","master_id":"mx","event_id":"x1","time":1767323045,"build_id":1,"step":0,"result":2,"text":"refused: no such build yet"}"#,
+    r#"{"type":"builder_added","master_id":"mx","event_id":"x2","time":1767323045,"builder":"bx"}"#,
+    r#"{"type":"build_started","master_id":"mx","event_id":"x3","time":1767323045,"builder":"bx","build_id":1,"number":1}"#,
+    r#"{"type":"step_started","master_id":"mx","event_id":"x4","time":1767323046,"build_id":1,"step":0,"name":"compile"}"#,
+    r#"{"type":"step_finished","master_id":"mx","event_id":"x5","time":1767323047,"build_id":1,"step":0,"result":0,"text":"ok"}"#,
+];
+
+/// A batch the store took, but whose events the spool did not release (the daemon was killed
+/// in between), is not folded again at the next start: the store recorded how far into the
+/// spool the batch went. Folded again, the event the rules refused would now be taken.
+#[tokio::test]
+async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = crate::synth::lines(&crate::synth::Shape {
+        events: BATCH_EVENTS + 300,
+        ..Default::default()
+    });
+    let at = BATCH_EVENTS - REFUSED_THEN_TAKEN.len() - 10;
+    lines.splice(at..at, REFUSED_THEN_TAKEN.iter().map(|l| l.to_string()));
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    spool.append(&lines).unwrap();
+    let whole = spool.depth();
+
+    let killed = Arc::new(FailingWrite::at(dir.path(), 0, Failure::UnheardThenDown).await);
+    let counted = drain_once(&spool, Arc::clone(&killed) as _, Duration::from_millis(300)).await;
+    assert_eq!(
+        counted.rejected.load(Ordering::SeqCst),
+        0,
+        "nothing counted"
+    );
+    assert_eq!(spool.depth(), whole, "nothing released");
+    assert_eq!(
+        killed.inner.spool_progress(&spool.uid()).await.unwrap(),
+        Some(BATCH_EVENTS as i64),
+        "the store knows how far the batch went"
+    );
+    drop(killed);
+    drop(spool);
+
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let store = Arc::new(open_in(dir.path(), "s.db").await);
+    let counted = drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert_eq!(spool.depth().events, 0, "everything released");
+    assert_eq!(
+        counted.duplicates.load(Ordering::SeqCst),
+        0,
+        "nothing the store had was folded again"
+    );
+    assert_eq!(counted.rejected.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        counted.applied.load(Ordering::SeqCst),
+        (lines.len() - BATCH_EVENTS) as u64
+    );
+    assert!(
+        store.spool_progress(&spool.uid()).await.unwrap() >= Some(lines.len() as i64),
+        "the last batch moved the store's progress on"
+    );
+
+    let clean = open_in(dir.path(), "clean.db").await;
+    let mut applier = Applier::new(Core::new(CoreConfig::default()));
+    applier.apply_chunk(&clean, &events, false).await.unwrap();
+    assert_eq!(export(&*store).await, export(&clean).await);
+}
+
+/// The progress a store recorded for another spool, or for this one before the spool's current
+/// events (a spool made again at the same place starts its ids again), moves nothing.
+#[tokio::test]
+async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 200,
+        ..Default::default()
+    });
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let store = Arc::new(open_in(dir.path(), "s.db").await);
+    let old = Spool::open(&dir.path().join("old")).unwrap();
+    old.append(&lines).unwrap();
+    drain_once(&old, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert!(store.spool_progress(&old.uid()).await.unwrap() >= Some(lines.len() as i64));
+    drop(old);
+    std::fs::remove_dir_all(dir.path().join("old")).unwrap();
+
+    // Made again where the old one was: the same ids, and events the store has not seen.
+    let new = Spool::open(&dir.path().join("old")).unwrap();
+    assert_eq!(store.spool_progress(&new.uid()).await.unwrap(), None);
+    let fresh: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace(r#""master_id":"m1""#, r#""master_id":"m3""#))
+        .collect();
+    assert!(fresh.iter().any(|l| l.contains(r#""master_id":"m3""#)));
+    new.append(&fresh).unwrap();
+    let counted = drain_once(&new, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    let applied = counted.applied.load(Ordering::SeqCst) + counted.rejected.load(Ordering::SeqCst);
+    let duplicates = counted.duplicates.load(Ordering::SeqCst);
+    assert_eq!(
+        applied + duplicates,
+        events.len() as u64,
+        "every event of the new spool was folded"
+    );
+    assert!(applied > 0, "the new master's events were applied");
+}
+
+/// An older copy of a spool (restored from a backup, say) has the spool's name but gives out
+/// ids the store already has progress past. Its new events are applied, not taken for those,
+/// and it takes a new name, so that its own progress is never confused with the other's.
+#[tokio::test]
+async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (original, copy) = (dir.path().join("spool"), dir.path().join("copy"));
+    drop(Spool::open(&original).unwrap());
+    std::fs::create_dir(&copy).unwrap();
+    for file in std::fs::read_dir(&original).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, copy.join(file.file_name().unwrap())).unwrap();
+    }
+    let store = Arc::new(open_in(dir.path(), "s.db").await);
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 200,
+        ..Default::default()
+    });
+    let spool = Spool::open(&original).unwrap();
+    let name = spool.uid();
+    spool.append(&lines).unwrap();
+    drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    drop(spool);
+
+    let older = Spool::open(&copy).unwrap();
+    assert_eq!(older.uid(), name, "a copy has the same name");
+    let fresh: Vec<String> = lines[..50]
+        .iter()
+        .map(|l| l.replace(r#""master_id":"m1""#, r#""master_id":"m3""#))
+        .collect();
+    older.append(&fresh).unwrap();
+    let counted = drain_once(&older, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    let m3 = fresh
+        .iter()
+        .filter(|l| l.contains(r#""master_id":"m3""#))
+        .count() as u64;
+    assert!(m3 > 0);
+    assert_eq!(
+        counted.applied.load(Ordering::SeqCst) + counted.rejected.load(Ordering::SeqCst),
+        m3,
+        "the copy's new events were folded"
+    );
+    assert_eq!(older.depth().events, 0);
+    assert_ne!(older.uid(), name, "the copy took a new name");
+    assert_eq!(
+        store.spool_progress(&older.uid()).await.unwrap(),
+        Some(fresh.len() as i64)
+    );
+    drop(older);
+    assert_ne!(Spool::open(&copy).unwrap().uid(), name, "for good");
 }

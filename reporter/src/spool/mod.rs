@@ -11,7 +11,8 @@
 //! cost of writing the bytes. A group is deleted whole, once the store confirmed its last event;
 //! of a group the store confirmed only in part, the spool remembers how far (`released`), and a
 //! restart goes on from there (see [`Spool::release`] for why applying them again would not be
-//! harmless).
+//! harmless). The file has a name of its own ([`Spool::uid`]), under which a store records how far
+//! it has the spool's events, for a restart after a crash between the two.
 //!
 //! Events also travel from the writer to the applier in memory ([`Handoff`]), so the applier
 //! reads the file only after a restart or when it fell too far behind.
@@ -87,6 +88,11 @@ pub struct Depth {
 #[derive(Clone)]
 pub struct Spool {
     path: String,
+    /// Names this spool file: stores record their progress through it under this name (see
+    /// [`crate::core::SpoolProgress`]). An ObjectId, unique as MongoDB's `_id`s are.
+    uid: Arc<Mutex<String>>,
+    /// The next id when the spool was opened: every id below it was given out before.
+    opened_next: i64,
     conn: Arc<Mutex<Connection>>,
     /// The id the next appended event gets: every id below it is committed.
     next: Arc<AtomicI64>,
@@ -255,9 +261,21 @@ impl Spool {
             "CREATE TABLE IF NOT EXISTS groups (last INTEGER PRIMARY KEY AUTOINCREMENT,
                                                 first INTEGER NOT NULL, lines BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS released (one INTEGER PRIMARY KEY CHECK (one = 1),
-                                                  through INTEGER NOT NULL);",
+                                                  through INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS identity (one INTEGER PRIMARY KEY CHECK (one = 1),
+                                                  uid TEXT NOT NULL);",
         )
         .map_err(err)?;
+        // Made once, with the file (or at the first open by a version that knows it): no store
+        // holds progress of this spool before then.
+        conn.execute(
+            "INSERT OR IGNORE INTO identity (one, uid) VALUES (1, ?1)",
+            [bson::oid::ObjectId::new().to_hex()],
+        )
+        .map_err(err)?;
+        let uid: String = conn
+            .query_row("SELECT uid FROM identity", [], |r| r.get(0))
+            .map_err(err)?;
         convert_one_row_per_event(&mut conn).map_err(err)?;
         vacuum_older_spool_if_empty(&conn).map_err(err)?;
         let next: i64 = conn.query_row(NEXT_ID, [], |r| r.get(0)).map_err(err)?;
@@ -272,6 +290,8 @@ impl Spool {
             .map_err(err)?;
         Ok(Spool {
             path,
+            uid: Arc::new(Mutex::new(uid)),
+            opened_next: next,
             conn: Arc::new(Mutex::new(conn)),
             next: Arc::new(AtomicI64::new(next)),
             events: Arc::new(AtomicU64::new(u64::try_from(events).unwrap_or(0))),
@@ -439,6 +459,29 @@ impl Spool {
             }
         }
         Ok(bytes)
+    }
+
+    /// The name stores record this spool's progress under.
+    pub fn uid(&self) -> String {
+        self.uid.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Gives the spool a new name, for good, and returns it: a store recorded progress under
+    /// the old one past any id this file gave out, so this file is an older copy of the spool
+    /// that store was fed from, and the ids it gives out from now on are not those events.
+    pub fn rename(&self) -> Result<String, SpoolError> {
+        let uid = bson::oid::ObjectId::new().to_hex();
+        self.lock()
+            .execute("UPDATE identity SET uid = ?1", [&uid])
+            .map_err(self.err())?;
+        *self.uid.lock().unwrap_or_else(|p| p.into_inner()) = uid.clone();
+        Ok(uid)
+    }
+
+    /// The id the first event appended since the spool was opened got, or gets: every event
+    /// below it came from an earlier run.
+    pub fn opened_next(&self) -> i64 {
+        self.opened_next
     }
 
     /// Events and bytes waiting.

@@ -344,6 +344,9 @@ pub trait Apply: Send + Sync {
         ids: &[String],
         log_window: usize,
     ) -> Result<Vec<BuildSnapshot>, StoreError>;
+
+    /// The last id of spool `spool` a batch recorded (see [`Batch::progress`]), if any.
+    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError>;
 }
 
 /// A whole number as a store hands it back: a 32- or 64-bit integer (a server may give a small

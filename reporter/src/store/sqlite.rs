@@ -76,7 +76,9 @@ fn tables() -> String {
         "CREATE TABLE IF NOT EXISTS log_chunks (
              step_id TEXT NOT NULL, channel TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
              PRIMARY KEY (step_id, channel, offset)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS applied_events (key TEXT PRIMARY KEY) WITHOUT ROWID;\n",
+         CREATE TABLE IF NOT EXISTS applied_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS spool_progress (
+             spool TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;\n",
     );
     for c in Collection::ALL {
         let extra: String = columns(c).iter().map(|f| format!(", {f}")).collect();
@@ -359,6 +361,19 @@ impl Apply for SqliteStore {
             applied,
             pinned: Default::default(),
         })
+    }
+
+    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+        let spool = spool.to_owned();
+        let err = self.sql_error();
+        // On the writing connection: the table is made when a writer opens the store, and a
+        // store a reader opened may be of a version without it.
+        self.run(move |conn| {
+            conn.prepare_cached("SELECT through FROM spool_progress WHERE spool = ?1")
+                .and_then(|mut st| st.query_row([&spool], |r| r.get(0)).optional())
+                .map_err(&err)
+        })
+        .await
     }
 
     async fn load_builds(

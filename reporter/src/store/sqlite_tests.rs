@@ -2,7 +2,7 @@
 //! older file, reads served by indexes.
 use super::super::{BuildCursor, CommitCursor, ResultFilter};
 use super::*;
-use crate::core::{Core, CoreConfig, Mutation};
+use crate::core::{Core, CoreConfig, Mutation, SpoolProgress};
 use crate::synth::{lines, Shape};
 use buildstore_schema::Event;
 use rusqlite::params_from_iter;
@@ -468,6 +468,30 @@ async fn a_missing_index_is_made_at_the_open_of_a_file_at_this_layout() {
         )
         .unwrap();
     assert_eq!(count, 1);
+}
+
+/// The spool's progress came without a new layout version too: a file made before it gains the
+/// table, and batches record and move it on, never back.
+#[tokio::test]
+async fn a_file_without_spool_progress_gains_it_and_batches_record_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, conn) = new_store_file(&dir).await;
+    conn.execute_batch("DROP TABLE spool_progress").unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.spool_progress("a").await.unwrap(), None);
+    let at = |spool: &str, through| Batch {
+        progress: Some(SpoolProgress {
+            spool: spool.into(),
+            through,
+        }),
+        ..Batch::default()
+    };
+    store.apply(Arc::new(at("a", 40))).await.unwrap();
+    store.apply(Arc::new(at("b", 7))).await.unwrap();
+    // A batch sent again after a later one was taken does not move it back.
+    store.apply(Arc::new(at("a", 30))).await.unwrap();
+    assert_eq!(store.spool_progress("a").await.unwrap(), Some(40));
+    assert_eq!(store.spool_progress("b").await.unwrap(), Some(7));
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The SQLite store's write path: one batch in one transaction. The text a batch adds to a log is
 //! appended as one chunk at its offset, each document the batch touches is loaded once, changed
 //! in memory and written back once, and the batch's event keys are recorded so that the events
-//! count as applied.
+//! count as applied, and with them how far into the spool they go.
 
 use std::collections::HashMap;
 
@@ -113,6 +113,14 @@ pub(super) fn apply_batch(
     tx.prepare_cached("INSERT OR IGNORE INTO applied_events (key) SELECT value FROM rarray(?1)")
         .and_then(|mut st| st.execute([keys]))
         .map_err(err)?;
+    if let Some(p) = &batch.progress {
+        tx.prepare_cached(
+            "INSERT INTO spool_progress (spool, through) VALUES (?1, ?2)
+             ON CONFLICT (spool) DO UPDATE SET through = max(through, excluded.through)",
+        )
+        .and_then(|mut st| st.execute(params![p.spool, p.through]))
+        .map_err(err)?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use futures::TryStreamExt;
 use mongodb::error::{Error, ErrorKind};
 use mongodb::Database;
 
-use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET, PIN_OFFSET};
+use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET, PIN_OFFSET, SPOOL_PROGRESS};
+use crate::core::SpoolProgress;
 use crate::store::{raw_log_len, whole, StoreError};
 
 /// Most bytes of statements per command, well under MongoDB's 16 MiB document limit.
@@ -140,15 +141,17 @@ fn groups(docs: Vec<Document>) -> Vec<Vec<Document>> {
 }
 
 /// Sends the whole plan: the pins of log chunks folded without an offset, the GridFS pieces,
-/// the updates, then the event keys. A failure leaves part of it applied; sending the same plan
+/// the updates, the event keys, then how far into its spool the batch goes. A failure leaves part of it applied; sending the same plan
 /// again, or folding the events again from what the store then holds, completes it. The pins
 /// make that true of a chunk without an offset too, even folded again by another process (after
 /// a crash): it is folded at its pinned offset, and found already there.
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     db: &Database,
     plan: &Plan,
     pins: &[(String, u64)],
     dropped_pins: &[String],
+    progress: Option<&SpoolProgress>,
     write_concern: Option<&Document>,
     location: &str,
     redact: &Redactor,
@@ -216,7 +219,17 @@ pub async fn send(
             "multi": true,
         };
         let command = doc! {"update": APPLIED_EVENTS, "updates": [unpin], "ordered": true};
-        on_keys(&to, command, "unpin").await?;
+        on_keys(&to, APPLIED_EVENTS, command, "unpin").await?;
+    }
+    // Last: a batch cut off before it is folded again from the spool, as before.
+    if let Some(p) = progress {
+        let set = doc! {
+            "q": {"_id": &p.spool},
+            "u": {"$max": {"through": p.through}},
+            "upsert": true,
+        };
+        let command = doc! {"update": SPOOL_PROGRESS, "updates": [set], "ordered": true};
+        on_keys(&to, SPOOL_PROGRESS, command, "spool progress").await?;
     }
     Ok(())
 }
@@ -227,22 +240,28 @@ async fn drop_pins(to: &Target<'_>, keys: &[String]) -> Result<(), Failure> {
     for chunk in keys.chunks(KEYS_PER_UNPIN) {
         let delete = doc! {"q": {"_id": {"$in": chunk}, PIN_OFFSET: {"$exists": true}}, "limit": 0};
         let command = doc! {"delete": APPLIED_EVENTS, "deletes": [delete]};
-        on_keys(to, command, "drop pin").await?;
+        on_keys(to, APPLIED_EVENTS, command, "drop pin").await?;
     }
     Ok(())
 }
 
-/// Runs one write `command` on the event keys; `what` names it in errors.
-async fn on_keys(to: &Target<'_>, command: Document, what: &'static str) -> Result<(), Failure> {
+/// Runs one write `command` on the bookkeeping `collection` (event keys, spool progress); `what`
+/// names it in errors.
+async fn on_keys(
+    to: &Target<'_>,
+    collection: &str,
+    command: Document,
+    what: &'static str,
+) -> Result<(), Failure> {
     let reply = to
         .db
         .run_command(to.command(command))
         .await
         .map_err(|e| driver_failure(e, to.location, to.redact))?;
-    unconfirmed(&reply, APPLIED_EVENTS, to.location)?;
+    unconfirmed(&reply, collection, to.location)?;
     match first_write_error(&reply) {
         Some(err) => Err(Failure::Fatal(StoreError::WriteRejected {
-            collection: APPLIED_EVENTS.to_owned(),
+            collection: collection.to_owned(),
             id: String::new(),
             mutation: what,
             message: err.1,

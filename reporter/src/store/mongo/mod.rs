@@ -25,7 +25,7 @@ use self::connect::selection_summary;
 pub use self::connect::DEFAULT_SELECTION_TIMEOUT;
 use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
-use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIECE_END, PIN_OFFSET};
+use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIECE_END, PIN_OFFSET, SPOOL_PROGRESS};
 use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
 use crate::core::{Batch, BuildSnapshot, LogSnapshot};
 
@@ -262,6 +262,7 @@ impl Apply for MongoStore {
                 &plan,
                 &batch.pins,
                 &batch.dropped_pins,
+                batch.progress.as_ref(),
                 self.write_concern.as_ref(),
                 &self.location,
                 &self.redact,
@@ -280,6 +281,16 @@ impl Apply for MongoStore {
             tracing::warn!(store = %self.location, attempt, ?wait, error = %e, "retrying a batch {why}");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+        let found = self
+            .db
+            .collection::<Document>(SPOOL_PROGRESS)
+            .find_one(doc! {"_id": spool})
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(found.and_then(|d| d.get("through").and_then(super::whole)))
     }
 
     async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {

@@ -15,6 +15,9 @@ pub const CHUNK_SIZE: usize = 255 * 1024;
 pub const BUCKET: &str = "logs";
 /// Applied event keys.
 pub const APPLIED_EVENTS: &str = "applied_events";
+/// Where each spool's last id in the store is kept (see `Batch::progress`): one document per
+/// spool, `{_id: SPOOL, through: ID}`.
+pub const SPOOL_PROGRESS: &str = "spool_progress";
 /// The field of a key in [`APPLIED_EVENTS`] that holds a pinned log chunk's offset while its
 /// batch is being written (see `Batch::pins`).
 pub const PIN_OFFSET: &str = "offset";
