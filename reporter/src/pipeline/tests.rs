@@ -155,7 +155,10 @@ impl Apply for Pinned<'_> {
     ) -> Result<Vec<crate::core::BuildSnapshot>, StoreError> {
         self.store.load_builds(ids, log_window).await
     }
-    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+    async fn spool_progress(
+        &self,
+        spool: &str,
+    ) -> Result<Option<crate::core::SpoolProgress>, StoreError> {
         self.store.spool_progress(spool).await
     }
 }

@@ -13,7 +13,7 @@ use buildstore_schema::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::core::{Batch, SpoolProgress};
+use crate::core::{event_key, Batch, SpoolProgress};
 use crate::pipeline::{Applier, Outcome, Prepared};
 use crate::spool::{Handoff, Spool, SpoolError};
 use crate::store::{Apply, StoreError};
@@ -107,6 +107,8 @@ struct Unconfirmed {
     /// The id of the last spooled event they cover (an unreadable one skipped included).
     through: i64,
     events: Vec<Event>,
+    /// The spool id and key of the last of `events` that has a key.
+    last: Option<(i64, String)>,
 }
 
 /// A batch the store is writing, and what it was made of.
@@ -182,36 +184,23 @@ pub async fn run(
                 return;
             };
             match asked {
-                Ok(Some(through)) if through >= spool.opened_next() => {
-                    // Ids this file gave out are not the events the store had under them.
-                    let s = spool.clone();
-                    match blocking(move || s.rename()).await {
-                        Ok(renamed) => {
-                            tracing::warn!(
-                                through,
-                                spool = %uid,
-                                renamed = %renamed,
-                                "the store has this spool's events past any id the spool gave \
-                                 out: it is an older copy, and takes a new name; its events are \
-                                 folded, those the store has skipped as applied"
-                            );
+                Ok(progress) => {
+                    match resume(&spool, &held, &counters, progress, next, &uid).await {
+                        Ok(Resumed::From(id)) => {
+                            next = id;
+                            resumed = true;
+                        }
+                        Ok(Resumed::Renamed(renamed)) => {
                             uid = renamed;
                             resumed = true;
                         }
                         Err(e) => {
                             tracing::error!(
-                                "renaming the spool failed, trying again in a second: {e}"
+                                "reading the spool failed, trying again in a second: {e}"
                             );
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
-                }
-                Ok(progress) => {
-                    if let Some(through) = progress.filter(|&t| t >= next) {
-                        resume(&spool, &held, &counters, through).await;
-                        next = through + 1;
-                    }
-                    resumed = true;
                 }
                 Err(e) => back_off(&counters, &e, &mut stop, deadline).await,
             }
@@ -249,6 +238,7 @@ pub async fn run(
                         prepared.batch.progress = Some(SpoolProgress {
                             spool: uid.clone(),
                             through: taken.through,
+                            last: taken.last.clone(),
                         });
                         ready = Some((taken, prepared));
                     }
@@ -448,22 +438,77 @@ async fn confirm(
     counters.confirm(through);
 }
 
-/// The store has this spool's events through `through`, though the spool still holds some of
-/// them: an earlier run stopped between the store's commit of a batch and the spool's release.
-/// They are released now rather than folded again, which could judge an event the rules refused
-/// a second time, and differently (see `Spool::release`).
-async fn resume(spool: &Spool, held: &AtomicU64, counters: &DrainCounters, through: i64) {
-    tracing::info!(
-        through,
-        "the store already has the spool's events through this id: released without folding them again"
-    );
-    let s = spool.clone();
-    match blocking(move || s.release(through)).await {
-        Ok(freed) => crate::spool::subtract(held, freed),
-        // Released with the next batch instead, which covers every id below its own.
-        Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
+/// Where the drain starts, from the progress the store recorded under the spool's name.
+enum Resumed {
+    /// At this spool id.
+    From(i64),
+    /// Where it was, under this new name of the spool.
+    Renamed(String),
+}
+
+/// Takes the progress the store recorded under the spool's name `uid`. When the store has
+/// events the spool still holds (an earlier run stopped between the store's commit of a batch
+/// and the spool's release), they are released now rather than folded again, which could judge
+/// an event the rules refused a second time, and differently (see `Spool::release`). That
+/// progress must be of this very file, though: a copy of it (restored from a backup, or copied
+/// with a machine's image and run beside it) has the same name and gives out the same ids to
+/// other events. So the spool must hold, at the id the progress names, the event the store
+/// recorded there, and the progress must be below any id this run gave out. If not, the spool
+/// takes a new name, and its events are folded as before the store recorded anything: those the
+/// store has are skipped as applied.
+async fn resume(
+    spool: &Spool,
+    held: &AtomicU64,
+    counters: &DrainCounters,
+    progress: Option<SpoolProgress>,
+    next: i64,
+    uid: &str,
+) -> Result<Resumed, SpoolError> {
+    let Some(p) = progress.filter(|p| p.through >= next) else {
+        return Ok(Resumed::From(next));
+    };
+    if p.through < spool.opened_next() && holds(spool, &p).await? {
+        tracing::info!(
+            through = p.through,
+            "the store already has the spool's events through this id: released without \
+             folding them again"
+        );
+        let s = spool.clone();
+        let through = p.through;
+        match blocking(move || s.release(through)).await {
+            Ok(freed) => crate::spool::subtract(held, freed),
+            // Released with the next batch instead, which covers every id below its own.
+            Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
+        }
+        counters.confirm(through);
+        return Ok(Resumed::From(through + 1));
     }
-    counters.confirm(through);
+    let s = spool.clone();
+    let renamed = blocking(move || s.rename()).await?;
+    tracing::warn!(
+        through = p.through,
+        spool = %uid,
+        renamed = %renamed,
+        "the store's progress under this spool's name is not of this file's events (a copy of \
+         the spool?): the spool takes a new name, and its events are folded, those the store has \
+         skipped as applied"
+    );
+    Ok(Resumed::Renamed(renamed))
+}
+
+/// Whether the spool holds, at the id the progress names, the event the store recorded there.
+async fn holds(spool: &Spool, p: &SpoolProgress) -> Result<bool, SpoolError> {
+    let Some((id, key)) = p.last.clone() else {
+        return Ok(false);
+    };
+    let s = spool.clone();
+    let found = blocking(move || s.read(id, 1, usize::MAX)).await?;
+    let here = found
+        .first()
+        .filter(|f| f.id == id)
+        .and_then(|f| read_spooled(&f.line).ok())
+        .and_then(|e| Some(event_key(&e.master_id, e.event_id.as_deref()?)));
+    Ok(here == Some(key))
 }
 
 /// The next events from id `next` on: from memory when the writer handed them over, else from
@@ -471,9 +516,11 @@ async fn resume(spool: &Spool, held: &AtomicU64, counters: &DrainCounters, throu
 async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed> {
     let handed = handoff.take(next, BATCH_EVENTS);
     if let Some(&(through, _)) = handed.last() {
+        let last = last_key(handed.iter().map(|(id, e)| (*id, e)));
         return Some(Unconfirmed {
             through,
             events: handed.into_iter().map(|(_, e)| e).collect(),
+            last,
         });
     }
     if next >= spool.next_id() {
@@ -492,17 +539,33 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
     // Lines were validated before they were spooled; one that no longer parses is reported and
     // skipped rather than blocking everything behind it. They are read without the check on
     // numbers beyond 64 bits, which an earlier version accepted and acknowledged.
-    let events = spooled
+    let read: Vec<(i64, Event)> = spooled
         .iter()
         .filter_map(|p| match read_spooled(&p.line) {
-            Ok(e) => Some(e),
+            Ok(e) => Some((p.id, e)),
             Err(e) => {
                 tracing::error!(spool_id = p.id, error = %e, "unreadable spooled event skipped");
                 None
             }
         })
         .collect();
-    Some(Unconfirmed { through, events })
+    let last = last_key(read.iter().map(|(id, e)| (*id, e)));
+    Some(Unconfirmed {
+        through,
+        events: read.into_iter().map(|(_, e)| e).collect(),
+        last,
+    })
+}
+
+/// The spool id and key of the last of `events` that has a key (every spooled event has one:
+/// the daemon gives one to an event sent without).
+fn last_key<'a>(
+    events: impl DoubleEndedIterator<Item = (i64, &'a Event)>,
+) -> Option<(i64, String)> {
+    events.rev().find_map(|(id, e)| {
+        let event_id = e.event_id.as_deref()?;
+        Some((id, event_key(&e.master_id, event_id)))
+    })
 }
 
 /// Runs work on the spool off the async threads.

@@ -8,7 +8,7 @@ use bson::Document;
 use buildstore_schema::Collection;
 
 use super::*;
-use crate::core::{Batch, BuildSnapshot, Core, CoreConfig};
+use crate::core::{Batch, BuildSnapshot, Core, CoreConfig, SpoolProgress};
 use crate::spool::Depth;
 use crate::store::{open_in, KnownEvents, SqliteStore, Store};
 
@@ -126,7 +126,7 @@ impl Apply for FailingWrite {
     ) -> Result<Vec<BuildSnapshot>, StoreError> {
         self.inner.load_builds(ids, log_window).await
     }
-    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+    async fn spool_progress(&self, spool: &str) -> Result<Option<SpoolProgress>, StoreError> {
         self.inner.spool_progress(spool).await
     }
 }
@@ -244,7 +244,7 @@ impl Apply for Down {
     async fn load_builds(&self, _: &[String], _: usize) -> Result<Vec<BuildSnapshot>, StoreError> {
         Ok(Vec::new())
     }
-    async fn spool_progress(&self, _: &str) -> Result<Option<i64>, StoreError> {
+    async fn spool_progress(&self, _: &str) -> Result<Option<SpoolProgress>, StoreError> {
         Ok(None)
     }
 }
@@ -460,6 +460,12 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
     assert_eq!(got, export(&clean).await);
 }
 
+/// How far into `spool` the store has its events, by the progress recorded under its name.
+async fn through(store: &dyn Apply, spool: &Spool) -> Option<i64> {
+    let p = store.spool_progress(&spool.uid()).await.unwrap();
+    p.map(|p| p.through)
+}
+
 /// The late events of a build, the first of which the rules refuse (its step's end comes before
 /// the build started); a second fold, once the build exists, would take it.
 const REFUSED_THEN_TAKEN: [&str; 5] = [
@@ -496,7 +502,7 @@ async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
     );
     assert_eq!(spool.depth(), whole, "nothing released");
     assert_eq!(
-        killed.inner.spool_progress(&spool.uid()).await.unwrap(),
+        through(&killed.inner, &spool).await,
         Some(BATCH_EVENTS as i64),
         "the store knows how far the batch went"
     );
@@ -518,7 +524,7 @@ async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
         (lines.len() - BATCH_EVENTS) as u64
     );
     assert!(
-        store.spool_progress(&spool.uid()).await.unwrap() >= Some(lines.len() as i64),
+        through(&*store, &spool).await >= Some(lines.len() as i64),
         "the last batch moved the store's progress on"
     );
 
@@ -542,7 +548,7 @@ async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
     let old = Spool::open(&dir.path().join("old")).unwrap();
     old.append(&lines).unwrap();
     drain_once(&old, Arc::clone(&store) as _, Duration::from_secs(60)).await;
-    assert!(store.spool_progress(&old.uid()).await.unwrap() >= Some(lines.len() as i64));
+    assert!(through(&*store, &old).await >= Some(lines.len() as i64));
     drop(old);
     std::fs::remove_dir_all(dir.path().join("old")).unwrap();
 
@@ -610,10 +616,101 @@ async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() 
     );
     assert_eq!(older.depth().events, 0);
     assert_ne!(older.uid(), name, "the copy took a new name");
-    assert_eq!(
-        store.spool_progress(&older.uid()).await.unwrap(),
-        Some(fresh.len() as i64)
-    );
+    assert_eq!(through(&*store, &older).await, Some(fresh.len() as i64));
     drop(older);
     assert_ne!(Spool::open(&copy).unwrap().uid(), name, "for good");
+}
+
+/// `lines` as another master would send them: the same events, with keys the store has not seen.
+fn from_other_masters(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            l.replace(r#""master_id":"m1""#, r#""master_id":"m3""#)
+                .replace(r#""master_id":2"#, r#""master_id":"m4""#)
+        })
+        .collect()
+}
+
+/// Copies the spool directory `from` to `to`, as a backup or a machine's image would.
+fn copy_spool(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir(to).unwrap();
+    for file in std::fs::read_dir(from).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Two copies of one spool run side by side (a machine's image copied with its spool) and feed
+/// one store: both have the same name, and each records its progress under it. A copy that
+/// restarts with events waiting finds the other's progress there, but not the other's event at
+/// the id it names: it takes a new name and folds its own events, losing none of them.
+#[tokio::test]
+async fn a_copy_run_beside_its_original_takes_no_progress_of_the_other_for_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    drop(Spool::open(&a).unwrap());
+    copy_spool(&a, &b);
+    let store = Arc::new(open_in(dir.path(), "s.db").await);
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events: 300,
+        ..Default::default()
+    });
+    let first = Spool::open(&a).unwrap();
+    first.append(&lines).unwrap();
+    drain_once(&first, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert_eq!(through(&*store, &first).await, Some(lines.len() as i64));
+
+    let theirs = from_other_masters(&crate::synth::lines(&crate::synth::Shape {
+        events: 500,
+        seed: 7,
+        ..Default::default()
+    }));
+    assert!(theirs.len() > lines.len());
+    let second = Spool::open(&b).unwrap();
+    assert_eq!(second.uid(), first.uid());
+    second.append(&theirs).unwrap();
+    drop(second);
+    let second = Spool::open(&b).unwrap();
+    let counted = drain_once(&second, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert_eq!(
+        counted.applied.load(Ordering::SeqCst) + counted.rejected.load(Ordering::SeqCst),
+        theirs.len() as u64,
+        "every event of the copy was folded"
+    );
+    assert_ne!(second.uid(), first.uid(), "the copy took a name of its own");
+}
+
+/// Progress at or past the first id this run gave out cannot be of an earlier run of this file,
+/// even when the store's event there has the same key: the spool takes a new name and the event
+/// is folded.
+#[tokio::test]
+async fn progress_past_what_earlier_runs_gave_out_is_never_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open_in(dir.path(), "s.db").await);
+    let spool = Spool::open(&dir.path().join("spool")).unwrap();
+    let line = REFUSED_THEN_TAKEN[1];
+    let first = spool.append(&[line.to_string()]).unwrap();
+    assert_eq!(first, spool.opened_next());
+    let event = Event::parse(line).unwrap();
+    let key = event_key(&event.master_id, event.event_id.as_deref().unwrap());
+    let progress = SpoolProgress {
+        spool: spool.uid(),
+        through: first,
+        last: Some((first, key)),
+    };
+    store
+        .apply(Arc::new(Batch {
+            progress: Some(progress),
+            ..Batch::default()
+        }))
+        .await
+        .unwrap();
+    let counted = drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert_eq!(
+        counted.applied.load(Ordering::SeqCst),
+        1,
+        "folded, not released"
+    );
+    assert_eq!(spool.depth().events, 0);
 }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bson::Document;
 use buildstore_schema::{Channel, Collection};
 
-use crate::core::{Batch, BuildSnapshot};
+use crate::core::{Batch, BuildSnapshot, SpoolProgress};
 
 pub use docs::DocSet;
 pub use mongo::MongoStore;
@@ -345,8 +345,8 @@ pub trait Apply: Send + Sync {
         log_window: usize,
     ) -> Result<Vec<BuildSnapshot>, StoreError>;
 
-    /// The last id of spool `spool` a batch recorded (see [`Batch::progress`]), if any.
-    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError>;
+    /// The progress through spool `spool` the last batch recorded (see [`Batch::progress`]).
+    async fn spool_progress(&self, spool: &str) -> Result<Option<SpoolProgress>, StoreError>;
 }
 
 /// A whole number as a store hands it back: a 32- or 64-bit integer (a server may give a small

@@ -13,7 +13,7 @@ use rusqlite::vtab::array::Array;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
-use crate::core::{Batch, BuildSnapshot, LogSnapshot};
+use crate::core::{Batch, BuildSnapshot, LogSnapshot, SpoolProgress};
 
 #[path = "sqlite_place.rs"]
 mod place;
@@ -71,15 +71,22 @@ fn columns(collection: Collection) -> &'static [&'static str] {
     .as_slice()
 }
 
+/// Where batches record how far into a spool they go (see `Batch::progress`). It came without a
+/// new layout version (a file with it still opens in the version before), so a file of this
+/// layout may lack it: the first batch that records progress makes it, and a read finds none
+/// there, rather than every open of such a file, readers' included, writing to it.
+const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS spool_progress (
+    spool TEXT PRIMARY KEY, through INTEGER NOT NULL, last_id INTEGER, last_key TEXT)
+    WITHOUT ROWID;\n";
+
 fn tables() -> String {
     let mut sql = String::from(
         "CREATE TABLE IF NOT EXISTS log_chunks (
              step_id TEXT NOT NULL, channel TEXT NOT NULL, offset INTEGER NOT NULL, data BLOB NOT NULL,
              PRIMARY KEY (step_id, channel, offset)) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS applied_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS spool_progress (
-             spool TEXT PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;\n",
+         CREATE TABLE IF NOT EXISTS applied_events (key TEXT PRIMARY KEY) WITHOUT ROWID;\n",
     );
+    sql.push_str(PROGRESS_TABLE);
     for c in Collection::ALL {
         let extra: String = columns(c).iter().map(|f| format!(", {f}")).collect();
         sql.push_str(&format!(
@@ -363,15 +370,38 @@ impl Apply for SqliteStore {
         })
     }
 
-    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+    async fn spool_progress(&self, spool: &str) -> Result<Option<SpoolProgress>, StoreError> {
         let spool = spool.to_owned();
         let err = self.sql_error();
-        // On the writing connection: the table is made when a writer opens the store, and a
-        // store a reader opened may be of a version without it.
-        self.run(move |conn| {
-            conn.prepare_cached("SELECT through FROM spool_progress WHERE spool = ?1")
-                .and_then(|mut st| st.query_row([&spool], |r| r.get(0)).optional())
-                .map_err(&err)
+        self.read(move |conn| {
+            let made: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'spool_progress')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(&err)?;
+            if !made {
+                return Ok(None);
+            }
+            conn.prepare_cached(
+                "SELECT through, last_id, last_key FROM spool_progress WHERE spool = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([&spool], |r| {
+                    let last = match (r.get(1)?, r.get(2)?) {
+                        (Some(id), Some(key)) => Some((id, key)),
+                        _ => None,
+                    };
+                    Ok(SpoolProgress {
+                        spool: spool.clone(),
+                        through: r.get(0)?,
+                        last,
+                    })
+                })
+                .optional()
+            })
+            .map_err(&err)
         })
         .await
     }

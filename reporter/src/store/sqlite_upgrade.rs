@@ -22,10 +22,9 @@ pub(super) fn upgrade(
     // A file at this layout, with every index, is not written at all. Every open would
     // otherwise commit (the version, at least), and such a commit by `export` or the web view,
     // between the reads and the writes of the daemon's batch, made that batch fail with
-    // "database is locked". The indexes and tables are looked at too: some were added without a
-    // new layout version (a file with them still opens in the version before), and a query
-    // naming a missing one fails.
-    if version == LAYOUT_VERSION && has_every_index_and_table(conn).map_err(err)? {
+    // "database is locked". The indexes are looked at too: some were added without a new
+    // layout version, and a query naming a missing one fails.
+    if version == LAYOUT_VERSION && has_every_index(conn).map_err(err)? {
         return Ok(());
     }
     let tx = conn
@@ -59,20 +58,15 @@ pub(super) fn upgrade(
     tx.commit().map_err(err)
 }
 
-fn has_every_index_and_table(conn: &Connection) -> rusqlite::Result<bool> {
+fn has_every_index(conn: &Connection) -> rusqlite::Result<bool> {
     let present: HashSet<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type IN ('index', 'table')")?
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index'")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    Ok(present.contains(ADDED_TABLE)
-        && INDEXES
-            .iter()
-            .all(|spec| present.contains(&index_name(spec))))
+    Ok(INDEXES
+        .iter()
+        .all(|spec| present.contains(&index_name(spec))))
 }
-
-/// The table added since layout 2 without a new version: a file of layout 2 without it is given
-/// it.
-const ADDED_TABLE: &str = "spool_progress";
 
 /// Sets `cols` of every row of `collection` from its stored document, as a write would have.
 fn backfill(

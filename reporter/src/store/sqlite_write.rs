@@ -113,12 +113,16 @@ pub(super) fn apply_batch(
     tx.prepare_cached("INSERT OR IGNORE INTO applied_events (key) SELECT value FROM rarray(?1)")
         .and_then(|mut st| st.execute([keys]))
         .map_err(err)?;
+    // The last batch's, whatever it says: one spool's batches are written in order, and a lower
+    // one only means more is folded again.
     if let Some(p) = &batch.progress {
+        tx.execute_batch(super::PROGRESS_TABLE).map_err(err)?;
+        let (last_id, last_key) = p.last.clone().unzip();
         tx.prepare_cached(
-            "INSERT INTO spool_progress (spool, through) VALUES (?1, ?2)
-             ON CONFLICT (spool) DO UPDATE SET through = max(through, excluded.through)",
+            "INSERT OR REPLACE INTO spool_progress (spool, through, last_id, last_key)
+             VALUES (?1, ?2, ?3, ?4)",
         )
-        .and_then(|mut st| st.execute(params![p.spool, p.through]))
+        .and_then(|mut st| st.execute(params![p.spool, p.through, last_id, last_key]))
         .map_err(err)?;
     }
     Ok(())

@@ -222,10 +222,13 @@ pub async fn send(
         on_keys(&to, APPLIED_EVENTS, command, "unpin").await?;
     }
     // Last: a batch cut off before it is folded again from the spool, as before.
+    // The last batch's, whatever it says: one spool's batches are sent in order, and a lower
+    // one only means more is folded again.
     if let Some(p) = progress {
+        let (last_id, last_key) = p.last.clone().unzip();
         let set = doc! {
             "q": {"_id": &p.spool},
-            "u": {"$max": {"through": p.through}},
+            "u": {"$set": {"through": p.through, "last_id": last_id, "last_key": last_key}},
             "upsert": true,
         };
         let command = doc! {"update": SPOOL_PROGRESS, "updates": [set], "ordered": true};

@@ -27,7 +27,7 @@ use self::exec::{backoff, Failure, Redactor};
 use self::filters::{builds_filter, commits_filter};
 use self::plan::{log_file_name, APPLIED_EVENTS, BUCKET, PIECE_END, PIN_OFFSET, SPOOL_PROGRESS};
 use super::{Apply, BuildQuery, CommitQuery, EachDoc, KnownEvents, Store, StoreError};
-use crate::core::{Batch, BuildSnapshot, LogSnapshot};
+use crate::core::{Batch, BuildSnapshot, LogSnapshot, SpoolProgress};
 
 /// Attempts at a batch that keeps failing with transient errors, before giving up.
 const ATTEMPTS: u32 = 8;
@@ -283,14 +283,22 @@ impl Apply for MongoStore {
         }
     }
 
-    async fn spool_progress(&self, spool: &str) -> Result<Option<i64>, StoreError> {
+    async fn spool_progress(&self, spool: &str) -> Result<Option<SpoolProgress>, StoreError> {
         let found = self
             .db
             .collection::<Document>(SPOOL_PROGRESS)
             .find_one(doc! {"_id": spool})
             .await
             .map_err(|e| self.err(e))?;
-        Ok(found.and_then(|d| d.get("through").and_then(super::whole)))
+        Ok(found.and_then(|d| {
+            let last_id = d.get("last_id").and_then(super::whole);
+            let last_key = d.get_str("last_key").ok().map(str::to_owned);
+            Some(SpoolProgress {
+                spool: spool.to_owned(),
+                through: d.get("through").and_then(super::whole)?,
+                last: last_id.zip(last_key),
+            })
+        }))
     }
 
     async fn applied_events(&self, keys: &[String]) -> Result<KnownEvents, StoreError> {
@@ -307,7 +315,7 @@ impl Apply for MongoStore {
         for d in &found {
             let Ok(key) = d.get_str("_id") else { continue };
             // A key written with its chunk's offset, before the rest of its batch, stands for a
-            // pin; the batch's last command takes the offset away (see `exec::send`).
+            // pin; a command after the rest of the batch takes the offset away (see `exec::send`).
             match d.get(PIN_OFFSET).and_then(super::whole) {
                 Some(offset) => {
                     known
