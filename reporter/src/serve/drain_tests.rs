@@ -389,6 +389,52 @@ async fn drain_once(spool: &Spool, store: Arc<dyn Apply>, grace: Duration) -> Ar
     counters
 }
 
+/// The late events of a build, the first of which the rules refuse (its step's end comes before
+/// the build started); a second fold, once the build exists, would take it.
+const REFUSED_THEN_TAKEN: [&str; 5] = [
+    r#"{"type":"step_finished","master_id":"mx","event_id":"x1","time":1767323045,"build_id":1,"step":0,"result":2,"text":"refused: no such build yet"}"#,
+    r#"{"type":"builder_added","master_id":"mx","event_id":"x2","time":1767323045,"builder":"bx"}"#,
+    r#"{"type":"build_started","master_id":"mx","event_id":"x3","time":1767323045,"builder":"bx","build_id":1,"number":1}"#,
+    r#"{"type":"step_started","master_id":"mx","event_id":"x4","time":1767323046,"build_id":1,"step":0,"name":"compile"}"#,
+    r#"{"type":"step_finished","master_id":"mx","event_id":"x5","time":1767323047,"build_id":1,"step":0,"result":0,"text":"ok"}"#,
+];
+
+/// A stream of a little more than one batch, with [`REFUSED_THEN_TAKEN`] near the end of the
+/// first batch.
+fn with_a_late_build() -> Vec<String> {
+    let mut lines = crate::synth::lines(&crate::synth::Shape {
+        events: BATCH_EVENTS + 300,
+        ..Default::default()
+    });
+    let at = BATCH_EVENTS - REFUSED_THEN_TAKEN.len() - 10;
+    lines.splice(at..at, REFUSED_THEN_TAKEN.iter().map(|l| l.to_string()));
+    lines
+}
+
+/// Opens the spool and store in `dir` again, as the next start does, and drains the spool:
+/// everything is released, and nothing the store had is folded again.
+async fn restart_and_drain(dir: &std::path::Path) -> (Spool, Arc<SqliteStore>, Arc<DrainCounters>) {
+    let spool = Spool::open(&dir.join("spool")).unwrap();
+    let store = Arc::new(open_in(dir, "s.db").await);
+    let counted = drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    assert_eq!(spool.depth().events, 0, "everything released");
+    assert_eq!(
+        counted.duplicates.load(Ordering::SeqCst),
+        0,
+        "nothing the store had was folded again"
+    );
+    (spool, store, counted)
+}
+
+/// Asserts that `store` holds what one clean fold of `lines` leaves.
+async fn assert_as_one_clean_fold(dir: &std::path::Path, store: &SqliteStore, lines: &[String]) {
+    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let clean = open_in(dir, "clean.db").await;
+    let mut applier = Applier::new(Core::new(CoreConfig::default()));
+    applier.apply_chunk(&clean, &events, false).await.unwrap();
+    assert_eq!(export(store).await, export(&clean).await);
+}
+
 /// A group of the spool can straddle two batches. When the store confirmed the first and the
 /// daemon stopped before the second, the next start goes on after what was confirmed: folding
 /// the group again from its start would take an event the rules refused the first time (a
@@ -397,21 +443,8 @@ async fn drain_once(spool: &Spool, store: Arc<dyn Apply>, grace: Duration) -> Ar
 #[tokio::test]
 async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = crate::synth::lines(&crate::synth::Shape {
-        events: BATCH_EVENTS + 300,
-        ..Default::default()
-    });
-    let late = [
-        r#"{"type":"step_finished","master_id":"mx","event_id":"x1","time":1767323045,"build_id":1,"step":0,"result":2,"text":"refused: no such build yet"}"#,
-        r#"{"type":"builder_added","master_id":"mx","event_id":"x2","time":1767323045,"builder":"bx"}"#,
-        r#"{"type":"build_started","master_id":"mx","event_id":"x3","time":1767323045,"builder":"bx","build_id":1,"number":1}"#,
-        r#"{"type":"step_started","master_id":"mx","event_id":"x4","time":1767323046,"build_id":1,"step":0,"name":"compile"}"#,
-        r#"{"type":"step_finished","master_id":"mx","event_id":"x5","time":1767323047,"build_id":1,"step":0,"result":0,"text":"ok"}"#,
-    ];
     // All in the first batch, which the store takes.
-    let at = BATCH_EVENTS - late.len() - 10;
-    lines.splice(at..at, late.iter().map(|l| l.to_string()));
-    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let lines = with_a_late_build();
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     let first = spool.append(&lines).unwrap();
     let whole = spool.depth();
@@ -434,19 +467,7 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
     drop(down);
     drop(spool);
 
-    let spool = Spool::open(&dir.path().join("spool")).unwrap();
-    let store = Arc::new(open_in(dir.path(), "s.db").await);
-    let counted = drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
-    assert_eq!(spool.depth().events, 0, "everything released");
-    assert_eq!(
-        counted.duplicates.load(Ordering::SeqCst),
-        0,
-        "nothing the store had confirmed was folded again"
-    );
-
-    let clean = open_in(dir.path(), "clean.db").await;
-    let mut applier = Applier::new(Core::new(CoreConfig::default()));
-    applier.apply_chunk(&clean, &events, false).await.unwrap();
+    let (_, store, _) = restart_and_drain(dir.path()).await;
     let got = export(&*store).await;
     let step = got
         .iter()
@@ -457,7 +478,7 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
         Ok(0),
         "the step's real end was taken"
     );
-    assert_eq!(got, export(&clean).await);
+    assert_as_one_clean_fold(dir.path(), &store, &lines).await;
 }
 
 /// How far into `spool` the store has its events, by the progress recorded under its name.
@@ -466,29 +487,13 @@ async fn through(store: &dyn Apply, spool: &Spool) -> Option<i64> {
     p.map(|p| p.through)
 }
 
-/// The late events of a build, the first of which the rules refuse (its step's end comes before
-/// the build started); a second fold, once the build exists, would take it.
-const REFUSED_THEN_TAKEN: [&str; 5] = [
-    r#"{"type":"step_finished","master_id":"mx","event_id":"x1","time":1767323045,"build_id":1,"step":0,"result":2,"text":"refused: no such build yet"}"#,
-    r#"{"type":"builder_added","master_id":"mx","event_id":"x2","time":1767323045,"builder":"bx"}"#,
-    r#"{"type":"build_started","master_id":"mx","event_id":"x3","time":1767323045,"builder":"bx","build_id":1,"number":1}"#,
-    r#"{"type":"step_started","master_id":"mx","event_id":"x4","time":1767323046,"build_id":1,"step":0,"name":"compile"}"#,
-    r#"{"type":"step_finished","master_id":"mx","event_id":"x5","time":1767323047,"build_id":1,"step":0,"result":0,"text":"ok"}"#,
-];
-
 /// A batch the store took, but whose events the spool did not release (the daemon was killed
 /// in between), is not folded again at the next start: the store recorded how far into the
 /// spool the batch went. Folded again, the event the rules refused would now be taken.
 #[tokio::test]
 async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = crate::synth::lines(&crate::synth::Shape {
-        events: BATCH_EVENTS + 300,
-        ..Default::default()
-    });
-    let at = BATCH_EVENTS - REFUSED_THEN_TAKEN.len() - 10;
-    lines.splice(at..at, REFUSED_THEN_TAKEN.iter().map(|l| l.to_string()));
-    let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
+    let lines = with_a_late_build();
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
     spool.append(&lines).unwrap();
     let whole = spool.depth();
@@ -509,15 +514,7 @@ async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
     drop(killed);
     drop(spool);
 
-    let spool = Spool::open(&dir.path().join("spool")).unwrap();
-    let store = Arc::new(open_in(dir.path(), "s.db").await);
-    let counted = drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
-    assert_eq!(spool.depth().events, 0, "everything released");
-    assert_eq!(
-        counted.duplicates.load(Ordering::SeqCst),
-        0,
-        "nothing the store had was folded again"
-    );
+    let (spool, store, counted) = restart_and_drain(dir.path()).await;
     assert_eq!(counted.rejected.load(Ordering::SeqCst), 0);
     assert_eq!(
         counted.applied.load(Ordering::SeqCst),
@@ -528,10 +525,7 @@ async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
         "the last batch moved the store's progress on"
     );
 
-    let clean = open_in(dir.path(), "clean.db").await;
-    let mut applier = Applier::new(Core::new(CoreConfig::default()));
-    applier.apply_chunk(&clean, &events, false).await.unwrap();
-    assert_eq!(export(&*store).await, export(&clean).await);
+    assert_as_one_clean_fold(dir.path(), &store, &lines).await;
 }
 
 /// The progress a store recorded for another spool, or for this one before the spool's current
@@ -580,11 +574,7 @@ async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() 
     let dir = tempfile::tempdir().unwrap();
     let (original, copy) = (dir.path().join("spool"), dir.path().join("copy"));
     drop(Spool::open(&original).unwrap());
-    std::fs::create_dir(&copy).unwrap();
-    for file in std::fs::read_dir(&original).unwrap() {
-        let file = file.unwrap().path();
-        std::fs::copy(&file, copy.join(file.file_name().unwrap())).unwrap();
-    }
+    copy_spool(&original, &copy);
     let store = Arc::new(open_in(dir.path(), "s.db").await);
     let lines = crate::synth::lines(&crate::synth::Shape {
         events: 200,
