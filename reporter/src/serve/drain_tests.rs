@@ -492,14 +492,52 @@ async fn through(store: &dyn Apply, spool: &Spool) -> Option<i64> {
 /// spool the batch went. Folded again, the event the rules refused would now be taken.
 #[tokio::test]
 async fn a_batch_the_store_took_before_a_kill_is_not_folded_again() {
+    taken_before_a_kill(false).await;
+}
+
+/// The same, for a batch the drain took from the writer in memory, as it does while it keeps up.
+#[tokio::test]
+async fn a_batch_handed_over_in_memory_and_taken_before_a_kill_is_not_folded_again() {
+    taken_before_a_kill(true).await;
+}
+
+async fn taken_before_a_kill(handed_over: bool) {
     let dir = tempfile::tempdir().unwrap();
     let lines = with_a_late_build();
     let spool = Spool::open(&dir.path().join("spool")).unwrap();
-    spool.append(&lines).unwrap();
+    let first = spool.append(&lines).unwrap();
     let whole = spool.depth();
+    let handoff = Arc::new(Handoff::new(usize::MAX));
+    if handed_over {
+        let events = lines.iter().map(|l| (Event::parse(l).unwrap(), l.len()));
+        handoff.push(first, events.collect());
+    }
+    handoff.close();
 
     let killed = Arc::new(FailingWrite::at(dir.path(), 0, Failure::UnheardThenDown).await);
-    let counted = drain_once(&spool, Arc::clone(&killed) as _, Duration::from_millis(300)).await;
+    let counted = Arc::new(DrainCounters::default());
+    let (stop, stopped) = watch::channel(false);
+    let store = Arc::clone(&killed) as Arc<dyn Apply>;
+    let grace = Duration::from_millis(100);
+    let task = tokio::spawn(drain(
+        &spool,
+        handoff,
+        store,
+        Arc::clone(&counted),
+        stopped,
+        grace,
+    ));
+    // Stopped once the store has the first batch (however slow the machine), as a kill would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while through(&killed.inner, &spool).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the first batch was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
     assert_eq!(
         counted.rejected.load(Ordering::SeqCst),
         0,

@@ -466,9 +466,9 @@ impl Spool {
         self.uid.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Gives the spool a new name, for good, and returns it: a store recorded progress under
-    /// the old one past any id this file gave out, so this file is an older copy of the spool
-    /// that store was fed from, and the ids it gives out from now on are not those events.
+    /// Gives the spool a new name, for good, and returns it: the progress a store recorded under
+    /// the old one is not of this file's events (a copy of this file, or the file it was copied
+    /// from, recorded it), and the two must not be taken for each other from now on.
     pub fn rename(&self) -> Result<String, SpoolError> {
         let uid = bson::oid::ObjectId::new().to_hex();
         self.lock()
