@@ -155,9 +155,8 @@ pub async fn run(
     };
     // What an earlier run left is what `flush` waits for first: everything before it is in.
     counters.confirm(next - 1);
-    // Whether the store was asked how far it has this spool's events, and the spool's name.
+    // Whether the store was asked how far it has this spool's events.
     let mut resumed = false;
-    let mut uid = spool.uid();
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
     // A batch whose write failed, to be sent again as it is.
@@ -179,29 +178,22 @@ pub async fn run(
             return;
         }
         if !resumed {
+            let uid = spool.uid();
             let asked = store.spool_progress(&uid);
             let Some(asked) = within_grace(asked, &mut stop, &mut deadline, grace).await else {
                 return;
             };
             match asked {
-                Ok(progress) => {
-                    match resume(&spool, &held, &counters, progress, next, &uid).await {
-                        Ok(Resumed::From(id)) => {
-                            next = id;
-                            resumed = true;
-                        }
-                        Ok(Resumed::Renamed(renamed)) => {
-                            uid = renamed;
-                            resumed = true;
-                        }
-                        Err(e) => {
-                            tracing::error!(
-                                "reading the spool failed, trying again in a second: {e}"
-                            );
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
+                Ok(progress) => match resume(&spool, &held, &counters, progress, next).await {
+                    Ok(from) => {
+                        next = from;
+                        resumed = true;
                     }
-                }
+                    Err(e) => {
+                        tracing::error!("reading the spool failed, trying again in a second: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
                 Err(e) => back_off(&counters, &e, &mut stop, deadline).await,
             }
             continue;
@@ -236,7 +228,7 @@ pub async fn run(
                         // Recorded with the batch: if the process stops before the spool is
                         // released, the next start knows the store has these events.
                         prepared.batch.progress = Some(SpoolProgress {
-                            spool: uid.clone(),
+                            spool: spool.uid(),
                             through: taken.through,
                             last: taken.last.clone(),
                         });
@@ -406,14 +398,7 @@ async fn confirm(
     outcomes: Vec<Outcome>,
     events: &[Event],
 ) {
-    let s = spool.clone();
-    match tokio::task::spawn_blocking(move || s.release(through)).await {
-        Ok(Ok(freed)) => crate::spool::subtract(held, freed),
-        // Not released: the next start finds the batch's progress in the store and releases
-        // them then, without folding them again.
-        Ok(Err(e)) => tracing::error!(error = %e, "releasing spooled events failed"),
-        Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
-    }
+    release(spool, held, through).await;
     // Counted once the spool is released, so that whoever sees an event counted as applied also
     // sees it gone from the spool's depth.
     counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -438,15 +423,19 @@ async fn confirm(
     counters.confirm(through);
 }
 
-/// Where the drain starts, from the progress the store recorded under the spool's name.
-enum Resumed {
-    /// At this spool id.
-    From(i64),
-    /// Where it was, under this new name of the spool.
-    Renamed(String),
+/// Releases the spooled events through `through`, which the store has. Not released (an error,
+/// logged), the next release covers them, since it covers every id below its own; or else the
+/// next start finds the store's progress and releases them then, without folding them again.
+async fn release(spool: &Spool, held: &AtomicU64, through: i64) {
+    let s = spool.clone();
+    match blocking(move || s.release(through)).await {
+        Ok(freed) => crate::spool::subtract(held, freed),
+        Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
+    }
 }
 
-/// Takes the progress the store recorded under the spool's name `uid`. When the store has
+/// Takes the progress the store recorded under the spool's name, and returns the spool id to
+/// fold from. When the store has
 /// events the spool still holds (an earlier run stopped between the store's commit of a batch
 /// and the spool's release), they are released now rather than folded again, which could judge
 /// an event the rules refused a second time, and differently (see `Spool::release`). That
@@ -462,10 +451,9 @@ async fn resume(
     counters: &DrainCounters,
     progress: Option<SpoolProgress>,
     next: i64,
-    uid: &str,
-) -> Result<Resumed, SpoolError> {
+) -> Result<i64, SpoolError> {
     let Some(p) = progress.filter(|p| p.through >= next) else {
-        return Ok(Resumed::From(next));
+        return Ok(next);
     };
     if p.through < spool.opened_next() && holds(spool, &p).await? {
         tracing::info!(
@@ -473,27 +461,21 @@ async fn resume(
             "the store already has the spool's events through this id: released without \
              folding them again"
         );
-        let s = spool.clone();
-        let through = p.through;
-        match blocking(move || s.release(through)).await {
-            Ok(freed) => crate::spool::subtract(held, freed),
-            // Released with the next batch instead, which covers every id below its own.
-            Err(e) => tracing::error!(error = %e, "releasing spooled events failed"),
-        }
-        counters.confirm(through);
-        return Ok(Resumed::From(through + 1));
+        release(spool, held, p.through).await;
+        counters.confirm(p.through);
+        return Ok(p.through + 1);
     }
     let s = spool.clone();
     let renamed = blocking(move || s.rename()).await?;
     tracing::warn!(
         through = p.through,
-        spool = %uid,
+        spool = %p.spool,
         renamed = %renamed,
         "the store's progress under this spool's name is not of this file's events (a copy of \
          the spool?): the spool takes a new name, and its events are folded, those the store has \
          skipped as applied"
     );
-    Ok(Resumed::Renamed(renamed))
+    Ok(next)
 }
 
 /// Whether the spool holds, at the id the progress names, the event the store recorded there.

@@ -610,18 +610,8 @@ async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
 #[tokio::test]
 async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let (original, copy) = (dir.path().join("spool"), dir.path().join("copy"));
-    drop(Spool::open(&original).unwrap());
-    copy_spool(&original, &copy);
-    let store = Arc::new(open_in(dir.path(), "s.db").await);
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events: 200,
-        ..Default::default()
-    });
-    let spool = Spool::open(&original).unwrap();
+    let (spool, copy, store, lines) = drained_beside_a_copy(dir.path(), 200).await;
     let name = spool.uid();
-    spool.append(&lines).unwrap();
-    drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
     drop(spool);
 
     let older = Spool::open(&copy).unwrap();
@@ -660,6 +650,26 @@ fn from_other_masters(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// A spool in `dir` copied while still empty (the copy's directory is returned), then fed a
+/// stream of about `events` events and drained into the store, also returned.
+async fn drained_beside_a_copy(
+    dir: &std::path::Path,
+    events: usize,
+) -> (Spool, std::path::PathBuf, Arc<SqliteStore>, Vec<String>) {
+    let (original, copy) = (dir.join("spool"), dir.join("copy"));
+    drop(Spool::open(&original).unwrap());
+    copy_spool(&original, &copy);
+    let store = Arc::new(open_in(dir, "s.db").await);
+    let lines = crate::synth::lines(&crate::synth::Shape {
+        events,
+        ..Default::default()
+    });
+    let spool = Spool::open(&original).unwrap();
+    spool.append(&lines).unwrap();
+    drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    (spool, copy, store, lines)
+}
+
 /// Copies the spool directory `from` to `to`, as a backup or a machine's image would.
 fn copy_spool(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir(to).unwrap();
@@ -676,17 +686,7 @@ fn copy_spool(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test]
 async fn a_copy_run_beside_its_original_takes_no_progress_of_the_other_for_its_own() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    drop(Spool::open(&a).unwrap());
-    copy_spool(&a, &b);
-    let store = Arc::new(open_in(dir.path(), "s.db").await);
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events: 300,
-        ..Default::default()
-    });
-    let first = Spool::open(&a).unwrap();
-    first.append(&lines).unwrap();
-    drain_once(&first, Arc::clone(&store) as _, Duration::from_secs(60)).await;
+    let (first, b, store, lines) = drained_beside_a_copy(dir.path(), 300).await;
     assert_eq!(through(&*store, &first).await, Some(lines.len() as i64));
 
     let theirs = from_other_masters(&crate::synth::lines(&crate::synth::Shape {
