@@ -129,7 +129,10 @@ async fn serve_one(
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout);
+        .header_read_timeout(limits.head_timeout)
+        // A client may close its side once its request is sent (`nc -N`, many scripts); without
+        // this the end of its input cancelled an answer still being prepared.
+        .half_close(true);
     let stream = WriteDeadline::new(stream, limits.write_timeout, limits.min_write_rate);
     let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let mut connection = std::pin::pin!(connection);

@@ -133,6 +133,23 @@ async fn past_the_connection_limit_a_client_waits_for_a_free_slot() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
 }
 
+/// A client may send its request and close its side at once, as `nc -N` and many scripts do:
+/// it still gets the whole answer, even one that takes a while to prepare.
+#[tokio::test]
+async fn a_client_that_closes_its_side_after_the_request_gets_its_answer() {
+    let (addr, _stop, _) = start(limits(8, 30_000)).await;
+    for path in ["/", "/slow"] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        let (got, _) = read_until_closed(&mut stream).await;
+        assert!(got.starts_with("HTTP/1.0 200"), "{path}: {got:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_stop_finishes_the_request_under_way_and_refuses_new_connections() {
     let (addr, stop, begun) = start(limits(8, 30_000)).await;
