@@ -151,6 +151,27 @@ fn a_property_that_would_outgrow_mongodbs_document_limit_is_rejected_and_the_bui
     assert_eq!(build["result"], 0, "the events after the refused one apply");
 }
 
+/// A bad value of almost a megabyte made a message of almost a megabyte per line: the message
+/// keeps its start, which names the line and the field, and its end, and says how much it left
+/// out between them. Both kinds of refusal: a line that is no event, and an event the rules
+/// refuse.
+#[test]
+fn a_message_quoting_a_huge_bad_value_is_cut_short_and_still_names_the_field() {
+    let db = Db::new();
+    let lines = huge_bad_values();
+    let out = db.ingest_text(&lines.join("\n"), &["--keep-going"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.len() < 4096, "{} bytes on stderr", err.len());
+    for (line, field) in [(1, "time"), (2, "hash")] {
+        let message = err
+            .lines()
+            .find(|l| l.contains(&format!("line {line}: field `{field}`")))
+            .unwrap_or_else(|| panic!("line {line}: {err}"));
+        assert!(message.contains("bytes left out"), "{message}");
+    }
+}
+
 #[test]
 fn a_whole_number_beyond_64_bits_is_refused_rather_than_stored_rounded() {
     let db = Db::new();

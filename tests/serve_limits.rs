@@ -402,6 +402,36 @@ fn a_stop_ends_within_the_grace_period_whatever_hangs() {
     assert_eq!(store(dir.path()).export("builders").len(), 1);
 }
 
+/// A bad value of almost a megabyte is quoted in part: in the error reply to its line, and in the
+/// daemon's log when the rules refuse an event that was acknowledged.
+#[test]
+fn a_huge_bad_value_is_quoted_in_part_in_the_reply_and_in_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &[]);
+    let [bad_time, bad_hash] = huge_bad_values();
+    let replies = Conn::open(daemon.port).exchange(&[bad_time, bad_hash]);
+    let error = replies[0]["error"].as_str().unwrap_or_default();
+    assert!(error.len() < 1100, "a reply of {} bytes", error.len());
+    assert!(error.starts_with("field `time`:"), "{error}");
+    assert!(error.contains("bytes left out"), "{error}");
+    assert!(replies[1]["ack"].is_string(), "{:?}", replies[1]);
+    daemon.wait_until("the commit refused by the rules", |s| {
+        s["events_rule_rejected_total"] >= 1.0
+    });
+    let (_, log) = daemon.stop_and_log();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("event rejected by the rules"))
+        .unwrap_or_else(|| panic!("no warning of the refused event: {log}"));
+    assert!(
+        refused.len() < 1500,
+        "a log line of {} bytes",
+        refused.len()
+    );
+    assert!(refused.contains("field `hash`"), "{refused}");
+    assert!(refused.contains("bytes left out"), "{refused}");
+}
+
 /// Resident memory of a process, in bytes (Linux).
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

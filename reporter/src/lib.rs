@@ -11,6 +11,7 @@
 //! - [`Reporter`]: the same durable path for a build master written in Rust.
 
 pub use buildstore_core as core;
+mod clip;
 mod embed;
 pub mod export;
 mod http;

@@ -194,3 +194,18 @@ pub mod browser;
 pub mod daemon;
 pub mod mongo;
 pub mod web;
+
+/// Two lines, each with a bad value of 900,000 bytes: a `time` that is no time (refused as the
+/// line is read), and a commit `hash` that is no hash (refused by the rules).
+pub fn huge_bad_values() -> [String; 2] {
+    [
+        format!(
+            r#"{{"type":"builder_added","master_id":"m","builder":"b","time":"{}"}}"#,
+            "x".repeat(900_000)
+        ),
+        format!(
+            r#"{{"type":"commit","master_id":"m","hash":"{}","repository_uri":"r","subject":"s","author_name":"a","author_email":"e","author_date":1,"commiter_name":"c","commiter_email":"e","commiter_date":1}}"#,
+            "g".repeat(900_000)
+        ),
+    ]
+}

@@ -47,6 +47,16 @@ pub struct LineError {
     pub message: String,
 }
 
+impl LineError {
+    /// The error of line `line`, its message cut short if a value it quotes is long.
+    fn new(line: u64, message: &str) -> LineError {
+        LineError {
+            line,
+            message: crate::clip::clipped(message).into_owned(),
+        }
+    }
+}
+
 /// What an ingest run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IngestReport {
@@ -190,10 +200,7 @@ async fn read_chunks<R: AsyncBufRead + Unpin>(
                 Ok(None) => {}
                 Ok(Some(event)) => chunk.push(Line::Event(number, Box::new(event))),
                 Err(message) => {
-                    chunk.push(Line::Bad(LineError {
-                        line: number,
-                        message,
-                    }));
+                    chunk.push(Line::Bad(LineError::new(number, &message)));
                     close = true;
                 }
             }
@@ -372,10 +379,7 @@ impl Folded {
                 Outcome::Duplicate => report.duplicates += 1,
                 Outcome::Rejected(e) => {
                     report.rejected += 1;
-                    on_error(&LineError {
-                        line: *line,
-                        message: e.to_string(),
-                    });
+                    on_error(&LineError::new(*line, &e.to_string()));
                     if !keep_going {
                         return false;
                     }

@@ -167,7 +167,7 @@ pub(super) fn error_reply(
     retry: bool,
     closing: bool,
 ) -> String {
-    let mut reply = json!({"error": message.to_string(), "line": line});
+    let mut reply = json!({"error": crate::clip::clipped(&message.to_string()), "line": line});
     if retry {
         reply["retry"] = Value::Bool(true);
     }

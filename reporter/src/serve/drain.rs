@@ -410,7 +410,7 @@ async fn confirm(
                 // It was acknowledged long before, often under an id the daemon gave it: the
                 // sender needs these to find it.
                 tracing::warn!(
-                    error = %e,
+                    error = %crate::clip::clipped(&e.to_string()),
                     master_id = %event.master_id,
                     event_id = event.event_id.as_deref().unwrap_or(""),
                     r#type = event.type_name(),
