@@ -314,7 +314,7 @@ fn commands_that_fail_on_their_arguments_leave_no_new_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fresh.db");
     let db = Db::at(format!("sqlite:{}", path.display()));
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["ingest", "/no/such/file.jsonl"],
             "cannot open /no/such/file.jsonl",
@@ -328,6 +328,14 @@ fn commands_that_fail_on_their_arguments_leave_no_new_store() {
         (
             &["ingest", "--inline-log-limit", "5", "-"],
             "--inline-log-limit must be",
+        ),
+        (
+            &["ingest", "--proper-changeset", "", "-"],
+            "--proper-changeset \"\" takes FETCH_HEAD for a commit hash",
+        ),
+        (
+            &["serve", "--proper-changeset", "^[A-Z_]+"],
+            "--proper-changeset \"^[A-Z_]+\" takes FETCH_HEAD for a commit hash",
         ),
         (
             &["serve", "--line-limit", "0"],

@@ -346,4 +346,14 @@ fn a_proper_changeset_pattern_can_be_configured() {
     assert_eq!(db.doc("repository", "r1234")["builds"][0]["build"], "m/1");
     let out = Db::new().ingest_text("", &["--proper-changeset", "("]);
     assert_says(&out, "--proper-changeset");
+    // Not anchored: "FE" and "EAD" are hex digits, so FETCH_HEAD would count as a commit and
+    // the build be linked under it.
+    let db = Db::new();
+    let out = db.ingest_text(lines[0], &["--proper-changeset", "[0-9a-fA-F]+"]);
+    assert!(!out.status.success());
+    assert_says(
+        &out,
+        "--proper-changeset \"[0-9a-fA-F]+\" takes FETCH_HEAD for a commit hash, so builds \
+         started at it would be linked into repository",
+    );
 }

@@ -38,6 +38,15 @@ impl ChangesetPolicy {
             && self.proper.is_match(changeset)
     }
 
+    /// The first symbolic revision the pattern takes for a commit hash, if any: a pattern that
+    /// takes one (empty, or not anchored at both ends) would link every build started at it into
+    /// `repository`, the very thing the proper-changeset rule keeps out.
+    pub fn takes_symbolic(&self) -> Option<&'static str> {
+        ["FETCH_HEAD", "HEAD", "ORIG_HEAD"]
+            .into_iter()
+            .find(|name| self.is_proper(name))
+    }
+
     /// The form a changeset is stored in. A proper one written in hex digits is stored in lower
     /// case, as git writes hashes, so that `0A1B…` and `0a1b…` name one commit (its document in
     /// `repository`, and the builds found by it). Anything else is kept as sent, as is a hash the
@@ -138,6 +147,24 @@ mod tests {
         assert!(svn.is_proper("r1234"));
         assert!(!svn.is_proper(SHA1));
         assert!(ChangesetPolicy::new("(").is_err());
+    }
+
+    #[test]
+    fn a_pattern_that_takes_a_symbolic_revision_for_a_hash_is_told_apart() {
+        assert_eq!(ChangesetPolicy::default().takes_symbolic(), None);
+        assert_eq!(
+            ChangesetPolicy::new("^r?[0-9]+$").unwrap().takes_symbolic(),
+            None
+        );
+        assert_eq!(
+            ChangesetPolicy::new("").unwrap().takes_symbolic(),
+            Some("FETCH_HEAD")
+        );
+        // Not anchored: "FE" and "EAD" are hex digits.
+        let loose = ChangesetPolicy::new("[0-9a-fA-F]+").unwrap();
+        assert_eq!(loose.takes_symbolic(), Some("FETCH_HEAD"));
+        let heads = ChangesetPolicy::new("^[A-Z]+$").unwrap();
+        assert_eq!(heads.takes_symbolic(), Some("HEAD"));
     }
 
     #[test]

@@ -556,6 +556,13 @@ fn core_config(inline_log_limit: usize, proper_changeset: &str) -> anyhow::Resul
     let changesets = ChangesetPolicy::new(proper_changeset).with_context(|| {
         format!("--proper-changeset {proper_changeset:?} is not a valid regular expression")
     })?;
+    if let Some(name) = changesets.takes_symbolic() {
+        bail!(
+            "--proper-changeset {proper_changeset:?} takes {name} for a commit hash, so builds \
+             started at it would be linked into repository: match only what a commit id looks \
+             like, from ^ to $ (for example ^r?[0-9]+$)"
+        );
+    }
     Ok(CoreConfig {
         inline_limit: inline_log_limit,
         changesets,
