@@ -189,7 +189,8 @@ fn clear_errors_for_bad_commands() {
         stderr(&out)
     );
     // An in-memory database, or an SQLite URI (SQLite would open another file than the one
-    // buildstore locks and checks), is refused, and nothing is made.
+    // buildstore locks and checks), is refused, and nothing is made; so is a path whose file
+    // name would hold URI parameters or whitespace at either end.
     let memory = "an in-memory database would lose every document";
     for (location, says) in [
         ("sqlite::memory:", memory),
@@ -199,6 +200,12 @@ fn clear_errors_for_bad_commands() {
             "sqlite:file:x.db",
             "takes a file path, not an SQLite URI (file:...)",
         ),
+        (
+            "sqlite:x.db?mode=ro",
+            "`?` does not start SQLite URI parameters there",
+        ),
+        ("sqlite: x.db", "the path starts or ends with whitespace"),
+        ("sqlite:x.db\n", "the path starts or ends with whitespace"),
     ] {
         let out = Db::at(location.into())
             .cmd()

@@ -49,6 +49,16 @@ pub enum StoreError {
     )]
     SqliteUri(String),
     #[error(
+        "store location {0:?}: sqlite:PATH takes a file path, and `?` does not start SQLite URI \
+         parameters there (the file's name would hold it); write sqlite:NAME.db"
+    )]
+    SqliteQuery(String),
+    #[error(
+        "store location {0:?}: the path starts or ends with whitespace, which would be part of \
+         the file's name; remove it"
+    )]
+    SpacedPath(String),
+    #[error(
         "store location {0:?}: an in-memory database would lose every document when the command \
          ends, and the store needs more than one connection to it; give a file, sqlite:PATH"
     )]
@@ -517,6 +527,14 @@ pub fn sqlite_path(location: &str) -> Result<Option<&str>, StoreError> {
     // check for another program's database and the readers look at.
     if path.starts_with("file:") {
         return Err(StoreError::SqliteUri(location.to_owned()));
+    }
+    // Both were files of surprising names, made without a word (`sqlite: x.db`, a URI's
+    // `x.db?mode=ro`).
+    if path.contains('?') {
+        return Err(StoreError::SqliteQuery(location.to_owned()));
+    }
+    if path.trim() != path {
+        return Err(StoreError::SpacedPath(location.to_owned()));
     }
     Ok(Some(path))
 }
