@@ -293,7 +293,14 @@ fn out_of_file_descriptors_the_daemon_pauses_accepting_and_serves_again_once_som
         reply.contains(r#"{"ack":"after"}"#),
         "served again: {reply:?}"
     );
-    daemon.kill();
+    // Said once, not at each of the ten or so pauses; and its end.
+    let (_, log) = daemon.stop_and_log();
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("socket feed: accepting again").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -59,6 +59,61 @@ impl Default for Limits {
 /// daemon's feed pauses as long.
 pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
+/// Failed accepts, said in the log at the first and then at most once a minute rather than at
+/// every pause: out of file descriptors for a quarter of an hour made 4,500 log lines. Near the
+/// limit, accepts fail and work by turns, so the minute holds across streaks.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptFailures {
+    streak: u64,
+    unsaid: u64,
+    said_at: Option<Instant>,
+    /// A failure was said and the accept that worked since has not been.
+    end_due: bool,
+}
+
+impl AcceptFailures {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// A failed accept at `now`: when a log line is due, how many failed since the last one.
+    pub(crate) fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.streak += 1;
+        self.unsaid += 1;
+        if self
+            .said_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Self::EVERY)
+        {
+            return None;
+        }
+        self.said_at = Some(now);
+        self.end_due = true;
+        Some(std::mem::take(&mut self.unsaid))
+    }
+
+    /// An accept that worked: when a log line is due, how many failed in the streak it ends.
+    pub(crate) fn accepted(&mut self) -> Option<u64> {
+        let streak = std::mem::take(&mut self.streak);
+        (streak > 0 && std::mem::take(&mut self.end_due)).then_some(streak)
+    }
+
+    /// Logs a failed accept of the server `what`, when a line is due.
+    pub(crate) fn log_failed(&mut self, what: &str, error: &std::io::Error) {
+        if let Some(failures) = self.failed(Instant::now()) {
+            tracing::warn!(
+                %error,
+                failures,
+                "{what}: accept failed; pausing before each new attempt (said again at most once a minute)"
+            );
+        }
+    }
+
+    /// Logs an accept that ended a streak of failed ones.
+    pub(crate) fn log_accepted(&mut self, what: &str) {
+        if let Some(failures) = self.accepted() {
+            tracing::warn!(failures, "{what}: accepting again");
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `stop` turns true; then lets the requests under way finish
 /// for `limits.grace` and drops the rest. `what` names the server in the log.
 pub async fn serve(
@@ -70,10 +125,12 @@ pub async fn serve(
 ) {
     let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
+    let mut failures = AcceptFailures::default();
     while !*stop.borrow_and_update() {
         tokio::select! {
             accepted = accept(&listener, &slots) => match accepted {
                 Ok((stream, slot)) => {
+                    failures.log_accepted(what);
                     let connection = serve_one(stream, router.clone(), limits, stop.clone());
                     connections.spawn(async move {
                         connection.await;
@@ -81,7 +138,7 @@ pub async fn serve(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "{what}: accept failed; pausing before accepting again");
+                    failures.log_failed(what, &e);
                     tokio::select! {
                         () = tokio::time::sleep(ACCEPT_PAUSE) => {}
                         _ = stop.changed() => {}

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
-use super::{serve, Limits, WriteDeadline};
+use super::{serve, AcceptFailures, Limits, WriteDeadline};
 
 /// A server answering `GET /` with "hello", the sender that stops it, and what tells that a slow
 /// answer (`/slow`, `/slower`) has begun.
@@ -267,4 +267,32 @@ async fn a_client_taking_its_answer_fast_enough_gets_all_of_it() {
     })
     .await
     .expect("the whole answer");
+}
+
+/// Failed accepts are said at the first failure, then at most once a minute with the count since,
+/// and the accept that ends a streak once after each of those lines: near the limit, accepts fail
+/// and work by turns, and each turn was two lines.
+#[test]
+fn failed_accepts_are_said_at_the_first_then_once_a_minute() {
+    let start = Instant::now();
+    let at = |s: u64| start + Duration::from_secs(s);
+    let mut failures = AcceptFailures::default();
+    assert_eq!(failures.accepted(), None, "no streak to end");
+    assert_eq!(failures.failed(at(0)), Some(1));
+    for s in 1..30 {
+        assert_eq!(failures.failed(at(s)), None, "{s} s into the streak");
+    }
+    assert_eq!(failures.accepted(), Some(30), "the end of the streak said");
+    // Failing and working by turns within the minute: nothing more is said.
+    for s in 30..60 {
+        assert_eq!(failures.failed(at(s)), None, "{s} s");
+        assert_eq!(failures.accepted(), None, "{s} s");
+    }
+    assert_eq!(
+        failures.failed(at(60)),
+        Some(60),
+        "a minute on, with the count since"
+    );
+    assert_eq!(failures.failed(at(61)), None);
+    assert_eq!(failures.accepted(), Some(2), "the streak that was said");
 }

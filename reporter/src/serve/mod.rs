@@ -527,16 +527,18 @@ async fn accept_loop<L: Accept>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let mut failures = crate::http::AcceptFailures::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    failures.log_accepted("socket feed");
                     connections.spawn(connection::serve(stream, peer, Arc::clone(&shared), needs_token, stop.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: the listener stays ready, and accepting
                     // again at once would fail again at once, in a loop.
-                    tracing::warn!(error = %e, "accept failed; pausing before accepting again");
+                    failures.log_failed("socket feed", &e);
                     tokio::select! {
                         _ = tokio::time::sleep(crate::http::ACCEPT_PAUSE) => {}
                         _ = stop.changed() => break,
