@@ -455,20 +455,24 @@ fn a_client_that_does_not_read_cannot_pile_up_long_replies_in_the_daemon() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), free_port(), &["--reply-timeout", "120"]);
     let before = rss(daemon.child.id());
-    // Each line's error quotes its 256 KiB event type; 1,000 of them would be 256 MiB of replies.
-    let line = format!(
-        "{{\"type\":\"{}\",\"master_id\":\"m\"}}\n",
-        "t".repeat(256 << 10)
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    // Each ack quotes its event's id of 256 bytes (an error reply is cut to about 1 KiB, so acks
+    // are the long replies now): 200,000 of them would be 50 MiB of replies. The daemon stops
+    // reading once its queue of replies is full, in entries or in bytes.
+    let s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
     s.set_write_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
+    // Written a megabyte at a time, so that the daemon reads whole runs.
+    let mut s = std::io::BufWriter::with_capacity(1 << 20, s);
     let mut sent = 0;
-    while sent < 1_000 && s.write_all(line.as_bytes()).is_ok() {
+    let pad = "i".repeat(240);
+    while sent < 200_000
+        && s.write_all(format!("{}\n", state(&format!("{pad}{sent:>16}"))).as_bytes())
+            .is_ok()
+    {
         sent += 1;
     }
     assert!(
-        sent < 1_000,
+        sent < 200_000,
         "the daemon kept reading from a client that reads nothing"
     );
     let grown = rss(daemon.child.id()).saturating_sub(before);

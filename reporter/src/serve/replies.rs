@@ -15,8 +15,9 @@ use crate::spool::Pending;
 /// stops reading.
 const IN_FLIGHT: usize = 1024;
 /// Bytes of replies waiting to be written; past this too the connection stops reading. Replies
-/// quote what the client sent (its event ids, an unknown type), so a count of entries alone
-/// would let a client that does not read hold a megabyte per entry.
+/// quote what the client sent (its event ids; an error up to about 1 KiB), and one entry holds
+/// the acks of a run of lines, so a count of entries alone would let a client that does not read
+/// hold tens of kilobytes per entry.
 const IN_FLIGHT_BYTES: usize = 4 << 20;
 /// Replies gathered before one write to the socket.
 const REPLY_BUFFER: usize = 64 << 10;
