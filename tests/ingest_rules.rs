@@ -295,10 +295,7 @@ fn a_stream_split_across_runs_gives_the_same_documents_as_one_run() {
 
 #[test]
 fn a_generated_stream_of_concurrent_builds_survives_splits_and_replays() {
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 4_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(4_000);
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().expect("tempdir");
     let all = write_lines(dir.path(), "all.jsonl", &lines);

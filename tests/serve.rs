@@ -117,10 +117,7 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
     let spool = dir.path().join("spool");
     let daemon = Daemon::on(&uri, &spool, free_port(), &[]);
     peer.kill();
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 500,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(500);
     let deadline = Instant::now() + Duration::from_secs(60);
     assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
     // A terminal's SIGINT and a wrapper's SIGTERM, sent together, are one stop.
@@ -164,10 +161,7 @@ fn a_spool_holding_what_the_store_already_has_is_released_without_folding_it_aga
     peer.kill();
     let spool = dir.path().join("spool");
     let daemon = Daemon::on(&uri, &spool, free_port(), &["--grace", "1"]);
-    let mut lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 300,
-        ..Default::default()
-    });
+    let mut lines = buildstore::synth::lines_of(300);
     lines.extend(
         [
             r#"{"type":"step_finished","master_id":"mx","event_id":"x1","build_id":1,"step":0,"result":2}"#,
@@ -227,10 +221,7 @@ fn a_spool_holding_what_the_store_already_has_is_released_without_folding_it_aga
 #[test]
 fn a_killed_daemon_loses_no_acknowledged_event_and_doubles_none() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 50_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(50_000);
     // Each build's events go through one client, in order, as a master would send them.
     let clients = 4;
     let mut parts: Vec<Vec<String>> = vec![Vec::new(); clients];
@@ -332,10 +323,7 @@ fn a_store_outage_is_absorbed_by_the_spool_and_drained_afterwards() {
     };
     let peer_port = peer.port;
     let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 6_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(6_000);
     let (first, rest) = lines.split_at(2_000);
     let deadline = Instant::now() + Duration::from_secs(120);
     assert_eq!(client(daemon.port, first.to_vec(), deadline).0, first.len());
@@ -381,10 +369,7 @@ fn the_daemon_starts_while_the_mongodb_store_is_down() {
     let peer_port = peer.port;
     peer.kill();
     let daemon = Daemon::on(&uri, &dir.path().join("spool"), free_port(), &[]);
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 500,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(500);
     let deadline = Instant::now() + Duration::from_secs(120);
     assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
     daemon.wait_until("a store error", |s| s["store_errors_total"] > 0.0);
@@ -426,10 +411,7 @@ fn the_daemon_starts_while_the_mongodb_store_is_down() {
 fn thousands_of_bad_lines_are_answered_and_the_valid_events_all_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), free_port(), &[]);
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 4_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(4_000);
     let connections = 3;
     let mut rng = fastrand::Rng::with_seed(5);
     let mut streams: Vec<Vec<(Vec<u8>, bool)>> = vec![Vec::new(); connections];
@@ -508,10 +490,7 @@ fn thousands_of_bad_lines_are_answered_and_the_valid_events_all_stored() {
 fn stopping_answers_what_was_read_and_closes_without_a_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), free_port(), &["--reply-timeout", "300"]);
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 20_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(20_000);
     let s = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");

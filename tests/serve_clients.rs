@@ -125,10 +125,7 @@ fn the_example_clients_resend_across_a_daemon_killed_mid_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let daemon = Daemon::start(dir.path(), port, &[]);
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 40_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(40_000);
     let file = write_lines(dir.path(), "stream.jsonl", &lines);
     let mut rust = rust_client(&file, port);
     let mut python = python_client(&file, port, std::process::Stdio::null());
@@ -237,10 +234,7 @@ fn the_rust_example_sends_again_after_a_reset_or_half_a_reply() {
 fn the_python_example_stops_when_its_output_closes_and_says_how_to_run_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), free_port(), &[]);
-    let many = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 50_000,
-        ..Default::default()
-    });
+    let many = buildstore::synth::lines_of(50_000);
     let file = write_lines(dir.path(), "many.jsonl", &many);
     let mut client = python_client(&file, daemon.port, std::process::Stdio::piped());
     let mut stdout = client
@@ -305,10 +299,7 @@ fn the_python_example_feeds_every_event_and_says_when_one_is_refused() {
         3
     );
     // Many more lines than its window: it sends more as the replies come.
-    let many = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 3_000,
-        ..Default::default()
-    });
+    let many = buildstore::synth::lines_of(3_000);
     let out = python_run(&write_lines(dir.path(), "many.jsonl", &many), daemon.port);
     assert!(out.status.success(), "{}", stderr(&out));
     let replies = String::from_utf8_lossy(&out.stdout).lines().count();

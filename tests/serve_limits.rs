@@ -180,10 +180,7 @@ fn past_spool_max_events_are_refused_with_an_error_and_accepted_once_the_store_c
             "50000",
         ],
     );
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 3_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(3_000);
     peer.kill();
 
     // One connection sends everything; the daemon takes events until the spool is full, refuses

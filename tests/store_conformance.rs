@@ -197,10 +197,7 @@ fn a_server_killed_mid_ingest_then_restarted_is_fixed_by_running_the_ingest_agai
         return; // needs a server this test can kill
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 30_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(30_000);
     let file = write_lines(dir.path(), "gen.jsonl", &lines);
     let expected = Db::new();
     expected.ingest_ok(&file);

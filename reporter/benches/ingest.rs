@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use buildstore::synth::{lines, Shape};
+use buildstore::synth::lines_of;
 use buildstore_schema::Event;
 
 const RUNS: usize = 3;
@@ -22,10 +22,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let stream = lines(&Shape {
-        events,
-        ..Shape::default()
-    });
+    let stream = lines_of(events);
     let dir = tempfile::tempdir().expect("temporary directory");
     // BENCH_STREAM=PATH keeps the generated stream there, e.g. to profile an ingest of it.
     let file = std::env::var_os("BENCH_STREAM")

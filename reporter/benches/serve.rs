@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use buildstore::synth::{lines, Shape};
+use buildstore::synth::lines_of;
 use buildstore_schema::Event;
 
 fn free_port() -> u16 {
@@ -119,10 +119,7 @@ fn main() {
     };
     let n = setting("BENCH_EVENTS", 100_000);
     let window = setting("BENCH_WINDOW", 500);
-    let stream = lines(&Shape {
-        events: n,
-        ..Shape::default()
-    });
+    let stream = lines_of(n);
     // The machine is shared and its speed moves within a run: parsing is timed once before the
     // daemon runs and twice after, and the best of the three is the baseline, so that a slow
     // moment cannot flatter the ratio.

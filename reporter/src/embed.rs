@@ -239,10 +239,7 @@ mod tests {
         let mut config = ReporterConfig::new(location.clone(), dir.path().join("spool"));
         // The test compares the store after each shutdown: draining must not run out first.
         config.grace = Duration::from_secs(300);
-        let lines = crate::synth::lines(&crate::synth::Shape {
-            events: 1_500,
-            ..Default::default()
-        });
+        let lines = crate::synth::lines_of(1_500);
         let reporter = Reporter::start(config.clone()).await.unwrap();
         for line in &lines[..1000] {
             reporter.send(Event::parse(line).unwrap()).await.unwrap();

@@ -106,6 +106,14 @@ fn build_events(rng: &mut fastrand::Rng, shape: &Shape, serial: u64) -> Vec<Valu
     out
 }
 
+/// The default shape's stream of about `events` events, as protocol lines.
+pub fn lines_of(events: usize) -> Vec<String> {
+    lines(&Shape {
+        events,
+        ..Shape::default()
+    })
+}
+
 /// Generates a stream as protocol lines, every event with an `event_id` and a `time`.
 pub fn lines(shape: &Shape) -> Vec<String> {
     let mut rng = fastrand::Rng::with_seed(shape.seed);

@@ -51,10 +51,7 @@ fn ingest_takes_at_most_one_round_trip_per_hundred_events() {
     }
     let peer = Peer::start(0, None);
     let dir = tempfile::tempdir().expect("tempdir");
-    let lines = buildstore::synth::lines(&buildstore::synth::Shape {
-        events: 20_000,
-        ..Default::default()
-    });
+    let lines = buildstore::synth::lines_of(20_000);
     let file = write_lines(dir.path(), "gen.jsonl", &lines);
     let db = Db::at(peer.uri("roundtrips"));
     db.ingest_ok(&file);

@@ -27,10 +27,7 @@ const REFUSED_THEN_TAKEN: [&str; 5] = [
 /// A stream of a little more than one batch, with [`REFUSED_THEN_TAKEN`] near the end of the
 /// first batch.
 fn with_a_late_build() -> Vec<String> {
-    let mut lines = crate::synth::lines(&crate::synth::Shape {
-        events: BATCH_EVENTS + 300,
-        ..Default::default()
-    });
+    let mut lines = crate::synth::lines_of(BATCH_EVENTS + 300);
     let at = BATCH_EVENTS - REFUSED_THEN_TAKEN.len() - 10;
     lines.splice(at..at, REFUSED_THEN_TAKEN.iter().map(|l| l.to_string()));
     lines
@@ -196,10 +193,7 @@ async fn taken_before_a_kill(handed_over: bool) {
 #[tokio::test]
 async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
     let dir = tempfile::tempdir().unwrap();
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events: 200,
-        ..Default::default()
-    });
+    let lines = crate::synth::lines_of(200);
     let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
     let store = Arc::new(open_in(dir.path(), "s.db").await);
     let old = Spool::open(&dir.path().join("old")).unwrap();

@@ -17,10 +17,7 @@ async fn events_are_taken_in_order_from_memory_and_from_the_file_around_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let handoff = Handoff::new(usize::MAX);
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events: 40,
-        ..Default::default()
-    });
+    let lines = crate::synth::lines_of(40);
     let events: Vec<Event> = lines.iter().map(|l| Event::parse(l).unwrap()).collect();
     let hand = |from: usize, to: usize| {
         events[from..to]
@@ -257,10 +254,7 @@ fn drain_into_a_store_that_is_down(
     stopped: watch::Receiver<bool>,
     grace: Duration,
 ) -> (Spool, u64, JoinHandle<()>) {
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events: 50,
-        ..Default::default()
-    });
+    let lines = crate::synth::lines_of(50);
     let spool = Spool::open(dir).unwrap();
     spool.append(&lines).unwrap();
     let handoff = Arc::new(Handoff::new(usize::MAX));
