@@ -118,8 +118,9 @@ pub struct Batch {
 
 /// A position in a spool: every event of spool `spool` with an id up to `through` is in the
 /// store. `spool` names one spool file, so that a new spool, whose ids start again, is never
-/// taken for an old one; `last` is the spool id and key of the batch's last event, by which a
-/// spool file checks that the progress is of its own events and not of a copy's.
+/// taken for an old one; `last` is the spool id and key of the batch's last event that has a
+/// key (lines the spool could not read are skipped, so its id may be below `through`), by
+/// which a spool file checks that the progress is of its own events and not of a copy's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolProgress {
     pub spool: String,

@@ -95,14 +95,24 @@ impl AcceptFailures {
         (streak > 0 && std::mem::take(&mut self.end_due)).then_some(streak)
     }
 
-    /// Logs a failed accept of the server `what`, when a line is due.
-    pub(crate) fn log_failed(&mut self, what: &str, error: &std::io::Error) {
+    /// Logs a failed accept of the server `what`, when a line is due, then pauses for
+    /// [`ACCEPT_PAUSE`]: false if `stop` changed meanwhile.
+    pub(crate) async fn pause(
+        &mut self,
+        what: &str,
+        error: &std::io::Error,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
         if let Some(failures) = self.failed(Instant::now()) {
             tracing::warn!(
                 %error,
                 failures,
                 "{what}: accept failed; pausing before each new attempt (said again at most once a minute)"
             );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ACCEPT_PAUSE) => true,
+            _ = stop.changed() => false,
         }
     }
 
@@ -138,11 +148,8 @@ pub async fn serve(
                     });
                 }
                 Err(e) => {
-                    failures.log_failed(what, &e);
-                    tokio::select! {
-                        () = tokio::time::sleep(ACCEPT_PAUSE) => {}
-                        _ = stop.changed() => {}
-                    }
+                    // A stop is seen where the loop begins.
+                    failures.pause(what, &e, &mut stop).await;
                 }
             },
             // A connection's task is freed when it ends, not when the server stops.

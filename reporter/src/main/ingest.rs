@@ -38,7 +38,7 @@ pub async fn run(
                  stops at once)",
                 first.name()
             );
-            signals.recv_later(StopSignals::SAME_STOP).await;
+            signals.recv_later().await;
             note!(
                 "buildstore: {file}: stopped at once; what was being written is not applied: \
                  ingest the input again (events already applied are skipped)"

@@ -190,7 +190,7 @@ pub async fn run(
                         resumed = true;
                     }
                     Err(e) => {
-                        tracing::error!("reading the spool failed, trying again in a second: {e}");
+                        tracing::error!("resuming the spool (reading it, or giving it a new name) failed, trying again in a second: {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },

@@ -206,11 +206,7 @@ async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
     // Made again where the old one was: the same ids, and events the store has not seen.
     let new = Spool::open(&dir.path().join("old")).unwrap();
     assert_eq!(store.spool_progress(&new.uid()).await.unwrap(), None);
-    let fresh: Vec<String> = lines
-        .iter()
-        .map(|l| l.replace(r#""master_id":"m1""#, r#""master_id":"m3""#))
-        .collect();
-    assert!(fresh.iter().any(|l| l.contains(r#""master_id":"m3""#)));
+    let fresh = from_other_masters(&lines);
     new.append(&fresh).unwrap();
     let counted = drain_once(&new, Arc::clone(&store) as _, Duration::from_secs(60)).await;
     let applied = counted.applied.load(Ordering::SeqCst) + counted.rejected.load(Ordering::SeqCst);
@@ -235,20 +231,12 @@ async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() 
 
     let older = Spool::open(&copy).unwrap();
     assert_eq!(older.uid(), name, "a copy has the same name");
-    let fresh: Vec<String> = lines[..50]
-        .iter()
-        .map(|l| l.replace(r#""master_id":"m1""#, r#""master_id":"m3""#))
-        .collect();
+    let fresh = from_other_masters(&lines[..50]);
     older.append(&fresh).unwrap();
     let counted = drain_once(&older, Arc::clone(&store) as _, Duration::from_secs(60)).await;
-    let m3 = fresh
-        .iter()
-        .filter(|l| l.contains(r#""master_id":"m3""#))
-        .count() as u64;
-    assert!(m3 > 0);
     assert_eq!(
         counted.applied.load(Ordering::SeqCst) + counted.rejected.load(Ordering::SeqCst),
-        m3,
+        fresh.len() as u64,
         "the copy's new events were folded"
     );
     assert_eq!(older.depth().events, 0);
@@ -279,10 +267,7 @@ async fn drained_beside_a_copy(
     drop(Spool::open(&original).unwrap());
     copy_spool(&original, &copy);
     let store = Arc::new(open_in(dir, "s.db").await);
-    let lines = crate::synth::lines(&crate::synth::Shape {
-        events,
-        ..Default::default()
-    });
+    let lines = crate::synth::lines_of(events);
     let spool = Spool::open(&original).unwrap();
     spool.append(&lines).unwrap();
     drain_once(&spool, Arc::clone(&store) as _, Duration::from_secs(60)).await;

@@ -63,7 +63,8 @@ impl Engine {
         core: CoreConfig,
         grace: Duration,
     ) -> Result<Engine, SpoolError> {
-        // Off the async threads: opening reads the whole file through (see `Spool::open`).
+        // Off the async threads: opening reads the whole file through (see `check_file` in the
+        // spool module).
         let owned = dir.to_owned();
         let spool = super::drain::blocking(move || Spool::open(&owned)).await?;
         // The drain retries, with backoff, and counts every failure for the metrics.

@@ -328,7 +328,7 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
     // A store that is down would keep the drain going for the whole grace period: a second
     // signal ends it now. Nothing acknowledged is lost; the spool keeps what was not applied.
     let second = async {
-        signals.recv_later(StopSignals::SAME_STOP).await;
+        signals.recv_later().await;
         tracing::warn!(
             "stopping now, at a second signal: what the spool holds is applied at the next start"
         );
@@ -456,7 +456,7 @@ pub struct StopSignals {
 impl StopSignals {
     /// A second signal stops at once only if it comes this long after the first: one that
     /// comes with it (a terminal's SIGINT and a wrapper's SIGTERM) is the same stop.
-    pub const SAME_STOP: Duration = Duration::from_secs(1);
+    const SAME_STOP: Duration = Duration::from_secs(1);
 
     pub fn install() -> std::io::Result<Self> {
         Ok(Self {
@@ -465,10 +465,11 @@ impl StopSignals {
         })
     }
 
-    /// Waits for a signal that comes at least `quiet` from now. One that came with the first,
-    /// such as a terminal's SIGINT and a wrapper's SIGTERM sent together, does not count.
-    pub async fn recv_later(&mut self, quiet: Duration) {
-        tokio::time::sleep(quiet).await;
+    /// Waits for a second signal, one that comes at least [`StopSignals::SAME_STOP`] from now.
+    /// One that came with the first, such as a terminal's SIGINT and a wrapper's SIGTERM sent
+    /// together, does not count.
+    pub async fn recv_later(&mut self) {
+        tokio::time::sleep(Self::SAME_STOP).await;
         while tokio::time::timeout(Duration::ZERO, self.recv())
             .await
             .is_ok()
@@ -538,10 +539,8 @@ async fn accept_loop<L: Accept>(
                 Err(e) => {
                     // Out of file descriptors, typically: the listener stays ready, and accepting
                     // again at once would fail again at once, in a loop.
-                    failures.log_failed("socket feed", &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(crate::http::ACCEPT_PAUSE) => {}
-                        _ = stop.changed() => break,
+                    if !failures.pause("socket feed", &e, &mut stop).await {
+                        break;
                     }
                 }
             },

@@ -41,6 +41,9 @@ pub struct SqliteStore {
     /// Reads go through this one: in WAL mode they see the last committed batch and do not wait
     /// for a batch being written, so the next batch can be prepared meanwhile.
     reader: Arc<Mutex<Connection>>,
+    /// Whether this store has made sure the `spool_progress` table is there: the first batch
+    /// that records progress makes it if need be, once (see [`PROGRESS_TABLE`]).
+    progress_table: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `collection`'s entry of a table made once, on first use, with `make` for every collection.
@@ -221,6 +224,7 @@ impl SqliteStore {
             path: path.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
+            progress_table: Default::default(),
         })
     }
 
@@ -338,15 +342,25 @@ impl Apply for SqliteStore {
             return Ok(());
         }
         let err = self.sql_error();
+        let made = Arc::clone(&self.progress_table);
         self.run(move |conn| {
+            use std::sync::atomic::Ordering;
             // Immediate: the write lock is taken, or waited for, before the batch reads. A
             // deferred transaction that read first would fail at its first write, without
             // waiting, if another connection to the file committed in between.
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(&err)?;
+            let make_table = batch.progress.is_some() && !made.load(Ordering::Relaxed);
+            if make_table {
+                tx.execute_batch(PROGRESS_TABLE).map_err(&err)?;
+            }
             write::apply_batch(&tx, &batch, &err)?;
-            tx.commit().map_err(&err)
+            tx.commit().map_err(&err)?;
+            if make_table {
+                made.store(true, Ordering::Relaxed);
+            }
+            Ok(())
         })
         .await
     }

@@ -116,7 +116,6 @@ pub(super) fn apply_batch(
     // The last batch's, whatever it says: one spool's batches are written in order, and a lower
     // one only means more is folded again.
     if let Some(p) = &batch.progress {
-        tx.execute_batch(super::PROGRESS_TABLE).map_err(err)?;
         let (last_id, last_key) = p.last.clone().unzip();
         tx.prepare_cached(
             "INSERT OR REPLACE INTO spool_progress (spool, through, last_id, last_key)

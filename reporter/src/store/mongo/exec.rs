@@ -12,7 +12,7 @@ use mongodb::error::{Error, ErrorKind};
 use mongodb::Database;
 
 use super::plan::{Plan, Statement, APPLIED_EVENTS, BUCKET, PIN_OFFSET, SPOOL_PROGRESS};
-use crate::core::SpoolProgress;
+use crate::core::Batch;
 use crate::store::{raw_log_len, whole, StoreError};
 
 /// Most bytes of statements per command, well under MongoDB's 16 MiB document limit.
@@ -141,17 +141,15 @@ fn groups(docs: Vec<Document>) -> Vec<Vec<Document>> {
 }
 
 /// Sends the whole plan: the pins of log chunks folded without an offset, the GridFS pieces,
-/// the updates, the event keys, then how far into its spool the batch goes. A failure leaves part of it applied; sending the same plan
-/// again, or folding the events again from what the store then holds, completes it. The pins
-/// make that true of a chunk without an offset too, even folded again by another process (after
-/// a crash): it is folded at its pinned offset, and found already there.
-#[allow(clippy::too_many_arguments)]
+/// the updates, the event keys, then how far into its spool the batch goes. A failure leaves
+/// part of it applied; sending the same plan again, or folding the events again from what the
+/// store then holds, completes it. The pins make that true of a chunk without an offset too,
+/// even folded again by another process (after a crash): it is folded at its pinned offset, and
+/// found already there.
 pub async fn send(
     db: &Database,
     plan: &Plan,
-    pins: &[(String, u64)],
-    dropped_pins: &[String],
-    progress: Option<&SpoolProgress>,
+    batch: &Batch,
     write_concern: Option<&Document>,
     location: &str,
     redact: &Redactor,
@@ -162,12 +160,13 @@ pub async fn send(
         location,
         redact,
     };
+    let pins = &batch.pins;
     let pin_docs = pins
         .iter()
         .map(|(key, offset)| doc! {"_id": key, PIN_OFFSET: i64::try_from(*offset).unwrap_or(i64::MAX)})
         .collect();
     insert_all(&to, APPLIED_EVENTS, pin_docs).await?;
-    drop_pins(&to, dropped_pins).await?;
+    drop_pins(&to, &batch.dropped_pins).await?;
     // See `plan::SEND_ORDER` for why the full logs go first; a file after its chunks.
     for (part, docs) in [("chunks", &plan.chunks), ("files", &plan.files)] {
         let collection = format!("{BUCKET}.{part}");
@@ -224,7 +223,7 @@ pub async fn send(
     // Last: a batch cut off before it is folded again from the spool, as before.
     // The last batch's, whatever it says: one spool's batches are sent in order, and a lower
     // one only means more is folded again.
-    if let Some(p) = progress {
+    if let Some(p) = &batch.progress {
         let (last_id, last_key) = p.last.clone().unzip();
         let set = doc! {
             "q": {"_id": &p.spool},

@@ -260,9 +260,7 @@ impl Apply for MongoStore {
             let (e, why) = match exec::send(
                 &self.db,
                 &plan,
-                &batch.pins,
-                &batch.dropped_pins,
-                batch.progress.as_ref(),
+                &batch,
                 self.write_concern.as_ref(),
                 &self.location,
                 &self.redact,

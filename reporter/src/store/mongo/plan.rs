@@ -16,7 +16,7 @@ pub const BUCKET: &str = "logs";
 /// Applied event keys.
 pub const APPLIED_EVENTS: &str = "applied_events";
 /// Where each spool's last id in the store is kept (see `Batch::progress`): one document per
-/// spool, `{_id: SPOOL, through: ID}`.
+/// spool, `{_id: SPOOL, through: ID, last_id: ID, last_key: KEY}`.
 pub const SPOOL_PROGRESS: &str = "spool_progress";
 /// The field of a key in [`APPLIED_EVENTS`] that holds a pinned log chunk's offset while its
 /// batch is being written (see `Batch::pins`).
