@@ -63,7 +63,7 @@ impl Engine {
         core: CoreConfig,
         grace: Duration,
     ) -> Result<Engine, SpoolError> {
-        // Off the async threads: opening reads the whole file through (see `check_file` in the
+        // Off the async threads: opening reads the whole file through (see `check_whole` in the
         // spool module).
         let owned = dir.to_owned();
         let spool = super::drain::blocking(move || Spool::open(&owned)).await?;

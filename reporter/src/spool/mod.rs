@@ -158,38 +158,17 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
     }
 }
 
-/// Refuses, before anything is written to it, a spool file that is damaged or that belongs to
-/// another program. A page damaged in the middle of a spool would otherwise show only when the
-/// drain reaches it, after the daemon had started to acknowledge new events it could never apply
-/// behind it. The check reads the whole file: a few seconds per gigabyte not in the page cache.
-/// It reads through a read-only connection, which leaves the file as it is: closing a read-write
-/// one would checkpoint another program's write-ahead log into its file.
-fn check_file(file: &Path, path: &str) -> Result<(), SpoolError> {
+/// Refuses, before anything is written to it, a file that belongs to another program: a file
+/// that is not SQLite, or one with tables that are not a spool's. It reads through a read-only
+/// connection, which leaves the file as it is (closing a read-write one would checkpoint another
+/// program's write-ahead log into its file), and returns that connection for [`check_whole`];
+/// None where there is no file yet.
+fn check_tables(file: &Path, path: &str) -> Result<Option<Connection>, SpoolError> {
     if !file.is_file() || file.metadata().is_ok_and(|m| m.len() == 0) {
-        return Ok(()); // nothing there yet: the spool is made here
+        return Ok(None); // nothing there yet: the spool is made here
     }
-    let damaged = |e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) => SpoolError::NotASpool {
-            path: path.to_owned(),
-            what: "is not an SQLite database",
-        },
-        _ => SpoolError::Damaged {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-    };
     let conn = Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(damaged)?;
-    let findings: Vec<String> = conn
-        .prepare("PRAGMA quick_check(5)")
-        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-        .map_err(damaged)?;
-    if findings.first().map(String::as_str) != Some("ok") {
-        return Err(SpoolError::Damaged {
-            path: path.to_owned(),
-            detail: findings.join("; "),
-        });
-    }
+        .map_err(unreadable(path))?;
     // A spool's file has its groups (or, from an older version, its events), or no table yet.
     let spool_tables: bool = conn
         .query_row(
@@ -201,14 +180,46 @@ fn check_file(file: &Path, path: &str) -> Result<(), SpoolError> {
             [],
             |r| r.get(0),
         )
-        .map_err(damaged)?;
+        .map_err(unreadable(path))?;
     if !spool_tables {
         return Err(SpoolError::NotASpool {
             path: path.to_owned(),
             what: "holds tables, but not a spool's",
         });
     }
+    Ok(Some(conn))
+}
+
+/// Refuses a spool file damaged anywhere. A page damaged in the middle would otherwise show only
+/// when the drain reaches it, after the daemon had started to acknowledge new events it could
+/// never apply behind it. This reads the whole file (a few seconds per gigabyte not in the page
+/// cache), so it runs once the spool's lock is taken: a second daemon is refused at once.
+fn check_whole(conn: &Connection, path: &str) -> Result<(), SpoolError> {
+    let findings: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(unreadable(path))?;
+    if findings.first().map(String::as_str) != Some("ok") {
+        return Err(SpoolError::Damaged {
+            path: path.to_owned(),
+            detail: findings.join("; "),
+        });
+    }
     Ok(())
+}
+
+/// The error of a read of the spool file at `path` that SQLite refused.
+fn unreadable(path: &str) -> impl Fn(rusqlite::Error) -> SpoolError + '_ {
+    move |e| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => SpoolError::NotASpool {
+            path: path.to_owned(),
+            what: "is not an SQLite database",
+        },
+        _ => SpoolError::Damaged {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+    }
 }
 
 /// Most lines per group when an old spool is converted.
@@ -237,8 +248,11 @@ impl Spool {
             file
         };
         // Before the lock, whose file would be left beside a file that is not ours.
-        check_file(&file, &path)?;
+        let existing = check_tables(&file, &path)?;
         let lock = lock_dir(dir)?;
+        if let Some(conn) = existing {
+            check_whole(&conn, &path)?;
+        }
         let err = |source| SpoolError::Sqlite {
             path: path.clone(),
             source,
