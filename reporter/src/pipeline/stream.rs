@@ -66,7 +66,8 @@ pub struct IngestReport {
     /// True when a bad line stopped the run (without `keep_going`).
     pub stopped_early: bool,
     /// Set when [`IngestOptions::stop`] ended the run: the number of lines read whole, which
-    /// were applied (or reported); nothing after them was.
+    /// were applied (or reported); nothing after them was. Not set when a bad line ended the
+    /// run first ([`IngestReport::stopped_early`]).
     pub interrupted_after: Option<u64>,
 }
 
@@ -304,6 +305,9 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                     .unwrap_or_default();
                 if !f.report(outcomes, &mut report, keep_going, on_error) {
                     report.stopped_early = true;
+                    // A stop seen with the same chunk did not end the run: the bad line did,
+                    // and the lines after it were not applied.
+                    report.interrupted_after = None;
                     return Ok(());
                 }
             }
@@ -434,18 +438,12 @@ mod tests {
         (stop, options)
     }
 
-    /// A stop ends the run at the last whole line of an input that is still open: the whole
-    /// lines are applied, the half line after them is neither applied nor reported as bad.
-    #[tokio::test]
-    async fn a_stop_applies_the_whole_lines_read_and_leaves_a_half_line() {
+    /// Ingests `input` from a pipe left open, stopped 100 ms in: the report and the bad lines.
+    async fn stopped_while_open(input: &[u8]) -> (IngestReport, Vec<LineError>) {
         let dir = tempfile::tempdir().unwrap();
         let store = open_in(dir.path(), "s.db").await;
         let (mut writer, reader) = tokio::io::duplex(1 << 16);
-        writer.write_all(builder_lines(3).as_bytes()).await.unwrap();
-        writer
-            .write_all(br#"{"type":"builder_added","mas"#)
-            .await
-            .unwrap();
+        writer.write_all(input).await.unwrap();
         let (stop, options) = stoppable(false);
         let mut applier = Applier::new(Core::new(CoreConfig::default()));
         let mut errors = Vec::new();
@@ -465,11 +463,64 @@ mod tests {
         let (report, ()) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
             .await
             .expect("the stop ends a run whose input is still open");
-        let report = report.unwrap();
+        drop(writer);
+        (report.unwrap(), errors)
+    }
+
+    /// A stop ends the run at the last whole line of an input that is still open: the whole
+    /// lines are applied, the half line after them is neither applied nor reported as bad.
+    #[tokio::test]
+    async fn a_stop_applies_the_whole_lines_read_and_leaves_a_half_line() {
+        let input = builder_lines(3) + r#"{"type":"builder_added","mas"#;
+        let (report, errors) = stopped_while_open(input.as_bytes()).await;
         assert_eq!(report.interrupted_after, Some(3));
         assert_eq!((report.applied, report.rejected), (3, 0));
         assert!(errors.is_empty(), "{errors:?}");
-        drop(writer);
+    }
+
+    /// Input that sets a stop once it has been read from: the stop is seen in the middle of the
+    /// first chunk.
+    struct StopOnRead(
+        std::io::Cursor<Vec<u8>>,
+        Option<tokio::sync::watch::Sender<bool>>,
+    );
+
+    impl tokio::io::AsyncRead for StopOnRead {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(stop) = self.1.take() {
+                let _ = stop.send(true);
+            }
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    /// A stop seen in the chunk that holds an event the rules refuse: the refused event ended the
+    /// run, and the lines after it were not applied, so the report does not say they were.
+    #[tokio::test]
+    async fn a_refused_event_read_before_a_stop_is_where_the_run_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(dir.path(), "s.db").await;
+        let refused = r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"t"}"#;
+        let input = format!("{refused}\n{}", builder_lines(1000));
+        let (stop, options) = stoppable(false);
+        let reader = StopOnRead(std::io::Cursor::new(input.into_bytes()), Some(stop));
+        let mut applier = Applier::new(Core::new(CoreConfig::default()));
+        let report = ingest(
+            &store,
+            &mut applier,
+            tokio::io::BufReader::with_capacity(4096, reader),
+            &options,
+            &mut |_: &LineError| {},
+        )
+        .await
+        .unwrap();
+        assert!(report.stopped_early);
+        assert_eq!(report.interrupted_after, None);
+        assert_eq!((report.applied, report.rejected), (0, 1));
     }
 
     /// Input that is always ready never makes a read wait: the stop is seen before the next
