@@ -12,6 +12,18 @@ use serde_json::Value;
 /// The longest changeset that can be proper, in bytes.
 pub const MAX_HASH_BYTES: usize = 1024;
 
+/// Why a proper-changeset pattern is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    #[error("is not a valid regular expression: {0}")]
+    Invalid(#[from] regex::Error),
+    #[error(
+        "takes {0} for a commit hash, so builds started at it would be linked into repository: \
+         match only what a commit id looks like, from ^ to $ (for example ^r?[0-9]+$)"
+    )]
+    TakesSymbolic(&'static str),
+}
+
 /// Decides which changesets are proper commit hashes. Cheap to clone: clones share one compiled
 /// pattern and its match caches (a cloned `Regex` would build new caches on its first use).
 #[derive(Debug, Clone)]
@@ -23,10 +35,16 @@ impl ChangesetPolicy {
     /// Full git hashes: 40 (SHA-1) or 64 (SHA-256) hex digits.
     pub const DEFAULT_PATTERN: &'static str = "^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$";
 
-    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
-        Ok(ChangesetPolicy {
+    /// A policy whose proper changesets match `pattern`. A pattern that takes a symbolic revision
+    /// for a hash (see [`ChangesetPolicy::takes_symbolic`]) is refused.
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
+        let policy = ChangesetPolicy {
             proper: Arc::new(Regex::new(pattern)?),
-        })
+        };
+        match policy.takes_symbolic() {
+            Some(name) => Err(PatternError::TakesSymbolic(name)),
+            None => Ok(policy),
+        }
     }
 
     /// Whether `changeset` is a full commit hash. One longer than [`MAX_HASH_BYTES`] never is,
@@ -39,9 +57,10 @@ impl ChangesetPolicy {
     }
 
     /// The first symbolic revision the pattern takes for a commit hash, if any: a pattern that
-    /// takes one (empty, or not anchored at both ends) would link every build started at it into
-    /// `repository`, the very thing the proper-changeset rule keeps out.
-    pub fn takes_symbolic(&self) -> Option<&'static str> {
+    /// takes one (an empty one, or one not anchored at both ends such as `[0-9a-fA-F]+`) would
+    /// link every build started at it into `repository`, the very thing the proper-changeset rule
+    /// keeps out.
+    fn takes_symbolic(&self) -> Option<&'static str> {
         ["FETCH_HEAD", "HEAD", "ORIG_HEAD"]
             .into_iter()
             .find(|name| self.is_proper(name))
@@ -150,21 +169,17 @@ mod tests {
     }
 
     #[test]
-    fn a_pattern_that_takes_a_symbolic_revision_for_a_hash_is_told_apart() {
+    fn a_pattern_that_takes_a_symbolic_revision_for_a_hash_is_refused() {
+        let refused = |pattern: &str| match ChangesetPolicy::new(pattern) {
+            Err(PatternError::TakesSymbolic(name)) => Some(name),
+            _ => None,
+        };
         assert_eq!(ChangesetPolicy::default().takes_symbolic(), None);
-        assert_eq!(
-            ChangesetPolicy::new("^r?[0-9]+$").unwrap().takes_symbolic(),
-            None
-        );
-        assert_eq!(
-            ChangesetPolicy::new("").unwrap().takes_symbolic(),
-            Some("FETCH_HEAD")
-        );
+        assert_eq!(refused("^r?[0-9]+$"), None);
+        assert_eq!(refused(""), Some("FETCH_HEAD"));
         // Not anchored: "FE" and "EAD" are hex digits.
-        let loose = ChangesetPolicy::new("[0-9a-fA-F]+").unwrap();
-        assert_eq!(loose.takes_symbolic(), Some("FETCH_HEAD"));
-        let heads = ChangesetPolicy::new("^[A-Z]+$").unwrap();
-        assert_eq!(heads.takes_symbolic(), Some("HEAD"));
+        assert_eq!(refused("[0-9a-fA-F]+"), Some("FETCH_HEAD"));
+        assert_eq!(refused("^[A-Z]+$"), Some("HEAD"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod mutation;
 mod state;
 mod storable;
 
-pub use changeset::{ChangesetPolicy, MAX_HASH_BYTES};
+pub use changeset::{ChangesetPolicy, PatternError, MAX_HASH_BYTES};
 pub use doc_size::{
     MAX_COMMIT_BUILDS, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
 };

@@ -553,16 +553,8 @@ fn core_config(inline_log_limit: usize, proper_changeset: &str) -> anyhow::Resul
              a step document keeps three logs at that limit, and MongoDB holds at most 16 MiB"
         );
     }
-    let changesets = ChangesetPolicy::new(proper_changeset).with_context(|| {
-        format!("--proper-changeset {proper_changeset:?} is not a valid regular expression")
-    })?;
-    if let Some(name) = changesets.takes_symbolic() {
-        bail!(
-            "--proper-changeset {proper_changeset:?} takes {name} for a commit hash, so builds \
-             started at it would be linked into repository: match only what a commit id looks \
-             like, from ^ to $ (for example ^r?[0-9]+$)"
-        );
-    }
+    let changesets = ChangesetPolicy::new(proper_changeset)
+        .map_err(|e| anyhow::anyhow!("--proper-changeset {proper_changeset:?} {e}"))?;
     Ok(CoreConfig {
         inline_limit: inline_log_limit,
         changesets,
