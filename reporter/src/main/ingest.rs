@@ -96,14 +96,13 @@ fn stdin_on_its_own_thread() -> impl tokio::io::AsyncRead + Unpin + Send {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<std::io::Cursor<Vec<u8>>>>(4);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
+        // One buffer for every read; each chunk sent is as long as what was read (from a live
+        // pipe, often one line), not a fresh 64 KiB.
+        let mut buffer = vec![0; 64 << 10];
         loop {
-            let mut chunk = vec![0; 64 << 10];
-            let read = match std::io::Read::read(&mut stdin, &mut chunk) {
+            let read = match std::io::Read::read(&mut stdin, &mut buffer) {
                 Ok(0) => return, // the end: the channel closes
-                Ok(n) => {
-                    chunk.truncate(n);
-                    Ok(std::io::Cursor::new(chunk))
-                }
+                Ok(n) => Ok(std::io::Cursor::new(buffer[..n].to_vec())),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => Err(e),
             };
