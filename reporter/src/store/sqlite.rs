@@ -171,8 +171,9 @@ impl SqliteStore {
         SqliteStore::open_file(path, true).await
     }
 
-    /// [`SqliteStore::open`], for a caller that has already refused another program's database
-    /// (`check_foreign` false): a writer does it before it takes its lock.
+    /// [`SqliteStore::open`], for a caller that has already refused a path that cannot hold a
+    /// store and another program's database (`check_foreign` false, see `refuse_foreign`): a
+    /// writer does both before it takes its lock.
     pub(crate) async fn open_file(
         path: &str,
         check_foreign: bool,

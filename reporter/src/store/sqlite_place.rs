@@ -48,8 +48,8 @@ fn holds(path: &str) -> Result<Holds, StoreError> {
     })
 }
 
-/// Refuses a file that holds something, but no store's `builds` table: a database of another
-/// program, left as it was.
+/// Refuses a path that cannot hold a store ([`check_place`]), and a file that holds something
+/// but no store's `builds` table: a database of another program, left as it was.
 pub(crate) fn refuse_foreign(path: &str) -> Result<(), StoreError> {
     check_place(path)?;
     if holds(path)? == Holds::Other {
