@@ -7,15 +7,16 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use buildstore_schema::Event;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::grace::Grace;
 use crate::core::{event_key, Batch, SpoolProgress};
 use crate::pipeline::{Applier, Outcome, Prepared};
-use crate::spool::{Handoff, Spool, SpoolError};
+use crate::spool::{blocking, Handoff, Spool, SpoolError};
 use crate::store::{Apply, StoreError};
 
 /// Most events per batch. Big enough that a store write carries a backlog away in few
@@ -137,16 +138,16 @@ pub async fn run(
     mut applier: Applier,
     held: Arc<AtomicU64>,
     counters: Arc<DrainCounters>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let mut deadline: Option<Instant> = None;
+    let mut grace = Grace::new(stop, grace);
     // Events left by an earlier run come first, from the file. The id is taken before the look:
     // a group the writer commits meanwhile has ids from it on, so an empty spool cannot make the
     // drain start past that group.
     let start = spool.next_id();
     let s = spool.clone();
-    let mut next = match blocking(move || s.oldest()).await {
+    let oldest = match blocking(move || s.oldest()).await {
         Ok(oldest) => oldest.unwrap_or(start),
         Err(e) => {
             tracing::error!("reading the spool failed; starting from its first id: {e}");
@@ -154,49 +155,19 @@ pub async fn run(
         }
     };
     // What an earlier run left is what `flush` waits for first: everything before it is in.
-    counters.confirm(next - 1);
-    // Whether the store was asked how far it has this spool's events.
-    let mut resumed = false;
+    counters.confirm(oldest - 1);
+    let Some((mut next, name)) =
+        resume_at_start(&spool, &store, &held, &counters, &mut grace, oldest).await
+    else {
+        return;
+    };
     let mut queue: VecDeque<Unconfirmed> = VecDeque::new();
     let mut ready: Option<(Unconfirmed, Prepared)> = None;
     // A batch whose write failed, to be sent again as it is.
     let mut again: Option<(Unconfirmed, Prepared, Arc<Batch>)> = None;
     loop {
-        // The engine is gone, or a stop cannot wait: end now; the spool keeps the rest.
-        if stop.has_changed().is_err() {
+        if must_end(&spool, &mut grace) {
             return;
-        }
-        arm_deadline(&stop, &mut deadline, grace);
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let left = spool.depth().events;
-            if left > 0 {
-                tracing::warn!(
-                    left,
-                    "grace period over: what is left in the spool is applied at the next start"
-                );
-            }
-            return;
-        }
-        if !resumed {
-            let uid = spool.uid();
-            let asked = store.spool_progress(&uid);
-            let Some(asked) = within_grace(asked, &mut stop, &mut deadline, grace).await else {
-                return;
-            };
-            match asked {
-                Ok(progress) => match resume(&spool, &held, &counters, progress, next).await {
-                    Ok(from) => {
-                        next = from;
-                        resumed = true;
-                    }
-                    Err(e) => {
-                        tracing::error!("resuming the spool (reading it, or giving it a new name) failed, trying again in a second: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                },
-                Err(e) => back_off(&counters, &e, &mut stop, deadline).await,
-            }
-            continue;
         }
         // The store is free: it writes what failed before, or else what is folded.
         let flight = match again.take() {
@@ -219,8 +190,7 @@ pub async fn run(
                 // Folding reads the store: one that does not answer does not hold the stop up
                 // past the grace period either.
                 let folding = applier.prepare(store.as_ref(), &taken.events, false);
-                let Some(prepared) = within_grace(folding, &mut stop, &mut deadline, grace).await
-                else {
+                let Some(prepared) = grace.within(folding).await else {
                     return;
                 };
                 match prepared {
@@ -228,7 +198,7 @@ pub async fn run(
                         // Recorded with the batch: if the process stops before the spool is
                         // released, the next start knows the store has these events.
                         prepared.batch.progress = Some(SpoolProgress {
-                            spool: spool.uid(),
+                            spool: name.clone(),
                             through: taken.through,
                             last: taken.last.clone(),
                         });
@@ -252,8 +222,7 @@ pub async fn run(
             // stop past the grace period. The write is dropped unconfirmed: its events stay in
             // the spool. If the store takes it after all, the next start finds the batch's
             // progress there and releases them; if not, it folds them again.
-            let Some(written) = within_grace(&mut write, &mut stop, &mut deadline, grace).await
-            else {
+            let Some(written) = grace.within(&mut write).await else {
                 return;
             };
             match written.unwrap_or_else(|e| Err(StoreError::Task(e.to_string()))) {
@@ -283,67 +252,64 @@ pub async fn run(
                 }
             }
         } else if ready.is_none() && failed.is_none() {
-            if deadline.is_some() && handoff.is_closed() && next >= spool.next_id() {
+            if grace.stopping() && handoff.is_closed() && next >= spool.next_id() {
                 return; // drained
             }
-            tokio::select! {
-                _ = handoff.ready() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
-                _ = stop.changed() => {}
-            }
+            grace.idle(handoff.ready(), IDLE_POLL).await;
             continue;
         }
         // Only a write the store takes ends a run of failures: a batch folded again after a
         // failed write says nothing about the store's health.
         if let Some(e) = failed {
-            back_off(&counters, &e, &mut stop, deadline).await;
+            back_off(&counters, &e, &mut grace).await;
         }
     }
 }
 
-/// Sets `deadline`, the end of the grace period, once a stop has come.
-fn arm_deadline(stop: &watch::Receiver<bool>, deadline: &mut Option<Instant>, grace: Duration) {
-    if deadline.is_none() && *stop.borrow() {
-        *deadline = Some(Instant::now() + grace.min(super::MAX_GRACE));
+/// Whether the drain must end now: the engine is gone (a stop that cannot wait), or a stop has
+/// lasted the grace period. The spool keeps the rest, applied at the next start.
+fn must_end(spool: &Spool, grace: &mut Grace) -> bool {
+    if grace.engine_gone() {
+        return true;
     }
+    if !grace.over_now() {
+        return false;
+    }
+    let left = spool.depth().events;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "grace period over: what is left in the spool is applied at the next start"
+        );
+    }
+    true
 }
 
-/// The result of `work`, or None (and a warning) if a stop lasts the grace period, or the engine
-/// goes, before it ends: what is left in the spool is then applied at the next start.
-async fn within_grace<T>(
-    work: impl std::future::Future<Output = T>,
-    stop: &mut watch::Receiver<bool>,
-    deadline: &mut Option<Instant>,
-    grace: Duration,
-) -> Option<T> {
-    tokio::select! {
-        done = work => Some(done),
-        () = grace_over(stop, deadline, grace) => {
-            tracing::warn!(
-                "grace period over with the store still busy: what is left in the spool is \
-                 applied at the next start"
-            );
-            None
-        }
-    }
-}
-
-/// Resolves once a stop has lasted the grace period, or the engine is gone; sets `deadline`
-/// when the stop comes.
-async fn grace_over(
-    stop: &mut watch::Receiver<bool>,
-    deadline: &mut Option<Instant>,
-    grace: Duration,
-) {
+/// Asks the store how far it has this spool's events, and returns the spool id to fold from and
+/// the spool's name in force (see [`resume`]); asks again while the store fails, until it
+/// answers or the drain must end (None).
+async fn resume_at_start(
+    spool: &Spool,
+    store: &Arc<dyn Apply>,
+    held: &AtomicU64,
+    counters: &DrainCounters,
+    grace: &mut Grace,
+    next: i64,
+) -> Option<(i64, String)> {
     loop {
-        arm_deadline(stop, deadline, grace);
-        match *deadline {
-            Some(d) => return tokio::time::sleep_until(d.into()).await,
-            None => {
-                if stop.changed().await.is_err() {
-                    return;
+        if must_end(spool, grace) {
+            return None;
+        }
+        let uid = spool.uid().to_string();
+        match grace.within(store.spool_progress(&uid)).await? {
+            Ok(progress) => match resume(spool, held, counters, progress, next, uid).await {
+                Ok(resumed) => return Some(resumed),
+                Err(e) => {
+                    tracing::error!("resuming the spool (reading it, or giving it a new name) failed, trying again in a second: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            }
+            },
+            Err(e) => back_off(counters, &e, grace).await,
         }
     }
 }
@@ -368,24 +334,12 @@ impl InFlight {
 }
 
 /// Counts a store error and waits before the next try, longer for each error in a row up to
-/// 30 s, or until `stop` changes, but never past the grace period's `deadline`.
-async fn back_off(
-    counters: &DrainCounters,
-    e: &StoreError,
-    stop: &mut watch::Receiver<bool>,
-    deadline: Option<Instant>,
-) {
+/// 30 s, or until the stop comes, but never past the grace period.
+async fn back_off(counters: &DrainCounters, e: &StoreError, grace: &mut Grace) {
     let failures = counters.store_failed(e);
-    let mut wait = Duration::from_millis(100u64 << failures.min(9)).min(MAX_BACK_OFF);
-    // Once stopping, `stop` does not change again: the deadline bounds the wait instead.
-    if let Some(d) = deadline {
-        wait = wait.min(d.saturating_duration_since(Instant::now()));
-    }
+    let wait = Duration::from_millis(100u64 << failures.min(9)).min(MAX_BACK_OFF);
     tracing::warn!(error = %e, ?wait, "store failed; the events stay in the spool");
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => {}
-        _ = stop.changed() => {}
-    }
+    grace.pause(wait).await;
 }
 
 /// The store confirmed the events through spool id `through`: they leave the spool, and then
@@ -434,9 +388,9 @@ async fn release(spool: &Spool, held: &AtomicU64, through: i64) {
     }
 }
 
-/// Takes the progress the store recorded under the spool's name, and returns the spool id to
-/// fold from. When the store has
-/// events the spool still holds (an earlier run stopped between the store's commit of a batch
+/// Takes the progress the store recorded under the spool's `name`, and returns the spool id to
+/// fold from and the name to record progress under from now on. When the store has events the
+/// spool still holds (an earlier run stopped between the store's commit of a batch
 /// and the spool's release), they are released now rather than folded again, which could judge
 /// an event the rules refused a second time, and differently (see `Spool::release`). That
 /// progress must be of this very file, though: a copy of it (restored from a backup, or copied
@@ -451,9 +405,10 @@ async fn resume(
     counters: &DrainCounters,
     progress: Option<SpoolProgress>,
     next: i64,
-) -> Result<i64, SpoolError> {
+    name: String,
+) -> Result<(i64, String), SpoolError> {
     let Some(p) = progress.filter(|p| p.through >= next) else {
-        return Ok(next);
+        return Ok((next, name));
     };
     if p.through < spool.opened_next() && holds(spool, &p).await? {
         tracing::info!(
@@ -463,7 +418,7 @@ async fn resume(
         );
         release(spool, held, p.through).await;
         counters.confirm(p.through);
-        return Ok(p.through + 1);
+        return Ok((p.through + 1, name));
     }
     let s = spool.clone();
     let renamed = blocking(move || s.rename()).await?;
@@ -475,7 +430,7 @@ async fn resume(
          the spool?): the spool takes a new name, and its events are folded, those the store has \
          skipped as applied"
     );
-    Ok(next)
+    Ok((next, renamed))
 }
 
 /// Whether the spool holds, at the id the progress names, the event the store recorded there.
@@ -548,15 +503,6 @@ fn last_key<'a>(
         let event_id = e.event_id.as_deref()?;
         Some((id, event_key(&e.master_id, event_id)))
     })
-}
-
-/// Runs work on the spool off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
-) -> Result<T, SpoolError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))
 }
 
 fn read_spooled(line: &str) -> Result<Event, buildstore_schema::EventError> {

@@ -1,6 +1,8 @@
 //! The drain at a restart: it goes on where the store confirmed, never folds again a batch the
 //! store took before a kill, and takes recorded progress only for the spool that wrote it.
 
+use std::time::Instant;
+
 use super::*;
 
 /// Drains `spool` (nothing in memory) into `store` until it is empty or `grace` is over, as one
@@ -105,7 +107,7 @@ async fn a_restart_goes_on_inside_a_group_where_the_store_confirmed_it() {
 
 /// How far into `spool` the store has its events, by the progress recorded under its name.
 async fn through(store: &dyn Apply, spool: &Spool) -> Option<i64> {
-    let p = store.spool_progress(&spool.uid()).await.unwrap();
+    let p = store.spool_progress(spool.uid()).await.unwrap();
     p.map(|p| p.through)
 }
 
@@ -205,7 +207,7 @@ async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
 
     // Made again where the old one was: the same ids, and events the store has not seen.
     let new = Spool::open(&dir.path().join("old")).unwrap();
-    assert_eq!(store.spool_progress(&new.uid()).await.unwrap(), None);
+    assert_eq!(store.spool_progress(new.uid()).await.unwrap(), None);
     let fresh = from_other_masters(&lines);
     new.append(&fresh).unwrap();
     let counted = drain_once(&new, Arc::clone(&store) as _, Duration::from_secs(60)).await;
@@ -226,7 +228,7 @@ async fn progress_recorded_for_another_spool_is_not_taken_for_this_one() {
 async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, copy, store, lines) = drained_beside_a_copy(dir.path(), 200).await;
-    let name = spool.uid();
+    let name = spool.uid().to_string();
     drop(spool);
 
     let older = Spool::open(&copy).unwrap();
@@ -240,10 +242,10 @@ async fn an_older_copy_of_a_spool_takes_a_new_name_and_its_events_are_applied() 
         "the copy's new events were folded"
     );
     assert_eq!(older.depth().events, 0);
-    assert_ne!(older.uid(), name, "the copy took a new name");
-    assert_eq!(through(&*store, &older).await, Some(fresh.len() as i64));
     drop(older);
-    assert_ne!(Spool::open(&copy).unwrap().uid(), name, "for good");
+    let older = Spool::open(&copy).unwrap();
+    assert_ne!(older.uid(), name, "the copy took a new name, for good");
+    assert_eq!(through(&*store, &older).await, Some(fresh.len() as i64));
 }
 
 /// `lines` as another master would send them: the same events, with keys the store has not seen.
@@ -310,6 +312,8 @@ async fn a_copy_run_beside_its_original_takes_no_progress_of_the_other_for_its_o
         theirs.len() as u64,
         "every event of the copy was folded"
     );
+    drop(second);
+    let second = Spool::open(&b).unwrap();
     assert_ne!(second.uid(), first.uid(), "the copy took a name of its own");
 }
 
@@ -327,7 +331,7 @@ async fn progress_past_what_earlier_runs_gave_out_is_never_taken() {
     let event = Event::parse(line).unwrap();
     let key = event_key(&event.master_id, event.event_id.as_deref().unwrap());
     let progress = SpoolProgress {
-        spool: spool.uid(),
+        spool: spool.uid().to_string(),
         through: first,
         last: Some((first, key)),
     };

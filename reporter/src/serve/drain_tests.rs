@@ -2,6 +2,7 @@
 //! when a store write fails while the next batch is being folded.
 
 use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bson::Document;

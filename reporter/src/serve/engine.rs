@@ -66,7 +66,7 @@ impl Engine {
         // Off the async threads: opening reads the whole file through (see `check_whole` in the
         // spool module).
         let owned = dir.to_owned();
-        let spool = super::drain::blocking(move || Spool::open(&owned)).await?;
+        let spool = crate::spool::blocking(move || Spool::open(&owned)).await?;
         // The drain retries, with backoff, and counts every failure for the metrics.
         store.leave_retries_to_caller();
         let held = Arc::new(AtomicU64::new(spool.depth().bytes));

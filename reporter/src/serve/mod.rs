@@ -6,6 +6,7 @@
 mod connection;
 mod drain;
 pub(crate) mod engine;
+mod grace;
 pub mod metrics;
 mod replies;
 mod unix_socket;

@@ -89,8 +89,9 @@ pub struct Depth {
 pub struct Spool {
     path: String,
     /// Names this spool file: stores record their progress through it under this name (see
-    /// [`crate::core::SpoolProgress`]). An ObjectId, unique as MongoDB's `_id`s are.
-    uid: Arc<Mutex<String>>,
+    /// [`crate::core::SpoolProgress`]). An ObjectId, unique as MongoDB's `_id`s are. The name
+    /// the file had when opened: [`Spool::rename`] returns the new one to its caller.
+    uid: Arc<str>,
     /// The next id when the spool was opened: every id below it was given out before.
     opened_next: i64,
     conn: Arc<Mutex<Connection>>,
@@ -304,7 +305,7 @@ impl Spool {
             .map_err(err)?;
         Ok(Spool {
             path,
-            uid: Arc::new(Mutex::new(uid)),
+            uid: uid.into(),
             opened_next: next,
             conn: Arc::new(Mutex::new(conn)),
             next: Arc::new(AtomicI64::new(next)),
@@ -475,20 +476,20 @@ impl Spool {
         Ok(bytes)
     }
 
-    /// The name stores record this spool's progress under.
-    pub fn uid(&self) -> String {
-        self.uid.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The name stores record this spool's progress under, as it was when the file was opened.
+    pub fn uid(&self) -> &str {
+        &self.uid
     }
 
     /// Gives the spool a new name, for good, and returns it: the progress a store recorded under
     /// the old one is not of this file's events (a copy of this file, or the file it was copied
-    /// from, recorded it), and the two must not be taken for each other from now on.
+    /// from, recorded it), and the two must not be taken for each other from now on. Only the
+    /// drain renames the spool, once, before it records any progress, and keeps the new name.
     pub fn rename(&self) -> Result<String, SpoolError> {
         let uid = bson::oid::ObjectId::new().to_hex();
         self.lock()
             .execute("UPDATE identity SET uid = ?1", [&uid])
             .map_err(self.err())?;
-        *self.uid.lock().unwrap_or_else(|p| p.into_inner()) = uid.clone();
         Ok(uid)
     }
 
@@ -566,6 +567,15 @@ fn has_auto_vacuum(conn: &Connection) -> rusqlite::Result<bool> {
 /// so only an empty spool is converted.
 fn turn_on_auto_vacuum(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+}
+
+/// Runs work on the spool off the async threads: SQLite's calls block, an fsync for a while.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(SpoolError::Task(e.to_string())))
 }
 
 /// Takes `n` from a count without going below zero: a count that had missed a group (one whose

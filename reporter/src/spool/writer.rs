@@ -246,11 +246,7 @@ async fn write_loop(
             }
         }
         let s = spool.clone();
-        let result = tokio::task::spawn_blocking(move || s.append(&lines))
-            .await
-            .map_err(|e| SpoolError::Task(e.to_string()))
-            .and_then(|r| r);
-        match result {
+        match super::blocking(move || s.append(&lines)).await {
             Ok(mut id) => {
                 handoff.push(id, events);
                 for (done, count, _) in waiting {
