@@ -49,9 +49,19 @@ struct Cli {
     command: Command,
 }
 
-const STORE_HELP: &str = "Where documents are kept: sqlite:PATH (the embedded store) or a MongoDB \
-    URI, mongodb://HOST[:PORT]/DATABASE?OPTIONS (database `buildstore` if none is given; the \
-    server selection timeout is 10 s unless serverSelectionTimeoutMS says otherwise)";
+/// The first sentence of both spellings of `--store`'s help.
+macro_rules! store_places {
+    () => {
+        "Where documents are kept: sqlite:PATH (the embedded store) or a MongoDB URI, \
+         mongodb://HOST[:PORT]/DATABASE?OPTIONS"
+    };
+}
+
+const STORE_HELP: &str = concat!(
+    store_places!(),
+    " (database `buildstore` if none is given; the server selection timeout is 10 s unless \
+     serverSelectionTimeoutMS says otherwise)"
+);
 
 /// `--store` given after the command, as the commands that open the store take it (the one
 /// before the command goes for every command; `status` opens no store, and takes no other).
@@ -61,9 +71,11 @@ struct StoreArg {
     store: Option<String>,
 }
 
-const STORE_AFTER_HELP: &str = "Where documents are kept: sqlite:PATH (the embedded store) or a \
-    MongoDB URI, mongodb://HOST[:PORT]/DATABASE?OPTIONS. Given here, it wins over --store before \
-    the command and BUILDSTORE_STORE; without either, sqlite:buildstore.db";
+const STORE_AFTER_HELP: &str = concat!(
+    store_places!(),
+    ". Given here, it wins over --store before the command and BUILDSTORE_STORE; without \
+     either, sqlite:buildstore.db"
+);
 
 #[derive(Subcommand)]
 enum Command {
