@@ -192,6 +192,23 @@ fn a_whole_number_beyond_64_bits_is_refused_rather_than_stored_rounded() {
 }
 
 #[test]
+fn an_object_giving_a_key_twice_is_refused_rather_than_one_value_picked() {
+    let db = Db::new();
+    let twice =
+        r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"v":1,"v":2}}"#;
+    let once = r#"{"type":"property","master_id":"m","build_id":1,"name":"o","value":{"v":1,"w":{"v":2}}}"#;
+    let out = db.ingest_text(&[BUILD, twice, once].join("\n"), &["--keep-going"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_says(
+        &out,
+        "line 2: the key \"v\" is given twice in one object (at column",
+    );
+    let properties = &db.doc("builds", "m/1")["properties"];
+    assert!(properties.get("n").is_none(), "{properties}");
+    assert_eq!(properties["o"]["value"]["w"]["v"], 2, "{properties}");
+}
+
+#[test]
 fn keys_that_bson_reads_as_typed_values_are_refused_and_the_build_stays_readable() {
     let db = Db::new();
     let lines = [

@@ -31,6 +31,8 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
         r#"{"type":"property","master_id":"m","build_id":1,"name":"n","value":{"$date":1}}"#,
         "\u{a0}{\"type\":\"builder_added\",\"master_id\":\"m\",\"builder\":\"b\"}",
         r#"{"type":"builder_added","master_id":"m","builder":""}"#,
+        // Taken, it would set a property of a build the valid lines make.
+        r#"{"type":"property","master_id":"bm02","build_id":18377,"name":"a","name":"b","value":1}"#,
     ];
     let mut mixed = Vec::new();
     for (i, v) in valid.iter().enumerate() {
@@ -64,6 +66,13 @@ fn every_line_gets_one_reply_in_order_and_only_valid_events_are_stored() {
     assert_eq!(
         replies[11]["error"],
         "empty line: an event is one JSON object per line"
+    );
+    assert!(
+        replies[21]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the key \"name\" is given twice in one object")),
+        "{}",
+        replies[21]
     );
     // Refused at the door, though the drain's rules would refuse it too: no ack for it.
     assert!(

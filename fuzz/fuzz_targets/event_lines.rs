@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             || "d-1".to_owned(),
             Timestamp::now(),
         );
-        let again = Event::parse(&spooled);
+        let again = Event::from_spooled(&spooled);
         assert_eq!(
             again.as_ref().ok(),
             Some(&stamped),

@@ -273,12 +273,18 @@ pub enum EventError {
          send it as a string"
     )]
     WideInteger(String),
+    #[error(
+        "the key {key:?} is given twice in one object (at column {column}); readers differ on \
+         which value counts: send each key once"
+    )]
+    KeyTwice { key: String, column: usize },
 }
 
 impl Event {
     /// The line a spool keeps for this event, read from `line` (its text as sent, without
     /// whitespace around it): an id or a time the event lacks is given to it and added at the
-    /// end of the line's object, where it wins over a `null` given before it. The line is not
+    /// end of the line's object, where it wins over a `null` given before it (read back with
+    /// [`Event::from_spooled`], which takes the last of a key given twice). The line is not
     /// written out again, which would change how its numbers are spelled or spell out every
     /// default, and could make it many times as long.
     pub fn stamp(&mut self, line: String, id: impl FnOnce() -> String, now: Timestamp) -> String {
@@ -303,6 +309,15 @@ impl Event {
     /// Parses one line of the protocol.
     pub fn parse(line: &str) -> Result<Event, EventError> {
         Event::from_value(crate::json_line::parse(line)?)
+    }
+
+    /// Reads back a line a spool keeps: one that [`Event::parse`] took when it came, and that
+    /// [`Event::stamp`] may have given an id or a time at its end, after a `null` of the same
+    /// key. So a key given twice keeps its last value here, and a whole number beyond 64 bits
+    /// (which an earlier version accepted and acknowledged) is read as the nearest double.
+    pub fn from_spooled(line: &str) -> Result<Event, EventError> {
+        let value = serde_json::from_str(line).map_err(EventError::from_json)?;
+        Event::from_value(value)
     }
 
     /// Builds an event from an already parsed JSON value.

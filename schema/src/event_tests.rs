@@ -37,6 +37,11 @@ fn errors_name_the_field_at_fault() {
         "empty line: an event is one JSON object per line"
     );
     assert_eq!(err("[1]"), "an event must be a JSON object, got an array");
+    assert_eq!(
+        err(r#"{"type":"builder_removed","master_id":1,"builder":"a","builder":"b"}"#),
+        "the key \"builder\" is given twice in one object (at column 63); readers differ on \
+         which value counts: send each key once"
+    );
     assert_eq!(err(r#"{"master_id":1}"#), "missing field `type`");
     assert!(err(r#"{"type":"bogus","master_id":1}"#).contains("unknown event type \"bogus\""));
     // Named before any field the line lacks: no type has a `master_id` to miss.
@@ -237,4 +242,19 @@ fn whole_numbers_written_as_doubles_are_taken_as_integers() {
     assert!(err(&format!("{start}1.5}}")).contains("number"));
     assert!(err(&format!("{start}1e19}}")).contains("number"));
     assert!(err(&line.replace("1e19", "2e19")).contains("offset"));
+}
+
+/// The daemon spools the client's own line with the id and the time it lacked added at the end,
+/// after a `null` the line may give for them: read back, the added values count.
+#[test]
+fn a_stamped_line_reads_back_as_the_stamped_event() {
+    let line =
+        r#"{"type":"builder_removed","master_id":1,"builder":"a","event_id":null,"time":null}"#;
+    let mut event = Event::parse(line).unwrap();
+    let now = Timestamp::now();
+    let spooled = event.stamp(line.to_owned(), || "d-7".to_owned(), now);
+    assert_eq!(event.event_id.as_deref(), Some("d-7"));
+    assert_eq!(Event::from_spooled(&spooled).unwrap(), event);
+    // Sent so, it would be refused: the spool's reading is not the socket's.
+    assert!(err(&spooled).contains("is given twice"), "{spooled}");
 }

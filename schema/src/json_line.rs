@@ -1,4 +1,5 @@
-//! Reading a protocol line as JSON without changing any number in it.
+//! Reading a protocol line as JSON without changing any number in it, and without choosing
+//! between two values of one key.
 //!
 //! The JSON parser turns a whole number that fits neither `i64` nor `u64` into the nearest
 //! double, which keeps only its first 16 or 17 digits. Stored that way, a build number or a
@@ -9,14 +10,20 @@ use serde_json::Value;
 
 use crate::EventError;
 
-/// Parses one line as JSON, refusing whole numbers beyond 64 bits.
+/// Parses one line as JSON, refusing whole numbers beyond 64 bits and an object that gives a key
+/// twice (see [`crate::unique_keys`]).
 pub fn parse(line: &str) -> Result<Value, EventError> {
     if trim(line).is_empty() {
         return Err(EventError::EmptyLine);
     }
-    let value: Value = serde_json::from_str(line).map_err(|e| {
+    let value: Value = crate::unique_keys::from_str(line).map_err(|(e, twice)| {
+        if let Some(key) = twice {
+            EventError::KeyTwice {
+                key,
+                column: e.column(),
+            }
         // Editors on Windows start a file with one; the parser calls it just "expected value".
-        if line.starts_with('\u{feff}') {
+        } else if line.starts_with('\u{feff}') {
             EventError::Json(
                 "the line starts with a byte-order mark (U+FEFF): send UTF-8 without one".into(),
             )

@@ -443,7 +443,7 @@ async fn holds(spool: &Spool, p: &SpoolProgress) -> Result<bool, SpoolError> {
     let here = found
         .first()
         .filter(|f| f.id == id)
-        .and_then(|f| read_spooled(&f.line).ok())
+        .and_then(|f| Event::from_spooled(&f.line).ok())
         .and_then(|e| Some(event_key(&e.master_id, e.event_id.as_deref()?)));
     Ok(here == Some(key))
 }
@@ -474,11 +474,11 @@ async fn take(spool: &Spool, handoff: &Handoff, next: i64) -> Option<Unconfirmed
     };
     let through = spooled.last()?.id;
     // Lines were validated before they were spooled; one that no longer parses is reported and
-    // skipped rather than blocking everything behind it. They are read without the check on
-    // numbers beyond 64 bits, which an earlier version accepted and acknowledged.
+    // skipped rather than blocking everything behind it (see `Event::from_spooled` for how
+    // they are read).
     let read: Vec<(i64, Event)> = spooled
         .iter()
-        .filter_map(|p| match read_spooled(&p.line) {
+        .filter_map(|p| match Event::from_spooled(&p.line) {
             Ok(e) => Some((p.id, e)),
             Err(e) => {
                 tracing::error!(spool_id = p.id, error = %e, "unreadable spooled event skipped");
@@ -503,11 +503,6 @@ fn last_key<'a>(
         let event_id = e.event_id.as_deref()?;
         Some((id, event_key(&e.master_id, event_id)))
     })
-}
-
-fn read_spooled(line: &str) -> Result<Event, buildstore_schema::EventError> {
-    let value = serde_json::from_str(line).map_err(buildstore_schema::EventError::from_json)?;
-    Event::from_value(value)
 }
 
 #[cfg(test)]
