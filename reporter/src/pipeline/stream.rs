@@ -415,9 +415,11 @@ fn parse_line(raw: &[u8]) -> Result<Option<Event>, String> {
 mod tests {
     use tokio::io::AsyncWriteExt;
 
+    use buildstore_schema::Collection;
+
     use super::*;
     use crate::core::{Core, CoreConfig};
-    use crate::store::open_in;
+    use crate::store::{open_in, Store};
 
     /// `n` lines, each adding a builder of its own.
     fn builder_lines(n: usize) -> String {
@@ -478,12 +480,20 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
     }
 
-    /// Input that sets a stop once it has been read from: the stop is seen in the middle of the
-    /// first chunk.
-    struct StopOnRead(
-        std::io::Cursor<Vec<u8>>,
-        Option<tokio::sync::watch::Sender<bool>>,
-    );
+    /// Input that sets a stop at its read number `at` (from 0), and is always ready.
+    struct StopOnRead {
+        input: std::io::Cursor<Vec<u8>>,
+        stop: Option<tokio::sync::watch::Sender<bool>>,
+        at: usize,
+    }
+
+    impl StopOnRead {
+        fn new(input: String, stop: tokio::sync::watch::Sender<bool>, at: usize) -> StopOnRead {
+            let input = std::io::Cursor::new(input.into_bytes());
+            let stop = Some(stop);
+            StopOnRead { input, stop, at }
+        }
+    }
 
     impl tokio::io::AsyncRead for StopOnRead {
         fn poll_read(
@@ -491,11 +501,48 @@ mod tests {
             cx: &mut std::task::Context<'_>,
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
-            if let Some(stop) = self.1.take() {
-                let _ = stop.send(true);
+            if self.at == 0 {
+                if let Some(stop) = self.stop.take() {
+                    let _ = stop.send(true);
+                }
             }
-            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+            self.at = self.at.saturating_sub(1);
+            std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
         }
+    }
+
+    /// A stop that comes while lines keep coming, none of them ever waited for: the run ends
+    /// soon after, at a whole line, and what it says it applied is what the store holds.
+    #[tokio::test]
+    async fn a_stop_midway_through_input_that_is_always_ready_ends_the_run_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_in(dir.path(), "s.db").await;
+        let (stop, options) = stoppable(false);
+        // About 55 lines a read: the stop comes in the fifth read, around line 250.
+        let reader = StopOnRead::new(builder_lines(20_000), stop, 4);
+        let mut applier = Applier::new(Core::new(CoreConfig::default()));
+        let report = ingest(
+            &store,
+            &mut applier,
+            tokio::io::BufReader::with_capacity(4096, reader),
+            &options,
+            &mut |_: &LineError| {},
+        )
+        .await
+        .unwrap();
+        let Some(through) = report.interrupted_after else {
+            panic!("the run was not stopped: {report:?}");
+        };
+        assert!((200..20_000).contains(&through), "{report:?}");
+        assert_eq!(report.applied, through);
+        let stored = Store::list(&store, Collection::Builders, None, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.len() as u64,
+            through,
+            "each line read was applied, and no other"
+        );
     }
 
     /// A stop seen in the chunk that holds an event the rules refuse: the refused event ended the
@@ -507,7 +554,7 @@ mod tests {
         let refused = r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"t"}"#;
         let input = format!("{refused}\n{}", builder_lines(1000));
         let (stop, options) = stoppable(false);
-        let reader = StopOnRead(std::io::Cursor::new(input.into_bytes()), Some(stop));
+        let reader = StopOnRead::new(input, stop, 0);
         let mut applier = Applier::new(Core::new(CoreConfig::default()));
         let report = ingest(
             &store,
