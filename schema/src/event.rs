@@ -314,9 +314,11 @@ impl Event {
     /// Reads back a line a spool keeps: one that [`Event::parse`] took when it came, and that
     /// [`Event::stamp`] may have given an id or a time at its end, after a `null` of the same
     /// key. So a key given twice keeps its last value here, and a whole number beyond 64 bits
-    /// (which an earlier version accepted and acknowledged) is read as the nearest double.
+    /// (which an earlier version accepted and acknowledged) is read as the nearest double. It is
+    /// otherwise read as `parse` reads it, by the same reader.
     pub fn from_spooled(line: &str) -> Result<Event, EventError> {
-        let value = serde_json::from_str(line).map_err(EventError::from_json)?;
+        let value = crate::json_value::from_str(line, crate::json_value::Repeats::KeepLast)
+            .map_err(|(e, _)| EventError::from_json(e))?;
         Event::from_value(value)
     }
 

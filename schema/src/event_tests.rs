@@ -258,3 +258,19 @@ fn a_stamped_line_reads_back_as_the_stamped_event() {
     // Sent so, it would be refused: the spool's reading is not the socket's.
     assert!(err(&spooled).contains("is given twice"), "{spooled}");
 }
+
+/// Whatever a line holds in fields the event does not know, the spool reads back the event the
+/// socket took: an event acknowledged and then unreadable in the spool would be lost.
+#[test]
+fn the_spool_reads_back_every_line_parsing_takes_as_parsing_took_it() {
+    for line in [
+        r#"{"type":"builder_removed","master_id":1,"builder":"a","x":{"$serde_json::private::RawValue":"not json"}}"#,
+        r#"{"type":"builder_removed","master_id":1,"builder":"a","x":{"$serde_json::private::RawValue":"{\"builder\":\"b\"}"}}"#,
+        r#"{"type":"builder_removed","master_id":1,"builder":"a","x":[{"a":1},{"a":2}],"y":1e400}"#,
+    ] {
+        match Event::parse(line) {
+            Ok(event) => assert_eq!(Event::from_spooled(line), Ok(event), "{line}"),
+            Err(e) => assert!(Event::from_spooled(line).is_err(), "{line}: {e}"),
+        }
+    }
+}

@@ -8,15 +8,16 @@
 
 use serde_json::Value;
 
+use crate::json_value::{self, Repeats};
 use crate::EventError;
 
 /// Parses one line as JSON, refusing whole numbers beyond 64 bits and an object that gives a key
-/// twice (see [`crate::unique_keys`]).
+/// twice (see [`crate::json_value`]).
 pub fn parse(line: &str) -> Result<Value, EventError> {
     if trim(line).is_empty() {
         return Err(EventError::EmptyLine);
     }
-    let value: Value = crate::unique_keys::from_str(line).map_err(|(e, twice)| {
+    let value: Value = json_value::from_str(line, Repeats::Refuse).map_err(|(e, twice)| {
         if let Some(key) = twice {
             EventError::KeyTwice {
                 key,

@@ -7,7 +7,7 @@ pub mod document;
 pub mod event;
 pub mod json_line;
 pub mod json_schema;
-mod unique_keys;
+mod json_value;
 pub mod validator;
 pub mod value;
 

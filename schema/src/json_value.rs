@@ -1,8 +1,14 @@
-//! Reading JSON into a [`Value`] while refusing an object that gives a key twice.
+//! Reading JSON text into a [`Value`]: one reader for lines as they come and for lines as the
+//! spool keeps them, so that the two can never read one line differently.
 //!
-//! JSON readers differ on such an object: most keep the last value, some the first, some refuse
-//! it. A sender that writes `"text"` twice has a bug, and storing whichever value this reader
-//! happens to keep would hide it; so the line is refused, and the error names the key.
+//! As a line comes, an object that gives a key twice refuses it. JSON readers differ on such an
+//! object: most keep the last value, some the first, some refuse it. A sender that writes
+//! `"text"` twice has a bug, and storing whichever value this reader happens to keep would hide
+//! it. A spooled line may repeat a key on purpose (see `Event::stamp`): there the last one counts.
+//!
+//! serde_json's own reader of [`Value`] is not used: built with its `raw_value` option (which
+//! other crates of a program may turn on), it reads an object with one special key as the JSON
+//! text that key holds, so it and this reader would not agree on every line.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -10,24 +16,41 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// Parses `text` as one JSON value. On a key given twice in one object, the error is the
-/// parser's (with its position) and the key is in the returned `Option`.
-pub(crate) fn from_str(text: &str) -> Result<Value, (serde_json::Error, Option<String>)> {
+/// What to do with an object that gives a key twice.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Repeats {
+    /// Refuse it: the error is the parser's (with its position), and the key is returned.
+    Refuse,
+    /// Keep the last value, in the place of the first.
+    KeepLast,
+}
+
+/// Parses `text` as one JSON value. With [`Repeats::Refuse`], an object that gives a key twice
+/// is an error and the key is in the returned `Option`.
+pub(crate) fn from_str(
+    text: &str,
+    repeats: Repeats,
+) -> Result<Value, (serde_json::Error, Option<String>)> {
     let twice = RefCell::new(None);
     let mut reader = serde_json::Deserializer::from_str(text);
-    let read = UniqueKeys { twice: &twice }
+    let seed = Reader {
+        repeats,
+        twice: &twice,
+    };
+    let read = seed
         .deserialize(&mut reader)
         .and_then(|value| reader.end().map(|()| value));
     read.map_err(|e| (e, twice.into_inner()))
 }
 
-/// Reads one value, noting in `twice` the first key an object gives twice.
+/// Reads one value, noting in `twice` the key an object gave twice when that refuses it.
 #[derive(Clone, Copy)]
-struct UniqueKeys<'a> {
+struct Reader<'a> {
+    repeats: Repeats,
     twice: &'a RefCell<Option<String>>,
 }
 
-impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+impl<'de> DeserializeSeed<'de> for Reader<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -35,7 +58,7 @@ impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for UniqueKeys<'_> {
+impl<'de> Visitor<'de> for Reader<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -82,7 +105,7 @@ impl<'de> Visitor<'de> for UniqueKeys<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut fields = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if fields.contains_key(&key) {
+            if self.repeats == Repeats::Refuse && fields.contains_key(&key) {
                 let e = de::Error::custom(format_args!("the key {key:?} is given twice"));
                 *self.twice.borrow_mut() = Some(key);
                 return Err(e);
@@ -99,7 +122,9 @@ mod tests {
     use super::*;
 
     fn twice(text: &str) -> Option<String> {
-        from_str(text).err().and_then(|(_, key)| key)
+        from_str(text, Repeats::Refuse)
+            .err()
+            .and_then(|(_, key)| key)
     }
 
     #[test]
@@ -117,16 +142,33 @@ mod tests {
     fn the_same_key_in_different_objects_is_no_repeat() {
         let text = r#"{"a":{"a":1},"b":[{"a":1},{"a":2}],"c":"a","n":-1.5e3,"t":true,"z":null}"#;
         assert_eq!(
-            from_str(text).ok(),
+            from_str(text, Repeats::Refuse).ok(),
             serde_json::from_str::<Value>(text).ok()
         );
     }
 
     #[test]
     fn other_errors_are_the_parser_s_own() {
-        let (e, key) = from_str(r#"{"a":1} x"#).unwrap_err();
+        let (e, key) = from_str(r#"{"a":1} x"#, Repeats::Refuse).unwrap_err();
         assert_eq!(key, None);
         assert!(e.to_string().starts_with("trailing characters"), "{e}");
-        assert_eq!(from_str("[1,").unwrap_err().1, None);
+        assert_eq!(from_str("[1,", Repeats::Refuse).unwrap_err().1, None);
+    }
+
+    #[test]
+    fn kept_repeats_keep_the_last_value_in_the_first_place() {
+        let read = from_str(r#"{"a":1,"b":2,"a":3}"#, Repeats::KeepLast).unwrap();
+        assert_eq!(read.to_string(), r#"{"a":3,"b":2}"#);
+    }
+
+    /// An object that serde_json's own reader, built with `raw_value`, would read as the text it
+    /// holds is an object like any other here, in both modes.
+    #[test]
+    fn no_key_is_special() {
+        let text = r#"{"$serde_json::private::RawValue":"not json"}"#;
+        for repeats in [Repeats::Refuse, Repeats::KeepLast] {
+            let read = from_str(text, repeats).unwrap();
+            assert_eq!(read["$serde_json::private::RawValue"], "not json");
+        }
     }
 }
