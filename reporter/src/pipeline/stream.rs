@@ -518,7 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_in(dir.path(), "s.db").await;
         let (stop, options) = stoppable(false);
-        // About 55 lines a read: the stop comes in the fifth read, around line 250.
+        // About 70 lines a read: the stop comes in the fifth read, around line 285.
         let reader = StopOnRead::new(builder_lines(20_000), stop, 4);
         let mut applier = Applier::new(Core::new(CoreConfig::default()));
         let report = ingest(

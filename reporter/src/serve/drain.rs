@@ -306,7 +306,7 @@ async fn resume_at_start(
                 Ok(resumed) => return Some(resumed),
                 Err(e) => {
                     tracing::error!("resuming the spool (reading it, or giving it a new name) failed, trying again in a second: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    grace.pause(Duration::from_secs(1)).await;
                 }
             },
             Err(e) => back_off(counters, &e, grace).await,

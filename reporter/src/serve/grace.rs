@@ -1,6 +1,6 @@
 //! The drain's view of a stop: once one comes, the drain goes on for a grace period and then
-//! ends wherever it is, leaving the rest in the spool for the next start. Every wait of the
-//! drain (on the store, on a back-off) goes through here, so that none outlasts the grace period.
+//! ends wherever it is, leaving the rest in the spool for the next start. The drain's waits on
+//! the store and between its tries go through here, so that none outlasts the grace period.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
