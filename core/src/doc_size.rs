@@ -4,8 +4,9 @@
 //! batch fails, and every event behind it waits. So the rules refuse, one event at a time, an
 //! event that would take a build or step document past that size, and the inline log limit has a
 //! ceiling that leaves a step document room for the rest of its fields. The sizes are counted
-//! from the BSON the stores write; small fields that change later (a result, an end time) fit in
-//! the margin kept below MongoDB's limit.
+//! from the BSON the stores write, to the byte, with room for the fields of the end from the
+//! start (see [`build_end_reserve`]); the margin kept below MongoDB's limit is for what a store
+//! adds of its own.
 
 use std::sync::OnceLock;
 
@@ -77,6 +78,31 @@ pub(crate) fn linked_uri(hash: &str, uri: Option<&str>) -> Option<String> {
     bytes
         .is_ok_and(|b| b <= MAX_COMMIT_METADATA_BYTES)
         .then(|| uri.to_owned())
+}
+
+/// BSON bytes a field that holds null gains when it gets an `int32`, a date or a boolean: a null
+/// is a type byte and the name, a value adds its own bytes.
+const NULL_TO_INT32: usize = 4;
+const NULL_TO_DATE: usize = 8;
+const NULL_TO_BOOL: usize = 1;
+
+/// BSON bytes the fields of a build's end (`result`, `time_end`) take beyond the nulls it starts
+/// with, when `result` and `time_end` are still null. They are counted from the build's start,
+/// so that the end is never refused for want of room, and a build counts the same in memory as
+/// read back from a store, finished or not.
+pub(crate) fn build_end_reserve(result: Option<i32>, time_end: Option<DateTime>) -> usize {
+    result.map_or(NULL_TO_INT32, |_| 0) + time_end.map_or(NULL_TO_DATE, |_| 0)
+}
+
+/// The same for a step's end (`result`, `time_end`, `successful`).
+pub(crate) fn step_end_reserve(doc: &StepDoc) -> usize {
+    build_end_reserve(doc.result, doc.time_end) + doc.successful.map_or(NULL_TO_BOOL, |_| 0)
+}
+
+/// BSON bytes an optional string field holding `value` takes beyond a null: its length (4
+/// bytes), its bytes and a terminating zero.
+pub(crate) fn string_over_null(value: Option<&str>) -> usize {
+    value.map_or(0, |v| 4 + v.len() + 1)
 }
 
 /// BSON bytes of a field `name` holding a document of `len` bytes: a type byte, the name and its

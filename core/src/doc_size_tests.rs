@@ -1,6 +1,9 @@
 //! The rules that keep every document within what MongoDB can hold.
 
+use std::collections::BTreeMap;
+
 use super::*;
+use crate::state::{BuildState, StepState};
 use crate::{ChangesetPolicy, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT};
 
 const MIB: usize = 1024 * 1024;
@@ -160,45 +163,26 @@ fn the_inline_limit_is_kept_under_a_ceiling() {
     assert_eq!(core.config().inline_limit, MAX_INLINE_LIMIT);
 }
 
-#[test]
-fn the_count_is_the_size_of_the_document_the_mutations_make() {
-    let mut core = Core::new(CoreConfig::default());
-    let mut mutations = apply(
-        &mut core,
-        json!({"type":"build_started","builder":"linux","build_id":7,"number":1,
-               "changeset":"FETCH_HEAD","properties":{"got_revision":{"value":"main"}}}),
-    );
-    // Started in reverse order, each goes first in `steps`, and its index there is the next one.
-    for step in (0..12).rev() {
-        mutations.extend(apply(
-            &mut core,
-            json!({"type":"step_started","build_id":7,"step":step,"name":"git"}),
-        ));
-    }
-    for (name, bytes) in [("a", 300), ("b", 5000), ("a", 20), ("got_revision", 0)] {
-        let value = if bytes == 0 {
-            json!(HASH)
-        } else {
-            json!("v".repeat(bytes))
-        };
-        mutations.extend(apply(
-            &mut core,
-            json!({"type":"property","build_id":7,"name":name,"value":value}),
-        ));
-    }
-    // The build document as a store makes it from those mutations.
+/// The build and step documents a store makes from `mutations`, as far as these tests need.
+fn documents(
+    mutations: Vec<Mutation>,
+) -> (
+    buildstore_schema::BuildDoc,
+    BTreeMap<String, buildstore_schema::StepDoc>,
+) {
     let mut doc = None;
+    let mut steps = BTreeMap::new();
     for m in mutations {
         match m {
             Mutation::StartBuild(d) => doc = Some(*d),
             Mutation::StartStep {
                 doc: step,
                 position,
-            } => doc
-                .as_mut()
-                .expect("started")
-                .steps
-                .insert(position, step.id.clone()),
+            } => {
+                let build = doc.as_mut().expect("started");
+                build.steps.insert(position, step.id.clone());
+                steps.insert(step.id.clone(), *step);
+            }
             Mutation::SetProperty { name, property, .. } => {
                 doc.as_mut()
                     .expect("started")
@@ -208,15 +192,97 @@ fn the_count_is_the_size_of_the_document_the_mutations_make() {
             Mutation::SetChangeset { changeset, .. } => {
                 doc.as_mut().expect("started").changeset = Some(changeset)
             }
+            Mutation::FinishStep {
+                step_id,
+                result,
+                text,
+                time,
+            } => {
+                let step = steps.get_mut(&step_id).expect("started");
+                step.time_end = Some(time);
+                step.result = Some(result);
+                step.successful = Some(result == 0);
+                step.text = text;
+            }
+            Mutation::FinishBuild { result, time, .. } => {
+                let build = doc.as_mut().expect("started");
+                build.result = Some(result);
+                build.time_end = Some(time);
+            }
             _ => {}
         }
     }
-    let doc = doc.expect("started");
-    assert_eq!(doc.changeset.as_deref(), Some(HASH));
-    assert_eq!(
-        Ok(core.builds["m1/7"].doc_bytes),
-        crate::doc_size::document_len(&doc)
-    );
+    (doc.expect("started"), steps)
+}
+
+/// What the core counts for a step: its base (its end included), its text and its inline logs.
+fn step_count(step: &crate::state::StepState) -> usize {
+    step.base_bytes + step.text_bytes + step.inline_bytes.iter().sum::<usize>()
+}
+
+/// The count is the size the document has once it has ended, to the byte, whatever the events
+/// did to it, and the same as the count of a build read back from a store: a rule never depends
+/// on whether the build stayed in memory or was read back between two runs.
+#[test]
+fn the_count_is_the_size_of_the_ended_document_the_mutations_make() {
+    for changeset in [Some("FETCH_HEAD"), None] {
+        let mut core = Core::new(CoreConfig::default());
+        let mut mutations = apply(
+            &mut core,
+            json!({"type":"build_started","builder":"linux","build_id":7,"number":1,
+                   "changeset":changeset,"properties":{"got_revision":{"value":"main"}}}),
+        );
+        // Started in reverse order, each goes first in `steps`, and its index there is the next.
+        for step in (0..12).rev() {
+            mutations.extend(apply(
+                &mut core,
+                json!({"type":"step_started","build_id":7,"step":step,"name":"git"}),
+            ));
+        }
+        for (name, bytes) in [("a", 300), ("b", 5000), ("a", 20), ("got_revision", 0)] {
+            let value = if bytes == 0 {
+                json!(HASH)
+            } else {
+                json!("v".repeat(bytes))
+            };
+            mutations.extend(apply(
+                &mut core,
+                json!({"type":"property","build_id":7,"name":name,"value":value}),
+            ));
+        }
+        let (running, _) = documents(mutations.clone());
+        let from_store = BuildState::from_doc(&running).unwrap();
+        assert_eq!(from_store.doc_bytes, core.builds["m1/7"].doc_bytes);
+
+        for (step, text) in [(0, Some("ok")), (1, None), (2, Some("")), (0, None)] {
+            mutations.extend(apply(
+                &mut core,
+                json!({"type":"step_finished","build_id":7,"step":step,"result":0,"text":text}),
+            ));
+        }
+        mutations.extend(apply(
+            &mut core,
+            json!({"type":"build_finished","build_id":7,"result":2}),
+        ));
+        let (ended, steps) = documents(mutations);
+        assert_eq!(ended.changeset.as_deref(), Some(HASH));
+        assert_eq!(
+            Ok(core.builds["m1/7"].doc_bytes),
+            crate::doc_size::document_len(&ended),
+            "started at {changeset:?}"
+        );
+        let from_store = BuildState::from_doc(&ended).unwrap();
+        assert_eq!(from_store.doc_bytes, core.builds["m1/7"].doc_bytes);
+        for (number, state) in &core.builds["m1/7"].steps {
+            let id = format!("m1/7/{number}");
+            let stored = StepState::stored(&steps[&id]);
+            assert_eq!(step_count(state), step_count(&stored), "{id}");
+            if *number <= 2 {
+                let len = crate::doc_size::document_len(&steps[&id]);
+                assert_eq!(Ok(step_count(state)), len, "{id}");
+            }
+        }
+    }
 }
 
 #[test]

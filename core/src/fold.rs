@@ -15,7 +15,8 @@ use chrono::Utc;
 use super::changeset::{got_revision, ChangesetPolicy};
 use super::doc_size::{
     commit_entry_fits, document_field_len, document_len, linked_uri, started_step,
-    string_field_len, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES, MAX_INLINE_LIMIT,
+    string_field_len, string_over_null, MAX_COMMIT_METADATA_BYTES, MAX_DOCUMENT_BYTES,
+    MAX_INLINE_LIMIT,
 };
 use super::inline_log::MIN_INLINE_LIMIT;
 use super::mutation::Mutation;
@@ -376,7 +377,7 @@ impl Core {
             build: build_doc_id.clone(),
             step: e.step,
         })?;
-        let text_bytes = e.text.as_ref().map_or(0, String::len);
+        let text_bytes = string_over_null(e.text.as_deref());
         fits(
             || format!("step {}", super::step_id(&build_doc_id, e.step)),
             step.bytes_with(text_bytes, limit),
@@ -437,12 +438,12 @@ impl Core {
         if !takes_changeset(build, &e.changeset, &policy) {
             return Ok(vec![]);
         }
-        let earlier = build.changeset.as_ref().map_or(0, String::len);
+        let earlier = string_over_null(build.changeset.as_deref());
         fits(
             || format!("build {}", build.id),
             build
                 .doc_bytes
-                .saturating_add(e.changeset.len())
+                .saturating_add(string_over_null(Some(&e.changeset)))
                 .saturating_sub(earlier),
         )?;
         Ok(offer_changeset(build, &e.changeset, &policy))
@@ -556,10 +557,10 @@ fn offer_changeset(
         return vec![];
     }
     let candidate = &*policy.canonical(candidate);
-    let earlier = build.changeset.as_deref().map_or(0, str::len);
+    let earlier = string_over_null(build.changeset.as_deref());
     build.doc_bytes = build
         .doc_bytes
-        .saturating_add(candidate.len())
+        .saturating_add(string_over_null(Some(candidate)))
         .saturating_sub(earlier);
     build.changeset = Some(candidate.to_owned());
     let mut out = vec![Mutation::SetChangeset {

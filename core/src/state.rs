@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use bson::DateTime;
 use buildstore_schema::{BuildDoc, Channel, RepoBuildEntry, StepDoc};
 
-use super::doc_size::{document_field_len, document_len, started_step_len};
+use super::doc_size::{
+    build_end_reserve, document_field_len, document_len, started_step_len, step_end_reserve,
+    string_over_null,
+};
 use super::inline_log::InlineLog;
 use super::mutation::InlineUpdate;
 
@@ -46,7 +49,8 @@ pub(crate) struct BuildState {
     pub result: Option<i32>,
     pub time_end: Option<DateTime>,
     pub steps: BTreeMap<u32, StepState>,
-    /// BSON bytes of the build document.
+    /// BSON bytes of the build document once it has ended (see
+    /// [`super::doc_size::build_end_reserve`]).
     pub doc_bytes: usize,
     /// BSON bytes each property takes in it, so that setting one again counts the difference.
     pub property_bytes: BTreeMap<String, usize>,
@@ -56,9 +60,11 @@ pub(crate) struct BuildState {
 pub(crate) struct StepState {
     pub finished: bool,
     pub logs: [InlineLog; 3],
-    /// BSON bytes of the step document without its inline logs and its `text`, which grow later.
+    /// BSON bytes of the step document without its inline logs and its `text`, which grow later,
+    /// and with the fields of its end, counted from its start (see
+    /// [`super::doc_size::step_end_reserve`]).
     pub base_bytes: usize,
-    /// Bytes of its `text`.
+    /// Bytes its `text` takes beyond a null.
     pub text_bytes: usize,
     /// Bytes of each inline log field as the document holds it now. A store written with a
     /// higher inline limit may hold more than the limit in force, until the next chunk.
@@ -69,14 +75,14 @@ impl StepState {
     /// A step that has just started, as `doc`.
     pub fn started(doc: &StepDoc) -> StepState {
         StepState {
-            base_bytes: started_step_len(&doc.id, &doc.build, &doc.name),
+            base_bytes: started_step_len(&doc.id, &doc.build, &doc.name) + step_end_reserve(doc),
             ..StepState::default()
         }
     }
 
     /// A step as a store holds it.
-    fn stored(doc: &StepDoc) -> StepState {
-        let text_bytes = doc.text.as_ref().map_or(0, String::len);
+    pub(crate) fn stored(doc: &StepDoc) -> StepState {
+        let text_bytes = string_over_null(doc.text.as_deref());
         // In the order of `channel_index`.
         let inline_bytes = Channel::ALL.map(|c| doc.log(c).len());
         let varying = text_bytes + inline_bytes.iter().sum::<usize>();
@@ -87,7 +93,7 @@ impl StepState {
             base_bytes: document_len(doc).map_or_else(
                 |_| started_step_len(&doc.id, &doc.build, &doc.name),
                 |len| len.saturating_sub(varying),
-            ),
+            ) + step_end_reserve(doc),
             text_bytes,
             inline_bytes,
         }
@@ -164,7 +170,7 @@ impl BuildState {
             let bytes = document_field_len(name, document_len(p)?);
             state.property_bytes.insert(name.clone(), bytes);
         }
-        state.doc_bytes = document_len(doc)?;
+        state.doc_bytes = document_len(doc)? + build_end_reserve(doc.result, doc.time_end);
         Ok(state)
     }
 
