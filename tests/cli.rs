@@ -338,7 +338,7 @@ fn commands_that_fail_on_their_arguments_leave_no_new_store() {
         ),
         (
             &["ingest", "--proper-changeset", "", "-"],
-            "--proper-changeset \"\" takes FETCH_HEAD for a commit hash",
+            "--proper-changeset \"\" is empty",
         ),
         (
             &["serve", "--proper-changeset", "^[A-Z_]+"],

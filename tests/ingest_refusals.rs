@@ -363,14 +363,39 @@ fn a_proper_changeset_pattern_can_be_configured() {
     assert_eq!(db.doc("repository", "r1234")["builds"][0]["build"], "m/1");
     let out = Db::new().ingest_text("", &["--proper-changeset", "("]);
     assert_says(&out, "--proper-changeset");
-    // Not anchored: "FE" and "EAD" are hex digits, so FETCH_HEAD would count as a commit and
-    // the build be linked under it.
+    // FETCH_HEAD would count as a commit, and the build be linked under it.
     let db = Db::new();
-    let out = db.ingest_text(lines[0], &["--proper-changeset", "[0-9a-fA-F]+"]);
+    let out = db.ingest_text(lines[0], &["--proper-changeset", "[A-Z_]+"]);
     assert!(!out.status.success());
     assert_says(
         &out,
-        "--proper-changeset \"[0-9a-fA-F]+\" takes FETCH_HEAD for a commit hash, so builds \
+        "--proper-changeset \"[A-Z_]+\" takes FETCH_HEAD for a commit hash, so builds \
          started at it would be linked into repository",
     );
+}
+
+/// A pattern written without `^` and `$` matches the whole changeset all the same: a hash inside
+/// a longer revision does not make it final, nor link the build under it.
+#[test]
+fn a_proper_changeset_pattern_matches_the_whole_changeset() {
+    let db = Db::new();
+    let hash = "eb57b4930f682387ca57a2506b1dbd03f5144c04";
+    let build = r#"{"type":"build_started","master_id":"m","builder":"b","build_id":1,"number":1,"changeset":"FETCH_HEAD","time":0}"#;
+    let muddled = format!(
+        r#"{{"type":"property","master_id":"m","build_id":1,"name":"got_revision","value":"FETCH_HEAD {hash}"}}"#
+    );
+    let real =
+        format!(r#"{{"type":"changeset","master_id":"m","build_id":1,"changeset":"{hash}"}}"#);
+    let end = r#"{"type":"build_finished","master_id":"m","build_id":1,"result":0}"#;
+    let lines = [build, &muddled, &real, end].join("\n");
+    let out = db.ingest_text(&lines, &["--proper-changeset", "[0-9a-f]{40}"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.doc("builds", "m/1")["changeset"],
+        hash,
+        "corrected past the muddle"
+    );
+    let linked: Vec<Value> = db.export("repository");
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0]["_id"], hash);
 }

@@ -17,9 +17,11 @@ pub const MAX_HASH_BYTES: usize = 1024;
 pub enum PatternError {
     #[error("is not a valid regular expression: {0}")]
     Invalid(#[from] regex::Error),
+    #[error("is empty: it would take no changeset for a commit hash")]
+    Empty,
     #[error(
         "takes {0} for a commit hash, so builds started at it would be linked into repository: \
-         match only what a commit id looks like, from ^ to $ (for example ^r?[0-9]+$)"
+         match only what a commit id looks like (for example r?[0-9]+)"
     )]
     TakesSymbolic(&'static str),
 }
@@ -35,11 +37,19 @@ impl ChangesetPolicy {
     /// Full git hashes: 40 (SHA-1) or 64 (SHA-256) hex digits.
     pub const DEFAULT_PATTERN: &'static str = "^(?:[0-9a-fA-F]{40}|[0-9a-fA-F]{64})$";
 
-    /// A policy whose proper changesets match `pattern`. A pattern that takes a symbolic revision
-    /// for a hash (see [`ChangesetPolicy::takes_symbolic`]) is refused.
+    /// A policy whose proper changesets match `pattern` whole, from their first character to
+    /// their last, as if it were written between `^` and `$`: a hash found inside a longer text
+    /// (`FETCH_HEAD eb57…`) is no hash. An empty pattern is refused, and so is one that takes a
+    /// symbolic revision for a hash (see [`ChangesetPolicy::takes_symbolic`]).
     pub fn new(pattern: &str) -> Result<Self, PatternError> {
+        if pattern.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        // Checked on its own first: wrapped in a group, a pattern with a stray `)` could read as
+        // another valid one.
+        Regex::new(pattern)?;
         let policy = ChangesetPolicy {
-            proper: Arc::new(Regex::new(pattern)?),
+            proper: Arc::new(Regex::new(&format!(r"\A(?:{pattern})\z"))?),
         };
         match policy.takes_symbolic() {
             Some(name) => Err(PatternError::TakesSymbolic(name)),
@@ -57,9 +67,8 @@ impl ChangesetPolicy {
     }
 
     /// The first symbolic revision the pattern takes for a commit hash, if any: a pattern that
-    /// takes one (an empty one, or one not anchored at both ends such as `[0-9a-fA-F]+`) would
-    /// link every build started at it into `repository`, the very thing the proper-changeset rule
-    /// keeps out.
+    /// takes one (such as `[A-Z_]+` or `.+`) would link every build started at it into
+    /// `repository`, the very thing the proper-changeset rule keeps out.
     fn takes_symbolic(&self) -> Option<&'static str> {
         ["FETCH_HEAD", "HEAD", "ORIG_HEAD"]
             .into_iter()
@@ -176,10 +185,38 @@ mod tests {
         };
         assert_eq!(ChangesetPolicy::default().takes_symbolic(), None);
         assert_eq!(refused("^r?[0-9]+$"), None);
-        assert_eq!(refused(""), Some("FETCH_HEAD"));
-        // Not anchored: "FE" and "EAD" are hex digits.
-        assert_eq!(refused("[0-9a-fA-F]+"), Some("FETCH_HEAD"));
+        assert_eq!(refused("[A-Z_]+"), Some("FETCH_HEAD"));
+        assert_eq!(refused(".+"), Some("FETCH_HEAD"));
         assert_eq!(refused("^[A-Z]+$"), Some("HEAD"));
+        assert!(matches!(ChangesetPolicy::new(""), Err(PatternError::Empty)));
+    }
+
+    /// A pattern matches a changeset whole, written with `^` and `$` or not: a hash inside a
+    /// longer text is no hash, nor is a hex word inside `FETCH_HEAD`.
+    #[test]
+    fn a_pattern_matches_the_whole_changeset() {
+        for pattern in ["[0-9a-fA-F]{40}", "(?m)^[0-9a-f]{40}$", "^[0-9a-f]{40}"] {
+            let policy = ChangesetPolicy::new(pattern).unwrap();
+            assert!(policy.is_proper(SHA1), "{pattern}");
+            for taken_before in [
+                format!("FETCH_HEAD {SHA1}"),
+                format!("FETCH_HEAD\n{SHA1}"),
+                format!("{SHA1}\n"),
+                format!("{SHA1}0"),
+            ] {
+                assert!(
+                    !policy.is_proper(&taken_before),
+                    "{pattern}: {taken_before:?}"
+                );
+            }
+        }
+        let hex = ChangesetPolicy::new("[0-9a-fA-F]+").unwrap();
+        assert!(!hex.is_proper("FETCH_HEAD") && hex.is_proper("abc123"));
+        // A stray parenthesis is no valid pattern, wrapped or not.
+        assert!(ChangesetPolicy::new("a)|(b").is_err());
+        // Alternatives are matched whole, each of them.
+        let either = ChangesetPolicy::new("r[0-9]+|[0-9a-f]{40}").unwrap();
+        assert!(either.is_proper("r12") && !either.is_proper("r12 and more"));
     }
 
     #[test]

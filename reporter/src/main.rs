@@ -98,7 +98,8 @@ enum Command {
         /// keeps the rest.
         #[arg(long, value_name = "BYTES", default_value_t = CoreConfig::DEFAULT_INLINE_LIMIT)]
         inline_log_limit: usize,
-        /// Regular expression of a proper (final, linkable) changeset.
+        /// Regular expression of a proper (final, linkable) changeset, matched against the whole
+        /// changeset.
         #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
         proper_changeset: String,
         /// Most events written to the store as one batch.
@@ -150,7 +151,8 @@ enum Command {
         /// keeps the rest.
         #[arg(long, value_name = "BYTES", default_value_t = CoreConfig::DEFAULT_INLINE_LIMIT)]
         inline_log_limit: usize,
-        /// Regular expression of a proper (final, linkable) changeset.
+        /// Regular expression of a proper (final, linkable) changeset, matched against the whole
+        /// changeset.
         #[arg(long, value_name = "REGEX", default_value = ChangesetPolicy::DEFAULT_PATTERN)]
         proper_changeset: String,
         /// Address of the Prometheus endpoint (GET /metrics), or "off".
