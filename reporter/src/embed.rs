@@ -102,7 +102,6 @@ pub struct Reporter {
     spool_max: u64,
     /// A store that was down at start, prepared once it answers; not after the reporter.
     _preparing: Option<store::Preparing>,
-    _writer: Option<store::WriterLock>,
     ids: EventIds,
     last_sent: Arc<AtomicI64>,
 }
@@ -110,7 +109,9 @@ pub struct Reporter {
 impl Reporter {
     /// Opens the store (creating its indexes) and the spool, and starts applying; events left in
     /// the spool by an earlier run are applied first. A store that is down does not stop it, as
-    /// it does not stop `buildstore serve`: events are spooled until the store answers.
+    /// it does not stop `buildstore serve`: events are spooled until the store answers. The
+    /// runtime needs its time driver (Tokio panics without it), as the retries and the grace
+    /// period are timed.
     pub async fn start(config: ReporterConfig) -> Result<Reporter, ReporterError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ReporterError::NoRuntime);
@@ -118,7 +119,7 @@ impl Reporter {
         if config.grace > crate::serve::MAX_GRACE {
             return Err(ReporterError::GraceTooLong);
         }
-        let (store, writer) = store::open_for_writing(&config.store).await?;
+        let store = store::open_for_writing(&config.store).await?;
         let store: Arc<dyn store::Store> = Arc::from(store);
         let preparing = store::prepare_or_later(&store).await?;
         let engine = Engine::start(
@@ -136,7 +137,6 @@ impl Reporter {
             engine,
             spool_max: config.spool_max,
             _preparing: preparing,
-            _writer: writer,
             ids: EventIds::new(),
             last_sent,
         })
@@ -287,6 +287,71 @@ mod tests {
         );
     }
 
+    /// Starts a Reporter on `config` once the store's writer lock is free.
+    async fn start_once_free(config: ReporterConfig) -> Reporter {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match Reporter::start(config.clone()).await {
+                Ok(r) => return r,
+                Err(ReporterError::Store(StoreError::InUse { .. }))
+                    if std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("not started: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A Reporter dropped while its write waits on a store locked by another program keeps the
+    /// store's writer lock until that write ends: a second writer started meanwhile is refused,
+    /// rather than writing beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_reporter_keeps_the_store_locked_while_its_last_write_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.db");
+        let location = format!("sqlite:{}", file.display());
+        let config = |spool: &str| {
+            let mut c = ReporterConfig::new(location.clone(), dir.path().join(spool));
+            c.grace = Duration::from_secs(5);
+            c
+        };
+        let lines = crate::synth::lines_of(20);
+        let first = Reporter::start(config("one")).await.unwrap();
+        first.send(Event::parse(&lines[0]).unwrap()).await.unwrap();
+        first.flush().await.unwrap();
+        let other = rusqlite::Connection::open(&file).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        for line in &lines[1..] {
+            first.send(Event::parse(line).unwrap()).await.unwrap();
+        }
+        // Folded (reads go on beside the lock) and waiting to write: a fold takes milliseconds.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match Reporter::start(config("two")).await {
+            Err(ReporterError::Store(StoreError::InUse { .. })) => {}
+            Err(e) => panic!("refused, but not as in use: {e}"),
+            Ok(_) => panic!("a second writer started beside a write still under way"),
+        }
+        other.execute_batch("ROLLBACK").unwrap();
+        drop(other);
+        // The write goes through, and the lock goes with it.
+        let second = start_once_free(config("two")).await;
+        second.shutdown().await;
+        // The write the first left under way went through: the event after the lock is in.
+        let store = crate::store::open(&location).await.unwrap();
+        let builder = store.get(Collection::Builders, "2/linux-x86_64").await;
+        assert!(builder.unwrap().is_some());
+        // What it had not written yet waits in its spool, for its next start.
+        let again = Reporter::start(config("one")).await.unwrap();
+        again.flush().await.unwrap();
+        again.shutdown().await;
+        assert!(store
+            .get(Collection::Builds, "m1/0")
+            .await
+            .unwrap()
+            .is_some());
+    }
+
     /// A master restarting while its MongoDB server is down still starts, and still spools.
     #[tokio::test]
     async fn a_store_that_does_not_answer_does_not_keep_the_reporter_from_starting() {
@@ -406,7 +471,8 @@ mod tests {
         }
         assert_eq!(first.shutdown().await, 20, "the store was locked");
         lock.execute_batch("ROLLBACK").unwrap();
-        let second = Reporter::start(config.clone()).await.unwrap();
+        // The first run's last write, cut off by its grace period, still holds the store.
+        let second = start_once_free(config.clone()).await;
         second.flush().await.unwrap();
         let stats = second.stats();
         assert_eq!(stats.spool_events, 0, "{stats:?}");

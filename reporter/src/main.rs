@@ -399,7 +399,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(file)
                 }
             };
-            let (store, _writer) = store::open_for_writing(&location)
+            let store = store::open_for_writing(&location)
                 .await
                 .context("opening the store")?;
             store.init().await.context("preparing the store")?;
@@ -444,7 +444,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             };
             // Addresses first: one in use leaves no store behind.
             let bound = buildstore::serve::bind(&config).await?;
-            let (store, _writer) = store::open_for_writing(&location)
+            let store = store::open_for_writing(&location)
                 .await
                 .context("opening the store")?;
             let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(store);

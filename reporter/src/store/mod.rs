@@ -65,7 +65,7 @@ pub enum StoreError {
     InMemory(String),
     #[error(
         "store {path} is written by another buildstore process (ingest, serve or an embedded \
-         Reporter); one writes it at a time"
+         Reporter, or the last write of a Reporter just stopped); one writes it at a time"
     )]
     InUse { path: String },
     #[error("cannot lock the store for writing ({path}): {source}")]
@@ -490,13 +490,11 @@ pub async fn open_read_only(location: &str) -> Result<Box<dyn Store>, StoreError
 }
 
 /// Opens the store a location names for writing. An SQLite store is locked first, against a
-/// second process writing it at once (see [`lock_writer`]); the lock holds while the returned
-/// guard lives, which must be as long as the store is written.
-pub async fn open_for_writing(
-    location: &str,
-) -> Result<(Box<dyn Store>, Option<WriterLock>), StoreError> {
+/// second process writing it at once (see [`lock_writer`]); the store holds the lock until it is
+/// dropped and its last write has ended.
+pub async fn open_for_writing(location: &str) -> Result<Box<dyn Store>, StoreError> {
     let Some(path) = sqlite_path(location)? else {
-        return Ok((open(location).await?, None));
+        return open(location).await;
     };
     // Before the lock, whose file would be left next to another program's database.
     let owned = path.to_owned();
@@ -504,7 +502,8 @@ pub async fn open_for_writing(
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
     let lock = lock_writer(location)?;
-    Ok((Box::new(SqliteStore::open_file(path, false).await?), lock))
+    let store = SqliteStore::open_file(path, false).await?.holding(lock);
+    Ok(Box::new(store))
 }
 
 /// The file of an SQLite location (`sqlite:PATH`), or None for any other kind; a form that can

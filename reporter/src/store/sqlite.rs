@@ -44,6 +44,10 @@ pub struct SqliteStore {
     /// Whether this store has made sure the `spool_progress` table is there: the first batch
     /// that records progress makes it if need be, once (see [`PROGRESS_TABLE`]).
     progress_table: Arc<std::sync::atomic::AtomicBool>,
+    /// The writer's lock, when this store was opened for writing. Each write holds it too, so
+    /// it is let go only once the store is dropped and no write of it is under way: a write of
+    /// a dropped store still running could otherwise overlap the next writer's.
+    lock: Option<Arc<super::WriterLock>>,
 }
 
 /// `collection`'s entry of a table made once, on first use, with `make` for every collection.
@@ -226,7 +230,16 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             reader: Arc::new(Mutex::new(reader)),
             progress_table: Default::default(),
+            lock: None,
         })
+    }
+
+    /// This store, holding the writer's `lock` for as long as it or a write of it lives.
+    pub(crate) fn holding(self, lock: Option<super::WriterLock>) -> SqliteStore {
+        SqliteStore {
+            lock: lock.map(Arc::new),
+            ..self
+        }
     }
 
     /// Runs `f` on the writing connection off the async threads.
@@ -235,7 +248,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        run_on(Arc::clone(&self.conn), f).await
+        let lock = self.lock.clone();
+        run_on(Arc::clone(&self.conn), move |conn| {
+            let _held = lock;
+            f(conn)
+        })
+        .await
     }
 
     /// Runs `f`, which only reads, on the reading connection off the async threads.
