@@ -145,6 +145,38 @@ fn an_acknowledged_line_is_read_back_from_the_spool_as_it_was_read() {
     assert_eq!(got.doc("builders", "m/c")["name"], "c");
 }
 
+/// At a stop, the metrics still answer while the spool drains into a store that is slow to take
+/// it (here locked by another program for a while), so that `status` shows the drain going.
+#[test]
+fn the_metrics_answer_while_the_spool_drains_at_a_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), free_port(), &["--grace", "60"]);
+    let lock = rusqlite::Connection::open(dir.path().join("store.db")).expect("open the store");
+    lock.execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the store");
+    let lines = buildstore::synth::lines_of(200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    assert_eq!(client(daemon.port, lines.clone(), deadline).0, lines.len());
+    daemon.terminate();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut daemon = daemon;
+    assert!(daemon.child.try_wait().expect("wait").is_none(), "draining");
+    let draining = daemon.status();
+    assert!(draining["spool_events"] > 0.0, "{draining:?}");
+    lock.execute_batch("ROLLBACK").expect("unlock the store");
+    drop(lock);
+    // Drained, it exits of itself, well within its grace period.
+    let exited = loop {
+        if let Some(status) = daemon.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exited.success(), "{exited:?}");
+    assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());
+}
+
 /// With the store down, the drain would go on for the whole grace period: a second signal ends
 /// it at once, and the next start applies what the spool kept.
 #[test]

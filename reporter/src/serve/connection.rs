@@ -37,6 +37,14 @@ pub struct Shared {
     /// A client that does not take a reply within this long is disconnected.
     pub reply_timeout: Duration,
     pub ids: EventIds,
+    /// The counts the metrics read, which outlive the connections (and the appender) while the
+    /// spool drains at a stop.
+    pub stats: Arc<ConnectionStats>,
+}
+
+/// What the connections count, for the metrics.
+#[derive(Default)]
+pub struct ConnectionStats {
     /// Counts over all connections since the start.
     pub totals: LineCounts,
     /// The open connections by number, for per-connection metrics; closed ones leave.
@@ -57,9 +65,7 @@ impl Shared {
             token,
             reply_timeout,
             ids: EventIds::new(),
-            totals: LineCounts::default(),
-            open: Mutex::new(BTreeMap::new()),
-            connections_total: AtomicU64::new(0),
+            stats: Arc::default(),
         }
     }
 }
@@ -116,7 +122,7 @@ impl Conn {
     }
 
     pub(super) fn count_many(&self, tally: Tally, n: u64) {
-        self.shared.totals.add(tally, n);
+        self.shared.stats.totals.add(tally, n);
         self.me.counts.add(tally, n);
     }
 
@@ -187,12 +193,15 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let number = shared.connections_total.fetch_add(1, Ordering::Relaxed);
+    let number = shared
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let me = Arc::new(OpenConnection {
         peer,
         counts: LineCounts::default(),
     });
-    if let Ok(mut open) = shared.open.lock() {
+    if let Ok(mut open) = shared.stats.open.lock() {
         open.insert(number, Arc::clone(&me));
     }
     let conn = Conn {
@@ -217,7 +226,7 @@ pub async fn serve<S>(
         let _ =
             tokio::time::timeout(LINGER, tokio::io::copy(&mut read, &mut tokio::io::sink())).await;
     }
-    if let Ok(mut open) = shared.open.lock() {
+    if let Ok(mut open) = shared.stats.open.lock() {
         open.remove(&number);
     }
 }

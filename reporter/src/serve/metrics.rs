@@ -9,13 +9,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::connection::{LineCounts, OpenConnection};
-use super::{DrainCounters, Shared};
+use super::connection::{ConnectionStats, LineCounts, OpenConnection};
+use super::DrainCounters;
 use crate::spool::Spool;
 
 /// Everything the metrics are read from.
 pub struct Metrics {
-    pub shared: Arc<Shared>,
+    pub connections: Arc<ConnectionStats>,
     pub drain: Arc<DrainCounters>,
     pub spool: Spool,
 }
@@ -34,7 +34,7 @@ fn escape(label: &str) -> String {
 impl Metrics {
     /// The metrics in Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let s = &self.shared;
+        let s = &self.connections;
         let d = &self.drain;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
@@ -154,7 +154,7 @@ impl Metrics {
     /// Line counts of each open connection, labelled by its number and peer. Closed connections
     /// leave the list, which keeps the number of series bounded by the open connections.
     fn render_connections(&self, out: &mut String) {
-        let open: Vec<(u64, Arc<OpenConnection>)> = match self.shared.open.lock() {
+        let open: Vec<(u64, Arc<OpenConnection>)> = match self.connections.open.lock() {
             Ok(open) => open.iter().map(|(n, c)| (*n, Arc::clone(c))).collect(),
             Err(_) => return,
         };

@@ -161,6 +161,9 @@ const _: () = assert!(MAX_TOKEN_BYTES + 64 < connection::HELLO_LIMIT);
 /// The longest `--grace`: a stop is meant to end.
 pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a scrape of the metrics under way when the drain has ended may take to be answered.
+const METRICS_LAST_SCRAPE: Duration = Duration::from_secs(1);
+
 /// Checks the settings that need nothing opened, so that a daemon refused on its flags leaves
 /// no store or spool behind.
 fn check_settings(config: &ServeConfig) -> Result<(), ServeError> {
@@ -306,14 +309,17 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
             stop.clone(),
         ));
     }
-    if let Some(listener) = bound.metrics {
+    // The metrics answer until the spool has drained, so that `buildstore status` follows the
+    // drain at a stop; they end after it, on a stop of their own.
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = bound.metrics.map(|listener| {
         let m = Arc::new(metrics::Metrics {
-            shared: Arc::clone(&shared),
+            connections: Arc::clone(&shared.stats),
             drain: Arc::clone(&engine.counters),
             spool: engine.spool.clone(),
         });
-        listeners.spawn(metrics::serve(listener, m, stop.clone()));
-    }
+        tokio::spawn(metrics::serve(listener, m, metrics_stopped))
+    });
     if let Some(listener) = bound.web {
         listeners.spawn(crate::web::serve(listener, web_store, stop.clone()));
     }
@@ -336,7 +342,7 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
     };
     let mut second = std::pin::pin!(second);
     // Answering is bounded by the grace period too: a client that does not read its replies,
-    // or a request to the metrics that never ends, does not hold the stop up.
+    // or a request to the web view that never ends, does not hold the stop up.
     let answered = async {
         let all = async { while listeners.join_next().await.is_some() {} };
         if tokio::time::timeout(config.grace, all).await.is_err() {
@@ -354,6 +360,11 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
         engine.finish(std::future::ready(())).await;
     } else {
         engine.finish(second).await;
+    }
+    let _ = metrics_stop.send(true);
+    if let Some(task) = metrics_task {
+        // A scrape under way gets its answer; one that does not end does not hold the exit.
+        let _ = tokio::time::timeout(METRICS_LAST_SCRAPE, task).await;
     }
     // The listeners are gone: each socket file goes with its `SocketFile`.
     drop(socket_files);
