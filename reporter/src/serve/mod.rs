@@ -404,14 +404,15 @@ impl Bound {
                     source,
                 })
         };
+        // The address taken is logged: with port 0 the system chose it.
+        let taken = |l: &tokio::net::TcpListener, asked: SocketAddr| {
+            l.local_addr().map_or(asked.to_string(), |a| a.to_string())
+        };
         for l in &config.listen {
             match l {
                 Listen::Tcp(addr) => {
                     let listener = tcp("tcp://", *addr).await?;
-                    let shown = listener
-                        .local_addr()
-                        .map_or(addr.to_string(), |a| a.to_string());
-                    tracing::info!(address = %shown, "listening");
+                    tracing::info!(address = %taken(&listener, *addr), "listening");
                     let needs_token = !loopback(addr) || config.token.is_some();
                     self.tcp.push((listener, needs_token));
                 }
@@ -423,11 +424,14 @@ impl Bound {
             }
         }
         if let Some(addr) = config.metrics {
-            self.metrics = Some(tcp("metrics http://", addr).await?);
+            let listener = tcp("metrics http://", addr).await?;
+            tracing::info!(address = %taken(&listener, addr), "serving the metrics");
+            self.metrics = Some(listener);
         }
         if let Some(addr) = config.web {
-            self.web = Some(tcp("web http://", addr).await?);
-            tracing::info!(address = %addr, "serving the web pages");
+            let listener = tcp("web http://", addr).await?;
+            tracing::info!(address = %taken(&listener, addr), "serving the web pages");
+            self.web = Some(listener);
         }
         Ok(())
     }
