@@ -55,7 +55,15 @@ async fn run_build(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() {
+    // Said in words, not as the error's Debug form that a `main` returning an error prints.
+    if let Err(e) = run().await {
+        eprintln!("embedded_master: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let store = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "sqlite:embedded.db".into());

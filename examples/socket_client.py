@@ -2,7 +2,7 @@
 import json, os, socket, sys, time
 
 WINDOW = 500  # lines sent and not yet answered, at most
-if len(sys.argv) not in (2, 4) or (len(sys.argv) == 4 and not sys.argv[3].isdigit()):
+if len(sys.argv) not in (2, 4) or len(sys.argv) == 4 and not (sys.argv[3].isdigit() and 0 < int(sys.argv[3]) < 65536):
     sys.exit("usage: " + __doc__.split(": ", 1)[1].split(";")[0])
 try:  # lines end at "\n" only: JSON strings may hold U+2028 and friends, which splitlines() cuts at
     events = [e for e in open(sys.argv[1], "rb").read().split(b"\n") if e.strip()]

@@ -6,25 +6,39 @@
 //!     cargo run -p buildstore --example socket_client -- examples/events/nightly.jsonl
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 const WINDOW: usize = 100;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let file = std::env::args()
-        .nth(1)
-        .ok_or("usage: socket_client EVENTS.jsonl [HOST:PORT]")?;
-    let addr = std::env::args()
+fn main() {
+    // Said in words, not as the error's Debug form that a `main` returning an error prints.
+    if let Err(e) = run() {
+        eprintln!("socket_client: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let usage = "usage: socket_client EVENTS.jsonl [HOST:PORT]";
+    let file = std::env::args().nth(1).ok_or(usage)?;
+    let given = std::env::args()
         .nth(2)
         .unwrap_or_else(|| "127.0.0.1:9989".into());
+    // Resolved once: a mistyped address is an error now, not a daemon that never answers.
+    let addr: Vec<SocketAddr> = given
+        .to_socket_addrs()
+        .map_err(|e| format!("{given:?} is no HOST:PORT ({e}); {usage}"))?
+        .collect();
+    // Blank lines are no events: the daemon would answer each with an error.
     let events: Vec<String> = std::fs::read_to_string(file)?
         .lines()
+        .filter(|l| !l.trim().is_empty())
         .map(str::to_owned)
         .collect();
     let mut acked = 0;
     while acked < events.len() {
-        let Ok(stream) = TcpStream::connect(&addr) else {
+        let Ok(stream) = TcpStream::connect(&addr[..]) else {
             eprintln!("daemon unreachable; retrying");
             std::thread::sleep(Duration::from_secs(1));
             continue;

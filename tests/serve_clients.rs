@@ -96,8 +96,8 @@ impl Drop for Client {
 }
 
 /// `examples/socket_client.rs`, built with the workspace's examples (`cargo test --workspace`
-/// builds them before it runs the tests), started against the daemon at `port` on `file`.
-fn rust_client(file: &std::path::Path, port: u16) -> Client {
+/// builds them before it runs the tests).
+fn rust_client_bin() -> std::path::PathBuf {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_buildstore"))
         .parent()
         .expect("target directory")
@@ -107,7 +107,12 @@ fn rust_client(file: &std::path::Path, port: u16) -> Client {
         "{} is not built: run cargo test --workspace, which builds the examples",
         bin.display()
     );
-    let child = Command::new(bin)
+    bin
+}
+
+/// The Rust example client, started against the daemon at `port` on `file`.
+fn rust_client(file: &std::path::Path, port: u16) -> Client {
+    let child = Command::new(rust_client_bin())
         .arg(file)
         .arg(format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
@@ -258,6 +263,7 @@ fn the_python_example_stops_when_its_output_closes_and_says_how_to_run_it() {
         &[][..],
         &[name.as_str(), "127.0.0.1"],
         &[name.as_str(), "h", "port"],
+        &[name.as_str(), "h", "99999"],
     ] {
         let out = Command::new("python3")
             .arg(&example)
@@ -277,6 +283,21 @@ fn the_python_example_stops_when_its_output_closes_and_says_how_to_run_it() {
         .expect("run python3");
     assert_eq!(out.status.code(), Some(1));
     assert_says(&out, "cannot read the events");
+}
+
+/// The Rust example says so of an address it cannot resolve, rather than retry for ever as if
+/// the daemon were down.
+#[test]
+fn the_rust_example_refuses_an_address_it_cannot_resolve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write_lines(dir.path(), "one.jsonl", &buildstore::synth::lines_of(1));
+    let out = Command::new(rust_client_bin())
+        .arg(&file)
+        .arg("no-such-address")
+        .output()
+        .expect("run the Rust example client");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_says(&out, "socket_client: \"no-such-address\" is no HOST:PORT");
 }
 
 /// The Python example splits its file at newlines only: a log line may hold U+2028 or U+0085,
