@@ -166,13 +166,7 @@ fn the_metrics_answer_while_the_spool_drains_at_a_stop() {
     lock.execute_batch("ROLLBACK").expect("unlock the store");
     drop(lock);
     // Drained, it exits of itself, well within its grace period.
-    let exited = loop {
-        if let Some(status) = daemon.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still draining");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exited = daemon.exited_by(deadline, "still draining");
     assert!(exited.success(), "{exited:?}");
     assert_same_as_one_clean_ingest(&store(dir.path()), &lines, dir.path());
 }
@@ -202,13 +196,7 @@ fn a_second_signal_stops_at_once_and_the_next_start_applies_the_rest() {
         "still draining into a store that is down (grace 300 s)"
     );
     daemon.terminate();
-    let stopped = loop {
-        if let Some(status) = daemon.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "a second signal did not stop it");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stopped = daemon.exited_by(deadline, "a second signal did not stop it");
     assert!(stopped.success(), "{stopped:?}");
 
     let peer = restart_peer(dir.path(), peer_port);

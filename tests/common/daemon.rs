@@ -156,6 +156,18 @@ impl Daemon {
         (status, log.unwrap_or_default())
     }
 
+    /// The exit status once the daemon has exited of itself; `what` fails the test if it has
+    /// not by `deadline` (a regression must fail it, not hang it).
+    pub fn exited_by(&mut self, deadline: Instant, what: &str) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, without waiting for the daemon to exit.
     pub fn terminate(&self) {
         self.signal("TERM");

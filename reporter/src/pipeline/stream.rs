@@ -511,15 +511,16 @@ mod tests {
         }
     }
 
-    /// A stop that comes while lines keep coming, none of them ever waited for: the run ends
-    /// soon after, at a whole line, and what it says it applied is what the store holds.
-    #[tokio::test]
-    async fn a_stop_midway_through_input_that_is_always_ready_ends_the_run_at_a_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_in(dir.path(), "s.db").await;
+    /// Ingests `input`, read 4 KiB at a time, into a new store, with a stop set at read `at`:
+    /// the report, and the store.
+    async fn ingest_stopped_at_read(
+        dir: &std::path::Path,
+        input: String,
+        at: usize,
+    ) -> (IngestReport, crate::store::SqliteStore) {
+        let store = open_in(dir, "s.db").await;
         let (stop, options) = stoppable(false);
-        // About 70 lines a read: the stop comes in the fifth read, around line 285.
-        let reader = StopOnRead::new(builder_lines(20_000), stop, 4);
+        let reader = StopOnRead::new(input, stop, at);
         let mut applier = Applier::new(Core::new(CoreConfig::default()));
         let report = ingest(
             &store,
@@ -530,6 +531,16 @@ mod tests {
         )
         .await
         .unwrap();
+        (report, store)
+    }
+
+    /// A stop that comes while lines keep coming, none of them ever waited for: the run ends
+    /// soon after, at a whole line, and what it says it applied is what the store holds.
+    #[tokio::test]
+    async fn a_stop_midway_through_input_that_is_always_ready_ends_the_run_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        // About 70 lines a read: the stop comes in the fifth read, around line 285.
+        let (report, store) = ingest_stopped_at_read(dir.path(), builder_lines(20_000), 4).await;
         let Some(through) = report.interrupted_after else {
             panic!("the run was not stopped: {report:?}");
         };
@@ -550,21 +561,9 @@ mod tests {
     #[tokio::test]
     async fn a_refused_event_read_before_a_stop_is_where_the_run_ended() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open_in(dir.path(), "s.db").await;
         let refused = r#"{"type":"step_started","master_id":"m","build_id":1,"step":0,"name":"t"}"#;
         let input = format!("{refused}\n{}", builder_lines(1000));
-        let (stop, options) = stoppable(false);
-        let reader = StopOnRead::new(input, stop, 0);
-        let mut applier = Applier::new(Core::new(CoreConfig::default()));
-        let report = ingest(
-            &store,
-            &mut applier,
-            tokio::io::BufReader::with_capacity(4096, reader),
-            &options,
-            &mut |_: &LineError| {},
-        )
-        .await
-        .unwrap();
+        let (report, _) = ingest_stopped_at_read(dir.path(), input, 0).await;
         assert!(report.stopped_early);
         assert_eq!(report.interrupted_after, None);
         assert_eq!((report.applied, report.rejected), (0, 1));
