@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use regex::Regex;
+use regex_syntax::hir::{Hir, Look};
 use serde_json::Value;
 
 /// The longest changeset that can be proper, in bytes.
@@ -45,11 +46,15 @@ impl ChangesetPolicy {
         if pattern.is_empty() {
             return Err(PatternError::Empty);
         }
-        // Checked on its own first: wrapped in a group, a pattern with a stray `)` could read as
-        // another valid one.
         Regex::new(pattern)?;
+        // Anchored on its parsed form rather than by adding `\A(?:` and `)\z` to its text: a
+        // stray `)` could make another valid pattern of that, and in verbose mode (`(?x)`) a
+        // comment at its end would swallow the `)\z`.
+        let parsed = regex_syntax::parse(pattern)
+            .map_err(|e| PatternError::Invalid(regex::Error::Syntax(e.to_string())))?;
+        let whole = Hir::concat(vec![Hir::look(Look::Start), parsed, Hir::look(Look::End)]);
         let policy = ChangesetPolicy {
-            proper: Arc::new(Regex::new(&format!(r"\A(?:{pattern})\z"))?),
+            proper: Arc::new(Regex::new(&whole.to_string())?),
         };
         match policy.takes_symbolic() {
             Some(name) => Err(PatternError::TakesSymbolic(name)),
@@ -210,6 +215,9 @@ mod tests {
                 );
             }
         }
+        // A comment of verbose mode runs to the end of the pattern.
+        let verbose = ChangesetPolicy::new("(?x) [0-9a-f]{40}  # a SHA-1").unwrap();
+        assert!(verbose.is_proper(SHA1) && !verbose.is_proper(&format!("x{SHA1}")));
         let hex = ChangesetPolicy::new("[0-9a-fA-F]+").unwrap();
         assert!(!hex.is_proper("FETCH_HEAD") && hex.is_proper("abc123"));
         // A stray parenthesis is no valid pattern, wrapped or not.
