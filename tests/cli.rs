@@ -338,7 +338,7 @@ fn commands_that_fail_on_their_arguments_leave_no_new_store() {
         ),
         (
             &["ingest", "--proper-changeset", "", "-"],
-            "--proper-changeset \"\" is empty",
+            "--proper-changeset \"\" takes nothing but the empty string",
         ),
         (
             &["serve", "--proper-changeset", "^[A-Z_]+"],

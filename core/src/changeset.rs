@@ -18,7 +18,7 @@ pub const MAX_HASH_BYTES: usize = 1024;
 pub enum PatternError {
     #[error("is not a valid regular expression: {0}")]
     Invalid(#[from] regex::Error),
-    #[error("is empty: it would take no changeset for a commit hash")]
+    #[error("takes nothing but the empty string, so no changeset would ever be a commit hash")]
     Empty,
     #[error(
         "takes {0} for a commit hash, so builds started at it would be linked into repository: \
@@ -52,6 +52,10 @@ impl ChangesetPolicy {
         // comment at its end would swallow the `)\z`.
         let parsed = regex_syntax::parse(pattern)
             .map_err(|e| PatternError::Invalid(regex::Error::Syntax(e.to_string())))?;
+        // `()`, `^$` or only a comment: it takes nothing but the empty string, never proper.
+        if parsed.properties().maximum_len() == Some(0) {
+            return Err(PatternError::Empty);
+        }
         let whole = Hir::concat(vec![Hir::look(Look::Start), parsed, Hir::look(Look::End)]);
         let policy = ChangesetPolicy {
             proper: Arc::new(Regex::new(&whole.to_string())?),
@@ -193,7 +197,10 @@ mod tests {
         assert_eq!(refused("[A-Z_]+"), Some("FETCH_HEAD"));
         assert_eq!(refused(".+"), Some("FETCH_HEAD"));
         assert_eq!(refused("^[A-Z]+$"), Some("HEAD"));
-        assert!(matches!(ChangesetPolicy::new(""), Err(PatternError::Empty)));
+        for nothing in ["", "()", "^$", "(?x) # nothing"] {
+            let refused = ChangesetPolicy::new(nothing);
+            assert!(matches!(refused, Err(PatternError::Empty)), "{nothing:?}");
+        }
     }
 
     /// A pattern matches a changeset whole, written with `^` and `$` or not: a hash inside a
