@@ -362,9 +362,15 @@ pub async fn run(config: ServeConfig, bound: Bound, stores: Stores) -> Result<()
         engine.finish(second).await;
     }
     let _ = metrics_stop.send(true);
-    if let Some(task) = metrics_task {
-        // A scrape under way gets its answer; one that does not end does not hold the exit.
-        let _ = tokio::time::timeout(METRICS_LAST_SCRAPE, task).await;
+    if let Some(mut task) = metrics_task {
+        // A scrape under way gets its answer; one that does not end does not hold the exit, nor
+        // the spool (the metrics keep a handle on it) for a caller of `run` that goes on.
+        if tokio::time::timeout(METRICS_LAST_SCRAPE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
     // The listeners are gone: each socket file goes with its `SocketFile`.
     drop(socket_files);
