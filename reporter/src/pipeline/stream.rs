@@ -256,6 +256,9 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
         // The input paused after the chunk folded last: that one is written now, with nothing
         // folded beside it, rather than once more input comes.
         let mut paused = false;
+        // Where a stop ended the input: said in the report only if the run ends there, not at a
+        // bad line of the same chunk.
+        let mut stopped_after = None;
         loop {
             // A read error ends the run too, but only once what was read before is written.
             // Nor is more input waited for after a chunk that ends the run.
@@ -267,7 +270,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                     Some(Ok(chunk)) => {
                         paused = chunk.paused;
                         if chunk.stopped_after.is_some() {
-                            report.interrupted_after = chunk.stopped_after;
+                            stopped_after = chunk.stopped_after;
                         }
                         (Some(Folded::split(chunk.lines)), None)
                     }
@@ -305,9 +308,6 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                     .unwrap_or_default();
                 if !f.report(outcomes, &mut report, keep_going, on_error) {
                     report.stopped_early = true;
-                    // A stop seen with the same chunk did not end the run: the bad line did,
-                    // and the lines after it were not applied.
-                    report.interrupted_after = None;
                     return Ok(());
                 }
             }
@@ -315,6 +315,7 @@ pub async fn ingest<R: AsyncBufRead + Unpin + Send + 'static>(
                 return Err(e.into());
             }
             let Some(mut n) = next else {
+                report.interrupted_after = stopped_after;
                 return Ok(());
             };
             n.prepared = prepared?;
