@@ -40,19 +40,16 @@ impl ChangesetPolicy {
 
     /// A policy whose proper changesets match `pattern` whole, from their first character to
     /// their last, as if it were written between `^` and `$`: a hash found inside a longer text
-    /// (`FETCH_HEAD eb57…`) is no hash. An empty pattern is refused, and so is one that takes a
-    /// symbolic revision for a hash (see [`ChangesetPolicy::takes_symbolic`]).
+    /// (`FETCH_HEAD eb57…`) is no hash. A pattern that takes nothing but the empty string is
+    /// refused, and so is one that takes a symbolic revision for a hash (see
+    /// [`ChangesetPolicy::takes_symbolic`]).
     pub fn new(pattern: &str) -> Result<Self, PatternError> {
-        if pattern.is_empty() {
-            return Err(PatternError::Empty);
-        }
-        Regex::new(pattern)?;
         // Anchored on its parsed form rather than by adding `\A(?:` and `)\z` to its text: a
         // stray `)` could make another valid pattern of that, and in verbose mode (`(?x)`) a
         // comment at its end would swallow the `)\z`.
         let parsed = regex_syntax::parse(pattern)
             .map_err(|e| PatternError::Invalid(regex::Error::Syntax(e.to_string())))?;
-        // `()`, `^$` or only a comment: it takes nothing but the empty string, never proper.
+        // Empty, `()`, `^$` or only a comment: it takes nothing but the empty string, never proper.
         if parsed.properties().maximum_len() == Some(0) {
             return Err(PatternError::Empty);
         }
