@@ -5,7 +5,7 @@
 //! event that would take a build or step document past that size, and the inline log limit has a
 //! ceiling that leaves a step document room for the rest of its fields. The sizes are counted
 //! from the BSON the stores write, to the byte, with room for the fields of the end from the
-//! start (see [`build_end_reserve`]); the margin kept below MongoDB's limit is for what a store
+//! start (see [`end_reserve`]); the margin kept below MongoDB's limit is for what a store
 //! adds of its own.
 
 use std::sync::OnceLock;
@@ -86,17 +86,17 @@ const NULL_TO_INT32: usize = 4;
 const NULL_TO_DATE: usize = 8;
 const NULL_TO_BOOL: usize = 1;
 
-/// BSON bytes the fields of a build's end (`result`, `time_end`) take beyond the nulls it starts
-/// with, when `result` and `time_end` are still null. They are counted from the build's start,
-/// so that the end is never refused for want of room, and a build counts the same in memory as
-/// read back from a store, finished or not.
-pub(crate) fn build_end_reserve(result: Option<i32>, time_end: Option<DateTime>) -> usize {
+/// BSON bytes the fields of a build's or a step's end (`result`, `time_end`) take beyond the
+/// nulls it starts with, for those still null. They are counted from the start, so that the end
+/// is never refused for want of room, and a document counts the same in memory as read back from
+/// a store, ended or not.
+pub(crate) fn end_reserve(result: Option<i32>, time_end: Option<DateTime>) -> usize {
     result.map_or(NULL_TO_INT32, |_| 0) + time_end.map_or(NULL_TO_DATE, |_| 0)
 }
 
-/// The same for a step's end (`result`, `time_end`, `successful`).
+/// The same for a step, whose end sets `successful` too.
 pub(crate) fn step_end_reserve(doc: &StepDoc) -> usize {
-    build_end_reserve(doc.result, doc.time_end) + doc.successful.map_or(NULL_TO_BOOL, |_| 0)
+    end_reserve(doc.result, doc.time_end) + doc.successful.map_or(NULL_TO_BOOL, |_| 0)
 }
 
 /// BSON bytes an optional string field holding `value` takes beyond a null: its length (4

@@ -8,7 +8,7 @@ use bson::DateTime;
 use buildstore_schema::{BuildDoc, Channel, RepoBuildEntry, StepDoc};
 
 use super::doc_size::{
-    build_end_reserve, document_field_len, document_len, started_step_len, step_end_reserve,
+    document_field_len, document_len, end_reserve, started_step_len, step_end_reserve,
     string_over_null,
 };
 use super::inline_log::InlineLog;
@@ -50,7 +50,7 @@ pub(crate) struct BuildState {
     pub time_end: Option<DateTime>,
     pub steps: BTreeMap<u32, StepState>,
     /// BSON bytes of the build document once it has ended (see
-    /// [`super::doc_size::build_end_reserve`]).
+    /// [`super::doc_size::end_reserve`]).
     pub doc_bytes: usize,
     /// BSON bytes each property takes in it, so that setting one again counts the difference.
     pub property_bytes: BTreeMap<String, usize>,
@@ -170,7 +170,7 @@ impl BuildState {
             let bytes = document_field_len(name, document_len(p)?);
             state.property_bytes.insert(name.clone(), bytes);
         }
-        state.doc_bytes = document_len(doc)? + build_end_reserve(doc.result, doc.time_end);
+        state.doc_bytes = document_len(doc)? + end_reserve(doc.result, doc.time_end);
         Ok(state)
     }
 
