@@ -57,7 +57,7 @@ impl Default for Limits {
 /// How long accepting pauses after a failed accept (out of file descriptors, typically: the
 /// listener stays ready, and accepting again at once would fail again at once, in a loop). The
 /// daemon's feed pauses as long.
-pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Failed accepts, said in the log at the first and then at most once a minute rather than at
 /// every pause: out of file descriptors for a quarter of an hour made 4,500 log lines. Near the

@@ -22,7 +22,7 @@ pub use mongo::MongoStore;
 #[cfg(test)]
 pub(crate) use sqlite::open_in;
 pub use sqlite::{check_place as check_sqlite_place, is_empty_database, SqliteStore};
-pub use writer_lock::{lock_writer, WriterLock};
+pub(crate) use writer_lock::{lock_writer, WriterLock};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
