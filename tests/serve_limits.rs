@@ -406,7 +406,7 @@ fn a_huge_bad_value_is_quoted_in_part_in_the_reply_and_in_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), free_port(), &[]);
     let [bad_time, bad_hash] = huge_bad_values();
-    let replies = Conn::open(daemon.port).exchange(&[bad_time, bad_hash]);
+    let replies = exchange(daemon.port, &[&bad_time, &bad_hash]);
     let error = replies[0]["error"].as_str().unwrap_or_default();
     assert!(error.len() < 1100, "a reply of {} bytes", error.len());
     assert!(error.starts_with("field `time`:"), "{error}");

@@ -70,20 +70,20 @@ mod tests {
 
     #[test]
     fn a_cut_never_splits_a_character() {
-        // Four-byte characters, shifted by 0 to 3 bytes: the cut points fall inside them.
+        // Four-byte characters, shifted by 0 to 3 bytes at either end: the cut points fall
+        // inside them, and move to the nearest boundary within what is kept.
         for pad in 0..4 {
-            let message = format!("{}{}", "a".repeat(pad), "𝄞".repeat(2000));
-            let cut = clipped(&message);
-            let (head, rest) = cut.split_once(" … (").expect("a note");
-            let (_, tail) = rest.split_once(") … ").expect("a note");
-            assert!(head.len() <= super::HEAD && head.len() > super::HEAD - 4);
-            assert!(tail.len() >= super::TAIL && tail.len() < super::TAIL + 4);
-            assert_eq!(
-                head.trim_start_matches('a').len() % 4,
-                0,
-                "{pad}: whole characters"
-            );
-            assert!(tail.chars().all(|c| c == '𝄞'), "{pad}: whole characters");
+            for end in 0..4 {
+                let message = format!("{}{}{}", "a".repeat(pad), "𝄞".repeat(2000), "b".repeat(end));
+                let cut = clipped(&message);
+                let (head, rest) = cut.split_once(" … (").expect("a note");
+                let (note, tail) = rest.split_once(") … ").expect("a note");
+                let whole = |kept: usize, shift: usize| shift + (kept - shift) / 4 * 4;
+                assert_eq!(head.len(), whole(super::HEAD, pad), "{pad}, {end}");
+                assert_eq!(tail.len(), whole(super::TAIL, end), "{pad}, {end}");
+                let left_out = message.len() - head.len() - tail.len();
+                assert_eq!(note, format!("{left_out} bytes left out"));
+            }
         }
     }
 }
